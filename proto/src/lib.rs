@@ -1,0 +1,18 @@
+//! Generated protocol types.
+//!
+//! * [`health::v1`]: the stream every node-agent keeps open to the coordinator.
+//! * [`cri::v1`]: the subset of the CRI `RuntimeService` the agent uses to ask
+//!   CRI-O which runtime handlers it really serves. Field numbers match the
+//!   upstream `k8s.io/cri-api` `runtime.v1` package, so it is wire-compatible.
+
+pub mod health {
+    pub mod v1 {
+        tonic::include_proto!("kata.health.v1");
+    }
+}
+
+pub mod cri {
+    pub mod v1 {
+        tonic::include_proto!("runtime.v1");
+    }
+}

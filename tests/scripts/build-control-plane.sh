@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Builds etcd and kube-apiserver from the Go module proxy at pinned versions and
+# caches them outside the checkout, so a clean clone (and CI on the same
+# machine) reuses them. Prints the directory holding both binaries as its last
+# line. A changed pin builds into a new directory.
+set -euo pipefail
+
+KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+CACHE_ROOT="${KATA_CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kata-operator/control-plane}"
+OUT="$CACHE_ROOT/kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
+
+fail() { echo "build-control-plane: $*" >&2; exit 1; }
+
+if [[ -x "$OUT/kube-apiserver" && -x "$OUT/etcd" ]]; then
+  echo "$OUT"
+  exit 0
+fi
+
+command -v go >/dev/null 2>&1 || fail "Go is not installed (needed once to build etcd and kube-apiserver; install Go 1.24 or newer)"
+
+# Fail at once, naming the proxy, when modules cannot be fetched.
+mkdir -p "$CACHE_ROOT"
+if ! probe_err=$(timeout 60 go list -m "k8s.io/kubernetes@$KUBE_VERSION" 2>&1); then
+  fail "cannot reach the Go module proxy ($(go env GOPROXY)) to fetch k8s.io/kubernetes@$KUBE_VERSION: $probe_err"
+fi
+
+work="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
+
+echo "build-control-plane: building etcd $ETCD_VERSION (first run only)" >&2
+mkdir -p "$work/etcd"
+cd "$work/etcd"
+cat >go.mod <<GOMOD
+module kataoperator.local/etcd
+
+go 1.24
+GOMOD
+cat >main.go <<'GO'
+// etcd's own entry point, built from its published server module.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2
+go mod tidy >&2
+go build -trimpath -o "$work/etcd.bin" . >&2
+
+echo "build-control-plane: building kube-apiserver $KUBE_VERSION (first run only, several minutes)" >&2
+mkdir -p "$work/apiserver"
+cd "$work/apiserver"
+# k8s.io/kubernetes points its staging modules at ./staging; as a dependency
+# each needs a replace to the published v0.x of the same release. The list
+# comes from that release's own go.mod.
+kube_gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+[[ -f "$kube_gomod" ]] || fail "could not download go.mod of k8s.io/kubernetes@$KUBE_VERSION"
+staging_version="v0.${KUBE_VERSION#v1.}"
+{
+  echo "module kataoperator.local/kube-apiserver"
+  echo
+  echo "go 1.24"
+  echo
+  echo "require k8s.io/kubernetes $KUBE_VERSION"
+  echo
+  grep -E '^\s*k8s.io/[a-z0-9-]+ => ./staging/' "$kube_gomod" |
+    awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
+} >go.mod
+grep -q '^replace k8s.io/api ' go.mod || fail "no staging replace lines found in $kube_gomod"
+go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" >&2
+minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+go build -trimpath -ldflags "$ldflags" -o "$work/kube-apiserver.bin" k8s.io/kubernetes/cmd/kube-apiserver >&2
+
+mkdir -p "$OUT"
+mv "$work/etcd.bin" "$OUT/etcd"
+mv "$work/kube-apiserver.bin" "$OUT/kube-apiserver"
+echo "$OUT"

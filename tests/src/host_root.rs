@@ -1,0 +1,1 @@
+//! Fake host roots for the node-agent probes: good, missing, broken and hostile.
