@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds etcd and kube-apiserver from the Go module proxy at pinned versions and
+# Builds etcd, kube-apiserver and kubectl from the Go module proxy at pinned versions and
 # caches them outside the checkout, so a clean clone (and CI on the same
 # machine) reuses them. Prints the directory holding both binaries as its last
-# line. A changed pin builds into a new directory.
+# line. A changed pin builds into a new directory; a missing binary is built
+# on its own.
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
@@ -12,7 +13,7 @@ OUT="$CACHE_ROOT/kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
 
 fail() { echo "build-control-plane: $*" >&2; exit 1; }
 
-if [[ -x "$OUT/kube-apiserver" && -x "$OUT/etcd" ]]; then
+if [[ -x "$OUT/kube-apiserver" && -x "$OUT/etcd" && -x "$OUT/kubectl" ]]; then
   echo "$OUT"
   exit 0
 fi
@@ -29,6 +30,9 @@ work="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
 
+mkdir -p "$OUT"
+
+build_etcd() {
 echo "build-control-plane: building etcd $ETCD_VERSION (first run only)" >&2
 mkdir -p "$work/etcd"
 cd "$work/etcd"
@@ -52,8 +56,11 @@ GO
 go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2
 go mod tidy >&2
 go build -trimpath -o "$work/etcd.bin" . >&2
+mv "$work/etcd.bin" "$OUT/etcd"
+}
 
-echo "build-control-plane: building kube-apiserver $KUBE_VERSION (first run only, several minutes)" >&2
+build_kubernetes() {
+echo "build-control-plane: building kube-apiserver and kubectl $KUBE_VERSION (first run only, several minutes)" >&2
 mkdir -p "$work/apiserver"
 cd "$work/apiserver"
 # k8s.io/kubernetes points its staging modules at ./staging; as a dependency
@@ -76,9 +83,14 @@ grep -q '^replace k8s.io/api ' go.mod || fail "no staging replace lines found in
 go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" >&2
 minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
-go build -trimpath -ldflags "$ldflags" -o "$work/kube-apiserver.bin" k8s.io/kubernetes/cmd/kube-apiserver >&2
-
-mkdir -p "$OUT"
-mv "$work/etcd.bin" "$OUT/etcd"
+go get "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION" >&2
+for cmd in kube-apiserver kubectl; do
+  go build -trimpath -ldflags "$ldflags" -o "$work/$cmd.bin" "k8s.io/kubernetes/cmd/$cmd" >&2
+done
 mv "$work/kube-apiserver.bin" "$OUT/kube-apiserver"
+mv "$work/kubectl.bin" "$OUT/kubectl"
+}
+
+[[ -x "$OUT/etcd" ]] || build_etcd
+[[ -x "$OUT/kube-apiserver" && -x "$OUT/kubectl" ]] || build_kubernetes
 echo "$OUT"
