@@ -25,9 +25,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use crate::Error;
 use crate::child_process::{spawn_tied_to_process, stop};
 use crate::pki::{TestCa, service_account_key};
-use crate::Error;
 
 /// The audience-independent issuer of the service-account tokens.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -50,7 +50,10 @@ pub fn binary_dir() -> Result<PathBuf, Error> {
             .output()
             .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         if !output.status.success() {
-            return Err(format!("{} failed (its message is above)", script.display()));
+            return Err(format!(
+                "{} failed (its message is above)",
+                script.display()
+            ));
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
         stdout
@@ -106,7 +109,10 @@ impl ControlPlane {
         let bin = binary_dir()?;
         for name in ["etcd", "kube-apiserver"] {
             if !bin.join(name).is_file() {
-                return Err(Error::Setup(format!("{} is missing; run tests/scripts/build-control-plane.sh", bin.join(name).display())));
+                return Err(Error::Setup(format!(
+                    "{} is missing; run tests/scripts/build-control-plane.sh",
+                    bin.join(name).display()
+                )));
             }
         }
 
@@ -116,7 +122,9 @@ impl ControlPlane {
         let (serving_cert, serving_key) = ca
             .server_cert(&["localhost", "127.0.0.1", "kubernetes.default.svc"])?
             .write(&root, "apiserver")?;
-        let (admin_cert, admin_key) = ca.client_cert("kata-test-admin", &["system:masters"])?.write(&root, "admin")?;
+        let (admin_cert, admin_key) = ca
+            .client_cert("kata-test-admin", &["system:masters"])?
+            .write(&root, "admin")?;
         let (sa_private, sa_public) = service_account_key()?;
         let sa_key = root.join("service-account.key");
         let sa_pub = root.join("service-account.pub");
@@ -192,7 +200,8 @@ impl ControlPlane {
         let log = fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
         let log_err = log.try_clone().map_err(|e| Error::io(&log_path, e))?;
         command.stdin(Stdio::null()).stdout(log).stderr(log_err);
-        spawn_tied_to_process(command).map_err(|e| Error::Setup(format!("cannot start {name}: {e}")))
+        spawn_tied_to_process(command)
+            .map_err(|e| Error::Setup(format!("cannot start {name}: {e}")))
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
@@ -221,12 +230,15 @@ impl ControlPlane {
             if let Some(failure) = self.exited_child() {
                 return Err(self.startup_failure(failure));
             }
-            let request = http::Request::get("/readyz").body(Vec::new()).map_err(|e| Error::Setup(e.to_string()))?;
+            let request = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| Error::Setup(e.to_string()))?;
             if client.request_text(request).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(self.startup_failure(format!("kube-apiserver not ready after {READY_TIMEOUT:?}")));
+                return Err(self
+                    .startup_failure(format!("kube-apiserver not ready after {READY_TIMEOUT:?}")));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -234,7 +246,10 @@ impl ControlPlane {
 
     /// Names a child that has exited, for a start-up failure.
     fn exited_child(&mut self) -> Option<String> {
-        for (name, child) in [("etcd", &mut self.etcd), ("kube-apiserver", &mut self.api_server)] {
+        for (name, child) in [
+            ("etcd", &mut self.etcd),
+            ("kube-apiserver", &mut self.api_server),
+        ] {
             if let Some(Ok(Some(status))) = child.as_mut().map(Child::try_wait) {
                 return Some(format!("{name} exited during start-up ({status})"));
             }
@@ -261,7 +276,11 @@ impl ControlPlane {
 
     /// Process ids of etcd and kube-apiserver, for tests of the teardown.
     pub fn pids(&self) -> Vec<u32> {
-        [&self.etcd, &self.api_server].into_iter().flatten().map(Child::id).collect()
+        [&self.etcd, &self.api_server]
+            .into_iter()
+            .flatten()
+            .map(Child::id)
+            .collect()
     }
 
     /// A client authenticated as the admin.
@@ -271,7 +290,8 @@ impl ControlPlane {
     }
 
     pub async fn config(&self) -> Result<Config, Error> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).map_err(|e| Error::Setup(e.to_string()))?;
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|e| Error::Setup(e.to_string()))?;
         Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| Error::Setup(e.to_string()))
@@ -293,9 +313,13 @@ impl ControlPlane {
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
         for crd in crds {
             let name = crd.metadata.name.clone().unwrap_or_default();
-            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(crd))
-                .await
-                .map_err(Error::Kube)?;
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(crd),
+            )
+            .await
+            .map_err(Error::Kube)?;
         }
         for crd in crds {
             wait_crd_served(&client, crd).await?;
@@ -323,7 +347,8 @@ pub fn openshift_crds() -> Result<Vec<CustomResourceDefinition>, Error> {
         .iter()
         .map(|path| {
             let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            serde_yaml::from_str(&text).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))
+            serde_yaml::from_str(&text)
+                .map_err(|e| Error::Setup(format!("{}: {e}", path.display())))
         })
         .collect()
 }
@@ -338,10 +363,20 @@ async fn wait_crd_served(client: &Client, crd: &CustomResourceDefinition) -> Res
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
         let served = if established {
-            let version = crd.spec.versions.iter().find(|v| v.served).map(|v| v.name.clone()).unwrap_or_default();
-            let gvk = kube::api::GroupVersionKind::gvk(&crd.spec.group, &version, &crd.spec.names.kind);
+            let version = crd
+                .spec
+                .versions
+                .iter()
+                .find(|v| v.served)
+                .map(|v| v.name.clone())
+                .unwrap_or_default();
+            let gvk =
+                kube::api::GroupVersionKind::gvk(&crd.spec.group, &version, &crd.spec.names.kind);
             kube::discovery::pinned_kind(client, &gvk).await.is_ok()
         } else {
             false
@@ -350,7 +385,9 @@ async fn wait_crd_served(client: &Client, crd: &CustomResourceDefinition) -> Res
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::Setup(format!("CRD {name} was not served within 60s")));
+            return Err(Error::Setup(format!(
+                "CRD {name} was not served within 60s"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -8,11 +8,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{
+    BoundObjectReference, TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
+};
 use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, ServiceAccount};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kata_tests::ControlPlane;
 use kata_tests::child_process::is_alive;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
 const AUDIENCE: &str = "kata-operator.test/agent";
 
@@ -21,7 +23,16 @@ async fn node_label_round_trips_through_server_side_apply() {
     let plane = ControlPlane::start().await.unwrap();
     let nodes: Api<Node> = Api::all(plane.client().await.unwrap());
     nodes
-        .create(&PostParams::default(), &Node { metadata: ObjectMeta { name: Some("worker-0".into()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &Node {
+                metadata: ObjectMeta {
+                    name: Some("worker-0".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
 
@@ -29,18 +40,54 @@ async fn node_label_round_trips_through_server_side_apply() {
         "apiVersion": "v1", "kind": "Node",
         "metadata": { "name": "worker-0", "labels": { "example.com/role": "kata" } }
     });
-    nodes.patch("worker-0", &PatchParams::apply("harness-test"), &Patch::Apply(&patch)).await.unwrap();
+    nodes
+        .patch(
+            "worker-0",
+            &PatchParams::apply("harness-test"),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .unwrap();
 
     let node = nodes.get("worker-0").await.unwrap();
-    assert_eq!(node.metadata.labels.unwrap().get("example.com/role").map(String::as_str), Some("kata"));
-    let managers: Vec<_> = node.metadata.managed_fields.unwrap().into_iter().filter_map(|f| f.manager).collect();
-    assert!(managers.iter().any(|m| m == "harness-test"), "field manager recorded: {managers:?}");
+    assert_eq!(
+        node.metadata
+            .labels
+            .unwrap()
+            .get("example.com/role")
+            .map(String::as_str),
+        Some("kata")
+    );
+    let managers: Vec<_> = node
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter_map(|f| f.manager)
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "harness-test"),
+        "field manager recorded: {managers:?}"
+    );
 
     // Applying without the label removes it: the field manager owned it.
     let without = serde_json::json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": "worker-0" } });
-    nodes.patch("worker-0", &PatchParams::apply("harness-test"), &Patch::Apply(&without)).await.unwrap();
+    nodes
+        .patch(
+            "worker-0",
+            &PatchParams::apply("harness-test"),
+            &Patch::Apply(&without),
+        )
+        .await
+        .unwrap();
     let node = nodes.get("worker-0").await.unwrap();
-    assert!(!node.metadata.labels.unwrap_or_default().contains_key("example.com/role"));
+    assert!(
+        !node
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("example.com/role")
+    );
 }
 
 #[tokio::test]
@@ -49,29 +96,66 @@ async fn pod_bound_token_is_verified_by_token_review_with_node_name() {
     let client = plane.client().await.unwrap();
     let ns = "agents";
     Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(ns.into()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &Node { metadata: ObjectMeta { name: Some("worker-1".into()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &Node {
+                metadata: ObjectMeta {
+                    name: Some("worker-1".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     accounts
-        .create(&PostParams::default(), &ServiceAccount { metadata: ObjectMeta { name: Some("node-agent".into()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("node-agent".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let pod = Pod {
-        metadata: ObjectMeta { name: Some("node-agent-x".into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some("node-agent-x".into()),
+            ..Default::default()
+        },
         spec: Some(PodSpec {
             node_name: Some("worker-1".into()),
             service_account_name: Some("node-agent".into()),
-            containers: vec![Container { name: "agent".into(), image: Some("agent:test".into()), ..Default::default() }],
+            containers: vec![Container {
+                name: "agent".into(),
+                image: Some("agent:test".into()),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
         ..Default::default()
     };
-    let pod = Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), &pod).await.unwrap();
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
 
     let request = TokenRequest {
         spec: TokenRequestSpec {
@@ -86,24 +170,53 @@ async fn pod_bound_token_is_verified_by_token_review_with_node_name() {
         },
         ..Default::default()
     };
-    let token = accounts.create_token_request("node-agent", &PostParams::default(), &request).await.unwrap();
+    let token = accounts
+        .create_token_request("node-agent", &PostParams::default(), &request)
+        .await
+        .unwrap();
     let token = token.status.unwrap().token;
 
     let review = |audience: &str| TokenReview {
-        spec: TokenReviewSpec { token: Some(token.clone()), audiences: Some(vec![audience.into()]) },
+        spec: TokenReviewSpec {
+            token: Some(token.clone()),
+            audiences: Some(vec![audience.into()]),
+        },
         ..Default::default()
     };
     let reviews: Api<TokenReview> = Api::all(client.clone());
-    let status = reviews.create(&PostParams::default(), &review(AUDIENCE)).await.unwrap().status.unwrap();
+    let status = reviews
+        .create(&PostParams::default(), &review(AUDIENCE))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!(status.authenticated, Some(true), "{status:?}");
     let user = status.user.unwrap();
-    assert_eq!(user.username.as_deref(), Some("system:serviceaccount:agents:node-agent"));
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:agents:node-agent")
+    );
     let extra: BTreeMap<String, Vec<String>> = user.extra.unwrap();
-    assert_eq!(extra.get("authentication.kubernetes.io/node-name"), Some(&vec!["worker-1".to_string()]));
-    assert_eq!(extra.get("authentication.kubernetes.io/pod-name"), Some(&vec!["node-agent-x".to_string()]));
+    assert_eq!(
+        extra.get("authentication.kubernetes.io/node-name"),
+        Some(&vec!["worker-1".to_string()])
+    );
+    assert_eq!(
+        extra.get("authentication.kubernetes.io/pod-name"),
+        Some(&vec!["node-agent-x".to_string()])
+    );
 
-    let wrong = reviews.create(&PostParams::default(), &review("someone-else")).await.unwrap().status.unwrap();
-    assert_ne!(wrong.authenticated, Some(true), "a token for another audience must not authenticate");
+    let wrong = reviews
+        .create(&PostParams::default(), &review("someone-else"))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_ne!(
+        wrong.authenticated,
+        Some(true),
+        "a token for another audience must not authenticate"
+    );
 }
 
 #[tokio::test]
@@ -137,7 +250,12 @@ async fn hold_control_plane_until_killed() {
 #[test]
 fn killed_test_binary_leaves_no_control_plane_process() {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "hold_control_plane_until_killed", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "hold_control_plane_until_killed",
+            "--nocapture",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -146,7 +264,10 @@ fn killed_test_binary_leaves_no_control_plane_process() {
     let pids: Vec<u32> = stdout
         .lines()
         .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("PIDS ").map(|p| p.split(' ').map(|x| x.parse().unwrap()).collect()))
+        .find_map(|line| {
+            line.strip_prefix("PIDS ")
+                .map(|p| p.split(' ').map(|x| x.parse().unwrap()).collect())
+        })
         .expect("the child printed its control plane's pids");
     assert_eq!(pids.len(), 2);
     assert!(pids.iter().all(|&p| is_alive(p)));
@@ -158,6 +279,9 @@ fn killed_test_binary_leaves_no_control_plane_process() {
         std::thread::sleep(Duration::from_millis(50));
     }
     for pid in pids {
-        assert!(!is_alive(pid), "process {pid} outlived the killed test binary");
+        assert!(
+            !is_alive(pid),
+            "process {pid} outlived the killed test binary"
+        );
     }
 }

@@ -32,7 +32,11 @@ async fn run(dir: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     plane.install_openshift_crds().await?;
     let kubeconfig = std::fs::canonicalize(plane.kubeconfig())?;
     std::fs::write(dir.join("ready"), kubeconfig.display().to_string())?;
-    eprintln!("local-cluster: API server at {} (kubeconfig {})", plane.api_server_url(), kubeconfig.display());
+    eprintln!(
+        "local-cluster: API server at {} (kubeconfig {})",
+        plane.api_server_url(),
+        kubeconfig.display()
+    );
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}

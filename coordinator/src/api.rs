@@ -1,0 +1,182 @@
+//! The `KataConfig` custom resource, `kataconfiguration.openshift.io/v1`,
+//! field-compatible with the OpenShift sandboxed containers operator.
+//!
+//! What the schema can judge is refused at admission: an unknown selector
+//! operator or log level, `In` without values, `Exists` with values,
+//! `enablePeerPods: true`. The CRD is generated from these types (`coordinator
+//! crd`) and checked in under `deploy/`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "kataconfiguration.openshift.io";
+
+/// Desired state of Kata Containers in the cluster. Create one KataConfig per
+/// cluster; the operator installs the Kata runtime on the selected workers and
+/// creates the `kata` RuntimeClass.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "kataconfiguration.openshift.io",
+    version = "v1",
+    kind = "KataConfig",
+    plural = "kataconfigs",
+    singular = "kataconfig",
+    status = "KataConfigStatus",
+    doc = "KataConfig installs the Kata Containers runtime (pods in lightweight VMs) on the selected worker nodes and creates the `kata` RuntimeClass. One per cluster.",
+    printcolumn = r#"{"name":"InProgress","type":"string","jsonPath":".status.conditions[?(@.type==\"InProgress\")].status"}"#,
+    printcolumn = r#"{"name":"Completed","type":"integer","description":"Nodes with the Kata runtime installed","jsonPath":".status.kataNodes.readyNodeCount"}"#,
+    printcolumn = r#"{"name":"Total","type":"integer","description":"Nodes selected for the Kata runtime","jsonPath":".status.kataNodes.nodeCount"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KataConfigSpec {
+    /// Selects the worker nodes that get the Kata runtime, by their labels.
+    /// Empty or absent: every worker node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kata_config_pool_selector: Option<PoolSelector>,
+
+    /// Only install on nodes the node-agent has proven able to run Kata
+    /// (labelled `feature.node.kubernetes.io/runtime.kata=true`).
+    #[serde(default)]
+    pub check_node_eligibility: bool,
+
+    /// CRI-O log level on the Kata nodes. `info` (the default) leaves CRI-O's
+    /// configuration alone; any other level adds a ContainerRuntimeConfig.
+    #[serde(default)]
+    pub log_level: LogLevel,
+
+    /// Run sandboxed pods as peer pods on a cloud provider. Not supported yet:
+    /// only `false` is accepted.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == false").message("enablePeerPods is not supported yet by this operator; set it to false or remove it"))]
+    pub enable_peer_pods: bool,
+}
+
+/// A label selector (the same shape as Kubernetes' LabelSelector), with the
+/// rules of a valid one enforced at admission.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSelector {
+    /// Labels a node must all carry, with these values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub match_labels: Option<std::collections::BTreeMap<String, String>>,
+
+    /// Requirements a node's labels must all meet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub match_expressions: Option<Vec<SelectorRequirement>>,
+}
+
+/// One requirement of a label selector.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)").message("operators In and NotIn need at least one value; Exists and DoesNotExist take no values"))]
+pub struct SelectorRequirement {
+    /// The label key the requirement applies to.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// How the label's value is compared: In, NotIn, Exists or DoesNotExist.
+    pub operator: SelectorOperator,
+    /// The values for In and NotIn; empty for Exists and DoesNotExist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
+    pub values: Option<Vec<String>>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+/// CRI-O log levels.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Fatal,
+    Panic,
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Fatal => "fatal",
+            LogLevel::Panic => "panic",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Observed state, written by the coordinator only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KataConfigStatus {
+    /// RuntimeClasses the operator created.
+    #[serde(default)]
+    pub runtime_classes: Vec<String>,
+    /// Where each selected node is in the install or uninstall.
+    #[serde(default)]
+    pub kata_nodes: KataNodesStatus,
+    /// InProgress, Ready and Degraded, following Kubernetes API conventions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Node names by phase of the install or uninstall.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KataNodesStatus {
+    /// Nodes selected for the Kata runtime.
+    #[serde(default)]
+    pub node_count: i32,
+    /// Selected nodes with the runtime installed.
+    #[serde(default)]
+    pub ready_node_count: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installing: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_to_install: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_to_install: Vec<FailedNode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uninstalling: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_to_uninstall: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_to_uninstall: Vec<FailedNode>,
+}
+
+/// A node whose install or uninstall failed, with the Machine Config
+/// Operator's reason.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedNode {
+    pub name: String,
+    #[serde(default)]
+    pub error: String,
+}
+
+/// Condition types.
+pub mod condition {
+    pub const IN_PROGRESS: &str = "InProgress";
+    pub const READY: &str = "Ready";
+    pub const DEGRADED: &str = "Degraded";
+}

@@ -1,0 +1,13 @@
+//! The kata-operator coordinator: the `KataConfig` API, the decisions that
+//! turn it into MachineConfig, MachineConfigPool, RuntimeClass and node
+//! labels (pure: [`plan`], [`objects`], [`selector`], [`status`]), and the
+//! controller that observes the cluster and applies them ([`reconciler`]).
+
+pub mod api;
+pub mod manifests;
+pub mod names;
+pub mod objects;
+pub mod plan;
+pub mod reconciler;
+pub mod selector;
+pub mod status;

@@ -1,0 +1,96 @@
+//! Label selector matching: pure.
+
+use std::collections::BTreeMap;
+
+use crate::api::{PoolSelector, SelectorOperator};
+
+/// Whether `labels` satisfy `selector`. An absent or empty selector matches
+/// everything, as in Kubernetes.
+pub fn matches(selector: Option<&PoolSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|req| {
+        let values = req.values.as_deref().unwrap_or_default();
+        match req.operator {
+            SelectorOperator::In => labels.get(&req.key).is_some_and(|v| values.contains(v)),
+            SelectorOperator::NotIn => labels.get(&req.key).is_none_or(|v| !values.contains(v)),
+            SelectorOperator::Exists => labels.contains_key(&req.key),
+            SelectorOperator::DoesNotExist => !labels.contains_key(&req.key),
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn expr(key: &str, operator: SelectorOperator, values: &[&str]) -> SelectorRequirement {
+        SelectorRequirement {
+            key: key.into(),
+            operator,
+            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn empty_selector_matches_everything() {
+        assert!(matches(None, &labels(&[])));
+        assert!(matches(
+            Some(&PoolSelector::default()),
+            &labels(&[("a", "b")])
+        ));
+    }
+
+    #[test]
+    fn match_labels_and_expressions_all_apply() {
+        let selector = PoolSelector {
+            match_labels: Some(labels(&[("zone", "a")])),
+            match_expressions: Some(vec![
+                expr("tier", SelectorOperator::In, &["gold", "silver"]),
+                expr("legacy", SelectorOperator::DoesNotExist, &[]),
+                expr("gpu", SelectorOperator::NotIn, &["yes"]),
+            ]),
+        };
+        assert!(matches(
+            Some(&selector),
+            &labels(&[("zone", "a"), ("tier", "gold")])
+        ));
+        assert!(!matches(
+            Some(&selector),
+            &labels(&[("zone", "b"), ("tier", "gold")])
+        ));
+        assert!(!matches(
+            Some(&selector),
+            &labels(&[("zone", "a"), ("tier", "bronze")])
+        ));
+        assert!(!matches(
+            Some(&selector),
+            &labels(&[("zone", "a"), ("tier", "gold"), ("legacy", "")])
+        ));
+        assert!(!matches(
+            Some(&selector),
+            &labels(&[("zone", "a"), ("tier", "gold"), ("gpu", "yes")])
+        ));
+        let exists = PoolSelector {
+            match_expressions: Some(vec![expr("kata", SelectorOperator::Exists, &[])]),
+            ..Default::default()
+        };
+        assert!(matches(Some(&exists), &labels(&[("kata", "")])));
+        assert!(!matches(Some(&exists), &labels(&[])));
+    }
+}

@@ -1,0 +1,96 @@
+//! Turning a plan's conditions into API conditions: pure.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{KataConfigStatus, KataNodesStatus};
+use crate::plan::ConditionState;
+
+/// API conditions for `new`, keeping each condition's lastTransitionTime
+/// while its status stays the same (Kubernetes API conventions).
+pub fn merge_conditions(
+    old: &[Condition],
+    new: &[ConditionState],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    new.iter()
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" }.to_string();
+            let previous = old.iter().find(|o| o.type_ == c.type_);
+            let last_transition_time = match previous {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+            Condition {
+                type_: c.type_.to_string(),
+                status,
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+pub fn status(
+    old: Option<&KataConfigStatus>,
+    nodes: KataNodesStatus,
+    runtime_classes: Vec<String>,
+    conditions: &[ConditionState],
+    generation: Option<i64>,
+    now: &Time,
+) -> KataConfigStatus {
+    let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    KataConfigStatus {
+        runtime_classes,
+        kata_nodes: nodes,
+        conditions: merge_conditions(old_conditions, conditions, generation, now),
+    }
+}
+
+/// Conditions whose reason or status changed: each becomes an Event.
+pub fn changed<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
+    new.iter()
+        .filter(|c| {
+            !old.iter()
+                .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap_or_default())
+    }
+
+    fn state(status: bool, reason: &str) -> ConditionState {
+        ConditionState {
+            type_: "Ready",
+            status,
+            reason: reason.into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let first = merge_conditions(&[], &[state(false, "Installing")], Some(1), &at(100));
+        assert_eq!(first[0].last_transition_time, at(100));
+        let same = merge_conditions(&first, &[state(false, "Failed")], Some(2), &at(200));
+        assert_eq!(
+            same[0].last_transition_time,
+            at(100),
+            "status unchanged: time kept"
+        );
+        assert_eq!(same[0].observed_generation, Some(2));
+        let flipped = merge_conditions(&same, &[state(true, "Installed")], Some(2), &at(300));
+        assert_eq!(flipped[0].last_transition_time, at(300));
+        assert_eq!(changed(&same, &flipped).len(), 1);
+        assert!(changed(&flipped, &flipped).is_empty());
+    }
+}
