@@ -123,7 +123,7 @@ impl Context {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pools.wait_until_ready().await;
         let deleting = config.meta().deletion_timestamp.is_some();
-        let nodes = self
+        let mut nodes: Vec<ObservedNode> = self
             .nodes
             .state()
             .iter()
@@ -133,6 +133,9 @@ impl Context {
                 annotations: n.annotations().clone(),
             })
             .collect();
+        // The cache has no order; the status lists must, or they would
+        // change (and be written) on every reconcile.
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let pool_object = self
             .pools
             .get(&ObjectRef::new_with(names::POOL_NAME, pool_resource()))

@@ -80,3 +80,93 @@ pub fn kata_coordinator_crd()
     use kube::CustomResourceExt;
     kata_coordinator::api::KataConfig::crd()
 }
+
+/// Polls `check` until it returns true, or fails naming `what` and the last
+/// thing `check` said.
+pub async fn eventually<F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: F,
+) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = e,
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Setup(format!(
+                "timed out after {timeout:?} waiting for {what}; last: {last}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A coordinator running in this process; aborted when dropped.
+pub struct RunningCoordinator {
+    task: tokio::task::JoinHandle<()>,
+    pub writes: std::sync::Arc<kata_coordinator::reconciler::WriteCounter>,
+}
+
+impl RunningCoordinator {
+    pub fn start(client: kube::Client, options: kata_coordinator::reconciler::Options) -> Self {
+        let writes = std::sync::Arc::<kata_coordinator::reconciler::WriteCounter>::default();
+        let task = tokio::spawn(kata_coordinator::reconciler::run(
+            client,
+            options,
+            writes.clone(),
+        ));
+        RunningCoordinator { task, writes }
+    }
+
+    /// Whether it stopped by itself (a spent write budget).
+    pub fn has_stopped(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops it and waits until it has, so no write of its lands afterwards.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningCoordinator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Creates a Node with the given labels (a worker unless told otherwise).
+pub async fn create_node(
+    client: &kube::Client,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Result<(), Error> {
+    use k8s_openapi::api::core::v1::Node;
+    let node = Node {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Node>::all(client.clone())
+        .create(&Default::default(), &node)
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}

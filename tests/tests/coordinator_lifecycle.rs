@@ -1,0 +1,640 @@
+//! The KataConfig lifecycle on a real API server with the real OpenShift
+//! MachineConfig CRDs, the coordinator running in-process and the MCO
+//! simulator rolling the pools and writing each node's fake host root.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use kata_coordinator::api::KataConfig;
+use kata_coordinator::names;
+use kata_coordinator::reconciler::{
+    Options, container_runtime_config_resource, machine_config_resource, pool_resource,
+};
+use kata_tests::ControlPlane;
+use kata_tests::mco_simulator::{McoSimulator, NodeFault, SimulatorOptions};
+use kata_tests::operator::{
+    RunningCoordinator, control_plane_with_operator_api, create_node, eventually,
+};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const WORKER: (&str, &str) = ("node-role.kubernetes.io/worker", "");
+
+struct Cluster {
+    plane: ControlPlane,
+    client: Client,
+    simulator: McoSimulator,
+    roots: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A control plane with the operator's API, the MCO simulator, and the
+    /// given nodes, each worker with a fake host root.
+    async fn start(nodes: &[(&str, &[(&str, &str)])]) -> Cluster {
+        let plane = control_plane_with_operator_api().await.unwrap();
+        let client = plane.client().await.unwrap();
+        let options = SimulatorOptions {
+            update_delay: Duration::from_millis(50),
+            resync_interval: Duration::from_millis(50),
+        };
+        let simulator = McoSimulator::start(client.clone(), options).await.unwrap();
+        let roots = tempfile::tempdir().unwrap();
+        for (name, labels) in nodes {
+            create_node(&client, name, labels).await.unwrap();
+            let root = roots.path().join(name);
+            std::fs::create_dir_all(&root).unwrap();
+            simulator.register_host_root(name, root);
+        }
+        Cluster {
+            plane,
+            client,
+            simulator,
+            roots,
+        }
+    }
+
+    fn root(&self, node: &str) -> std::path::PathBuf {
+        self.roots.path().join(node)
+    }
+
+    fn configs(&self) -> Api<KataConfig> {
+        Api::all(self.client.clone())
+    }
+
+    async fn create_kataconfig(&self, name: &str, spec: Value) {
+        let object: KataConfig = serde_json::from_value(json!({
+            "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+            "metadata": { "name": name }, "spec": spec,
+        }))
+        .unwrap();
+        self.configs()
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+    }
+
+    async fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
+        let config = self.configs().get_opt(name).await.ok()??;
+        let c = config
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)?;
+        Some((c.status, c.reason, c.message))
+    }
+
+    async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) {
+        let what = format!("{name} {type_}={status} ({reason})");
+        eventually(&what, CONVERGE, || async {
+            let c = self.condition(name, type_).await;
+            match &c {
+                Some((s, r, _)) if s == status && r == reason => Ok(true),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn wait_gone(&self, name: &str) {
+        eventually(&format!("KataConfig {name} deleted"), CONVERGE, || async {
+            Ok(self
+                .configs()
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none())
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn node_labels(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let nodes = Api::<Node>::all(self.client.clone())
+            .list(&Default::default())
+            .await
+            .unwrap();
+        nodes
+            .items
+            .into_iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect()
+    }
+
+    async fn nodes_with(&self, label: &str) -> Vec<String> {
+        self.node_labels()
+            .await
+            .into_iter()
+            .filter(|(_, l)| l.contains_key(label))
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    async fn get_dynamic(
+        &self,
+        resource: &kube::api::ApiResource,
+        name: &str,
+    ) -> Option<DynamicObject> {
+        Api::<DynamicObject>::all_with(self.client.clone(), resource)
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    /// Every trace the operator could leave: its objects, labels and
+    /// annotations-driven configs. Empty after a complete uninstall.
+    async fn operator_leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for (resource, name) in [
+            (pool_resource(), names::POOL_NAME),
+            (machine_config_resource(), names::MACHINE_CONFIG_NAME),
+            (
+                container_runtime_config_resource(),
+                names::CONTAINER_RUNTIME_CONFIG_NAME,
+            ),
+        ] {
+            if self.get_dynamic(&resource, name).await.is_some() {
+                left.push(format!("{} {name}", resource.kind));
+            }
+        }
+        if Api::<RuntimeClass>::all(self.client.clone())
+            .get_opt(names::RUNTIME_CLASS_NAME)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("RuntimeClass kata".into());
+        }
+        for (node, labels) in self.node_labels().await {
+            for label in [
+                names::KATA_POOL_ROLE_LABEL,
+                names::KATA_RUNTIME_LABEL,
+                names::KATA_CAPABLE_LABEL,
+            ] {
+                if labels.contains_key(label) {
+                    left.push(format!("label {label} on {node}"));
+                }
+            }
+        }
+        let nodes = Api::<Node>::all(self.client.clone())
+            .list(&Default::default())
+            .await
+            .unwrap();
+        for node in nodes.items {
+            let current = node
+                .annotations()
+                .get(names::mco::CURRENT_CONFIG)
+                .cloned()
+                .unwrap_or_default();
+            if current.starts_with("rendered-kata-oc-") {
+                left.push(format!("node {} still on {current}", node.name_any()));
+            }
+        }
+        left
+    }
+}
+
+fn drop_in(root: &Path) -> Option<String> {
+    std::fs::read_to_string(root.join("etc/crio/crio.conf.d/50-kata")).ok()
+}
+
+async fn create_kata_pod(client: &Client, namespace: &str, name: &str) {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            namespace,
+            &PatchParams::apply("test"),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            ),
+        )
+        .await
+        .unwrap();
+    // No controller manager runs here to create the namespace's default ServiceAccount.
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), namespace)
+        .patch("default", &PatchParams::apply("test"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})))
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name },
+        "spec": { "runtimeClassName": "kata", "containers": [{ "name": "c", "image": "busybox" }] }
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn install_day_two_and_uninstall() {
+    let zone_a: &[(&str, &str)] = &[WORKER, ("zone", "a")];
+    let zone_b: &[(&str, &str)] = &[WORKER, ("zone", "b")];
+    let cluster = Cluster::start(&[
+        ("w0", zone_a),
+        ("w1", zone_a),
+        ("w2", zone_b),
+        ("m0", &[("node-role.kubernetes.io/master", "")]),
+    ])
+    .await;
+    let _coordinator = RunningCoordinator::start(cluster.client.clone(), Options::default());
+
+    cluster
+        .create_kataconfig(
+            "cluster-kataconfig",
+            json!({"kataConfigPoolSelector": {"matchLabels": {"zone": "a"}}}),
+        )
+        .await;
+    cluster
+        .wait_condition("cluster-kataconfig", "Ready", "True", "Installed")
+        .await;
+
+    assert_eq!(
+        cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await,
+        ["w0", "w1"]
+    );
+    let status = cluster
+        .configs()
+        .get("cluster-kataconfig")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.kata_nodes.installed, ["w0", "w1"]);
+    assert_eq!(
+        (
+            status.kata_nodes.node_count,
+            status.kata_nodes.ready_node_count
+        ),
+        (2, 2)
+    );
+    assert_eq!(status.runtime_classes, ["kata"]);
+    assert_eq!(
+        cluster
+            .condition("cluster-kataconfig", "InProgress")
+            .await
+            .unwrap()
+            .0,
+        "False"
+    );
+    assert_eq!(
+        cluster
+            .condition("cluster-kataconfig", "Degraded")
+            .await
+            .unwrap()
+            .0,
+        "False"
+    );
+
+    let rc = Api::<RuntimeClass>::all(cluster.client.clone())
+        .get("kata")
+        .await
+        .unwrap();
+    assert_eq!(rc.handler, "kata");
+    let overhead = rc.overhead.unwrap().pod_fixed.unwrap();
+    assert_eq!(
+        (overhead["cpu"].0.as_str(), overhead["memory"].0.as_str()),
+        ("250m", "350Mi")
+    );
+    assert_eq!(
+        rc.scheduling.unwrap().node_selector.unwrap(),
+        BTreeMap::from([(
+            "katacontainers.io/kata-runtime".to_string(),
+            "true".to_string()
+        )])
+    );
+
+    let mc = cluster
+        .get_dynamic(&machine_config_resource(), names::MACHINE_CONFIG_NAME)
+        .await
+        .unwrap();
+    assert_eq!(
+        mc.data["spec"]["extensions"],
+        json!(["sandboxed-containers"])
+    );
+    let pool = cluster
+        .get_dynamic(&pool_resource(), names::POOL_NAME)
+        .await
+        .unwrap();
+    assert_eq!(pool.data["status"]["machineCount"], json!(2));
+    let installed_drop_in =
+        drop_in(&cluster.root("w0")).expect("the MCO simulator wrote the drop-in on w0");
+    assert!(installed_drop_in.contains("[crio.runtime.runtimes.kata]"));
+    assert!(drop_in(&cluster.root("w2")).is_none(), "w2 is not selected");
+
+    // Day 2: the selector moves to zone b.
+    let patch = json!({"spec": {"kataConfigPoolSelector": {"matchLabels": {"zone": "b"}}}});
+    cluster
+        .configs()
+        .patch(
+            "cluster-kataconfig",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    eventually("w2 installed and w0, w1 rolled back", CONVERGE, || async {
+        let status = cluster
+            .configs()
+            .get("cluster-kataconfig")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        let ready = cluster
+            .condition("cluster-kataconfig", "Ready")
+            .await
+            .map(|c| c.0);
+        Ok(status.kata_nodes.installed == ["w2"]
+            && status.kata_nodes.uninstalling.is_empty()
+            && status.kata_nodes.waiting_to_uninstall.is_empty()
+            && ready.as_deref() == Some("True"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await,
+        ["w2"]
+    );
+    assert!(
+        drop_in(&cluster.root("w0")).is_none(),
+        "w0 rolled back to the worker config"
+    );
+    assert!(drop_in(&cluster.root("w2")).is_some());
+
+    // Uninstall waits for the Kata pod, without evicting it.
+    create_kata_pod(&cluster.client, "apps", "sandboxed").await;
+    cluster
+        .configs()
+        .delete("cluster-kataconfig", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster
+        .wait_condition(
+            "cluster-kataconfig",
+            "InProgress",
+            "True",
+            "BlockedByExistingKataPods",
+        )
+        .await;
+    let (_, _, message) = cluster
+        .condition("cluster-kataconfig", "InProgress")
+        .await
+        .unwrap();
+    assert!(message.contains("apps/sandboxed"), "{message}");
+    assert!(
+        cluster
+            .get_dynamic(&machine_config_resource(), names::MACHINE_CONFIG_NAME)
+            .await
+            .is_some(),
+        "nothing removed while blocked"
+    );
+    assert!(
+        Api::<Pod>::namespaced(cluster.client.clone(), "apps")
+            .get_opt("sandboxed")
+            .await
+            .unwrap()
+            .is_some(),
+        "the pod was not evicted"
+    );
+
+    Api::<Pod>::namespaced(cluster.client.clone(), "apps")
+        .delete("sandboxed", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.wait_gone("cluster-kataconfig").await;
+    assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
+    for node in ["w0", "w1", "w2"] {
+        assert!(
+            drop_in(&cluster.root(node)).is_none(),
+            "{node} still has the drop-in"
+        );
+    }
+    drop(cluster.plane);
+}
+
+#[tokio::test]
+async fn degraded_node_and_log_level() {
+    let cluster = Cluster::start(&[("w0", &[WORKER]), ("w1", &[WORKER])]).await;
+    cluster.simulator.set_fault(
+        "w1",
+        NodeFault::Degraded {
+            reason: "failed to drain node: pod blocked by PDB".into(),
+        },
+    );
+    let _coordinator = RunningCoordinator::start(cluster.client.clone(), Options::default());
+    // An empty selector with matchExpressions still yields the runtime-ready nodeSelector.
+    cluster.create_kataconfig("kc", json!({"logLevel": "debug", "kataConfigPoolSelector": {"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}]}})).await;
+
+    cluster
+        .wait_condition("kc", "Degraded", "True", "NodeDegraded")
+        .await;
+    let (_, _, message) = cluster.condition("kc", "Degraded").await.unwrap();
+    assert!(
+        message.contains("w1") && message.contains("pod blocked by PDB"),
+        "{message}"
+    );
+    let status = cluster.configs().get("kc").await.unwrap().status.unwrap();
+    assert_eq!(
+        status
+            .kata_nodes
+            .failed_to_install
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        ["w1"]
+    );
+    assert_eq!(
+        cluster.condition("kc", "InProgress").await.unwrap().1,
+        "Failed"
+    );
+    let crc = cluster
+        .get_dynamic(
+            &container_runtime_config_resource(),
+            names::CONTAINER_RUNTIME_CONFIG_NAME,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crc.data["spec"]["containerRuntimeConfig"]["logLevel"],
+        "debug"
+    );
+
+    cluster.simulator.clear_fault("w1");
+    cluster
+        .wait_condition("kc", "Ready", "True", "Installed")
+        .await;
+    assert_eq!(
+        cluster.condition("kc", "Degraded").await.unwrap().0,
+        "False"
+    );
+
+    let patch = json!({"spec": {"logLevel": "info"}});
+    cluster
+        .configs()
+        .patch("kc", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually("kata-crio-config deleted", CONVERGE, || async {
+        Ok(cluster
+            .get_dynamic(
+                &container_runtime_config_resource(),
+                names::CONTAINER_RUNTIME_CONFIG_NAME,
+            )
+            .await
+            .is_none())
+    })
+    .await
+    .unwrap();
+}
+
+/// A converged cluster costs no API writes: neither a fresh coordinator's
+/// full resync nor an unrelated node change writes anything.
+#[tokio::test]
+async fn converged_cluster_resync_makes_no_writes() {
+    let cluster = Cluster::start(&[("w0", &[WORKER]), ("w1", &[WORKER]), ("w2", &[WORKER])]).await;
+    let first = RunningCoordinator::start(cluster.client.clone(), Options::default());
+    cluster.create_kataconfig("kc", json!({})).await;
+    cluster
+        .wait_condition("kc", "Ready", "True", "Installed")
+        .await;
+    let install_writes = first.writes.get();
+    first.stop().await;
+
+    let second = RunningCoordinator::start(cluster.client.clone(), Options::default());
+    // Give it time to list, reconcile and settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let patch = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});
+    Api::<Node>::all(cluster.client.clone())
+        .patch("w1", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "install took {install_writes} API writes; resync of the converged cluster took {}",
+        second.writes.get()
+    );
+    assert_eq!(
+        second.writes.get(),
+        0,
+        "a converged cluster needs no writes"
+    );
+}
+
+/// Stops the coordinator after every single write of an install and of an
+/// uninstall; a fresh coordinator must converge to the same end state.
+#[tokio::test]
+async fn restarts_at_every_step_converge() {
+    let cluster = Cluster::start(&[("w0", &[WORKER]), ("w1", &[WORKER])]).await;
+
+    // One uninterrupted round tells how many writes each phase takes.
+    let reference = RunningCoordinator::start(cluster.client.clone(), Options::default());
+    cluster
+        .create_kataconfig("kc", json!({"logLevel": "debug"}))
+        .await;
+    cluster
+        .wait_condition("kc", "Ready", "True", "Installed")
+        .await;
+    let install_writes = reference.writes.get();
+    let expected_labels = cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await;
+    cluster
+        .configs()
+        .delete("kc", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.wait_gone("kc").await;
+    let uninstall_writes = reference.writes.get() - install_writes;
+    reference.stop().await;
+    assert!(
+        install_writes > 3 && uninstall_writes > 3,
+        "install {install_writes}, uninstall {uninstall_writes}"
+    );
+
+    for stop_after in 1..install_writes.max(uninstall_writes) {
+        let crashing = RunningCoordinator::start(
+            cluster.client.clone(),
+            Options {
+                stop_after_writes: Some(stop_after),
+            },
+        );
+        cluster
+            .create_kataconfig("kc", json!({"logLevel": "debug"}))
+            .await;
+        eventually("the coordinator to stop or converge", CONVERGE, || async {
+            Ok(crashing.has_stopped()
+                || cluster
+                    .condition("kc", "Ready")
+                    .await
+                    .is_some_and(|c| c.0 == "True"))
+        })
+        .await
+        .unwrap();
+        crashing.stop().await;
+        let fresh = RunningCoordinator::start(cluster.client.clone(), Options::default());
+        cluster
+            .wait_condition("kc", "Ready", "True", "Installed")
+            .await;
+        fresh.stop().await;
+        assert_eq!(
+            cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await,
+            expected_labels,
+            "after a stop at write {stop_after}"
+        );
+        let pools = Api::<DynamicObject>::all_with(cluster.client.clone(), &pool_resource())
+            .list(&Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            pools
+                .items
+                .iter()
+                .filter(|p| p.name_any() == names::POOL_NAME)
+                .count(),
+            1
+        );
+
+        let crashing = RunningCoordinator::start(
+            cluster.client.clone(),
+            Options {
+                stop_after_writes: Some(stop_after),
+            },
+        );
+        cluster
+            .configs()
+            .delete("kc", &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            "the coordinator to stop or finish uninstalling",
+            CONVERGE,
+            || async {
+                Ok(crashing.has_stopped()
+                    || cluster
+                        .configs()
+                        .get_opt("kc")
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .is_none())
+            },
+        )
+        .await
+        .unwrap();
+        crashing.stop().await;
+        let fresh = RunningCoordinator::start(cluster.client.clone(), Options::default());
+        cluster.wait_gone("kc").await;
+        fresh.stop().await;
+        assert_eq!(
+            cluster.operator_leftovers().await,
+            Vec::<String>::new(),
+            "after a stop at write {stop_after} of the uninstall"
+        );
+    }
+    println!(
+        "restart-safe at each of {install_writes} install and {uninstall_writes} uninstall writes"
+    );
+}
