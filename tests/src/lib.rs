@@ -5,6 +5,8 @@
 pub mod child_process;
 pub mod control_plane;
 pub mod host_root;
+pub mod operator;
+pub mod mco_simulator;
 pub mod pki;
 
 use std::path::Path;

@@ -1,0 +1,698 @@
+//! A stand-in for the OpenShift Machine Config Operator, for tests against
+//! the local control plane (which has no MCO).
+//!
+//! Like the MCO it keeps the stock `master` and `worker` pools, renders each
+//! pool's MachineConfigs into a `rendered-<pool>-<hash>` config, rolls nodes
+//! to it `maxUnavailable` at a time through the node annotations
+//! (`desiredConfig`, `state` Working → Done, `currentConfig`), writes the
+//! pool status, turns ContainerRuntimeConfigs into generated MachineConfigs,
+//! and plays the machine-config daemon on each node's fake host root.
+//!
+//! The decisions are pure functions ([`render`], [`rollout`], [`crio`]); this
+//! module only lists the objects every `resync_interval` and writes what
+//! changed. Listing afresh each time, rather than watching into caches, means
+//! a decision never rests on a cache that has not yet seen our last write.
+
+pub mod crio;
+pub mod host;
+pub mod model;
+pub mod render;
+pub mod rollout;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::Error;
+use host::HostRoot;
+use model::{
+    API_VERSION, CONTROLLER_VERSION, CURRENT_CONFIG, DESIRED_CONFIG, GENERATED_BY, MachineConfig,
+    MachineConfigSpec, NodeView, Pool, PoolConfiguration, REASON, ROLE_LABEL, RuntimeConfig, STATE,
+    STATE_DEGRADED, STATE_DONE, STATE_WORKING,
+};
+use rollout::{NodeStep, RolloutInput, StatusInput};
+
+const FIELD_MANAGER: &str = "machine-config-operator-simulator";
+
+#[derive(Debug, Clone)]
+pub struct SimulatorOptions {
+    /// How long a node's drain and reboot take, from `Working` to `Done`.
+    pub update_delay: Duration,
+    /// How often the simulator looks at the cluster.
+    pub resync_interval: Duration,
+}
+
+impl Default for SimulatorOptions {
+    fn default() -> Self {
+        SimulatorOptions {
+            update_delay: Duration::from_millis(300),
+            resync_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A failure to inject into a node's next update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeFault {
+    /// The machine-config daemon fails: state `Degraded` with this reason.
+    Degraded { reason: String },
+}
+
+#[derive(Default)]
+struct Shared {
+    roots: Mutex<BTreeMap<String, HostRoot>>,
+    /// Node → the reason its updates fail with.
+    faults: Mutex<BTreeMap<String, String>>,
+}
+
+/// The running simulator; stops when dropped.
+pub struct McoSimulator {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl McoSimulator {
+    /// Creates the stock pools and base MachineConfigs (the OpenShift CRDs
+    /// must be installed) and starts the simulation loop.
+    pub async fn start(
+        client: kube::Client,
+        options: SimulatorOptions,
+    ) -> Result<McoSimulator, Error> {
+        ensure_stock_objects(&client).await?;
+        let shared = Arc::new(Shared::default());
+        let mut simulation = Simulation::new(client, options.clone(), shared.clone());
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(options.resync_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = simulation.sync().await {
+                    warn!(%error, "MCO simulator sync failed; retrying");
+                }
+            }
+        });
+        Ok(McoSimulator { shared, task })
+    }
+
+    /// From now on, the node's config is applied under `root`; the config the
+    /// node already runs is applied at once.
+    pub fn register_host_root(&self, node: &str, root: impl Into<PathBuf>) {
+        lock(&self.shared.roots).insert(node.to_owned(), HostRoot::new(root.into()));
+    }
+
+    pub fn set_fault(&self, node: &str, fault: NodeFault) {
+        let NodeFault::Degraded { reason } = fault;
+        lock(&self.shared.faults).insert(node.to_owned(), reason);
+    }
+
+    pub fn clear_fault(&self, node: &str) {
+        lock(&self.shared.faults).remove(node);
+    }
+
+    pub async fn stop(mut self) {
+        self.task.abort();
+        // Waiting for the aborted task makes sure no write lands after `stop`.
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for McoSimulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere leaves the maps consistent: every write is one insert.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn ensure_stock_objects(client: &kube::Client) -> Result<(), Error> {
+    let pools = Api::<DynamicObject>::all_with(client.clone(), &model::pool_resource());
+    let configs = Api::<DynamicObject>::all_with(client.clone(), &model::machine_config_resource());
+    for (role, node_label) in [
+        ("master", "node-role.kubernetes.io/master"),
+        ("worker", "node-role.kubernetes.io/worker"),
+    ] {
+        let pool = json!({
+            "apiVersion": API_VERSION, "kind": "MachineConfigPool",
+            "metadata": { "name": role, "labels": {
+                "machineconfiguration.openshift.io/mco-built-in": "",
+                format!("pools.operator.machineconfiguration.openshift.io/{role}"): "",
+            } },
+            "spec": {
+                "machineConfigSelector": { "matchLabels": { ROLE_LABEL: role } },
+                "nodeSelector": { "matchLabels": { node_label: "" } },
+                "paused": false,
+            }
+        });
+        create_if_absent(&pools, pool).await?;
+        let base = json!({
+            "apiVersion": API_VERSION, "kind": "MachineConfig",
+            "metadata": { "name": format!("00-{role}"), "labels": { ROLE_LABEL: role } },
+            "spec": { "config": { "ignition": { "version": render::IGNITION_VERSION } } }
+        });
+        create_if_absent(&configs, base).await?;
+    }
+    Ok(())
+}
+
+async fn create_if_absent(api: &Api<DynamicObject>, object: Value) -> Result<(), Error> {
+    let object: DynamicObject =
+        serde_json::from_value(object).map_err(|e| Error::Setup(format!("bad object: {e}")))?;
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::Setup(format!(
+            "creating {:?}: the MachineConfig CRDs are missing; call ControlPlane::install_openshift_crds first",
+            object.metadata.name
+        ))),
+        Err(error) => Err(Error::Kube(error)),
+    }
+}
+
+struct Simulation {
+    options: SimulatorOptions,
+    shared: Arc<Shared>,
+    pools: Api<DynamicObject>,
+    configs: Api<DynamicObject>,
+    runtime_configs: Api<DynamicObject>,
+    nodes: Api<Node>,
+    /// Node → (the config it is updating to, since when).
+    working_since: BTreeMap<String, (String, Instant)>,
+}
+
+impl Simulation {
+    fn new(client: kube::Client, options: SimulatorOptions, shared: Arc<Shared>) -> Self {
+        let all = |resource: ApiResource| Api::<DynamicObject>::all_with(client.clone(), &resource);
+        Simulation {
+            options,
+            shared,
+            pools: all(model::pool_resource()),
+            configs: all(model::machine_config_resource()),
+            runtime_configs: all(model::runtime_config_resource()),
+            nodes: Api::all(client.clone()),
+            working_since: BTreeMap::new(),
+        }
+    }
+
+    async fn sync(&mut self) -> Result<(), Error> {
+        let pools: Vec<Pool> = list(&self.pools).await?;
+        let mut configs: Vec<MachineConfig> = list(&self.configs).await?;
+        let runtime_configs: Vec<RuntimeConfig> = list(&self.runtime_configs).await?;
+        let mut nodes: Vec<NodeView> = self
+            .nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::Kube)?
+            .iter()
+            .map(NodeView::from_node)
+            .collect();
+
+        if self
+            .sync_runtime_configs(&runtime_configs, &pools, &configs)
+            .await?
+        {
+            // The pools' inputs changed under us: render from a fresh list.
+            return Ok(());
+        }
+        self.collect_garbage(&pools, &configs).await?;
+        self.track_working_nodes(&nodes);
+
+        let membership = rollout::membership(&pools, &nodes);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        for pool in &pools {
+            let (target, render_error) = self.render(pool, &mut configs).await?;
+            if let Some(target) = &target {
+                self.roll_out(pool, &target.name, &membership, &mut nodes, &configs)
+                    .await?;
+            }
+            let pool_nodes = membership.nodes_of(pool.name(), &nodes);
+            let conflicts = membership.conflicts_of(pool.name());
+            let status = rollout::pool_status(&StatusInput {
+                pool,
+                target: target.as_ref(),
+                nodes: &pool_nodes,
+                conflicts: &conflicts,
+                render_error: render_error.as_deref(),
+                now: &now,
+            });
+            if status != pool.status {
+                debug!(pool = pool.name(), ?status, "writing pool status");
+                self.pools
+                    .patch_status(
+                        pool.name(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": status })),
+                    )
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+        }
+        self.sync_host_roots(&nodes, &configs)
+    }
+
+    /// Renders the pool; creates the rendered config and points the pool at
+    /// it. Returns the pool's target (kept from before when the render fails)
+    /// and the render error.
+    async fn render(
+        &self,
+        pool: &Pool,
+        configs: &mut Vec<MachineConfig>,
+    ) -> Result<(Option<PoolConfiguration>, Option<String>), Error> {
+        let rendered = match render::render_pool(pool, configs) {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                let previous = pool
+                    .spec
+                    .configuration
+                    .clone()
+                    .filter(|c| !c.name.is_empty());
+                return Ok((previous, Some(error)));
+            }
+        };
+        if !configs.iter().any(|mc| mc.name() == rendered.name) {
+            debug!(
+                pool = pool.name(),
+                config = rendered.name,
+                "creating rendered config"
+            );
+            let owner = Owner {
+                kind: "MachineConfigPool",
+                name: pool.name(),
+                uid: pool.uid(),
+            };
+            let object = controller_config(&rendered.name, json!({}), &owner, &rendered.spec);
+            create_if_absent(&self.configs, object).await?;
+            let mut created = MachineConfig {
+                spec: rendered.spec.clone(),
+                ..Default::default()
+            };
+            created.metadata.name = Some(rendered.name.clone());
+            configs.push(created);
+        }
+        let configuration = PoolConfiguration {
+            name: rendered.name.clone(),
+            source: rendered
+                .sources
+                .iter()
+                .map(|name| ObjectReference {
+                    api_version: Some(API_VERSION.to_owned()),
+                    kind: Some("MachineConfig".to_owned()),
+                    name: Some(name.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        if pool.spec.configuration.as_ref() != Some(&configuration) {
+            debug!(
+                pool = pool.name(),
+                config = configuration.name,
+                "pointing pool at rendered config"
+            );
+            let patch = json!({ "spec": { "configuration": configuration } });
+            self.pools
+                .patch(pool.name(), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(Error::Kube)?;
+        }
+        Ok((Some(configuration), None))
+    }
+
+    async fn roll_out(
+        &mut self,
+        pool: &Pool,
+        target: &str,
+        membership: &rollout::Membership,
+        nodes: &mut [NodeView],
+        configs: &[MachineConfig],
+    ) -> Result<(), Error> {
+        let pool_nodes = membership.nodes_of(pool.name(), nodes);
+        let reboot_over = pool_nodes
+            .iter()
+            .filter(|node| {
+                self.working_since
+                    .get(&node.name)
+                    .is_some_and(|(_, since)| since.elapsed() >= self.options.update_delay)
+            })
+            .map(|node| node.name.clone())
+            .collect();
+        let faults = lock(&self.shared.faults).clone();
+        let input = RolloutInput {
+            target,
+            max_unavailable: rollout::max_unavailable(
+                pool.spec.max_unavailable.as_ref(),
+                pool_nodes.len(),
+            ),
+            paused: pool.spec.paused,
+            reboot_over: &reboot_over,
+            faults: &faults,
+        };
+        let steps = rollout::plan_nodes(&pool_nodes, &input);
+        for (name, step) in steps {
+            debug!(pool = pool.name(), node = name, ?step, "node step");
+            let annotations = self.perform(&name, &step, configs);
+            self.nodes
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
+                )
+                .await
+                .map_err(Error::Kube)?;
+            if let Some(node) = nodes.iter_mut().find(|n| n.name == name) {
+                update_view(node, &annotations);
+            }
+        }
+        Ok(())
+    }
+
+    /// Plays the daemon's part of `step` on the node's host root, and returns
+    /// the annotations that report it.
+    fn perform(
+        &mut self,
+        node: &str,
+        step: &NodeStep,
+        configs: &[MachineConfig],
+    ) -> BTreeMap<&'static str, String> {
+        let mut roots = lock(&self.shared.roots);
+        let root = roots.get_mut(node);
+        let report = |state: &str, reason: &str| {
+            BTreeMap::from([(STATE, state.to_owned()), (REASON, reason.to_owned())])
+        };
+        match step {
+            NodeStep::Adopt { config } | NodeStep::Finish { config } => {
+                if let (Some(root), Some(spec)) = (root, spec_of(config, configs))
+                    && let Err(error) = root.boot(config, spec)
+                {
+                    return report(
+                        STATE_DEGRADED,
+                        &format!("failed to apply {config}: {error}"),
+                    );
+                }
+                let mut annotations = report(STATE_DONE, "");
+                annotations.insert(CURRENT_CONFIG, config.clone());
+                annotations.insert(DESIRED_CONFIG, config.clone());
+                annotations
+            }
+            NodeStep::Start { config } | NodeStep::Retry { config } => {
+                if let (Some(root), Some(spec)) = (root, spec_of(config, configs))
+                    && let Err(error) = root.stage(spec)
+                {
+                    warn!(node, %error, "cannot stage the deployment in the host root");
+                }
+                self.working_since
+                    .insert(node.to_owned(), (config.clone(), Instant::now()));
+                let mut annotations = report(STATE_WORKING, "");
+                annotations.insert(DESIRED_CONFIG, config.clone());
+                annotations
+            }
+            NodeStep::Degrade { reason } => report(STATE_DEGRADED, reason),
+        }
+    }
+
+    /// Starts the reboot clock of Working nodes we did not start ourselves
+    /// (left Working by an earlier simulator) and forgets finished ones.
+    fn track_working_nodes(&mut self, nodes: &[NodeView]) {
+        let working: BTreeMap<&str, &str> = nodes
+            .iter()
+            .filter(|n| n.in_state(STATE_WORKING))
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    n.desired_config.as_deref().unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.working_since.retain(|node, (config, _)| {
+            working
+                .get(node.as_str())
+                .is_some_and(|desired| desired == config)
+        });
+        for (node, desired) in working {
+            self.working_since
+                .entry(node.to_owned())
+                .or_insert_with(|| (desired.to_owned(), Instant::now()));
+        }
+    }
+
+    /// A host root registered after its node got its config catches up: it
+    /// boots the node's current config, and stages the one it is updating to.
+    fn sync_host_roots(&self, nodes: &[NodeView], configs: &[MachineConfig]) -> Result<(), Error> {
+        let mut roots = lock(&self.shared.roots);
+        for node in nodes {
+            let (Some(root), Some(current)) =
+                (roots.get_mut(&node.name), node.current_config.as_deref())
+            else {
+                continue;
+            };
+            if root.booted_config() == Some(current) {
+                continue;
+            }
+            let Some(spec) = spec_of(current, configs) else {
+                continue;
+            };
+            root.boot(current, spec)?;
+            if let Some(desired) = node
+                .desired_config
+                .as_deref()
+                .filter(|d| *d != current && node.in_state(STATE_WORKING))
+                && let Some(spec) = spec_of(desired, configs)
+            {
+                root.stage(spec)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the generated config of each ContainerRuntimeConfig, removes
+    /// those no longer wanted, and reports on each ContainerRuntimeConfig.
+    /// Returns whether any MachineConfig changed.
+    async fn sync_runtime_configs(
+        &self,
+        runtime_configs: &[RuntimeConfig],
+        pools: &[Pool],
+        configs: &[MachineConfig],
+    ) -> Result<bool, Error> {
+        let (generated, statuses) = crio::plan(runtime_configs, pools);
+        let mut changed = false;
+        for wanted in &generated {
+            let existing = configs.iter().find(|mc| mc.name() == wanted.name);
+            let up_to_date = existing.is_some_and(|mc| {
+                mc.spec == wanted.spec
+                    && mc.labels().get(ROLE_LABEL) == Some(&wanted.role)
+                    && mc.owner_uid("ContainerRuntimeConfig") == Some(wanted.owner_uid.as_str())
+            });
+            if up_to_date {
+                continue;
+            }
+            debug!(
+                config = wanted.name,
+                owner = wanted.owner_name,
+                "writing generated config"
+            );
+            let owner = Owner {
+                kind: "ContainerRuntimeConfig",
+                name: &wanted.owner_name,
+                uid: &wanted.owner_uid,
+            };
+            let labels = json!({ ROLE_LABEL: wanted.role });
+            let object = controller_config(&wanted.name, labels, &owner, &wanted.spec);
+            self.configs
+                .patch(
+                    &wanted.name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(object),
+                )
+                .await
+                .map_err(Error::Kube)?;
+            changed = true;
+        }
+        for stale in configs
+            .iter()
+            .filter(|mc| mc.owner_uid("ContainerRuntimeConfig").is_some())
+        {
+            if !generated.iter().any(|g| g.name == stale.name()) {
+                delete(&self.configs, stale.name()).await?;
+                changed = true;
+            }
+        }
+        for (name, status) in statuses {
+            let Some(runtime_config) = runtime_configs.iter().find(|rc| rc.name() == name) else {
+                continue;
+            };
+            let mut status = status;
+            model::stamp_transitions(
+                &mut status.conditions,
+                &runtime_config.status.conditions,
+                &Time(k8s_openapi::jiff::Timestamp::now()),
+            );
+            if status != runtime_config.status {
+                self.runtime_configs
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": status })),
+                    )
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Stands in for the garbage collector, which a bare API server lacks:
+    /// rendered configs go with their pool.
+    async fn collect_garbage(
+        &self,
+        pools: &[Pool],
+        configs: &[MachineConfig],
+    ) -> Result<(), Error> {
+        for config in configs {
+            if let Some(owner) = config.owner_uid("MachineConfigPool")
+                && !pools.iter().any(|pool| pool.uid() == owner)
+            {
+                debug!(
+                    config = config.name(),
+                    "deleting rendered config of a deleted pool"
+                );
+                delete(&self.configs, config.name()).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The object that owns a MachineConfig the controller writes.
+struct Owner<'a> {
+    kind: &'a str,
+    name: &'a str,
+    uid: &'a str,
+}
+
+/// A MachineConfig written by the (simulated) MCO controllers, owned by the
+/// object it was made from, as on a real cluster.
+fn controller_config(name: &str, labels: Value, owner: &Owner, spec: &MachineConfigSpec) -> Value {
+    json!({
+        "apiVersion": API_VERSION, "kind": "MachineConfig",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": { GENERATED_BY: CONTROLLER_VERSION },
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": owner.kind, "name": owner.name, "uid": owner.uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": spec,
+    })
+}
+
+fn spec_of<'a>(config: &str, configs: &'a [MachineConfig]) -> Option<&'a MachineConfigSpec> {
+    configs
+        .iter()
+        .find(|mc| mc.name() == config)
+        .map(|mc| &mc.spec)
+}
+
+fn update_view(node: &mut NodeView, annotations: &BTreeMap<&'static str, String>) {
+    for (key, value) in annotations {
+        let field = match *key {
+            CURRENT_CONFIG => &mut node.current_config,
+            DESIRED_CONFIG => &mut node.desired_config,
+            STATE => &mut node.state,
+            _ => &mut node.reason,
+        };
+        *field = Some(value.clone());
+    }
+}
+
+async fn list<T: DeserializeOwned>(api: &Api<DynamicObject>) -> Result<Vec<T>, Error> {
+    let objects = api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?;
+    objects
+        .items
+        .into_iter()
+        .map(|object| {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            serde_json::to_value(object)
+                .and_then(serde_json::from_value)
+                .map_err(|e| Error::Setup(format!("cannot read {name}: {e}")))
+        })
+        .collect()
+}
+
+async fn delete(api: &Api<DynamicObject>, name: &str) -> Result<(), Error> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(Error::Kube(error)),
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::{Value, json};
+
+    use super::model::{MachineConfig, NodeView, Pool, ROLE_LABEL};
+
+    pub fn machine_config(
+        name: &str,
+        role: &str,
+        files: &[(&str, &str)],
+        extensions: &[&str],
+    ) -> MachineConfig {
+        let files: Vec<Value> = files
+            .iter()
+            .map(|(path, source)| json!({ "path": path, "contents": { "source": source } }))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { ROLE_LABEL: role } },
+            "spec": { "config": { "ignition": { "version": "3.2.0" }, "storage": { "files": files } }, "extensions": extensions }
+        }))
+        .unwrap()
+    }
+
+    pub fn pool(name: &str, machine_config_selector: Value, node_selector: Value) -> Pool {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "uid": format!("uid-{name}") },
+            "spec": { "machineConfigSelector": machine_config_selector, "nodeSelector": node_selector }
+        }))
+        .unwrap()
+    }
+
+    pub fn node(
+        name: &str,
+        labels: &[&str],
+        current: Option<&str>,
+        desired: Option<&str>,
+        state: Option<&str>,
+    ) -> NodeView {
+        NodeView {
+            name: name.to_owned(),
+            labels: labels
+                .iter()
+                .map(|l| ((*l).to_owned(), String::new()))
+                .collect(),
+            current_config: current.map(str::to_owned),
+            desired_config: desired.map(str::to_owned),
+            state: state.map(str::to_owned),
+            reason: None,
+            ready: true,
+        }
+    }
+}

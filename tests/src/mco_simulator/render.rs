@@ -1,0 +1,407 @@
+//! Rendering: the MachineConfigs a pool selects, merged into one rendered
+//! config named after a hash of its content, as the MCO's render controller
+//! does. Pure.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
+use serde_json::{Value, json};
+
+use super::model::{MachineConfig, MachineConfigSpec, Pool};
+
+/// Ignition version of the rendered config when every input is older.
+pub const IGNITION_VERSION: &str = "3.4.0";
+/// Ignition's default mode for a file that names none (0644).
+const DEFAULT_FILE_MODE: u32 = 0o644;
+
+/// Whether `labels` satisfy `selector`, with the MCO's reading of a pool's
+/// selectors: an absent selector selects nothing, an empty one everything, a
+/// malformed one nothing.
+pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    selector
+        .and_then(|selector| Selector::try_from(selector.clone()).ok())
+        .is_some_and(|selector| selector.matches(labels))
+}
+
+/// A pool's rendered config: what the pool's nodes must run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// `rendered-<pool>-<hash of spec>`.
+    pub name: String,
+    pub spec: MachineConfigSpec,
+    /// The MachineConfigs merged into it, in merge order.
+    pub sources: Vec<String>,
+}
+
+/// A file from an Ignition config, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnitionFile {
+    pub path: String,
+    pub mode: u32,
+    pub contents: Vec<u8>,
+}
+
+/// Merges the MachineConfigs `pool` selects, by name order: a later config's
+/// file (by path) or unit (by name) replaces an earlier one, extensions and
+/// kernel arguments are the union. Rendered configs of any pool are never
+/// inputs. Errors are what the MCO reports as `RenderDegraded`.
+pub fn render_pool(pool: &Pool, configs: &[MachineConfig]) -> Result<Rendered, String> {
+    let mut selected: Vec<&MachineConfig> = configs
+        .iter()
+        .filter(|mc| mc.owner_uid("MachineConfigPool").is_none())
+        .filter(|mc| selects(pool.spec.machine_config_selector.as_ref(), mc.labels()))
+        .collect();
+    if selected.is_empty() {
+        return Err(format!(
+            "no MachineConfigs found matching selector of pool {}",
+            pool.name()
+        ));
+    }
+    selected.sort_by(|a, b| a.name().cmp(b.name()));
+
+    let mut version = IGNITION_VERSION.to_owned();
+    let mut files = BTreeMap::new();
+    let mut units = BTreeMap::new();
+    let mut extensions: Vec<String> = Vec::new();
+    let mut kernel_arguments: Vec<String> = Vec::new();
+    for mc in &selected {
+        let config = &mc.spec.config;
+        let mc_version =
+            ignition_version(config).map_err(|e| format!("MachineConfig {}: {e}", mc.name()))?;
+        if version_key(&mc_version) > version_key(&version) {
+            version = mc_version;
+        }
+        for file in entries(config, "storage", "files") {
+            // Validated now so that a bad file degrades the render, not the node.
+            decode_file(file).map_err(|e| format!("MachineConfig {}: {e}", mc.name()))?;
+            files.insert(
+                file["path"].as_str().unwrap_or_default().to_owned(),
+                file.clone(),
+            );
+        }
+        for unit in entries(config, "systemd", "units") {
+            let name = unit["name"].as_str().ok_or_else(|| {
+                format!("MachineConfig {}: a systemd unit has no name", mc.name())
+            })?;
+            units.insert(name.to_owned(), unit.clone());
+        }
+        union_into(&mut extensions, &mc.spec.extensions);
+        union_into(&mut kernel_arguments, &mc.spec.kernel_arguments);
+    }
+    packages_for(&extensions)?;
+
+    let mut config = json!({ "ignition": { "version": version } });
+    if !files.is_empty() {
+        config["storage"] = json!({ "files": files.into_values().collect::<Vec<_>>() });
+    }
+    if !units.is_empty() {
+        config["systemd"] = json!({ "units": units.into_values().collect::<Vec<_>>() });
+    }
+    let spec = MachineConfigSpec {
+        config,
+        extensions,
+        kernel_arguments,
+    };
+    // serde_json's maps are sorted, so equal content serializes identically.
+    let canonical =
+        serde_json::to_vec(&spec).map_err(|e| format!("cannot serialize rendered config: {e}"))?;
+    Ok(Rendered {
+        name: format!("rendered-{}-{}", pool.name(), stable_hash(&canonical)),
+        spec,
+        sources: selected.iter().map(|mc| mc.name().to_owned()).collect(),
+    })
+}
+
+/// The decoded files of a (rendered) config.
+pub fn files_of(spec: &MachineConfigSpec) -> Result<Vec<IgnitionFile>, String> {
+    entries(&spec.config, "storage", "files")
+        .map(decode_file)
+        .collect()
+}
+
+/// The RPM packages the MCO layers for each supported RHCOS extension; an
+/// unsupported extension fails the render, as on a real cluster.
+pub fn packages_for(extensions: &[String]) -> Result<Vec<String>, String> {
+    let mut packages = Vec::new();
+    let mut invalid = Vec::new();
+    for extension in extensions {
+        let names: &[&str] = match extension.as_str() {
+            "sandboxed-containers" => &["kata-containers"],
+            "usbguard" => &["usbguard"],
+            "kerberos" => &["krb5-workstation", "libkadm5"],
+            "kernel-devel" => &["kernel-devel", "kernel-headers"],
+            "ipsec" => &["NetworkManager-libreswan", "libreswan"],
+            "wasm" => &["crun-wasm"],
+            "sysstat" => &["sysstat"],
+            _ => {
+                invalid.push(extension.as_str());
+                continue;
+            }
+        };
+        union_into(
+            &mut packages,
+            &names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        );
+    }
+    if invalid.is_empty() {
+        Ok(packages)
+    } else {
+        Err(format!("invalid extensions found: {invalid:?}"))
+    }
+}
+
+/// FNV-1a, 64 bits, in hex: stable across runs and Rust releases (std's
+/// hasher promises neither), and plenty for naming rendered configs.
+pub fn stable_hash(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// Decodes an Ignition `contents.source` data URL: `data:,<percent-encoded>`
+/// or `data:<mediatype>;base64,<base64>`.
+pub fn decode_data_url(source: &str) -> Result<Vec<u8>, String> {
+    let rest = source
+        .strip_prefix("data:")
+        .ok_or_else(|| format!("only data URLs are supported, got {source:?}"))?;
+    let (header, data) = rest
+        .split_once(',')
+        .ok_or_else(|| format!("data URL without a comma: {source:?}"))?;
+    if header.ends_with(";base64") {
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| format!("bad base64 in data URL: {e}"))
+    } else {
+        percent_decode(data)
+    }
+}
+
+fn percent_decode(data: &str) -> Result<Vec<u8>, String> {
+    let bytes = data.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            let byte = hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape at byte {i}"))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn decode_file(file: &Value) -> Result<IgnitionFile, String> {
+    let path = file["path"].as_str().ok_or("a storage file has no path")?;
+    if !path.starts_with('/') || path.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "file path {path:?} must be absolute, without \"..\""
+        ));
+    }
+    let mode = match &file["mode"] {
+        Value::Null => DEFAULT_FILE_MODE,
+        mode => mode
+            .as_u64()
+            .and_then(|m| u32::try_from(m).ok())
+            .ok_or_else(|| format!("{path}: bad mode {mode}"))?,
+    };
+    let contents = match file["contents"]["source"].as_str() {
+        Some(source) => decode_data_url(source).map_err(|e| format!("{path}: {e}"))?,
+        None => Vec::new(),
+    };
+    Ok(IgnitionFile {
+        path: path.to_owned(),
+        mode,
+        contents,
+    })
+}
+
+fn ignition_version(config: &Value) -> Result<String, String> {
+    let version = config["ignition"]["version"]
+        .as_str()
+        .ok_or("spec.config has no ignition.version")?;
+    if version.starts_with("3.") {
+        Ok(version.to_owned())
+    } else {
+        Err(format!(
+            "Ignition version {version} is not supported (3.x only)"
+        ))
+    }
+}
+
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split('.')
+        .map(|part| part.parse().unwrap_or(0))
+        .collect()
+}
+
+fn entries<'a>(config: &'a Value, section: &str, list: &str) -> impl Iterator<Item = &'a Value> {
+    config[section][list].as_array().into_iter().flatten()
+}
+
+fn union_into(into: &mut Vec<String>, more: &[String]) {
+    for item in more {
+        if !into.contains(item) {
+            into.push(item.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::mco_simulator::fixtures::{machine_config, pool};
+
+    #[test]
+    fn data_urls_decode_in_both_encodings() {
+        assert_eq!(decode_data_url("data:,a%20b%0A").unwrap(), b"a b\n");
+        assert_eq!(
+            decode_data_url("data:text/plain;charset=utf-8;base64,aGk=").unwrap(),
+            b"hi"
+        );
+        assert!(decode_data_url("https://example.com/x").is_err());
+        assert!(decode_data_url("data:,%zz").is_err());
+        assert!(decode_data_url("data:,%4").is_err());
+    }
+
+    #[test]
+    fn selector_semantics_follow_the_mco() {
+        let labels = BTreeMap::from([("role".to_owned(), "kata-oc".to_owned())]);
+        assert!(
+            !selects(None, &labels),
+            "an absent selector selects nothing"
+        );
+        assert!(
+            selects(Some(&LabelSelector::default()), &labels),
+            "an empty selector selects all"
+        );
+        let in_roles: LabelSelector = serde_json::from_value(json!({
+            "matchExpressions": [{ "key": "role", "operator": "In", "values": ["kata-oc", "worker"] }]
+        }))
+        .unwrap();
+        assert!(selects(Some(&in_roles), &labels));
+        let not_in: LabelSelector = serde_json::from_value(json!({
+            "matchExpressions": [{ "key": "role", "operator": "NotIn", "values": ["kata-oc"] }, { "key": "x", "operator": "DoesNotExist" }]
+        }))
+        .unwrap();
+        assert!(!selects(Some(&not_in), &labels));
+        let bad: LabelSelector = serde_json::from_value(
+            json!({ "matchExpressions": [{ "key": "role", "operator": "Near" }] }),
+        )
+        .unwrap();
+        assert!(!selects(Some(&bad), &labels));
+    }
+
+    #[test]
+    fn later_config_wins_per_path_and_extensions_are_a_union() {
+        let pool = pool(
+            "kata-oc",
+            json!({ "matchExpressions": [{ "key": ROLE, "operator": "In", "values": ["kata-oc", "worker"] }] }),
+            json!({}),
+        );
+        let configs = vec![
+            machine_config(
+                "50-kata",
+                "kata-oc",
+                &[("/etc/a", "data:,new")],
+                &["sandboxed-containers"],
+            ),
+            machine_config(
+                "00-worker",
+                "worker",
+                &[("/etc/a", "data:,old"), ("/etc/b", "data:,b")],
+                &["usbguard"],
+            ),
+            machine_config("00-master", "master", &[("/etc/m", "data:,m")], &[]),
+        ];
+        let rendered = render_pool(&pool, &configs).unwrap();
+        assert_eq!(rendered.sources, ["00-worker", "50-kata"]);
+        assert_eq!(
+            rendered.spec.extensions,
+            ["usbguard", "sandboxed-containers"]
+        );
+        let files = files_of(&rendered.spec).unwrap();
+        let by_path: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.contents.as_slice()))
+            .collect();
+        assert_eq!(
+            by_path,
+            [("/etc/a", b"new".as_slice()), ("/etc/b", b"b".as_slice())]
+        );
+        assert!(rendered.name.starts_with("rendered-kata-oc-"));
+
+        let reordered: Vec<_> = configs.iter().rev().cloned().collect();
+        assert_eq!(
+            render_pool(&pool, &reordered).unwrap().name,
+            rendered.name,
+            "the name depends on content only"
+        );
+        let changed = vec![
+            configs[1].clone(),
+            machine_config("50-kata", "kata-oc", &[("/etc/a", "data:,newer")], &[]),
+        ];
+        assert_ne!(render_pool(&pool, &changed).unwrap().name, rendered.name);
+    }
+
+    #[test]
+    fn rendered_configs_are_never_inputs() {
+        let pool = pool("worker", json!({}), json!({}));
+        let mut rendered = machine_config("rendered-worker-1", "worker", &[], &[]);
+        rendered.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                kind: "MachineConfigPool".into(),
+                ..Default::default()
+            },
+        ]);
+        let base = machine_config("00-worker", "worker", &[], &[]);
+        assert_eq!(
+            render_pool(&pool, &[rendered, base]).unwrap().sources,
+            ["00-worker"]
+        );
+    }
+
+    #[test]
+    fn bad_inputs_degrade_the_render() {
+        let pool = pool(
+            "worker",
+            json!({ "matchLabels": { ROLE: "worker" } }),
+            json!({}),
+        );
+        assert!(
+            render_pool(&pool, &[])
+                .unwrap_err()
+                .contains("no MachineConfigs")
+        );
+        let unknown = machine_config("10-x", "worker", &[], &["not-an-extension"]);
+        assert!(
+            render_pool(&pool, &[unknown])
+                .unwrap_err()
+                .contains("not-an-extension")
+        );
+        let relative = machine_config("10-x", "worker", &[("etc/x", "data:,x")], &[]);
+        assert!(
+            render_pool(&pool, &[relative])
+                .unwrap_err()
+                .contains("absolute")
+        );
+        let mut old = machine_config("10-x", "worker", &[], &[]);
+        old.spec.config = json!({ "ignition": { "version": "2.2.0" } });
+        assert!(render_pool(&pool, &[old]).unwrap_err().contains("2.2.0"));
+    }
+
+    const ROLE: &str = super::super::model::ROLE_LABEL;
+}
