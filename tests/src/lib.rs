@@ -5,8 +5,8 @@
 pub mod child_process;
 pub mod control_plane;
 pub mod host_root;
-pub mod operator;
 pub mod mco_simulator;
+pub mod operator;
 pub mod pki;
 
 use std::path::Path;
@@ -18,17 +18,29 @@ pub enum Error {
     #[error("test set-up: {0}")]
     Setup(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("certificate generation: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
-    #[error("control plane: {what}\n--- etcd log (tail) ---\n{etcd_log}\n--- kube-apiserver log (tail) ---\n{api_server_log}")]
-    ControlPlane { what: String, etcd_log: String, api_server_log: String },
+    #[error(
+        "control plane: {what}\n--- etcd log (tail) ---\n{etcd_log}\n--- kube-apiserver log (tail) ---\n{api_server_log}"
+    )]
+    ControlPlane {
+        what: String,
+        etcd_log: String,
+        api_server_log: String,
+    },
 }
 
 impl Error {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.display().to_string(), source }
+        Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }

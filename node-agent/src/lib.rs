@@ -1,0 +1,25 @@
+//! The Kata node agent: probes a host for Kata readiness.
+//!
+//! * [`probe`]: the individual probes and their outcome type.
+//! * [`runner::ProbeRunner`]: one full cycle, reusable across cycles by the
+//!   daemon (it keeps the QEMU version cache).
+//! * [`verdict`]: `kvm_capable` / `runtime_ready` from a cycle's outcomes.
+//! * [`check`]: the `node-agent check` report.
+//! * [`config::ExpectedConfig`]: what the node should look like; the
+//!   coordinator may send its own.
+
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod probe;
+pub mod runner;
+pub mod verdict;
+
+pub use check::CheckReport;
+pub use config::{ExpectedConfig, Version};
+pub use error::AgentError;
+pub use probe::capacity::{Capacity, CapacitySource};
+pub use probe::rpm_ostree::{SIMULATED_STATUS_FILE, StatusSource};
+pub use probe::{Budgets, HostRoot, ProbeName, ProbeOutcome, ProbeStatus};
+pub use runner::{ProbeRunner, RunnerOptions};
+pub use verdict::{Verdicts, verdicts};

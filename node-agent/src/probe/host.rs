@@ -1,0 +1,350 @@
+//! Reading the host through a host root (`/` on a node, `/host` in the
+//! DaemonSet, a temporary directory in tests).
+//!
+//! Paths are resolved *inside* the root, the way `chroot` or
+//! `openat2(RESOLVE_IN_ROOT)` would: an absolute symlink such as
+//! `var/run -> /run` is followed relative to the root rather than into the
+//! agent's own container, and `..` never climbs above the root. Files are
+//! opened non-blocking and checked to be regular files before they are read,
+//! so a FIFO planted where a config file should be cannot hang a probe, and
+//! every read has a size cap.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::error::AgentError;
+
+/// Linux's own limit on symlinks followed while resolving one path.
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// The directory under which the host's filesystem is visible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoot {
+    root: PathBuf,
+}
+
+impl HostRoot {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// True when the root is the agent's own `/`, where the kernel's path
+    /// resolution already is the right one and commands run directly.
+    pub fn is_system_root(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// `host_path` (such as `/etc/crio/crio.conf`) as a path the agent can
+    /// open, with every symlink on the way resolved inside the root.
+    ///
+    /// A missing component is not an error here: the rest of the path is
+    /// appended as is, and opening it reports `NotFound`.
+    pub fn resolve(&self, host_path: &str) -> Result<PathBuf, AgentError> {
+        if self.is_system_root() {
+            return Ok(Path::new("/").join(host_path.trim_start_matches('/')));
+        }
+        let mut pending: VecDeque<OsString> = components(Path::new(host_path)).collect();
+        let mut resolved = self.root.clone();
+        let mut depth = 0usize;
+        let mut hops = 0usize;
+        while let Some(part) = pending.pop_front() {
+            if part == ".." {
+                if depth > 0 {
+                    resolved.pop();
+                    depth -= 1;
+                }
+                continue;
+            }
+            let candidate = resolved.join(&part);
+            let meta = match fs::symlink_metadata(&candidate) {
+                Ok(meta) => meta,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    resolved = candidate;
+                    resolved.extend(pending);
+                    return Ok(resolved);
+                }
+                Err(source) => return Err(io_error(host_path, source)),
+            };
+            if !meta.file_type().is_symlink() {
+                resolved = candidate;
+                depth += 1;
+                continue;
+            }
+            hops += 1;
+            if hops > MAX_SYMLINK_HOPS {
+                return Err(AgentError::SymlinkLoop {
+                    path: display(host_path),
+                });
+            }
+            let target = fs::read_link(&candidate).map_err(|source| io_error(host_path, source))?;
+            if target.is_absolute() {
+                resolved = self.root.clone();
+                depth = 0;
+            }
+            for part in components(&target).collect::<Vec<_>>().into_iter().rev() {
+                pending.push_front(part);
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Metadata of `host_path`, following symlinks inside the root.
+    pub fn metadata(&self, host_path: &str) -> Result<Metadata, AgentError> {
+        let path = self.resolve(host_path)?;
+        fs::metadata(&path).map_err(|source| io_error(host_path, source))
+    }
+
+    /// Whether `host_path` exists (any kind of file).
+    pub fn exists(&self, host_path: &str) -> bool {
+        self.metadata(host_path).is_ok()
+    }
+
+    /// Whether `host_path` is a regular file with an execute bit set.
+    pub fn is_executable(&self, host_path: &str) -> bool {
+        self.metadata(host_path)
+            .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    }
+
+    /// The whole of a regular file, refusing anything larger than `limit`.
+    pub fn read_file(&self, host_path: &str, limit: u64) -> Result<Vec<u8>, AgentError> {
+        let bytes = self.read_prefix(host_path, limit.saturating_add(1))?;
+        if bytes.len() as u64 > limit {
+            return Err(AgentError::TooLarge {
+                path: display(host_path),
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// At most the first `limit` bytes of a regular file: for files such as
+    /// `/proc/cpuinfo` where the beginning is enough.
+    pub fn read_prefix(&self, host_path: &str, limit: u64) -> Result<Vec<u8>, AgentError> {
+        let file = self.open_regular(host_path)?;
+        let mut bytes = Vec::new();
+        file.take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(|source| io_error(host_path, source))?;
+        Ok(bytes)
+    }
+
+    /// Names of the entries of a directory, sorted bytewise (the order CRI-O
+    /// and most config loaders use), skipping names that are not UTF-8 rather
+    /// than failing on them.
+    pub fn read_dir_sorted(&self, host_path: &str) -> Result<Vec<String>, AgentError> {
+        let path = self.resolve(host_path)?;
+        let entries = fs::read_dir(&path).map_err(|source| io_error(host_path, source))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| io_error(host_path, source))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Runs a host binary with a deadline and returns its stdout.
+    ///
+    /// Under a root other than `/` that holds a complete OS (it has
+    /// `/bin/sh`), the binary runs through `chroot` so it finds the host's own
+    /// libraries; a bare tree such as a test fixture has none to find, so its
+    /// self-contained executables run directly.
+    pub async fn run(
+        &self,
+        host_binary: &str,
+        args: &[&str],
+        budget: Duration,
+    ) -> Result<Vec<u8>, AgentError> {
+        let command_line = format!("{} {}", display(host_binary), args.join(" "));
+        let mut command = if self.is_system_root() || !self.exists("/bin/sh") {
+            tokio::process::Command::new(self.resolve(host_binary)?)
+        } else {
+            let mut chroot = tokio::process::Command::new("chroot");
+            chroot.arg(&self.root).arg(display(host_binary));
+            chroot
+        };
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let output = match tokio::time::timeout(budget, command.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(err)) => {
+                return Err(AgentError::CommandFailed {
+                    command: command_line,
+                    detail: err.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(AgentError::CommandTimedOut {
+                    command: command_line,
+                    seconds: budget.as_secs_f64(),
+                });
+            }
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(AgentError::CommandFailed {
+                command: command_line,
+                detail: format!("{}: {}", output.status, first_line(&stderr)),
+            });
+        }
+        Ok(output.stdout)
+    }
+
+    fn open_regular(&self, host_path: &str) -> Result<File, AgentError> {
+        let path = self.resolve(host_path)?;
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|source| io_error(host_path, source))?;
+        let meta = file
+            .metadata()
+            .map_err(|source| io_error(host_path, source))?;
+        if !meta.is_file() {
+            return Err(AgentError::NotRegularFile {
+                path: display(host_path),
+                kind: file_kind(&meta),
+            });
+        }
+        Ok(file)
+    }
+}
+
+impl Default for HostRoot {
+    fn default() -> Self {
+        Self::new("/")
+    }
+}
+
+/// How a host path appears in messages: absolute, as the admin sees it on the node.
+pub fn display(host_path: &str) -> String {
+    format!("/{}", host_path.trim_start_matches('/'))
+}
+
+/// A word for the kind of file, for messages.
+pub fn file_kind(meta: &Metadata) -> &'static str {
+    let kind = meta.file_type();
+    if kind.is_file() {
+        "regular file"
+    } else if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
+    }
+}
+
+pub(crate) fn first_line(text: &str) -> &str {
+    text.lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+}
+
+fn io_error(host_path: &str, source: io::Error) -> AgentError {
+    AgentError::Io {
+        path: display(host_path),
+        source,
+    }
+}
+
+/// The normal components of a path; `..` is kept for the resolver to clamp,
+/// `/` and `.` are dropped.
+fn components(path: &Path) -> impl Iterator<Item = OsString> + '_ {
+    path.components().filter_map(|component| match component {
+        Component::Normal(part) => Some(part.to_os_string()),
+        Component::ParentDir => Some(OsString::from("..")),
+        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn absolute_symlinks_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("run/crio")).unwrap();
+        fs::create_dir_all(dir.path().join("var")).unwrap();
+        symlink("/run", dir.path().join("var/run")).unwrap();
+        let root = HostRoot::new(dir.path());
+        assert_eq!(
+            root.resolve("/var/run/crio").unwrap(),
+            dir.path().join("run/crio")
+        );
+    }
+
+    #[test]
+    fn dot_dot_cannot_climb_above_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        symlink("../../../../etc", dir.path().join("escape")).unwrap();
+        let root = HostRoot::new(dir.path());
+        assert_eq!(root.resolve("escape/x").unwrap(), dir.path().join("etc/x"));
+        assert_eq!(root.resolve("../../etc").unwrap(), dir.path().join("etc"));
+    }
+
+    #[test]
+    fn symlink_loops_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        symlink("b", dir.path().join("a")).unwrap();
+        symlink("a", dir.path().join("b")).unwrap();
+        let root = HostRoot::new(dir.path());
+        assert!(matches!(
+            root.read_file("a", 10),
+            Err(AgentError::SymlinkLoop { .. })
+        ));
+    }
+
+    #[test]
+    fn read_file_enforces_its_limit_and_file_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("big"), vec![b'x'; 100]).unwrap();
+        fs::create_dir(dir.path().join("dir")).unwrap();
+        let root = HostRoot::new(dir.path());
+        assert!(matches!(
+            root.read_file("big", 99),
+            Err(AgentError::TooLarge { limit: 99, .. })
+        ));
+        assert_eq!(root.read_file("big", 100).unwrap().len(), 100);
+        assert_eq!(root.read_prefix("big", 10).unwrap().len(), 10);
+        assert!(matches!(
+            root.read_file("dir", 10),
+            Err(AgentError::NotRegularFile {
+                kind: "directory",
+                ..
+            })
+        ));
+        assert!(root.read_file("missing", 10).unwrap_err().is_not_found());
+    }
+}

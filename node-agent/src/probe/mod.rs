@@ -1,0 +1,264 @@
+//! Host probes. Each one looks at one aspect of the node through a
+//! [`HostRoot`] and says OK, WARN, FAIL or SKIP with a stable reason.
+//!
+//! Probes never panic on what they read and never hang: blocking filesystem
+//! work runs on the blocking pool under a deadline ([`run_blocking`]), and
+//! commands and RPCs have their own deadlines. A probe that cannot decide
+//! says so with a WARN rather than guessing.
+
+pub mod capacity;
+pub mod cpu;
+pub mod cri;
+pub mod crio;
+pub mod host;
+pub mod kata_shim;
+pub mod kvm;
+mod kvm_ioctl;
+pub mod modules;
+pub mod qemu;
+pub mod rpm_ostree;
+
+use std::fmt;
+use std::time::Duration;
+
+use kata_proto::health::v1 as proto;
+use serde::Serialize;
+
+pub use host::HostRoot;
+
+/// Which probe an outcome belongs to. The string forms are the stable names
+/// on the wire and in `check` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeName {
+    Kvm,
+    Cpu,
+    KernelModules,
+    Qemu,
+    KataShim,
+    RpmOstree,
+    CrioDropIn,
+    CriHandler,
+    Capacity,
+}
+
+impl ProbeName {
+    /// Every probe, in the order a cycle reports them.
+    pub const ALL: [ProbeName; 9] = [
+        ProbeName::Kvm,
+        ProbeName::Cpu,
+        ProbeName::KernelModules,
+        ProbeName::Qemu,
+        ProbeName::KataShim,
+        ProbeName::RpmOstree,
+        ProbeName::CrioDropIn,
+        ProbeName::CriHandler,
+        ProbeName::Capacity,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeName::Kvm => "kvm",
+            ProbeName::Cpu => "cpu",
+            ProbeName::KernelModules => "kernel-modules",
+            ProbeName::Qemu => "qemu",
+            ProbeName::KataShim => "kata-shim",
+            ProbeName::RpmOstree => "rpm-ostree",
+            ProbeName::CrioDropIn => "crio-drop-in",
+            ProbeName::CriHandler => "cri-handler",
+            ProbeName::Capacity => "capacity",
+        }
+    }
+}
+
+impl fmt::Display for ProbeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ProbeStatus {
+    Ok,
+    Warn,
+    Fail,
+    /// The probe does not apply to this host (not an ostree host, no CRI-O socket).
+    Skip,
+}
+
+impl ProbeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeStatus::Ok => "OK",
+            ProbeStatus::Warn => "WARN",
+            ProbeStatus::Fail => "FAIL",
+            ProbeStatus::Skip => "SKIP",
+        }
+    }
+}
+
+impl fmt::Display for ProbeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeOutcome {
+    pub name: ProbeName,
+    pub status: ProbeStatus,
+    /// Stable CamelCase, for machines: `KvmDeviceMissing`, `RebootPending`.
+    pub reason: &'static str,
+    /// For a person: names the file, key or command involved.
+    pub message: String,
+}
+
+impl ProbeOutcome {
+    pub fn new(
+        name: ProbeName,
+        status: ProbeStatus,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            name,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn ok(name: ProbeName, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(name, ProbeStatus::Ok, reason, message)
+    }
+
+    pub fn warn(name: ProbeName, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(name, ProbeStatus::Warn, reason, message)
+    }
+
+    pub fn fail(name: ProbeName, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(name, ProbeStatus::Fail, reason, message)
+    }
+
+    pub fn skip(name: ProbeName, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(name, ProbeStatus::Skip, reason, message)
+    }
+
+    /// The probe ran out of time: it cannot tell either way.
+    pub fn timed_out(name: ProbeName, budget: Duration) -> Self {
+        Self::warn(
+            name,
+            "ProbeTimedOut",
+            format!(
+                "no answer within {:.1}s; the probe cannot decide",
+                budget.as_secs_f64()
+            ),
+        )
+    }
+}
+
+impl From<ProbeStatus> for proto::ProbeStatus {
+    fn from(status: ProbeStatus) -> Self {
+        match status {
+            ProbeStatus::Ok => proto::ProbeStatus::Ok,
+            ProbeStatus::Warn => proto::ProbeStatus::Warn,
+            ProbeStatus::Fail => proto::ProbeStatus::Fail,
+            ProbeStatus::Skip => proto::ProbeStatus::Skip,
+        }
+    }
+}
+
+impl From<&ProbeOutcome> for proto::ProbeOutcome {
+    fn from(outcome: &ProbeOutcome) -> Self {
+        proto::ProbeOutcome {
+            name: outcome.name.as_str().to_owned(),
+            status: proto::ProbeStatus::from(outcome.status).into(),
+            reason: outcome.reason.to_owned(),
+            message: outcome.message.clone(),
+        }
+    }
+}
+
+/// Time allowed to each kind of probe work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Reading files and issuing ioctls.
+    pub filesystem: Duration,
+    /// Running host commands (`qemu --version`, `rpm-ostree status`), which
+    /// can be slow on a loaded node.
+    pub command: Duration,
+    /// Asking CRI-O over its socket.
+    pub rpc: Duration,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            filesystem: Duration::from_secs(2),
+            command: Duration::from_secs(10),
+            rpc: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Runs blocking probe work on the blocking pool, giving up after `budget`.
+///
+/// A timed-out closure keeps its thread until the kernel returns (a read from
+/// a hung NFS mount cannot be cancelled), but the cycle moves on.
+pub async fn run_blocking<F>(name: ProbeName, budget: Duration, work: F) -> ProbeOutcome
+where
+    F: FnOnce() -> ProbeOutcome + Send + 'static,
+{
+    blocking_within(name, budget, move || Ok(work()))
+        .await
+        .unwrap_or_else(|outcome| outcome)
+}
+
+/// Like [`run_blocking`] for work that produces a value for a later step;
+/// `Err` carries the outcome to report instead.
+pub async fn blocking_within<T, F>(
+    name: ProbeName,
+    budget: Duration,
+    work: F,
+) -> Result<T, ProbeOutcome>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ProbeOutcome> + Send + 'static,
+{
+    match tokio::time::timeout(budget, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join_error)) => Err(ProbeOutcome::fail(
+            name,
+            "ProbeCrashed",
+            format!("the probe stopped unexpectedly: {join_error}"),
+        )),
+        Err(_) => Err(ProbeOutcome::timed_out(name, budget)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_convert_to_the_wire_form() {
+        let outcome = ProbeOutcome::warn(ProbeName::RpmOstree, "RebootPending", "reboot");
+        let wire = proto::ProbeOutcome::from(&outcome);
+        assert_eq!(wire.name, "rpm-ostree");
+        assert_eq!(wire.status, proto::ProbeStatus::Warn as i32);
+        assert_eq!(wire.reason, "RebootPending");
+    }
+
+    #[tokio::test]
+    async fn blocking_work_past_its_budget_is_undecided() {
+        let outcome = run_blocking(ProbeName::Cpu, Duration::from_millis(10), || {
+            std::thread::sleep(Duration::from_millis(200));
+            ProbeOutcome::ok(ProbeName::Cpu, "Late", "")
+        })
+        .await;
+        assert_eq!(outcome.status, ProbeStatus::Warn);
+        assert_eq!(outcome.reason, "ProbeTimedOut");
+    }
+}

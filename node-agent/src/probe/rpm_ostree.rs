@@ -1,0 +1,344 @@
+//! rpm-ostree: is the RHCOS extension in the booted deployment?
+//!
+//! The MachineConfig installs the extension into a *new* deployment, which
+//! only becomes real after a reboot. So "packages in a staged deployment
+//! only" is a WARN `RebootPending`, and the runtime is not ready until the
+//! node has booted into it.
+
+use serde::Deserialize;
+
+use super::host::{HostRoot, display};
+use super::{Budgets, ProbeName, ProbeOutcome, blocking_within};
+use crate::error::AgentError;
+
+/// systemd and rpm-ostree create it on every ostree-booted system.
+pub const OSTREE_BOOTED: &str = "/run/ostree-booted";
+pub const RPM_OSTREE: &str = "/usr/bin/rpm-ostree";
+/// Where the test-suite's MCO simulator writes `rpm-ostree status --json`.
+pub const SIMULATED_STATUS_FILE: &str = "/run/kata-operator/rpm-ostree-status.json";
+/// A status with a dozen deployments and their package lists is well under this.
+const STATUS_LIMIT: u64 = 16 * 1024 * 1024;
+
+const NAME: ProbeName = ProbeName::RpmOstree;
+
+/// Where the `rpm-ostree status --json` document comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StatusSource {
+    /// Run `rpm-ostree status --json` on the host (under `chroot` when the
+    /// host root is not `/`).
+    #[default]
+    Command,
+    /// Read a file, a host path under the host root: what a simulator wrote.
+    File(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct Status {
+    deployments: Vec<Deployment>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Deployment {
+    booted: bool,
+    staged: bool,
+    /// Package names layered on the base image.
+    packages: Option<Vec<String>>,
+    #[serde(rename = "requested-packages")]
+    requested_packages: Option<Vec<String>>,
+    /// Local RPMs, as NEVRA strings (`kata-containers-3.2.0-1.el9.x86_64`).
+    #[serde(rename = "requested-local-packages")]
+    requested_local_packages: Option<Vec<String>>,
+}
+
+impl Deployment {
+    fn has_package(&self, name: &str) -> bool {
+        [
+            &self.packages,
+            &self.requested_packages,
+            &self.requested_local_packages,
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| entry == name || nevra_name(entry) == Some(name))
+    }
+
+    fn missing<'a>(&self, wanted: &'a [String]) -> Vec<&'a str> {
+        wanted
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !self.has_package(name))
+            .collect()
+    }
+}
+
+/// The name part of `name-[epoch:]version-release.arch`, or `None` when the
+/// string is not shaped like a NEVRA. The version must start with a digit so
+/// that `kata-containers-debuginfo` is not read as `kata` version `containers`.
+pub fn nevra_name(nevra: &str) -> Option<&str> {
+    let mut parts = nevra.rsplitn(3, '-');
+    let _release = parts.next()?;
+    let version = parts.next()?;
+    let name = parts.next()?;
+    let version = version.split_once(':').map_or(version, |(_, v)| v);
+    let starts_with_digit = version.chars().next().is_some_and(|c| c.is_ascii_digit());
+    (starts_with_digit && !name.is_empty()).then_some(name)
+}
+
+/// Judges a `rpm-ostree status --json` document. Pure; never panics.
+pub fn evaluate_status(json: &[u8], packages: &[String]) -> ProbeOutcome {
+    let status: Status = match serde_json::from_slice(json) {
+        Ok(status) => status,
+        Err(err) => {
+            return ProbeOutcome::fail(
+                NAME,
+                "RpmOstreeStatusUnparseable",
+                format!("rpm-ostree status --json: {err}"),
+            );
+        }
+    };
+    let Some(booted_at) = status.deployments.iter().position(|d| d.booted) else {
+        return ProbeOutcome::fail(
+            NAME,
+            "NoBootedDeployment",
+            "rpm-ostree status lists no booted deployment",
+        );
+    };
+    let booted = &status.deployments[booted_at];
+    // rpm-ostree lists the deployment for the next boot first: a staged one,
+    // or an unstaged pending one placed ahead of the booted deployment.
+    let pending = status
+        .deployments
+        .iter()
+        .find(|d| d.staged && !d.booted)
+        .or_else(|| status.deployments[..booted_at].first());
+    let wanted = packages.join(", ");
+    let missing_now = booted.missing(packages);
+    let missing_next = pending.map(|d| d.missing(packages));
+    match (missing_now.is_empty(), missing_next) {
+        (true, Some(next)) if !next.is_empty() => ProbeOutcome::warn(
+            NAME,
+            "ExtensionRemovalPending",
+            format!(
+                "{wanted} booted, but the pending deployment drops {}",
+                next.join(", ")
+            ),
+        ),
+        (true, _) => ProbeOutcome::ok(
+            NAME,
+            "ExtensionBooted",
+            format!("booted deployment has {wanted}"),
+        ),
+        (false, Some(next)) if next.is_empty() => ProbeOutcome::warn(
+            NAME,
+            "RebootPending",
+            format!("{wanted} installed in the pending deployment; reboot the node to use it"),
+        ),
+        (false, _) => ProbeOutcome::fail(
+            NAME,
+            "ExtensionNotInstalled",
+            format!(
+                "{} in neither the booted nor a pending deployment",
+                missing_now.join(", ")
+            ),
+        ),
+    }
+}
+
+pub async fn probe(
+    root: &HostRoot,
+    source: &StatusSource,
+    packages: &[String],
+    budgets: &Budgets,
+) -> ProbeOutcome {
+    let read_root = root.clone();
+    let read_source = source.clone();
+    // `None`: an ostree host whose status must come from the command.
+    let from_disk =
+        blocking_within(NAME, budgets.filesystem, move || {
+            if !read_root.exists(OSTREE_BOOTED) {
+                return Err(ProbeOutcome::skip(
+                    NAME,
+                    "NotOstreeHost",
+                    format!(
+                        "{} is absent: not an rpm-ostree system",
+                        display(OSTREE_BOOTED)
+                    ),
+                ));
+            }
+            match &read_source {
+                StatusSource::Command => Ok(None),
+                StatusSource::File(path) => read_root
+                    .read_file(path, STATUS_LIMIT)
+                    .map(Some)
+                    .map_err(|err| {
+                        ProbeOutcome::fail(NAME, "RpmOstreeStatusUnavailable", err.to_string())
+                    }),
+            }
+        })
+        .await;
+    let json = match from_disk {
+        Ok(Some(json)) => json,
+        Ok(None) => match root
+            .run(RPM_OSTREE, &["status", "--json"], budgets.command)
+            .await
+        {
+            Ok(json) => json,
+            Err(AgentError::CommandTimedOut { .. }) => {
+                return ProbeOutcome::timed_out(NAME, budgets.command);
+            }
+            Err(err) => {
+                return ProbeOutcome::fail(NAME, "RpmOstreeStatusUnavailable", err.to_string());
+            }
+        },
+        Err(outcome) => return outcome,
+    };
+    evaluate_status(&json, packages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::ProbeStatus;
+
+    fn kata() -> Vec<String> {
+        vec!["kata-containers".to_owned()]
+    }
+
+    fn judge(json: &str) -> (ProbeStatus, &'static str) {
+        let outcome = evaluate_status(json.as_bytes(), &kata());
+        (outcome.status, outcome.reason)
+    }
+
+    #[test]
+    fn nevra_names_are_split_from_the_right() {
+        assert_eq!(
+            nevra_name("kata-containers-3.2.0-1.el9.x86_64"),
+            Some("kata-containers")
+        );
+        assert_eq!(
+            nevra_name("kata-containers-1:3.2.0-1.x86_64"),
+            Some("kata-containers")
+        );
+        assert_eq!(
+            nevra_name("kata-containers-debuginfo-3.2.0-1.x86_64"),
+            Some("kata-containers-debuginfo")
+        );
+        assert_eq!(nevra_name("kata-containers"), None);
+        assert_eq!(nevra_name("foo-bar-baz"), None);
+    }
+
+    #[test]
+    fn booted_staged_and_absent_packages() {
+        assert_eq!(
+            judge(r#"{"deployments":[{"booted":true,"packages":["kata-containers"]}]}"#),
+            (ProbeStatus::Ok, "ExtensionBooted")
+        );
+        assert_eq!(
+            judge(
+                r#"{"deployments":[{"booted":true,"requested-local-packages":["kata-containers-3.2.0-1.el9.x86_64"]}]}"#
+            ),
+            (ProbeStatus::Ok, "ExtensionBooted")
+        );
+        assert_eq!(
+            judge(
+                r#"{"deployments":[{"staged":true,"packages":["kata-containers"]},{"booted":true,"packages":[]}]}"#
+            ),
+            (ProbeStatus::Warn, "RebootPending")
+        );
+        assert_eq!(
+            judge(
+                r#"{"deployments":[{"booted":true,"packages":["kata-containers-debuginfo"]},{"packages":["kata-containers"]}]}"#
+            ),
+            (ProbeStatus::Fail, "ExtensionNotInstalled"),
+            "a rollback deployment after the booted one is not pending"
+        );
+        assert_eq!(
+            judge(
+                r#"{"deployments":[{"staged":true},{"booted":true,"packages":["kata-containers"]}]}"#
+            ),
+            (ProbeStatus::Warn, "ExtensionRemovalPending")
+        );
+    }
+
+    #[test]
+    fn malformed_documents_fail_with_a_reason() {
+        assert_eq!(judge(""), (ProbeStatus::Fail, "RpmOstreeStatusUnparseable"));
+        assert_eq!(
+            judge(r#"{"deployments":[{"booted":true,"packages":5}]}"#),
+            (ProbeStatus::Fail, "RpmOstreeStatusUnparseable")
+        );
+        assert_eq!(
+            judge(r#"{"deployments":[]}"#),
+            (ProbeStatus::Fail, "NoBootedDeployment")
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn package() -> impl Strategy<Value = &'static str> {
+            prop_oneof![
+                Just("kata-containers"),
+                Just("kata-containers-3.2.0-1.el9.x86_64"),
+                Just("kata-containers-debuginfo"),
+                Just("kata-containers-debuginfo-3.2.0-1.x86_64"),
+                Just("podman"),
+            ]
+        }
+
+        fn deployment() -> impl Strategy<Value = (bool, bool, Vec<&'static str>, u8)> {
+            (
+                any::<bool>(),
+                any::<bool>(),
+                prop::collection::vec(package(), 0..3),
+                0..3u8,
+            )
+        }
+
+        fn has_kata(packages: &[&str]) -> bool {
+            packages
+                .iter()
+                .any(|p| *p == "kata-containers" || p.starts_with("kata-containers-3"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let outcome = evaluate_status(&bytes, &kata());
+                prop_assert!(!outcome.reason.is_empty());
+            }
+
+            #[test]
+            fn structured_status_is_judged_consistently(deployments in prop::collection::vec(deployment(), 0..4)) {
+                let document = json!({
+                    "deployments": deployments.iter().map(|(booted, staged, packages, field)| {
+                        let key = ["packages", "requested-packages", "requested-local-packages"][usize::from(*field)];
+                        json!({ "booted": booted, "staged": staged, key: packages })
+                    }).collect::<Vec<_>>()
+                });
+                let outcome = evaluate_status(document.to_string().as_bytes(), &kata());
+                let booted = deployments.iter().find(|d| d.0);
+                match (outcome.status, outcome.reason) {
+                    (ProbeStatus::Ok, _) | (ProbeStatus::Warn, "ExtensionRemovalPending") => {
+                        prop_assert!(booted.is_some_and(|d| has_kata(&d.2)), "{:?}", deployments);
+                    }
+                    (ProbeStatus::Warn, "RebootPending") => {
+                        prop_assert!(booted.is_some_and(|d| !has_kata(&d.2)));
+                        prop_assert!(deployments.iter().any(|d| !d.0 && has_kata(&d.2)));
+                    }
+                    (ProbeStatus::Fail, "ExtensionNotInstalled") => {
+                        prop_assert!(booted.is_some_and(|d| !has_kata(&d.2)));
+                    }
+                    (ProbeStatus::Fail, "NoBootedDeployment") => prop_assert!(booted.is_none()),
+                    other => prop_assert!(false, "unexpected {:?} for {}", other, document),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The two verdicts, a pure function of a cycle's outcomes.
+//!
+//! `kvm_capable` (hardware and kernel can run Kata):
+//! - `kvm` is OK: a VM was actually created;
+//! - `kernel-modules` is OK, or WARN `ModulesLoadOnDemand` (the device nodes
+//!   exist and load the modules on first open);
+//! - `cpu` is not FAIL: its flags are a hint and a WARN (flags hidden by a
+//!   parent hypervisor, cpuinfo unreadable) does not outweigh a working KVM.
+//!
+//! `runtime_ready` (capable, installed, configured and served):
+//! - `kvm_capable`, and
+//! - `qemu`, `kata-shim` OK;
+//! - `rpm-ostree` OK, SKIP `NotOstreeHost`, or WARN `ExtensionRemovalPending`
+//!   (the extension is booted now; the next boot will remove it). WARN
+//!   `RebootPending` is *not* ready: the installed runtime is not running yet;
+//! - `crio-drop-in` OK or WARN `PrivilegedWithoutHostDevicesUnset` (ordinary
+//!   pods run; only privileged ones are affected);
+//! - `cri-handler` OK or SKIP `CrioSocketAbsent` (no socket to ask);
+//! - `capacity` OK or WARN `LowAvailableMemory` (it moves with the load).
+//!
+//! Anything else, including a probe that timed out or is missing from the
+//! list, makes the verdict false: the agent only says "ready" when it knows.
+
+use kata_proto::health::v1 as proto;
+use serde::Serialize;
+
+use crate::probe::{ProbeName, ProbeOutcome, ProbeStatus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Verdicts {
+    pub kvm_capable: bool,
+    pub runtime_ready: bool,
+}
+
+impl From<Verdicts> for proto::Verdicts {
+    fn from(verdicts: Verdicts) -> Self {
+        proto::Verdicts {
+            kvm_capable: verdicts.kvm_capable,
+            runtime_ready: verdicts.runtime_ready,
+        }
+    }
+}
+
+/// The probes that decide `kvm_capable`; `runtime_ready` needs them all.
+const CAPABILITY_PROBES: [ProbeName; 3] =
+    [ProbeName::Kvm, ProbeName::KernelModules, ProbeName::Cpu];
+
+pub fn verdicts(outcomes: &[ProbeOutcome]) -> Verdicts {
+    let all_acceptable = |names: &[ProbeName]| {
+        names.iter().all(|name| {
+            outcomes
+                .iter()
+                .find(|outcome| outcome.name == *name)
+                .is_some_and(acceptable)
+        })
+    };
+    let kvm_capable = all_acceptable(&CAPABILITY_PROBES);
+    Verdicts {
+        kvm_capable,
+        runtime_ready: kvm_capable && all_acceptable(&ProbeName::ALL),
+    }
+}
+
+/// Whether one outcome allows its verdict; the rule is in the module docs.
+fn acceptable(outcome: &ProbeOutcome) -> bool {
+    use ProbeName as N;
+    use ProbeStatus::{Fail, Ok, Skip, Warn};
+    match (outcome.name, outcome.status, outcome.reason) {
+        (_, Ok, _) => true,
+        (N::Cpu, Warn | Skip, _) => true,
+        (N::KernelModules, Warn, "ModulesLoadOnDemand") => true,
+        (N::RpmOstree, Skip, "NotOstreeHost") => true,
+        (N::RpmOstree, Warn, "ExtensionRemovalPending") => true,
+        (N::CrioDropIn, Warn, "PrivilegedWithoutHostDevicesUnset") => true,
+        (N::CriHandler, Skip, "CrioSocketAbsent") => true,
+        (N::Capacity, Warn, "LowAvailableMemory") => true,
+        (_, Warn | Skip | Fail, _) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_ok() -> Vec<ProbeOutcome> {
+        ProbeName::ALL
+            .into_iter()
+            .map(|name| ProbeOutcome::ok(name, "Fine", ""))
+            .collect()
+    }
+
+    fn with(name: ProbeName, status: ProbeStatus, reason: &'static str) -> Vec<ProbeOutcome> {
+        let mut outcomes = all_ok();
+        for outcome in &mut outcomes {
+            if outcome.name == name {
+                *outcome = ProbeOutcome::new(name, status, reason, "");
+            }
+        }
+        outcomes
+    }
+
+    fn v(capable: bool, ready: bool) -> Verdicts {
+        Verdicts {
+            kvm_capable: capable,
+            runtime_ready: ready,
+        }
+    }
+
+    #[test]
+    fn all_ok_is_ready() {
+        assert_eq!(verdicts(&all_ok()), v(true, true));
+    }
+
+    #[test]
+    fn one_outcome_changed_from_all_ok() {
+        use ProbeName as N;
+        use ProbeStatus::*;
+        let cases: [(N, ProbeStatus, &'static str, Verdicts); 20] = [
+            (N::Kvm, Fail, "KvmBusy", v(false, false)),
+            (N::Kvm, Warn, "ProbeTimedOut", v(false, false)),
+            (
+                N::KernelModules,
+                Fail,
+                "KernelModulesMissing",
+                v(false, false),
+            ),
+            (N::KernelModules, Warn, "ModulesLoadOnDemand", v(true, true)),
+            (N::Cpu, Warn, "VirtFlagsHidden", v(true, true)),
+            (N::Cpu, Warn, "CpuinfoUnreadable", v(true, true)),
+            (N::Cpu, Fail, "CpuFlagsMissing", v(false, false)),
+            (N::RpmOstree, Warn, "RebootPending", v(true, false)),
+            (N::RpmOstree, Skip, "NotOstreeHost", v(true, true)),
+            (N::RpmOstree, Warn, "ExtensionRemovalPending", v(true, true)),
+            (N::CriHandler, Skip, "CrioSocketAbsent", v(true, true)),
+            (N::CriHandler, Fail, "HandlerNotServed", v(true, false)),
+            (N::Qemu, Warn, "ProbeTimedOut", v(true, false)),
+            (N::Qemu, Skip, "Whatever", v(true, false)),
+            (N::KataShim, Fail, "KataShimMissing", v(true, false)),
+            (
+                N::CrioDropIn,
+                Warn,
+                "PrivilegedWithoutHostDevicesUnset",
+                v(true, true),
+            ),
+            (N::CrioDropIn, Fail, "DropInSyntaxError", v(true, false)),
+            (N::Capacity, Warn, "LowAvailableMemory", v(true, true)),
+            (N::Capacity, Warn, "CapacityUnknown", v(true, false)),
+            (N::Capacity, Fail, "InsufficientMemory", v(true, false)),
+        ];
+        for (name, status, reason, expected) in cases {
+            assert_eq!(
+                verdicts(&with(name, status, reason)),
+                expected,
+                "{name} {status} {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_probe_is_not_evidence() {
+        let mut outcomes = all_ok();
+        outcomes.retain(|outcome| outcome.name != ProbeName::CrioDropIn);
+        assert_eq!(verdicts(&outcomes), v(true, false));
+        assert_eq!(verdicts(&[]), v(false, false));
+    }
+}
