@@ -584,3 +584,365 @@ pub fn plan(observed: &Observed) -> Plan {
         plan_install(observed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PoolSelector, SelectorRequirement};
+
+    const POOL_CONFIG: &str = "rendered-kata-oc-abc";
+
+    fn node(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObservedNode {
+        ObservedNode {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn worker(name: &str, extra: &[(&str, &str)]) -> ObservedNode {
+        let mut labels = vec![(names::WORKER_ROLE_LABEL, "")];
+        labels.extend_from_slice(extra);
+        node(name, &labels, &[])
+    }
+
+    fn on_config(mut n: ObservedNode, current: &str, desired: &str, state: &str) -> ObservedNode {
+        n.annotations
+            .insert(mco::CURRENT_CONFIG.into(), current.into());
+        n.annotations
+            .insert(mco::DESIRED_CONFIG.into(), desired.into());
+        n.annotations.insert(mco::STATE.into(), state.into());
+        n
+    }
+
+    fn rendered_pool(machines: i64) -> ObservedPool {
+        ObservedPool {
+            rendered_config: Some(POOL_CONFIG.into()),
+            sources: vec!["00-worker".into(), names::MACHINE_CONFIG_NAME.into()],
+            machine_count: machines,
+        }
+    }
+
+    /// A cluster where our objects already exist as desired.
+    fn converged(nodes: Vec<ObservedNode>) -> Observed {
+        Observed {
+            has_finalizer: true,
+            pool_object: Some(objects::machine_config_pool()),
+            pool: Some(rendered_pool(nodes.len() as i64)),
+            machine_config: Some(objects::machine_config(
+                &objects::CrioRuntimeHandler::default(),
+            )),
+            runtime_class: Some(serde_json::to_value(objects::runtime_class()).unwrap_or_default()),
+            nodes,
+            ..Default::default()
+        }
+    }
+
+    fn condition_of<'a>(plan: &'a Plan, type_: &str) -> &'a ConditionState {
+        plan.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"))
+    }
+
+    #[test]
+    fn first_reconcile_creates_everything_but_the_runtime_class() {
+        let observed = Observed {
+            nodes: vec![
+                worker("w0", &[]),
+                node("m0", &[("node-role.kubernetes.io/master", "")], &[]),
+            ],
+            ..Default::default()
+        };
+        let plan = plan(&observed);
+        assert!(matches!(plan.steps[0], Step::AddFinalizer));
+        assert!(plan.steps.iter().any(|s| matches!(s, Step::ApplyPool(_))));
+        assert!(
+            plan.steps
+                .iter()
+                .any(|s| matches!(s, Step::ApplyMachineConfig(_)))
+        );
+        assert!(plan.steps.contains(&Step::SetPoolRole {
+            node: "w0".into(),
+            targeted: true
+        }));
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::SetPoolRole { node, .. } if node == "m0")),
+            "masters are never targets"
+        );
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::ApplyRuntimeClass(_))),
+            "no RuntimeClass before the rollout"
+        );
+        assert_eq!(plan.nodes.waiting_to_install, ["w0"]);
+        assert_eq!(condition_of(&plan, "InProgress").reason, "Installing");
+        assert!(plan.requeue_after.is_some());
+    }
+
+    #[test]
+    fn converged_cluster_plans_no_step() {
+        let w0 = on_config(
+            worker("w0", &[(names::KATA_POOL_ROLE_LABEL, "")]),
+            POOL_CONFIG,
+            POOL_CONFIG,
+            mco::STATE_DONE,
+        );
+        let plan = plan(&converged(vec![w0]));
+        assert_eq!(plan.steps, Vec::<Step>::new());
+        assert_eq!(plan.nodes.installed, ["w0"]);
+        assert!(condition_of(&plan, "Ready").status);
+        assert!(!condition_of(&plan, "InProgress").status);
+        assert_eq!(plan.requeue_after, None);
+    }
+
+    #[test]
+    fn drifted_machine_config_is_applied_again() {
+        let w0 = on_config(
+            worker("w0", &[(names::KATA_POOL_ROLE_LABEL, "")]),
+            POOL_CONFIG,
+            POOL_CONFIG,
+            mco::STATE_DONE,
+        );
+        let mut observed = converged(vec![w0]);
+        if let Some(mc) = observed.machine_config.as_mut() {
+            mc["spec"]["extensions"] = serde_json::json!([]);
+        }
+        assert!(
+            plan(&observed)
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::ApplyMachineConfig(_)))
+        );
+    }
+
+    #[test]
+    fn eligibility_and_selector_decide_targets() {
+        let mut spec = KataConfigSpec {
+            check_node_eligibility: true,
+            kata_config_pool_selector: Some(PoolSelector {
+                match_expressions: Some(vec![SelectorRequirement {
+                    key: "zone".into(),
+                    operator: SelectorOperator::In,
+                    values: Some(vec!["a".into()]),
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let capable = worker("w0", &[("zone", "a"), (names::KATA_CAPABLE_LABEL, "true")]);
+        let incapable = worker("w1", &[("zone", "a")]);
+        let elsewhere = worker("w2", &[("zone", "b"), (names::KATA_CAPABLE_LABEL, "true")]);
+        assert!(is_target(&spec, &capable));
+        assert!(!is_target(&spec, &incapable));
+        assert!(!is_target(&spec, &elsewhere));
+        spec.check_node_eligibility = false;
+        assert!(is_target(&spec, &incapable));
+    }
+
+    #[test]
+    fn node_phases_follow_the_mco_annotations() {
+        let role = [(names::KATA_POOL_ROLE_LABEL, "")];
+        let nodes = vec![
+            on_config(
+                worker("done", &role),
+                POOL_CONFIG,
+                POOL_CONFIG,
+                mco::STATE_DONE,
+            ),
+            on_config(
+                worker("working", &role),
+                "rendered-worker-1",
+                POOL_CONFIG,
+                mco::STATE_WORKING,
+            ),
+            on_config(
+                worker("waiting", &role),
+                "rendered-worker-1",
+                "rendered-worker-1",
+                mco::STATE_DONE,
+            ),
+            {
+                let mut n = on_config(
+                    worker("broken", &role),
+                    "rendered-worker-1",
+                    POOL_CONFIG,
+                    mco::STATE_DEGRADED,
+                );
+                n.annotations.insert(mco::REASON.into(), "disk full".into());
+                n
+            },
+            on_config(
+                worker("leaving", &[]),
+                POOL_CONFIG,
+                "rendered-worker-1",
+                mco::STATE_WORKING,
+            ),
+            on_config(
+                worker("left", &[]),
+                "rendered-worker-1",
+                "rendered-worker-1",
+                mco::STATE_DONE,
+            ),
+        ];
+        let mut observed = converged(nodes);
+        observed.spec.kata_config_pool_selector = Some(PoolSelector {
+            match_expressions: Some(vec![SelectorRequirement {
+                key: names::KATA_POOL_ROLE_LABEL.into(),
+                operator: SelectorOperator::Exists,
+                values: None,
+            }]),
+            ..Default::default()
+        });
+        let plan = plan(&observed);
+        assert_eq!(plan.nodes.installed, ["done"]);
+        assert_eq!(plan.nodes.installing, ["working"]);
+        assert_eq!(plan.nodes.waiting_to_install, ["waiting"]);
+        assert_eq!(
+            plan.nodes.failed_to_install,
+            [FailedNode {
+                name: "broken".into(),
+                error: "disk full".into()
+            }]
+        );
+        assert_eq!(plan.nodes.uninstalling, ["leaving"]);
+        assert_eq!((plan.nodes.node_count, plan.nodes.ready_node_count), (4, 1));
+        let degraded = condition_of(&plan, "Degraded");
+        assert!(
+            degraded.status && degraded.message.contains("broken: disk full"),
+            "{degraded:?}"
+        );
+        assert_eq!(condition_of(&plan, "InProgress").reason, "Failed");
+    }
+
+    #[test]
+    fn pool_not_yet_rendered_with_our_config_means_waiting() {
+        let mut observed = converged(vec![on_config(
+            worker("w0", &[(names::KATA_POOL_ROLE_LABEL, "")]),
+            "rendered-kata-oc-old",
+            "rendered-kata-oc-old",
+            mco::STATE_DONE,
+        )]);
+        observed.pool = Some(ObservedPool {
+            rendered_config: Some("rendered-kata-oc-old".into()),
+            sources: vec!["00-worker".into()],
+            machine_count: 1,
+        });
+        assert_eq!(plan(&observed).nodes.waiting_to_install, ["w0"]);
+    }
+
+    #[test]
+    fn invalid_spec_applies_nothing_and_says_why() {
+        let observed = Observed {
+            spec: KataConfigSpec {
+                kata_config_pool_selector: Some(PoolSelector {
+                    match_expressions: Some(vec![SelectorRequirement {
+                        key: "k".into(),
+                        operator: SelectorOperator::Exists,
+                        values: Some(vec!["v".into()]),
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            nodes: vec![worker("w0", &[])],
+            ..Default::default()
+        };
+        let plan = plan(&observed);
+        assert!(plan.steps.is_empty());
+        let degraded = condition_of(&plan, "Degraded");
+        assert_eq!(degraded.reason, "InvalidSpec");
+        assert!(degraded.message.contains("takes no values"));
+        assert!(
+            validate(&KataConfigSpec {
+                enable_peer_pods: true,
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn uninstall_is_blocked_by_kata_pods_and_touches_nothing() {
+        let mut observed = converged(vec![worker("w0", &[(names::KATA_POOL_ROLE_LABEL, "")])]);
+        observed.deleting = true;
+        observed.pods_using_kata = (0..7).map(|i| format!("ns/pod-{i}")).collect();
+        let plan = plan(&observed);
+        assert!(plan.steps.is_empty());
+        let in_progress = condition_of(&plan, "InProgress");
+        assert_eq!(in_progress.reason, "BlockedByExistingKataPods");
+        assert!(
+            in_progress.message.contains("7 pod(s)")
+                && in_progress.message.contains("ns/pod-0")
+                && in_progress.message.contains("and 2 more")
+        );
+    }
+
+    #[test]
+    fn uninstall_removes_the_runtime_class_first_and_the_pool_last() {
+        let w0 = on_config(
+            worker(
+                "w0",
+                &[
+                    (names::KATA_POOL_ROLE_LABEL, ""),
+                    (names::KATA_RUNTIME_LABEL, "true"),
+                ],
+            ),
+            POOL_CONFIG,
+            POOL_CONFIG,
+            mco::STATE_DONE,
+        );
+        let mut observed = converged(vec![w0]);
+        observed.deleting = true;
+        let first = plan(&observed);
+        assert_eq!(first.steps[0], Step::DeleteRuntimeClass);
+        assert!(first.steps.contains(&Step::SetPoolRole {
+            node: "w0".into(),
+            targeted: false
+        }));
+        assert!(first.steps.contains(&Step::DeleteMachineConfig));
+        assert!(
+            !first.steps.contains(&Step::DeletePool),
+            "the pool stays until nodes rolled back"
+        );
+        assert!(!first.steps.contains(&Step::RemoveFinalizer));
+
+        // Nodes back on the worker config, pool empty: finish.
+        let back = on_config(
+            worker("w0", &[(names::KATA_RUNTIME_LABEL, "true")]),
+            "rendered-worker-1",
+            "rendered-worker-1",
+            mco::STATE_DONE,
+        );
+        let finished = Observed {
+            deleting: true,
+            has_finalizer: true,
+            nodes: vec![back],
+            pool_object: Some(objects::machine_config_pool()),
+            pool: Some(ObservedPool {
+                machine_count: 0,
+                ..rendered_pool(0)
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&finished).steps,
+            [
+                Step::DeletePool,
+                Step::ClearNode { node: "w0".into() },
+                Step::RemoveFinalizer
+            ]
+        );
+    }
+}

@@ -51,6 +51,26 @@ impl Cluster {
             std::fs::create_dir_all(&root).unwrap();
             simulator.register_host_root(name, root);
         }
+        // Nodes join the cluster already on their pool's configuration, as
+        // installed machines do; wait for that before any test acts, or a node
+        // labelled early would be adopted straight into the kata pool.
+        let all_nodes = Api::<Node>::all(client.clone());
+        eventually(
+            "the MCO simulator to adopt every node",
+            CONVERGE,
+            || async {
+                let nodes = all_nodes
+                    .list(&Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(nodes
+                    .items
+                    .iter()
+                    .all(|n| n.annotations().contains_key(names::mco::CURRENT_CONFIG)))
+            },
+        )
+        .await
+        .unwrap();
         Cluster {
             plane,
             client,
