@@ -228,15 +228,11 @@ impl Context {
 
     async fn delete_dynamic(&self, resource: &ApiResource, name: &str) -> Result<(), Error> {
         self.spend_write()?;
-        match self
+        let result = self
             .dynamic(resource)
             .delete(name, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(api_error(format!("deleting {} {name}", resource.kind))(e)),
-        }
+            .await;
+        ignore_not_found(result).map_err(api_error(format!("deleting {} {name}", resource.kind)))
     }
 
     async fn apply_node(&self, node: &str, manager: &str, metadata: Value) -> Result<(), Error> {
@@ -354,14 +350,10 @@ impl Context {
             }
             Step::DeleteRuntimeClass => {
                 self.spend_write()?;
-                match Api::<RuntimeClass>::all(self.client.clone())
+                let result = Api::<RuntimeClass>::all(self.client.clone())
                     .delete(names::RUNTIME_CLASS_NAME, &DeleteParams::default())
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    Err(e) => Err(api_error("deleting RuntimeClass kata")(e)),
-                }
+                    .await;
+                ignore_not_found(result).map_err(api_error("deleting RuntimeClass kata"))
             }
         }
     }
@@ -426,6 +418,15 @@ impl Context {
         {
             warn!(error = %e, "could not publish an Event");
         }
+    }
+}
+
+/// A delete that finds nothing has done its job.
+fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -141,24 +141,38 @@ async fn a_second_kataconfig_is_refused_at_admission() {
         .unwrap();
 }
 
-fn kubectl(plane: &kata_tests::ControlPlane, args: &[&str]) -> String {
+fn try_kubectl(plane: &kata_tests::ControlPlane, args: &[&str]) -> Result<String, String> {
     let output = Command::new(binary_dir().unwrap().join("kubectl"))
         .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn kubectl(plane: &kata_tests::ControlPlane, args: &[&str]) -> String {
+    try_kubectl(plane, args).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
 }
 
 #[tokio::test]
 async fn kubectl_explains_the_fields_and_prints_the_columns() {
     let plane = control_plane_with_operator_api().await.unwrap();
-    let explained = kubectl(&plane, &["explain", "kataconfig.spec"]);
+    // The API server publishes a new CRD's OpenAPI schema a moment after the
+    // CRD is served; `kubectl explain` reads that schema.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let explained = loop {
+        match try_kubectl(&plane, &["explain", "kataconfig.spec"]) {
+            Ok(out) => break out,
+            Err(e) if Instant::now() < deadline && e.contains("couldn't find resource") => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("kubectl explain: {e}"),
+        }
+    };
     for text in [
         "kataConfigPoolSelector",
         "Selects the worker nodes",
