@@ -4,6 +4,7 @@
 //! controller that observes the cluster and applies them ([`reconciler`]).
 
 pub mod api;
+pub mod health;
 pub mod manifests;
 pub mod names;
 pub mod objects;

@@ -1,0 +1,15 @@
+//! The coordinator's side of the agents' health channel: one gRPC stream per
+//! node-agent over TLS, authenticated by a pod-bound ServiceAccount token
+//! checked with TokenReview ([`auth`]), whose reports land in a shared
+//! in-memory view ([`registry`]) that the node labeller reads.
+//!
+//! The agent is never trusted to say which node it is: the stream is bound to
+//! the node named in its token, and a Hello for any other node is refused.
+
+pub mod auth;
+pub mod registry;
+pub mod server;
+
+pub use auth::{AgentAuthenticator, AgentIdentity, AuthError, identity_from_review};
+pub use registry::{HealthRegistry, NodeHealth};
+pub use server::{HealthOptions, HealthService, ServerTls, expected_config, serve};

@@ -1,0 +1,217 @@
+//! What the coordinator currently knows about each node's agent, shared
+//! between the gRPC streams that write it and the labeller that reads it.
+//! In memory only: after a restart it is rebuilt from agents reconnecting.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use kata_proto::health::v1::{HealthReport, Hello};
+use tokio::sync::watch;
+
+/// One node's agent as last heard from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeHealth {
+    pub agent_version: String,
+    pub boot_id: String,
+    pub last_report: Option<HealthReport>,
+    /// When the last Hello or report arrived: the labeller's silence clock.
+    pub last_seen: Instant,
+    pub connected: bool,
+    /// Which stream owns this entry. An agent that reconnects before its old
+    /// stream is torn down gets a new session, so the old stream's end does
+    /// not mark the live one disconnected.
+    pub session: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    nodes: BTreeMap<String, NodeHealth>,
+    next_session: u64,
+}
+
+/// Cheap to clone; all clones share the same view.
+#[derive(Debug, Clone)]
+pub struct HealthRegistry {
+    state: Arc<Mutex<State>>,
+    /// Bumped on every change, so readers wait instead of polling.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for HealthRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthRegistry {
+    pub fn new() -> Self {
+        Self {
+            state: Arc::default(),
+            changes: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// The data stays consistent even if a holder panicked (every update is a
+    /// single assignment), so a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|version| *version += 1);
+    }
+
+    /// Records an authenticated Hello and returns the stream's session.
+    /// A new boot id drops the previous report: it described a boot that no
+    /// longer exists. The same boot id keeps it, so a coordinator or agent
+    /// restart does not make the node look unknown until the next report.
+    pub fn connect(&self, node: &str, hello: &Hello, now: Instant) -> u64 {
+        let session = {
+            let mut state = self.lock();
+            state.next_session += 1;
+            let session = state.next_session;
+            let last_report = state
+                .nodes
+                .remove(node)
+                .filter(|previous| previous.boot_id == hello.boot_id)
+                .and_then(|previous| previous.last_report);
+            state.nodes.insert(
+                node.to_owned(),
+                NodeHealth {
+                    agent_version: hello.agent_version.clone(),
+                    boot_id: hello.boot_id.clone(),
+                    last_report,
+                    last_seen: now,
+                    connected: true,
+                    session,
+                },
+            );
+            session
+        };
+        self.changed();
+        session
+    }
+
+    /// Stores a report from the stream that owns `node`; a report from a
+    /// superseded stream is ignored and `false` returned.
+    pub fn report(&self, node: &str, session: u64, report: HealthReport, now: Instant) -> bool {
+        let accepted = {
+            let mut state = self.lock();
+            match state.nodes.get_mut(node) {
+                Some(entry) if entry.session == session => {
+                    entry.last_report = Some(report);
+                    entry.last_seen = now;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if accepted {
+            self.changed();
+        }
+        accepted
+    }
+
+    /// The stream `session` ended. The entry stays (the labeller needs its
+    /// last report to judge the silence), only marked disconnected.
+    pub fn disconnect(&self, node: &str, session: u64) {
+        let changed = {
+            let mut state = self.lock();
+            match state.nodes.get_mut(node) {
+                Some(entry) if entry.session == session && entry.connected => {
+                    entry.connected = false;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.changed();
+        }
+    }
+
+    pub fn get(&self, node: &str) -> Option<NodeHealth> {
+        self.lock().nodes.get(node).cloned()
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, NodeHealth> {
+        self.lock().nodes.clone()
+    }
+
+    /// A receiver whose value changes after every update.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn hello(boot: &str) -> Hello {
+        Hello {
+            node_name: "n".into(),
+            agent_version: "1.0".into(),
+            boot_id: boot.into(),
+        }
+    }
+
+    fn report(sequence: u64) -> HealthReport {
+        HealthReport {
+            sequence,
+            ..HealthReport::default()
+        }
+    }
+
+    #[test]
+    fn report_is_stored_and_change_signalled() {
+        let registry = HealthRegistry::new();
+        let changes = registry.subscribe();
+        let now = Instant::now();
+        let session = registry.connect("n", &hello("b1"), now);
+        assert!(registry.report("n", session, report(1), now));
+        assert!(changes.has_changed().unwrap());
+        let node = registry.get("n").unwrap();
+        assert!(node.connected);
+        assert_eq!(node.last_report, Some(report(1)));
+        assert_eq!(node.agent_version, "1.0");
+    }
+
+    #[test]
+    fn superseded_stream_can_neither_report_nor_disconnect_the_new_one() {
+        let registry = HealthRegistry::new();
+        let now = Instant::now();
+        let old = registry.connect("n", &hello("b1"), now);
+        let new = registry.connect("n", &hello("b1"), now);
+        assert!(!registry.report("n", old, report(9), now));
+        registry.disconnect("n", old);
+        assert!(registry.get("n").unwrap().connected);
+        registry.disconnect("n", new);
+        let node = registry.get("n").unwrap();
+        assert!(!node.connected);
+        assert_eq!(node.last_report, None);
+    }
+
+    #[test]
+    fn reconnect_keeps_the_report_of_the_same_boot_only() {
+        let registry = HealthRegistry::new();
+        let now = Instant::now();
+        let s = registry.connect("n", &hello("b1"), now);
+        registry.report("n", s, report(1), now);
+        registry.disconnect("n", s);
+        registry.connect("n", &hello("b1"), now);
+        assert_eq!(registry.get("n").unwrap().last_report, Some(report(1)));
+        registry.connect("n", &hello("b2"), now);
+        assert_eq!(registry.get("n").unwrap().last_report, None);
+    }
+
+    #[test]
+    fn unknown_node_report_is_ignored() {
+        let registry = HealthRegistry::new();
+        assert!(!registry.report("ghost", 1, report(1), Instant::now()));
+        assert!(registry.snapshot().is_empty());
+    }
+}

@@ -1,0 +1,317 @@
+//! The `NodeHealth` gRPC service and the TLS server that carries it.
+//!
+//! A stream is accepted only after (1) its bearer token passes
+//! [`AgentAuthenticator`], (2) its first message is a Hello, and (3) that
+//! Hello names the node the token is bound to. Errors up to that point are the
+//! call's status, so an agent sees exactly why it was refused; afterwards the
+//! stream carries the expected configuration and the agent's reports.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use kata_proto::health::v1::node_health_server::{NodeHealth as NodeHealthRpc, NodeHealthServer};
+use kata_proto::health::v1::{
+    AgentMessage, CoordinatorMessage, ExpectedConfig, Hello, agent_message, coordinator_message,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::auth::{AgentAuthenticator, AgentIdentity};
+use super::registry::HealthRegistry;
+use crate::names;
+
+/// Settings sent to agents or governing their streams.
+#[derive(Debug, Clone)]
+pub struct HealthOptions {
+    /// How often an agent reports when nothing changes.
+    pub heartbeat_interval: Duration,
+    pub minimum_qemu_version: String,
+    /// How long an authenticated stream may stay open without a Hello, so a
+    /// stuck or hostile client cannot hold a task forever.
+    pub hello_timeout: Duration,
+}
+
+impl Default for HealthOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            minimum_qemu_version: "6.2.0".into(),
+            hello_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the coordinator tells every agent to expect on its node; it comes
+/// from [`names`] so agent and MachineConfig can never disagree.
+pub fn expected_config(options: &HealthOptions) -> ExpectedConfig {
+    ExpectedConfig {
+        runtime_handler: names::RUNTIME_HANDLER.into(),
+        extension_name: names::EXTENSION.into(),
+        drop_in_path: names::DROP_IN_PATH.into(),
+        // At least one second: zero would make an agent report in a busy loop.
+        heartbeat_interval_seconds: u32::try_from(options.heartbeat_interval.as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1),
+        minimum_qemu_version: options.minimum_qemu_version.clone(),
+        extension_packages: vec![names::EXTENSION_PACKAGE.into()],
+    }
+}
+
+/// The token from an `authorization: Bearer <token>` header, if any.
+pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    // RFC 7235: the scheme is case-insensitive.
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// The stream is bound to the token's node: an agent may only speak for the
+/// node its Pod runs on, whatever its Hello says.
+pub fn check_hello(identity: &AgentIdentity, hello: &Hello) -> Result<(), Status> {
+    if hello.node_name == identity.node_name {
+        return Ok(());
+    }
+    warn!(
+        token_node = %identity.node_name,
+        claimed_node = %hello.node_name,
+        pod = %identity.pod_name,
+        "agent claims to be a node its token is not bound to; refused"
+    );
+    Err(Status::permission_denied(format!(
+        "token is bound to node {}, not {}",
+        identity.node_name, hello.node_name
+    )))
+}
+
+/// The gRPC service; one per server (tonic shares it between connections).
+pub struct HealthService {
+    authenticator: AgentAuthenticator,
+    registry: HealthRegistry,
+    options: HealthOptions,
+    /// Set to true on shutdown so open streams end and the graceful shutdown
+    /// of the transport (which waits for them) can complete.
+    stopping: Arc<watch::Sender<bool>>,
+}
+
+impl HealthService {
+    pub fn new(
+        authenticator: AgentAuthenticator,
+        registry: HealthRegistry,
+        options: HealthOptions,
+    ) -> Self {
+        Self {
+            authenticator,
+            registry,
+            options,
+            stopping: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    /// Setting the returned flag ends every open stream with `Unavailable`,
+    /// telling agents to reconnect.
+    fn stopper(&self) -> Arc<watch::Sender<bool>> {
+        Arc::clone(&self.stopping)
+    }
+}
+
+type ReportStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeHealthRpc for HealthService {
+    type ReportStream = ReportStream;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let identity = self
+            .authenticator
+            .authenticate(bearer_token(request.metadata()))
+            .await
+            .inspect_err(|error| info!(%error, "agent stream refused"))?;
+        let mut inbound = request.into_inner();
+
+        let first = tokio::time::timeout(self.options.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello received in time"))??;
+        let Some(AgentMessage {
+            message: Some(agent_message::Message::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        check_hello(&identity, &hello)?;
+
+        let node = identity.node_name;
+        let session = self.registry.connect(&node, &hello, Instant::now());
+        info!(
+            %node,
+            agent_version = %hello.agent_version,
+            boot_id = %hello.boot_id,
+            "agent connected"
+        );
+        // Room for the config, a re-probe request and a final status.
+        let (tx, rx) = mpsc::channel(4);
+        let config = CoordinatorMessage {
+            message: Some(coordinator_message::Message::ExpectedConfig(
+                expected_config(&self.options),
+            )),
+        };
+        if tx.send(Ok(config)).await.is_err() {
+            self.registry.disconnect(&node, session);
+            return Err(Status::cancelled("agent went away"));
+        }
+        tokio::spawn(pump(
+            inbound,
+            tx,
+            self.registry.clone(),
+            node,
+            session,
+            self.stopping.subscribe(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Reads one agent's messages until the stream ends, the agent breaks the
+/// protocol, or the coordinator stops; then marks the node disconnected.
+async fn pump(
+    mut inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    registry: HealthRegistry,
+    node: String,
+    session: u64,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            // A dropped sender also means the service is gone: stop too.
+            // The watch guard is not Send: drop it inside the branch future.
+            () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                let _ = tx.send(Err(Status::unavailable("coordinator shutting down"))).await;
+                break;
+            }
+            () = tx.closed() => break,
+            message = inbound.message() => match message {
+                Ok(Some(AgentMessage { message: Some(agent_message::Message::Report(report)) })) => {
+                    debug!(%node, sequence = report.sequence, "health report");
+                    if !registry.report(&node, session, report, Instant::now()) {
+                        // A newer stream for this node took over.
+                        break;
+                    }
+                }
+                Ok(Some(AgentMessage { message: Some(agent_message::Message::Hello(_)) })) => {
+                    let _ = tx.send(Err(Status::invalid_argument("Hello may only be sent once"))).await;
+                    break;
+                }
+                // A message kind from a newer agent: ignore, for compatibility.
+                Ok(Some(AgentMessage { message: None })) => {}
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(%node, %status, "agent stream failed");
+                    break;
+                }
+            },
+        }
+    }
+    registry.disconnect(&node, session);
+    info!(%node, "agent disconnected");
+}
+
+/// PEM certificate chain and private key of the coordinator's server cert.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    // Never print the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+/// Serves the health channel over TLS on `listener` until `shutdown`
+/// resolves; then ends open agent streams and returns once they are closed.
+pub async fn serve(
+    listener: TcpListener,
+    tls: &ServerTls,
+    service: HealthService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let stopper = service.stopper();
+    let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+    Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))?
+        .add_service(NodeHealthServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            stopper.send_replace(true);
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn metadata(value: &str) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        map.insert("authorization", value.parse().unwrap());
+        map
+    }
+
+    #[test]
+    fn bearer_token_is_taken_from_the_authorization_header() {
+        assert_eq!(bearer_token(&metadata("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&metadata("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer_token(&metadata("Basic abc")), None);
+        assert_eq!(bearer_token(&metadata("Bearer ")), None);
+        assert_eq!(bearer_token(&metadata("abc")), None);
+        assert_eq!(bearer_token(&MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn hello_must_name_the_tokens_node() {
+        let identity = AgentIdentity {
+            node_name: "a".into(),
+            pod_name: "p".into(),
+        };
+        let hello = |node: &str| Hello {
+            node_name: node.into(),
+            ..Hello::default()
+        };
+        assert!(check_hello(&identity, &hello("a")).is_ok());
+        let refused = check_hello(&identity, &hello("b")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains('a') && refused.message().contains('b'));
+    }
+
+    #[test]
+    fn expected_config_comes_from_names_and_options() {
+        let config = expected_config(&HealthOptions {
+            heartbeat_interval: Duration::from_millis(10),
+            ..HealthOptions::default()
+        });
+        assert_eq!(config.runtime_handler, names::RUNTIME_HANDLER);
+        assert_eq!(config.extension_name, names::EXTENSION);
+        assert_eq!(config.drop_in_path, names::DROP_IN_PATH);
+        assert_eq!(config.extension_packages, vec![names::EXTENSION_PACKAGE]);
+        assert_eq!(config.heartbeat_interval_seconds, 1);
+        assert_eq!(config.minimum_qemu_version, "6.2.0");
+    }
+}
