@@ -170,3 +170,62 @@ pub async fn create_node(
         .map_err(Error::Kube)?;
     Ok(())
 }
+
+/// Creates a Pod of ServiceAccount `account` on `node` (no kubelet runs: it
+/// only has to exist) and returns a token bound to that Pod for `audience`,
+/// as the kubelet would project it into the node-agent.
+pub async fn pod_bound_token(
+    client: &kube::Client,
+    namespace: &str,
+    account: &str,
+    pod: &str,
+    node: &str,
+    audience: &str,
+) -> Result<String, Error> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ServiceAccount};
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(pod.into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            service_account_name: Some(account.into()),
+            containers: vec![Container {
+                name: "agent".into(),
+                image: Some("agent:test".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&Default::default(), &pod)
+        .await
+        .map_err(Error::Kube)?;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.into()],
+            expiration_seconds: Some(600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    };
+    let response = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(account, &Default::default(), &request)
+        .await
+        .map_err(Error::Kube)?;
+    response
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| Error::Setup("TokenRequest returned no token".into()))
+}

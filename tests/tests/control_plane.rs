@@ -8,10 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{
-    BoundObjectReference, TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
-};
-use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, ServiceAccount};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kata_tests::ControlPlane;
 use kata_tests::child_process::is_alive;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -135,46 +133,16 @@ async fn pod_bound_token_is_verified_by_token_review_with_node_name() {
         )
         .await
         .unwrap();
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some("node-agent-x".into()),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some("worker-1".into()),
-            service_account_name: Some("node-agent".into()),
-            containers: vec![Container {
-                name: "agent".into(),
-                image: Some("agent:test".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let pod = Api::<Pod>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
-
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![AUDIENCE.into()],
-            expiration_seconds: Some(600),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request("node-agent", &PostParams::default(), &request)
-        .await
-        .unwrap();
-    let token = token.status.unwrap().token;
+    let token = kata_tests::operator::pod_bound_token(
+        &client,
+        ns,
+        "node-agent",
+        "node-agent-x",
+        "worker-1",
+        AUDIENCE,
+    )
+    .await
+    .unwrap();
 
     let review = |audience: &str| TokenReview {
         spec: TokenReviewSpec {

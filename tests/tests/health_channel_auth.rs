@@ -11,8 +11,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kata_coordinator::health::{
     AgentAuthenticator, HealthOptions, HealthRegistry, HealthService, NodeHealth, ServerTls, serve,
 };
@@ -143,8 +142,6 @@ impl Fixture {
         }
     }
 
-    /// Creates a Pod of `account` on `node` (no kubelet runs: it only has to
-    /// exist) and a token bound to it for `audience`.
     async fn pod_bound_token(
         &self,
         account: &str,
@@ -152,46 +149,9 @@ impl Fixture {
         node: &str,
         audience: &str,
     ) -> String {
-        let pod = Api::<Pod>::namespaced(self.admin.clone(), NAMESPACE)
-            .create(
-                &PostParams::default(),
-                &Pod {
-                    metadata: meta(pod),
-                    spec: Some(PodSpec {
-                        node_name: Some(node.into()),
-                        service_account_name: Some(account.into()),
-                        containers: vec![Container {
-                            name: "agent".into(),
-                            image: Some("agent:test".into()),
-                            ..Container::default()
-                        }],
-                        ..PodSpec::default()
-                    }),
-                    ..Pod::default()
-                },
-            )
-            .await
-            .unwrap();
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![audience.into()],
-                expiration_seconds: Some(600),
-                bound_object_ref: Some(BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: pod.metadata.name.clone(),
-                    uid: pod.metadata.uid.clone(),
-                }),
-            },
-            ..TokenRequest::default()
-        };
-        Api::<ServiceAccount>::namespaced(self.admin.clone(), NAMESPACE)
-            .create_token_request(account, &PostParams::default(), &request)
+        kata_tests::operator::pod_bound_token(&self.admin, NAMESPACE, account, pod, node, audience)
             .await
             .unwrap()
-            .status
-            .unwrap()
-            .token
     }
 
     async fn client(&self, token: Option<&str>) -> Client {
