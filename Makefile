@@ -4,7 +4,7 @@ SHELL := bash
 
 CONTROL_PLANE_BUILD := tests/scripts/build-control-plane.sh
 
-.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane bench
+.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane bench-health
 
 ## The whole system on this machine (see README).
 demo: cluster-up
@@ -25,7 +25,13 @@ control-plane:
 	@bash $(CONTROL_PLANE_BUILD) >/dev/null
 
 unit-and-integration: control-plane
-	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" cargo test --workspace
+	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" cargo test --workspace --no-fail-fast
+
+## Benchmarks (print figures; not part of `make test`).
+AGENTS ?= 1000
+bench-health: control-plane
+	cargo build --release -p kata-coordinator
+	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" AGENTS=$(AGENTS) cargo bench -p kata-tests --bench health_scale
 
 cluster-up:
 	@bash tests/scripts/cluster.sh up

@@ -4,11 +4,15 @@
 //! controller that observes the cluster and applies them ([`reconciler`]).
 
 pub mod api;
+pub mod app;
 pub mod health;
+pub mod leader;
 pub mod manifests;
+pub mod metrics;
 pub mod names;
 pub mod objects;
 pub mod plan;
+pub mod rbac;
 pub mod reconciler;
 pub mod selector;
 pub mod status;

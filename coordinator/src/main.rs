@@ -1,8 +1,11 @@
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use kata_coordinator::{manifests, reconciler};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kata_coordinator::app::{self, AgentServerOptions, RunOptions};
+use kata_coordinator::health::marks::MarkPolicy;
+use kata_coordinator::leader::LeaseOptions;
+use kata_coordinator::manifests;
 use tracing_subscriber::EnvFilter;
 
 /// Kata Containers operator coordinator: reconciles the KataConfig into
@@ -18,16 +21,61 @@ struct Cli {
 enum Command {
     /// Print the KataConfig CustomResourceDefinition (YAML).
     Crd,
+    /// Print the coordinator's ClusterRole, Role and their bindings (YAML).
+    Rbac,
     /// Run the controller against the cluster of the current kubeconfig or
     /// the in-cluster service account.
-    Run {
-        /// Log format.
-        #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-        /// Log filter, in `tracing` EnvFilter syntax (for example `info,kata_coordinator=debug`).
-        #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-        log_level: String,
-    },
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, in `tracing` EnvFilter syntax (for example `info,kata_coordinator=debug`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: std::net::SocketAddr,
+    /// Address of the agents' gRPC health channel. Without TLS files the
+    /// channel is off and nodes get no health labels.
+    #[arg(long, env = "GRPC_LISTEN", default_value = "0.0.0.0:8443")]
+    grpc_listen: std::net::SocketAddr,
+    /// PEM certificate of the gRPC server.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the gRPC server.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// Audience the agents' projected tokens must carry.
+    #[arg(
+        long,
+        env = "AGENT_AUDIENCE",
+        default_value = "kata-operator.openshift.io/node-agent"
+    )]
+    agent_audience: String,
+    /// Namespace of the node-agent ServiceAccount.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kata-operator")]
+    agent_namespace: String,
+    /// Name of the node-agent ServiceAccount.
+    #[arg(long, env = "AGENT_SERVICE_ACCOUNT", default_value = "kata-node-agent")]
+    agent_service_account: String,
+    /// Seconds between the agents' heartbeats; a node whose agent is
+    /// silent for three of them loses the runtime label.
+    #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = 30)]
+    heartbeat_seconds: u64,
+    /// Run as one of several replicas: act only while holding the Lease
+    /// `--lease-name` in the agents' namespace.
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "kata-operator-coordinator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -43,10 +91,26 @@ fn main() -> ExitCode {
             print!("{}", manifests::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Run {
-            log_format,
-            log_level,
-        } => {
+        Command::Rbac => {
+            print!("{}", kata_coordinator::rbac::rbac_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => {
+            let RunArgs {
+                log_format,
+                log_level,
+                metrics_listen,
+                grpc_listen,
+                tls_cert_file,
+                tls_key_file,
+                agent_audience,
+                agent_namespace,
+                agent_service_account,
+                heartbeat_seconds,
+                leader_elect,
+                lease_name,
+                identity,
+            } = *args;
             let filter = match EnvFilter::try_new(&log_level) {
                 Ok(filter) => filter,
                 Err(e) => {
@@ -59,6 +123,34 @@ fn main() -> ExitCode {
                 LogFormat::Json => builder.json().init(),
                 LogFormat::Text => builder.init(),
             }
+            let heartbeat = Duration::from_secs(heartbeat_seconds.max(1));
+            let agents = tls_cert_file
+                .zip(tls_key_file)
+                .map(|(tls_cert_file, tls_key_file)| AgentServerOptions {
+                    listen: grpc_listen,
+                    tls_cert_file,
+                    tls_key_file,
+                    audience: agent_audience,
+                    namespace: agent_namespace.clone(),
+                    service_account: agent_service_account,
+                    heartbeat,
+                });
+            let leader_election = leader_elect.then(|| LeaseOptions {
+                namespace: agent_namespace.clone(),
+                name: lease_name,
+                identity: identity.unwrap_or_else(|| format!("coordinator-{}", std::process::id())),
+                duration: Duration::from_secs(15),
+                retry: Duration::from_secs(2),
+            });
+            let options = RunOptions {
+                leader_election,
+                agents,
+                metrics_listen,
+                mark_policy: MarkPolicy {
+                    grace: heartbeat * 3,
+                    ..MarkPolicy::default()
+                },
+            };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -74,8 +166,13 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                reconciler::run(client, reconciler::Options::default(), Arc::default()).await;
-                ExitCode::SUCCESS
+                match app::run(client, options).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("coordinator: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             })
         }
     }

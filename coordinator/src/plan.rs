@@ -22,6 +22,8 @@ pub struct ObservedNode {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Whether the node carries our `KataRuntimeReady` condition.
+    pub has_ready_condition: bool,
 }
 
 impl ObservedNode {
@@ -572,9 +574,11 @@ fn plan_uninstall(observed: &Observed) -> Plan {
     }
 }
 
-/// Whether the node still carries a label of ours (the health labels).
+/// Whether the node still carries a health label or condition of ours.
 fn carries_operator_marks(node: &ObservedNode) -> bool {
-    node.has_label(names::KATA_RUNTIME_LABEL) || node.has_label(names::KATA_CAPABLE_LABEL)
+    node.has_label(names::KATA_RUNTIME_LABEL)
+        || node.has_label(names::KATA_CAPABLE_LABEL)
+        || node.has_ready_condition
 }
 
 pub fn plan(observed: &Observed) -> Plan {
@@ -603,6 +607,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            has_ready_condition: false,
         }
     }
 

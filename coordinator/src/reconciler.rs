@@ -3,7 +3,6 @@
 //! server-side apply, and writes the status only when it changed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -66,17 +65,29 @@ pub struct Options {
     /// Stop (as if the process died) once this many writes were made. The
     /// restart tests use it to interrupt install and uninstall at every step.
     pub stop_after_writes: Option<u64>,
+    pub metrics: crate::metrics::Metrics,
 }
 
-/// Counts every mutating API request the reconciler makes.
+/// Counts every mutating API request the coordinator makes; exported as
+/// the `kata_operator_api_writes` metric.
 #[derive(Debug, Default)]
 pub struct WriteCounter {
-    count: AtomicU64,
+    count: prometheus_client::metrics::counter::Counter,
 }
 
 impl WriteCounter {
     pub fn get(&self) -> u64 {
-        self.count.load(Ordering::SeqCst)
+        self.count.get()
+    }
+
+    /// Counts a write made outside the reconciler (the node labeller).
+    pub fn record(&self) {
+        self.count.inc();
+    }
+
+    /// The counter, for registering with the metrics registry.
+    pub fn counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.count.clone()
     }
 }
 
@@ -94,14 +105,14 @@ struct Context {
 impl Context {
     /// Accounts for one write, or refuses it when the configured budget is spent.
     fn spend_write(&self) -> Result<(), Error> {
-        let done = self.writes.count.load(Ordering::SeqCst);
+        let done = self.writes.get();
         if let Some(limit) = self.options.stop_after_writes
             && done >= limit
         {
             self.stop.notify_one();
             return Err(Error::WriteBudgetSpent(limit));
         }
-        self.writes.count.fetch_add(1, Ordering::SeqCst);
+        self.writes.record();
         Ok(())
     }
 
@@ -131,6 +142,11 @@ impl Context {
                 name: n.name_any(),
                 labels: n.labels().clone(),
                 annotations: n.annotations().clone(),
+                has_ready_condition: n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == names::NODE_CONDITION)),
             })
             .collect();
         // The cache has no order; the status lists must, or they would
@@ -330,10 +346,25 @@ impl Context {
                     .map_err(api_error(format!("unlabelling node {node}")))?;
                 Ok(())
             }
-            // Releasing the health manager's fields removes the labels only we set.
+            // Releasing the health manager's fields removes the labels only
+            // we set; the same release on the status subresource removes our
+            // condition.
             Step::ClearNode { node } => {
                 self.apply_node(node, names::MANAGER_HEALTH, json!({}))
+                    .await?;
+                let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node }, "status": {} });
+                self.spend_write()?;
+                Api::<Node>::all(self.client.clone())
+                    .patch_status(
+                        node,
+                        &PatchParams::apply(names::MANAGER_HEALTH).force(),
+                        &Patch::Apply(&body),
+                    )
                     .await
+                    .map_err(api_error(format!(
+                        "removing the KataRuntimeReady condition of node {node}"
+                    )))?;
+                Ok(())
             }
             Step::ApplyRuntimeClass(rc) => {
                 self.spend_write()?;
@@ -478,6 +509,7 @@ fn active_config(configs: &Store<KataConfig>) -> Option<String> {
 
 #[instrument(skip_all, fields(kataconfig = %config.name_any()))]
 async fn reconcile(config: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.options.metrics.reconciles.inc();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = config.meta().generation;
     if let Some(active) = active_config(&ctx.configs).filter(|a| *a != config.name_any()) {
@@ -537,7 +569,18 @@ async fn reconcile(config: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Action,
     ))
 }
 
-fn error_policy(_config: Arc<KataConfig>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(_config: Arc<KataConfig>, error: &Error, ctx: Arc<Context>) -> Action {
+    let reason = match error {
+        Error::Api { .. } => "ApiError",
+        Error::WriteBudgetSpent(_) => "Stopped",
+    };
+    ctx.options
+        .metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: reason.into(),
+        })
+        .inc();
     warn!(%error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
 }

@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod probe;
 pub mod runner;

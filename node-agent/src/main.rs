@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kata_node_agent::check::EXIT_USAGE;
+use kata_node_agent::daemon::{AgentOptions, DaemonError, run_agent};
 use kata_node_agent::{
     CheckReport, ExpectedConfig, HostRoot, ProbeRunner, RunnerOptions, StatusSource,
 };
@@ -22,6 +24,54 @@ enum Command {
     /// Exit status: 0 runtime ready, 1 KVM-capable but not ready, 2 not
     /// KVM-capable, 64 usage error.
     Check(CheckArgs),
+    /// Probe this host continuously and report to the coordinator over its
+    /// TLS health channel, until SIGTERM or SIGINT.
+    ///
+    /// Exit status: 0 after a signal, 64 for an unusable coordinator address.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The coordinator's health service, `https://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    coordinator: String,
+    /// PEM CA bundle that the coordinator's certificate must chain to.
+    #[arg(long, value_name = "PATH")]
+    ca_file: PathBuf,
+    /// The projected ServiceAccount token; re-read at every (re)connect.
+    #[arg(long, value_name = "PATH")]
+    token_file: PathBuf,
+    /// This node's name (the Downward API's `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where the host's filesystem is visible.
+    #[arg(long, env = "NODE_AGENT_HOST_ROOT", default_value = "/host")]
+    host_root: PathBuf,
+    /// Read `rpm-ostree status --json` from this file (a host path, under the
+    /// host root) instead of running rpm-ostree.
+    #[arg(long, value_name = "PATH")]
+    rpm_ostree_status_file: Option<String>,
+    /// The name to verify in the coordinator's certificate, when it is not
+    /// the host in --coordinator.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// Seconds between probe cycles (fractions allowed).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    probe_interval: Duration,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Err("must be more than 0".to_owned());
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string())
 }
 
 #[derive(clap::Args)]
@@ -51,28 +101,107 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(args) => check(args),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_logging(args.log_json);
+    let runtime = match small_runtime() {
+        Ok(runtime) => runtime,
+        Err(()) => return ExitCode::FAILURE,
+    };
+    let mut options = AgentOptions::new(
+        args.coordinator,
+        args.ca_file,
+        args.token_file,
+        args.node_name,
+        HostRoot::new(&args.host_root),
+    );
+    options.tls_server_name = args.tls_server_name;
+    options.probe_interval = args.probe_interval;
+    options.runner = runner_options(args.rpm_ostree_status_file);
+    match runtime.block_on(run_agent(options, termination())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err @ DaemonError::InvalidCoordinator { .. }) => {
+            tracing::error!(error = %err, "cannot run");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in Pod logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGTERM (the kubelet stopping the Pod) or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // Without a SIGTERM handler the default action still ends the
+            // process; only the clean stream close is lost.
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot watch for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => tracing::info!("SIGTERM received"),
+        () = interrupt => tracing::info!("SIGINT received"),
+    }
+}
+
+/// One thread: the probes mostly wait on the blocking pool, the daemon on
+/// the network, and a small runtime keeps the agent's memory low. The error
+/// has been printed.
+fn small_runtime() -> Result<tokio::runtime::Runtime, ()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| eprintln!("node-agent: cannot start the async runtime: {err}"))
+}
+
+/// rpm-ostree's status from a file under the host root when given, else
+/// from running rpm-ostree.
+fn runner_options(rpm_ostree_status_file: Option<String>) -> RunnerOptions {
+    RunnerOptions {
+        rpm_ostree_status: rpm_ostree_status_file.map_or(StatusSource::Command, StatusSource::File),
+        ..RunnerOptions::default()
     }
 }
 
 fn check(args: CheckArgs) -> ExitCode {
-    // One thread: the probes are mostly waiting on the blocking pool, and a
-    // small runtime keeps the agent's memory low.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match small_runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("node-agent: cannot start the async runtime: {err}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(()) => return ExitCode::from(EXIT_USAGE),
     };
-    let options = RunnerOptions {
-        rpm_ostree_status: args
-            .rpm_ostree_status_file
-            .map_or(StatusSource::Command, StatusSource::File),
-        ..RunnerOptions::default()
-    };
+    let options = runner_options(args.rpm_ostree_status_file);
     let root = HostRoot::new(&args.host_root);
     let mut runner = ProbeRunner::with_options(ExpectedConfig::default(), root, options);
     let outcomes = runtime.block_on(runner.run_cycle());
@@ -83,4 +212,43 @@ fn check(args: CheckArgs) -> ExitCode {
         print!("{}", report.to_table());
     }
     ExitCode::from(report.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn run_takes_its_connection_settings_and_defaults_the_rest() {
+        let cli = Cli::try_parse_from([
+            "node-agent",
+            "run",
+            "--coordinator",
+            "https://coordinator.kata-system.svc:8443",
+            "--ca-file",
+            "/ca.crt",
+            "--token-file",
+            "/token",
+            "--node-name",
+            "worker-0",
+            "--probe-interval",
+            "0.25",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(args.node_name, "worker-0");
+        assert_eq!(args.host_root, PathBuf::from("/host"));
+        assert_eq!(args.probe_interval, Duration::from_millis(250));
+        assert_eq!(args.tls_server_name, None);
+    }
+
+    #[test]
+    fn probe_interval_must_be_a_positive_number() {
+        for bad in ["0", "-1", "NaN", "ten", "inf"] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

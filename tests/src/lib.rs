@@ -3,7 +3,9 @@
 //! host roots for the node-agent's probes.
 
 pub mod child_process;
+pub mod cluster;
 pub mod control_plane;
+pub mod health_fixture;
 pub mod host_root;
 pub mod mco_simulator;
 pub mod operator;

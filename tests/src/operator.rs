@@ -229,3 +229,42 @@ pub async fn pod_bound_token(
         .map(|s| s.token)
         .ok_or_else(|| Error::Setup("TokenRequest returned no token".into()))
 }
+
+/// A plain HTTP/1.1 GET on loopback: the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:.80}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// One sample's value from a Prometheus text endpoint (`/metrics` at `addr`).
+pub async fn scrape_metric(addr: std::net::SocketAddr, name: &str) -> Result<f64, String> {
+    let (_, body) = http_get(addr, "/metrics").await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .ok_or_else(|| format!("{name} not in /metrics"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{name}: {e}"))
+}

@@ -98,3 +98,30 @@ pub fn service_account_key() -> Result<(String, String), Error> {
     let key = KeyPair::generate()?;
     Ok((key.serialize_pem(), key.public_key_pem()))
 }
+
+/// A CA file plus a server certificate and key for `localhost` and
+/// 127.0.0.1, written to a temporary directory (removed on drop).
+pub struct TlsFiles {
+    _dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn generate() -> Result<Self, Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
+        let ca = TestCa::new("kata-coordinator-ca")?;
+        let ca_file = dir.path().join("ca.crt");
+        fs::write(&ca_file, ca.cert_pem()).map_err(|e| Error::io(&ca_file, e))?;
+        let (cert, key) = ca
+            .server_cert(&["localhost", "127.0.0.1"])?
+            .write(dir.path(), "tls")?;
+        Ok(TlsFiles {
+            _dir: dir,
+            ca: ca_file,
+            cert,
+            key,
+        })
+    }
+}

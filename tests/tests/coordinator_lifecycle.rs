@@ -9,216 +9,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kata_coordinator::api::KataConfig;
 use kata_coordinator::names;
 use kata_coordinator::reconciler::{
     Options, container_runtime_config_resource, machine_config_resource, pool_resource,
 };
-use kata_tests::ControlPlane;
-use kata_tests::mco_simulator::{McoSimulator, NodeFault, SimulatorOptions};
-use kata_tests::operator::{
-    RunningCoordinator, control_plane_with_operator_api, create_node, eventually,
-};
+use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
+use kata_tests::mco_simulator::NodeFault;
+use kata_tests::operator::{RunningCoordinator, eventually};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
-
-const CONVERGE: Duration = Duration::from_secs(60);
-const WORKER: (&str, &str) = ("node-role.kubernetes.io/worker", "");
-
-struct Cluster {
-    plane: ControlPlane,
-    client: Client,
-    simulator: McoSimulator,
-    roots: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// A control plane with the operator's API, the MCO simulator, and the
-    /// given nodes, each worker with a fake host root.
-    async fn start(nodes: &[(&str, &[(&str, &str)])]) -> Cluster {
-        let plane = control_plane_with_operator_api().await.unwrap();
-        let client = plane.client().await.unwrap();
-        let options = SimulatorOptions {
-            update_delay: Duration::from_millis(50),
-            resync_interval: Duration::from_millis(50),
-        };
-        let simulator = McoSimulator::start(client.clone(), options).await.unwrap();
-        let roots = tempfile::tempdir().unwrap();
-        for (name, labels) in nodes {
-            create_node(&client, name, labels).await.unwrap();
-            let root = roots.path().join(name);
-            std::fs::create_dir_all(&root).unwrap();
-            simulator.register_host_root(name, root);
-        }
-        // Nodes join the cluster already on their pool's configuration, as
-        // installed machines do; wait for that before any test acts, or a node
-        // labelled early would be adopted straight into the kata pool.
-        let all_nodes = Api::<Node>::all(client.clone());
-        eventually(
-            "the MCO simulator to adopt every node",
-            CONVERGE,
-            || async {
-                let nodes = all_nodes
-                    .list(&Default::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(nodes
-                    .items
-                    .iter()
-                    .all(|n| n.annotations().contains_key(names::mco::CURRENT_CONFIG)))
-            },
-        )
-        .await
-        .unwrap();
-        Cluster {
-            plane,
-            client,
-            simulator,
-            roots,
-        }
-    }
-
-    fn root(&self, node: &str) -> std::path::PathBuf {
-        self.roots.path().join(node)
-    }
-
-    fn configs(&self) -> Api<KataConfig> {
-        Api::all(self.client.clone())
-    }
-
-    async fn create_kataconfig(&self, name: &str, spec: Value) {
-        let object: KataConfig = serde_json::from_value(json!({
-            "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
-            "metadata": { "name": name }, "spec": spec,
-        }))
-        .unwrap();
-        self.configs()
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
-    }
-
-    async fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
-        let config = self.configs().get_opt(name).await.ok()??;
-        let c = config
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == type_)?;
-        Some((c.status, c.reason, c.message))
-    }
-
-    async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) {
-        let what = format!("{name} {type_}={status} ({reason})");
-        eventually(&what, CONVERGE, || async {
-            let c = self.condition(name, type_).await;
-            match &c {
-                Some((s, r, _)) if s == status && r == reason => Ok(true),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await
-        .unwrap();
-    }
-
-    async fn wait_gone(&self, name: &str) {
-        eventually(&format!("KataConfig {name} deleted"), CONVERGE, || async {
-            Ok(self
-                .configs()
-                .get_opt(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .is_none())
-        })
-        .await
-        .unwrap();
-    }
-
-    async fn node_labels(&self) -> BTreeMap<String, BTreeMap<String, String>> {
-        let nodes = Api::<Node>::all(self.client.clone())
-            .list(&Default::default())
-            .await
-            .unwrap();
-        nodes
-            .items
-            .into_iter()
-            .map(|n| (n.name_any(), n.labels().clone()))
-            .collect()
-    }
-
-    async fn nodes_with(&self, label: &str) -> Vec<String> {
-        self.node_labels()
-            .await
-            .into_iter()
-            .filter(|(_, l)| l.contains_key(label))
-            .map(|(n, _)| n)
-            .collect()
-    }
-
-    async fn get_dynamic(
-        &self,
-        resource: &kube::api::ApiResource,
-        name: &str,
-    ) -> Option<DynamicObject> {
-        Api::<DynamicObject>::all_with(self.client.clone(), resource)
-            .get_opt(name)
-            .await
-            .unwrap()
-    }
-
-    /// Every trace the operator could leave: its objects, labels and
-    /// annotations-driven configs. Empty after a complete uninstall.
-    async fn operator_leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for (resource, name) in [
-            (pool_resource(), names::POOL_NAME),
-            (machine_config_resource(), names::MACHINE_CONFIG_NAME),
-            (
-                container_runtime_config_resource(),
-                names::CONTAINER_RUNTIME_CONFIG_NAME,
-            ),
-        ] {
-            if self.get_dynamic(&resource, name).await.is_some() {
-                left.push(format!("{} {name}", resource.kind));
-            }
-        }
-        if Api::<RuntimeClass>::all(self.client.clone())
-            .get_opt(names::RUNTIME_CLASS_NAME)
-            .await
-            .unwrap()
-            .is_some()
-        {
-            left.push("RuntimeClass kata".into());
-        }
-        for (node, labels) in self.node_labels().await {
-            for label in [
-                names::KATA_POOL_ROLE_LABEL,
-                names::KATA_RUNTIME_LABEL,
-                names::KATA_CAPABLE_LABEL,
-            ] {
-                if labels.contains_key(label) {
-                    left.push(format!("label {label} on {node}"));
-                }
-            }
-        }
-        let nodes = Api::<Node>::all(self.client.clone())
-            .list(&Default::default())
-            .await
-            .unwrap();
-        for node in nodes.items {
-            let current = node
-                .annotations()
-                .get(names::mco::CURRENT_CONFIG)
-                .cloned()
-                .unwrap_or_default();
-            if current.starts_with("rendered-kata-oc-") {
-                left.push(format!("node {} still on {current}", node.name_any()));
-            }
-        }
-        left
-    }
-}
+use serde_json::json;
 
 fn drop_in(root: &Path) -> Option<String> {
     std::fs::read_to_string(root.join("etc/crio/crio.conf.d/50-kata")).ok()
@@ -580,6 +380,7 @@ async fn restarts_at_every_step_converge() {
             cluster.client.clone(),
             Options {
                 stop_after_writes: Some(stop_after),
+                ..Options::default()
             },
         );
         cluster
@@ -622,6 +423,7 @@ async fn restarts_at_every_step_converge() {
             cluster.client.clone(),
             Options {
                 stop_after_writes: Some(stop_after),
+                ..Options::default()
             },
         );
         cluster

@@ -9,36 +9,25 @@
 //! `kata_coordinator::health::auth`.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use kata_coordinator::health::{
-    AgentAuthenticator, HealthOptions, HealthRegistry, HealthService, NodeHealth, ServerTls, serve,
-};
+use k8s_openapi::api::core::v1::Pod;
+use kata_coordinator::health::NodeHealth;
 use kata_proto::health::v1::node_health_client::NodeHealthClient;
 use kata_proto::health::v1::{
     AgentMessage, CoordinatorMessage, HealthReport, Hello, ProbeOutcome, ProbeStatus, Verdicts,
     agent_message, coordinator_message,
 };
-use kata_tests::ControlPlane;
-use kata_tests::pki::TestCa;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use kata_tests::health_fixture::{
+    AGENT_SA, AUDIENCE, HealthFixture as Fixture, NAMESPACE, NODE_A, NODE_B, OTHER_SA, SERVER_NAME,
+};
+use kube::api::{Api, DeleteParams};
+use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
-
-const AUDIENCE: &str = "kata-operator.test/health";
-const NAMESPACE: &str = "kata-system";
-const AGENT_SA: &str = "node-agent";
-const OTHER_SA: &str = "intruder";
-const NODE_A: &str = "worker-a";
-const NODE_B: &str = "worker-b";
 
 /// Adds `authorization: Bearer <token>` to every call, as the agent does.
 #[derive(Clone)]
@@ -63,158 +52,39 @@ struct AgentStream {
     inbound: Streaming<CoordinatorMessage>,
 }
 
-struct Fixture {
-    // Kept alive for the test's duration; dropping it stops the API server.
-    _plane: ControlPlane,
-    admin: kube::Client,
-    registry: HealthRegistry,
-    port: u16,
-    ca_pem: String,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl Fixture {
-    async fn start() -> Self {
-        let plane = ControlPlane::start().await.unwrap();
-        let admin = plane.client().await.unwrap();
-        create(
-            &Api::<Namespace>::all(admin.clone()),
-            Namespace {
-                metadata: meta(NAMESPACE),
-                ..Namespace::default()
-            },
+async fn client(fixture: &Fixture, token: Option<&str>) -> Client {
+    let channel = Endpoint::from_shared(fixture.url())
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&fixture.ca_pem))
+                .domain_name(SERVER_NAME),
         )
-        .await;
-        for node in [NODE_A, NODE_B] {
-            create(
-                &Api::<Node>::all(admin.clone()),
-                Node {
-                    metadata: meta(node),
-                    ..Node::default()
-                },
-            )
-            .await;
-        }
-        for account in [AGENT_SA, OTHER_SA] {
-            create(
-                &Api::<ServiceAccount>::namespaced(admin.clone(), NAMESPACE),
-                ServiceAccount {
-                    metadata: meta(account),
-                    ..ServiceAccount::default()
-                },
-            )
-            .await;
-        }
-
-        let ca = TestCa::new("kata-health-test-ca").unwrap();
-        let cert = ca.server_cert(&["localhost", "127.0.0.1"]).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let registry = HealthRegistry::new();
-        let service = HealthService::new(
-            AgentAuthenticator::new(admin.clone(), AUDIENCE, NAMESPACE, AGENT_SA),
-            registry.clone(),
-            HealthOptions {
-                heartbeat_interval: Duration::from_secs(15),
-                ..HealthOptions::default()
-            },
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let tls = ServerTls {
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-        };
-        let server = tokio::spawn(async move {
-            serve(listener, &tls, service, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        Self {
-            _plane: plane,
-            admin,
-            registry,
-            port,
-            ca_pem: ca.cert_pem(),
-            stop: Some(stop),
-            server,
-        }
-    }
-
-    async fn pod_bound_token(
-        &self,
-        account: &str,
-        pod: &str,
-        node: &str,
-        audience: &str,
-    ) -> String {
-        kata_tests::operator::pod_bound_token(&self.admin, NAMESPACE, account, pod, node, audience)
-            .await
-            .unwrap()
-    }
-
-    async fn client(&self, token: Option<&str>) -> Client {
-        let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", self.port))
-            .unwrap()
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&self.ca_pem))
-                    .domain_name("localhost"),
-            )
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let bearer = token.map(|t| format!("Bearer {t}").parse().unwrap());
-        NodeHealthClient::with_interceptor(channel, Bearer(bearer))
-    }
-
-    /// Opens a stream whose first message is `first`; the error is the
-    /// call's status when the coordinator refuses the stream.
-    async fn open(&self, token: Option<&str>, first: AgentMessage) -> Result<AgentStream, Status> {
-        let (outbound, rx) = mpsc::channel(8);
-        outbound.send(first).await.unwrap();
-        let response = self
-            .client(token)
-            .await
-            .report(ReceiverStream::new(rx))
-            .await?;
-        Ok(AgentStream {
-            outbound,
-            inbound: response.into_inner(),
-        })
-    }
-
-    /// Waits for the registry to satisfy `check`, woken by its change signal.
-    /// The timeout only keeps a broken server from hanging the test.
-    async fn wait_for<T>(&self, check: impl Fn(&HealthRegistry) -> Option<T>) -> T {
-        let mut changes = self.registry.subscribe();
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if let Some(found) = check(&self.registry) {
-                    return found;
-                }
-                changes.changed().await.unwrap();
-            }
-        })
+        .unwrap()
+        .connect()
         .await
-        .expect("the registry never reached the expected state")
-    }
+        .unwrap();
+    let bearer = token.map(|t| format!("Bearer {t}").parse().unwrap());
+    NodeHealthClient::with_interceptor(channel, Bearer(bearer))
 }
 
-fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        ..ObjectMeta::default()
-    }
-}
-
-async fn create<K>(api: &Api<K>, object: K)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    api.create(&PostParams::default(), &object).await.unwrap();
+/// Opens a stream whose first message is `first`; the error is the call's
+/// status when the coordinator refuses the stream.
+async fn open(
+    fixture: &Fixture,
+    token: Option<&str>,
+    first: AgentMessage,
+) -> Result<AgentStream, Status> {
+    let (outbound, rx) = mpsc::channel(8);
+    outbound.send(first).await.unwrap();
+    let response = client(fixture, token)
+        .await
+        .report(ReceiverStream::new(rx))
+        .await?;
+    Ok(AgentStream {
+        outbound,
+        inbound: response.into_inner(),
+    })
 }
 
 fn hello(node: &str) -> AgentMessage {
@@ -263,7 +133,7 @@ async fn agent_bound_to_its_node_gets_expected_config_and_its_reports_are_record
     let token = fixture
         .pod_bound_token(AGENT_SA, "agent-a", NODE_A, AUDIENCE)
         .await;
-    let mut stream = fixture.open(Some(&token), hello(NODE_A)).await.unwrap();
+    let mut stream = open(&fixture, Some(&token), hello(NODE_A)).await.unwrap();
 
     let first = stream.inbound.message().await.unwrap().unwrap();
     let Some(coordinator_message::Message::ExpectedConfig(config)) = first.message else {
@@ -295,13 +165,11 @@ async fn agent_bound_to_its_node_gets_expected_config_and_its_reports_are_record
 
     // Shutting down ends the agent's open stream with Unavailable (so it
     // reconnects elsewhere) instead of waiting forever for it to close.
-    fixture.stop.take().unwrap().send(()).unwrap();
+    // The server's shutdown completes (it would panic if it hung) and the
+    // status it sent is still there for the agent to read.
+    fixture.stop_server().await.unwrap();
     let ended = stream.inbound.message().await;
     assert_eq!(code(ended), Code::Unavailable);
-    let server = tokio::time::timeout(Duration::from_secs(30), &mut fixture.server)
-        .await
-        .expect("server shutdown hung with an agent stream open");
-    server.unwrap().unwrap();
     let node = fixture
         .wait_for(|registry| registry.get(NODE_A).filter(|n| !n.connected))
         .await;
@@ -315,19 +183,19 @@ async fn hello_must_come_first_and_name_the_tokens_node() {
         .pod_bound_token(AGENT_SA, "agent-a", NODE_A, AUDIENCE)
         .await;
 
-    let claims_b = fixture.open(Some(&token), hello(NODE_B)).await;
+    let claims_b = open(&fixture, Some(&token), hello(NODE_B)).await;
     let status = claims_b.err().unwrap();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains(NODE_A) && status.message().contains(NODE_B));
     assert!(fixture.registry.get(NODE_B).is_none());
 
-    let report_first = fixture.open(Some(&token), report_message(1)).await;
+    let report_first = open(&fixture, Some(&token), report_message(1)).await;
     assert_eq!(code(report_first), Code::InvalidArgument);
     assert!(fixture.registry.snapshot().is_empty());
 
     // The same token is fine for its own node: the refusals above were about
     // the claim and the order, not the token.
-    let mut own = fixture.open(Some(&token), hello(NODE_A)).await.unwrap();
+    let mut own = open(&fixture, Some(&token), hello(NODE_A)).await.unwrap();
     assert!(own.inbound.message().await.unwrap().is_some());
     fixture
         .wait_for(|registry| registry.get(NODE_A).filter(|n| n.connected))
@@ -345,22 +213,22 @@ async fn hello_must_come_first_and_name_the_tokens_node() {
 async fn missing_wrong_audience_foreign_and_orphaned_tokens_are_refused() {
     let fixture = Fixture::start().await;
 
-    let none = fixture.open(None, hello(NODE_A)).await;
+    let none = open(&fixture, None, hello(NODE_A)).await;
     assert_eq!(code(none), Code::Unauthenticated);
 
-    let forged = fixture.open(Some("not-a-token"), hello(NODE_A)).await;
+    let forged = open(&fixture, Some("not-a-token"), hello(NODE_A)).await;
     assert_eq!(code(forged), Code::Unauthenticated);
 
     let other_audience = fixture
         .pod_bound_token(AGENT_SA, "agent-aud", NODE_A, "someone-else")
         .await;
-    let wrong_audience = fixture.open(Some(&other_audience), hello(NODE_A)).await;
+    let wrong_audience = open(&fixture, Some(&other_audience), hello(NODE_A)).await;
     assert_eq!(code(wrong_audience), Code::Unauthenticated);
 
     let intruder = fixture
         .pod_bound_token(OTHER_SA, "intruder-a", NODE_A, AUDIENCE)
         .await;
-    let foreign = fixture.open(Some(&intruder), hello(NODE_A)).await;
+    let foreign = open(&fixture, Some(&intruder), hello(NODE_A)).await;
     assert_eq!(code(foreign), Code::PermissionDenied);
     assert!(fixture.registry.snapshot().is_empty());
 
@@ -382,7 +250,7 @@ async fn missing_wrong_audience_foreign_and_orphaned_tokens_are_refused() {
         .unwrap();
     let mut last = Code::Ok;
     for _ in 0..60 {
-        last = code(fixture.open(Some(&orphan), hello(NODE_A)).await);
+        last = code(open(&fixture, Some(&orphan), hello(NODE_A)).await);
         if last != Code::Ok {
             break;
         }

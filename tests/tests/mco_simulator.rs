@@ -269,9 +269,10 @@ async fn stock_pools_are_rendered_from_the_base_configs() {
 
 #[tokio::test]
 async fn a_node_moves_into_the_kata_pool_and_back_out() {
-    // A reboot long enough to be seen while it is pending.
+    // A reboot long enough to be seen while it is pending, even when the
+    // machine is busy with other test binaries.
     let options = SimulatorOptions {
-        update_delay: Duration::from_secs(1),
+        update_delay: Duration::from_secs(4),
         ..Default::default()
     };
     let cluster = cluster(options).await;

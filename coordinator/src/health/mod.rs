@@ -7,6 +7,8 @@
 //! the node named in its token, and a Hello for any other node is refused.
 
 pub mod auth;
+pub mod labeller;
+pub mod marks;
 pub mod registry;
 pub mod server;
 

@@ -1,0 +1,172 @@
+//! The running coordinator: the KataConfig controller, the agents' gRPC
+//! server, the node labeller and the metrics endpoint, wired together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use prometheus_client::registry::Registry;
+use tracing::info;
+
+use crate::health::marks::MarkPolicy;
+use crate::health::{AgentAuthenticator, HealthOptions, HealthRegistry, HealthService, ServerTls};
+use crate::leader::{LeaderElector, LeaseOptions};
+use crate::metrics::{Metrics, Readiness};
+use crate::reconciler::{self, WriteCounter};
+
+/// Where and how the agents' gRPC server listens.
+#[derive(Clone, Debug)]
+pub struct AgentServerOptions {
+    pub listen: SocketAddr,
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// The audience of the agents' projected tokens.
+    pub audience: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub heartbeat: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// `None`: no agents (the KataConfig lifecycle alone).
+    pub agents: Option<AgentServerOptions>,
+    pub metrics_listen: SocketAddr,
+    pub mark_policy: MarkPolicy,
+    /// With several replicas: the lease that decides which one acts. The
+    /// others serve only `/healthz` (and report not ready) until they lead.
+    pub leader_election: Option<LeaseOptions>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("lost the leader lease; exiting so a fresh process can compete again")]
+    LostLeadership,
+}
+
+async fn read(path: &PathBuf) -> Result<String, AppError> {
+    tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| AppError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Listen { addr, source })
+}
+
+/// Runs every part until the process is stopped. Fails at once, naming what
+/// is wrong, when a certificate cannot be read or a port cannot be bound.
+pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
+    let metrics = Metrics::default();
+    let writes = Arc::new(WriteCounter::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    registry.register(
+        "kata_operator_api_writes",
+        "Mutating Kubernetes API requests",
+        writes.counter(),
+    );
+    let readiness = Readiness::default();
+    let metrics_listener = bind(options.metrics_listen).await?;
+    info!(addr = %options.metrics_listen, "serving /metrics, /healthz and /readyz");
+    // Every part lives in this set: when `run` is dropped they all stop, so
+    // none outlives the coordinator.
+    let mut parts = tokio::task::JoinSet::new();
+    let http_readiness = readiness.clone();
+    parts.spawn(async move {
+        if let Err(error) = crate::metrics::serve(metrics_listener, registry, http_readiness).await
+        {
+            tracing::error!(%error, "the metrics server stopped");
+        }
+    });
+
+    let elector = options
+        .leader_election
+        .map(|lease| LeaderElector::new(client.clone(), lease));
+    if let Some(elector) = &elector {
+        info!("waiting to become the leader");
+        elector.acquire().await;
+    }
+
+    // Dropped with `run`, which shuts the gRPC server down.
+    let mut grpc_shutdown = None;
+    if let Some(agents) = options.agents {
+        let tls = ServerTls {
+            cert_pem: read(&agents.tls_cert_file).await?,
+            key_pem: read(&agents.tls_key_file).await?,
+        };
+        let listener = bind(agents.listen).await?;
+        let health = HealthRegistry::new();
+        let authenticator = AgentAuthenticator::new(
+            client.clone(),
+            agents.audience,
+            agents.namespace,
+            agents.service_account,
+        );
+        let health_options = HealthOptions {
+            heartbeat_interval: agents.heartbeat,
+            ..HealthOptions::default()
+        };
+        let service = HealthService::new(authenticator, health.clone(), health_options);
+        info!(addr = %agents.listen, "serving the agents' health channel");
+        // Not aborted with the other parts but shut down: the server then
+        // ends every open agent stream, so agents reconnect at once (to this
+        // process's successor) instead of talking to a server that is gone.
+        let (shutdown_guard, shutdown) = tokio::sync::oneshot::channel::<()>();
+        grpc_shutdown = Some(shutdown_guard);
+        tokio::spawn(async move {
+            let stop = async {
+                let _ = shutdown.await;
+            };
+            if let Err(error) = crate::health::serve(listener, &tls, service, stop).await {
+                tracing::error!(%error, "the agents' gRPC server stopped");
+            }
+        });
+        parts.spawn(crate::health::labeller::run(
+            client.clone(),
+            health,
+            options.mark_policy,
+            writes.clone(),
+            metrics.clone(),
+        ));
+    }
+
+    readiness.set(true);
+    let reconciler_options = reconciler::Options {
+        metrics,
+        ..Default::default()
+    };
+    let outcome = match &elector {
+        Some(elector) => tokio::select! {
+            () = reconciler::run(client, reconciler_options, writes) => {
+                elector.release().await;
+                Ok(())
+            }
+            () = elector.hold() => Err(AppError::LostLeadership),
+        },
+        None => {
+            reconciler::run(client, reconciler_options, writes).await;
+            Ok(())
+        }
+    };
+    parts.shutdown().await;
+    drop(grpc_shutdown);
+    outcome
+}

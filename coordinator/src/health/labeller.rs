@@ -1,0 +1,301 @@
+//! Writes what the agents report onto the nodes: the capability and
+//! runtime-ready labels and the `KataRuntimeReady` condition. Only the
+//! coordinator writes them, only on change, and only while a KataConfig is
+//! in force (during an uninstall the planner takes them away).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::marks::{CurrentMarks, MarkPolicy, NodeMarks, ReadyCondition, damped, desired_marks};
+use super::registry::HealthRegistry;
+use crate::api::KataConfig;
+use crate::metrics::{Metrics, StateLabel};
+use crate::names;
+use crate::reconciler::WriteCounter;
+
+/// How often marks are re-evaluated without a report (silence is noticed by
+/// the clock, not by an event).
+const TICK: Duration = Duration::from_secs(1);
+
+fn current_condition(node: &Node) -> Option<ReadyCondition> {
+    let condition = node
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == names::NODE_CONDITION)?;
+    Some(ReadyCondition {
+        ready: condition.status == "True",
+        reason: condition.reason.clone().unwrap_or_default(),
+        message: condition.message.clone().unwrap_or_default(),
+    })
+}
+
+/// The writes one node needs.
+struct NodeWrite {
+    node: Arc<Node>,
+    labels: bool,
+    condition: bool,
+    marks: NodeMarks,
+}
+
+/// Nodes written at once: a large cluster converges in a fraction of the
+/// time one-by-one writes take, without flooding the API server.
+const WRITE_CONCURRENCY: usize = 32;
+/// Reports arrive all the time at scale; looking at every node on each one
+/// would burn CPU for nothing, so scans are at least this far apart.
+const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(200);
+
+struct Labeller {
+    client: Client,
+    registry: HealthRegistry,
+    policy: MarkPolicy,
+    started: Instant,
+    writes: Arc<WriteCounter>,
+    metrics: Metrics,
+    /// When each node last lost the runtime label, for the hold-down.
+    removals: HashMap<String, Instant>,
+}
+
+impl Labeller {
+    /// What must be written to bring `node` to the marks its reports call
+    /// for; `None` when it already carries them.
+    fn plan_node(&mut self, node: &Arc<Node>, now: Instant) -> Option<NodeWrite> {
+        let name = node.name_any();
+        let current = CurrentMarks::from_labels(node.labels(), current_condition(node));
+        let health = self.registry.get(&name);
+        let desired = desired_marks(health.as_ref(), &current, now, self.started, self.policy)?;
+        let desired = damped(
+            desired,
+            &current,
+            self.removals.get(&name).copied(),
+            now,
+            self.policy,
+        );
+        let labels_change =
+            desired.capable != current.capable || desired.runtime_ready != current.runtime_ready;
+        let condition_change = current.condition.as_ref() != Some(&desired.condition);
+        if current.runtime_ready && !desired.runtime_ready {
+            self.removals.insert(name, now);
+        }
+        (labels_change || condition_change).then(|| NodeWrite {
+            node: node.clone(),
+            labels: labels_change,
+            condition: condition_change,
+            marks: desired,
+        })
+    }
+
+    async fn apply_labels(&self, write: &NodeWrite) {
+        let name = write.node.name_any();
+        let marks = &write.marks;
+        match self.write_labels(&name, marks).await {
+            Ok(()) => {
+                info!(node = %name, capable = marks.capable, runtime_ready = marks.runtime_ready, reason = %marks.condition.reason, "node labels changed")
+            }
+            Err(error) => warn!(node = %name, %error, "could not write the node's Kata labels"),
+        }
+    }
+
+    async fn apply_condition(&self, write: &NodeWrite) {
+        if let Err(error) = self
+            .write_condition(&write.node, &write.marks.condition)
+            .await
+        {
+            warn!(node = %write.node.name_any(), %error, "could not write the node's KataRuntimeReady condition");
+        }
+    }
+
+    /// Connected agents, and worker nodes by the labels they carry.
+    fn export_gauges(&self, nodes: &Store<Node>) {
+        let snapshot = self.registry.snapshot();
+        let connected = snapshot.values().filter(|h| h.connected).count();
+        self.metrics
+            .connected_agents
+            .set(i64::try_from(connected).unwrap_or(i64::MAX));
+        let (mut ready, mut capable, mut other) = (0i64, 0i64, 0i64);
+        for node in nodes
+            .state()
+            .iter()
+            .filter(|n| n.labels().contains_key(names::WORKER_ROLE_LABEL))
+        {
+            let marks = CurrentMarks::from_labels(node.labels(), None);
+            match (marks.runtime_ready, marks.capable) {
+                (true, _) => ready += 1,
+                (false, true) => capable += 1,
+                (false, false) => other += 1,
+            }
+        }
+        for (state, count) in [
+            ("runtime-ready", ready),
+            ("capable", capable),
+            ("unknown-or-incapable", other),
+        ] {
+            self.metrics
+                .nodes
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(count);
+        }
+    }
+
+    async fn write_labels(&self, node: &str, marks: &NodeMarks) -> Result<(), kube::Error> {
+        let mut labels = serde_json::Map::new();
+        if marks.capable {
+            labels.insert(names::KATA_CAPABLE_LABEL.into(), "true".into());
+        }
+        if marks.runtime_ready {
+            labels.insert(names::KATA_RUNTIME_LABEL.into(), "true".into());
+        }
+        // Applying without a label releases it: the health manager owns only
+        // these two, so nothing else on the node is touched.
+        let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node, "labels": labels } });
+        self.writes.record();
+        self.metrics.label_writes.inc();
+        Api::<Node>::all(self.client.clone())
+            .patch(
+                node,
+                &PatchParams::apply(names::MANAGER_HEALTH).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn write_condition(
+        &self,
+        node: &Node,
+        condition: &ReadyCondition,
+    ) -> Result<(), kube::Error> {
+        let status = if condition.ready { "True" } else { "False" };
+        let previous = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == names::NODE_CONDITION));
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        };
+        let condition = NodeCondition {
+            type_: names::NODE_CONDITION.into(),
+            status: status.into(),
+            reason: Some(condition.reason.clone()),
+            message: Some(condition.message.clone()),
+            last_transition_time,
+            last_heartbeat_time: None,
+        };
+        let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node.name_any() }, "status": { "conditions": [condition] } });
+        self.writes.record();
+        self.metrics.label_writes.inc();
+        Api::<Node>::all(self.client.clone())
+            .patch_status(
+                &node.name_any(),
+                &PatchParams::apply(names::MANAGER_HEALTH).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether a KataConfig is in force: present and not being deleted.
+fn kata_config_in_force(configs: &Store<KataConfig>) -> bool {
+    configs
+        .state()
+        .iter()
+        .any(|c| c.metadata.deletion_timestamp.is_none())
+}
+
+/// Runs until the process ends.
+pub async fn run(
+    client: Client,
+    registry: HealthRegistry,
+    policy: MarkPolicy,
+    writes: Arc<WriteCounter>,
+    metrics: Metrics,
+) {
+    let (nodes, node_writer) = reflector::store();
+    let (configs, config_writer) = reflector::store();
+    let node_watch = watcher(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(node_writer)
+    .for_each(|_| async {});
+    let config_watch = watcher(
+        Api::<KataConfig>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(config_writer)
+    .for_each(|_| async {});
+    // Aborted with the labeller, so no watch outlives it.
+    let _watches = AbortOnDrop(tokio::spawn(async move {
+        futures::join!(node_watch, config_watch);
+    }));
+    let _ = nodes.wait_until_ready().await;
+    let _ = configs.wait_until_ready().await;
+
+    let mut labeller = Labeller {
+        client,
+        registry: registry.clone(),
+        policy,
+        started: Instant::now(),
+        writes,
+        metrics,
+        removals: HashMap::new(),
+    };
+    let mut changes = registry.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        labeller.export_gauges(&nodes);
+        if !kata_config_in_force(&configs) {
+            continue;
+        }
+        let now = Instant::now();
+        let writes: Vec<NodeWrite> = nodes
+            .state()
+            .iter()
+            .filter(|n| n.labels().contains_key(names::WORKER_ROLE_LABEL))
+            .filter_map(|n| labeller.plan_node(n, now))
+            .collect();
+        // Labels first, for every node: they decide where pods go. The
+        // conditions, for people, follow.
+        let labeller = &labeller;
+        futures::stream::iter(writes.iter().filter(|w| w.labels))
+            .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_labels(write))
+            .await;
+        futures::stream::iter(writes.iter().filter(|w| w.condition))
+            .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_condition(write))
+            .await;
+        tokio::time::sleep_until((now + MIN_SCAN_INTERVAL).into()).await;
+    }
+}

@@ -1,0 +1,350 @@
+//! What the agents' reports mean for a node's labels and its
+//! `KataRuntimeReady` condition: pure decisions, with the grace period for a
+//! silent agent and the hold-down that keeps a flapping node from thrashing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kata_proto::health::v1::{HealthReport, ProbeStatus};
+
+use super::registry::NodeHealth;
+use crate::names;
+
+/// The labels and condition the coordinator wants on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeMarks {
+    /// `feature.node.kubernetes.io/runtime.kata=true`.
+    pub capable: bool,
+    /// `katacontainers.io/kata-runtime=true`.
+    pub runtime_ready: bool,
+    pub condition: ReadyCondition,
+}
+
+/// The `KataRuntimeReady` node condition, without timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyCondition {
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The marks a node carries now, read from the Node object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CurrentMarks {
+    pub capable: bool,
+    pub runtime_ready: bool,
+    pub condition: Option<ReadyCondition>,
+}
+
+impl CurrentMarks {
+    pub fn from_labels(
+        labels: &BTreeMap<String, String>,
+        condition: Option<ReadyCondition>,
+    ) -> Self {
+        let is_true = |key: &str| labels.get(key).is_some_and(|v| v == "true");
+        CurrentMarks {
+            capable: is_true(names::KATA_CAPABLE_LABEL),
+            runtime_ready: is_true(names::KATA_RUNTIME_LABEL),
+            condition,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MarkPolicy {
+    /// How long an agent may be silent before its node stops counting as
+    /// ready: a few heartbeats.
+    pub grace: Duration,
+    /// After the runtime label was taken away, how long the node must wait
+    /// before it gets it back. Bounds label writes for a flapping node to two
+    /// per hold-down.
+    pub hold_down: Duration,
+}
+
+impl Default for MarkPolicy {
+    fn default() -> Self {
+        MarkPolicy {
+            grace: Duration::from_secs(90),
+            hold_down: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The first probe that keeps the node from being ready: FAIL before WARN,
+/// in the agent's probe order.
+fn first_problem(report: &HealthReport) -> Option<(&str, &str, &str)> {
+    let with = |status: ProbeStatus| {
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.status == status as i32)
+            .map(|o| (o.name.as_str(), o.reason.as_str(), o.message.as_str()))
+    };
+    with(ProbeStatus::Fail).or_else(|| with(ProbeStatus::Warn))
+}
+
+/// The marks the reports call for. `None` when the coordinator has not heard
+/// enough to say anything yet (just started, agent not reconnected): the
+/// node keeps what it has, so a coordinator restart flaps nothing.
+pub fn desired_marks(
+    health: Option<&NodeHealth>,
+    current: &CurrentMarks,
+    now: Instant,
+    started: Instant,
+    policy: MarkPolicy,
+) -> Option<NodeMarks> {
+    let silent_since = match health {
+        Some(h) => h.last_seen,
+        None => started,
+    };
+    let silent = now.saturating_duration_since(silent_since) > policy.grace;
+    let report = health.and_then(|h| h.last_report.as_ref());
+    match (report, silent) {
+        (_, true) => Some(NodeMarks {
+            // The hardware did not change because the agent went quiet.
+            capable: report
+                .and_then(|r| r.verdicts)
+                .map_or(current.capable, |v| v.kvm_capable),
+            runtime_ready: false,
+            condition: ReadyCondition {
+                ready: false,
+                reason: "AgentNotReporting".into(),
+                message: format!(
+                    "the node-agent has not reported for more than {}s",
+                    policy.grace.as_secs()
+                ),
+            },
+        }),
+        (None, false) => None,
+        (Some(report), false) => {
+            let verdicts = report.verdicts.unwrap_or_default();
+            let condition = if verdicts.runtime_ready {
+                ReadyCondition {
+                    ready: true,
+                    reason: "RuntimeReady".into(),
+                    message: "the Kata runtime is installed, configured and served".into(),
+                }
+            } else {
+                match first_problem(report) {
+                    Some((probe, reason, message)) => ReadyCondition {
+                        ready: false,
+                        reason: if reason.is_empty() {
+                            "NotReady".into()
+                        } else {
+                            reason.to_string()
+                        },
+                        message: format!("{probe}: {message}"),
+                    },
+                    None => ReadyCondition {
+                        ready: false,
+                        reason: "NotReady".into(),
+                        message: "the agent reports the runtime not ready".into(),
+                    },
+                }
+            };
+            Some(NodeMarks {
+                capable: verdicts.kvm_capable,
+                runtime_ready: verdicts.runtime_ready,
+                condition,
+            })
+        }
+    }
+}
+
+/// Applies the hold-down: a runtime label removed at `last_removal` is not
+/// given back before `hold_down` has passed. Removal is never delayed:
+/// pods must stop landing on a broken node at once.
+pub fn damped(
+    mut desired: NodeMarks,
+    current: &CurrentMarks,
+    last_removal: Option<Instant>,
+    now: Instant,
+    policy: MarkPolicy,
+) -> NodeMarks {
+    let regaining = desired.runtime_ready && !current.runtime_ready;
+    if regaining
+        && last_removal.is_some_and(|t| now.saturating_duration_since(t) < policy.hold_down)
+    {
+        desired.runtime_ready = false;
+        desired.condition = ReadyCondition {
+            ready: false,
+            reason: "Stabilizing".into(),
+            message: format!(
+                "the node recovered; the runtime label returns after {}s without failure",
+                policy.hold_down.as_secs()
+            ),
+        };
+    }
+    desired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kata_proto::health::v1::{ProbeOutcome, Verdicts};
+
+    fn report(capable: bool, ready: bool, outcomes: Vec<ProbeOutcome>) -> HealthReport {
+        HealthReport {
+            sequence: 1,
+            outcomes,
+            verdicts: Some(Verdicts {
+                kvm_capable: capable,
+                runtime_ready: ready,
+            }),
+            probed_at_unix_ms: 0,
+        }
+    }
+
+    fn outcome(name: &str, status: ProbeStatus, reason: &str) -> ProbeOutcome {
+        ProbeOutcome {
+            name: name.into(),
+            status: status as i32,
+            reason: reason.into(),
+            message: format!("{name} says {reason}"),
+        }
+    }
+
+    fn health(last_seen: Instant, report: Option<HealthReport>) -> NodeHealth {
+        NodeHealth {
+            agent_version: "1".into(),
+            boot_id: "b".into(),
+            last_report: report,
+            last_seen,
+            connected: true,
+            session: 1,
+        }
+    }
+
+    const POLICY: MarkPolicy = MarkPolicy {
+        grace: Duration::from_secs(30),
+        hold_down: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn ready_report_sets_both_labels() {
+        let now = Instant::now();
+        let h = health(now, Some(report(true, true, vec![])));
+        let marks = desired_marks(Some(&h), &CurrentMarks::default(), now, now, POLICY)
+            .unwrap_or_else(|| panic!("marks"));
+        assert!(marks.capable && marks.runtime_ready && marks.condition.ready);
+    }
+
+    #[test]
+    fn failing_probe_names_itself_in_the_condition() {
+        let now = Instant::now();
+        let outcomes = vec![
+            outcome("cpu", ProbeStatus::Warn, "VirtFlagHidden"),
+            outcome("crio-drop-in", ProbeStatus::Fail, "HandlerMissing"),
+        ];
+        let h = health(now, Some(report(true, false, outcomes)));
+        let marks = desired_marks(Some(&h), &CurrentMarks::default(), now, now, POLICY)
+            .unwrap_or_else(|| panic!("marks"));
+        assert!(marks.capable && !marks.runtime_ready);
+        assert_eq!(marks.condition.reason, "HandlerMissing");
+        assert!(marks.condition.message.starts_with("crio-drop-in:"));
+    }
+
+    #[test]
+    fn silence_beyond_grace_takes_the_runtime_label_only() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(31);
+        let h = health(start, Some(report(true, true, vec![])));
+        let current = CurrentMarks {
+            capable: true,
+            runtime_ready: true,
+            condition: None,
+        };
+        let marks = desired_marks(Some(&h), &current, later, start, POLICY)
+            .unwrap_or_else(|| panic!("marks"));
+        assert!(marks.capable && !marks.runtime_ready);
+        assert_eq!(marks.condition.reason, "AgentNotReporting");
+        // Within the grace period nothing changes.
+        let early = desired_marks(
+            Some(&h),
+            &current,
+            start + Duration::from_secs(29),
+            start,
+            POLICY,
+        )
+        .unwrap_or_else(|| panic!("marks"));
+        assert!(early.runtime_ready);
+    }
+
+    #[test]
+    fn unknown_node_is_left_alone_until_grace_after_start() {
+        let start = Instant::now();
+        let current = CurrentMarks {
+            capable: true,
+            runtime_ready: true,
+            condition: None,
+        };
+        assert_eq!(
+            desired_marks(
+                None,
+                &current,
+                start + Duration::from_secs(5),
+                start,
+                POLICY
+            ),
+            None
+        );
+        let late = desired_marks(
+            None,
+            &current,
+            start + Duration::from_secs(31),
+            start,
+            POLICY,
+        )
+        .unwrap_or_else(|| panic!("marks"));
+        assert!(
+            late.capable && !late.runtime_ready,
+            "capability kept, readiness taken"
+        );
+    }
+
+    #[test]
+    fn hold_down_delays_regaining_but_never_losing() {
+        let now = Instant::now();
+        let ready = NodeMarks {
+            capable: true,
+            runtime_ready: true,
+            condition: ReadyCondition {
+                ready: true,
+                reason: "RuntimeReady".into(),
+                message: String::new(),
+            },
+        };
+        let unlabelled = CurrentMarks {
+            capable: true,
+            runtime_ready: false,
+            condition: None,
+        };
+        let held = damped(
+            ready.clone(),
+            &unlabelled,
+            Some(now - Duration::from_secs(10)),
+            now,
+            POLICY,
+        );
+        assert!(!held.runtime_ready);
+        assert_eq!(held.condition.reason, "Stabilizing");
+        let released = damped(
+            ready.clone(),
+            &unlabelled,
+            Some(now - Duration::from_secs(61)),
+            now,
+            POLICY,
+        );
+        assert!(released.runtime_ready);
+        let failing = NodeMarks {
+            runtime_ready: false,
+            ..ready
+        };
+        let labelled = CurrentMarks {
+            capable: true,
+            runtime_ready: true,
+            condition: None,
+        };
+        assert!(!damped(failing, &labelled, Some(now), now, POLICY).runtime_ready);
+    }
+}

@@ -1,0 +1,300 @@
+//! The coordinator's RBAC, generated from one table of the API calls it
+//! makes, so the shipped role grows and shrinks with the code. Checked in as
+//! `deploy/base/rbac-coordinator.yaml` (`coordinator rbac`); a test keeps the
+//! file equal, and `tests/tests/deploy_manifests.rs` runs a full install and
+//! uninstall with a token of the ServiceAccount this binds, so a missing verb
+//! fails there and verbs outside the table are shown to be refused.
+//!
+//! The node-agent's ServiceAccount is bound to nothing at all.
+
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use kube::api::ObjectMeta;
+
+use crate::names;
+
+/// Namespace the operator is deployed in (`deploy/base/namespace.yaml`).
+pub const NAMESPACE: &str = "kata-operator";
+/// The coordinator's ServiceAccount.
+pub const SERVICE_ACCOUNT: &str = "kata-coordinator";
+/// The node-agent's ServiceAccount: authenticates to the coordinator, has no API rights.
+pub const AGENT_SERVICE_ACCOUNT: &str = "kata-node-agent";
+/// Name of the ClusterRole, its binding, and the namespaced Role and binding.
+pub const ROLE_NAME: &str = "kata-operator-coordinator";
+
+/// One RBAC rule and the code path that needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Permission {
+    pub api_group: &'static str,
+    pub resources: &'static [&'static str],
+    /// Empty: every object of the resource. Otherwise the only names allowed;
+    /// `list`/`watch` then need a `metadata.name` field selector. `create`
+    /// limited by name works only because every object is created by
+    /// server-side apply: the API server authorizes a PATCH that would create
+    /// as `create` of the name in the URL (a POST carries no name, and is
+    /// refused). Checked on the real API server by tests/tests/deploy_manifests.rs.
+    pub resource_names: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+    /// The code path that makes these calls.
+    pub used_by: &'static str,
+}
+
+const MCO: &str = names::mco::GROUP;
+
+/// Cluster-wide permissions (the ClusterRole).
+pub const CLUSTER_PERMISSIONS: &[Permission] = &[
+    Permission {
+        api_group: "kataconfiguration.openshift.io",
+        resources: &["kataconfigs"],
+        resource_names: &[],
+        // list/watch: the Controller's watcher; patch: server-side apply of
+        // metadata.finalizers (reconciler::Context::apply_config_metadata).
+        verbs: &["list", "watch", "patch"],
+        used_by: "reconciler: KataConfig controller, finalizer add/remove",
+    },
+    Permission {
+        api_group: "kataconfiguration.openshift.io",
+        resources: &["kataconfigs/status"],
+        resource_names: &[],
+        verbs: &["patch"],
+        used_by: "reconciler::Context::write_status (server-side apply of status)",
+    },
+    Permission {
+        api_group: "",
+        resources: &["nodes"],
+        resource_names: &[],
+        // list/watch: node_events reflector; patch: pool-role label by SSA
+        // (apply_node) and its removal by JSON merge patch (SetPoolRole false).
+        verbs: &["list", "watch", "patch"],
+        used_by: "reconciler: node cache, node labels",
+    },
+    Permission {
+        api_group: "",
+        resources: &["nodes/status"],
+        resource_names: &[],
+        verbs: &["patch"],
+        used_by: "health: node condition KataRuntimeReady (being added)",
+    },
+    Permission {
+        api_group: MCO,
+        resources: &["machineconfigpools"],
+        resource_names: &[],
+        // pool_events watches every pool (the reflector needs the full list).
+        verbs: &["list", "watch"],
+        used_by: "reconciler::pool_events",
+    },
+    Permission {
+        api_group: MCO,
+        resources: &["machineconfigpools"],
+        resource_names: &[names::POOL_NAME],
+        verbs: &["create", "patch", "delete"],
+        // create: server-side apply of the absent pool needs it as well as patch.
+        used_by: "reconciler: Step::ApplyPool, Step::DeletePool",
+    },
+    Permission {
+        api_group: MCO,
+        resources: &["machineconfigs"],
+        resource_names: &[names::MACHINE_CONFIG_NAME],
+        verbs: &["get", "create", "patch", "delete"],
+        used_by: "reconciler: observe, Step::ApplyMachineConfig, Step::DeleteMachineConfig",
+    },
+    Permission {
+        api_group: MCO,
+        resources: &["containerruntimeconfigs"],
+        resource_names: &[names::CONTAINER_RUNTIME_CONFIG_NAME],
+        verbs: &["get", "create", "patch", "delete"],
+        used_by: "reconciler: observe, Step::{Apply,Delete}ContainerRuntimeConfig",
+    },
+    Permission {
+        api_group: "node.k8s.io",
+        resources: &["runtimeclasses"],
+        resource_names: &[names::RUNTIME_CLASS_NAME],
+        // The watch in reconciler::run selects metadata.name=kata, which is
+        // what lets list/watch be limited by name.
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        used_by: "reconciler: observe, RuntimeClass watch, Step::{Apply,Delete}RuntimeClass",
+    },
+    Permission {
+        api_group: "",
+        resources: &["pods"],
+        resource_names: &[],
+        verbs: &["list"],
+        used_by: "reconciler::Context::pods_using_kata (uninstall guard)",
+    },
+    Permission {
+        api_group: "events.k8s.io",
+        resources: &["events"],
+        resource_names: &[],
+        // kube-runtime's Recorder creates an Event, then patches its series.
+        // Events of the cluster-scoped KataConfig land in `default`, so this
+        // cannot be a Role in the operator's namespace.
+        verbs: &["create", "patch"],
+        used_by: "reconciler::Context::publish (kube-runtime Recorder)",
+    },
+    Permission {
+        api_group: "authentication.k8s.io",
+        resources: &["tokenreviews"],
+        resource_names: &[],
+        verbs: &["create"],
+        used_by: "health::auth::AgentAuthenticator::authenticate",
+    },
+];
+
+/// Permissions in the operator's namespace only (the Role): a ClusterRole
+/// would also let the coordinator rewrite the kubelets' heartbeat Leases in
+/// kube-node-lease.
+pub const NAMESPACE_PERMISSIONS: &[Permission] = &[
+    Permission {
+        api_group: "coordination.k8s.io",
+        resources: &["leases"],
+        resource_names: &[],
+        // leader::LeaderElector creates the Lease with a POST, which carries
+        // no name to limit.
+        verbs: &["create"],
+        used_by: "leader::LeaderElector (first replica to run)",
+    },
+    Permission {
+        api_group: "coordination.k8s.io",
+        resources: &["leases"],
+        resource_names: &[LEASE_NAME],
+        verbs: &["get", "update"],
+        used_by: "leader::LeaderElector (acquire, renew, release)",
+    },
+];
+
+/// The leader-election Lease: the coordinator's `--lease-name` default.
+pub const LEASE_NAME: &str = "kata-operator-coordinator";
+
+fn rules(permissions: &[Permission]) -> Vec<PolicyRule> {
+    let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    permissions
+        .iter()
+        .map(|p| PolicyRule {
+            api_groups: Some(vec![p.api_group.to_string()]),
+            resources: Some(strings(p.resources)),
+            resource_names: (!p.resource_names.is_empty()).then(|| strings(p.resource_names)),
+            verbs: strings(p.verbs),
+            non_resource_urls: None,
+        })
+        .collect()
+}
+
+fn labels() -> Option<std::collections::BTreeMap<String, String>> {
+    Some(
+        [(
+            names::MANAGED_BY_LABEL.to_string(),
+            names::MANAGED_BY_VALUE.to_string(),
+        )]
+        .into(),
+    )
+}
+
+fn subjects() -> Option<Vec<Subject>> {
+    Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: SERVICE_ACCOUNT.into(),
+        namespace: Some(NAMESPACE.into()),
+        api_group: None,
+    }])
+}
+
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(ROLE_NAME.into()),
+            labels: labels(),
+            ..Default::default()
+        },
+        rules: Some(rules(CLUSTER_PERMISSIONS)),
+        aggregation_rule: None,
+    }
+}
+
+pub fn cluster_role_binding() -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(ROLE_NAME.into()),
+            labels: labels(),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: ROLE_NAME.into(),
+        },
+        subjects: subjects(),
+    }
+}
+
+pub fn role() -> Role {
+    Role {
+        metadata: ObjectMeta {
+            name: Some(ROLE_NAME.into()),
+            namespace: Some(NAMESPACE.into()),
+            labels: labels(),
+            ..Default::default()
+        },
+        rules: Some(rules(NAMESPACE_PERMISSIONS)),
+    }
+}
+
+pub fn role_binding() -> RoleBinding {
+    RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(ROLE_NAME.into()),
+            namespace: Some(NAMESPACE.into()),
+            labels: labels(),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: ROLE_NAME.into(),
+        },
+        subjects: subjects(),
+    }
+}
+
+/// The ClusterRole, Role and their bindings as one multi-document YAML.
+pub fn rbac_yaml() -> String {
+    let documents = [
+        serde_yaml::to_string(&cluster_role()),
+        serde_yaml::to_string(&cluster_role_binding()),
+        serde_yaml::to_string(&role()),
+        serde_yaml::to_string(&role_binding()),
+    ];
+    let documents: Vec<String> = documents
+        .into_iter()
+        .map(Result::unwrap_or_default)
+        .collect();
+    format!(
+        "# Generated by `coordinator rbac` from coordinator/src/rbac.rs; do not edit.\n{}",
+        documents.join("---\n")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_has_verbs_and_a_reason() {
+        for p in CLUSTER_PERMISSIONS.iter().chain(NAMESPACE_PERMISSIONS) {
+            assert!(!p.verbs.is_empty() && !p.used_by.is_empty(), "{p:?}");
+            // RBAC grants update to no one here: every write is a patch (SSA or
+            // merge), so a PUT that could overwrite an admin's spec is refused.
+            assert!(
+                !p.verbs.contains(&"update") || p.resources == ["leases"],
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_holds_four_documents() {
+        let yaml = rbac_yaml();
+        assert_eq!(yaml.matches("\n---\n").count(), 3, "{yaml}");
+        assert!(yaml.contains("kind: ClusterRoleBinding"));
+    }
+}

@@ -1,0 +1,565 @@
+//! `node-agent run`: the long-running agent that keeps one health stream
+//! open to the coordinator.
+//!
+//! Each stream: `Hello`, then a report after the first probe cycle, then a
+//! report whenever a probe's status or reason or a verdict changes (probing
+//! every `probe_interval`) and as a heartbeat every `heartbeat_interval`
+//! (the coordinator's value once it has sent one). The coordinator's
+//! `ExpectedConfig` is applied from the next cycle; a `ReprobeRequest` gets
+//! a cycle and a report at once. Any failure or end of the stream leads to a
+//! reconnect after a jittered exponential backoff; the token and CA files
+//! are read afresh for every attempt, because projected tokens and
+//! service-CA bundles rotate under a running agent.
+//!
+//! [`run_agent`] is the whole daemon minus signal handling, so tests and
+//! benchmarks run many agents in one process. The decisions live in
+//! [`policy`] as pure functions.
+
+pub mod policy;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use kata_proto::health::v1 as proto;
+use proto::node_health_client::NodeHealthClient;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::ExpectedConfig;
+use crate::probe::HostRoot;
+use crate::runner::{ProbeRunner, RunnerOptions};
+pub use policy::{Backoff, Cycle, Directive, ReportTracker, SendReason};
+
+/// The version sent in `Hello`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where the kernel publishes the current boot's id (under the host root).
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Messages waiting to go out on one stream. Reports are small and rare, so
+/// a full queue means the coordinator stopped reading: the stream is
+/// abandoned rather than letting reports pile up.
+const OUTBOUND_CAPACITY: usize = 8;
+
+/// Everything `node-agent run` needs; build with [`AgentOptions::new`] and
+/// adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `https://HOST:PORT` of the coordinator's health service.
+    pub coordinator: String,
+    /// PEM bundle the coordinator's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// The projected ServiceAccount token, re-read at every connect.
+    pub token_file: PathBuf,
+    /// The name to verify in the coordinator's certificate, when it is not
+    /// the host of `coordinator`.
+    pub tls_server_name: Option<String>,
+    pub node_name: String,
+    pub host_root: HostRoot,
+    pub runner: RunnerOptions,
+    /// What to expect until the coordinator sends its own configuration.
+    pub expected: ExpectedConfig,
+    pub probe_interval: Duration,
+    /// Until the coordinator sends its own.
+    pub heartbeat_interval: Duration,
+    pub backoff: Backoff,
+    /// For TCP connect plus the TLS handshake.
+    pub connect_timeout: Duration,
+}
+
+impl AgentOptions {
+    pub fn new(
+        coordinator: impl Into<String>,
+        ca_file: impl Into<PathBuf>,
+        token_file: impl Into<PathBuf>,
+        node_name: impl Into<String>,
+        host_root: HostRoot,
+    ) -> Self {
+        Self {
+            coordinator: coordinator.into(),
+            ca_file: ca_file.into(),
+            token_file: token_file.into(),
+            tls_server_name: None,
+            node_name: node_name.into(),
+            host_root,
+            runner: RunnerOptions::default(),
+            expected: ExpectedConfig::default(),
+            probe_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(30),
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the agent has done so far, published for tests, benchmarks and
+/// anyone embedding the agent (the CLI ignores it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Connection attempts, successful or not.
+    pub connect_attempts: u64,
+    /// Streams the coordinator accepted.
+    pub streams_opened: u64,
+    /// Whether a stream is open now.
+    pub connected: bool,
+    /// Reports sent, over all streams.
+    pub reports_sent: u64,
+    /// Why the last stream or attempt ended.
+    pub last_error: Option<String>,
+}
+
+/// Why the agent stopped, or why one stream ended (the agent itself only
+/// stops on a configuration it can never connect with).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid coordinator address {address:?}: {detail}")]
+    InvalidCoordinator { address: String, detail: String },
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {detail}")]
+    BadToken { path: String, detail: &'static str },
+    /// With the error's whole chain: tonic's own message is only
+    /// "transport error", which tells an operator nothing.
+    #[error("cannot connect to the coordinator: {0}")]
+    Connect(String),
+    #[error("the coordinator refused the stream: {code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
+    #[error("the stream failed: {code:?}: {message}")]
+    StreamFailed { code: tonic::Code, message: String },
+    #[error("the coordinator ended the stream")]
+    StreamEnded,
+    #[error("the coordinator stopped reading reports")]
+    Stalled,
+}
+
+impl DaemonError {
+    fn connect(error: &tonic::transport::Error) -> Self {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            // Layers often repeat their inner error's words; say them once.
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        DaemonError::Connect(text)
+    }
+
+    fn read(path: &Path, source: io::Error) -> Self {
+        DaemonError::Read {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves (then returns `Ok`), retrying
+/// every connection or stream failure. Returns an error only when the
+/// options can never work (a malformed or non-TLS coordinator address).
+pub async fn run_agent(
+    options: AgentOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    run_agent_with_status(
+        options,
+        watch::Sender::new(AgentStatus::default()),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run_agent`], publishing its progress on `status`.
+pub async fn run_agent_with_status(
+    options: AgentOptions,
+    status: watch::Sender<AgentStatus>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let span = info_span!("node_agent", node = %options.node_name);
+    async move {
+        let endpoint = endpoint(&options)?;
+        let mut agent = Agent::new(options, endpoint, status);
+        agent.run(shutdown).await;
+        info!("shut down");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// The coordinator's endpoint without TLS (added per connect, as the CA file
+/// may change). Plain `http` is refused: reports and the token must not
+/// travel in clear.
+fn endpoint(options: &AgentOptions) -> Result<Endpoint, DaemonError> {
+    let invalid = |detail: String| DaemonError::InvalidCoordinator {
+        address: options.coordinator.clone(),
+        detail,
+    };
+    let endpoint = Endpoint::from_shared(options.coordinator.clone())
+        .map_err(|err| invalid(err.to_string()))?;
+    if endpoint.uri().scheme_str() != Some("https") {
+        return Err(invalid("the scheme must be https".to_owned()));
+    }
+    if endpoint.uri().host().is_none() {
+        return Err(invalid("no host".to_owned()));
+    }
+    Ok(endpoint
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        // A coordinator that vanished without closing the connection (node
+        // down, network partition) is noticed by the missing pings instead
+        // of leaving the agent waiting on a dead stream.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// Reads the boot id under the host root; empty when unreadable (a missing
+/// id only costs the coordinator its reboot detection).
+pub fn read_boot_id(root: &HostRoot) -> String {
+    match root.read_file(BOOT_ID_PATH, 256) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(error) => {
+            warn!(%error, "cannot read the boot id; sending none");
+            String::new()
+        }
+    }
+}
+
+/// The `authorization` value for a token file's contents.
+pub fn bearer_value(path: &Path, token: &str) -> Result<MetadataValue<Ascii>, DaemonError> {
+    let bad = |detail| DaemonError::BadToken {
+        path: path.display().to_string(),
+        detail,
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(bad("the token file is empty"));
+    }
+    // Stricter than a header value (which admits Latin-1 and spaces): a
+    // token is base64url, and anything else is a wrong file.
+    let not_token = || bad("the token is not printable ASCII without spaces");
+    if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(not_token());
+    }
+    format!("Bearer {token}").parse().map_err(|_| not_token())
+}
+
+struct Agent {
+    options: AgentOptions,
+    endpoint: Endpoint,
+    runner: ProbeRunner,
+    heartbeat: Duration,
+    probe_interval: Duration,
+    status: watch::Sender<AgentStatus>,
+}
+
+/// How one stream went, for the backoff.
+struct StreamEnd {
+    lasted: Duration,
+    reports_sent: u64,
+    error: DaemonError,
+}
+
+impl Agent {
+    fn new(options: AgentOptions, endpoint: Endpoint, status: watch::Sender<AgentStatus>) -> Self {
+        let runner = ProbeRunner::with_options(
+            options.expected.clone(),
+            options.host_root.clone(),
+            options.runner.clone(),
+        );
+        Self {
+            heartbeat: options.heartbeat_interval.max(policy::MIN_INTERVAL),
+            probe_interval: options.probe_interval.max(policy::MIN_INTERVAL),
+            endpoint,
+            runner,
+            options,
+            status,
+        }
+    }
+
+    /// Connects, streams, and reconnects until `shutdown`; dropping a
+    /// stream's future on shutdown closes the stream.
+    async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut failures = 0u32;
+        loop {
+            self.status.send_modify(|s| s.connect_attempts += 1);
+            let end = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                end = self.stream() => end,
+            };
+            self.status.send_modify(|s| {
+                s.connected = false;
+                s.last_error = Some(end.error.to_string());
+            });
+            if self
+                .options
+                .backoff
+                .was_healthy(end.lasted, end.reports_sent)
+            {
+                failures = 0;
+            }
+            failures = failures.saturating_add(1);
+            let delay = self.options.backoff.delay(failures, rand::random::<f64>());
+            warn!(error = %end.error, retry_in = ?delay, failures, "health stream down; will reconnect");
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                () = sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn stream(&mut self) -> StreamEnd {
+        let opened = Instant::now();
+        let mut reports_sent = 0;
+        let error = match self.stream_inner(&mut reports_sent).await {
+            Err(error) => error,
+            Ok(never) => match never {},
+        };
+        StreamEnd {
+            lasted: opened.elapsed(),
+            reports_sent,
+            error,
+        }
+    }
+
+    /// One stream from connect to failure; it never ends successfully,
+    /// because even a clean end means "reconnect".
+    async fn stream_inner(&mut self, reports_sent: &mut u64) -> Result<Infallible, DaemonError> {
+        let options = &self.options;
+        let token = tokio::fs::read_to_string(&options.token_file)
+            .await
+            .map_err(|err| DaemonError::read(&options.token_file, err))?;
+        let bearer = bearer_value(&options.token_file, &token)?;
+        let ca = tokio::fs::read(&options.ca_file)
+            .await
+            .map_err(|err| DaemonError::read(&options.ca_file, err))?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(name) = &options.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        let channel: Channel = self
+            .endpoint
+            .clone()
+            .tls_config(tls)
+            .map_err(|err| DaemonError::connect(&err))?
+            .connect()
+            .await
+            .map_err(|err| DaemonError::connect(&err))?;
+
+        let (outbound, queue) = mpsc::channel(OUTBOUND_CAPACITY);
+        let hello = proto::Hello {
+            node_name: options.node_name.clone(),
+            agent_version: AGENT_VERSION.to_owned(),
+            boot_id: read_boot_id(&options.host_root),
+        };
+        send(&outbound, proto::agent_message::Message::Hello(hello))?;
+        let mut request = Request::new(ReceiverStream::new(queue));
+        request.metadata_mut().insert("authorization", bearer);
+        let mut inbound = NodeHealthClient::new(channel)
+            .report(request)
+            .await
+            .map_err(|status| DaemonError::Refused {
+                code: status.code(),
+                message: status.message().to_owned(),
+            })?
+            .into_inner();
+        info!(coordinator = %options.coordinator, "health stream open");
+        self.status.send_modify(|s| {
+            s.streams_opened += 1;
+            s.connected = true;
+        });
+
+        let mut tracker = ReportTracker::new();
+        let mut latest: Option<Cycle> = None;
+        let mut probe_at = Instant::now();
+        let mut requested = false;
+        loop {
+            let heartbeat_at = tracker.heartbeat_due(self.heartbeat);
+            // Coordinator messages first: the ExpectedConfig that opens the
+            // stream should shape the first cycle when it is already here.
+            tokio::select! {
+                biased;
+                message = inbound.message() => {
+                    match message {
+                        Ok(Some(message)) => match self.apply(policy::interpret(message)) {
+                            Then::Nothing => {}
+                            Then::Probe => probe_at = Instant::now(),
+                            Then::ProbeAndReport => {
+                                probe_at = Instant::now();
+                                requested = true;
+                            }
+                        },
+                        Ok(None) => return Err(DaemonError::StreamEnded),
+                        Err(status) => {
+                            return Err(DaemonError::StreamFailed {
+                                code: status.code(),
+                                message: status.message().to_owned(),
+                            });
+                        }
+                    }
+                    continue;
+                }
+                () = sleep_until(probe_at) => {
+                    let outcomes = self.runner.run_cycle().await;
+                    latest = Some(Cycle::new(outcomes, SystemTime::now()));
+                    probe_at = Instant::now() + self.probe_interval;
+                }
+                () = until(heartbeat_at) => {}
+            }
+            let Some(cycle) = &latest else { continue };
+            let now = Instant::now();
+            let Some(reason) = tracker.decide(cycle, requested, now, self.heartbeat) else {
+                continue;
+            };
+            requested = false;
+            let sequence = tracker.record(cycle, now);
+            send(
+                &outbound,
+                proto::agent_message::Message::Report(policy::build_report(sequence, cycle)),
+            )?;
+            *reports_sent += 1;
+            self.status.send_modify(|s| s.reports_sent += 1);
+            debug!(
+                sequence,
+                ?reason,
+                kvm_capable = cycle.verdicts.kvm_capable,
+                runtime_ready = cycle.verdicts.runtime_ready,
+                "health report sent"
+            );
+        }
+    }
+}
+
+/// What a coordinator message leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Nothing,
+    /// Probe at once; report if something changed.
+    Probe,
+    /// Probe at once and report whatever the result.
+    ProbeAndReport,
+}
+
+impl Agent {
+    fn apply(&mut self, directive: Directive) -> Then {
+        match directive {
+            Directive::Configure { config, heartbeat } => {
+                if let Some(heartbeat) = heartbeat {
+                    self.heartbeat = heartbeat.max(policy::MIN_INTERVAL);
+                }
+                match config {
+                    Ok(config) if config != *self.runner.config() => {
+                        info!(?config, heartbeat = ?self.heartbeat, "expected configuration from the coordinator");
+                        self.runner.set_config(config);
+                        Then::Probe
+                    }
+                    Ok(_) => Then::Nothing,
+                    Err(error) => {
+                        warn!(%error, "invalid expected configuration from the coordinator; keeping the current one");
+                        Then::Nothing
+                    }
+                }
+            }
+            Directive::Reprobe { reason } => {
+                info!(%reason, "re-probe requested by the coordinator");
+                Then::ProbeAndReport
+            }
+            Directive::Ignore => {
+                debug!("unknown message from the coordinator ignored");
+                Then::Nothing
+            }
+        }
+    }
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Queues a message without waiting: see [`OUTBOUND_CAPACITY`].
+fn send(
+    outbound: &mpsc::Sender<proto::AgentMessage>,
+    message: proto::agent_message::Message,
+) -> Result<(), DaemonError> {
+    outbound
+        .try_send(proto::AgentMessage {
+            message: Some(message),
+        })
+        .map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => DaemonError::Stalled,
+            mpsc::error::TrySendError::Closed(_) => DaemonError::StreamEnded,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bearer_value_trims_and_refuses_what_cannot_be_a_header() {
+        let path = Path::new("/var/run/secrets/token");
+        assert_eq!(
+            bearer_value(path, "abc.def\n").unwrap().to_str().unwrap(),
+            "Bearer abc.def"
+        );
+        for bad in ["", " \n", "tok\u{e9}n", "a\nb", "a b"] {
+            let err = bearer_value(path, bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("/var/run/secrets/token: "),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn boot_id_is_trimmed_and_empty_when_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(dir.path());
+        assert_eq!(read_boot_id(&root), "");
+        let file = dir.path().join(BOOT_ID_PATH.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "6f1c8a7e-2b1d-4a57-9d4c-0e6a3c1b2d3f\n").unwrap();
+        assert_eq!(read_boot_id(&root), "6f1c8a7e-2b1d-4a57-9d4c-0e6a3c1b2d3f");
+    }
+
+    #[tokio::test]
+    async fn addresses_that_can_never_work_stop_the_agent_at_once() {
+        for address in ["http://127.0.0.1:1", "not a url", "https://"] {
+            let options = AgentOptions::new(
+                address,
+                "/ca",
+                "/token",
+                "worker-0",
+                HostRoot::new("/nonexistent"),
+            );
+            let result = run_agent(options, std::future::pending()).await;
+            assert!(
+                matches!(result, Err(DaemonError::InvalidCoordinator { .. })),
+                "{address}: {result:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The shipped deployment manifests on a real API server: both kustomizations
+//! render and pass a server-side dry run, and the coordinator's generated
+//! RBAC is exactly enough: a full install and uninstall run on a token of its
+//! own ServiceAccount, verbs outside the table are refused, and the
+//! node-agent's ServiceAccount can do nothing at all.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kata_coordinator::health::AgentAuthenticator;
+use kata_coordinator::leader::{LeaderElector, LeaseOptions};
+use kata_coordinator::names;
+use kata_coordinator::rbac::{
+    AGENT_SERVICE_ACCOUNT, CLUSTER_PERMISSIONS, LEASE_NAME, NAMESPACE, NAMESPACE_PERMISSIONS,
+    SERVICE_ACCOUNT,
+};
+use kata_coordinator::reconciler::Options;
+use kata_tests::ControlPlane;
+use kata_tests::cluster::{Cluster, WORKER};
+use kata_tests::control_plane::binary_dir;
+use kata_tests::operator::{
+    RunningCoordinator, apply_objects, deploy_dir, pod_bound_token, read_manifests,
+};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+
+const AGENT_AUDIENCE: &str = "kata-operator.openshift.io/node-agent";
+
+fn kubectl(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(binary_dir().unwrap().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn documents(yaml: &str) -> Vec<DynamicObject> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| serde_yaml::from_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap())
+        .collect()
+}
+
+/// SecurityContextConstraints are a CRD on every OpenShift 4 cluster, absent
+/// from a bare API server. This stand-in accepts any content, so the dry run
+/// checks everything but the SCC's own schema.
+fn scc_stand_in_crd() -> CustomResourceDefinition {
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": "securitycontextconstraints.security.openshift.io" },
+        "spec": {
+            "group": "security.openshift.io",
+            "scope": "Cluster",
+            "names": {
+                "plural": "securitycontextconstraints",
+                "singular": "securitycontextconstraint",
+                "kind": "SecurityContextConstraints",
+                "listKind": "SecurityContextConstraintsList",
+            },
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": {
+                    "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                }},
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn base_and_openshift_overlay_pass_a_server_side_dry_run() {
+    let plane = ControlPlane::start().await.unwrap();
+    plane.install_openshift_crds().await.unwrap();
+    plane.install_crds(&[scc_stand_in_crd()]).await.unwrap();
+    for overlay in ["base", "openshift"] {
+        let dir = deploy_dir().join(overlay);
+        let (ok, rendered, stderr) = kubectl(&plane, &["kustomize", dir.to_str().unwrap()], None);
+        assert!(ok, "kubectl kustomize deploy/{overlay}: {stderr}");
+        let objects = documents(&rendered);
+
+        // A dry run creates no namespace, so everything in it would be
+        // refused as "namespace not found": create the namespace for real.
+        let namespaces: Vec<DynamicObject> = objects
+            .iter()
+            .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "Namespace"))
+            .cloned()
+            .collect();
+        assert_eq!(namespaces.len(), 1, "deploy/{overlay} has one Namespace");
+        apply_objects(&plane, &namespaces).await.unwrap();
+
+        let (ok, stdout, stderr) = kubectl(
+            &plane,
+            &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+            Some(&rendered),
+        );
+        assert!(
+            ok,
+            "dry run of deploy/{overlay} refused:\n{stdout}\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("Warning"),
+            "deploy/{overlay} draws warnings:\n{stderr}"
+        );
+        println!("deploy/{overlay}:\n{stdout}");
+
+        // Whatever binds roles, it must never bind the agent's account.
+        for binding in objects.iter().filter(|o| {
+            o.types
+                .as_ref()
+                .is_some_and(|t| t.kind.ends_with("RoleBinding"))
+        }) {
+            let subjects = binding.data["subjects"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                subjects
+                    .iter()
+                    .all(|s| s["name"].as_str() != Some(AGENT_SERVICE_ACCOUNT)),
+                "{} binds the node-agent's ServiceAccount",
+                binding.name_any()
+            );
+        }
+    }
+}
+
+/// The names the manifests and the code must agree on: a typo here would
+/// only show on a real cluster, as an agent refused or a pod without rights.
+#[test]
+fn manifests_agree_with_the_code() {
+    let base = deploy_dir().join("base");
+    let find = |file: &str, kind: &str| {
+        read_manifests(&base.join(file))
+            .unwrap()
+            .into_iter()
+            .find(|o| o.types.as_ref().is_some_and(|t| t.kind == kind))
+            .unwrap()
+    };
+    let namespace = find("namespace.yaml", "Namespace");
+    assert_eq!(namespace.name_any(), NAMESPACE);
+    let deployment = find("coordinator.yaml", "Deployment");
+    let pod = &deployment.data["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], SERVICE_ACCOUNT);
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&format!("--agent-audience={AGENT_AUDIENCE}").as_str()));
+    assert!(args.contains(&format!("--agent-service-account={AGENT_SERVICE_ACCOUNT}").as_str()));
+
+    let daemon_set = find("node-agent.yaml", "DaemonSet");
+    let pod = &daemon_set.data["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], AGENT_SERVICE_ACCOUNT);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let token = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["projected"]["sources"][0].get("serviceAccountToken"))
+        .unwrap();
+    assert_eq!(token["audience"], AGENT_AUDIENCE);
+    for object in [&deployment, &daemon_set] {
+        assert_eq!(object.metadata.namespace.as_deref(), Some(NAMESPACE));
+    }
+}
+
+/// The HTTP status of an API error.
+fn api_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// A token for a ServiceAccount with the API server's own audience, as the
+/// kubelet mounts for a pod (no pod binding needed here).
+async fn api_token(admin: &Client, account: &str) -> String {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), NAMESPACE)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Access<'a> {
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    subresource: &'a str,
+    name: &'a str,
+    namespace: &'a str,
+}
+
+const fn access<'a>(verb: &'a str, group: &'a str, resource: &'a str) -> Access<'a> {
+    Access {
+        verb,
+        group,
+        resource,
+        subresource: "",
+        name: "",
+        namespace: "",
+    }
+}
+
+impl<'a> Access<'a> {
+    const fn named(mut self, name: &'a str) -> Self {
+        self.name = name;
+        self
+    }
+    const fn sub(mut self, subresource: &'a str) -> Self {
+        self.subresource = subresource;
+        self
+    }
+    const fn in_namespace(mut self, namespace: &'a str) -> Self {
+        self.namespace = namespace;
+        self
+    }
+}
+
+/// Asks the API server whether the client's own identity may do `a`.
+async fn allowed(client: &Client, a: Access<'_>) -> bool {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: some(a.verb),
+                group: Some(a.group.into()),
+                resource: some(a.resource),
+                subresource: some(a.subresource),
+                name: some(a.name),
+                namespace: some(a.namespace),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allowed
+}
+
+const NODES: &str = "";
+const MCO: &str = names::mco::GROUP;
+
+/// What the coordinator must not be able to do: neighbours of what it may do
+/// (another verb, another name, another namespace), and the usual ways to
+/// escalate.
+const DENIED: &[Access<'static>] = &[
+    access("delete", NODES, "nodes"),
+    access("update", NODES, "nodes"),
+    access("get", NODES, "nodes").named("w0"),
+    access("create", NODES, "pods").in_namespace("default"),
+    access("delete", NODES, "pods").in_namespace("default"),
+    access("create", NODES, "pods")
+        .sub("eviction")
+        .in_namespace("default"),
+    access("create", NODES, "pods")
+        .sub("exec")
+        .in_namespace("default"),
+    access("get", NODES, "secrets").in_namespace(NAMESPACE),
+    access("list", NODES, "secrets"),
+    access("get", NODES, "configmaps").in_namespace(NAMESPACE),
+    access("create", NODES, "serviceaccounts")
+        .sub("token")
+        .in_namespace(NAMESPACE),
+    access("impersonate", NODES, "serviceaccounts"),
+    // The spec is the admin's: the coordinator writes finalizers and status only.
+    access("update", "kataconfiguration.openshift.io", "kataconfigs"),
+    access("create", "kataconfiguration.openshift.io", "kataconfigs"),
+    access("delete", "kataconfiguration.openshift.io", "kataconfigs"),
+    access("get", "kataconfiguration.openshift.io", "kataconfigs"),
+    // Owned objects are created by server-side apply, which the API server
+    // authorizes as `create` of that name: a POST (no name yet) is refused.
+    access("create", MCO, "machineconfigs"),
+    access("create", MCO, "machineconfigpools"),
+    access("create", MCO, "containerruntimeconfigs"),
+    access("create", "node.k8s.io", "runtimeclasses"),
+    // Only the objects it owns, by name.
+    access("patch", MCO, "machineconfigs").named("99-worker-ssh"),
+    access("delete", MCO, "machineconfigs").named("00-worker"),
+    access("list", MCO, "machineconfigs"),
+    access("patch", MCO, "machineconfigpools").named("worker"),
+    access("delete", MCO, "machineconfigpools").named("master"),
+    access("delete", "node.k8s.io", "runtimeclasses").named("runc"),
+    access("list", "node.k8s.io", "runtimeclasses"),
+    // Leases only in its own namespace: not the kubelets' heartbeats.
+    access("update", "coordination.k8s.io", "leases").in_namespace("kube-node-lease"),
+    access("create", "coordination.k8s.io", "leases").in_namespace("kube-system"),
+    access("delete", "coordination.k8s.io", "leases").in_namespace(NAMESPACE),
+    access("update", "coordination.k8s.io", "leases")
+        .named("someone-elses")
+        .in_namespace(NAMESPACE),
+    access("delete", "events.k8s.io", "events").in_namespace("default"),
+    access("create", NODES, "events").in_namespace("default"),
+    access("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
+    access("escalate", "rbac.authorization.k8s.io", "clusterroles"),
+    access("bind", "rbac.authorization.k8s.io", "clusterroles"),
+    access("patch", "apps", "daemonsets").in_namespace(NAMESPACE),
+    access(
+        "create",
+        "certificates.k8s.io",
+        "certificatesigningrequests",
+    ),
+];
+
+#[tokio::test]
+async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
+    let cluster = Cluster::start(&[
+        ("w0", &[WORKER]),
+        ("w1", &[WORKER]),
+        ("m0", &[("node-role.kubernetes.io/master", "")]),
+    ])
+    .await;
+    let admin = cluster.client.clone();
+    let base = deploy_dir().join("base");
+    for file in [
+        "namespace.yaml",
+        "service-accounts.yaml",
+        "rbac-coordinator.yaml",
+    ] {
+        apply_objects(&cluster.plane, &read_manifests(&base.join(file)).unwrap())
+            .await
+            .unwrap();
+    }
+    let coordinator = cluster
+        .plane
+        .client_with_token(&api_token(&admin, SERVICE_ACCOUNT).await)
+        .await
+        .unwrap();
+
+    // Every grant of the table reaches the coordinator's token through the
+    // checked-in bindings (a Role without its binding would not).
+    for (permissions, namespace) in [
+        (CLUSTER_PERMISSIONS, ""),
+        (NAMESPACE_PERMISSIONS, NAMESPACE),
+    ] {
+        for p in permissions {
+            for resource in p.resources {
+                let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+                for verb in p.verbs {
+                    let a = access(verb, p.api_group, resource)
+                        .sub(sub)
+                        .named(p.resource_names.first().copied().unwrap_or(""))
+                        .in_namespace(namespace);
+                    assert!(allowed(&coordinator, a).await, "not granted: {a:?}");
+                }
+            }
+        }
+    }
+
+    // The full install and uninstall, every API call on the coordinator's
+    // token: a missing permission stalls it and the waits time out.
+    let running = RunningCoordinator::start(coordinator.clone(), Options::default());
+    cluster
+        .create_kataconfig("kc", json!({"logLevel": "debug"}))
+        .await;
+    cluster
+        .wait_condition("kc", "Ready", "True", "Installed")
+        .await;
+    assert_eq!(
+        cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await,
+        ["w0", "w1"]
+    );
+    // Event publication failures are only logged, so look for the Event.
+    let events = Api::<Event>::namespaced(admin.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(
+                |e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("kc")
+                    && e.reason.as_deref() == Some("Installed")
+            ),
+        "no Installed Event for kc: {:?}",
+        events.items
+    );
+
+    // TokenReview, on the coordinator's token, of a token the kubelet would
+    // project into the agent on w0.
+    let agent_token = pod_bound_token(
+        &admin,
+        NAMESPACE,
+        AGENT_SERVICE_ACCOUNT,
+        "agent-w0",
+        "w0",
+        AGENT_AUDIENCE,
+    )
+    .await
+    .unwrap();
+    let identity = AgentAuthenticator::new(
+        coordinator.clone(),
+        AGENT_AUDIENCE,
+        NAMESPACE,
+        AGENT_SERVICE_ACCOUNT,
+    )
+    .authenticate(Some(&agent_token))
+    .await
+    .unwrap();
+    assert_eq!(identity.node_name, "w0");
+
+    // Grants used by code the in-process reconciler does not run (the
+    // health labeller's node condition, leader election) are used here as
+    // that code uses them.
+    let condition = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "status": {"conditions": [{
+            "type": names::NODE_CONDITION, "status": "False",
+            "reason": "RbacCheck", "message": "written by the RBAC test",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]},
+    });
+    Api::<Node>::all(coordinator.clone())
+        .patch_status(
+            "w1",
+            &PatchParams::apply(names::MANAGER_HEALTH).force(),
+            &Patch::Apply(&condition),
+        )
+        .await
+        .unwrap();
+    let elector = |identity: &str| {
+        LeaderElector::new(
+            coordinator.clone(),
+            LeaseOptions {
+                namespace: NAMESPACE.into(),
+                name: LEASE_NAME.into(),
+                identity: identity.into(),
+                duration: std::time::Duration::from_secs(15),
+                retry: std::time::Duration::from_secs(1),
+            },
+        )
+    };
+    // Acquiring creates the Lease; renewing reads and updates it; releasing
+    // updates it again. Any refusal reads as "not the leader".
+    let first = elector("replica-a");
+    assert!(
+        first.try_acquire_or_renew().await,
+        "cannot create the Lease"
+    );
+    assert!(first.try_acquire_or_renew().await, "cannot renew the Lease");
+    first.release().await;
+    let holder = Api::<Lease>::namespaced(admin.clone(), NAMESPACE)
+        .get(LEASE_NAME)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert_eq!(holder, None, "the release was not written");
+
+    // Server-side apply of an absent object is authorized twice, as `patch`
+    // and then as `create`, both for the name in the URL (without `create`
+    // the API server answers "cannot create"): the role's name-limited rules
+    // let the coordinator create its own RuntimeClass and no other.
+    let other: RuntimeClass =
+        serde_json::from_value(json!({"metadata": {"name": "kata-other"}, "handler": "kata"}))
+            .unwrap();
+    let refused = Api::<RuntimeClass>::all(coordinator.clone())
+        .patch(
+            "kata-other",
+            &PatchParams::apply(names::MANAGER).force(),
+            &Patch::Apply(&other),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&refused), Some(403), "{refused:?}");
+
+    cluster
+        .configs()
+        .delete("kc", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.wait_gone("kc").await;
+    assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
+    running.stop().await;
+
+    for a in DENIED {
+        assert!(!allowed(&coordinator, *a).await, "excess permission: {a:?}");
+    }
+    let denied = Api::<Node>::all(coordinator.clone())
+        .delete("m0", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&denied), Some(403), "{denied:?}");
+
+    // The agent's token, even one made for the API server, opens nothing.
+    let agent = cluster
+        .plane
+        .client_with_token(&api_token(&admin, AGENT_SERVICE_ACCOUNT).await)
+        .await
+        .unwrap();
+    let refused = Api::<Node>::all(agent.clone())
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&refused), Some(403), "{refused:?}");
+    for namespace in [NAMESPACE, "default", "kube-system"] {
+        let review = SelfSubjectRulesReview {
+            spec: SelfSubjectRulesReviewSpec {
+                namespace: Some(namespace.into()),
+            },
+            ..Default::default()
+        };
+        let status = Api::<SelfSubjectRulesReview>::all(agent.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        // What every authenticated user has: reviewing its own access and identity.
+        for rule in &status.resource_rules {
+            let groups = rule.api_groups.clone().unwrap_or_default();
+            let resources = rule.resources.clone().unwrap_or_default();
+            assert!(
+                groups
+                    .iter()
+                    .all(|g| g == "authorization.k8s.io" || g == "authentication.k8s.io")
+                    && resources.iter().all(|r| r.starts_with("self")),
+                "the node-agent holds {rule:?} in {namespace}"
+            );
+        }
+    }
+    // And its projected token, made for the coordinator, is no API credential.
+    let wrong_audience = cluster.plane.client_with_token(&agent_token).await.unwrap();
+    let unauthenticated = Api::<Namespace>::all(wrong_audience)
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&unauthenticated), Some(401), "{unauthenticated:?}");
+}
