@@ -6,13 +6,15 @@ CONTROL_PLANE_BUILD := tests/scripts/build-control-plane.sh
 
 .PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane bench-health
 
-## The whole system on this machine (see README).
-demo: cluster-up
-	@echo
-	@echo "The local control plane is up. Reach it with:"
-	@echo "  export KUBECONFIG=$$(cat .cluster/ready)"
-	@echo "  kubectl get --raw /readyz   # or: cargo run -p kata-coordinator -- --help"
-	@echo "Stop it with: make cluster-down"
+## The whole system on this machine (see README): a local control plane in
+## .cluster/, the MCO simulator, the coordinator and three node-agents; a
+## KataConfig rolled out as you watch. In a terminal it runs until Ctrl-C
+## (which stops every process and keeps .cluster/; `make cluster-down` removes
+## it); otherwise, or with DEMO_FLAGS=--ci, it exits once the system converged.
+demo: control-plane
+	@cargo build --quiet -p kata-node-agent --bin node-agent
+	@KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
+		cargo run --quiet -p kata-tests --bin demo -- --state-dir .cluster $(DEMO_FLAGS)
 
 ## Every check CI runs: formatting, lints, and all tests against a real control plane.
 test: lint unit-and-integration

@@ -38,6 +38,8 @@ pub struct RunOptions {
     /// With several replicas: the lease that decides which one acts. The
     /// others serve only `/healthz` (and report not ready) until they lead.
     pub leader_election: Option<LeaseOptions>,
+    /// The live log filter, changeable through `PUT /log-level`.
+    pub log_level: Option<crate::logging::LogLevel>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +92,10 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
     // none outlives the coordinator.
     let mut parts = tokio::task::JoinSet::new();
     let http_readiness = readiness.clone();
+    let log_level = options.log_level.clone();
     parts.spawn(async move {
-        if let Err(error) = crate::metrics::serve(metrics_listener, registry, http_readiness).await
+        if let Err(error) =
+            crate::metrics::serve(metrics_listener, registry, http_readiness, log_level).await
         {
             tracing::error!(%error, "the metrics server stopped");
         }

@@ -4,9 +4,11 @@
 //! controller that observes the cluster and applies them ([`reconciler`]).
 
 pub mod api;
+pub mod api_reference;
 pub mod app;
 pub mod health;
 pub mod leader;
+pub mod logging;
 pub mod manifests;
 pub mod metrics;
 pub mod names;

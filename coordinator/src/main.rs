@@ -5,8 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kata_coordinator::app::{self, AgentServerOptions, RunOptions};
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::leader::LeaseOptions;
-use kata_coordinator::manifests;
-use tracing_subscriber::EnvFilter;
+use kata_coordinator::{logging, manifests};
 
 /// Kata Containers operator coordinator: reconciles the KataConfig into
 /// MachineConfigs, a MachineConfigPool, node labels and the `kata` RuntimeClass.
@@ -111,18 +110,14 @@ fn main() -> ExitCode {
                 lease_name,
                 identity,
             } = *args;
-            let filter = match EnvFilter::try_new(&log_level) {
-                Ok(filter) => filter,
+            let log_control = match logging::init(&log_level, matches!(log_format, LogFormat::Json))
+            {
+                Ok(control) => control,
                 Err(e) => {
-                    eprintln!("coordinator: invalid --log-level {log_level:?}: {e}");
+                    eprintln!("coordinator: --log-level: {e}");
                     return ExitCode::from(2);
                 }
             };
-            let builder = tracing_subscriber::fmt().with_env_filter(filter);
-            match log_format {
-                LogFormat::Json => builder.json().init(),
-                LogFormat::Text => builder.init(),
-            }
             let heartbeat = Duration::from_secs(heartbeat_seconds.max(1));
             let agents = tls_cert_file
                 .zip(tls_key_file)
@@ -143,6 +138,7 @@ fn main() -> ExitCode {
                 retry: Duration::from_secs(2),
             });
             let options = RunOptions {
+                log_level: Some(log_control),
                 leader_election,
                 agents,
                 metrics_listen,

@@ -85,6 +85,7 @@ impl Readiness {
 struct HttpState {
     registry: Arc<Registry>,
     readiness: Readiness,
+    log_level: Option<crate::logging::LogLevel>,
 }
 
 async fn metrics(State(state): State<HttpState>) -> (StatusCode, String) {
@@ -103,20 +104,51 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz`.
+async fn get_log_level(State(state): State<HttpState>) -> (StatusCode, String) {
+    match &state.log_level {
+        Some(level) => (StatusCode::OK, level.current()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "log level is not adjustable here".into(),
+        ),
+    }
+}
+
+async fn put_log_level(State(state): State<HttpState>, body: String) -> (StatusCode, String) {
+    match &state.log_level {
+        Some(level) => match level.set(&body) {
+            Ok(()) => {
+                tracing::info!(filter = %level.current(), "log filter changed");
+                (StatusCode::OK, level.current())
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, e),
+        },
+        None => (
+            StatusCode::NOT_FOUND,
+            "log level is not adjustable here".into(),
+        ),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (the process answers), `/readyz`, and
+/// `GET`/`PUT /log-level` (the live log filter, e.g. `debug` or
+/// `info,kata_coordinator::reconciler=trace`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
     readiness: Readiness,
+    log_level: Option<crate::logging::LogLevel>,
 ) -> std::io::Result<()> {
     let state = HttpState {
         registry: Arc::new(registry),
         readiness,
+        log_level,
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/log-level", get(get_log_level).put(put_log_level))
         .with_state(state);
     axum::serve(listener, app).await
 }

@@ -603,10 +603,23 @@ fn node_events(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .modify(slim_node)
     .reflect(writer)
     .applied_objects()
     .predicate_filter(label_or_annotation, Default::default())
     .filter_map(|r| async move { r.ok().map(|_| ()) })
+}
+
+/// Drops what the coordinator never reads from its cached Nodes: the
+/// managed-fields bookkeeping and the image list are most of a real Node's
+/// size, and the caches hold every node of the cluster.
+pub fn slim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
 }
 
 fn pool_events(

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -35,8 +36,14 @@ const STEADY_WINDOW: Duration = Duration::from_secs(60);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Set once the figures are taken: agent streams that end after that end
+/// because the coordinator is being stopped.
+static DONE: AtomicBool = AtomicBool::new(false);
+/// Agent streams that failed while the measurements ran.
+static FAILED_AGENTS: AtomicUsize = AtomicUsize::new(0);
+
 fn free_addr() -> Result<SocketAddr, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(kata_tests::demo_world::free_addr()?)
 }
 
 fn coordinator_binary() -> Result<PathBuf, BoxError> {
@@ -233,7 +240,10 @@ async fn run_measurements(
     for (node, token) in tokens {
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
-            if let Err(error) = simulated_agent(endpoint, token, node.clone()).await {
+            if let Err(error) = simulated_agent(endpoint, token, node.clone()).await
+                && !DONE.load(Ordering::SeqCst)
+            {
+                FAILED_AGENTS.fetch_add(1, Ordering::SeqCst);
                 eprintln!("agent {node}: {error}");
             }
         });
@@ -310,6 +320,7 @@ async fn run_measurements(
         .try_collect::<Vec<()>>()
         .await?;
     let reference = bare.elapsed();
+    DONE.store(true, Ordering::SeqCst);
 
     println!(
         "KataConfig created → all {agents} nodes labelled capable: {:.2} s",
@@ -319,6 +330,10 @@ async fn run_measurements(
         "bare loop of {agents} SSA label patches (32 at once):       {:.2} s  (ratio {:.2}, target ≤ 1.2)",
         reference.as_secs_f64(),
         converged.as_secs_f64() / reference.as_secs_f64()
+    );
+    println!(
+        "agent streams that failed during the run: {}",
+        FAILED_AGENTS.load(Ordering::SeqCst)
     );
     println!("API writes for the install: {writes_install} (minimum {minimum})");
     println!(

@@ -19,6 +19,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::ControlPlane;
+use crate::demo_world::wait_until_adopted;
 use crate::mco_simulator::{McoSimulator, SimulatorOptions};
 use crate::operator::{control_plane_with_operator_api, create_node, eventually};
 
@@ -56,23 +57,7 @@ impl Cluster {
         // Nodes join the cluster already on their pool's configuration, as
         // installed machines do; wait for that before any test acts, or a node
         // labelled early would be adopted straight into the kata pool.
-        let all_nodes = Api::<Node>::all(client.clone());
-        eventually(
-            "the MCO simulator to adopt every node",
-            CONVERGE,
-            || async {
-                let nodes = all_nodes
-                    .list(&Default::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(nodes
-                    .items
-                    .iter()
-                    .all(|n| n.annotations().contains_key(names::mco::CURRENT_CONFIG)))
-            },
-        )
-        .await
-        .unwrap();
+        wait_until_adopted(&client, CONVERGE).await.unwrap();
         Cluster {
             plane,
             client,

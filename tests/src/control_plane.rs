@@ -66,14 +66,32 @@ pub fn binary_dir() -> Result<PathBuf, Error> {
     .map_err(Error::Setup)
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Setup(format!("cannot bind a loopback port: {e}")))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::Setup(format!("cannot read the bound loopback port: {e}")))
+const PORT_RACE_ATTEMPTS: u32 = 3;
+
+fn lost_port_race(error: &Error) -> bool {
+    matches!(error, Error::ControlPlane { etcd_log, api_server_log, .. }
+        if etcd_log.contains("address already in use") || api_server_log.contains("address already in use"))
+}
+
+/// Ports handed out for servers: below Linux's ephemeral range
+/// (32768–60999), so outgoing connections, which take their local port from
+/// that range, never grab a port between our check and the server's bind.
+const SERVER_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port that was free a moment ago, outside the ephemeral range.
+pub fn free_port() -> Result<u16, Error> {
+    let mut last_error = None;
+    for _ in 0..100 {
+        let port = rand::random_range(SERVER_PORTS);
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(Error::Setup(format!(
+        "cannot bind a loopback port in {SERVER_PORTS:?}: {}",
+        last_error.map(|e| e.to_string()).unwrap_or_default()
+    )))
 }
 
 pub struct ControlPlane {
@@ -91,11 +109,21 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver in a temporary directory and waits
     /// until the API server is ready.
     pub async fn start() -> Result<Self, Error> {
-        let dir = tempfile::Builder::new()
-            .prefix("kata-control-plane-")
-            .tempdir()
-            .map_err(|e| Error::Setup(format!("cannot create a temporary directory: {e}")))?;
-        Self::start_in(dir.path().to_path_buf(), Some(dir)).await
+        let mut attempt = 1;
+        loop {
+            let dir = tempfile::Builder::new()
+                .prefix("kata-control-plane-")
+                .tempdir()
+                .map_err(|e| Error::Setup(format!("cannot create a temporary directory: {e}")))?;
+            match Self::start_in(dir.path().to_path_buf(), Some(dir)).await {
+                // A port found free can be taken by a parallel test before
+                // etcd or the API server binds it: start again on new ports.
+                Err(error) if attempt < PORT_RACE_ATTEMPTS && lost_port_race(&error) => {
+                    attempt += 1
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Like [`ControlPlane::start`], keeping certificates, logs and etcd data

@@ -5,6 +5,7 @@
 pub mod child_process;
 pub mod cluster;
 pub mod control_plane;
+pub mod demo_world;
 pub mod health_fixture;
 pub mod host_root;
 pub mod mco_simulator;

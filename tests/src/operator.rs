@@ -65,14 +65,20 @@ pub async fn apply_objects(plane: &ControlPlane, objects: &[DynamicObject]) -> R
 /// singleton admission policy installed.
 pub async fn control_plane_with_operator_api() -> Result<ControlPlane, Error> {
     let plane = ControlPlane::start().await?;
+    install_operator_api(&plane).await?;
+    Ok(plane)
+}
+
+/// Installs the OpenShift MCO CRDs, the KataConfig CRD and the singleton
+/// admission policy into a running control plane.
+pub async fn install_operator_api(plane: &ControlPlane) -> Result<(), Error> {
     plane.install_openshift_crds().await?;
     plane.install_crds(&[kata_coordinator_crd()]).await?;
     apply_objects(
-        &plane,
+        plane,
         &read_manifests(&deploy_dir().join("base/kataconfig-singleton.yaml"))?,
     )
-    .await?;
-    Ok(plane)
+    .await
 }
 
 pub fn kata_coordinator_crd()
@@ -210,7 +216,8 @@ pub async fn pod_bound_token(
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![audience.into()],
-            expiration_seconds: Some(600),
+            // A day: no kubelet refreshes these tokens, and a demo may run long.
+            expiration_seconds: Some(86_400),
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
@@ -232,11 +239,24 @@ pub async fn pod_bound_token(
 
 /// A plain HTTP/1.1 GET on loopback: the status code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    http_request(addr, "GET", path, "").await
+}
+
+/// A plain HTTP/1.1 request on loopback: the status code and the body.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream
         .write_all(request.as_bytes())
         .await

@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{SocketAddr, TcpListener};
+
+use kata_tests::demo_world::{self, AGENT_ACCOUNT, AUDIENCE, NAMESPACE};
 use std::time::Duration;
 
-use kata_coordinator::app::{AgentServerOptions, RunOptions};
+use kata_coordinator::app::RunOptions;
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::leader::LeaseOptions;
 use kata_coordinator::names;
@@ -19,16 +21,10 @@ use kube::api::Api;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-const NAMESPACE: &str = "kata-operator";
-const AGENT_ACCOUNT: &str = "kata-node-agent";
-const AUDIENCE: &str = "kata-operator.openshift.io/node-agent";
 const LEASE: Duration = Duration::from_secs(3);
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    demo_world::free_addr().unwrap()
 }
 
 struct Replica {
@@ -40,15 +36,8 @@ struct Replica {
 fn start_replica(client: kube::Client, identity: &str, tls: &TlsFiles) -> Replica {
     let (grpc, metrics) = (free_addr(), free_addr());
     let options = RunOptions {
-        agents: Some(AgentServerOptions {
-            listen: grpc,
-            tls_cert_file: tls.cert.clone(),
-            tls_key_file: tls.key.clone(),
-            audience: AUDIENCE.into(),
-            namespace: NAMESPACE.into(),
-            service_account: AGENT_ACCOUNT.into(),
-            heartbeat: Duration::from_millis(500),
-        }),
+        log_level: None,
+        agents: Some(demo_world::agent_server_options(grpc, tls)),
         metrics_listen: metrics,
         mark_policy: MarkPolicy::default(),
         leader_election: Some(LeaseOptions {
@@ -102,17 +91,7 @@ fn service(replicas: Vec<(SocketAddr, SocketAddr)>) -> (SocketAddr, JoinHandle<(
 async fn standby_takes_over_when_the_leader_stops() {
     let cluster = Cluster::start(&[("w0", &[WORKER])]).await;
     let client = cluster.client.clone();
-    for body in [
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": AGENT_ACCOUNT, "namespace": NAMESPACE}}),
-    ] {
-        kata_tests::operator::apply_objects(
-            &cluster.plane,
-            &[serde_json::from_value(body).unwrap()],
-        )
-        .await
-        .unwrap();
-    }
+    demo_world::create_agent_identity(&client).await.unwrap();
     let tls = TlsFiles::generate().unwrap();
     let first = start_replica(client.clone(), "replica-a", &tls);
     eventually("replica-a leads and is ready", CONVERGE, || async {

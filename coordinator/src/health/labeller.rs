@@ -243,6 +243,7 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .modify(crate::reconciler::slim_node)
     .reflect(node_writer)
     .for_each(|_| async {});
     let config_watch = watcher(

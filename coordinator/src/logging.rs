@@ -1,0 +1,59 @@
+//! Logging set-up, with a filter that can be changed while the coordinator
+//! runs (`PUT /log-level` on the metrics port), so debugging a live cluster
+//! needs no restart.
+
+use std::sync::Arc;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
+
+/// Changes the active log filter.
+#[derive(Clone)]
+pub struct LogLevel {
+    handle: Arc<reload::Handle<EnvFilter, Registry>>,
+}
+
+impl std::fmt::Debug for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogLevel")
+            .field("current", &self.current())
+            .finish()
+    }
+}
+
+impl LogLevel {
+    /// Replaces the filter; a filter that does not parse changes nothing.
+    pub fn set(&self, filter: &str) -> Result<(), String> {
+        let filter =
+            EnvFilter::try_new(filter.trim()).map_err(|e| format!("invalid log filter: {e}"))?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+
+    pub fn current(&self) -> String {
+        self.handle
+            .with_current(|f| f.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Installs the global subscriber: text or JSON lines on stderr.
+pub fn init(filter: &str, json: bool) -> Result<LogLevel, String> {
+    let filter =
+        EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init()
+    } else {
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
+    };
+    result.map_err(|e| e.to_string())?;
+    Ok(LogLevel {
+        handle: Arc::new(handle),
+    })
+}
