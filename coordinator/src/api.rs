@@ -162,6 +162,10 @@ pub struct KataNodesStatus {
     pub waiting_to_uninstall: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_to_uninstall: Vec<FailedNode>,
+    /// Selected nodes whose node-agent reports the Kata runtime not ready,
+    /// with the reason from the node's `KataRuntimeReady` condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_runtime_ready: Vec<FailedNode>,
 }
 
 /// A node whose install or uninstall failed, with the Machine Config

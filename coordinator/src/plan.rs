@@ -24,6 +24,8 @@ pub struct ObservedNode {
     pub annotations: BTreeMap<String, String>,
     /// Whether the node carries our `KataRuntimeReady` condition.
     pub has_ready_condition: bool,
+    /// `reason: message` of that condition when it is False.
+    pub not_ready_reason: Option<String>,
 }
 
 impl ObservedNode {
@@ -358,7 +360,18 @@ fn plan_install(observed: &Observed) -> Plan {
             node_phase(node, targeted, observed.pool.as_ref()),
         ));
     }
-    let nodes = node_status(&phases, targets);
+    let mut nodes = node_status(&phases, targets);
+    nodes.not_runtime_ready = observed
+        .nodes
+        .iter()
+        .filter(|n| is_target(spec, n))
+        .filter_map(|n| {
+            n.not_ready_reason.as_ref().map(|reason| FailedNode {
+                name: n.name.clone(),
+                error: reason.clone(),
+            })
+        })
+        .collect();
 
     let all_installed = targets > 0 && nodes.installed.len() == targets;
     let settled = nodes.uninstalling.is_empty()
@@ -608,6 +621,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             has_ready_condition: false,
+            not_ready_reason: None,
         }
     }
 
@@ -829,6 +843,35 @@ mod tests {
             "{degraded:?}"
         );
         assert_eq!(condition_of(&plan, "InProgress").reason, "Failed");
+    }
+
+    #[test]
+    fn targeted_nodes_the_agents_call_unready_are_named() {
+        let role = [(names::KATA_POOL_ROLE_LABEL, "")];
+        let mut sick = on_config(
+            worker("sick", &role),
+            POOL_CONFIG,
+            POOL_CONFIG,
+            mco::STATE_DONE,
+        );
+        sick.not_ready_reason = Some("DropInSyntaxError: crio-drop-in: bad".into());
+        let mut elsewhere = worker("elsewhere", &[("zone", "b")]);
+        elsewhere.not_ready_reason = Some("KvmDeviceMissing: kvm: none".into());
+        let mut observed = converged(vec![sick, elsewhere]);
+        observed.spec.kata_config_pool_selector = Some(PoolSelector {
+            match_labels: Some([("zone".to_string(), "a".to_string())].into()),
+            ..Default::default()
+        });
+        observed.nodes[0].labels.insert("zone".into(), "a".into());
+        let plan = plan(&observed);
+        assert_eq!(
+            plan.nodes.not_runtime_ready,
+            [FailedNode {
+                name: "sick".into(),
+                error: "DropInSyntaxError: crio-drop-in: bad".into()
+            }],
+            "only targeted nodes are listed"
+        );
     }
 
     #[test]

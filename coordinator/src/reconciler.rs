@@ -142,11 +142,14 @@ impl Context {
                 name: n.name_any(),
                 labels: n.labels().clone(),
                 annotations: n.annotations().clone(),
-                has_ready_condition: n
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == names::NODE_CONDITION)),
+                has_ready_condition: ready_condition(n).is_some(),
+                not_ready_reason: ready_condition(n).filter(|c| c.status == "False").map(|c| {
+                    format!(
+                        "{}: {}",
+                        c.reason.as_deref().unwrap_or_default(),
+                        c.message.as_deref().unwrap_or_default()
+                    )
+                }),
             })
             .collect();
         // The cache has no order; the status lists must, or they would
@@ -452,6 +455,16 @@ impl Context {
     }
 }
 
+/// The node's `KataRuntimeReady` condition, written by the labeller.
+fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == names::NODE_CONDITION)
+}
+
 /// A delete that finds nothing has done its job.
 fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match result {
@@ -585,8 +598,9 @@ fn error_policy(_config: Arc<KataConfig>, error: &Error, ctx: Arc<Context>) -> A
     Action::requeue(Duration::from_secs(2))
 }
 
-/// A watch that fires when a node's labels or annotations change (not on
-/// status heartbeats), keeping `writer` up to date.
+/// A watch that fires when a node's labels, annotations or
+/// `KataRuntimeReady` condition change (not on status heartbeats), keeping
+/// `writer` up to date.
 fn node_events(
     client: &Client,
     writer: reflector::store::Writer<Node>,
@@ -596,6 +610,9 @@ fn node_events(
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         predicates::labels(n).hash(&mut hasher);
         predicates::annotations(n).hash(&mut hasher);
+        if let Some(c) = ready_condition(n) {
+            (&c.status, &c.reason, &c.message).hash(&mut hasher);
+        }
         Some(hasher.finish())
     };
     watcher(

@@ -142,6 +142,27 @@ async fn agents_drive_labels_through_install_failure_silence_and_restart() {
             .contains(&"w-broken".to_string())
     );
 
+    // The KataConfig status names the targeted node that is not healthy.
+    eventually(
+        "the KataConfig names w-broken as not runtime-ready",
+        CONVERGE,
+        || async {
+            let status = cluster
+                .configs()
+                .get("kc")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let listed = status.kata_nodes.not_runtime_ready;
+            Ok(listed.len() == 1
+                && listed[0].name == "w-broken"
+                && listed[0].error.contains("crio-drop-in:"))
+        },
+    )
+    .await
+    .unwrap();
+
     // A silent agent: after the grace period, AgentNotReporting.
     let silent = agents.remove(1);
     assert_eq!(silent.node, "w-kvm");
