@@ -328,3 +328,34 @@ async fn a_bad_token_keeps_the_agent_retrying_until_a_good_one_appears() {
     assert_eq!(report.sequence, 1);
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_reprobe_request_from_the_coordinator_probes_at_once() {
+    let fixture = HealthFixture::start_with(HealthOptions {
+        heartbeat_interval: LONG_HEARTBEAT,
+        ..HealthOptions::default()
+    })
+    .await;
+    let (host, ready) = good_host();
+    let token = agent_token(&fixture).await;
+    let files = Files::new(&fixture.ca_pem, &token);
+    let mut options = options(&fixture, &files, &host);
+    // Neither a probe cycle nor a heartbeat falls due within the test: only
+    // the coordinator's request can make the agent look again.
+    options.probe_interval = Duration::from_secs(3600);
+    let agent = Agent::spawn(options);
+    let (_, first) = report_where(&fixture, |report| report.sequence == 1).await;
+    assert_eq!(runtime_ready(&first), ready);
+
+    let _host = host.broken_drop_in();
+    assert!(
+        fixture
+            .registry
+            .request_reprobe(NODE_A, "the node now runs rendered-kata-oc-2")
+    );
+    let (_, after) = report_where(&fixture, |report| report.sequence >= 2).await;
+    let drop_in = outcome(&after, ProbeName::CrioDropIn);
+    assert_eq!(drop_in.status, ProbeStatus::Fail as i32, "{drop_in:?}");
+    assert!(!runtime_ready(&after));
+    agent.stop().await;
+}

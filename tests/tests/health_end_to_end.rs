@@ -163,6 +163,18 @@ async fn agents_drive_labels_through_install_failure_silence_and_restart() {
     .await
     .unwrap();
 
+    // A node that loses KVM loses its capability and leaves the target set.
+    std::fs::remove_file(hosts[0].1.path().join("dev/kvm")).unwrap();
+    eventually("w-broken leaves the target set", CONVERGE, || async {
+        let capable = labelled(&client, names::KATA_CAPABLE_LABEL).await;
+        let targeted = cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await;
+        Ok(capable == ["w-kvm"] && targeted == ["w-kvm"])
+    })
+    .await
+    .unwrap();
+    let (_, reason, _) = ready_condition(&client, "w-broken").await.unwrap().unwrap();
+    assert_eq!(reason, "KvmDeviceMissing");
+
     // A silent agent: after the grace period, AgentNotReporting.
     let silent = agents.remove(1);
     assert_eq!(silent.node, "w-kvm");

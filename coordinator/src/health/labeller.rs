@@ -65,6 +65,8 @@ struct Labeller {
     started: Instant,
     writes: Arc<WriteCounter>,
     metrics: Metrics,
+    /// The MCO configuration each node ran at the last scan.
+    configs_seen: HashMap<String, String>,
     /// When each node last lost the runtime label, for the hold-down.
     removals: HashMap<String, Instant>,
 }
@@ -115,6 +117,24 @@ impl Labeller {
             .await
         {
             warn!(node = %write.node.name_any(), %error, "could not write the node's KataRuntimeReady condition");
+        }
+    }
+
+    /// A node that just finished an MCO update (new extension, new drop-in)
+    /// is probed again at once instead of at the agent's next interval, so
+    /// it becomes runtime-ready (or shows why not) without delay.
+    fn reprobe_updated_nodes(&mut self, nodes: &Store<Node>) {
+        for node in nodes.state() {
+            let Some(current) = node.annotations().get(names::mco::CURRENT_CONFIG) else {
+                continue;
+            };
+            let name = node.name_any();
+            let previous = self.configs_seen.insert(name.clone(), current.clone());
+            if finished_update(previous.as_deref(), current) {
+                let reason = format!("the node now runs {current}");
+                let sent = self.registry.request_reprobe(&name, &reason);
+                tracing::debug!(node = %name, sent, "asked the agent to probe again");
+            }
         }
     }
 
@@ -212,6 +232,12 @@ impl Labeller {
     }
 }
 
+/// Whether the node moved to another configuration since the last scan
+/// (not merely seen for the first time).
+fn finished_update(previous: Option<&str>, current: &str) -> bool {
+    previous.is_some_and(|p| p != current)
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -268,6 +294,7 @@ pub async fn run(
         writes,
         metrics,
         removals: HashMap::new(),
+        configs_seen: HashMap::new(),
     };
     let mut changes = registry.subscribe();
     let mut tick = tokio::time::interval(TICK);
@@ -282,6 +309,7 @@ pub async fn run(
             continue;
         }
         let now = Instant::now();
+        labeller.reprobe_updated_nodes(&nodes);
         let writes: Vec<NodeWrite> = nodes
             .state()
             .iter()
@@ -298,5 +326,23 @@ pub async fn run(
             .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_condition(write))
             .await;
         tokio::time::sleep_until((now + MIN_SCAN_INTERVAL).into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finished_update;
+
+    #[test]
+    fn only_a_change_of_configuration_is_an_update() {
+        assert!(!finished_update(None, "rendered-worker-1"), "first sight");
+        assert!(!finished_update(
+            Some("rendered-worker-1"),
+            "rendered-worker-1"
+        ));
+        assert!(finished_update(
+            Some("rendered-worker-1"),
+            "rendered-kata-oc-2"
+        ));
     }
 }

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use kata_proto::health::v1::{HealthReport, Hello};
-use tokio::sync::watch;
+use kata_proto::health::v1::{
+    CoordinatorMessage, HealthReport, Hello, ReprobeRequest, coordinator_message,
+};
+use tokio::sync::{mpsc, watch};
 
 /// One node's agent as last heard from.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +30,12 @@ pub struct NodeHealth {
 struct State {
     nodes: BTreeMap<String, NodeHealth>,
     next_session: u64,
+    /// Where to send messages to each node's agent: its live stream.
+    outbound: BTreeMap<String, (u64, Outbound)>,
 }
+
+/// The sending half of one agent stream.
+pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
 
 /// Cheap to clone; all clones share the same view.
 #[derive(Debug, Clone)]
@@ -115,9 +122,34 @@ impl HealthRegistry {
 
     /// The stream `session` ended. The entry stays (the labeller needs its
     /// last report to judge the silence), only marked disconnected.
+    /// Lets the coordinator send to the agent on `session`'s stream.
+    pub fn attach(&self, node: &str, session: u64, outbound: Outbound) {
+        self.lock()
+            .outbound
+            .insert(node.to_owned(), (session, outbound));
+    }
+
+    /// Asks the node's agent to probe at once (after the node changed under
+    /// it, say). False when no agent stream is open or its queue is full:
+    /// the agent's own probe interval then covers it.
+    pub fn request_reprobe(&self, node: &str, reason: &str) -> bool {
+        let Some((_, outbound)) = self.lock().outbound.get(node).cloned() else {
+            return false;
+        };
+        let message = CoordinatorMessage {
+            message: Some(coordinator_message::Message::Reprobe(ReprobeRequest {
+                reason: reason.to_owned(),
+            })),
+        };
+        outbound.try_send(Ok(message)).is_ok()
+    }
+
     pub fn disconnect(&self, node: &str, session: u64) {
         let changed = {
             let mut state = self.lock();
+            if state.outbound.get(node).is_some_and(|(s, _)| *s == session) {
+                state.outbound.remove(node);
+            }
             match state.nodes.get_mut(node) {
                 Some(entry) if entry.session == session && entry.connected => {
                     entry.connected = false;
@@ -147,6 +179,7 @@ impl HealthRegistry {
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used)]
 
     use super::*;
@@ -157,6 +190,34 @@ mod tests {
             agent_version: "1.0".into(),
             boot_id: boot.into(),
         }
+    }
+
+    #[test]
+    fn reprobe_goes_to_the_live_stream_only() {
+        let registry = HealthRegistry::new();
+        assert!(!registry.request_reprobe("n", "no stream"));
+        let hello = Hello {
+            node_name: "n".into(),
+            agent_version: "1".into(),
+            boot_id: "b".into(),
+        };
+        let session = registry.connect("n", &hello, Instant::now());
+        let (tx, mut rx) = mpsc::channel(4);
+        registry.attach("n", session, tx);
+        assert!(registry.request_reprobe("n", "node updated"));
+        let message = rx
+            .try_recv()
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|m| m.message);
+        assert!(
+            matches!(message, Some(coordinator_message::Message::Reprobe(r)) if r.reason == "node updated")
+        );
+        registry.disconnect("n", session);
+        assert!(
+            !registry.request_reprobe("n", "gone"),
+            "a closed stream gets nothing"
+        );
     }
 
     fn report(sequence: u64) -> HealthReport {

@@ -172,6 +172,7 @@ impl NodeHealthRpc for HealthService {
             self.registry.disconnect(&node, session);
             return Err(Status::cancelled("agent went away"));
         }
+        self.registry.attach(&node, session, tx.clone());
         tokio::spawn(pump(
             inbound,
             tx,
