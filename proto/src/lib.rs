@@ -5,6 +5,8 @@
 //!   CRI-O which runtime handlers it really serves. Field numbers match the
 //!   upstream `k8s.io/cri-api` `runtime.v1` package, so it is wire-compatible.
 
+pub mod codec;
+
 pub mod health {
     pub mod v1 {
         tonic::include_proto!("kata.health.v1");
