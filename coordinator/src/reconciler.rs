@@ -456,7 +456,7 @@ impl Context {
 }
 
 /// The node's `KataRuntimeReady` condition, written by the labeller.
-fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
+pub(crate) fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
     node.status
         .as_ref()?
         .conditions

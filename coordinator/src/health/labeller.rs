@@ -22,20 +22,14 @@ use super::registry::HealthRegistry;
 use crate::api::KataConfig;
 use crate::metrics::{Metrics, StateLabel};
 use crate::names;
-use crate::reconciler::WriteCounter;
+use crate::reconciler::{WriteCounter, ready_condition};
 
 /// How often marks are re-evaluated without a report (silence is noticed by
 /// the clock, not by an event).
 const TICK: Duration = Duration::from_secs(1);
 
 fn current_condition(node: &Node) -> Option<ReadyCondition> {
-    let condition = node
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == names::NODE_CONDITION)?;
+    let condition = ready_condition(node)?;
     Some(ReadyCondition {
         ready: condition.status == "True",
         reason: condition.reason.clone().unwrap_or_default(),
@@ -201,12 +195,7 @@ impl Labeller {
         condition: &ReadyCondition,
     ) -> Result<(), kube::Error> {
         let status = if condition.ready { "True" } else { "False" };
-        let previous = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == names::NODE_CONDITION));
-        let last_transition_time = match previous {
+        let last_transition_time = match ready_condition(node) {
             Some(p) if p.status == status => p.last_transition_time.clone(),
             _ => Some(Time(k8s_openapi::jiff::Timestamp::now())),
         };
