@@ -54,6 +54,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the agents' TLS certificate: {0}")]
+    Tls(#[from] crate::health::TlsError),
     #[error("lost the leader lease; exiting so a fresh process can compete again")]
     LostLeadership,
 }
@@ -109,6 +111,9 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
         elector.acquire().await;
     }
 
+    // Kept by the reconciler's node watch, read by the labeller as well.
+    let node_writer =
+        kube::runtime::reflector::store::Writer::<k8s_openapi::api::core::v1::Node>::default();
     // Dropped with `run`, which shuts the gRPC server down.
     let mut grpc_shutdown = None;
     if let Some(agents) = options.agents {
@@ -116,6 +121,7 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
             cert_pem: read(&agents.tls_cert_file).await?,
             key_pem: read(&agents.tls_key_file).await?,
         };
+        let acceptor = tls.acceptor()?;
         let listener = bind(agents.listen).await?;
         let health = HealthRegistry::new();
         let authenticator = AgentAuthenticator::new(
@@ -139,13 +145,14 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
             let stop = async {
                 let _ = shutdown.await;
             };
-            if let Err(error) = crate::health::serve(listener, &tls, service, stop).await {
+            if let Err(error) = crate::health::serve(listener, acceptor, service, stop).await {
                 tracing::error!(%error, "the agents' gRPC server stopped");
             }
         });
         parts.spawn(crate::health::labeller::run(
             client.clone(),
             health,
+            node_writer.as_reader(),
             options.mark_policy,
             writes.clone(),
             metrics.clone(),
@@ -159,14 +166,14 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
     };
     let outcome = match &elector {
         Some(elector) => tokio::select! {
-            () = reconciler::run(client, reconciler_options, writes) => {
+            () = reconciler::run(client, reconciler_options, writes, node_writer) => {
                 elector.release().await;
                 Ok(())
             }
             () = elector.hold() => Err(AppError::LostLeadership),
         },
         None => {
-            reconciler::run(client, reconciler_options, writes).await;
+            reconciler::run(client, reconciler_options, writes, node_writer).await;
             Ok(())
         }
     };

@@ -1,3 +1,21 @@
+// jemalloc rather than the system allocator: the coordinator holds one
+// connection per node, made of many small long-lived allocations, and
+// jemalloc packs them tighter than glibc does (docs/BENCHMARKS.md has the
+// figures).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's start-up options, read through this symbol (its `malloc_conf`,
+/// C type `const char *`). One arena: the coordinator's work is I/O on a few
+/// threads, and per-thread arenas each keep their own partly used pages. A
+/// background thread returns freed pages to the kernel even when the process
+/// is quiet.
+#[allow(unsafe_code, non_upper_case_globals)]
+// SAFETY: the name is the one jemalloc reads, the value a pointer to a
+// NUL-terminated static string, as the C declaration requires.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: Option<&'static u8> = Some(&b"narenas:1,background_thread:true\0"[0]);
+
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -652,9 +652,16 @@ fn pool_events(
 }
 
 /// Runs the KataConfig controller until the process ends (or, with
-/// [`Options::stop_after_writes`], until the budget is spent).
-pub async fn run(client: Client, options: Options, writes: Arc<WriteCounter>) {
-    let (nodes, node_writer) = reflector::store();
+/// [`Options::stop_after_writes`], until the budget is spent). Its node watch
+/// keeps `node_writer`'s cache, which the node labeller reads too: one copy
+/// of every Node in memory, not one per part.
+pub async fn run(
+    client: Client,
+    options: Options,
+    writes: Arc<WriteCounter>,
+    node_writer: reflector::store::Writer<Node>,
+) {
+    let nodes = node_writer.as_reader();
     let pool_writer = reflector::store::Writer::<DynamicObject>::new(pool_resource());
     let pools = pool_writer.as_reader();
     let configs_api = Api::<KataConfig>::all(client.clone());

@@ -4,8 +4,9 @@
 //! tonic allocates the codec's buffer size eagerly for every RPC, in each
 //! direction, and grows it only when a message needs more. Its default, 8 KiB,
 //! is sized for bulk traffic; a health stream carries messages of a few
-//! hundred bytes, and a coordinator holds one stream per node. 1 KiB keeps
-//! thousands of idle streams cheap and still grows for a large report.
+//! hundred bytes to a kilobyte, and a coordinator holds one stream per node.
+//! 256 bytes keeps thousands of idle streams cheap; a buffer grows once to
+//! the size of the largest message its stream carries, and stays there.
 
 use std::marker::PhantomData;
 
@@ -14,7 +15,7 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// Bytes allocated up front per RPC and direction.
-const BUFFER_SIZE: usize = 1024;
+const BUFFER_SIZE: usize = 256;
 /// tonic's default: how much a stream encodes before yielding.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

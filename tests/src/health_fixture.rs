@@ -137,9 +137,12 @@ impl HealthFixture {
             self.options.clone(),
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        let tls = self.tls.clone();
+        let acceptor = self
+            .tls
+            .acceptor()
+            .expect("the test certificate serves TLS");
         let task = tokio::spawn(async move {
-            serve(listener, &tls, service, async {
+            serve(listener, acceptor, service, async {
                 let _ = stopped.await;
             })
             .await

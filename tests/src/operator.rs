@@ -128,6 +128,7 @@ impl RunningCoordinator {
             client,
             options,
             writes.clone(),
+            kube::runtime::reflector::store::Writer::default(),
         ));
         RunningCoordinator { task, writes }
     }

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use k8s_openapi::api::core::v1::Pod;
-use kata_coordinator::health::NodeHealth;
+use kata_coordinator::health::{NodeHealth, ServerTls, TlsError};
 use kata_proto::health::v1::node_health_client::NodeHealthClient;
 use kata_proto::health::v1::{
     AgentMessage, CoordinatorMessage, HealthReport, Hello, ProbeOutcome, ProbeStatus, Verdicts,
@@ -19,6 +19,7 @@ use kata_proto::health::v1::{
 use kata_tests::health_fixture::{
     AGENT_SA, AUDIENCE, HealthFixture as Fixture, NAMESPACE, NODE_A, NODE_B, OTHER_SA, SERVER_NAME,
 };
+use kata_tests::pki::TestCa;
 use kube::api::{Api, DeleteParams};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -120,6 +121,41 @@ fn report_message(sequence: u64) -> AgentMessage {
     }
 }
 
+/// A certificate or key the server cannot use is refused when the server is
+/// set up (the coordinator then exits naming it), not at the first agent.
+#[test]
+fn unusable_certificate_or_key_is_refused_up_front() {
+    let ca = TestCa::new("tls-test-ca").unwrap();
+    let cert = ca.server_cert(&[SERVER_NAME]).unwrap();
+    let other = ca.server_cert(&[SERVER_NAME]).unwrap();
+    let refusal = |cert_pem: &str, key_pem: &str| {
+        ServerTls {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        }
+        .acceptor()
+        .map(|_| ())
+        .unwrap_err()
+    };
+    assert!(matches!(
+        refusal("", &cert.key_pem),
+        TlsError::NoCertificate
+    ));
+    assert!(matches!(
+        refusal(&cert.cert_pem, "not a key"),
+        TlsError::Key(_)
+    ));
+    assert!(
+        matches!(refusal(&cert.cert_pem, &other.key_pem), TlsError::Config(_)),
+        "a key that does not belong to the certificate"
+    );
+    let usable = ServerTls {
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+    };
+    assert!(usable.acceptor().is_ok());
+}
+
 fn code<T>(result: Result<T, Status>) -> Code {
     match result {
         Ok(_) => Code::Ok,
@@ -133,6 +169,11 @@ async fn agent_bound_to_its_node_gets_expected_config_and_its_reports_are_record
     let token = fixture
         .pod_bound_token(AGENT_SA, "agent-a", NODE_A, AUDIENCE)
         .await;
+    // A client that connects and never starts its TLS handshake holds one
+    // admission slot until it times out; it must not keep agents out.
+    let _stalled = tokio::net::TcpStream::connect(("127.0.0.1", fixture.port))
+        .await
+        .unwrap();
     let mut stream = open(&fixture, Some(&token), hello(NODE_A)).await.unwrap();
 
     let first = stream.inbound.message().await.unwrap().unwrap();

@@ -191,6 +191,18 @@ async fn agents_drive_labels_through_install_failure_silence_and_restart() {
     .await
     .unwrap();
 
+    // Let the first coordinator finish what is under way (the MCO rolls
+    // w-broken back to the worker configuration, its agent re-probes and
+    // its condition changes once more) so the restart below finds nothing
+    // left to write: quiet for two seconds.
+    eventually("the coordinator quiet", CONVERGE, || async {
+        let before = coordinator.metric("kata_operator_api_writes_total").await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(coordinator.metric("kata_operator_api_writes_total").await? == before)
+    })
+    .await
+    .unwrap();
+
     // A restarted coordinator rebuilds its view without a single write.
     coordinator.stop().await.unwrap();
     let before = labelled(&client, names::KATA_CAPABLE_LABEL).await;

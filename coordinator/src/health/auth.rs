@@ -4,8 +4,11 @@
 //! [`identity_from_review`] then decides whether it is *our* agent and which
 //! node it may speak for.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::{Api, PostParams};
+use tokio::sync::Semaphore;
 
 /// The key the API server puts in a pod-bound token's user.extra with the
 /// name of the node the Pod is bound to.
@@ -48,6 +51,11 @@ impl From<AuthError> for tonic::Status {
     }
 }
 
+/// TokenReviews in flight at once. When every agent of a large cluster
+/// reconnects together (a coordinator restart), the rest wait their turn
+/// instead of opening a connection to the API server each.
+pub const REVIEW_CONCURRENCY: usize = 32;
+
 /// Checks agents' tokens with the API server's TokenReview.
 #[derive(Clone)]
 pub struct AgentAuthenticator {
@@ -55,6 +63,7 @@ pub struct AgentAuthenticator {
     audience: String,
     /// (namespace, name) of the node-agent's ServiceAccount.
     service_account: (String, String),
+    reviews: Arc<Semaphore>,
 }
 
 impl AgentAuthenticator {
@@ -68,6 +77,7 @@ impl AgentAuthenticator {
             client,
             audience: audience.into(),
             service_account: (namespace.into(), service_account.into()),
+            reviews: Arc::new(Semaphore::new(REVIEW_CONCURRENCY)),
         }
     }
 
@@ -93,10 +103,15 @@ impl AgentAuthenticator {
             },
             ..TokenReview::default()
         };
-        let reviewed = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(AuthError::Review)?;
+        let reviewed = {
+            // Never closed, so acquiring cannot fail; if it could, reviewing
+            // without a permit would still be correct.
+            let _permit = self.reviews.acquire().await.ok();
+            Api::<TokenReview>::all(self.client.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(AuthError::Review)?
+        };
         let status = reviewed.status.unwrap_or_default();
         identity_from_review(&status, &self.expected_username(), &self.audience)
     }

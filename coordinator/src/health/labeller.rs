@@ -134,8 +134,7 @@ impl Labeller {
 
     /// Connected agents, and worker nodes by the labels they carry.
     fn export_gauges(&self, nodes: &Store<Node>) {
-        let snapshot = self.registry.snapshot();
-        let connected = snapshot.values().filter(|h| h.connected).count();
+        let connected = self.registry.connected_count();
         self.metrics
             .connected_agents
             .set(i64::try_from(connected).unwrap_or(i64::MAX));
@@ -243,24 +242,17 @@ fn kata_config_in_force(configs: &Store<KataConfig>) -> bool {
         .any(|c| c.metadata.deletion_timestamp.is_none())
 }
 
-/// Runs until the process ends.
+/// Runs until the process ends. `nodes` is the reconciler's node cache
+/// (kept by its watch); the labeller only reads it.
 pub async fn run(
     client: Client,
     registry: HealthRegistry,
+    nodes: Store<Node>,
     policy: MarkPolicy,
     writes: Arc<WriteCounter>,
     metrics: Metrics,
 ) {
-    let (nodes, node_writer) = reflector::store();
     let (configs, config_writer) = reflector::store();
-    let node_watch = watcher(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(crate::reconciler::slim_node)
-    .reflect(node_writer)
-    .for_each(|_| async {});
     let config_watch = watcher(
         Api::<KataConfig>::all(client.clone()),
         watcher::Config::default(),
@@ -269,10 +261,12 @@ pub async fn run(
     .reflect(config_writer)
     .for_each(|_| async {});
     // Aborted with the labeller, so no watch outlives it.
-    let _watches = AbortOnDrop(tokio::spawn(async move {
-        futures::join!(node_watch, config_watch);
-    }));
-    let _ = nodes.wait_until_ready().await;
+    let _watches = AbortOnDrop(tokio::spawn(config_watch));
+    // Not `nodes.wait_until_ready()`: kube's readiness signal wakes a single
+    // waiter, and the reconciler already waits on this store. Until its first
+    // list completes the store is simply empty (kube swaps the listed nodes
+    // in at once), so the labeller finds nothing to do rather than acting on
+    // part of the cluster.
     let _ = configs.wait_until_ready().await;
 
     let mut labeller = Labeller {

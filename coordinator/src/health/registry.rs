@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use kata_proto::health::v1::{
-    CoordinatorMessage, HealthReport, Hello, ReprobeRequest, coordinator_message,
-};
-use tokio::sync::{mpsc, watch};
+use kata_proto::health::v1::{HealthReport, Hello};
+use tokio::sync::{Notify, watch};
 
 /// One node's agent as last heard from.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,12 +28,41 @@ pub struct NodeHealth {
 struct State {
     nodes: BTreeMap<String, NodeHealth>,
     next_session: u64,
-    /// Where to send messages to each node's agent: its live stream.
-    outbound: BTreeMap<String, (u64, Outbound)>,
+    /// Where to leave requests for each node's agent: its live stream.
+    mailboxes: BTreeMap<String, (u64, Arc<Mailbox>)>,
 }
 
-/// The sending half of one agent stream.
-pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
+/// Requests waiting for one agent stream to carry them. A slot and a wake-up
+/// rather than a channel: the coordinator holds one per connected agent, and
+/// a channel's first block alone costs kilobytes. Requests coalesce: a
+/// re-probe asked for twice before the stream sends it is sent once, with the
+/// latest reason.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    reprobe: Mutex<Option<String>>,
+    wake: Notify,
+}
+
+impl Mailbox {
+    fn request_reprobe(&self, reason: &str) {
+        *self.reprobe.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
+        // Stores a permit when the stream is not waiting, so nothing is lost.
+        self.wake.notify_one();
+    }
+
+    /// Resolves once a request may be waiting.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The pending re-probe request's reason, if any.
+    pub fn take_reprobe(&self) -> Option<String> {
+        self.reprobe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
 
 /// Cheap to clone; all clones share the same view.
 #[derive(Debug, Clone)]
@@ -107,6 +134,10 @@ impl HealthRegistry {
             let mut state = self.lock();
             match state.nodes.get_mut(node) {
                 Some(entry) if entry.session == session => {
+                    let mut report = report;
+                    // Decoding grows the list by doubling; the registry holds
+                    // one report per node of the cluster, so keep it tight.
+                    report.outcomes.shrink_to_fit();
                     entry.last_report = Some(report);
                     entry.last_seen = now;
                     true
@@ -122,33 +153,38 @@ impl HealthRegistry {
 
     /// The stream `session` ended. The entry stays (the labeller needs its
     /// last report to judge the silence), only marked disconnected.
-    /// Lets the coordinator send to the agent on `session`'s stream.
-    pub fn attach(&self, node: &str, session: u64, outbound: Outbound) {
+    /// The mailbox through which the coordinator reaches the agent on
+    /// `session`'s stream.
+    pub fn attach(&self, node: &str, session: u64) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox::default());
         self.lock()
-            .outbound
-            .insert(node.to_owned(), (session, outbound));
+            .mailboxes
+            .insert(node.to_owned(), (session, Arc::clone(&mailbox)));
+        mailbox
     }
 
     /// Asks the node's agent to probe at once (after the node changed under
-    /// it, say). False when no agent stream is open or its queue is full:
-    /// the agent's own probe interval then covers it.
+    /// it, say). False when no agent stream is open: the agent's own probe
+    /// interval then covers it.
     pub fn request_reprobe(&self, node: &str, reason: &str) -> bool {
-        let Some((_, outbound)) = self.lock().outbound.get(node).cloned() else {
-            return false;
-        };
-        let message = CoordinatorMessage {
-            message: Some(coordinator_message::Message::Reprobe(ReprobeRequest {
-                reason: reason.to_owned(),
-            })),
-        };
-        outbound.try_send(Ok(message)).is_ok()
+        match self.lock().mailboxes.get(node) {
+            Some((_, mailbox)) => {
+                mailbox.request_reprobe(reason);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn disconnect(&self, node: &str, session: u64) {
         let changed = {
             let mut state = self.lock();
-            if state.outbound.get(node).is_some_and(|(s, _)| *s == session) {
-                state.outbound.remove(node);
+            if state
+                .mailboxes
+                .get(node)
+                .is_some_and(|(s, _)| *s == session)
+            {
+                state.mailboxes.remove(node);
             }
             match state.nodes.get_mut(node) {
                 Some(entry) if entry.session == session && entry.connected => {
@@ -165,6 +201,11 @@ impl HealthRegistry {
 
     pub fn get(&self, node: &str) -> Option<NodeHealth> {
         self.lock().nodes.get(node).cloned()
+    }
+
+    /// How many agents have a stream open now.
+    pub fn connected_count(&self) -> usize {
+        self.lock().nodes.values().filter(|h| h.connected).count()
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, NodeHealth> {
@@ -202,17 +243,31 @@ mod tests {
             boot_id: "b".into(),
         };
         let session = registry.connect("n", &hello, Instant::now());
-        let (tx, mut rx) = mpsc::channel(4);
-        registry.attach("n", session, tx);
+        let mailbox = registry.attach("n", session);
+        assert!(registry.request_reprobe("n", "labels changed"));
         assert!(registry.request_reprobe("n", "node updated"));
-        let message = rx
-            .try_recv()
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|m| m.message);
-        assert!(
-            matches!(message, Some(coordinator_message::Message::Reprobe(r)) if r.reason == "node updated")
+        assert_eq!(
+            mailbox.take_reprobe().as_deref(),
+            Some("node updated"),
+            "two requests before the stream sends coalesce into the latest"
         );
+        assert_eq!(mailbox.take_reprobe(), None);
+        assert!(
+            futures::FutureExt::now_or_never(mailbox.woken()).is_some(),
+            "a request made while the stream was busy still wakes it"
+        );
+
+        // A reconnect replaces the mailbox; the old stream's end keeps the new one.
+        let newer = registry.connect("n", &hello, Instant::now());
+        let new_mailbox = registry.attach("n", newer);
+        registry.disconnect("n", session);
+        assert!(registry.request_reprobe("n", "after reconnect"));
+        assert_eq!(
+            new_mailbox.take_reprobe().as_deref(),
+            Some("after reconnect")
+        );
+        assert_eq!(mailbox.take_reprobe(), None, "the old stream gets nothing");
+        let session = newer;
         registry.disconnect("n", session);
         assert!(
             !registry.request_reprobe("n", "gone"),
@@ -237,6 +292,7 @@ mod tests {
         assert!(changes.has_changed().unwrap());
         let node = registry.get("n").unwrap();
         assert!(node.connected);
+        assert_eq!(registry.connected_count(), 1);
         assert_eq!(node.last_report, Some(report(1)));
         assert_eq!(node.agent_version, "1.0");
     }

@@ -14,18 +14,19 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use kata_proto::health::v1::node_health_server::{NodeHealth as NodeHealthRpc, NodeHealthServer};
 use kata_proto::health::v1::{
-    AgentMessage, CoordinatorMessage, ExpectedConfig, Hello, agent_message, coordinator_message,
+    AgentMessage, CoordinatorMessage, ExpectedConfig, Hello, ReprobeRequest, agent_message,
+    coordinator_message,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::auth::{AgentAuthenticator, AgentIdentity};
-use super::registry::HealthRegistry;
+use super::registry::{HealthRegistry, Mailbox};
 use crate::names;
 
 /// Settings sent to agents or governing their streams.
@@ -161,86 +162,106 @@ impl NodeHealthRpc for HealthService {
             boot_id = %hello.boot_id,
             "agent connected"
         );
-        // Room for the config, a re-probe request and a final status.
-        let (tx, rx) = mpsc::channel(4);
-        let config = CoordinatorMessage {
-            message: Some(coordinator_message::Message::ExpectedConfig(
-                expected_config(&self.options),
-            )),
-        };
-        if tx.send(Ok(config)).await.is_err() {
-            self.registry.disconnect(&node, session);
-            return Err(Status::cancelled("agent went away"));
-        }
-        self.registry.attach(&node, session, tx.clone());
-        tokio::spawn(pump(
+        let agent = AgentStream {
+            mailbox: self.registry.attach(&node, session),
             inbound,
-            tx,
-            self.registry.clone(),
+            registry: self.registry.clone(),
             node,
             session,
-            self.stopping.subscribe(),
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            stopping: self.stopping.subscribe(),
+            config: Some(expected_config(&self.options)),
+            finished: false,
+        };
+        let outbound = futures::stream::unfold(agent, |mut agent| async move {
+            let message = agent.next().await?;
+            Some((message, agent))
+        });
+        Ok(Response::new(Box::pin(outbound)))
     }
 }
 
-/// Reads one agent's messages until the stream ends, the agent breaks the
-/// protocol, or the coordinator stops; then marks the node disconnected.
-async fn pump(
-    mut inbound: Streaming<AgentMessage>,
-    tx: mpsc::Sender<Result<CoordinatorMessage, Status>>,
+/// One agent's open stream, both ways. The response stream that hyper polls
+/// also reads the agent's messages, so an agent costs one state machine, not
+/// a task and a channel besides: the coordinator holds thousands of these.
+/// Dropping it (the agent went away, or the stream ended) marks the node
+/// disconnected.
+struct AgentStream {
+    inbound: Streaming<AgentMessage>,
+    mailbox: Arc<Mailbox>,
     registry: HealthRegistry,
     node: String,
     session: u64,
-    mut stopping: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            // A dropped sender also means the service is gone: stop too.
-            // The watch guard is not Send: drop it inside the branch future.
-            () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
-                let _ = tx.send(Err(Status::unavailable("coordinator shutting down"))).await;
-                break;
-            }
-            () = tx.closed() => break,
-            message = inbound.message() => match message {
-                Ok(Some(AgentMessage { message: Some(agent_message::Message::Report(report)) })) => {
-                    debug!(%node, sequence = report.sequence, "health report");
-                    if !registry.report(&node, session, report, Instant::now()) {
-                        // A newer stream for this node took over.
-                        break;
+    stopping: watch::Receiver<bool>,
+    /// Sent first, then None.
+    config: Option<ExpectedConfig>,
+    /// Set after a final status, which ends the stream.
+    finished: bool,
+}
+
+impl AgentStream {
+    /// The next message for the agent, reading the agent's messages until
+    /// there is one; None ends the stream.
+    async fn next(&mut self) -> Option<Result<CoordinatorMessage, Status>> {
+        if self.finished {
+            return None;
+        }
+        if let Some(config) = self.config.take() {
+            return Some(Ok(CoordinatorMessage {
+                message: Some(coordinator_message::Message::ExpectedConfig(config)),
+            }));
+        }
+        let Self {
+            inbound,
+            mailbox,
+            registry,
+            node,
+            session,
+            stopping,
+            ..
+        } = self;
+        let last_word = loop {
+            tokio::select! {
+                // The watch guard is not Send: drop it inside the branch future.
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                    break Status::unavailable("coordinator shutting down");
+                }
+                () = mailbox.woken() => {
+                    if let Some(reason) = mailbox.take_reprobe() {
+                        return Some(Ok(CoordinatorMessage {
+                            message: Some(coordinator_message::Message::Reprobe(ReprobeRequest { reason })),
+                        }));
                     }
                 }
-                Ok(Some(AgentMessage { message: Some(agent_message::Message::Hello(_)) })) => {
-                    let _ = tx.send(Err(Status::invalid_argument("Hello may only be sent once"))).await;
-                    break;
-                }
-                // A message kind from a newer agent: ignore, for compatibility.
-                Ok(Some(AgentMessage { message: None })) => {}
-                Ok(None) => break,
-                Err(status) => {
-                    debug!(%node, %status, "agent stream failed");
-                    break;
-                }
-            },
-        }
+                message = inbound.message() => match message {
+                    Ok(Some(AgentMessage { message: Some(agent_message::Message::Report(report)) })) => {
+                        debug!(%node, sequence = report.sequence, "health report");
+                        if !registry.report(node, *session, report, Instant::now()) {
+                            // A newer stream for this node took over.
+                            return None;
+                        }
+                    }
+                    Ok(Some(AgentMessage { message: Some(agent_message::Message::Hello(_)) })) => {
+                        break Status::invalid_argument("Hello may only be sent once");
+                    }
+                    // A message kind from a newer agent: ignore, for compatibility.
+                    Ok(Some(AgentMessage { message: None })) => {}
+                    Ok(None) => return None,
+                    Err(status) => {
+                        debug!(%node, %status, "agent stream failed");
+                        return None;
+                    }
+                },
+            }
+        };
+        self.finished = true;
+        Some(Err(last_word))
     }
-    registry.disconnect(&node, session);
-    info!(%node, "agent disconnected");
 }
 
-/// PEM certificate chain and private key of the coordinator's server cert.
-#[derive(Clone)]
-pub struct ServerTls {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for ServerTls {
-    // Never print the private key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").finish_non_exhaustive()
+impl Drop for AgentStream {
+    fn drop(&mut self) {
+        self.registry.disconnect(&self.node, self.session);
+        info!(node = %self.node, "agent disconnected");
     }
 }
 
@@ -248,16 +269,14 @@ impl std::fmt::Debug for ServerTls {
 /// resolves; then ends open agent streams and returns once they are closed.
 pub async fn serve(
     listener: TcpListener,
-    tls: &ServerTls,
+    acceptor: TlsAcceptor,
     service: HealthService,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let stopper = service.stopper();
-    let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
     Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity))?
         .add_service(NodeHealthServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(super::tls::incoming(listener, acceptor), async move {
             shutdown.await;
             stopper.send_replace(true);
         })

@@ -256,7 +256,13 @@ pub fn bearer_value(path: &Path, token: &str) -> Result<MetadataValue<Ascii>, Da
     if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
         return Err(not_token());
     }
-    format!("Bearer {token}").parse().map_err(|_| not_token())
+    let mut value: MetadataValue<Ascii> =
+        format!("Bearer {token}").parse().map_err(|_| not_token())?;
+    // HPACK "never indexed": the token is not kept in either side's header
+    // compression table for the connection's life (the coordinator holds
+    // thousands of connections), nor exposed to compression side channels.
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 struct Agent {
@@ -524,6 +530,10 @@ mod tests {
         assert_eq!(
             bearer_value(path, "abc.def\n").unwrap().to_str().unwrap(),
             "Bearer abc.def"
+        );
+        assert!(
+            bearer_value(path, "abc.def").unwrap().is_sensitive(),
+            "the token must be sent as a never-indexed header"
         );
         for bad in ["", " \n", "tok\u{e9}n", "a\nb", "a b"] {
             let err = bearer_value(path, bad).unwrap_err();
