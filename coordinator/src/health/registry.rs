@@ -267,8 +267,7 @@ mod tests {
             Some("after reconnect")
         );
         assert_eq!(mailbox.take_reprobe(), None, "the old stream gets nothing");
-        let session = newer;
-        registry.disconnect("n", session);
+        registry.disconnect("n", newer);
         assert!(
             !registry.request_reprobe("n", "gone"),
             "a closed stream gets nothing"
