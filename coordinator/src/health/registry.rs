@@ -129,15 +129,15 @@ impl HealthRegistry {
 
     /// Stores a report from the stream that owns `node`; a report from a
     /// superseded stream is ignored and `false` returned.
-    pub fn report(&self, node: &str, session: u64, report: HealthReport, now: Instant) -> bool {
+    pub fn report(&self, node: &str, session: u64, mut report: HealthReport, now: Instant) -> bool {
+        // Decoding grows the list by doubling; the registry holds one report
+        // per node of the cluster, so keep it tight (before the lock: every
+        // agent's stream reports through it).
+        report.outcomes.shrink_to_fit();
         let accepted = {
             let mut state = self.lock();
             match state.nodes.get_mut(node) {
                 Some(entry) if entry.session == session => {
-                    let mut report = report;
-                    // Decoding grows the list by doubling; the registry holds
-                    // one report per node of the cluster, so keep it tight.
-                    report.outcomes.shrink_to_fit();
                     entry.last_report = Some(report);
                     entry.last_seen = now;
                     true
