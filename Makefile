@@ -4,7 +4,7 @@ SHELL := bash
 
 CONTROL_PLANE_BUILD := tests/scripts/build-control-plane.sh
 
-.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane bench-health
+.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane bench-health generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -28,6 +28,15 @@ control-plane:
 
 unit-and-integration: control-plane
 	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" cargo test --workspace --no-fail-fast
+
+## Regenerates every checked-in artifact made from the code: the CRD, the
+## coordinator's RBAC, the API reference and the OLM bundle's CRD copy. The
+## drift tests fail, naming this target, when one is stale.
+generate:
+	cargo run --quiet -p kata-coordinator --bin coordinator -- crd > deploy/base/kataconfig-crd.yaml
+	cargo run --quiet -p kata-coordinator --bin coordinator -- rbac > deploy/base/rbac-coordinator.yaml
+	cp deploy/base/kataconfig-crd.yaml bundle/manifests/kataconfiguration.openshift.io_kataconfigs.yaml
+	UPDATE_DOCS=1 cargo test --quiet -p kata-coordinator --test api_reference_drift
 
 ## Benchmarks (print figures; not part of `make test`).
 AGENTS ?= 1000

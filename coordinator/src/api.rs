@@ -184,3 +184,20 @@ pub mod condition {
     pub const READY: &str = "Ready";
     pub const DEGRADED: &str = "Degraded";
 }
+
+/// Condition reasons (CamelCase, as the API conventions ask).
+pub mod reason {
+    pub const INSTALLING: &str = "Installing";
+    pub const UPDATING: &str = "Updating";
+    pub const INSTALLED: &str = "Installed";
+    pub const FAILED: &str = "Failed";
+    pub const NO_TARGET_NODES: &str = "NoTargetNodes";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const ANOTHER_KATA_CONFIG_EXISTS: &str = "AnotherKataConfigExists";
+    pub const UNINSTALLING: &str = "Uninstalling";
+    pub const BLOCKED_BY_EXISTING_KATA_PODS: &str = "BlockedByExistingKataPods";
+    /// Degraded=False.
+    pub const AS_EXPECTED: &str = "AsExpected";
+    /// Degraded=True: a node's configuration change failed.
+    pub const NODE_DEGRADED: &str = "NodeDegraded";
+}

@@ -3,18 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use prometheus_client::registry::Registry;
 use tracing::info;
 
 use crate::health::marks::MarkPolicy;
 use crate::health::{AgentAuthenticator, HealthOptions, HealthRegistry, HealthService, ServerTls};
 use crate::leader::{LeaderElector, LeaseOptions};
 use crate::metrics::{Metrics, Readiness};
-use crate::reconciler::{self, WriteCounter};
+use crate::reconciler::{self, KataConfigController};
 
 /// Where and how the agents' gRPC server listens.
 #[derive(Clone, Debug)]
@@ -39,7 +37,7 @@ pub struct RunOptions {
     /// others serve only `/healthz` (and report not ready) until they lead.
     pub leader_election: Option<LeaseOptions>,
     /// The live log filter, changeable through `PUT /log-level`.
-    pub log_level: Option<crate::logging::LogLevel>,
+    pub log_filter: Option<crate::logging::LogFilter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,14 +77,7 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
 /// is wrong, when a certificate cannot be read or a port cannot be bound.
 pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
     let metrics = Metrics::default();
-    let writes = Arc::new(WriteCounter::default());
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    registry.register(
-        "kata_operator_api_writes",
-        "Mutating Kubernetes API requests",
-        writes.counter(),
-    );
+    let registry = metrics.registry();
     let readiness = Readiness::default();
     let metrics_listener = bind(options.metrics_listen).await?;
     info!(addr = %options.metrics_listen, "serving /metrics, /healthz and /readyz");
@@ -94,10 +85,10 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
     // none outlives the coordinator.
     let mut parts = tokio::task::JoinSet::new();
     let http_readiness = readiness.clone();
-    let log_level = options.log_level.clone();
+    let log_filter = options.log_filter.clone();
     parts.spawn(async move {
         if let Err(error) =
-            crate::metrics::serve(metrics_listener, registry, http_readiness, log_level).await
+            crate::metrics::serve(metrics_listener, registry, http_readiness, log_filter).await
         {
             tracing::error!(%error, "the metrics server stopped");
         }
@@ -111,9 +102,18 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
         elector.acquire().await;
     }
 
-    // Kept by the reconciler's node watch, read by the labeller as well.
+    // Kept by the controller's watches, read by the labeller as well.
     let node_writer =
         kube::runtime::reflector::store::Writer::<k8s_openapi::api::core::v1::Node>::default();
+    let nodes = node_writer.as_reader();
+    let controller = KataConfigController::new(
+        client.clone(),
+        reconciler::Options {
+            metrics: metrics.clone(),
+            ..Default::default()
+        },
+        node_writer,
+    );
     // Dropped with `run`, which shuts the gRPC server down.
     let mut grpc_shutdown = None;
     if let Some(agents) = options.agents {
@@ -152,28 +152,24 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
         parts.spawn(crate::health::labeller::run(
             client.clone(),
             health,
-            node_writer.as_reader(),
+            nodes,
+            controller.configs(),
             options.mark_policy,
-            writes.clone(),
-            metrics.clone(),
+            metrics,
         ));
     }
 
     readiness.set(true);
-    let reconciler_options = reconciler::Options {
-        metrics,
-        ..Default::default()
-    };
     let outcome = match &elector {
         Some(elector) => tokio::select! {
-            () = reconciler::run(client, reconciler_options, writes, node_writer) => {
+            () = controller.run() => {
                 elector.release().await;
                 Ok(())
             }
             () = elector.hold() => Err(AppError::LostLeadership),
         },
         None => {
-            reconciler::run(client, reconciler_options, writes, node_writer).await;
+            controller.run().await;
             Ok(())
         }
     };

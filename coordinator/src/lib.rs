@@ -1,17 +1,27 @@
-//! The kata-operator coordinator: the `KataConfig` API, the decisions that
-//! turn it into MachineConfig, MachineConfigPool, RuntimeClass and node
-//! labels (pure: [`plan`], [`objects`], [`selector`], [`status`]), and the
-//! controller that observes the cluster and applies them ([`reconciler`]).
+//! The kata-operator coordinator.
+//!
+//! - Decides (pure): [`plan`] (targets, node phases, conditions, the steps),
+//!   [`objects`] and [`mco::objects`] (the objects we own), [`selector`],
+//!   [`status`].
+//! - Observes: [`reconciler`] (watches and reads), [`mco::cluster`].
+//! - Writes: [`applier`], the one write path of the reconciler, and the
+//!   health channel's [`health::labeller`].
+//! - The Machine Config Operator backend lives in [`mco`], behind
+//!   [`plan::rollout::HostConfigRollout`].
 
 pub mod api;
 pub mod api_reference;
 pub mod app;
+pub mod applier;
 pub mod health;
+pub mod kind;
 pub mod leader;
 pub mod logging;
 pub mod manifests;
+pub mod mco;
 pub mod metrics;
 pub mod names;
+pub mod node;
 pub mod objects;
 pub mod plan;
 pub mod rbac;

@@ -8,21 +8,22 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
-/// Changes the active log filter.
+/// Changes the active log filter (not CRI-O's level, which is
+/// [`crate::api::LogLevel`]).
 #[derive(Clone)]
-pub struct LogLevel {
+pub struct LogFilter {
     handle: Arc<reload::Handle<EnvFilter, Registry>>,
 }
 
-impl std::fmt::Debug for LogLevel {
+impl std::fmt::Debug for LogFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogLevel")
+        f.debug_struct("LogFilter")
             .field("current", &self.current())
             .finish()
     }
 }
 
-impl LogLevel {
+impl LogFilter {
     /// Replaces the filter; a filter that does not parse changes nothing.
     pub fn set(&self, filter: &str) -> Result<(), String> {
         let filter =
@@ -38,7 +39,7 @@ impl LogLevel {
 }
 
 /// Installs the global subscriber: text or JSON lines on stderr.
-pub fn init(filter: &str, json: bool) -> Result<LogLevel, String> {
+pub fn init(filter: &str, json: bool) -> Result<LogFilter, String> {
     let filter =
         EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
@@ -53,7 +54,7 @@ pub fn init(filter: &str, json: bool) -> Result<LogLevel, String> {
             .try_init()
     };
     result.map_err(|e| e.to_string())?;
-    Ok(LogLevel {
+    Ok(LogFilter {
         handle: Arc::new(handle),
     })
 }

@@ -24,6 +24,7 @@ use kata_coordinator::app::{self, AgentServerOptions, RunOptions};
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::leader::LeaseOptions;
 use kata_coordinator::{logging, manifests};
+use kata_proto::contract;
 
 /// Kata Containers operator coordinator: reconciles the KataConfig into
 /// MachineConfigs, a MachineConfigPool, node labels and the `kata` RuntimeClass.
@@ -67,17 +68,13 @@ struct RunArgs {
     #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
     tls_key_file: Option<std::path::PathBuf>,
     /// Audience the agents' projected tokens must carry.
-    #[arg(
-        long,
-        env = "AGENT_AUDIENCE",
-        default_value = "kata-operator.openshift.io/node-agent"
-    )]
+    #[arg(long, env = "AGENT_AUDIENCE", default_value = contract::TOKEN_AUDIENCE)]
     agent_audience: String,
     /// Namespace of the node-agent ServiceAccount.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "kata-operator")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = contract::DEFAULT_NAMESPACE)]
     agent_namespace: String,
     /// Name of the node-agent ServiceAccount.
-    #[arg(long, env = "AGENT_SERVICE_ACCOUNT", default_value = "kata-node-agent")]
+    #[arg(long, env = "AGENT_SERVICE_ACCOUNT", default_value = contract::AGENT_SERVICE_ACCOUNT)]
     agent_service_account: String,
     /// Seconds between the agents' heartbeats; a node whose agent is
     /// silent for three of them loses the runtime label.
@@ -156,7 +153,7 @@ fn main() -> ExitCode {
                 retry: Duration::from_secs(2),
             });
             let options = RunOptions {
-                log_level: Some(log_control),
+                log_filter: Some(log_control),
                 leader_election,
                 agents,
                 metrics_listen,

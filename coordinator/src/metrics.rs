@@ -13,9 +13,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// A failed reconcile's category: observe, apply, status or stopped.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: String,
+pub struct CategoryLabel {
+    pub category: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,19 +24,44 @@ pub struct StateLabel {
     pub state: String,
 }
 
-/// Everything the coordinator counts. Cheap to clone.
+/// Counts every mutating API request the coordinator makes; exported as
+/// the `kata_operator_api_writes` metric. Clones count together.
+#[derive(Clone, Debug, Default)]
+pub struct WriteCounter {
+    count: Counter,
+}
+
+impl WriteCounter {
+    pub fn get(&self) -> u64 {
+        self.count.get()
+    }
+
+    pub fn record(&self) {
+        self.count.inc();
+    }
+}
+
+/// Everything the coordinator counts. Cheap to clone: clones count together.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     pub reconciles: Counter,
-    pub reconcile_errors: Family<ReasonLabel, Counter>,
-    pub api_writes: Counter,
+    pub reconcile_errors: Family<CategoryLabel, Counter>,
+    /// Every write, the reconciler's and the labeller's.
+    pub api_writes: WriteCounter,
     pub label_writes: Counter,
     pub connected_agents: Gauge,
     pub nodes: Family<StateLabel, Gauge>,
 }
 
 impl Metrics {
-    pub fn register(&self, registry: &mut Registry) {
+    /// A registry holding every metric, once.
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        registry
+    }
+
+    fn register(&self, registry: &mut Registry) {
         let prefix = registry.sub_registry_with_prefix("kata_operator");
         prefix.register(
             "reconciles",
@@ -44,13 +70,13 @@ impl Metrics {
         );
         prefix.register(
             "reconcile_errors",
-            "Failed reconciles, by reason",
+            "Failed reconciles, by category",
             self.reconcile_errors.clone(),
         );
         prefix.register(
             "api_writes",
             "Mutating Kubernetes API requests",
-            self.api_writes.clone(),
+            self.api_writes.count.clone(),
         );
         prefix.register(
             "node_label_writes",
@@ -66,7 +92,7 @@ impl Metrics {
     }
 }
 
-/// Readiness: the coordinator is ready once its caches synced and (with
+/// Readiness: the coordinator is ready once its parts are running and (with
 /// leader election) it leads.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
@@ -85,7 +111,7 @@ impl Readiness {
 struct HttpState {
     registry: Arc<Registry>,
     readiness: Readiness,
-    log_level: Option<crate::logging::LogLevel>,
+    log_filter: Option<crate::logging::LogFilter>,
 }
 
 async fn metrics(State(state): State<HttpState>) -> (StatusCode, String) {
@@ -105,7 +131,7 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
 }
 
 async fn get_log_level(State(state): State<HttpState>) -> (StatusCode, String) {
-    match &state.log_level {
+    match &state.log_filter {
         Some(level) => (StatusCode::OK, level.current()),
         None => (
             StatusCode::NOT_FOUND,
@@ -115,7 +141,7 @@ async fn get_log_level(State(state): State<HttpState>) -> (StatusCode, String) {
 }
 
 async fn put_log_level(State(state): State<HttpState>, body: String) -> (StatusCode, String) {
-    match &state.log_level {
+    match &state.log_filter {
         Some(level) => match level.set(&body) {
             Ok(()) => {
                 tracing::info!(filter = %level.current(), "log filter changed");
@@ -137,12 +163,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
     readiness: Readiness,
-    log_level: Option<crate::logging::LogLevel>,
+    log_filter: Option<crate::logging::LogFilter>,
 ) -> std::io::Result<()> {
     let state = HttpState {
         registry: Arc::new(registry),
         readiness,
-        log_level,
+        log_filter,
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -151,4 +177,62 @@ pub async fn serve(
         .route("/log-level", get(get_log_level).put(put_log_level))
         .with_state(state);
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A live scrape over HTTP, as Prometheus makes it.
+    async fn scrape(metrics: &Metrics) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let server = tokio::spawn(serve(
+            listener,
+            metrics.registry(),
+            Readiness::default(),
+            None,
+        ));
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read the response");
+        server.abort();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
+    #[tokio::test]
+    async fn every_metric_family_appears_once() {
+        let metrics = Metrics::default();
+        metrics.api_writes.record();
+        metrics
+            .reconcile_errors
+            .get_or_create(&CategoryLabel {
+                category: "apply".into(),
+            })
+            .inc();
+        let body = scrape(&metrics).await;
+        let types: Vec<&str> = body.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        let mut unique = types.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len(), "a # TYPE line repeats:\n{body}");
+        assert!(
+            body.contains("kata_operator_api_writes_total 1"),
+            "the write counter is exported:\n{body}"
+        );
+        assert!(body.contains("kata_operator_reconcile_errors_total{category=\"apply\"} 1"));
+    }
 }

@@ -1,56 +1,23 @@
-//! The objects the operator owns, built from the KataConfig: pure functions.
+//! The objects the operator owns whatever installs the host configuration,
+//! built from the KataConfig: pure functions. The Machine Config Operator's
+//! objects are in [`crate::mco::objects`].
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use k8s_openapi::api::node::v1::{Overhead, RuntimeClass, Scheduling};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kata_proto::contract;
 use kube::api::ObjectMeta;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::api::LogLevel;
-use crate::names::{self, mco};
+use crate::names;
 
-/// CPU and memory a Kata pod costs beyond its containers: the VM.
-pub const POD_OVERHEAD_CPU: &str = "250m";
-pub const POD_OVERHEAD_MEMORY: &str = "350Mi";
-const IGNITION_VERSION: &str = "3.2.0";
-/// Label by which a ContainerRuntimeConfig selects the pool.
-pub const POOL_SELECTOR_LABEL: &str = "pools.operator.machineconfiguration.openshift.io/kata-oc";
-
-fn managed_labels(extra: &[(&str, &str)]) -> Value {
-    let mut labels = serde_json::Map::new();
-    labels.insert(
-        names::MANAGED_BY_LABEL.into(),
-        names::MANAGED_BY_VALUE.into(),
-    );
-    for (k, v) in extra {
-        labels.insert((*k).into(), (*v).into());
-    }
-    Value::Object(labels)
-}
-
-/// The `kata-oc` MachineConfigPool: the worker configuration plus ours, on
-/// the nodes we label.
-pub fn machine_config_pool() -> Value {
-    json!({
-        "apiVersion": "machineconfiguration.openshift.io/v1",
-        "kind": "MachineConfigPool",
-        "metadata": {
-            "name": names::POOL_NAME,
-            "labels": managed_labels(&[(POOL_SELECTOR_LABEL, "")]),
-        },
-        "spec": {
-            "machineConfigSelector": {
-                "matchExpressions": [{
-                    "key": mco::ROLE_LABEL,
-                    "operator": "In",
-                    "values": [names::POOL_NAME, mco::WORKER_POOL],
-                }]
-            },
-            "nodeSelector": { "matchLabels": { names::KATA_POOL_ROLE_LABEL: "" } },
-        }
-    })
+/// The labels every object of ours carries, plus `extra`.
+pub fn managed_labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    std::iter::once((names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE))
+        .chain(extra.iter().copied())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// The CRI-O runtime handler the drop-in declares.
@@ -67,7 +34,7 @@ pub struct CrioRuntimeHandler {
 impl Default for CrioRuntimeHandler {
     fn default() -> Self {
         Self {
-            name: names::RUNTIME_HANDLER.into(),
+            name: contract::RUNTIME_HANDLER.into(),
             runtime_path: "/usr/bin/containerd-shim-kata-v2".into(),
             runtime_type: "vm".into(),
             runtime_root: "/run/vc".into(),
@@ -102,59 +69,6 @@ impl CrioRuntimeHandler {
     }
 }
 
-/// An Ignition data URL for file contents.
-pub fn data_url(contents: &str) -> String {
-    format!(
-        "data:text/plain;charset=utf-8;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(contents)
-    )
-}
-
-/// `50-enable-sandboxed-containers-extension`: the RHCOS extension and the
-/// CRI-O drop-in that registers the `kata` handler.
-pub fn machine_config(handler: &CrioRuntimeHandler) -> Value {
-    json!({
-        "apiVersion": "machineconfiguration.openshift.io/v1",
-        "kind": "MachineConfig",
-        "metadata": {
-            "name": names::MACHINE_CONFIG_NAME,
-            "labels": managed_labels(&[(mco::ROLE_LABEL, names::POOL_NAME)]),
-        },
-        "spec": {
-            "extensions": [names::EXTENSION],
-            "config": {
-                "ignition": { "version": IGNITION_VERSION },
-                "storage": {
-                    "files": [{
-                        "path": names::DROP_IN_PATH,
-                        "mode": 0o644,
-                        "overwrite": true,
-                        "contents": { "source": data_url(&handler.to_toml()) },
-                    }]
-                }
-            }
-        }
-    })
-}
-
-/// `kata-crio-config`: CRI-O's log level on the pool, only when not `info`.
-pub fn container_runtime_config(level: LogLevel) -> Option<Value> {
-    (level != LogLevel::Info).then(|| {
-        json!({
-            "apiVersion": "machineconfiguration.openshift.io/v1",
-            "kind": "ContainerRuntimeConfig",
-            "metadata": {
-                "name": names::CONTAINER_RUNTIME_CONFIG_NAME,
-                "labels": managed_labels(&[]),
-            },
-            "spec": {
-                "machineConfigPoolSelector": { "matchLabels": { POOL_SELECTOR_LABEL: "" } },
-                "containerRuntimeConfig": { "logLevel": level.as_str() },
-            }
-        })
-    })
-}
-
 /// The `kata` RuntimeClass. Its nodeSelector is the runtime-ready label and
 /// never anything derived from the pool selector: an empty selector would let
 /// Kata pods land on nodes without Kata.
@@ -162,17 +76,20 @@ pub fn runtime_class() -> RuntimeClass {
     RuntimeClass {
         metadata: ObjectMeta {
             name: Some(names::RUNTIME_CLASS_NAME.into()),
-            labels: Some(BTreeMap::from([(
-                names::MANAGED_BY_LABEL.into(),
-                names::MANAGED_BY_VALUE.into(),
-            )])),
+            labels: Some(managed_labels(&[])),
             ..Default::default()
         },
         handler: names::RUNTIME_HANDLER.into(),
         overhead: Some(Overhead {
             pod_fixed: Some(BTreeMap::from([
-                ("cpu".into(), Quantity(POD_OVERHEAD_CPU.into())),
-                ("memory".into(), Quantity(POD_OVERHEAD_MEMORY.into())),
+                (
+                    "cpu".into(),
+                    Quantity(contract::pod_overhead_cpu_quantity()),
+                ),
+                (
+                    "memory".into(),
+                    Quantity(contract::pod_overhead_memory_quantity()),
+                ),
             ])),
         }),
         scheduling: Some(Scheduling {
@@ -200,6 +117,7 @@ pub fn is_subset(desired: &Value, observed: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn drop_in_is_valid_toml_declaring_the_handler() {
@@ -223,26 +141,6 @@ mod tests {
     }
 
     #[test]
-    fn machine_config_carries_extension_and_encoded_drop_in() {
-        let mc = machine_config(&CrioRuntimeHandler::default());
-        assert_eq!(mc["spec"]["extensions"], json!(["sandboxed-containers"]));
-        let file = &mc["spec"]["config"]["storage"]["files"][0];
-        assert_eq!(file["path"], "/etc/crio/crio.conf.d/50-kata");
-        assert_eq!(file["mode"], 420);
-        let source = file["contents"]["source"].as_str().unwrap_or_default();
-        let encoded = source
-            .strip_prefix("data:text/plain;charset=utf-8;base64,")
-            .unwrap_or_default();
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap_or_default();
-        assert_eq!(
-            String::from_utf8_lossy(&decoded),
-            CrioRuntimeHandler::default().to_toml()
-        );
-    }
-
-    #[test]
     fn runtime_class_selector_is_never_empty() {
         let rc = runtime_class();
         let selector = rc
@@ -259,10 +157,13 @@ mod tests {
     }
 
     #[test]
-    fn container_runtime_config_only_for_non_info_levels() {
-        assert!(container_runtime_config(LogLevel::Info).is_none());
-        let crc = container_runtime_config(LogLevel::Debug).unwrap_or_default();
-        assert_eq!(crc["spec"]["containerRuntimeConfig"]["logLevel"], "debug");
+    fn runtime_class_overhead_is_the_contracts() {
+        let fixed = runtime_class()
+            .overhead
+            .and_then(|o| o.pod_fixed)
+            .unwrap_or_default();
+        assert_eq!(fixed.get("cpu"), Some(&Quantity("250m".into())));
+        assert_eq!(fixed.get("memory"), Some(&Quantity("350Mi".into())));
     }
 
     #[test]

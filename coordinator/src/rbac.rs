@@ -12,14 +12,16 @@ use k8s_openapi::api::rbac::v1::{
 };
 use kube::api::ObjectMeta;
 
+use crate::mco::names as mco;
 use crate::names;
+use kata_proto::contract;
 
 /// Namespace the operator is deployed in (`deploy/base/namespace.yaml`).
-pub const NAMESPACE: &str = "kata-operator";
+pub const NAMESPACE: &str = contract::DEFAULT_NAMESPACE;
 /// The coordinator's ServiceAccount.
-pub const SERVICE_ACCOUNT: &str = "kata-coordinator";
+pub const SERVICE_ACCOUNT: &str = contract::COORDINATOR_SERVICE_ACCOUNT;
 /// The node-agent's ServiceAccount: authenticates to the coordinator, has no API rights.
-pub const AGENT_SERVICE_ACCOUNT: &str = "kata-node-agent";
+pub const AGENT_SERVICE_ACCOUNT: &str = contract::AGENT_SERVICE_ACCOUNT;
 /// Name of the ClusterRole, its binding, and the namespaced Role and binding.
 pub const ROLE_NAME: &str = "kata-operator-coordinator";
 
@@ -40,7 +42,7 @@ pub struct Permission {
     pub used_by: &'static str,
 }
 
-const MCO: &str = names::mco::GROUP;
+const MCO: &str = mco::GROUP;
 
 /// Cluster-wide permissions (the ClusterRole).
 pub const CLUSTER_PERMISSIONS: &[Permission] = &[
@@ -49,7 +51,7 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         resources: &["kataconfigs"],
         resource_names: &[],
         // list/watch: the Controller's watcher; patch: server-side apply of
-        // metadata.finalizers (reconciler::Context::apply_config_metadata).
+        // metadata.finalizers (Step::AddFinalizer / Step::RemoveFinalizer).
         verbs: &["list", "watch", "patch"],
         used_by: "reconciler: KataConfig controller, finalizer add/remove",
     },
@@ -58,14 +60,15 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         resources: &["kataconfigs/status"],
         resource_names: &[],
         verbs: &["patch"],
-        used_by: "reconciler::Context::write_status (server-side apply of status)",
+        used_by: "reconciler::Context::write_status (applier: server-side apply of status)",
     },
     Permission {
         api_group: "",
         resources: &["nodes"],
         resource_names: &[],
-        // list/watch: node_events reflector; patch: pool-role label by SSA
-        // (apply_node) and its removal by JSON merge patch (SetPoolRole false).
+        // list/watch: node_events reflector; patch: the pool-role label by SSA
+        // and its removal by JSON merge patch (Applier::label), the health
+        // labels by SSA (labeller, Step::ReleaseNodeLabels).
         verbs: &["list", "watch", "patch"],
         used_by: "reconciler: node cache, node labels",
     },
@@ -74,7 +77,7 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         resources: &["nodes/status"],
         resource_names: &[],
         verbs: &["patch"],
-        used_by: "health: node condition KataRuntimeReady (being added)",
+        used_by: "health::labeller (node condition KataRuntimeReady), Step::RemoveNodeCondition",
     },
     Permission {
         api_group: MCO,
@@ -82,38 +85,38 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         resource_names: &[],
         // pool_events watches every pool (the reflector needs the full list).
         verbs: &["list", "watch"],
-        used_by: "reconciler::pool_events",
+        used_by: "mco::cluster::pool_events",
     },
     Permission {
         api_group: MCO,
         resources: &["machineconfigpools"],
-        resource_names: &[names::POOL_NAME],
+        resource_names: &[mco::POOL_NAME],
         verbs: &["create", "patch", "delete"],
         // create: server-side apply of the absent pool needs it as well as patch.
-        used_by: "reconciler: Step::ApplyPool, Step::DeletePool",
+        used_by: "reconciler: Step::Apply / Step::Delete of the pool",
     },
     Permission {
         api_group: MCO,
         resources: &["machineconfigs"],
-        resource_names: &[names::MACHINE_CONFIG_NAME],
+        resource_names: &[mco::MACHINE_CONFIG_NAME],
         verbs: &["get", "create", "patch", "delete"],
-        used_by: "reconciler: observe, Step::ApplyMachineConfig, Step::DeleteMachineConfig",
+        used_by: "mco::cluster::observe, Step::Apply / Step::Delete of the MachineConfig",
     },
     Permission {
         api_group: MCO,
         resources: &["containerruntimeconfigs"],
-        resource_names: &[names::CONTAINER_RUNTIME_CONFIG_NAME],
+        resource_names: &[mco::CONTAINER_RUNTIME_CONFIG_NAME],
         verbs: &["get", "create", "patch", "delete"],
-        used_by: "reconciler: observe, Step::{Apply,Delete}ContainerRuntimeConfig",
+        used_by: "mco::cluster::observe, Step::Apply / Step::Delete of the ContainerRuntimeConfig",
     },
     Permission {
         api_group: "node.k8s.io",
         resources: &["runtimeclasses"],
         resource_names: &[names::RUNTIME_CLASS_NAME],
-        // The watch in reconciler::run selects metadata.name=kata, which is
+        // The watch in KataConfigController::run selects metadata.name=kata, which is
         // what lets list/watch be limited by name.
         verbs: &["get", "list", "watch", "create", "patch", "delete"],
-        used_by: "reconciler: observe, RuntimeClass watch, Step::{Apply,Delete}RuntimeClass",
+        used_by: "reconciler: observe, RuntimeClass watch, Step::Apply / Step::Delete of the RuntimeClass",
     },
     Permission {
         api_group: "",
@@ -130,7 +133,7 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         // Events of the cluster-scoped KataConfig land in `default`, so this
         // cannot be a Role in the operator's namespace.
         verbs: &["create", "patch"],
-        used_by: "reconciler::Context::publish (kube-runtime Recorder)",
+        used_by: "applier::Applier::publish (kube-runtime Recorder)",
     },
     Permission {
         api_group: "authentication.k8s.io",

@@ -5,8 +5,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::{KataConfigStatus, KataNodesStatus};
 use crate::plan::ConditionState;
 
+/// A condition's lastTransitionTime: kept while its status stays the same
+/// (Kubernetes API conventions), `now` when it is new or its status changed.
+/// For the KataConfig's conditions and the nodes' `KataRuntimeReady` alike.
+pub fn transition_time(previous: Option<(&str, Option<&Time>)>, status: &str, now: &Time) -> Time {
+    match previous {
+        Some((previous_status, Some(time))) if previous_status == status => time.clone(),
+        _ => now.clone(),
+    }
+}
+
 /// API conditions for `new`, keeping each condition's lastTransitionTime
-/// while its status stays the same (Kubernetes API conventions).
+/// while its status stays the same.
 pub fn merge_conditions(
     old: &[Condition],
     new: &[ConditionState],
@@ -16,11 +26,11 @@ pub fn merge_conditions(
     new.iter()
         .map(|c| {
             let status = if c.status { "True" } else { "False" }.to_string();
-            let previous = old.iter().find(|o| o.type_ == c.type_);
-            let last_transition_time = match previous {
-                Some(p) if p.status == status => p.last_transition_time.clone(),
-                _ => now.clone(),
-            };
+            let previous = old
+                .iter()
+                .find(|o| o.type_ == c.type_)
+                .map(|p| (p.status.as_str(), Some(&p.last_transition_time)));
+            let last_transition_time = transition_time(previous, &status, now);
             Condition {
                 type_: c.type_.to_string(),
                 status,

@@ -1,9 +1,7 @@
 //! `docs/api-reference.md` is generated from the CRD; this keeps the
-//! checked-in file equal to what the code says. To regenerate it:
-//!
-//! ```sh
-//! UPDATE_DOCS=1 cargo test -p kata-coordinator --test api_reference_drift
-//! ```
+//! checked-in file equal to what the code says. `make generate` regenerates
+//! it (with every other generated artifact), by running this test with
+//! `UPDATE_DOCS=1`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -34,7 +32,7 @@ fn docs_api_reference_matches_the_crd() {
             );
         panic!(
             "{} is out of date with the KataConfig CRD ({first_difference}).\n\
-             Regenerate it with:\n  UPDATE_DOCS=1 cargo test -p kata-coordinator --test api_reference_drift",
+             Regenerate it with `make generate`.",
             path.display()
         );
     }

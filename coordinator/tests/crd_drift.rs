@@ -10,6 +10,6 @@ fn checked_in_crd_matches_the_rust_types() {
         std::fs::read_to_string(path).expect("deploy/base/kataconfig-crd.yaml is readable");
     assert!(
         checked_in == kata_coordinator::manifests::crd_yaml(),
-        "deploy/base/kataconfig-crd.yaml is stale: regenerate it with `cargo run -p kata-coordinator -- crd > deploy/base/kataconfig-crd.yaml`"
+        "deploy/base/kataconfig-crd.yaml is stale: run `make generate`"
     );
 }

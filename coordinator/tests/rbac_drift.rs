@@ -10,6 +10,6 @@ fn checked_in_rbac_matches_the_permission_table() {
         std::fs::read_to_string(path).expect("deploy/base/rbac-coordinator.yaml is readable");
     assert!(
         checked_in == kata_coordinator::rbac::rbac_yaml(),
-        "deploy/base/rbac-coordinator.yaml is stale: regenerate it with `cargo run -p kata-coordinator -- rbac > deploy/base/rbac-coordinator.yaml`"
+        "deploy/base/rbac-coordinator.yaml is stale: run `make generate`"
     );
 }

@@ -5,13 +5,9 @@
 //! Targets (issue "[agent]"): under 5 ms of CPU per cycle, RSS under 10 MiB.
 //! Run: `cargo bench -p kata-node-agent --bench probe_cycle [-- CYCLES]`.
 
-#[allow(dead_code)]
-#[path = "../../tests/src/host_root.rs"]
-mod host_root;
-
 use std::time::Duration;
 
-use host_root::FakeHost;
+use kata_node_agent::fixtures::FakeHost;
 use kata_node_agent::{ExpectedConfig, HostRoot, ProbeRunner};
 use nix::sys::resource::{UsageWho, getrusage};
 

@@ -1,11 +1,14 @@
-//! What the node is expected to look like. The defaults match what the
-//! operator's MachineConfig installs; the coordinator will later send its own
-//! values over the health channel (`ExpectedConfig`), so nothing here is
-//! hard-wired into the probes.
+//! What the node is expected to look like. The defaults come from the
+//! operator's contract ([`kata_proto::contract`]), the values its
+//! MachineConfig installs: they serve `node-agent check` and a daemon stream
+//! until the coordinator's own `ExpectedConfig` arrives, which it sends over
+//! the health channel when a stream opens (see [`crate::daemon`]). Nothing
+//! here is hard-wired into the probes.
 
 use std::fmt;
 use std::str::FromStr;
 
+use kata_proto::contract;
 use kata_proto::health::v1 as proto;
 
 use crate::error::AgentError;
@@ -23,14 +26,17 @@ pub struct ExpectedConfig {
     pub minimum_qemu_version: Version,
 }
 
+/// [`contract::MINIMUM_QEMU_VERSION`] as a [`Version`]; a test pins the two
+/// equal, so the contract's string stays the one source.
+const MINIMUM_QEMU_VERSION: Version = Version::new(6, 2, 0);
+
 impl Default for ExpectedConfig {
     fn default() -> Self {
         Self {
-            runtime_handler: "kata".to_owned(),
-            extension_packages: vec!["kata-containers".to_owned()],
-            drop_in_path: "/etc/crio/crio.conf.d/50-kata".to_owned(),
-            // Kata 3.x supports QEMU 6.2 and later; RHCOS ships 8.x.
-            minimum_qemu_version: Version::new(6, 2, 0),
+            runtime_handler: contract::RUNTIME_HANDLER.to_owned(),
+            extension_packages: vec![contract::EXTENSION_PACKAGE.to_owned()],
+            drop_in_path: contract::DROP_IN_PATH.to_owned(),
+            minimum_qemu_version: MINIMUM_QEMU_VERSION,
         }
     }
 }
@@ -115,6 +121,14 @@ mod tests {
         for bad in ["", "8", "8.x", "8.2.0.1", "-1.0"] {
             assert!(bad.parse::<Version>().is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn the_minimum_qemu_version_is_the_contracts() {
+        assert_eq!(
+            contract::MINIMUM_QEMU_VERSION.parse::<Version>().unwrap(),
+            MINIMUM_QEMU_VERSION
+        );
     }
 
     #[test]

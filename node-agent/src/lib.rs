@@ -6,12 +6,15 @@
 //! * [`verdict`]: `kvm_capable` / `runtime_ready` from a cycle's outcomes.
 //! * [`check`]: the `node-agent check` report.
 //! * [`config::ExpectedConfig`]: what the node should look like; the
-//!   coordinator may send its own.
+//!   coordinator sends its own.
+//! * `fixtures` (feature `fixtures`, for tests only): fake host roots.
 
 pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod error;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod probe;
 pub mod runner;
 pub mod verdict;
@@ -20,7 +23,7 @@ pub use check::CheckReport;
 pub use config::{ExpectedConfig, Version};
 pub use error::AgentError;
 pub use probe::capacity::{Capacity, CapacitySource};
-pub use probe::rpm_ostree::{SIMULATED_STATUS_FILE, StatusSource};
+pub use probe::rpm_ostree::StatusSource;
 pub use probe::{Budgets, HostRoot, ProbeName, ProbeOutcome, ProbeStatus};
 pub use runner::{ProbeRunner, RunnerOptions};
 pub use verdict::{Verdicts, verdicts};

@@ -24,7 +24,7 @@
 use kata_proto::health::v1 as proto;
 use serde::Serialize;
 
-use crate::probe::{ProbeName, ProbeOutcome, ProbeStatus};
+use crate::probe::{ProbeName, ProbeOutcome, ProbeStatus, reason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Verdicts {
@@ -68,12 +68,12 @@ fn acceptable(outcome: &ProbeOutcome) -> bool {
     match (outcome.name, outcome.status, outcome.reason) {
         (_, Ok, _) => true,
         (N::Cpu, Warn | Skip, _) => true,
-        (N::KernelModules, Warn, "ModulesLoadOnDemand") => true,
-        (N::RpmOstree, Skip, "NotOstreeHost") => true,
-        (N::RpmOstree, Warn, "ExtensionRemovalPending") => true,
-        (N::CrioDropIn, Warn, "PrivilegedWithoutHostDevicesUnset") => true,
-        (N::CriHandler, Skip, "CrioSocketAbsent") => true,
-        (N::Capacity, Warn, "LowAvailableMemory") => true,
+        (N::KernelModules, Warn, reason::MODULES_LOAD_ON_DEMAND) => true,
+        (N::RpmOstree, Skip, reason::NOT_OSTREE_HOST) => true,
+        (N::RpmOstree, Warn, reason::EXTENSION_REMOVAL_PENDING) => true,
+        (N::CrioDropIn, Warn, reason::PRIVILEGED_WITHOUT_HOST_DEVICES_UNSET) => true,
+        (N::CriHandler, Skip, reason::CRIO_SOCKET_ABSENT) => true,
+        (N::Capacity, Warn, reason::LOW_AVAILABLE_MEMORY) => true,
         (_, Warn | Skip | Fail, _) => false,
     }
 }

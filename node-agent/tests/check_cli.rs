@@ -1,15 +1,9 @@
 //! `node-agent check` end to end: exit codes, table and JSON, against fake
 //! host roots built by the shared fixture builder.
 
-// The fixture builder lives in the `kata-tests` crate, which depends on this
-// one; compiling its source here avoids a dependency cycle and a copy.
-#[allow(dead_code)]
-#[path = "../../tests/src/host_root.rs"]
-mod host_root;
-
 use std::process::{Command, Output};
 
-use host_root::FakeHost;
+use kata_node_agent::fixtures::{FakeHost, SIMULATED_STATUS_FILE};
 use serde_json::Value;
 
 fn node_agent(args: &[String]) -> Output {
@@ -115,7 +109,7 @@ fn the_host_root_can_come_from_the_environment() {
             "check",
             "--json",
             "--rpm-ostree-status-file",
-            kata_node_agent::SIMULATED_STATUS_FILE,
+            SIMULATED_STATUS_FILE,
         ])
         .env("NODE_AGENT_HOST_ROOT", host.path())
         .output()

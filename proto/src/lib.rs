@@ -1,11 +1,13 @@
 //! Generated protocol types.
 //!
+//! * [`contract`]: the values coordinator and agent must agree on.
 //! * [`health::v1`]: the stream every node-agent keeps open to the coordinator.
 //! * [`cri::v1`]: the subset of the CRI `RuntimeService` the agent uses to ask
 //!   CRI-O which runtime handlers it really serves. Field numbers match the
 //!   upstream `k8s.io/cri-api` `runtime.v1` package, so it is wire-compatible.
 
 pub mod codec;
+pub mod contract;
 
 pub mod health {
     pub mod v1 {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
 use kata_proto::health::v1::agent_message::Message;
 use kata_proto::health::v1::node_health_client::NodeHealthClient;
@@ -329,7 +330,7 @@ async fn run_measurements(
 
     // Every node also targeted (the reconciler) and its condition written.
     eventually("every node targeted", patience, || async {
-        Ok(count_labelled(nodes, names::KATA_POOL_ROLE_LABEL)
+        Ok(count_labelled(nodes, mco::KATA_POOL_ROLE_LABEL)
             .await
             .map_err(|e| e.to_string())?
             == agents)

@@ -10,10 +10,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kata_coordinator::api::KataConfig;
+use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
-use kata_coordinator::reconciler::{
-    container_runtime_config_resource, machine_config_resource, pool_resource,
-};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -159,11 +157,11 @@ impl Cluster {
     pub async fn operator_leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
         for (resource, name) in [
-            (pool_resource(), names::POOL_NAME),
-            (machine_config_resource(), names::MACHINE_CONFIG_NAME),
+            (mco::POOL.api_resource(), mco::POOL_NAME),
+            (mco::MACHINE_CONFIG.api_resource(), mco::MACHINE_CONFIG_NAME),
             (
-                container_runtime_config_resource(),
-                names::CONTAINER_RUNTIME_CONFIG_NAME,
+                mco::CONTAINER_RUNTIME_CONFIG.api_resource(),
+                mco::CONTAINER_RUNTIME_CONFIG_NAME,
             ),
         ] {
             if self.get_dynamic(&resource, name).await.is_some() {
@@ -180,7 +178,7 @@ impl Cluster {
         }
         for (node, labels) in self.node_labels().await {
             for label in [
-                names::KATA_POOL_ROLE_LABEL,
+                mco::KATA_POOL_ROLE_LABEL,
                 names::KATA_RUNTIME_LABEL,
                 names::KATA_CAPABLE_LABEL,
             ] {
@@ -196,7 +194,7 @@ impl Cluster {
         for node in nodes.items {
             let current = node
                 .annotations()
-                .get(names::mco::CURRENT_CONFIG)
+                .get(mco::CURRENT_CONFIG)
                 .cloned()
                 .unwrap_or_default();
             if current.starts_with("rendered-kata-oc-") {

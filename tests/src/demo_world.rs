@@ -12,8 +12,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kata_coordinator::app::{AgentServerOptions, AppError, RunOptions};
 use kata_coordinator::health::marks::MarkPolicy;
+use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
 use kata_node_agent::daemon::{AgentOptions, run_agent};
+use kata_proto::contract;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -26,10 +28,10 @@ use crate::operator::{pod_bound_token, scrape_metric};
 use crate::pki::TlsFiles;
 
 /// The audience the agents' tokens are bound to.
-pub const AUDIENCE: &str = "kata-operator.openshift.io/node-agent";
-pub const NAMESPACE: &str = "kata-operator";
+pub const AUDIENCE: &str = contract::TOKEN_AUDIENCE;
+pub const NAMESPACE: &str = contract::DEFAULT_NAMESPACE;
 /// The ServiceAccount the agents run as.
-pub const AGENT_ACCOUNT: &str = "kata-node-agent";
+pub const AGENT_ACCOUNT: &str = contract::AGENT_SERVICE_ACCOUNT;
 /// The name in the coordinator's certificate that agents verify.
 const SERVER_NAME: &str = "localhost";
 const FIELD_MANAGER: &str = "kata-tests";
@@ -158,7 +160,7 @@ impl Coordinator {
             agents: Some(agent_server_options(grpc, tls)),
             metrics_listen: metrics,
             mark_policy,
-            log_level: None,
+            log_filter: None,
         };
         let task = tokio::spawn(kata_coordinator::app::run(client, options));
         Ok(Coordinator { task, metrics })
@@ -269,7 +271,7 @@ impl NodeState {
 
     /// In the `kata-oc` pool.
     pub fn targeted(&self) -> bool {
-        self.labels.contains_key(names::KATA_POOL_ROLE_LABEL)
+        self.labels.contains_key(mco::KATA_POOL_ROLE_LABEL)
     }
 
     /// The runtime is installed and healthy.
@@ -304,7 +306,7 @@ pub async fn node_states(client: &Client) -> Result<Vec<NodeState>, Error> {
                 name: node.name_any(),
                 mco_state: node
                     .annotations()
-                    .get(names::mco::STATE)
+                    .get(mco::STATE)
                     .cloned()
                     .unwrap_or_default(),
                 labels: node.labels().clone(),
@@ -350,7 +352,7 @@ pub async fn wait_until_adopted(client: &Client, timeout: Duration) -> Result<()
         Ok(list
             .items
             .iter()
-            .all(|n| n.annotations().contains_key(names::mco::CURRENT_CONFIG)))
+            .all(|n| n.annotations().contains_key(mco::CURRENT_CONFIG)))
     })
     .await
 }

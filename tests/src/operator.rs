@@ -118,16 +118,15 @@ where
 /// A coordinator running in this process; aborted when dropped.
 pub struct RunningCoordinator {
     task: tokio::task::JoinHandle<()>,
-    pub writes: std::sync::Arc<kata_coordinator::reconciler::WriteCounter>,
+    pub writes: kata_coordinator::metrics::WriteCounter,
 }
 
 impl RunningCoordinator {
     pub fn start(client: kube::Client, options: kata_coordinator::reconciler::Options) -> Self {
-        let writes = std::sync::Arc::<kata_coordinator::reconciler::WriteCounter>::default();
+        let writes = options.metrics.api_writes.clone();
         let task = tokio::spawn(kata_coordinator::reconciler::run(
             client,
             options,
-            writes.clone(),
             kube::runtime::reflector::store::Writer::default(),
         ));
         RunningCoordinator { task, writes }

@@ -429,13 +429,13 @@ async fn rpm_ostree_deployments() {
     )
     .await;
     expect(&malformed, Fail, "RpmOstreeStatusUnparseable");
-    let gone = FakeHost::good().remove(kata_node_agent::SIMULATED_STATUS_FILE);
+    let gone = FakeHost::good().remove(kata_node_agent::fixtures::SIMULATED_STATUS_FILE);
     expect(
         &probe(&gone, ProbeName::RpmOstree).await,
         Fail,
         "RpmOstreeStatusUnavailable",
     );
-    let fifo = FakeHost::good().fifo(kata_node_agent::SIMULATED_STATUS_FILE);
+    let fifo = FakeHost::good().fifo(kata_node_agent::fixtures::SIMULATED_STATUS_FILE);
     expect(
         &probe(&fifo, ProbeName::RpmOstree).await,
         Fail,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kata_coordinator::app::RunOptions;
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::leader::LeaseOptions;
-use kata_coordinator::names;
+use kata_coordinator::mco::names as mco;
 use kata_node_agent::daemon::{AgentOptions, run_agent};
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::host_root::FakeHost;
@@ -36,7 +36,7 @@ struct Replica {
 fn start_replica(client: kube::Client, identity: &str, tls: &TlsFiles) -> Replica {
     let (grpc, metrics) = (free_addr(), free_addr());
     let options = RunOptions {
-        log_level: None,
+        log_filter: None,
         agents: Some(demo_world::agent_server_options(grpc, tls)),
         metrics_listen: metrics,
         mark_policy: MarkPolicy::default(),
@@ -136,7 +136,7 @@ async fn standby_takes_over_when_the_leader_stops() {
         "the leader labels w0 and serves its agent",
         CONVERGE,
         || async {
-            let targeted = cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await == ["w0"];
+            let targeted = cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await == ["w0"];
             Ok(targeted
                 && scrape_metric(first.metrics, "kata_operator_connected_agents").await? == 1.0)
         },
@@ -169,7 +169,7 @@ async fn standby_takes_over_when_the_leader_stops() {
     // And the new leader reconciles: a worker added now is targeted.
     create_node(&client, "w1", &[WORKER]).await.unwrap();
     eventually("replica-b targets the new worker", CONVERGE, || async {
-        Ok(cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await == ["w0", "w1"])
+        Ok(cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await == ["w0", "w1"])
     })
     .await
     .unwrap();

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kata_coordinator::names;
-use kata_coordinator::reconciler::{
-    Options, container_runtime_config_resource, machine_config_resource, pool_resource,
-};
+use kata_coordinator::mco::names as mco;
+use kata_coordinator::reconciler::Options;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::mco_simulator::NodeFault;
 use kata_tests::operator::{RunningCoordinator, eventually};
@@ -75,7 +73,7 @@ async fn install_day_two_and_uninstall() {
         .await;
 
     assert_eq!(
-        cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await,
+        cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await,
         ["w0", "w1"]
     );
     let status = cluster
@@ -130,7 +128,10 @@ async fn install_day_two_and_uninstall() {
     );
 
     let mc = cluster
-        .get_dynamic(&machine_config_resource(), names::MACHINE_CONFIG_NAME)
+        .get_dynamic(
+            &mco::MACHINE_CONFIG.api_resource(),
+            mco::MACHINE_CONFIG_NAME,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -138,7 +139,7 @@ async fn install_day_two_and_uninstall() {
         json!(["sandboxed-containers"])
     );
     let pool = cluster
-        .get_dynamic(&pool_resource(), names::POOL_NAME)
+        .get_dynamic(&mco::POOL.api_resource(), mco::POOL_NAME)
         .await
         .unwrap();
     assert_eq!(pool.data["status"]["machineCount"], json!(2));
@@ -177,10 +178,7 @@ async fn install_day_two_and_uninstall() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await,
-        ["w2"]
-    );
+    assert_eq!(cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await, ["w2"]);
     assert!(
         drop_in(&cluster.root("w0")).is_none(),
         "w0 rolled back to the worker config"
@@ -209,7 +207,10 @@ async fn install_day_two_and_uninstall() {
     assert!(message.contains("apps/sandboxed"), "{message}");
     assert!(
         cluster
-            .get_dynamic(&machine_config_resource(), names::MACHINE_CONFIG_NAME)
+            .get_dynamic(
+                &mco::MACHINE_CONFIG.api_resource(),
+                mco::MACHINE_CONFIG_NAME
+            )
             .await
             .is_some(),
         "nothing removed while blocked"
@@ -275,8 +276,8 @@ async fn degraded_node_and_log_level() {
     );
     let crc = cluster
         .get_dynamic(
-            &container_runtime_config_resource(),
-            names::CONTAINER_RUNTIME_CONFIG_NAME,
+            &mco::CONTAINER_RUNTIME_CONFIG.api_resource(),
+            mco::CONTAINER_RUNTIME_CONFIG_NAME,
         )
         .await
         .unwrap();
@@ -303,8 +304,8 @@ async fn degraded_node_and_log_level() {
     eventually("kata-crio-config deleted", CONVERGE, || async {
         Ok(cluster
             .get_dynamic(
-                &container_runtime_config_resource(),
-                names::CONTAINER_RUNTIME_CONFIG_NAME,
+                &mco::CONTAINER_RUNTIME_CONFIG.api_resource(),
+                mco::CONTAINER_RUNTIME_CONFIG_NAME,
             )
             .await
             .is_none())
@@ -361,7 +362,7 @@ async fn restarts_at_every_step_converge() {
         .wait_condition("kc", "Ready", "True", "Installed")
         .await;
     let install_writes = reference.writes.get();
-    let expected_labels = cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await;
+    let expected_labels = cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await;
     cluster
         .configs()
         .delete("kc", &DeleteParams::default())
@@ -402,19 +403,20 @@ async fn restarts_at_every_step_converge() {
             .await;
         fresh.stop().await;
         assert_eq!(
-            cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await,
+            cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await,
             expected_labels,
             "after a stop at write {stop_after}"
         );
-        let pools = Api::<DynamicObject>::all_with(cluster.client.clone(), &pool_resource())
-            .list(&Default::default())
-            .await
-            .unwrap();
+        let pools =
+            Api::<DynamicObject>::all_with(cluster.client.clone(), &mco::POOL.api_resource())
+                .list(&Default::default())
+                .await
+                .unwrap();
         assert_eq!(
             pools
                 .items
                 .iter()
-                .filter(|p| p.name_any() == names::POOL_NAME)
+                .filter(|p| p.name_any() == mco::POOL_NAME)
                 .count(),
             1
         );

@@ -20,6 +20,7 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kata_coordinator::health::AgentAuthenticator;
 use kata_coordinator::leader::{LeaderElector, LeaseOptions};
+use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
 use kata_coordinator::rbac::{
     AGENT_SERVICE_ACCOUNT, CLUSTER_PERMISSIONS, LEASE_NAME, NAMESPACE, NAMESPACE_PERMISSIONS,
@@ -285,7 +286,7 @@ async fn allowed(client: &Client, a: Access<'_>) -> bool {
 }
 
 const NODES: &str = "";
-const MCO: &str = names::mco::GROUP;
+const MCO: &str = mco::GROUP;
 
 /// What the coordinator must not be able to do: neighbours of what it may do
 /// (another verb, another name, another namespace), and the usual ways to
@@ -403,7 +404,7 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
         .wait_condition("kc", "Ready", "True", "Installed")
         .await;
     assert_eq!(
-        cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await,
+        cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await,
         ["w0", "w1"]
     );
     // Event publication failures are only logged, so look for the Event.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kata_coordinator::health::marks::MarkPolicy;
+use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::demo_world::{
@@ -167,7 +168,7 @@ async fn agents_drive_labels_through_install_failure_silence_and_restart() {
     std::fs::remove_file(hosts[0].1.path().join("dev/kvm")).unwrap();
     eventually("w-broken leaves the target set", CONVERGE, || async {
         let capable = labelled(&client, names::KATA_CAPABLE_LABEL).await;
-        let targeted = cluster.nodes_with(names::KATA_POOL_ROLE_LABEL).await;
+        let targeted = cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await;
         Ok(capable == ["w-kvm"] && targeted == ["w-kvm"])
     })
     .await

@@ -4,15 +4,13 @@
 
 use kata_coordinator::metrics::{Metrics, Readiness, serve};
 use kata_tests::operator::{http_get, http_request};
-use prometheus_client::registry::Registry;
 
 #[tokio::test]
 async fn log_filter_changes_without_a_restart() {
     let level = kata_coordinator::logging::init("info", true).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut registry = Registry::default();
-    Metrics::default().register(&mut registry);
+    let registry = Metrics::default().registry();
     let readiness = Readiness::default();
     tokio::spawn(serve(
         listener,

@@ -407,7 +407,7 @@ fn owned_crds_are_the_bundle_crd_files_and_those_equal_deploy_base() {
     assert_eq!(
         read(&bundle_dir().join("manifests").join(file)),
         read(&deploy_dir().join("base/kataconfig-crd.yaml")),
-        "bundle/manifests/{file} differs from deploy/base/kataconfig-crd.yaml: copy it over"
+        "bundle/manifests/{file} differs from deploy/base/kataconfig-crd.yaml: run `make generate`"
     );
 
     let csv = csv();

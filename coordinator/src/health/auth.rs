@@ -81,10 +81,6 @@ impl AgentAuthenticator {
         }
     }
 
-    pub fn audience(&self) -> &str {
-        &self.audience
-    }
-
     /// The username the API server gives tokens of the agents' ServiceAccount.
     pub fn expected_username(&self) -> String {
         let (namespace, name) = &self.service_account;

@@ -11,8 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -20,16 +19,16 @@ use tracing::{info, warn};
 use super::marks::{CurrentMarks, MarkPolicy, NodeMarks, ReadyCondition, damped, desired_marks};
 use super::registry::HealthRegistry;
 use crate::api::KataConfig;
-use crate::metrics::{Metrics, StateLabel};
-use crate::names;
-use crate::reconciler::{WriteCounter, ready_condition};
+use crate::metrics::{Metrics, StateLabel, WriteCounter};
+use crate::node::kata_ready_condition;
+use crate::{mco, names, status};
 
 /// How often marks are re-evaluated without a report (silence is noticed by
 /// the clock, not by an event).
 const TICK: Duration = Duration::from_secs(1);
 
 fn current_condition(node: &Node) -> Option<ReadyCondition> {
-    let condition = ready_condition(node)?;
+    let condition = kata_ready_condition(node)?;
     Some(ReadyCondition {
         ready: condition.status == "True",
         reason: condition.reason.clone().unwrap_or_default(),
@@ -40,6 +39,8 @@ fn current_condition(node: &Node) -> Option<ReadyCondition> {
 /// The writes one node needs.
 struct NodeWrite {
     node: Arc<Node>,
+    /// The write takes the runtime-ready label away.
+    removes_runtime_label: bool,
     labels: bool,
     condition: bool,
     marks: NodeMarks,
@@ -57,7 +58,7 @@ struct Labeller {
     registry: HealthRegistry,
     policy: MarkPolicy,
     started: Instant,
-    writes: Arc<WriteCounter>,
+    writes: WriteCounter,
     metrics: Metrics,
     /// The MCO configuration each node ran at the last scan.
     configs_seen: HashMap<String, String>,
@@ -67,8 +68,9 @@ struct Labeller {
 
 impl Labeller {
     /// What must be written to bring `node` to the marks its reports call
-    /// for; `None` when it already carries them.
-    fn plan_node(&mut self, node: &Arc<Node>, now: Instant) -> Option<NodeWrite> {
+    /// for; `None` when it already carries them. Pure: [`Self::note_removal`]
+    /// records what the write will do.
+    fn plan_node(&self, node: &Arc<Node>, now: Instant) -> Option<NodeWrite> {
         let name = node.name_any();
         let current = CurrentMarks::from_labels(node.labels(), current_condition(node));
         let health = self.registry.get(&name);
@@ -83,15 +85,20 @@ impl Labeller {
         let labels_change =
             desired.capable != current.capable || desired.runtime_ready != current.runtime_ready;
         let condition_change = current.condition.as_ref() != Some(&desired.condition);
-        if current.runtime_ready && !desired.runtime_ready {
-            self.removals.insert(name, now);
-        }
         (labels_change || condition_change).then(|| NodeWrite {
             node: node.clone(),
+            removes_runtime_label: current.runtime_ready && !desired.runtime_ready,
             labels: labels_change,
             condition: condition_change,
             marks: desired,
         })
+    }
+
+    /// Starts the hold-down of a node about to lose the runtime label.
+    fn note_removal(&mut self, write: &NodeWrite, now: Instant) {
+        if write.removes_runtime_label {
+            self.removals.insert(write.node.name_any(), now);
+        }
     }
 
     async fn apply_labels(&self, write: &NodeWrite) {
@@ -119,11 +126,11 @@ impl Labeller {
     /// it becomes runtime-ready (or shows why not) without delay.
     fn reprobe_updated_nodes(&mut self, nodes: &Store<Node>) {
         for node in nodes.state() {
-            let Some(current) = node.annotations().get(names::mco::CURRENT_CONFIG) else {
+            let Some(current) = mco::observe::current_config(node.annotations()) else {
                 continue;
             };
             let name = node.name_any();
-            let previous = self.configs_seen.insert(name.clone(), current.clone());
+            let previous = self.configs_seen.insert(name.clone(), current.to_owned());
             if finished_update(previous.as_deref(), current) {
                 let reason = format!("the node now runs {current}");
                 let sent = self.registry.request_reprobe(&name, &reason);
@@ -194,10 +201,10 @@ impl Labeller {
         condition: &ReadyCondition,
     ) -> Result<(), kube::Error> {
         let status = if condition.ready { "True" } else { "False" };
-        let last_transition_time = match ready_condition(node) {
-            Some(p) if p.status == status => p.last_transition_time.clone(),
-            _ => Some(Time(k8s_openapi::jiff::Timestamp::now())),
-        };
+        let previous = kata_ready_condition(node)
+            .map(|p| (p.status.as_str(), p.last_transition_time.as_ref()));
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let last_transition_time = Some(status::transition_time(previous, status, &now));
         let condition = NodeCondition {
             type_: names::NODE_CONDITION.into(),
             status: status.into(),
@@ -226,14 +233,6 @@ fn finished_update(previous: Option<&str>, current: &str) -> bool {
     previous.is_some_and(|p| p != current)
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Whether a KataConfig is in force: present and not being deleted.
 fn kata_config_in_force(configs: &Store<KataConfig>) -> bool {
     configs
@@ -242,39 +241,27 @@ fn kata_config_in_force(configs: &Store<KataConfig>) -> bool {
         .any(|c| c.metadata.deletion_timestamp.is_none())
 }
 
-/// Runs until the process ends. `nodes` is the reconciler's node cache
-/// (kept by its watch); the labeller only reads it.
+/// Runs until the process ends. `nodes` and `configs` are the KataConfig
+/// controller's caches (kept by its watches); the labeller only reads them.
 pub async fn run(
     client: Client,
     registry: HealthRegistry,
     nodes: Store<Node>,
+    configs: Store<KataConfig>,
     policy: MarkPolicy,
-    writes: Arc<WriteCounter>,
     metrics: Metrics,
 ) {
-    let (configs, config_writer) = reflector::store();
-    let config_watch = watcher(
-        Api::<KataConfig>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(config_writer)
-    .for_each(|_| async {});
-    // Aborted with the labeller, so no watch outlives it.
-    let _watches = AbortOnDrop(tokio::spawn(config_watch));
-    // Not `nodes.wait_until_ready()`: kube's readiness signal wakes a single
-    // waiter, and the reconciler already waits on this store. Until its first
-    // list completes the store is simply empty (kube swaps the listed nodes
-    // in at once), so the labeller finds nothing to do rather than acting on
-    // part of the cluster.
-    let _ = configs.wait_until_ready().await;
-
+    // No waiting on either store: kube's readiness signal wakes a single
+    // waiter, and the controller is theirs. Until a first list completes a
+    // store is simply empty (kube swaps the listed objects in at once), so
+    // with no KataConfig in force the labeller writes nothing rather than
+    // acting on part of the cluster.
     let mut labeller = Labeller {
         client,
         registry: registry.clone(),
         policy,
         started: Instant::now(),
-        writes,
+        writes: metrics.api_writes.clone(),
         metrics,
         removals: HashMap::new(),
         configs_seen: HashMap::new(),
@@ -299,6 +286,9 @@ pub async fn run(
             .filter(|n| n.labels().contains_key(names::WORKER_ROLE_LABEL))
             .filter_map(|n| labeller.plan_node(n, now))
             .collect();
+        for write in &writes {
+            labeller.note_removal(write, now);
+        }
         // Labels first, for every node: they decide where pods go. The
         // conditions, for people, follow.
         let labeller = &labeller;

@@ -151,8 +151,6 @@ impl HealthRegistry {
         accepted
     }
 
-    /// The stream `session` ended. The entry stays (the labeller needs its
-    /// last report to judge the silence), only marked disconnected.
     /// The mailbox through which the coordinator reaches the agent on
     /// `session`'s stream.
     pub fn attach(&self, node: &str, session: u64) -> Arc<Mailbox> {
@@ -176,6 +174,8 @@ impl HealthRegistry {
         }
     }
 
+    /// The stream `session` ended. The entry stays (the labeller needs its
+    /// last report to judge the silence), only marked disconnected.
     pub fn disconnect(&self, node: &str, session: u64) {
         let changed = {
             let mut state = self.lock();

@@ -27,7 +27,8 @@ use tracing::{debug, info, warn};
 
 use super::auth::{AgentAuthenticator, AgentIdentity};
 use super::registry::{HealthRegistry, Mailbox};
-use crate::names;
+use crate::mco;
+use kata_proto::contract;
 
 /// Settings sent to agents or governing their streams.
 #[derive(Debug, Clone)]
@@ -44,25 +45,26 @@ impl Default for HealthOptions {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(30),
-            minimum_qemu_version: "6.2.0".into(),
+            minimum_qemu_version: contract::MINIMUM_QEMU_VERSION.into(),
             hello_timeout: Duration::from_secs(30),
         }
     }
 }
 
 /// What the coordinator tells every agent to expect on its node; it comes
-/// from [`names`] so agent and MachineConfig can never disagree.
+/// from the [`contract`] and the MCO names, as the MachineConfig does, so
+/// agent and MachineConfig can never disagree.
 pub fn expected_config(options: &HealthOptions) -> ExpectedConfig {
     ExpectedConfig {
-        runtime_handler: names::RUNTIME_HANDLER.into(),
-        extension_name: names::EXTENSION.into(),
-        drop_in_path: names::DROP_IN_PATH.into(),
+        runtime_handler: contract::RUNTIME_HANDLER.into(),
+        extension_name: mco::names::EXTENSION.into(),
+        drop_in_path: contract::DROP_IN_PATH.into(),
         // At least one second: zero would make an agent report in a busy loop.
         heartbeat_interval_seconds: u32::try_from(options.heartbeat_interval.as_secs())
             .unwrap_or(u32::MAX)
             .max(1),
         minimum_qemu_version: options.minimum_qemu_version.clone(),
-        extension_packages: vec![names::EXTENSION_PACKAGE.into()],
+        extension_packages: vec![contract::EXTENSION_PACKAGE.into()],
     }
 }
 
@@ -327,10 +329,10 @@ mod tests {
             heartbeat_interval: Duration::from_millis(10),
             ..HealthOptions::default()
         });
-        assert_eq!(config.runtime_handler, names::RUNTIME_HANDLER);
-        assert_eq!(config.extension_name, names::EXTENSION);
-        assert_eq!(config.drop_in_path, names::DROP_IN_PATH);
-        assert_eq!(config.extension_packages, vec![names::EXTENSION_PACKAGE]);
+        assert_eq!(config.runtime_handler, contract::RUNTIME_HANDLER);
+        assert_eq!(config.extension_name, mco::names::EXTENSION);
+        assert_eq!(config.drop_in_path, contract::DROP_IN_PATH);
+        assert_eq!(config.extension_packages, vec![contract::EXTENSION_PACKAGE]);
         assert_eq!(config.heartbeat_interval_seconds, 1);
         assert_eq!(config.minimum_qemu_version, "6.2.0");
     }

@@ -1,19 +1,22 @@
 //! Capacity: can the node afford the RuntimeClass overhead?
 //!
 //! Each Kata pod pays a fixed overhead for its VM (the RuntimeClass
-//! `overhead.podFixed`: 250m CPU, 350Mi). The rule, with a margin so that a
-//! node that passes can run more than one pod next to its own daemons:
+//! `overhead.podFixed`, from [`kata_proto::contract`]: 250m CPU, 350Mi).
+//! The rule, with a margin so that a node that passes can run more than one
+//! pod next to its own daemons:
 //! - at least 2 online CPUs (FAIL below): the guest's vCPU plus the host;
 //! - at least 4 × 350Mi = 1400Mi of memory in total (FAIL below);
 //! - at least 2 × 350Mi = 700Mi available right now, else a WARN: available
 //!   memory moves with the load, so it is reported but does not make the
 //!   node unready.
 
-use super::host::{HostRoot, display};
-use super::{ProbeName, ProbeOutcome};
+use kata_proto::contract;
 
-pub const POD_OVERHEAD_MILLICPU: u64 = 250;
-pub const POD_OVERHEAD_BYTES: u64 = 350 * MIB;
+use super::host::{HostRoot, display};
+use super::{ProbeName, ProbeOutcome, reason};
+
+pub const POD_OVERHEAD_MILLICPU: u64 = contract::POD_OVERHEAD_MILLICPU;
+pub const POD_OVERHEAD_BYTES: u64 = contract::POD_OVERHEAD_MEMORY_MIB * MIB;
 pub const MIN_CPUS: usize = 2;
 pub const MIN_TOTAL_MEMORY: u64 = 4 * POD_OVERHEAD_BYTES;
 pub const MIN_AVAILABLE_MEMORY: u64 = 2 * POD_OVERHEAD_BYTES;
@@ -91,7 +94,7 @@ impl CapacityReader {
 pub fn evaluate(capacity: Result<Capacity, String>) -> ProbeOutcome {
     let capacity = match capacity {
         Ok(capacity) => capacity,
-        Err(why) => return ProbeOutcome::warn(NAME, "CapacityUnknown", why),
+        Err(why) => return ProbeOutcome::warn(NAME, reason::CAPACITY_UNKNOWN, why),
     };
     let summary = format!(
         "{} CPUs, {} MiB total, {} MiB available; a Kata pod's overhead is {}m CPU and {} MiB",
@@ -104,28 +107,28 @@ pub fn evaluate(capacity: Result<Capacity, String>) -> ProbeOutcome {
     if capacity.cpus < MIN_CPUS {
         return ProbeOutcome::fail(
             NAME,
-            "InsufficientCpu",
+            reason::INSUFFICIENT_CPU,
             format!("{summary}; at least {MIN_CPUS} CPUs needed"),
         );
     }
     if capacity.memory_total_bytes < MIN_TOTAL_MEMORY {
         return ProbeOutcome::fail(
             NAME,
-            "InsufficientMemory",
+            reason::INSUFFICIENT_MEMORY,
             format!("{summary}; at least {} MiB needed", MIN_TOTAL_MEMORY / MIB),
         );
     }
     if capacity.memory_available_bytes < MIN_AVAILABLE_MEMORY {
         return ProbeOutcome::warn(
             NAME,
-            "LowAvailableMemory",
+            reason::LOW_AVAILABLE_MEMORY,
             format!(
                 "{summary}; under {} MiB available now",
                 MIN_AVAILABLE_MEMORY / MIB
             ),
         );
     }
-    ProbeOutcome::ok(NAME, "CapacitySufficient", summary)
+    ProbeOutcome::ok(NAME, reason::CAPACITY_SUFFICIENT, summary)
 }
 
 /// `MemTotal` and `MemAvailable` of a meminfo text, in bytes.

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use super::host::{HostRoot, display};
-use super::{ProbeName, ProbeOutcome};
+use super::{ProbeName, ProbeOutcome, reason};
 
 pub const CPUINFO: &str = "/proc/cpuinfo";
 /// The first processor block is about 2 KiB; 64 KiB is plenty and bounds the
@@ -61,7 +61,7 @@ pub fn read(root: &HostRoot) -> Result<CpuInfo, ProbeOutcome> {
         Ok(bytes) => Ok(parse_cpuinfo(&String::from_utf8_lossy(&bytes))),
         Err(err) => Err(ProbeOutcome::warn(
             NAME,
-            "CpuinfoUnreadable",
+            reason::CPUINFO_UNREADABLE,
             format!("{err}; CPU flags unknown"),
         )),
     }
@@ -74,7 +74,7 @@ pub fn evaluate(info: &CpuInfo, kvm_usable: bool) -> ProbeOutcome {
         return if std::env::consts::ARCH == "x86_64" {
             ProbeOutcome::warn(
                 NAME,
-                "CpuinfoUnparseable",
+                reason::CPUINFO_UNPARSEABLE,
                 format!(
                     "no `flags` line in the first processor block of {}",
                     display(CPUINFO)
@@ -83,7 +83,7 @@ pub fn evaluate(info: &CpuInfo, kvm_usable: bool) -> ProbeOutcome {
         } else {
             ProbeOutcome::skip(
                 NAME,
-                "CpuFlagsNotApplicable",
+                reason::CPU_FLAGS_NOT_APPLICABLE,
                 format!(
                     "{vendor}: x86 CPU flags do not apply on {}",
                     std::env::consts::ARCH
@@ -98,7 +98,7 @@ pub fn evaluate(info: &CpuInfo, kvm_usable: bool) -> ProbeOutcome {
     if !missing.is_empty() {
         return ProbeOutcome::fail(
             NAME,
-            "CpuFlagsMissing",
+            reason::CPU_FLAGS_MISSING,
             format!(
                 "{vendor}: missing CPU flags {}; Kata guests need 64-bit long mode and SSE4.1",
                 missing.join(", ")
@@ -108,12 +108,12 @@ pub fn evaluate(info: &CpuInfo, kvm_usable: bool) -> ProbeOutcome {
     match VIRT_FLAGS.into_iter().find(|flag| flags.contains(*flag)) {
         Some(virt) => ProbeOutcome::ok(
             NAME,
-            "CpuFlagsPresent",
+            reason::CPU_FLAGS_PRESENT,
             format!("{vendor}: {virt} lm sse4_1"),
         ),
         None if kvm_usable => ProbeOutcome::warn(
             NAME,
-            "VirtFlagsHidden",
+            reason::VIRT_FLAGS_HIDDEN,
             format!(
                 "{vendor}: no vmx/svm flag, yet KVM works; usual in a nested guest whose \
                  hypervisor hides the flag"
@@ -121,7 +121,7 @@ pub fn evaluate(info: &CpuInfo, kvm_usable: bool) -> ProbeOutcome {
         ),
         None => ProbeOutcome::fail(
             NAME,
-            "NoVirtualizationFlags",
+            reason::NO_VIRTUALIZATION_FLAGS,
             format!(
                 "{vendor}: no vmx/svm flag and KVM does not work; enable virtualization \
                  in the firmware or the parent hypervisor"

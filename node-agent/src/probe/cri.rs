@@ -11,7 +11,7 @@ use kata_proto::cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Endpoint, Uri};
 
 use super::host::{HostRoot, display};
-use super::{Budgets, ProbeName, ProbeOutcome, blocking_within};
+use super::{Budgets, ProbeName, ProbeOutcome, blocking_within, reason};
 
 /// CRI-O's socket, in the order CRI-O documents them (`/var/run` is a
 /// symlink to `/run` on current systems; both are tried for older ones).
@@ -33,7 +33,7 @@ pub async fn probe(root: &HostRoot, handler: &str, budgets: &Budgets) -> ProbeOu
         Ok(None) => {
             return ProbeOutcome::skip(
                 NAME,
-                "CrioSocketAbsent",
+                reason::CRIO_SOCKET_ABSENT,
                 format!("no CRI-O socket at {}", CRIO_SOCKETS.join(" or ")),
             );
         }
@@ -44,17 +44,17 @@ pub async fn probe(root: &HostRoot, handler: &str, budgets: &Budgets) -> ProbeOu
         Err(_) => ProbeOutcome::timed_out(NAME, budgets.rpc),
         Ok(Err(why)) => ProbeOutcome::fail(
             NAME,
-            "CriStatusFailed",
+            reason::CRI_STATUS_FAILED,
             format!("RuntimeService/Status on {shown}: {why}"),
         ),
         Ok(Ok(handlers)) if handlers.iter().any(|name| name == handler) => ProbeOutcome::ok(
             NAME,
-            "HandlerServed",
+            reason::HANDLER_SERVED,
             format!("CRI-O at {shown} serves runtime handler {handler:?}"),
         ),
         Ok(Ok(handlers)) => ProbeOutcome::fail(
             NAME,
-            "HandlerNotServed",
+            reason::HANDLER_NOT_SERVED,
             format!(
                 "CRI-O at {shown} serves [{}] but not {handler:?}; restart CRI-O after \
                  installing the drop-in, and check its log for a rejected handler",

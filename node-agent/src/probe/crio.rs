@@ -14,7 +14,7 @@ use std::fmt;
 use toml_edit::{DocumentMut, Item, TableLike};
 
 use super::host::{HostRoot, display};
-use super::{ProbeName, ProbeOutcome};
+use super::{ProbeName, ProbeOutcome, reason};
 use crate::config::ExpectedConfig;
 
 pub const CRIO_CONF: &str = "/etc/crio/crio.conf";
@@ -76,7 +76,7 @@ impl fmt::Display for MergeFailure {
 /// naming that file. Blocking.
 pub fn read_config_files(root: &HostRoot) -> Result<Vec<ConfigFile>, MergeFailure> {
     let unreadable = |message: String| MergeFailure {
-        reason: "DropInUnreadable",
+        reason: reason::DROP_IN_UNREADABLE,
         message,
     };
     let mut paths = vec![CRIO_CONF.to_owned()];
@@ -119,7 +119,7 @@ pub fn merge_handler(
             && previous.identity() != definition.identity()
         {
             return Err(MergeFailure {
-                reason: "ConflictingHandlerDefinitions",
+                reason: reason::CONFLICTING_HANDLER_DEFINITIONS,
                 message: format!(
                     "crio.runtime.runtimes.{handler} is defined in {} ({}) and again in {} ({}); \
                      remove one",
@@ -149,7 +149,7 @@ pub fn evaluate(
     let Some(table) = merged else {
         return ProbeOutcome::fail(
             NAME,
-            "HandlerNotConfigured",
+            reason::HANDLER_NOT_CONFIGURED,
             format!(
                 "no [crio.runtime.runtimes.{handler}] in {} or {}/* (the operator writes it to {})",
                 display(CRIO_CONF),
@@ -167,14 +167,14 @@ pub fn evaluate(
     let Some(runtime_path) = table.runtime_path.as_deref() else {
         return ProbeOutcome::fail(
             NAME,
-            "RuntimePathMissing",
+            reason::RUNTIME_PATH_MISSING,
             format!("{} is not set", key("runtime_path")),
         );
     };
     if !is_executable(runtime_path) {
         return ProbeOutcome::fail(
             NAME,
-            "RuntimePathNotExecutable",
+            reason::RUNTIME_PATH_NOT_EXECUTABLE,
             format!(
                 "{} = {runtime_path:?}, which is not an executable file on the host",
                 key("runtime_path")
@@ -184,7 +184,7 @@ pub fn evaluate(
     if table.runtime_type.as_deref() != Some("vm") {
         return ProbeOutcome::fail(
             NAME,
-            "RuntimeTypeNotVm",
+            reason::RUNTIME_TYPE_NOT_VM,
             format!(
                 "{} is {}, expected \"vm\" (Kata is a VM runtime; CRI-O's default is \"oci\")",
                 key("runtime_type"),
@@ -198,14 +198,14 @@ pub fn evaluate(
     if table.runtime_root.as_deref().is_none_or(str::is_empty) {
         return ProbeOutcome::fail(
             NAME,
-            "RuntimeRootMissing",
+            reason::RUNTIME_ROOT_MISSING,
             format!("{} is not set", key("runtime_root")),
         );
     }
     if table.privileged_without_host_devices != Some(true) {
         return ProbeOutcome::warn(
             NAME,
-            "PrivilegedWithoutHostDevicesUnset",
+            reason::PRIVILEGED_WITHOUT_HOST_DEVICES_UNSET,
             format!(
                 "{} is not true: privileged Kata pods would be handed the host's devices",
                 key("privileged_without_host_devices")
@@ -214,7 +214,7 @@ pub fn evaluate(
     }
     ProbeOutcome::ok(
         NAME,
-        "HandlerConfigured",
+        reason::HANDLER_CONFIGURED,
         format!(
             "[crio.runtime.runtimes.{handler}] in {}: runtime_path = {runtime_path:?}, runtime_type = \"vm\"",
             table.defined_in
@@ -231,7 +231,7 @@ pub fn probe(root: &HostRoot, config: &ExpectedConfig) -> ProbeOutcome {
 
 fn parse(file: &ConfigFile) -> Result<DocumentMut, MergeFailure> {
     let text = std::str::from_utf8(&file.bytes).map_err(|err| MergeFailure {
-        reason: "DropInNotText",
+        reason: reason::DROP_IN_NOT_TEXT,
         message: format!(
             "{}: not UTF-8 text (invalid byte at offset {})",
             file.host_path,
@@ -243,7 +243,7 @@ fn parse(file: &ConfigFile) -> Result<DocumentMut, MergeFailure> {
             .span()
             .map_or((1, 1), |span| line_and_column(text, span.start));
         MergeFailure {
-            reason: "DropInSyntaxError",
+            reason: reason::DROP_IN_SYNTAX_ERROR,
             message: format!(
                 "{}:{line}:{column}: {}",
                 file.host_path,
@@ -313,7 +313,7 @@ fn handler_in(
 
 fn wrong_type(file: &str, key: &str, expected: &str, found: &Item) -> MergeFailure {
     MergeFailure {
-        reason: "DropInInvalidValue",
+        reason: reason::DROP_IN_INVALID_VALUE,
         message: format!(
             "{file}: {key} must be {expected}, found {}",
             found.type_name()

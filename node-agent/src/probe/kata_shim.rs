@@ -3,7 +3,7 @@
 //! shim with a broken configuration fails every pod.
 
 use super::host::{HostRoot, display};
-use super::{ProbeName, ProbeOutcome};
+use super::{ProbeName, ProbeOutcome, reason};
 
 pub const SHIM_CANDIDATES: [&str; 3] = [
     "/usr/bin/containerd-shim-kata-v2",
@@ -28,21 +28,21 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     let Some(shim) = SHIM_CANDIDATES.into_iter().find(|path| root.exists(path)) else {
         return ProbeOutcome::fail(
             NAME,
-            "KataShimMissing",
+            reason::KATA_SHIM_MISSING,
             format!("none of {} exists", SHIM_CANDIDATES.join(", ")),
         );
     };
     if !root.is_executable(shim) {
         return ProbeOutcome::fail(
             NAME,
-            "KataShimNotExecutable",
+            reason::KATA_SHIM_NOT_EXECUTABLE,
             format!("{} is not an executable regular file", display(shim)),
         );
     }
     let Some(config) = CONFIG_CANDIDATES.into_iter().find(|path| root.exists(path)) else {
         return ProbeOutcome::fail(
             NAME,
-            "KataConfigMissing",
+            reason::KATA_CONFIG_MISSING,
             format!(
                 "{} found, but none of {}",
                 display(shim),
@@ -52,7 +52,9 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     };
     let text = match root.read_file(config, CONFIG_LIMIT) {
         Ok(bytes) => String::from_utf8(bytes),
-        Err(err) => return ProbeOutcome::fail(NAME, "KataConfigUnreadable", err.to_string()),
+        Err(err) => {
+            return ProbeOutcome::fail(NAME, reason::KATA_CONFIG_UNREADABLE, err.to_string());
+        }
     };
     let parsed = match text {
         Ok(text) => text
@@ -63,12 +65,12 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     match parsed {
         Ok(_) => ProbeOutcome::ok(
             NAME,
-            "KataShimInstalled",
+            reason::KATA_SHIM_INSTALLED,
             format!("{} and {}", display(shim), display(config)),
         ),
         Err(why) => ProbeOutcome::fail(
             NAME,
-            "KataConfigInvalid",
+            reason::KATA_CONFIG_INVALID,
             format!("{}: {why}", display(config)),
         ),
     }

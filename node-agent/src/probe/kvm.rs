@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use nix::errno::Errno;
 
 use super::host::{HostRoot, display, file_kind};
-use super::{ProbeName, ProbeOutcome, kvm_ioctl};
+use super::{ProbeName, ProbeOutcome, kvm_ioctl, reason};
 use crate::error::AgentError;
 
 pub const KVM_DEVICE: &str = "/dev/kvm";
@@ -34,7 +34,7 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     if !meta.file_type().is_char_device() {
         return ProbeOutcome::fail(
             NAME,
-            "KvmNotCharDevice",
+            reason::KVM_NOT_CHAR_DEVICE,
             format!("{shown} is a {}, not the KVM device", file_kind(&meta)),
         );
     }
@@ -45,7 +45,7 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     if (major, minor) != (MISC_MAJOR, KVM_MINOR) {
         return ProbeOutcome::fail(
             NAME,
-            "KvmNotKvmDevice",
+            reason::KVM_NOT_KVM_DEVICE,
             format!(
                 "{shown} is character device {major}:{minor}, not KVM ({MISC_MAJOR}:{KVM_MINOR})"
             ),
@@ -76,14 +76,14 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
         Ok(other) => {
             return ProbeOutcome::fail(
                 NAME,
-                "KvmApiVersionUnsupported",
+                reason::KVM_API_VERSION_UNSUPPORTED,
                 format!("{shown} reports KVM API version {other}, expected {KVM_API_VERSION}"),
             );
         }
         Err(errno) => {
             return ProbeOutcome::fail(
                 NAME,
-                "KvmIoctlFailed",
+                reason::KVM_IOCTL_FAILED,
                 format!("KVM_GET_API_VERSION on {shown} failed: {}", errno.desc()),
             );
         }
@@ -91,12 +91,12 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     match kvm_ioctl::create_and_close_vm(device.as_fd()) {
         Ok(()) => ProbeOutcome::ok(
             NAME,
-            "KvmUsable",
+            reason::KVM_USABLE,
             format!("{shown}: API version {KVM_API_VERSION}, KVM_CREATE_VM succeeded"),
         ),
         Err(Errno::EBUSY) => ProbeOutcome::fail(
             NAME,
-            "KvmBusy",
+            reason::KVM_BUSY,
             format!(
                 "KVM_CREATE_VM on {shown}: device busy; another hypervisor \
                  (VirtualBox, VMware) holds the CPU's virtualization extensions"
@@ -104,12 +104,12 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
         ),
         Err(errno @ (Errno::EACCES | Errno::EPERM)) => ProbeOutcome::fail(
             NAME,
-            "KvmPermissionDenied",
+            reason::KVM_PERMISSION_DENIED,
             format!("KVM_CREATE_VM on {shown}: {}", errno.desc()),
         ),
         Err(errno) => ProbeOutcome::fail(
             NAME,
-            "KvmCreateVmFailed",
+            reason::KVM_CREATE_VM_FAILED,
             format!("KVM_CREATE_VM on {shown} failed: {}", errno.desc()),
         ),
     }
@@ -118,14 +118,14 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
 fn open_failed(err: &AgentError) -> ProbeOutcome {
     let errno = err.raw_os_error().map(Errno::from_raw);
     let reason = match errno {
-        Some(Errno::ENOENT) => "KvmDeviceMissing",
-        Some(Errno::EACCES | Errno::EPERM) => "KvmPermissionDenied",
+        Some(Errno::ENOENT) => reason::KVM_DEVICE_MISSING,
+        Some(Errno::EACCES | Errno::EPERM) => reason::KVM_PERMISSION_DENIED,
         // The node exists but no driver is bound: the kvm module is not loaded.
-        Some(Errno::ENXIO | Errno::ENODEV) => "KvmDeviceUnavailable",
-        _ => "KvmDeviceUnreadable",
+        Some(Errno::ENXIO | Errno::ENODEV) => reason::KVM_DEVICE_UNAVAILABLE,
+        _ => reason::KVM_DEVICE_UNREADABLE,
     };
     let hint = match reason {
-        "KvmDeviceMissing" => {
+        reason::KVM_DEVICE_MISSING => {
             "; KVM is not available (no virtualization, or the kvm module is not loaded)"
         }
         _ => "",

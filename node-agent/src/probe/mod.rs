@@ -1,5 +1,6 @@
 //! Host probes. Each one looks at one aspect of the node through a
-//! [`HostRoot`] and says OK, WARN, FAIL or SKIP with a stable reason.
+//! [`HostRoot`] and says OK, WARN, FAIL or SKIP with a stable reason (the
+//! codes are in [`reason`]).
 //!
 //! Probes never panic on what they read and never hang: blocking filesystem
 //! work runs on the blocking pool under a deadline ([`run_blocking`]), and
@@ -16,6 +17,7 @@ pub mod kvm;
 mod kvm_ioctl;
 pub mod modules;
 pub mod qemu;
+pub mod reason;
 pub mod rpm_ostree;
 
 use std::fmt;
@@ -150,7 +152,7 @@ impl ProbeOutcome {
     pub fn timed_out(name: ProbeName, budget: Duration) -> Self {
         Self::warn(
             name,
-            "ProbeTimedOut",
+            reason::PROBE_TIMED_OUT,
             format!(
                 "no answer within {:.1}s; the probe cannot decide",
                 budget.as_secs_f64()
@@ -231,7 +233,7 @@ where
         Ok(Ok(result)) => result,
         Ok(Err(join_error)) => Err(ProbeOutcome::fail(
             name,
-            "ProbeCrashed",
+            reason::PROBE_CRASHED,
             format!("the probe stopped unexpectedly: {join_error}"),
         )),
         Err(_) => Err(ProbeOutcome::timed_out(name, budget)),

@@ -7,7 +7,7 @@
 //! verdict accepts, not a FAIL.
 
 use super::host::{HostRoot, display};
-use super::{ProbeName, ProbeOutcome};
+use super::{ProbeName, ProbeOutcome, reason};
 
 pub const VHOST_VSOCK_DEVICE: &str = "/dev/vhost-vsock";
 const SYS_MODULE: &str = "/sys/module";
@@ -58,7 +58,7 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     if !missing.is_empty() {
         return ProbeOutcome::fail(
             NAME,
-            "KernelModulesMissing",
+            reason::KERNEL_MODULES_MISSING,
             format!(
                 "not loaded (no entry under {}): {}",
                 display(SYS_MODULE),
@@ -69,7 +69,7 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     if !root.exists(VHOST_VSOCK_DEVICE) {
         return ProbeOutcome::fail(
             NAME,
-            "VhostVsockDeviceMissing",
+            reason::VHOST_VSOCK_DEVICE_MISSING,
             format!(
                 "{} is missing; Kata's shim talks to its guest agent over vsock",
                 display(VHOST_VSOCK_DEVICE)
@@ -80,7 +80,7 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     if !on_demand.is_empty() {
         return ProbeOutcome::warn(
             NAME,
-            "ModulesLoadOnDemand",
+            reason::MODULES_LOAD_ON_DEMAND,
             format!(
                 "kvm, {vendor} and vhost loaded; {} not yet loaded, their device nodes \
                  exist and load them on first use",
@@ -90,7 +90,7 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
     }
     ProbeOutcome::ok(
         NAME,
-        "KernelModulesLoaded",
+        reason::KERNEL_MODULES_LOADED,
         format!(
             "kvm, {vendor}, vhost, vhost_net, vhost_vsock loaded; {} present",
             display(VHOST_VSOCK_DEVICE)

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::host::{HostRoot, display, first_line};
-use super::{Budgets, ProbeName, ProbeOutcome, blocking_within};
+use super::{Budgets, ProbeName, ProbeOutcome, blocking_within, reason};
 use crate::config::Version;
 use crate::error::AgentError;
 
@@ -102,7 +102,7 @@ pub async fn probe(
                     let stdout = String::from_utf8_lossy(&stdout);
                     parse_qemu_version(&stdout).ok_or_else(|| {
                         (
-                            "QemuVersionUnparseable",
+                            reason::QEMU_VERSION_UNPARSEABLE,
                             format!("{shown} --version printed {:?}", first_line(&stdout)),
                         )
                     })
@@ -111,7 +111,7 @@ pub async fn probe(
                 Err(AgentError::CommandTimedOut { .. }) => {
                     return ProbeOutcome::timed_out(NAME, budgets.command);
                 }
-                Err(err) => Err(("QemuVersionFailed", err.to_string())),
+                Err(err) => Err((reason::QEMU_VERSION_FAILED, err.to_string())),
             };
             cache.entry = Some((located.fingerprint, answer.clone()));
             answer
@@ -120,12 +120,12 @@ pub async fn probe(
     match answer {
         Ok(version) if version >= minimum => ProbeOutcome::ok(
             NAME,
-            "QemuVersionSupported",
+            reason::QEMU_VERSION_SUPPORTED,
             format!("{shown} is QEMU {version} (minimum {minimum})"),
         ),
         Ok(version) => ProbeOutcome::fail(
             NAME,
-            "QemuTooOld",
+            reason::QEMU_TOO_OLD,
             format!("{shown} is QEMU {version}, older than the minimum {minimum}"),
         ),
         Err((reason, message)) => ProbeOutcome::fail(NAME, reason, message),
@@ -137,11 +137,11 @@ fn locate(root: &HostRoot) -> Result<Located, ProbeOutcome> {
     let Some(host_path) = candidates.iter().find(|path| root.exists(path)) else {
         return Err(ProbeOutcome::fail(
             NAME,
-            "QemuMissing",
+            reason::QEMU_MISSING,
             format!("none of {} exists", candidates.join(", ")),
         ));
     };
-    let not_executable = |why: String| ProbeOutcome::fail(NAME, "QemuNotExecutable", why);
+    let not_executable = |why: String| ProbeOutcome::fail(NAME, reason::QEMU_NOT_EXECUTABLE, why);
     if !root.is_executable(host_path) {
         return Err(not_executable(format!(
             "{} is not an executable regular file",

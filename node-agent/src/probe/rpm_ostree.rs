@@ -8,14 +8,12 @@
 use serde::Deserialize;
 
 use super::host::{HostRoot, display};
-use super::{Budgets, ProbeName, ProbeOutcome, blocking_within};
+use super::{Budgets, ProbeName, ProbeOutcome, blocking_within, reason};
 use crate::error::AgentError;
 
 /// systemd and rpm-ostree create it on every ostree-booted system.
 pub const OSTREE_BOOTED: &str = "/run/ostree-booted";
 pub const RPM_OSTREE: &str = "/usr/bin/rpm-ostree";
-/// Where the test-suite's MCO simulator writes `rpm-ostree status --json`.
-pub const SIMULATED_STATUS_FILE: &str = "/run/kata-operator/rpm-ostree-status.json";
 /// A status with a dozen deployments and their package lists is well under this.
 const STATUS_LIMIT: u64 = 16 * 1024 * 1024;
 
@@ -93,7 +91,7 @@ pub fn evaluate_status(json: &[u8], packages: &[String]) -> ProbeOutcome {
         Err(err) => {
             return ProbeOutcome::fail(
                 NAME,
-                "RpmOstreeStatusUnparseable",
+                reason::RPM_OSTREE_STATUS_UNPARSEABLE,
                 format!("rpm-ostree status --json: {err}"),
             );
         }
@@ -101,7 +99,7 @@ pub fn evaluate_status(json: &[u8], packages: &[String]) -> ProbeOutcome {
     let Some(booted_at) = status.deployments.iter().position(|d| d.booted) else {
         return ProbeOutcome::fail(
             NAME,
-            "NoBootedDeployment",
+            reason::NO_BOOTED_DEPLOYMENT,
             "rpm-ostree status lists no booted deployment",
         );
     };
@@ -119,7 +117,7 @@ pub fn evaluate_status(json: &[u8], packages: &[String]) -> ProbeOutcome {
     match (missing_now.is_empty(), missing_next) {
         (true, Some(next)) if !next.is_empty() => ProbeOutcome::warn(
             NAME,
-            "ExtensionRemovalPending",
+            reason::EXTENSION_REMOVAL_PENDING,
             format!(
                 "{wanted} booted, but the pending deployment drops {}",
                 next.join(", ")
@@ -127,17 +125,17 @@ pub fn evaluate_status(json: &[u8], packages: &[String]) -> ProbeOutcome {
         ),
         (true, _) => ProbeOutcome::ok(
             NAME,
-            "ExtensionBooted",
+            reason::EXTENSION_BOOTED,
             format!("booted deployment has {wanted}"),
         ),
         (false, Some(next)) if next.is_empty() => ProbeOutcome::warn(
             NAME,
-            "RebootPending",
+            reason::REBOOT_PENDING,
             format!("{wanted} installed in the pending deployment; reboot the node to use it"),
         ),
         (false, _) => ProbeOutcome::fail(
             NAME,
-            "ExtensionNotInstalled",
+            reason::EXTENSION_NOT_INSTALLED,
             format!(
                 "{} in neither the booted nor a pending deployment",
                 missing_now.join(", ")
@@ -160,7 +158,7 @@ pub async fn probe(
             if !read_root.exists(OSTREE_BOOTED) {
                 return Err(ProbeOutcome::skip(
                     NAME,
-                    "NotOstreeHost",
+                    reason::NOT_OSTREE_HOST,
                     format!(
                         "{} is absent: not an rpm-ostree system",
                         display(OSTREE_BOOTED)
@@ -173,7 +171,11 @@ pub async fn probe(
                     .read_file(path, STATUS_LIMIT)
                     .map(Some)
                     .map_err(|err| {
-                        ProbeOutcome::fail(NAME, "RpmOstreeStatusUnavailable", err.to_string())
+                        ProbeOutcome::fail(
+                            NAME,
+                            reason::RPM_OSTREE_STATUS_UNAVAILABLE,
+                            err.to_string(),
+                        )
                     }),
             }
         })
@@ -189,7 +191,11 @@ pub async fn probe(
                 return ProbeOutcome::timed_out(NAME, budgets.command);
             }
             Err(err) => {
-                return ProbeOutcome::fail(NAME, "RpmOstreeStatusUnavailable", err.to_string());
+                return ProbeOutcome::fail(
+                    NAME,
+                    reason::RPM_OSTREE_STATUS_UNAVAILABLE,
+                    err.to_string(),
+                );
             }
         },
         Err(outcome) => return outcome,

@@ -696,7 +696,7 @@ fn summary(kubeconfig: &Path, state_dir: &Path, kvm: bool, ci: bool) -> Result<(
             .unwrap_or_default(),
         node_agent_command(),
         nokvm_root.display(),
-        kata_node_agent::SIMULATED_STATUS_FILE,
+        kata_node_agent::fixtures::SIMULATED_STATUS_FILE,
         state_dir.join("hosts").display(),
     );
     if ci {

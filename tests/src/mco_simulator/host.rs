@@ -14,9 +14,10 @@ use super::model::MachineConfigSpec;
 use super::render::{files_of, packages_for, stable_hash};
 use crate::Error;
 
-/// The status file is where the node-agent reads it in tests, so the two
-/// cannot drift apart.
-pub use kata_node_agent::probe::rpm_ostree::{OSTREE_BOOTED, SIMULATED_STATUS_FILE};
+/// The status file is where `FakeHost` writes it and the node-agent under
+/// test reads it, so the two cannot drift apart.
+pub use kata_node_agent::fixtures::SIMULATED_STATUS_FILE;
+pub use kata_node_agent::probe::rpm_ostree::OSTREE_BOOTED;
 
 use crate::host_root::{EXTENSION_PACKAGE, KATA_CONFIG, KATA_SHIM, QEMU};
 
@@ -62,7 +63,7 @@ struct Booted {
 
 /// One node's host root and what the simulator last wrote into it.
 #[derive(Debug)]
-pub struct HostRoot {
+pub struct SimulatedNodeRoot {
     path: PathBuf,
     booted: Option<Booted>,
     staged: Option<Deployment>,
@@ -70,9 +71,9 @@ pub struct HostRoot {
     serial: u32,
 }
 
-impl HostRoot {
+impl SimulatedNodeRoot {
     pub fn new(path: PathBuf) -> Self {
-        HostRoot {
+        SimulatedNodeRoot {
             path,
             booted: None,
             staged: None,
@@ -254,7 +255,7 @@ mod tests {
     #[test]
     fn extension_is_staged_then_booted_then_removed_with_its_files() {
         let dir = tempfile::tempdir().unwrap();
-        let mut root = HostRoot::new(dir.path().to_owned());
+        let mut root = SimulatedNodeRoot::new(dir.path().to_owned());
         root.boot("rendered-worker-1", &spec(&[], &[])).unwrap();
         assert!(
             dir.path()
@@ -306,7 +307,7 @@ mod tests {
     #[test]
     fn a_file_only_change_stages_no_deployment() {
         let dir = tempfile::tempdir().unwrap();
-        let mut root = HostRoot::new(dir.path().to_owned());
+        let mut root = SimulatedNodeRoot::new(dir.path().to_owned());
         root.boot("r1", &spec(&[("/etc/a", "data:,1")], &[]))
             .unwrap();
         root.stage(&spec(&[("/etc/a", "data:,2")], &[])).unwrap();

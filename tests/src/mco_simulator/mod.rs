@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::Error;
-use host::HostRoot;
+use host::SimulatedNodeRoot;
 use model::{
     API_VERSION, CONTROLLER_VERSION, CURRENT_CONFIG, DESIRED_CONFIG, GENERATED_BY, MachineConfig,
     MachineConfigSpec, NodeView, Pool, PoolConfiguration, REASON, ROLE_LABEL, RuntimeConfig, STATE,
@@ -70,7 +70,7 @@ pub enum NodeFault {
 
 #[derive(Default)]
 struct Shared {
-    roots: Mutex<BTreeMap<String, HostRoot>>,
+    roots: Mutex<BTreeMap<String, SimulatedNodeRoot>>,
     /// Node → the reason its updates fail with.
     faults: Mutex<BTreeMap<String, String>>,
 }
@@ -107,7 +107,7 @@ impl McoSimulator {
     /// From now on, the node's config is applied under `root`; the config the
     /// node already runs is applied at once.
     pub fn register_host_root(&self, node: &str, root: impl Into<PathBuf>) {
-        lock(&self.shared.roots).insert(node.to_owned(), HostRoot::new(root.into()));
+        lock(&self.shared.roots).insert(node.to_owned(), SimulatedNodeRoot::new(root.into()));
     }
 
     pub fn set_fault(&self, node: &str, fault: NodeFault) {

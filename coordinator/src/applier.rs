@@ -1,0 +1,152 @@
+//! The one write path of the reconciler: every mutating request goes
+//! through an [`Applier`] (`apply` to an object or its status, `delete`,
+//! `label`, `publish`), which counts it exactly once against the
+//! [`WriteCounter`] and the optional write budget.
+//!
+//! Writes are server-side apply with our field managers; a delete that finds
+//! nothing has done its job.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event, Recorder};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::kind::{self, Kind};
+use crate::metrics::WriteCounter;
+use crate::names;
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("stopped after {0} writes, as configured")]
+    BudgetSpent(u64),
+}
+
+/// Which part of an object a server-side apply writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subresource {
+    Main,
+    /// The status subresource (`patch_status`).
+    Status,
+}
+
+pub struct Applier {
+    client: Client,
+    writes: WriteCounter,
+    /// Stop (as if the process died) once this many writes were made: the
+    /// restart tests interrupt install and uninstall at every write.
+    budget: Option<u64>,
+    /// Told when the budget is spent, so the controller stops.
+    stopped: Arc<Notify>,
+    recorder: Recorder,
+}
+
+impl Applier {
+    pub fn new(
+        client: Client,
+        writes: WriteCounter,
+        budget: Option<u64>,
+        stopped: Arc<Notify>,
+        recorder: Recorder,
+    ) -> Self {
+        Self {
+            client,
+            writes,
+            budget,
+            stopped,
+            recorder,
+        }
+    }
+
+    /// Accounts for one write, or refuses it when the budget is spent.
+    fn spend(&self) -> Result<(), WriteError> {
+        if let Some(limit) = self.budget
+            && self.writes.get() >= limit
+        {
+            self.stopped.notify_one();
+            return Err(WriteError::BudgetSpent(limit));
+        }
+        self.writes.record();
+        Ok(())
+    }
+
+    fn api(&self, kind: Kind) -> Api<DynamicObject> {
+        Api::all_with(self.client.clone(), &kind.api_resource())
+    }
+
+    /// Server-side apply of `body` (which names its apiVersion and kind) to
+    /// the object or its status, as `manager`, taking over fields another
+    /// manager set.
+    pub async fn apply(
+        &self,
+        kind: Kind,
+        name: &str,
+        manager: &str,
+        body: &(impl Serialize + std::fmt::Debug),
+        subresource: Subresource,
+    ) -> Result<(), WriteError> {
+        self.spend()?;
+        let api = self.api(kind);
+        let params = PatchParams::apply(manager).force();
+        let patch = Patch::Apply(body);
+        match subresource {
+            Subresource::Main => api.patch(name, &params, &patch).await?,
+            Subresource::Status => api.patch_status(name, &params, &patch).await?,
+        };
+        Ok(())
+    }
+
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<(), WriteError> {
+        self.spend()?;
+        match self.api(kind).delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sets one label under the targeting manager, or removes it whoever
+    /// set it: the planner decides who carries it.
+    pub async fn label(&self, node: &str, label: &str, present: bool) -> Result<(), WriteError> {
+        if present {
+            let body = json!({
+                "apiVersion": kind::NODE.api_version(), "kind": kind::NODE.kind,
+                "metadata": { "name": node, "labels": { label: "" } },
+            });
+            return self
+                .apply(
+                    kind::NODE,
+                    node,
+                    names::MANAGER_TARGETING,
+                    &body,
+                    Subresource::Main,
+                )
+                .await;
+        }
+        self.spend()?;
+        let patch = json!({ "metadata": { "labels": { label: null } } });
+        self.api(kind::NODE)
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes an Event (a write too); a failure is logged, not returned:
+    /// an Event lost is no reason to redo the reconcile.
+    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) {
+        if self.spend().is_err() {
+            return;
+        }
+        if let Err(e) = self.recorder.publish(event, regarding).await {
+            warn!(error = %e, "could not publish an Event");
+        }
+    }
+}

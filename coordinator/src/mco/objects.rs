@@ -1,0 +1,131 @@
+//! The Machine Config Operator objects the operator owns, built from the
+//! KataConfig: pure functions.
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::names::{self, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
+use crate::api::LogLevel;
+use crate::objects::{CrioRuntimeHandler, managed_labels};
+
+const IGNITION_VERSION: &str = "3.2.0";
+
+/// The `kata-oc` MachineConfigPool: the worker configuration plus ours, on
+/// the nodes we label.
+pub fn machine_config_pool() -> Value {
+    json!({
+        "apiVersion": POOL.api_version(),
+        "kind": POOL.kind,
+        "metadata": {
+            "name": names::POOL_NAME,
+            "labels": managed_labels(&[(names::POOL_SELECTOR_LABEL, "")]),
+        },
+        "spec": {
+            "machineConfigSelector": {
+                "matchExpressions": [{
+                    "key": names::ROLE_LABEL,
+                    "operator": "In",
+                    "values": [names::POOL_NAME, names::WORKER_POOL],
+                }]
+            },
+            "nodeSelector": { "matchLabels": { names::KATA_POOL_ROLE_LABEL: "" } },
+        }
+    })
+}
+
+/// An Ignition data URL for file contents.
+pub fn data_url(contents: &str) -> String {
+    format!(
+        "data:text/plain;charset=utf-8;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(contents)
+    )
+}
+
+/// `50-enable-sandboxed-containers-extension`: the RHCOS extension and the
+/// CRI-O drop-in that registers the `kata` handler.
+pub fn machine_config(handler: &CrioRuntimeHandler) -> Value {
+    json!({
+        "apiVersion": MACHINE_CONFIG.api_version(),
+        "kind": MACHINE_CONFIG.kind,
+        "metadata": {
+            "name": names::MACHINE_CONFIG_NAME,
+            "labels": managed_labels(&[(names::ROLE_LABEL, names::POOL_NAME)]),
+        },
+        "spec": {
+            "extensions": [names::EXTENSION],
+            "config": {
+                "ignition": { "version": IGNITION_VERSION },
+                "storage": {
+                    "files": [{
+                        "path": kata_proto::contract::DROP_IN_PATH,
+                        "mode": 0o644,
+                        "overwrite": true,
+                        "contents": { "source": data_url(&handler.to_toml()) },
+                    }]
+                }
+            }
+        }
+    })
+}
+
+/// `kata-crio-config`: CRI-O's log level on the pool, only when not `info`.
+pub fn container_runtime_config(level: LogLevel) -> Option<Value> {
+    (level != LogLevel::Info).then(|| {
+        json!({
+            "apiVersion": CONTAINER_RUNTIME_CONFIG.api_version(),
+            "kind": CONTAINER_RUNTIME_CONFIG.kind,
+            "metadata": {
+                "name": names::CONTAINER_RUNTIME_CONFIG_NAME,
+                "labels": managed_labels(&[]),
+            },
+            "spec": {
+                "machineConfigPoolSelector": { "matchLabels": { names::POOL_SELECTOR_LABEL: "" } },
+                "containerRuntimeConfig": { "logLevel": level.as_str() },
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_config_carries_extension_and_encoded_drop_in() {
+        let mc = machine_config(&CrioRuntimeHandler::default());
+        assert_eq!(mc["spec"]["extensions"], json!(["sandboxed-containers"]));
+        let file = &mc["spec"]["config"]["storage"]["files"][0];
+        assert_eq!(file["path"], "/etc/crio/crio.conf.d/50-kata");
+        assert_eq!(file["mode"], 420);
+        let source = file["contents"]["source"].as_str().unwrap_or_default();
+        let encoded = source
+            .strip_prefix("data:text/plain;charset=utf-8;base64,")
+            .unwrap_or_default();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap_or_default();
+        assert_eq!(
+            String::from_utf8_lossy(&decoded),
+            CrioRuntimeHandler::default().to_toml()
+        );
+    }
+
+    #[test]
+    fn container_runtime_config_only_for_non_info_levels() {
+        assert!(container_runtime_config(LogLevel::Info).is_none());
+        let crc = container_runtime_config(LogLevel::Debug).unwrap_or_default();
+        assert_eq!(crc["spec"]["containerRuntimeConfig"]["logLevel"], "debug");
+    }
+
+    #[test]
+    fn objects_name_their_kind() {
+        let pool = machine_config_pool();
+        assert_eq!(
+            (pool["apiVersion"].as_str(), pool["kind"].as_str()),
+            (
+                Some("machineconfiguration.openshift.io/v1"),
+                Some("MachineConfigPool")
+            )
+        );
+    }
+}

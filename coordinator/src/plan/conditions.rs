@@ -1,0 +1,262 @@
+//! The KataConfig's conditions, from the node lists: pure. Types and
+//! reasons are the constants in [`crate::api::condition`] and
+//! [`crate::api::reason`].
+
+use super::ConditionState;
+use super::nodes;
+use crate::api::condition::{DEGRADED, IN_PROGRESS, READY};
+use crate::api::{FailedNode, KataNodesStatus, reason};
+
+pub fn condition(
+    type_: &'static str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+) -> ConditionState {
+    ConditionState {
+        type_,
+        status,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+fn failed_list(failed: &[FailedNode]) -> String {
+    failed
+        .iter()
+        .map(|f| format!("{}: {}", f.name, f.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Degraded, the same rule for install and uninstall: any node whose
+/// configuration change failed.
+pub fn degraded(nodes: &KataNodesStatus) -> ConditionState {
+    let failed = nodes::failed(nodes);
+    if failed.is_empty() {
+        condition(
+            DEGRADED,
+            false,
+            reason::AS_EXPECTED,
+            "no node reports a failure",
+        )
+    } else {
+        condition(DEGRADED, true, reason::NODE_DEGRADED, failed_list(&failed))
+    }
+}
+
+/// A spec the operator cannot act on: nothing in progress, not ready, degraded.
+pub fn invalid_spec(message: &str) -> Vec<ConditionState> {
+    [IN_PROGRESS, READY]
+        .into_iter()
+        .map(|type_| condition(type_, false, reason::INVALID_SPEC, message))
+        .chain(std::iter::once(condition(
+            DEGRADED,
+            true,
+            reason::INVALID_SPEC,
+            message,
+        )))
+        .collect()
+}
+
+/// Another KataConfig is the one that acts.
+pub fn superseded(active: &str) -> Vec<ConditionState> {
+    let message = format!(
+        "only one KataConfig acts per cluster and {active} is the active one; delete this one"
+    );
+    vec![
+        condition(
+            READY,
+            false,
+            reason::ANOTHER_KATA_CONFIG_EXISTS,
+            message.clone(),
+        ),
+        condition(DEGRADED, true, reason::ANOTHER_KATA_CONFIG_EXISTS, message),
+    ]
+}
+
+/// InProgress and Ready while installed or installing. `targets` is the
+/// number of selected nodes; `rolled_out_before` whether the RuntimeClass
+/// exists (after the first complete rollout, changes are updates).
+pub fn install(
+    nodes: &KataNodesStatus,
+    targets: usize,
+    rolled_out_before: bool,
+) -> [ConditionState; 2] {
+    let settled = nodes::settled(nodes);
+    let failed = nodes::failed(nodes);
+    let all_installed = targets > 0 && nodes.installed.len() == targets;
+    if targets == 0 {
+        let message = "no worker node matches kataConfigPoolSelector (and, with checkNodeEligibility, is labelled runtime.kata=true)";
+        let in_progress_reason = if settled {
+            reason::NO_TARGET_NODES
+        } else {
+            reason::UPDATING
+        };
+        [
+            condition(IN_PROGRESS, !settled, in_progress_reason, message),
+            condition(READY, false, reason::NO_TARGET_NODES, message),
+        ]
+    } else if !failed.is_empty() {
+        let message = format!(
+            "the Machine Config Operator failed to update: {}",
+            failed_list(&failed)
+        );
+        [
+            condition(IN_PROGRESS, true, reason::FAILED, message.clone()),
+            condition(READY, false, reason::FAILED, message),
+        ]
+    } else if all_installed && settled {
+        let message = format!("Kata is installed on all {targets} selected nodes");
+        [
+            condition(IN_PROGRESS, false, reason::INSTALLED, message.clone()),
+            condition(READY, true, reason::INSTALLED, message),
+        ]
+    } else {
+        let reason = if rolled_out_before {
+            reason::UPDATING
+        } else {
+            reason::INSTALLING
+        };
+        let message = format!(
+            "{} of {targets} nodes installed; installing: [{}]; waiting: [{}]; uninstalling: [{}]",
+            nodes.installed.len(),
+            nodes.installing.join(", "),
+            nodes.waiting_to_install.join(", "),
+            [
+                nodes.uninstalling.as_slice(),
+                nodes.waiting_to_uninstall.as_slice()
+            ]
+            .concat()
+            .join(", "),
+        );
+        [
+            condition(IN_PROGRESS, true, reason, message.clone()),
+            condition(READY, false, reason, message),
+        ]
+    }
+}
+
+/// The uninstall waits for pods that use the RuntimeClass.
+pub fn uninstall_blocked(pods: &[String]) -> [ConditionState; 2] {
+    const SHOWN: usize = 5;
+    let shown = pods
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = pods.len().saturating_sub(SHOWN);
+    let message = format!(
+        "uninstall waits for {} pod(s) using the kata RuntimeClass to be deleted: {shown}{}",
+        pods.len(),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        },
+    );
+    [
+        condition(
+            IN_PROGRESS,
+            true,
+            reason::BLOCKED_BY_EXISTING_KATA_PODS,
+            message.clone(),
+        ),
+        condition(READY, false, reason::BLOCKED_BY_EXISTING_KATA_PODS, message),
+    ]
+}
+
+/// The uninstall is taking the configuration back.
+pub fn uninstalling(nodes: &KataNodesStatus) -> [ConditionState; 2] {
+    let message = format!(
+        "removing Kata: uninstalling [{}]; waiting [{}]",
+        nodes.uninstalling.join(", "),
+        nodes.waiting_to_uninstall.join(", ")
+    );
+    [
+        condition(IN_PROGRESS, true, reason::UNINSTALLING, message.clone()),
+        condition(READY, false, reason::UNINSTALLING, message),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(installed: &[&str], waiting: &[&str]) -> KataNodesStatus {
+        KataNodesStatus {
+            installed: installed.iter().map(|s| s.to_string()).collect(),
+            waiting_to_install: waiting.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn install_conditions_follow_the_nodes() {
+        let [in_progress, ready] = install(&status(&["a"], &["b"]), 2, false);
+        assert_eq!(
+            (in_progress.status, in_progress.reason.as_str()),
+            (true, reason::INSTALLING)
+        );
+        assert!(
+            in_progress.message.contains("1 of 2") && in_progress.message.contains("waiting: [b]")
+        );
+        assert!(!ready.status);
+        let [_, ready] = install(&status(&["a"], &["b"]), 2, true);
+        assert_eq!(ready.reason, reason::UPDATING);
+        let [in_progress, ready] = install(&status(&["a", "b"], &[]), 2, true);
+        assert_eq!((in_progress.status, ready.status), (false, true));
+        assert_eq!(ready.reason, reason::INSTALLED);
+        let [in_progress, ready] = install(&KataNodesStatus::default(), 0, false);
+        assert_eq!(
+            (in_progress.status, ready.reason.as_str()),
+            (false, reason::NO_TARGET_NODES)
+        );
+        let leaving = KataNodesStatus {
+            uninstalling: vec!["c".into()],
+            ..Default::default()
+        };
+        let [in_progress, _] = install(&leaving, 0, true);
+        assert_eq!(
+            (in_progress.status, in_progress.reason.as_str()),
+            (true, reason::UPDATING)
+        );
+    }
+
+    #[test]
+    fn degraded_names_every_failed_node_in_install_and_uninstall() {
+        assert!(!degraded(&KataNodesStatus::default()).status);
+        let nodes = KataNodesStatus {
+            failed_to_install: vec![FailedNode {
+                name: "a".into(),
+                error: "disk full".into(),
+            }],
+            failed_to_uninstall: vec![FailedNode {
+                name: "b".into(),
+                error: "stuck".into(),
+            }],
+            ..Default::default()
+        };
+        let degraded = degraded(&nodes);
+        assert!(degraded.status);
+        assert_eq!(degraded.message, "a: disk full; b: stuck");
+        let [in_progress, _] = install(&nodes, 1, false);
+        assert_eq!(in_progress.reason, reason::FAILED);
+    }
+
+    #[test]
+    fn blocked_uninstall_names_a_few_pods_and_counts_the_rest() {
+        let pods: Vec<String> = (0..7).map(|i| format!("ns/pod-{i}")).collect();
+        let [in_progress, ready] = uninstall_blocked(&pods);
+        assert!(
+            in_progress.message.contains("7 pod(s)") && in_progress.message.contains("and 2 more")
+        );
+        assert_eq!(ready.reason, reason::BLOCKED_BY_EXISTING_KATA_PODS);
+        assert_eq!(invalid_spec("m").len(), 3);
+        assert_eq!(
+            superseded("first")[0].reason,
+            reason::ANOTHER_KATA_CONFIG_EXISTS
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! The reconcile decision: from an observed snapshot of the cluster to the
+//! steps that move it toward the KataConfig, and the status that describes
+//! it. Pure: no client, no clock.
+//!
+//! Every step is derived from what is observed, never from remembered
+//! progress, so a coordinator that stops after any write and starts again
+//! picks up where the cluster is.
+//!
+//! The pieces: [`validate`] (what admission could not refuse),
+//! [`targeting`] (which nodes get Kata), a [`rollout::HostConfigRollout`]
+//! (how the host configuration reaches them: on OpenShift the Machine Config
+//! Operator, [`crate::mco`]), [`runtime_class`], [`nodes`] (the status's node
+//! lists) and [`conditions`].
+
+pub mod conditions;
+pub mod nodes;
+pub mod rollout;
+pub mod runtime_class;
+pub mod targeting;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
+
+use crate::api::{KataConfigSpec, KataNodesStatus};
+use crate::kind::Kind;
+use crate::names;
+use crate::objects;
+use rollout::{HostConfigRollout, NodePhase};
+
+pub use targeting::is_target;
+pub use validate::validate;
+
+/// A node as the planner needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedNode {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Whether the node carries our `KataRuntimeReady` condition.
+    pub has_ready_condition: bool,
+    /// `reason: message` of that condition when it is False.
+    pub not_ready_reason: Option<String>,
+}
+
+impl ObservedNode {
+    pub fn has_label(&self, key: &str) -> bool {
+        self.labels.contains_key(key)
+    }
+
+    /// Whether the node still carries a health label or condition of ours.
+    fn carries_operator_marks(&self) -> bool {
+        self.has_label(names::KATA_RUNTIME_LABEL)
+            || self.has_label(names::KATA_CAPABLE_LABEL)
+            || self.has_ready_condition
+    }
+}
+
+/// A KataConfig of the cluster, as the one-per-cluster rule needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigId {
+    pub name: String,
+    pub created: Option<Timestamp>,
+}
+
+/// Everything the generic planner looks at, gathered by the reconciler; the
+/// rollout's own snapshot travels with the [`HostConfigRollout`].
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The KataConfig being reconciled.
+    pub name: String,
+    /// Every KataConfig of the cluster, this one included.
+    pub configs: Vec<ConfigId>,
+    pub spec: KataConfigSpec,
+    pub deleting: bool,
+    pub has_finalizer: bool,
+    pub nodes: Vec<ObservedNode>,
+    /// The RuntimeClass, as the API server returns it (None: absent).
+    pub runtime_class: Option<Value>,
+    /// `namespace/name` of pods using a RuntimeClass we own (only gathered
+    /// while deleting).
+    pub pods_using_kata: Vec<String>,
+}
+
+/// An object to apply with server-side apply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Desired {
+    /// A kind this crate has no Rust type for (the MCO's), as JSON with its
+    /// `apiVersion`, `kind` and `metadata.name`.
+    Untyped {
+        kind: Kind,
+        object: Value,
+    },
+    RuntimeClass(Box<RuntimeClass>),
+}
+
+impl Desired {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Desired::Untyped { kind, .. } => *kind,
+            Desired::RuntimeClass(_) => crate::kind::RUNTIME_CLASS,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Desired::Untyped { object, .. } => {
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            }
+            Desired::RuntimeClass(rc) => rc.metadata.name.as_deref().unwrap_or_default(),
+        }
+    }
+}
+
+/// A write the reconciler performs, in order: each is one API request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    AddFinalizer,
+    Apply(Desired),
+    Delete {
+        kind: Kind,
+        name: &'static str,
+    },
+    /// Add or remove one label of ours on a node.
+    SetNodeLabel {
+        node: String,
+        label: &'static str,
+        present: bool,
+    },
+    /// Remove every label the health manager put on the node.
+    ReleaseNodeLabels {
+        node: String,
+    },
+    /// Remove the node's `KataRuntimeReady` condition.
+    RemoveNodeCondition {
+        node: String,
+    },
+    RemoveFinalizer,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::AddFinalizer => write!(f, "adding the finalizer"),
+            Step::RemoveFinalizer => write!(f, "removing the finalizer"),
+            Step::Apply(desired) => {
+                write!(f, "applying {} {}", desired.kind().kind, desired.name())
+            }
+            Step::Delete { kind, name } => write!(f, "deleting {} {name}", kind.kind),
+            Step::SetNodeLabel {
+                node,
+                label,
+                present: true,
+            } => write!(f, "labelling node {node} {label}"),
+            Step::SetNodeLabel { node, label, .. } => {
+                write!(f, "removing label {label} from node {node}")
+            }
+            Step::ReleaseNodeLabels { node } => {
+                write!(f, "removing the Kata labels of node {node}")
+            }
+            Step::RemoveNodeCondition { node } => write!(
+                f,
+                "removing the {} condition of node {node}",
+                names::NODE_CONDITION
+            ),
+        }
+    }
+}
+
+/// Apply `desired` unless the observed object already has all of it.
+pub fn apply_if_drifted(kind: Kind, desired: Value, observed: Option<&Value>) -> Option<Step> {
+    (!observed.is_some_and(|o| objects::is_subset(&desired, o))).then_some(Step::Apply(
+        Desired::Untyped {
+            kind,
+            object: desired,
+        },
+    ))
+}
+
+/// A condition before timestamps: type, status, reason, message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionState {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// When to reconcile again without an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Something is moving that raises no event we watch (a pool rolling,
+    /// pods blocking the uninstall).
+    After(Duration),
+    /// Nothing is moving: the periodic resync.
+    Resync,
+    /// Only a change of the KataConfig can change the outcome.
+    OnChange,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub nodes: KataNodesStatus,
+    pub runtime_classes: Vec<String>,
+    pub conditions: Vec<ConditionState>,
+    pub requeue: Requeue,
+}
+
+impl Plan {
+    fn conditions_only(conditions: Vec<ConditionState>, requeue: Requeue) -> Plan {
+        Plan {
+            steps: Vec::new(),
+            nodes: KataNodesStatus::default(),
+            runtime_classes: Vec::new(),
+            conditions,
+            requeue,
+        }
+    }
+}
+
+const POLL_WHILE_ROLLING: Duration = Duration::from_secs(10);
+const POLL_WHILE_BLOCKED: Duration = Duration::from_secs(15);
+
+/// The KataConfig that acts: the oldest (then the first by name). Admission
+/// refuses a second one; this settles a race between two creations.
+pub fn active_config(configs: &[ConfigId]) -> Option<&str> {
+    configs
+        .iter()
+        .min_by_key(|c| (c.created, &c.name))
+        .map(|c| c.name.as_str())
+}
+
+pub fn plan(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
+    if let Some(active) = active_config(&observed.configs).filter(|a| *a != observed.name) {
+        return Plan::conditions_only(conditions::superseded(active), Requeue::OnChange);
+    }
+    if observed.deleting {
+        plan_uninstall(observed, rollout)
+    } else {
+        plan_install(observed, rollout)
+    }
+}
+
+/// The plan for a KataConfig that is not being deleted.
+fn plan_install(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
+    let spec = &observed.spec;
+    if let Err(message) = validate(spec) {
+        return Plan::conditions_only(conditions::invalid_spec(&message), Requeue::Resync);
+    }
+    let targeted = targeting::targets(spec, &observed.nodes);
+    let target_count = targeted.iter().filter(|t| **t).count();
+
+    let mut steps = Vec::new();
+    if !observed.has_finalizer {
+        steps.push(Step::AddFinalizer);
+    }
+    steps.extend(rollout.install_steps(spec, &observed.nodes, &targeted));
+
+    let phases: Vec<NodePhase> = observed
+        .nodes
+        .iter()
+        .zip(&targeted)
+        .map(|(node, targeted)| rollout.node_phase(node, *targeted))
+        .collect();
+    let mut nodes = nodes::node_status(&observed.nodes, &phases, target_count);
+    nodes.not_runtime_ready = nodes::not_runtime_ready(&observed.nodes, &targeted);
+
+    let all_installed = target_count > 0 && nodes.installed.len() == target_count;
+    let runtime_class = runtime_class::plan(all_installed, observed.runtime_class.as_ref());
+    steps.extend(runtime_class.step);
+
+    let [in_progress, ready] =
+        conditions::install(&nodes, target_count, observed.runtime_class.is_some());
+    let rolling = in_progress.status;
+    Plan {
+        steps,
+        runtime_classes: runtime_class.names,
+        conditions: vec![in_progress, ready, conditions::degraded(&nodes)],
+        nodes,
+        requeue: if rolling {
+            Requeue::After(POLL_WHILE_ROLLING)
+        } else {
+            Requeue::Resync
+        },
+    }
+}
+
+/// The plan for a KataConfig being deleted: refuse while Kata pods exist, then
+/// take everything back in an order that never leaves a half-state a pod
+/// could land on.
+fn plan_uninstall(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
+    let phases: Vec<NodePhase> = observed
+        .nodes
+        .iter()
+        .map(|node| rollout.node_phase(node, false))
+        .collect();
+    let nodes = nodes::node_status(&observed.nodes, &phases, 0);
+    let degraded = conditions::degraded(&nodes);
+
+    if !observed.pods_using_kata.is_empty() {
+        let [in_progress, ready] = conditions::uninstall_blocked(&observed.pods_using_kata);
+        return Plan {
+            steps: Vec::new(),
+            nodes,
+            runtime_classes: runtime_class::plan(false, observed.runtime_class.as_ref()).names,
+            conditions: vec![in_progress, ready, degraded],
+            requeue: Requeue::After(POLL_WHILE_BLOCKED),
+        };
+    }
+
+    let mut steps = Vec::new();
+    // No new Kata pod from here on: without the RuntimeClass the API server
+    // refuses pods that name it.
+    if observed.runtime_class.is_some() {
+        steps.push(runtime_class::delete());
+    }
+    let progress = rollout.uninstall(&observed.nodes);
+    steps.extend(progress.steps);
+    let mut requeue = Requeue::After(POLL_WHILE_ROLLING);
+    if progress.rolled_back {
+        steps.extend(progress.cleanup);
+        for node in observed.nodes.iter().filter(|n| n.carries_operator_marks()) {
+            steps.push(Step::ReleaseNodeLabels {
+                node: node.name.clone(),
+            });
+            steps.push(Step::RemoveNodeCondition {
+                node: node.name.clone(),
+            });
+        }
+        requeue = Requeue::Resync;
+        if observed.has_finalizer {
+            steps.push(Step::RemoveFinalizer);
+            requeue = Requeue::OnChange;
+        }
+    }
+    let [in_progress, ready] = conditions::uninstalling(&nodes);
+    Plan {
+        steps,
+        nodes,
+        runtime_classes: Vec::new(),
+        conditions: vec![in_progress, ready, degraded],
+        requeue,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

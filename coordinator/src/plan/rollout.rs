@@ -1,0 +1,58 @@
+//! The seam between the generic planner and whatever installs Kata's host
+//! configuration (the runtime package and the CRI-O drop-in) on the nodes.
+//!
+//! The planner decides *which* nodes get Kata, the RuntimeClass, the
+//! finalizer, the node marks and the status. A [`HostConfigRollout`] decides
+//! *how* the configuration reaches the targeted nodes and leaves the others,
+//! and says where each node stands. On OpenShift that is the Machine Config
+//! Operator ([`crate::mco::MachineConfigRollout`]).
+
+use super::{ObservedNode, Step};
+use crate::api::KataConfigSpec;
+
+/// Where one node stands in the rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePhase {
+    Installed,
+    Installing,
+    WaitingToInstall,
+    FailedToInstall(String),
+    Uninstalling,
+    WaitingToUninstall,
+    FailedToUninstall(String),
+    /// Not ours and not on our configuration.
+    Untouched,
+}
+
+/// How far taking the configuration back has come.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UninstallProgress {
+    /// Writes that move every node off the configuration.
+    pub steps: Vec<Step>,
+    /// Every node is back on a configuration without Kata.
+    pub rolled_back: bool,
+    /// Writes that remove what the rollout still holds once `rolled_back`.
+    pub cleanup: Vec<Step>,
+}
+
+/// Installs the host configuration on the targeted nodes through some
+/// mechanism, and takes it back. Implementations are pure: they plan from a
+/// snapshot observed before, and the reconciler performs their steps.
+pub trait HostConfigRollout {
+    /// Writes that bring the rollout's own objects to what `spec` asks and
+    /// move exactly the nodes in `targeted` (parallel to `nodes`) onto the
+    /// configuration, and the others off it.
+    fn install_steps(
+        &self,
+        spec: &KataConfigSpec,
+        nodes: &[ObservedNode],
+        targeted: &[bool],
+    ) -> Vec<Step>;
+
+    /// Where `node` stands, given whether it is (still) a target.
+    fn node_phase(&self, node: &ObservedNode, targeted: bool) -> NodePhase;
+
+    /// Writes that take the configuration off every node, and whether that
+    /// has finished.
+    fn uninstall(&self, nodes: &[ObservedNode]) -> UninstallProgress;
+}

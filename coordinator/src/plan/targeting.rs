@@ -1,0 +1,60 @@
+//! Which nodes get Kata: pure.
+
+use super::ObservedNode;
+use crate::api::KataConfigSpec;
+use crate::{names, selector};
+
+/// Whether a node is a target: a worker matching the pool selector and, when
+/// asked, proven capable by its agent.
+pub fn is_target(spec: &KataConfigSpec, node: &ObservedNode) -> bool {
+    node.has_label(names::WORKER_ROLE_LABEL)
+        && selector::matches(spec.kata_config_pool_selector.as_ref(), &node.labels)
+        && (!spec.check_node_eligibility
+            || node
+                .labels
+                .get(names::KATA_CAPABLE_LABEL)
+                .is_some_and(|v| v == "true"))
+}
+
+/// [`is_target`] for every node, in the same order: decided once per plan.
+pub fn targets(spec: &KataConfigSpec, nodes: &[ObservedNode]) -> Vec<bool> {
+    nodes.iter().map(|n| is_target(spec, n)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SelectorOperator;
+    use crate::plan::tests::{expression_selector, worker};
+
+    #[test]
+    fn eligibility_and_selector_decide_targets() {
+        let mut spec = KataConfigSpec {
+            check_node_eligibility: true,
+            kata_config_pool_selector: Some(expression_selector(
+                "zone",
+                SelectorOperator::In,
+                &["a"],
+            )),
+            ..Default::default()
+        };
+        let capable = worker("w0", &[("zone", "a"), (names::KATA_CAPABLE_LABEL, "true")]);
+        let incapable = worker("w1", &[("zone", "a")]);
+        let elsewhere = worker("w2", &[("zone", "b"), (names::KATA_CAPABLE_LABEL, "true")]);
+        assert!(is_target(&spec, &capable));
+        assert!(!is_target(&spec, &incapable));
+        assert!(!is_target(&spec, &elsewhere));
+        spec.check_node_eligibility = false;
+        assert!(is_target(&spec, &incapable));
+        assert_eq!(
+            targets(&spec, &[capable, elsewhere, incapable]),
+            [true, false, true]
+        );
+    }
+
+    #[test]
+    fn masters_are_never_targets() {
+        let master = crate::plan::tests::node("m0", &[("node-role.kubernetes.io/master", "")], &[]);
+        assert!(!is_target(&KataConfigSpec::default(), &master));
+    }
+}

@@ -1,0 +1,444 @@
+//! The planner with the Machine Config Operator backend, end to end: from an
+//! observed snapshot to steps, node lists and conditions.
+
+use super::*;
+use crate::api::{FailedNode, PoolSelector, SelectorOperator, SelectorRequirement};
+use crate::mco::names::{self as mco, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
+use crate::mco::{MachineConfigRollout, ObservedPool};
+
+const POOL_CONFIG: &str = "rendered-kata-oc-abc";
+
+pub(crate) fn node(
+    name: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> ObservedNode {
+    ObservedNode {
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        has_ready_condition: false,
+        not_ready_reason: None,
+    }
+}
+
+pub(crate) fn worker(name: &str, extra: &[(&str, &str)]) -> ObservedNode {
+    let mut labels = vec![(names::WORKER_ROLE_LABEL, "")];
+    labels.extend_from_slice(extra);
+    node(name, &labels, &[])
+}
+
+fn on_config(mut n: ObservedNode, current: &str, desired: &str, state: &str) -> ObservedNode {
+    n.annotations
+        .insert(mco::CURRENT_CONFIG.into(), current.into());
+    n.annotations
+        .insert(mco::DESIRED_CONFIG.into(), desired.into());
+    n.annotations.insert(mco::STATE.into(), state.into());
+    n
+}
+
+/// A targeted worker done on the pool's configuration.
+fn installed_worker(name: &str) -> ObservedNode {
+    on_config(
+        worker(name, &[(mco::KATA_POOL_ROLE_LABEL, "")]),
+        POOL_CONFIG,
+        POOL_CONFIG,
+        mco::STATE_DONE,
+    )
+}
+
+/// A selector with one expression.
+pub(crate) fn expression_selector(
+    key: &str,
+    operator: SelectorOperator,
+    values: &[&str],
+) -> PoolSelector {
+    PoolSelector {
+        match_expressions: Some(vec![SelectorRequirement {
+            key: key.into(),
+            operator,
+            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+        }]),
+        ..Default::default()
+    }
+}
+
+fn rendered_pool(machines: i64) -> ObservedPool {
+    ObservedPool {
+        rendered_config: Some(POOL_CONFIG.into()),
+        sources: vec!["00-worker".into(), mco::MACHINE_CONFIG_NAME.into()],
+        machine_count: machines,
+    }
+}
+
+/// A cluster where our objects already exist as desired.
+fn converged(nodes: Vec<ObservedNode>) -> (Observed, MachineConfigRollout) {
+    let rollout = MachineConfigRollout {
+        pool_object: Some(crate::mco::objects::machine_config_pool()),
+        pool: Some(rendered_pool(nodes.len() as i64)),
+        machine_config: Some(crate::mco::objects::machine_config(
+            &objects::CrioRuntimeHandler::default(),
+        )),
+        container_runtime_config: None,
+    };
+    let observed = Observed {
+        has_finalizer: true,
+        runtime_class: Some(serde_json::to_value(objects::runtime_class()).unwrap_or_default()),
+        nodes,
+        ..Default::default()
+    };
+    (observed, rollout)
+}
+
+fn condition_of<'a>(plan: &'a Plan, type_: &str) -> &'a ConditionState {
+    plan.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
+fn applies(plan: &Plan, kind: Kind) -> bool {
+    plan.steps
+        .iter()
+        .any(|s| matches!(s, Step::Apply(d) if d.kind() == kind))
+}
+
+fn set_pool_role(node: &str, targeted: bool) -> Step {
+    Step::SetNodeLabel {
+        node: node.into(),
+        label: mco::KATA_POOL_ROLE_LABEL,
+        present: targeted,
+    }
+}
+
+#[test]
+fn first_reconcile_creates_everything_but_the_runtime_class() {
+    let observed = Observed {
+        nodes: vec![
+            worker("w0", &[]),
+            node("m0", &[("node-role.kubernetes.io/master", "")], &[]),
+        ],
+        ..Default::default()
+    };
+    let plan = plan(&observed, &MachineConfigRollout::default());
+    assert!(matches!(plan.steps[0], Step::AddFinalizer));
+    assert!(applies(&plan, POOL));
+    assert!(applies(&plan, MACHINE_CONFIG));
+    assert!(plan.steps.contains(&set_pool_role("w0", true)));
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::SetNodeLabel { node, .. } if node == "m0")),
+        "masters are never targets"
+    );
+    assert!(
+        !applies(&plan, crate::kind::RUNTIME_CLASS),
+        "no RuntimeClass before the rollout"
+    );
+    assert_eq!(plan.nodes.waiting_to_install, ["w0"]);
+    assert_eq!(condition_of(&plan, "InProgress").reason, "Installing");
+    assert!(matches!(plan.requeue, Requeue::After(_)));
+}
+
+#[test]
+fn converged_cluster_plans_no_step() {
+    let w0 = installed_worker("w0");
+    let (observed, rollout) = converged(vec![w0]);
+    let plan = plan(&observed, &rollout);
+    assert_eq!(plan.steps, Vec::<Step>::new());
+    assert_eq!(plan.nodes.installed, ["w0"]);
+    assert!(condition_of(&plan, "Ready").status);
+    assert!(!condition_of(&plan, "InProgress").status);
+    assert_eq!(plan.requeue, Requeue::Resync);
+}
+
+#[test]
+fn drifted_machine_config_is_applied_again() {
+    let w0 = installed_worker("w0");
+    let (observed, mut rollout) = converged(vec![w0]);
+    if let Some(mc) = rollout.machine_config.as_mut() {
+        mc["spec"]["extensions"] = serde_json::json!([]);
+    }
+    assert!(applies(&plan(&observed, &rollout), MACHINE_CONFIG));
+}
+
+#[test]
+fn log_level_adds_and_removes_the_container_runtime_config() {
+    let (mut observed, mut rollout) = converged(vec![]);
+    observed.spec.log_level = crate::api::LogLevel::Debug;
+    assert!(applies(
+        &plan(&observed, &rollout),
+        CONTAINER_RUNTIME_CONFIG
+    ));
+    observed.spec.log_level = crate::api::LogLevel::Info;
+    rollout.container_runtime_config = Some(serde_json::json!({}));
+    assert!(plan(&observed, &rollout).steps.contains(&Step::Delete {
+        kind: CONTAINER_RUNTIME_CONFIG,
+        name: mco::CONTAINER_RUNTIME_CONFIG_NAME
+    }));
+}
+
+#[test]
+fn node_phases_follow_the_mco_annotations() {
+    let role = [(mco::KATA_POOL_ROLE_LABEL, "")];
+    let nodes = vec![
+        on_config(
+            worker("done", &role),
+            POOL_CONFIG,
+            POOL_CONFIG,
+            mco::STATE_DONE,
+        ),
+        on_config(
+            worker("working", &role),
+            "rendered-worker-1",
+            POOL_CONFIG,
+            mco::STATE_WORKING,
+        ),
+        on_config(
+            worker("waiting", &role),
+            "rendered-worker-1",
+            "rendered-worker-1",
+            mco::STATE_DONE,
+        ),
+        {
+            let mut n = on_config(
+                worker("broken", &role),
+                "rendered-worker-1",
+                POOL_CONFIG,
+                mco::STATE_DEGRADED,
+            );
+            n.annotations.insert(mco::REASON.into(), "disk full".into());
+            n
+        },
+        on_config(
+            worker("leaving", &[]),
+            POOL_CONFIG,
+            "rendered-worker-1",
+            mco::STATE_WORKING,
+        ),
+        on_config(
+            worker("left", &[]),
+            "rendered-worker-1",
+            "rendered-worker-1",
+            mco::STATE_DONE,
+        ),
+    ];
+    let (mut observed, rollout) = converged(nodes);
+    observed.spec.kata_config_pool_selector = Some(expression_selector(
+        mco::KATA_POOL_ROLE_LABEL,
+        SelectorOperator::Exists,
+        &[],
+    ));
+    let plan = plan(&observed, &rollout);
+    assert_eq!(plan.nodes.installed, ["done"]);
+    assert_eq!(plan.nodes.installing, ["working"]);
+    assert_eq!(plan.nodes.waiting_to_install, ["waiting"]);
+    assert_eq!(
+        plan.nodes.failed_to_install,
+        [FailedNode {
+            name: "broken".into(),
+            error: "disk full".into()
+        }]
+    );
+    assert_eq!(plan.nodes.uninstalling, ["leaving"]);
+    assert_eq!((plan.nodes.node_count, plan.nodes.ready_node_count), (4, 1));
+    let degraded = condition_of(&plan, "Degraded");
+    assert!(
+        degraded.status && degraded.message.contains("broken: disk full"),
+        "{degraded:?}"
+    );
+    assert_eq!(condition_of(&plan, "InProgress").reason, "Failed");
+}
+
+#[test]
+fn targeted_nodes_the_agents_call_unready_are_named() {
+    let role = [(mco::KATA_POOL_ROLE_LABEL, "")];
+    let mut sick = on_config(
+        worker("sick", &role),
+        POOL_CONFIG,
+        POOL_CONFIG,
+        mco::STATE_DONE,
+    );
+    sick.not_ready_reason = Some("DropInSyntaxError: crio-drop-in: bad".into());
+    let mut elsewhere = worker("elsewhere", &[("zone", "b")]);
+    elsewhere.not_ready_reason = Some("KvmDeviceMissing: kvm: none".into());
+    let (mut observed, rollout) = converged(vec![sick, elsewhere]);
+    observed.spec.kata_config_pool_selector = Some(PoolSelector {
+        match_labels: Some([("zone".to_string(), "a".to_string())].into()),
+        ..Default::default()
+    });
+    observed.nodes[0].labels.insert("zone".into(), "a".into());
+    let plan = plan(&observed, &rollout);
+    assert_eq!(
+        plan.nodes.not_runtime_ready,
+        [FailedNode {
+            name: "sick".into(),
+            error: "DropInSyntaxError: crio-drop-in: bad".into()
+        }],
+        "only targeted nodes are listed"
+    );
+}
+
+#[test]
+fn pool_not_yet_rendered_with_our_config_means_waiting() {
+    let (observed, mut rollout) = converged(vec![on_config(
+        worker("w0", &[(mco::KATA_POOL_ROLE_LABEL, "")]),
+        "rendered-kata-oc-old",
+        "rendered-kata-oc-old",
+        mco::STATE_DONE,
+    )]);
+    rollout.pool = Some(ObservedPool {
+        rendered_config: Some("rendered-kata-oc-old".into()),
+        sources: vec!["00-worker".into()],
+        machine_count: 1,
+    });
+    assert_eq!(plan(&observed, &rollout).nodes.waiting_to_install, ["w0"]);
+}
+
+#[test]
+fn invalid_spec_applies_nothing_and_says_why() {
+    let observed = Observed {
+        spec: KataConfigSpec {
+            kata_config_pool_selector: Some(expression_selector(
+                "k",
+                SelectorOperator::Exists,
+                &["v"],
+            )),
+            ..Default::default()
+        },
+        nodes: vec![worker("w0", &[])],
+        ..Default::default()
+    };
+    let plan = plan(&observed, &MachineConfigRollout::default());
+    assert!(plan.steps.is_empty());
+    let degraded = condition_of(&plan, "Degraded");
+    assert_eq!(degraded.reason, "InvalidSpec");
+    assert!(degraded.message.contains("takes no values"));
+    assert!(
+        validate(&KataConfigSpec {
+            enable_peer_pods: true,
+            ..Default::default()
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn only_the_oldest_kata_config_acts() {
+    let at = |s| Timestamp::from_second(s).ok();
+    let (mut observed, rollout) = converged(vec![worker("w0", &[])]);
+    observed.configs = vec![
+        ConfigId {
+            name: "second".into(),
+            created: at(200),
+        },
+        ConfigId {
+            name: "first".into(),
+            created: at(100),
+        },
+    ];
+    observed.name = "second".into();
+    let plan = plan(&observed, &rollout);
+    assert!(
+        plan.steps.is_empty(),
+        "a superseded KataConfig writes nothing but its status"
+    );
+    assert_eq!(plan.requeue, Requeue::OnChange);
+    let ready = condition_of(&plan, "Ready");
+    assert_eq!(ready.reason, "AnotherKataConfigExists");
+    assert!(ready.message.contains("first is the active one"));
+    observed.name = "first".into();
+    assert!(
+        condition_of(&super::plan(&observed, &rollout), "Ready").reason
+            != "AnotherKataConfigExists"
+    );
+}
+
+#[test]
+fn uninstall_is_blocked_by_kata_pods_and_touches_nothing() {
+    let (mut observed, rollout) = converged(vec![worker("w0", &[(mco::KATA_POOL_ROLE_LABEL, "")])]);
+    observed.deleting = true;
+    observed.pods_using_kata = (0..7).map(|i| format!("ns/pod-{i}")).collect();
+    let plan = plan(&observed, &rollout);
+    assert!(plan.steps.is_empty());
+    let in_progress = condition_of(&plan, "InProgress");
+    assert_eq!(in_progress.reason, "BlockedByExistingKataPods");
+    assert!(
+        in_progress.message.contains("7 pod(s)")
+            && in_progress.message.contains("ns/pod-0")
+            && in_progress.message.contains("and 2 more")
+    );
+}
+
+#[test]
+fn uninstall_removes_the_runtime_class_first_and_the_pool_last() {
+    let w0 = on_config(
+        worker(
+            "w0",
+            &[
+                (mco::KATA_POOL_ROLE_LABEL, ""),
+                (names::KATA_RUNTIME_LABEL, "true"),
+            ],
+        ),
+        POOL_CONFIG,
+        POOL_CONFIG,
+        mco::STATE_DONE,
+    );
+    let (mut observed, rollout) = converged(vec![w0]);
+    observed.deleting = true;
+    let first = plan(&observed, &rollout);
+    assert_eq!(first.steps[0], runtime_class::delete());
+    assert!(first.steps.contains(&set_pool_role("w0", false)));
+    let delete_mc = Step::Delete {
+        kind: MACHINE_CONFIG,
+        name: mco::MACHINE_CONFIG_NAME,
+    };
+    let delete_pool = Step::Delete {
+        kind: POOL,
+        name: mco::POOL_NAME,
+    };
+    assert!(first.steps.contains(&delete_mc));
+    assert!(
+        !first.steps.contains(&delete_pool),
+        "the pool stays until nodes rolled back"
+    );
+    assert!(!first.steps.contains(&Step::RemoveFinalizer));
+
+    // Nodes back on the worker config, pool empty: finish.
+    let back = on_config(
+        worker("w0", &[(names::KATA_RUNTIME_LABEL, "true")]),
+        "rendered-worker-1",
+        "rendered-worker-1",
+        mco::STATE_DONE,
+    );
+    let finished = Observed {
+        deleting: true,
+        has_finalizer: true,
+        nodes: vec![back],
+        ..Default::default()
+    };
+    let rollout = MachineConfigRollout {
+        pool_object: Some(crate::mco::objects::machine_config_pool()),
+        pool: Some(ObservedPool {
+            machine_count: 0,
+            ..rendered_pool(0)
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        plan(&finished, &rollout).steps,
+        [
+            delete_pool,
+            Step::ReleaseNodeLabels { node: "w0".into() },
+            Step::RemoveNodeCondition { node: "w0".into() },
+            Step::RemoveFinalizer
+        ]
+    );
+}

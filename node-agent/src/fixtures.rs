@@ -1,0 +1,453 @@
+//! Fake host roots for the node-agent probes: good, missing, broken and
+//! hostile. Test support, behind the `fixtures` feature, which the shipped
+//! binary never enables: node-agent's own tests and benchmark get it through
+//! a dev-dependency on this crate, and `kata-tests` (as `kata_tests::host_root`)
+//! through its dependency.
+//!
+//! A [`FakeHost`] is a temporary directory laid out like the parts of a node
+//! the probes read. [`FakeHost::good`] passes every probe except KVM, which no
+//! file can fake: add [`FakeHost::with_real_kvm`] on a machine that has one.
+//! Mutators take and return the host so they chain:
+//!
+//! ```ignore
+//! let host = FakeHost::good().staged_only_extension().broken_drop_in();
+//! let outcomes = host.runner().run_cycle().await;
+//! ```
+//!
+//! The rpm-ostree status is written where the MCO simulator writes it
+//! ([`SIMULATED_STATUS_FILE`]), and [`FakeHost::runner`] reads it from there.
+//! Fixture setup failing is a broken test machine, so the builder panics with
+//! the path involved rather than returning errors.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use kata_proto::contract;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::{ExpectedConfig, HostRoot, ProbeRunner, RunnerOptions, StatusSource};
+
+/// Where the test-suite's MCO simulator, and [`FakeHost`], write
+/// `rpm-ostree status --json`: the agent under test is pointed at it with
+/// [`StatusSource::File`] (`--rpm-ostree-status-file`).
+pub const SIMULATED_STATUS_FILE: &str = "/run/kata-operator/rpm-ostree-status.json";
+
+pub const QEMU: &str = "usr/libexec/qemu-kiwi";
+pub const KATA_SHIM: &str = "usr/bin/containerd-shim-kata-v2";
+pub const KATA_CONFIG: &str = "usr/share/kata-containers/defaults/configuration.toml";
+pub const CRIO_CONF: &str = "etc/crio/crio.conf";
+pub const DROP_IN_DIR: &str = "etc/crio/crio.conf.d";
+/// The contract's drop-in, relative to the root.
+pub const KATA_DROP_IN: &str = relative(contract::DROP_IN_PATH);
+pub const CRIO_SOCKET: &str = "run/crio/crio.sock";
+pub const EXTENSION_PACKAGE: &str = contract::EXTENSION_PACKAGE;
+
+/// The drop-in the operator's MachineConfig writes.
+pub const KATA_DROP_IN_TEXT: &str = r#"[crio.runtime.runtimes.kata]
+runtime_path = "/usr/bin/containerd-shim-kata-v2"
+runtime_type = "vm"
+runtime_root = "/run/vc"
+runtime_config_path = "/usr/share/kata-containers/defaults/configuration.toml"
+privileged_without_host_devices = true
+"#;
+
+/// A host path without its leading `/`, as the paths above are spelled.
+const fn relative(host_path: &str) -> &str {
+    match host_path.as_bytes() {
+        [b'/', ..] => host_path.split_at(1).1,
+        _ => host_path,
+    }
+}
+
+const CPUINFO_BLOCK: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\n\
+    model name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz\n\
+    flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep vmx lm sse4_1 sse4_2 avx\n\n";
+
+/// A node's filesystem in a temporary directory, removed on drop.
+pub struct FakeHost {
+    dir: TempDir,
+}
+
+impl FakeHost {
+    /// An empty root: every probe finds nothing.
+    pub fn empty() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("fake-host-")
+                .tempdir()
+                .expect("create a temporary directory for a fake host"),
+        }
+    }
+
+    /// A Kata-ready node, except for `/dev/kvm` (see [`FakeHost::with_real_kvm`]).
+    pub fn good() -> Self {
+        let mut cpuinfo = CPUINFO_BLOCK.to_owned();
+        cpuinfo.push_str(&CPUINFO_BLOCK.replace("processor\t: 0", "processor\t: 1"));
+        let host = Self::empty()
+            .write("proc/cpuinfo", cpuinfo)
+            .memory_mib(16384, 8192)
+            .write("sys/devices/system/cpu/online", "0-3\n")
+            .write("dev/vhost-vsock", "")
+            .write("dev/vhost-net", "")
+            .qemu_version("8.2.0")
+            .write_executable(KATA_SHIM, "#!/bin/sh\nexit 0\n")
+            .write(
+                KATA_CONFIG,
+                "[hypervisor.qemu]\npath = \"/usr/libexec/qemu-kiwi\"\n",
+            )
+            .write(
+                CRIO_CONF,
+                "[crio]\n[crio.runtime]\ndefault_runtime = \"crun\"\n",
+            )
+            .write(KATA_DROP_IN, KATA_DROP_IN_TEXT)
+            .write("run/ostree-booted", "")
+            .rpm_ostree_status(&rpm_ostree_status(&[EXTENSION_PACKAGE], None))
+            // As on a real node: an absolute symlink the probes must resolve
+            // inside the root, not in the agent's own filesystem.
+            .symlink("var/run", "/run");
+        ["kvm", "kvm_intel", "vhost", "vhost_net", "vhost_vsock"]
+            .into_iter()
+            .fold(host, |host, module| {
+                host.mkdir(&format!("sys/module/{module}"))
+            })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `host_path` (with or without a leading `/`) inside the fake root.
+    pub fn join(&self, host_path: &str) -> PathBuf {
+        self.path().join(host_path.trim_start_matches('/'))
+    }
+
+    pub fn host_root(&self) -> HostRoot {
+        HostRoot::new(self.path())
+    }
+
+    /// The options under which a fixture is judged: the rpm-ostree status
+    /// from the simulator's file; capacity from the root's `proc` and `sys`.
+    pub fn runner_options() -> RunnerOptions {
+        RunnerOptions {
+            rpm_ostree_status: StatusSource::File(SIMULATED_STATUS_FILE.to_owned()),
+            ..RunnerOptions::default()
+        }
+    }
+
+    /// A probe runner for this root with the default expected configuration.
+    pub fn runner(&self) -> ProbeRunner {
+        ProbeRunner::with_options(
+            ExpectedConfig::default(),
+            self.host_root(),
+            Self::runner_options(),
+        )
+    }
+
+    /// Arguments for `node-agent check` against this root.
+    pub fn check_args(&self) -> Vec<String> {
+        vec![
+            "check".to_owned(),
+            "--host-root".to_owned(),
+            self.path().display().to_string(),
+            "--rpm-ostree-status-file".to_owned(),
+            SIMULATED_STATUS_FILE.to_owned(),
+        ]
+    }
+
+    // ---- generic writers -------------------------------------------------
+
+    /// Writes a file, creating its directories.
+    pub fn write(self, host_path: &str, contents: impl AsRef<[u8]>) -> Self {
+        let path = self.parent_made(host_path);
+        fs::write(&path, contents).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+        self
+    }
+
+    /// Writes a file with mode 0755 (a shell script, for fake binaries).
+    pub fn write_executable(self, host_path: &str, script: &str) -> Self {
+        let host = self.write(host_path, script);
+        host.chmod(host_path, 0o755)
+    }
+
+    pub fn mkdir(self, host_path: &str) -> Self {
+        let path = self.join(host_path);
+        fs::create_dir_all(&path).unwrap_or_else(|err| panic!("mkdir {}: {err}", path.display()));
+        self
+    }
+
+    /// Removes a file, a symlink or a directory tree; absent is fine.
+    pub fn remove(self, host_path: &str) -> Self {
+        let path = self.join(host_path);
+        let removed = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
+            Ok(_) => fs::remove_file(&path),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err),
+        };
+        removed.unwrap_or_else(|err| panic!("remove {}: {err}", path.display()));
+        self
+    }
+
+    /// Replaces `host_path` with a symlink to `target` (kept verbatim, so an
+    /// absolute target is a host path).
+    pub fn symlink(self, host_path: &str, target: &str) -> Self {
+        let host = self.remove(host_path);
+        let path = host.parent_made(host_path);
+        symlink(target, &path).unwrap_or_else(|err| panic!("symlink {}: {err}", path.display()));
+        host
+    }
+
+    pub fn chmod(self, host_path: &str, mode: u32) -> Self {
+        let path = self.join(host_path);
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|err| panic!("chmod {}: {err}", path.display()));
+        self
+    }
+
+    /// Replaces `host_path` with a FIFO, which blocks a careless reader forever.
+    pub fn fifo(self, host_path: &str) -> Self {
+        let host = self.remove(host_path);
+        let path = host.parent_made(host_path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .unwrap_or_else(|err| panic!("mkfifo {}: {err}", path.display()));
+        host
+    }
+
+    fn parent_made(&self, host_path: &str) -> PathBuf {
+        let path = self.join(host_path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .unwrap_or_else(|err| panic!("mkdir {}: {err}", parent.display()));
+        }
+        path
+    }
+
+    // ---- KVM and kernel ----------------------------------------------------
+
+    /// Gives the root a `dev/kvm` device node with the same device number as
+    /// the machine's real `/dev/kvm`, so the KVM probe talks to real KVM.
+    /// Needs a real `/dev/kvm` and the right to `mknod` (root).
+    pub fn with_real_kvm(self) -> io::Result<Self> {
+        self.device_like("dev/kvm", Path::new("/dev/kvm"))
+    }
+
+    /// `dev/kvm` as a character device that is not KVM (`/dev/null`'s number).
+    pub fn kvm_as_other_device(self) -> io::Result<Self> {
+        self.device_like("dev/kvm", Path::new("/dev/null"))
+    }
+
+    /// Makes `host_path` a character device node with `real`'s device number.
+    fn device_like(self, host_path: &str, real: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let real_meta = fs::metadata(real)?;
+        if !real_meta.file_type().is_char_device() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a character device", real.display()),
+            ));
+        }
+        let host = self.remove(host_path);
+        let path = host.parent_made(host_path);
+        nix::sys::stat::mknod(
+            &path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            real_meta.rdev(),
+        )?;
+        Ok(host)
+    }
+
+    pub fn without_kvm(self) -> Self {
+        self.remove("dev/kvm")
+    }
+
+    pub fn kvm_as_regular_file(self) -> Self {
+        self.write("dev/kvm", "not a device\n")
+    }
+
+    pub fn kvm_as_fifo(self) -> Self {
+        self.fifo("dev/kvm")
+    }
+
+    pub fn without_module(self, module: &str) -> Self {
+        self.remove(&format!("sys/module/{module}"))
+    }
+
+    pub fn without_vhost_vsock_device(self) -> Self {
+        self.remove("dev/vhost-vsock")
+    }
+
+    /// A cpuinfo of `bytes` bytes: one real processor block, then a sparse
+    /// tail of NULs (instant to create, takes no disk).
+    pub fn huge_cpuinfo(self, bytes: u64) -> Self {
+        let host = self.write("proc/cpuinfo", CPUINFO_BLOCK);
+        let path = host.join("proc/cpuinfo");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_len(bytes))
+            .unwrap_or_else(|err| panic!("extend {}: {err}", path.display()));
+        host
+    }
+
+    /// A cpuinfo whose first block lacks `flag` (as a nested guest hides `vmx`).
+    pub fn cpu_without_flag(self, flag: &str) -> Self {
+        let block = CPUINFO_BLOCK.replace(&format!(" {flag} "), " ");
+        self.write("proc/cpuinfo", block)
+    }
+
+    pub fn memory_mib(self, total: u64, available: u64) -> Self {
+        let meminfo = format!(
+            "MemTotal:       {} kB\nMemFree:        {} kB\nMemAvailable:   {} kB\n",
+            total * 1024,
+            available * 1024,
+            available * 1024
+        );
+        self.write("proc/meminfo", meminfo)
+    }
+
+    pub fn online_cpus(self, list: &str) -> Self {
+        self.write("sys/devices/system/cpu/online", format!("{list}\n"))
+    }
+
+    // ---- QEMU and Kata -----------------------------------------------------
+
+    /// A fake `qemu-kiwi` that prints the given version.
+    pub fn qemu_version(self, version: &str) -> Self {
+        self.qemu_script(&format!(
+            "#!/bin/sh\necho 'QEMU emulator version {version} (qemu-kvm-{version}-1.el9)'\n\
+             echo 'Copyright (c) 2003-2023 Fabrice Bellard and the QEMU Project developers'\n"
+        ))
+    }
+
+    pub fn qemu_script(self, script: &str) -> Self {
+        self.write_executable(QEMU, script)
+    }
+
+    pub fn without_qemu(self) -> Self {
+        self.remove(QEMU)
+    }
+
+    pub fn without_kata_shim(self) -> Self {
+        self.remove(KATA_SHIM)
+    }
+
+    pub fn without_kata_config(self) -> Self {
+        self.remove(KATA_CONFIG)
+    }
+
+    // ---- rpm-ostree ----------------------------------------------------------
+
+    /// Writes `rpm-ostree status --json` where the MCO simulator does.
+    pub fn rpm_ostree_status(self, status: &Value) -> Self {
+        self.write(SIMULATED_STATUS_FILE, status.to_string())
+    }
+
+    pub fn not_ostree(self) -> Self {
+        self.remove("run/ostree-booted")
+    }
+
+    /// The extension is in a staged deployment only: a reboot is pending.
+    pub fn staged_only_extension(self) -> Self {
+        self.rpm_ostree_status(&rpm_ostree_status(&[], Some(&[EXTENSION_PACKAGE])))
+    }
+
+    pub fn without_extension(self) -> Self {
+        self.rpm_ostree_status(&rpm_ostree_status(&[], None))
+    }
+
+    pub fn malformed_rpm_ostree_status(self) -> Self {
+        self.write(
+            SIMULATED_STATUS_FILE,
+            "{\"deployments\": [ {\"booted\": tru",
+        )
+    }
+
+    // ---- CRI-O ---------------------------------------------------------------
+
+    /// Writes `etc/crio/crio.conf.d/<name>`.
+    pub fn drop_in(self, name: &str, text: &str) -> Self {
+        self.write(&format!("{DROP_IN_DIR}/{name}"), text)
+    }
+
+    pub fn without_drop_in(self) -> Self {
+        self.remove(KATA_DROP_IN)
+    }
+
+    /// A drop-in whose line 3, column 16 is a syntax error.
+    pub fn broken_drop_in(self) -> Self {
+        self.drop_in(
+            "60-broken",
+            "[crio.runtime]\nlog_level = \"info\"\npids_limit = = 5\n",
+        )
+    }
+
+    /// A later drop-in redefining `kata` with another `runtime_path`.
+    pub fn drop_in_defining_kata_twice(self) -> Self {
+        let other = KATA_DROP_IN_TEXT.replace(
+            "/usr/bin/containerd-shim-kata-v2",
+            "/usr/local/bin/containerd-shim-kata-v2",
+        );
+        self.drop_in("99-other-kata", &other)
+    }
+
+    pub fn binary_garbage_drop_in(self) -> Self {
+        let garbage: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        self.write(&format!("{DROP_IN_DIR}/70-garbage"), garbage)
+    }
+
+    /// A drop-in that is a symlink to itself.
+    pub fn symlink_loop(self) -> Self {
+        self.symlink(&format!("{DROP_IN_DIR}/80-loop"), "80-loop")
+    }
+
+    pub fn drop_in_as_fifo(self) -> Self {
+        self.fifo(&format!("{DROP_IN_DIR}/85-fifo"))
+    }
+
+    /// Makes the Kata drop-in mode 000. Root reads it anyway (see
+    /// [`unreadable_files_are_unreadable`]).
+    pub fn unreadable_file(self) -> Self {
+        self.chmod(KATA_DROP_IN, 0o000)
+    }
+
+    /// The path where a test's fake CRI-O should listen, its directory made.
+    pub fn crio_socket_path(&self) -> PathBuf {
+        self.parent_made(CRIO_SOCKET)
+    }
+}
+
+/// Whether a mode-000 file actually stops this process: not for root (or
+/// anything with `CAP_DAC_OVERRIDE`), which is how the tests usually run.
+pub fn unreadable_files_are_unreadable() -> bool {
+    let probe = FakeHost::empty().write("probe", "x").chmod("probe", 0o000);
+    fs::read(probe.join("probe")).is_err()
+}
+
+/// A `rpm-ostree status --json` document: a booted deployment with
+/// `booted_packages` and, when given, a staged one with `staged_packages`
+/// (listed first, as rpm-ostree lists the next boot's deployment).
+pub fn rpm_ostree_status(booted_packages: &[&str], staged_packages: Option<&[&str]>) -> Value {
+    let deployment = |packages: &[&str], booted: bool, staged: bool| {
+        json!({
+            "id": if booted { "rhcos-booted.0" } else { "rhcos-staged.0" },
+            "osname": "rhcos",
+            "booted": booted,
+            "staged": staged,
+            "packages": packages,
+            "requested-packages": packages,
+            "requested-local-packages": [],
+        })
+    };
+    let mut deployments = Vec::new();
+    if let Some(staged) = staged_packages {
+        deployments.push(deployment(staged, false, true));
+    }
+    deployments.push(deployment(booted_packages, true, false));
+    json!({ "deployments": deployments, "transaction": null })
+}
