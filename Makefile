@@ -3,8 +3,10 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 
 CONTROL_PLANE_BUILD := tests/scripts/build-control-plane.sh
+CRIO_BUILD := tests/scripts/build-crio.sh
+PROMTOOL_BUILD := tests/scripts/build-promtool.sh
 
-.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane bench-health generate
+.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool bench-health generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -26,8 +28,21 @@ lint:
 control-plane:
 	@bash $(CONTROL_PLANE_BUILD) >/dev/null
 
-unit-and-integration: control-plane
-	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" cargo test --workspace --no-fail-fast
+## CRI-O (and crictl) from the Go module proxy, conmon and crun from the
+## system's packages: the real runtime the node-agent's verdicts are tested
+## against.
+crio:
+	@bash $(CRIO_BUILD) >/dev/null
+
+## Prometheus's promtool, which checks our metrics and alerting rules.
+promtool:
+	@bash $(PROMTOOL_BUILD) >/dev/null
+
+unit-and-integration: control-plane crio promtool
+	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
+		KATA_CRIO_BIN_DIR="$$(bash $(CRIO_BUILD) | tail -n 1)" \
+		KATA_PROMTOOL_BIN_DIR="$$(bash $(PROMTOOL_BUILD) | tail -n 1)" \
+		cargo test --workspace --no-fail-fast
 
 ## Regenerates every checked-in artifact made from the code: the CRD, the
 ## coordinator's RBAC, the API reference and the OLM bundle's CRD copy. The

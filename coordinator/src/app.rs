@@ -78,6 +78,7 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
 pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
     let metrics = Metrics::default();
     let registry = metrics.registry();
+    let leader_gauge = metrics.leader.clone();
     let readiness = Readiness::default();
     let metrics_listener = bind(options.metrics_listen).await?;
     info!(addr = %options.metrics_listen, "serving /metrics, /healthz and /readyz");
@@ -160,6 +161,7 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
     }
 
     readiness.set(true);
+    leader_gauge.set(1);
     let outcome = match &elector {
         Some(elector) => tokio::select! {
             () = controller.run() => {
@@ -173,6 +175,7 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
             Ok(())
         }
     };
+    leader_gauge.set(0);
     parts.shutdown().await;
     drop(grpc_shutdown);
     outcome

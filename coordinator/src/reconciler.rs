@@ -352,9 +352,19 @@ async fn reconcile(config: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Action,
     for step in &plan.steps {
         ctx.execute(&config, step).await?;
     }
+    let metrics = &ctx.options.metrics;
     if plan.steps.contains(&Step::RemoveFinalizer) {
         info!("uninstall complete; finalizer removed");
+        metrics.clear_kataconfig();
         return Ok(Action::await_change());
+    }
+    if plan::active_config(&observed.configs) == Some(observed.name.as_str()) {
+        let conditions: Vec<(&str, bool)> = plan
+            .conditions
+            .iter()
+            .map(|c| (c.type_, c.status))
+            .collect();
+        metrics.observe_kataconfig(&conditions, &plan.nodes);
     }
     let new = status::status(
         config.status.as_ref(),

@@ -94,10 +94,9 @@ impl FakeHost {
             .write("dev/vhost-net", "")
             .qemu_version("8.2.0")
             .write_executable(KATA_SHIM, "#!/bin/sh\nexit 0\n")
-            .write(
-                KATA_CONFIG,
-                "[hypervisor.qemu]\npath = \"/usr/libexec/qemu-kiwi\"\n",
-            )
+            .write(KATA_CONFIG, KATA_CONFIG_TEXT)
+            .write(KATA_KERNEL, "fake guest kernel\n")
+            .write(KATA_IMAGE, "fake guest image\n")
             .write(
                 CRIO_CONF,
                 "[crio]\n[crio.runtime]\ndefault_runtime = \"crun\"\n",
@@ -113,6 +112,8 @@ impl FakeHost {
             .fold(host, |host, module| {
                 host.mkdir(&format!("sys/module/{module}"))
             })
+            .module_parameter("kvm_intel", "unrestricted_guest", "Y")
+            .module_parameter("kvm", "kvmclock_periodic_sync", "Y")
     }
 
     pub fn path(&self) -> &Path {
@@ -234,6 +235,23 @@ impl FakeHost {
         self.device_like("dev/kvm", Path::new("/dev/kvm"))
     }
 
+    /// [`FakeHost::with_real_kvm`], or `None` after printing to stderr why
+    /// `test` skips (no `/dev/kvm`, no right to `mknod`, or the device does
+    /// not open read-write).
+    pub fn with_real_kvm_or_skip(self, test: &str) -> Option<Self> {
+        let opened = self.with_real_kvm().and_then(|host| {
+            let device = host.join("dev/kvm");
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&device)
+                .map(|_| host)
+        });
+        opened
+            .map_err(|err| eprintln!("SKIP {test}: no usable /dev/kvm ({err})"))
+            .ok()
+    }
+
     /// `dev/kvm` as a character device that is not KVM (`/dev/null`'s number).
     pub fn kvm_as_other_device(self) -> io::Result<Self> {
         self.device_like("dev/kvm", Path::new("/dev/null"))
@@ -274,6 +292,69 @@ impl FakeHost {
 
     pub fn without_module(self, module: &str) -> Self {
         self.remove(&format!("sys/module/{module}"))
+    }
+
+    /// Writes `/sys/module/<module>/parameters/<parameter>` as the kernel
+    /// shows it (`Y`, `N`, a number) with its newline.
+    pub fn module_parameter(self, module: &str, parameter: &str, value: &str) -> Self {
+        self.write(
+            &format!("sys/module/{module}/parameters/{parameter}"),
+            format!("{value}\n"),
+        )
+    }
+
+    /// Replaces the loaded hardware KVM module (`kvm_intel`, `kvm_amd`) with
+    /// `module`; a `kvm_intel` gets `unrestricted_guest=Y`.
+    pub fn kvm_vendor_module(self, module: &str) -> Self {
+        let host = self
+            .without_module("kvm_intel")
+            .without_module("kvm_amd")
+            .mkdir(&format!("sys/module/{module}"));
+        if module == "kvm_intel" {
+            host.module_parameter(module, "unrestricted_guest", "Y")
+        } else {
+            host
+        }
+    }
+
+    /// Changes `vendor_id` in every processor block of the cpuinfo, with the
+    /// virtualization flag to match (`svm` for AuthenticAMD, else `vmx`).
+    pub fn cpu_vendor(self, vendor: &str) -> Self {
+        let (from, to) = if vendor == "AuthenticAMD" {
+            (" vmx ", " svm ")
+        } else {
+            (" svm ", " vmx ")
+        };
+        self.edit_cpuinfo(|line| {
+            if line.starts_with("vendor_id") {
+                format!("vendor_id\t: {vendor}")
+            } else if line.starts_with("flags") {
+                format!("{line} ").replace(from, to).trim_end().to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+    }
+
+    /// Adds `hypervisor` to every block's flags, as in any guest of another
+    /// hypervisor.
+    pub fn nested(self) -> Self {
+        self.edit_cpuinfo(|line| {
+            if line.starts_with("flags") {
+                format!("{line} hypervisor")
+            } else {
+                line.to_owned()
+            }
+        })
+    }
+
+    /// Rewrites the cpuinfo line by line.
+    fn edit_cpuinfo(self, edit: impl Fn(&str) -> String) -> Self {
+        let path = self.join("proc/cpuinfo");
+        let text = fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+        let edited: String = text.lines().map(|line| edit(line) + "\n").collect();
+        self.write("proc/cpuinfo", edited)
     }
 
     pub fn without_vhost_vsock_device(self) -> Self {
@@ -450,4 +531,58 @@ pub fn rpm_ostree_status(booted_packages: &[&str], staged_packages: Option<&[&st
     }
     deployments.push(deployment(booted_packages, true, false));
     json!({ "deployments": deployments, "transaction": null })
+}
+
+// ---- additions: Kata's configuration, image-mode nodes --------------------
+
+/// The guest kernel and image [`KATA_CONFIG_TEXT`] names, relative to the root.
+pub const KATA_KERNEL: &str = "usr/share/kata-containers/vmlinuz.container";
+pub const KATA_IMAGE: &str = "usr/share/kata-containers/kata-containers.img";
+/// Where [`FakeHost::rpm_database`] puts its fake `rpm`.
+pub const RPM: &str = "usr/bin/rpm";
+
+/// The packaged `configuration.toml`, cut to what the kata-shim probe reads:
+/// the hypervisor table and its binary, kernel and image, all of which
+/// [`FakeHost::good`] creates.
+pub const KATA_CONFIG_TEXT: &str = r#"[hypervisor.qemu]
+path = "/usr/libexec/qemu-kiwi"
+kernel = "/usr/share/kata-containers/vmlinuz.container"
+image = "/usr/share/kata-containers/kata-containers.img"
+machine_type = "q35"
+
+[runtime]
+internetworking_model = "tcfilter"
+"#;
+
+impl FakeHost {
+    /// Replaces the operator's Kata drop-in with `text`.
+    pub fn kata_drop_in_text(self, text: &str) -> Self {
+        self.write(KATA_DROP_IN, text)
+    }
+
+    /// A fake `rpm` at `/usr/bin/rpm` that answers `rpm -q … NAME` (the
+    /// package name last) as the host's rpm database would if it held
+    /// exactly `packages`: a NEVRA and exit 0, or rpm's "not installed" line
+    /// and exit 1. A script, like the fake QEMU, so the probe runs the same
+    /// command it runs on a node.
+    pub fn rpm_database(self, packages: &[&str]) -> Self {
+        let cases: String = packages
+            .iter()
+            .map(|name| format!("  {name}) echo {name}-3.17.0-1.el9.x86_64; exit 0 ;;\n"))
+            .collect();
+        self.write_executable(
+            RPM,
+            &format!(
+                "#!/bin/sh\n# fake rpm: answers `rpm -q` for this root's packages\n\
+                 for name; do :; done\ncase \"$name\" in\n{cases}esac\n\
+                 echo \"package $name is not installed\"\nexit 1\n"
+            ),
+        )
+    }
+
+    /// An image-mode (on-cluster layering) node: the extension is in the base
+    /// image, so rpm-ostree lists no layered package and `rpm -q` finds it.
+    pub fn image_mode_extension(self) -> Self {
+        self.without_extension().rpm_database(&[EXTENSION_PACKAGE])
+    }
 }

@@ -1,8 +1,9 @@
 //! One probe cycle: every probe, concurrently, each under its own budget.
 //!
-//! The runner is what the daemon keeps between cycles: the QEMU version cache
-//! and sysinfo's state live here, and the expected configuration can be
-//! swapped when the coordinator sends a new one.
+//! The runner is what the daemon keeps between cycles: the QEMU version
+//! cache, the KVM probe's guest-code schedule and sysinfo's state live here,
+//! and the expected configuration can be swapped when the coordinator sends
+//! a new one.
 
 use crate::config::ExpectedConfig;
 use crate::probe::capacity::{self, CapacityReader, CapacitySource};
@@ -26,6 +27,7 @@ pub struct ProbeRunner {
     root: HostRoot,
     options: RunnerOptions,
     qemu_cache: QemuCache,
+    kvm_guest: kvm::GuestSchedule,
     capacity: CapacityReader,
 }
 
@@ -41,6 +43,7 @@ impl ProbeRunner {
             root,
             options,
             qemu_cache: QemuCache::default(),
+            kvm_guest: kvm::GuestSchedule::default(),
         }
     }
 
@@ -63,6 +66,18 @@ impl ProbeRunner {
         self.qemu_cache.runs()
     }
 
+    /// How often the KVM probe runs guest code (see [`kvm::GuestSchedule`]);
+    /// takes effect from the next cycle.
+    pub fn set_kvm_guest_schedule(&mut self, schedule: kvm::GuestSchedule) {
+        self.kvm_guest = schedule;
+    }
+
+    /// How many cycles so far had the KVM probe run guest code (it gets as
+    /// far only when `/dev/kvm` works up to `KVM_CREATE_VM`).
+    pub fn kvm_guest_code_runs(&self) -> u64 {
+        self.kvm_guest.runs()
+    }
+
     /// Runs every probe once; outcomes come in [`ProbeName::ALL`] order.
     pub async fn run_cycle(&mut self) -> Vec<ProbeOutcome> {
         let budgets = self.options.budgets;
@@ -76,10 +91,22 @@ impl ProbeRunner {
         let cpu_info = blocking_within(ProbeName::Cpu, budgets.filesystem, move || {
             cpu::read(&cpu_root)
         });
+        let guest_plan = self.kvm_guest.plan();
+        let in_flight = self.kvm_guest.start(guest_plan);
+        let kvm_root = root.clone();
+        let kvm = run_blocking(ProbeName::Kvm, budgets.filesystem, move || {
+            let _in_flight = in_flight;
+            kvm::probe_with(&kvm_root, guest_plan)
+        });
         let crio_root = root.clone();
         let crio_config = config.clone();
         let crio = run_blocking(ProbeName::CrioDropIn, budgets.filesystem, move || {
             crio::probe(&crio_root, &crio_config)
+        });
+        let shim_root = root.clone();
+        let shim_config = config.clone();
+        let shim = run_blocking(ProbeName::KataShim, budgets.filesystem, move || {
+            kata_shim::probe(&shim_root, &shim_config)
         });
         let mut reader = std::mem::take(&mut self.capacity);
         let capacity_root = root.clone();
@@ -88,7 +115,7 @@ impl ProbeRunner {
             Ok((reader, capacity))
         });
         let (kvm, cpu_info, modules, qemu, shim, rpm_ostree, crio, cri, capacity) = tokio::join!(
-            blocking(ProbeName::Kvm, kvm::probe),
+            kvm,
             cpu_info,
             blocking(ProbeName::KernelModules, modules::probe),
             qemu::probe(
@@ -97,7 +124,7 @@ impl ProbeRunner {
                 &mut self.qemu_cache,
                 &budgets
             ),
-            blocking(ProbeName::KataShim, kata_shim::probe),
+            shim,
             rpm_ostree::probe(
                 root,
                 &self.options.rpm_ostree_status,
@@ -108,6 +135,7 @@ impl ProbeRunner {
             cri::probe(root, &config.runtime_handler, &budgets),
             capacity,
         );
+        self.kvm_guest.record(guest_plan, &kvm);
         let cpu = match cpu_info {
             Ok(info) => cpu::evaluate(&info, kvm.status == ProbeStatus::Ok),
             Err(outcome) => outcome,

@@ -3,7 +3,9 @@
 //! `kvm_capable` (hardware and kernel can run Kata):
 //! - `kvm` is OK: a VM was actually created;
 //! - `kernel-modules` is OK, or WARN `ModulesLoadOnDemand` (the device nodes
-//!   exist and load the modules on first open);
+//!   exist and load the modules on first open), or a WARN on a KVM module
+//!   parameter: `UnrestrictedGuestDisabled` (nested only; on bare metal it is
+//!   a FAIL), `KvmclockPeriodicSyncDisabled`, `KvmParameterUnreadable`;
 //! - `cpu` is not FAIL: its flags are a hint and a WARN (flags hidden by a
 //!   parent hypervisor, cpuinfo unreadable) does not outweigh a working KVM.
 //!
@@ -13,9 +15,12 @@
 //! - `rpm-ostree` OK, SKIP `NotOstreeHost`, or WARN `ExtensionRemovalPending`
 //!   (the extension is booted now; the next boot will remove it). WARN
 //!   `RebootPending` is *not* ready: the installed runtime is not running yet;
-//! - `crio-drop-in` OK or WARN `PrivilegedWithoutHostDevicesUnset` (ordinary
+//! - `crio-drop-in` OK, WARN `RuntimeRootMissing` (CRI-O serves the handler
+//!   with its default root) or WARN `PrivilegedWithoutHostDevicesUnset` (ordinary
 //!   pods run; only privileged ones are affected);
-//! - `cri-handler` OK or SKIP `CrioSocketAbsent` (no socket to ask);
+//! - `cri-handler` OK, SKIP `CrioSocketAbsent` (no socket to ask), or WARN
+//!   `HandlerUnverifiable` (a CRI-O before 1.30 reports neither its handlers
+//!   nor its loaded configuration; `crio-drop-in` still checks the file);
 //! - `capacity` OK or WARN `LowAvailableMemory` (it moves with the load).
 //!
 //! Anything else, including a probe that timed out or is missing from the
@@ -69,10 +74,19 @@ fn acceptable(outcome: &ProbeOutcome) -> bool {
         (_, Ok, _) => true,
         (N::Cpu, Warn | Skip, _) => true,
         (N::KernelModules, Warn, reason::MODULES_LOAD_ON_DEMAND) => true,
+        (
+            N::KernelModules,
+            Warn,
+            reason::UNRESTRICTED_GUEST_DISABLED
+            | reason::KVMCLOCK_PERIODIC_SYNC_DISABLED
+            | reason::KVM_PARAMETER_UNREADABLE,
+        ) => true,
         (N::RpmOstree, Skip, reason::NOT_OSTREE_HOST) => true,
         (N::RpmOstree, Warn, reason::EXTENSION_REMOVAL_PENDING) => true,
         (N::CrioDropIn, Warn, reason::PRIVILEGED_WITHOUT_HOST_DEVICES_UNSET) => true,
+        (N::CrioDropIn, Warn, reason::RUNTIME_ROOT_MISSING) => true,
         (N::CriHandler, Skip, reason::CRIO_SOCKET_ABSENT) => true,
+        (N::CriHandler, Warn, reason::HANDLER_UNVERIFIABLE) => true,
         (N::Capacity, Warn, reason::LOW_AVAILABLE_MEMORY) => true,
         (_, Warn | Skip | Fail, _) => false,
     }
@@ -162,5 +176,41 @@ mod tests {
         outcomes.retain(|outcome| outcome.name != ProbeName::CrioDropIn);
         assert_eq!(verdicts(&outcomes), v(true, false));
         assert_eq!(verdicts(&[]), v(false, false));
+    }
+
+    #[test]
+    fn an_unverifiable_cri_handler_is_accepted_but_invalid_info_is_not() {
+        use ProbeName as N;
+        use ProbeStatus::*;
+        assert_eq!(
+            verdicts(&with(N::CriHandler, Warn, "HandlerUnverifiable")),
+            v(true, true)
+        );
+        for reason in ["CriInfoInvalid", "RuntimeTypeNotVm"] {
+            assert_eq!(verdicts(&with(N::CriHandler, Warn, reason)), v(true, false));
+            assert_eq!(verdicts(&with(N::CriHandler, Fail, reason)), v(true, false));
+        }
+    }
+
+    #[test]
+    fn kvm_module_parameter_warnings_keep_the_node_capable() {
+        use ProbeName as N;
+        use ProbeStatus::*;
+        for reason in [
+            "UnrestrictedGuestDisabled",
+            "KvmclockPeriodicSyncDisabled",
+            "KvmParameterUnreadable",
+        ] {
+            assert_eq!(
+                verdicts(&with(N::KernelModules, Warn, reason)),
+                v(true, true)
+            );
+        }
+        for reason in ["UnrestrictedGuestDisabled", "KvmVendorModuleMismatch"] {
+            assert_eq!(
+                verdicts(&with(N::KernelModules, Fail, reason)),
+                v(false, false)
+            );
+        }
     }
 }

@@ -11,7 +11,9 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 CACHE_ROOT="${KATA_CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kata-operator/control-plane}"
 OUT="$CACHE_ROOT/kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
 
-fail() { echo "build-control-plane: $*" >&2; exit 1; }
+SCRIPT=build-control-plane
+# shellcheck source=tests/scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 if [[ -x "$OUT/kube-apiserver" && -x "$OUT/etcd" && -x "$OUT/kubectl" ]]; then
   echo "$OUT"

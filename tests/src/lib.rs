@@ -5,12 +5,14 @@
 pub mod child_process;
 pub mod cluster;
 pub mod control_plane;
+pub mod crio;
 pub mod demo_world;
 pub mod health_fixture;
 pub mod host_root;
 pub mod mco_simulator;
 pub mod operator;
 pub mod pki;
+pub mod promtool;
 
 use std::path::Path;
 

@@ -243,9 +243,11 @@ async fn kernel_modules_and_vsock_device() {
         "{}",
         no_vendor.message
     );
+    // kvm_amd is right on an AMD CPU (Kata's check: the module must match
+    // the vendor; the mismatch cases are in the probe's own tests).
     let amd = FakeHost::good()
-        .without_module("kvm_intel")
-        .mkdir("sys/module/kvm_amd");
+        .cpu_vendor("AuthenticAMD")
+        .kvm_vendor_module("kvm_amd");
     expect(
         &probe(&amd, ProbeName::KernelModules).await,
         Pass,
@@ -384,13 +386,15 @@ async fn kata_shim_and_configuration() {
         Fail,
         "KataConfigInvalid",
     );
+    // The shim reads the handler's runtime_config_path, not /etc's file: a
+    // valid /etc file does not hide a missing one there.
     let override_in_etc = FakeHost::good()
         .without_kata_config()
         .write("etc/kata-containers/configuration.toml", "[runtime]\n");
     expect(
         &probe(&override_in_etc, ProbeName::KataShim).await,
-        Pass,
-        "KataShimInstalled",
+        Fail,
+        "KataConfigMissing",
     );
     let plain = FakeHost::good().chmod("usr/bin/containerd-shim-kata-v2", 0o644);
     expect(
@@ -461,12 +465,10 @@ async fn crio_drop_in_broken_and_hostile() {
         ProbeName::CrioDropIn,
     )
     .await;
-    expect(&twice, Fail, "ConflictingHandlerDefinitions");
-    assert!(
-        twice.message.contains("50-kata") && twice.message.contains("99-other-kata"),
-        "{}",
-        twice.message
-    );
+    // CRI-O's rule: the later table replaces the earlier one whole, and
+    // that one names a shim that is not there.
+    expect(&twice, Fail, "RuntimePathNotExecutable");
+    assert!(twice.message.contains("99-other-kata"), "{}", twice.message);
     let garbage = probe(
         &FakeHost::good().binary_garbage_drop_in(),
         ProbeName::CrioDropIn,

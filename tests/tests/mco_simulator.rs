@@ -130,6 +130,25 @@ async fn target_of(client: &Client, name: &str) -> String {
     .await
 }
 
+/// The `kata-oc` pool's rendered config once it includes our MachineConfig:
+/// the pool is created before the MachineConfig, so the simulator may render
+/// it once without ours first.
+async fn kata_target(client: &Client) -> String {
+    eventually(
+        "pool kata-oc to be rendered with our MachineConfig",
+        || async {
+            let pool = get_pool(client, "kata-oc").await?;
+            let configuration = &pool["spec"]["configuration"];
+            configuration["source"]
+                .as_array()?
+                .iter()
+                .any(|s| s["name"] == "50-enable-sandboxed-containers-extension")
+                .then(|| configuration["name"].as_str().map(str::to_owned))?
+        },
+    )
+    .await
+}
+
 fn condition<'a>(pool: &'a Value, type_: &str) -> &'a Value {
     pool["status"]["conditions"]
         .as_array()
@@ -289,7 +308,7 @@ async fn a_node_moves_into_the_kata_pool_and_back_out() {
     assert_eq!(agent_verdict(root.path()), "ExtensionNotInstalled");
 
     create_kata_pool(client, None).await;
-    let kata_config = target_of(client, "kata-oc").await;
+    let kata_config = kata_target(client).await;
     set_kata_label(client, "worker-0", true).await;
 
     eventually("worker-0 to be Working towards the kata config", || async {
@@ -390,7 +409,7 @@ async fn a_degraded_node_shows_in_its_annotations_and_the_pool_until_cleared() {
     let worker_config = target_of(client, "worker").await;
     wait_done_at(client, "worker-0", &worker_config).await;
     create_kata_pool(client, None).await;
-    let kata_config = target_of(client, "kata-oc").await;
+    let kata_config = kata_target(client).await;
 
     cluster.simulator.set_fault(
         "worker-0",
@@ -452,7 +471,7 @@ async fn max_unavailable_one_never_updates_two_nodes_at_once() {
         wait_done_at(client, name, &worker_config).await;
     }
     create_kata_pool(client, Some(1)).await;
-    let kata_config = target_of(client, "kata-oc").await;
+    let kata_config = kata_target(client).await;
 
     // A watch sees every state each node passes through, in order.
     let nodes: Api<Node> = Api::all(client.clone());
@@ -513,7 +532,7 @@ async fn a_container_runtime_config_reaches_the_nodes_as_a_drop_in() {
     let root = worker_with_host_root(&cluster, "worker-0").await;
     create_kata_pool(client, None).await;
     set_kata_label(client, "worker-0", true).await;
-    let first = target_of(client, "kata-oc").await;
+    let first = kata_target(client).await;
     wait_done_at(client, "worker-0", &first).await;
 
     let runtime_configs: Api<DynamicObject> =

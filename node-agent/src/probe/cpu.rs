@@ -29,6 +29,30 @@ pub struct CpuInfo {
     pub flags: Option<BTreeSet<String>>,
 }
 
+impl CpuInfo {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags
+            .as_ref()
+            .is_some_and(|flags| flags.contains(flag))
+    }
+
+    /// Whether this is a guest of another hypervisor (the `hypervisor` flag
+    /// every x86 hypervisor sets in CPUID for its guests).
+    pub fn is_nested(&self) -> bool {
+        self.has_flag("hypervisor")
+    }
+
+    /// The hardware KVM module this CPU's vendor needs, as Kata's host check
+    /// maps it: `None` for any other vendor (or none known).
+    pub fn kvm_vendor_module(&self) -> Option<&'static str> {
+        match self.vendor.as_deref()? {
+            "GenuineIntel" => Some("kvm_intel"),
+            "AuthenticAMD" => Some("kvm_amd"),
+            _ => None,
+        }
+    }
+}
+
 /// Parses the first processor block of a cpuinfo text; stops at the first
 /// blank line after it. Unknown or malformed lines are ignored.
 pub fn parse_cpuinfo(text: &str) -> CpuInfo {
@@ -165,6 +189,21 @@ mod tests {
         );
         let ok = evaluate(&parse_cpuinfo(INTEL), true);
         assert_eq!((ok.status, ok.reason), (ProbeStatus::Ok, "CpuFlagsPresent"));
+    }
+
+    #[test]
+    fn vendor_module_and_nesting() {
+        let intel = parse_cpuinfo(INTEL);
+        assert_eq!(intel.kvm_vendor_module(), Some("kvm_intel"));
+        assert!(!intel.is_nested());
+        let amd = parse_cpuinfo("vendor_id : AuthenticAMD\nflags : svm lm hypervisor\n");
+        assert_eq!(amd.kvm_vendor_module(), Some("kvm_amd"));
+        assert!(amd.is_nested());
+        assert_eq!(
+            parse_cpuinfo("vendor_id : HygonGenuine\n").kvm_vendor_module(),
+            None
+        );
+        assert_eq!(CpuInfo::default().kvm_vendor_module(), None);
     }
 
     #[test]

@@ -1,13 +1,23 @@
 //! CRI-O drop-in: does CRI-O's merged configuration define the Kata handler
-//! the way Kata needs it?
+//! the way Kata needs it, by CRI-O's own rules (cri-o/cri-o v1.36,
+//! `pkg/config`)?
 //!
-//! CRI-O reads `/etc/crio/crio.conf`, then every file of
-//! `/etc/crio/crio.conf.d` in lexical order, later files overriding earlier
-//! ones. A `[crio.runtime.runtimes.<handler>]` table in a later file replaces
-//! the earlier one as a whole (Go's TOML decoder builds a fresh map value), so
-//! that is how the merge here treats it. Two files that define the handler
-//! with a different `runtime_path` or `runtime_type` are reported as a
-//! conflict: which one wins then depends on file names nobody looks at.
+//! - Where: CRI-O's `--config` and `--config-dir`, read from the running
+//!   crio's command line, else from `/etc/sysconfig/crio`, else the defaults
+//!   `/etc/crio/crio.conf` and `/etc/crio/crio.conf.d` ([`crio_paths`]).
+//! - Order: the main file, then every file under the directory
+//!   **recursively**, lexical order at each level (`filepath.Walk`). A
+//!   symlink to a directory in there makes CRI-O exit.
+//! - Merge: a later `[crio.runtime.runtimes.<handler>]` table replaces the
+//!   earlier one as a whole (Go's TOML decoder builds a fresh map value).
+//! - A value of the wrong type in any handler table, or in
+//!   `crio.runtime.default_runtime`, stops CRI-O.
+//! - `inherit_default_runtime = true` copies runtime_path, runtime_type,
+//!   runtime_root and runtime_config_path from the default runtime.
+//! - CRI-O drops (serves without) a handler whose runtime_path does not
+//!   exist; a vm handler whose runtime_path is not named
+//!   `containerd-shim-<name>-v2`; one whose runtime_config_path is set and
+//!   missing. Without runtime_root CRI-O uses its default: a WARN.
 
 use std::fmt;
 
@@ -19,8 +29,19 @@ use crate::config::ExpectedConfig;
 
 pub const CRIO_CONF: &str = "/etc/crio/crio.conf";
 pub const CRIO_CONF_D: &str = "/etc/crio/crio.conf.d";
+pub const CRIO_SYSCONFIG: &str = "/etc/sysconfig/crio";
+/// CRI-O's default runtime when `default_runtime` is not set.
+pub const DEFAULT_RUNTIME: &str = "crun";
 /// CRI-O's full default configuration is about 70 KiB.
 const FILE_LIMIT: u64 = 1024 * 1024;
+/// A command line or sysconfig file is a few KiB.
+const SMALL_FILE_LIMIT: u64 = 64 * 1024;
+/// Drop-in files read at most, over the whole tree.
+const MAX_FILES: usize = 512;
+/// Directory levels walked at most.
+const MAX_DEPTH: usize = 8;
+/// Processes looked at, at most, to find crio.
+const MAX_PROCESSES: usize = 65_536;
 
 const NAME: ProbeName = ProbeName::CrioDropIn;
 
@@ -47,13 +68,29 @@ pub struct HandlerConfig {
     pub runtime_path: Option<String>,
     pub runtime_type: Option<String>,
     pub runtime_root: Option<String>,
+    pub runtime_config_path: Option<String>,
     pub privileged_without_host_devices: Option<bool>,
+    pub inherit_default_runtime: Option<bool>,
 }
 
-impl HandlerConfig {
-    /// The fields whose disagreement between two files is a conflict.
-    fn identity(&self) -> (Option<&str>, Option<&str>) {
-        (self.runtime_path.as_deref(), self.runtime_type.as_deref())
+/// What the merge yields for one handler.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergedConfig {
+    /// The handler's winning table, if any file defines it.
+    pub handler: Option<HandlerConfig>,
+    /// Earlier files whose definition of the handler a later one replaced.
+    pub replaced: Vec<String>,
+    /// `crio.runtime.default_runtime`, if set.
+    pub default_runtime: Option<Setting<String>>,
+    /// The default runtime's table, if any file defines it.
+    pub default_table: Option<HandlerConfig>,
+}
+
+impl MergedConfig {
+    fn default_runtime_name(&self) -> &str {
+        self.default_runtime
+            .as_ref()
+            .map_or(DEFAULT_RUNTIME, |s| s.value.as_str())
     }
 }
 
@@ -70,37 +107,197 @@ impl fmt::Display for MergeFailure {
     }
 }
 
-/// Reads `crio.conf` and the drop-ins in CRI-O's order. A missing file or
-/// directory is fine; anything present that cannot be read as a regular file
-/// (a FIFO, a symlink loop, a permission error, a huge file) is a failure
-/// naming that file. Blocking.
+/// Where CRI-O reads its configuration on this host, and who said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrioPaths {
+    pub config: String,
+    pub config_dir: String,
+    /// `crio command line`, `/etc/sysconfig/crio` or `defaults`.
+    pub source: String,
+}
+
+impl Default for CrioPaths {
+    fn default() -> Self {
+        Self {
+            config: CRIO_CONF.to_owned(),
+            config_dir: CRIO_CONF_D.to_owned(),
+            source: "defaults".to_owned(),
+        }
+    }
+}
+
+/// `--config`/`-c` and `--config-dir`/`-d` in a list of arguments, each in
+/// `--flag value` or `--flag=value` form. Pure.
+pub fn config_flags<'a>(
+    args: impl IntoIterator<Item = &'a str>,
+) -> (Option<String>, Option<String>) {
+    let (mut config, mut dir) = (None, None);
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with('-') => (flag, Some(value)),
+            _ => (arg, None),
+        };
+        let slot = match flag {
+            "--config" | "-c" => &mut config,
+            "--config-dir" | "-d" => &mut dir,
+            _ => continue,
+        };
+        let value = inline.or_else(|| args.next()).map(|v| v.trim_matches('"'));
+        if let Some(value) = value.filter(|v| v.starts_with('/')) {
+            *slot = Some(value.to_owned());
+        }
+    }
+    (config, dir)
+}
+
+/// Where CRI-O reads its configuration: the running crio's own flags, else
+/// the flags in `/etc/sysconfig/crio` (its unit's EnvironmentFile), else the
+/// defaults. Blocking; bounded reads.
+pub fn crio_paths(root: &HostRoot) -> CrioPaths {
+    let mut paths = CrioPaths::default();
+    let found = crio_command_line(root)
+        .map(|args| {
+            (
+                config_flags(args.iter().map(String::as_str)),
+                "crio command line",
+            )
+        })
+        .or_else(|| {
+            let bytes = root.read_file(CRIO_SYSCONFIG, SMALL_FILE_LIMIT).ok()?;
+            let text = String::from_utf8_lossy(&bytes);
+            let words = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == '"' || c == '\''))
+                .map(|w| {
+                    w.split_once('=')
+                        .filter(|(k, _)| !k.starts_with('-'))
+                        .map_or(w, |(_, v)| v)
+                })
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>();
+            let flags = config_flags(words);
+            (flags.0.is_some() || flags.1.is_some()).then_some((flags, CRIO_SYSCONFIG))
+        });
+    if let Some(((config, dir), source)) = found {
+        paths.source = source.to_owned();
+        if let Some(config) = config {
+            paths.config = config;
+        }
+        if let Some(dir) = dir {
+            paths.config_dir = dir;
+        }
+    }
+    paths
+}
+
+/// The arguments of the running `crio`, from the host's `/proc`.
+fn crio_command_line(root: &HostRoot) -> Option<Vec<String>> {
+    let pids = root.read_dir_sorted("/proc").ok()?;
+    pids.iter()
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .take(MAX_PROCESSES)
+        .find_map(|pid| {
+            let comm = root.read_file(&format!("/proc/{pid}/comm"), 256).ok()?;
+            (comm.trim_ascii() == b"crio").then_some(())?;
+            let cmdline = root
+                .read_file(&format!("/proc/{pid}/cmdline"), SMALL_FILE_LIMIT)
+                .ok()?;
+            Some(
+                cmdline
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
+            )
+        })
+}
+
+/// Reads the main file and the drop-in tree in CRI-O's order. A missing
+/// file or directory is fine; anything present that cannot be read as a
+/// regular file (a FIFO, a symlink to a directory, a permission error, a
+/// huge file) is a failure naming that file. Blocking.
 pub fn read_config_files(root: &HostRoot) -> Result<Vec<ConfigFile>, MergeFailure> {
+    read_config_files_at(root, &CrioPaths::default())
+}
+
+/// [`read_config_files`] for the given paths.
+pub fn read_config_files_at(
+    root: &HostRoot,
+    paths: &CrioPaths,
+) -> Result<Vec<ConfigFile>, MergeFailure> {
     let unreadable = |message: String| MergeFailure {
         reason: reason::DROP_IN_UNREADABLE,
         message,
     };
-    let mut paths = vec![CRIO_CONF.to_owned()];
-    match root.read_dir_sorted(CRIO_CONF_D) {
-        Ok(names) => paths.extend(names.iter().map(|name| format!("{CRIO_CONF_D}/{name}"))),
+    let mut files = Vec::new();
+    match root.read_file(&paths.config, FILE_LIMIT) {
+        Ok(bytes) => files.push(ConfigFile {
+            host_path: display(&paths.config),
+            bytes,
+        }),
         Err(err) if err.is_not_found() => {}
         Err(err) => return Err(unreadable(err.to_string())),
     }
-    let mut files = Vec::with_capacity(paths.len());
-    for host_path in paths {
-        // CRI-O skips directories inside the drop-in directory.
-        if root.metadata(&host_path).is_ok_and(|meta| meta.is_dir()) {
+    walk(root, &paths.config_dir, 0, &mut files)?;
+    Ok(files)
+}
+
+/// `filepath.Walk` over the drop-in directory: entries in lexical order,
+/// directories entered where they sort.
+fn walk(
+    root: &HostRoot,
+    dir: &str,
+    depth: usize,
+    files: &mut Vec<ConfigFile>,
+) -> Result<(), MergeFailure> {
+    let unreadable = |message: String| MergeFailure {
+        reason: reason::DROP_IN_UNREADABLE,
+        message,
+    };
+    let names = match root.read_dir_sorted(dir) {
+        Ok(names) => names,
+        Err(err) if err.is_not_found() && depth == 0 => return Ok(()),
+        Err(err) => return Err(unreadable(err.to_string())),
+    };
+    for name in names {
+        let host_path = format!("{}/{name}", dir.trim_end_matches('/'));
+        let is_dir = root.metadata(&host_path).is_ok_and(|meta| meta.is_dir());
+        if is_dir && root.is_symlink_entry(dir, &name) {
+            return Err(MergeFailure {
+                reason: reason::DROP_IN_DIR_SYMLINK,
+                message: format!(
+                    "{} is a symlink to a directory: CRI-O reads it as a file and exits",
+                    display(&host_path)
+                ),
+            });
+        }
+        if is_dir {
+            if depth + 1 >= MAX_DEPTH {
+                return Err(unreadable(format!(
+                    "{} is nested more than {MAX_DEPTH} levels deep",
+                    display(&host_path)
+                )));
+            }
+            walk(root, &host_path, depth + 1, files)?;
             continue;
         }
-        match root.read_file(&host_path, FILE_LIMIT) {
-            Ok(bytes) => files.push(ConfigFile {
-                host_path: display(&host_path),
-                bytes,
-            }),
-            Err(err) if err.is_not_found() && host_path == CRIO_CONF => {}
-            Err(err) => return Err(unreadable(err.to_string())),
+        if files.len() >= MAX_FILES {
+            return Err(unreadable(format!(
+                "more than {MAX_FILES} files under {}",
+                display(dir)
+            )));
         }
+        let bytes = root
+            .read_file(&host_path, FILE_LIMIT)
+            .map_err(|err| unreadable(err.to_string()))?;
+        files.push(ConfigFile {
+            host_path: display(&host_path),
+            bytes,
+        });
     }
-    Ok(files)
+    Ok(())
 }
 
 /// Merges the files in order and returns the handler's table, if any file
@@ -109,51 +306,62 @@ pub fn merge_handler(
     files: &[ConfigFile],
     handler: &str,
 ) -> Result<Option<HandlerConfig>, MergeFailure> {
-    let mut merged: Option<HandlerConfig> = None;
+    merge(files, handler).map(|merged| merged.handler)
+}
+
+/// Merges the files in order, type-checking every handler table and the
+/// default runtime on the way, as CRI-O does on start. Pure.
+pub fn merge(files: &[ConfigFile], handler: &str) -> Result<MergedConfig, MergeFailure> {
+    let mut merged = MergedConfig::default();
+    let mut tables: Vec<(String, HandlerConfig)> = Vec::new();
     for file in files {
         let document = parse(file)?;
-        let Some(definition) = handler_in(&document, &file.host_path, handler)? else {
-            continue;
-        };
-        if let Some(previous) = &merged
-            && previous.identity() != definition.identity()
-        {
-            return Err(MergeFailure {
-                reason: reason::CONFLICTING_HANDLER_DEFINITIONS,
-                message: format!(
-                    "crio.runtime.runtimes.{handler} is defined in {} ({}) and again in {} ({}); \
-                     remove one",
-                    previous.defined_in,
-                    describe_identity(previous),
-                    definition.defined_in,
-                    describe_identity(&definition),
-                ),
-            });
+        if let Some(setting) = default_runtime_in(&document, &file.host_path)? {
+            merged.default_runtime = Some(setting);
         }
-        merged = Some(definition);
+        for (name, table) in handlers_in(&document, &file.host_path)? {
+            match tables.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => {
+                    if name == handler {
+                        merged.replaced.push(slot.1.defined_in.clone());
+                    }
+                    slot.1 = table;
+                }
+                None => tables.push((name, table)),
+            }
+        }
+    }
+    let default_name = merged.default_runtime_name().to_owned();
+    for (name, table) in tables {
+        if name == default_name {
+            merged.default_table = Some(table.clone());
+        }
+        if name == handler {
+            merged.handler = Some(table);
+        }
     }
     Ok(merged)
 }
 
-/// Judges the merged handler; `is_executable` checks a host path under the root.
+/// Judges the merged handler; `is_executable` and `exists` check a host path
+/// under the root.
 pub fn evaluate(
-    merged: Result<Option<HandlerConfig>, MergeFailure>,
+    merged: Result<MergedConfig, MergeFailure>,
     config: &ExpectedConfig,
     is_executable: impl Fn(&str) -> bool,
+    exists: impl Fn(&str) -> bool,
 ) -> ProbeOutcome {
     let handler = &config.runtime_handler;
     let merged = match merged {
         Ok(merged) => merged,
         Err(failure) => return ProbeOutcome::fail(NAME, failure.reason, failure.message),
     };
-    let Some(table) = merged else {
+    let Some(table) = merged.handler.clone() else {
         return ProbeOutcome::fail(
             NAME,
             reason::HANDLER_NOT_CONFIGURED,
             format!(
-                "no [crio.runtime.runtimes.{handler}] in {} or {}/* (the operator writes it to {})",
-                display(CRIO_CONF),
-                display(CRIO_CONF_D),
+                "no [crio.runtime.runtimes.{handler}] in CRI-O's configuration (the operator writes it to {})",
                 display(&config.drop_in_path)
             ),
         );
@@ -164,26 +372,49 @@ pub fn evaluate(
             table.defined_in
         )
     };
+    // CRI-O will not start when its default runtime is a broken handler.
+    let fatal = if merged.default_runtime_name() == handler.as_str() {
+        " — and it is CRI-O's default_runtime, so CRI-O will not start"
+    } else {
+        ""
+    };
+    let fail = |reason: &'static str, message: String| {
+        ProbeOutcome::fail(NAME, reason, format!("{message}{fatal}"))
+    };
+    if table.inherit_default_runtime == Some(true) {
+        let default = merged.default_runtime_name();
+        let default_type = merged
+            .default_table
+            .as_ref()
+            .and_then(|t| t.runtime_type.as_deref())
+            .unwrap_or("oci");
+        if default_type != "vm" {
+            return fail(
+                reason::INHERITS_DEFAULT_RUNTIME,
+                format!(
+                    "{} = true: CRI-O runs {handler} pods with the default runtime {default:?}                      (runtime_type {default_type:?}), with no VM",
+                    key("inherit_default_runtime")
+                ),
+            );
+        }
+    }
     let Some(runtime_path) = table.runtime_path.as_deref() else {
-        return ProbeOutcome::fail(
-            NAME,
+        return fail(
             reason::RUNTIME_PATH_MISSING,
             format!("{} is not set", key("runtime_path")),
         );
     };
     if !is_executable(runtime_path) {
-        return ProbeOutcome::fail(
-            NAME,
+        return fail(
             reason::RUNTIME_PATH_NOT_EXECUTABLE,
             format!(
-                "{} = {runtime_path:?}, which is not an executable file on the host",
+                "{} = {runtime_path:?}, which is not an executable file on the host: CRI-O ignores the handler",
                 key("runtime_path")
             ),
         );
     }
     if table.runtime_type.as_deref() != Some("vm") {
-        return ProbeOutcome::fail(
-            NAME,
+        return fail(
             reason::RUNTIME_TYPE_NOT_VM,
             format!(
                 "{} is {}, expected \"vm\" (Kata is a VM runtime; CRI-O's default is \"oci\")",
@@ -195,11 +426,37 @@ pub fn evaluate(
             ),
         );
     }
+    if !is_shim_name(runtime_path) {
+        return fail(
+            reason::RUNTIME_PATH_NOT_SHIM_NAME,
+            format!(
+                "{} = {runtime_path:?}: CRI-O ignores a vm handler whose binary is not named                  containerd-shim-<name>-v2",
+                key("runtime_path")
+            ),
+        );
+    }
+    if let Some(config_path) = table
+        .runtime_config_path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        && !exists(config_path)
+    {
+        return fail(
+            reason::RUNTIME_CONFIG_PATH_MISSING,
+            format!(
+                "{} = {config_path:?}, which does not exist on the host: CRI-O ignores the handler",
+                key("runtime_config_path")
+            ),
+        );
+    }
     if table.runtime_root.as_deref().is_none_or(str::is_empty) {
-        return ProbeOutcome::fail(
+        return ProbeOutcome::warn(
             NAME,
             reason::RUNTIME_ROOT_MISSING,
-            format!("{} is not set", key("runtime_root")),
+            format!(
+                "{} is not set: CRI-O uses its default root",
+                key("runtime_root")
+            ),
         );
     }
     if table.privileged_without_host_devices != Some(true) {
@@ -212,21 +469,56 @@ pub fn evaluate(
             ),
         );
     }
+    let replaced = if merged.replaced.is_empty() {
+        String::new()
+    } else {
+        format!(" (replacing the table in {})", merged.replaced.join(", "))
+    };
     ProbeOutcome::ok(
         NAME,
         reason::HANDLER_CONFIGURED,
         format!(
-            "[crio.runtime.runtimes.{handler}] in {}: runtime_path = {runtime_path:?}, runtime_type = \"vm\"",
+            "[crio.runtime.runtimes.{handler}] in {}{replaced}: runtime_path = {runtime_path:?}, runtime_type = \"vm\"",
             table.defined_in
         ),
     )
 }
 
+/// CRI-O's rule for a vm handler's binary (`pkg/config`):
+/// `containerd-shim-([a-zA-Z0-9\-\+])+-v2` as the file name.
+fn is_shim_name(runtime_path: &str) -> bool {
+    let name = runtime_path.rsplit('/').next().unwrap_or(runtime_path);
+    name.strip_prefix("containerd-shim-")
+        .and_then(|rest| rest.strip_suffix("-v2"))
+        .is_some_and(|middle| {
+            !middle.is_empty()
+                && middle
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'+')
+        })
+}
+
 /// Blocking; run it through [`super::run_blocking`].
 pub fn probe(root: &HostRoot, config: &ExpectedConfig) -> ProbeOutcome {
+    let paths = crio_paths(root);
     let merged =
-        read_config_files(root).and_then(|files| merge_handler(&files, &config.runtime_handler));
-    evaluate(merged, config, |path| root.is_executable(path))
+        read_config_files_at(root, &paths).and_then(|files| merge(&files, &config.runtime_handler));
+    let mut outcome = evaluate(
+        merged,
+        config,
+        |path| root.is_executable(path),
+        |path| root.exists(path),
+    );
+    if paths.source != "defaults" {
+        outcome.message = format!(
+            "{} (configuration {} and {} from the {})",
+            outcome.message,
+            display(&paths.config),
+            display(&paths.config_dir),
+            paths.source
+        );
+    }
+    outcome
 }
 
 fn parse(file: &ConfigFile) -> Result<DocumentMut, MergeFailure> {
@@ -262,15 +554,15 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// The handler's table in one document, type-checked.
-fn handler_in(
-    document: &DocumentMut,
+/// The table at `path` (e.g. `crio.runtime`), type-checked on the way.
+fn table_at<'a>(
+    document: &'a DocumentMut,
     file: &str,
-    handler: &str,
-) -> Result<Option<HandlerConfig>, MergeFailure> {
+    path: &[&str],
+) -> Result<Option<&'a dyn TableLike>, MergeFailure> {
     let mut table: &dyn TableLike = document.as_table();
     let mut key = String::new();
-    for part in ["crio", "runtime", "runtimes", handler] {
+    for part in path {
         if !key.is_empty() {
             key.push('.');
         }
@@ -282,6 +574,55 @@ fn handler_in(
             .as_table_like()
             .ok_or_else(|| wrong_type(file, &key, "a table", item))?;
     }
+    Ok(Some(table))
+}
+
+fn default_runtime_in(
+    document: &DocumentMut,
+    file: &str,
+) -> Result<Option<Setting<String>>, MergeFailure> {
+    let Some(runtime) = table_at(document, file, &["crio", "runtime"])? else {
+        return Ok(None);
+    };
+    match runtime.get("default_runtime") {
+        None => Ok(None),
+        Some(item) => item
+            .as_str()
+            .map(|value| {
+                Some(Setting {
+                    value: value.to_owned(),
+                    file: file.to_owned(),
+                })
+            })
+            .ok_or_else(|| wrong_type(file, "crio.runtime.default_runtime", "a string", item)),
+    }
+}
+
+/// Every handler table in one document, type-checked.
+fn handlers_in(
+    document: &DocumentMut,
+    file: &str,
+) -> Result<Vec<(String, HandlerConfig)>, MergeFailure> {
+    let Some(runtimes) = table_at(document, file, &["crio", "runtime", "runtimes"])? else {
+        return Ok(Vec::new());
+    };
+    runtimes
+        .iter()
+        .map(|(name, item)| {
+            let key = format!("crio.runtime.runtimes.{name}");
+            let table = item
+                .as_table_like()
+                .ok_or_else(|| wrong_type(file, &key, "a table", item))?;
+            Ok((name.to_owned(), handler_table(table, file, &key)?))
+        })
+        .collect()
+}
+
+fn handler_table(
+    table: &dyn TableLike,
+    file: &str,
+    key: &str,
+) -> Result<HandlerConfig, MergeFailure> {
     let string = |field: &str| -> Result<Option<String>, MergeFailure> {
         match table.get(field) {
             None => Ok(None),
@@ -291,24 +632,24 @@ fn handler_in(
                 .ok_or_else(|| wrong_type(file, &format!("{key}.{field}"), "a string", item)),
         }
     };
-    let privileged = match table.get("privileged_without_host_devices") {
-        None => None,
-        Some(item) => Some(item.as_bool().ok_or_else(|| {
-            wrong_type(
-                file,
-                &format!("{key}.privileged_without_host_devices"),
-                "a boolean",
-                item,
-            )
-        })?),
+    let boolean = |field: &str| -> Result<Option<bool>, MergeFailure> {
+        match table.get(field) {
+            None => Ok(None),
+            Some(item) => item
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| wrong_type(file, &format!("{key}.{field}"), "a boolean", item)),
+        }
     };
-    Ok(Some(HandlerConfig {
+    Ok(HandlerConfig {
         defined_in: file.to_owned(),
         runtime_path: string("runtime_path")?,
         runtime_type: string("runtime_type")?,
         runtime_root: string("runtime_root")?,
-        privileged_without_host_devices: privileged,
-    }))
+        runtime_config_path: string("runtime_config_path")?,
+        privileged_without_host_devices: boolean("privileged_without_host_devices")?,
+        inherit_default_runtime: boolean("inherit_default_runtime")?,
+    })
 }
 
 fn wrong_type(file: &str, key: &str, expected: &str, found: &Item) -> MergeFailure {
@@ -319,15 +660,6 @@ fn wrong_type(file: &str, key: &str, expected: &str, found: &Item) -> MergeFailu
             found.type_name()
         ),
     }
-}
-
-fn describe_identity(table: &HandlerConfig) -> String {
-    let (path, kind) = table.identity();
-    format!(
-        "runtime_path = {}, runtime_type = {}",
-        path.map_or("unset".to_owned(), |p| format!("{p:?}")),
-        kind.map_or("unset".to_owned(), |t| format!("{t:?}"))
-    )
 }
 
 #[cfg(test)]
@@ -349,8 +681,9 @@ mod tests {
 
     fn judge(files: &[ConfigFile]) -> ProbeOutcome {
         evaluate(
-            merge_handler(files, "kata"),
+            merge(files, "kata"),
             &ExpectedConfig::default(),
+            |_| true,
             |_| true,
         )
     }
@@ -371,7 +704,7 @@ mod tests {
 
     #[test]
     fn inline_tables_and_dotted_keys_count_too() {
-        let inline = "crio.runtime.runtimes.kata = { runtime_path = \"/x\", runtime_type = \"vm\", \
+        let inline = "crio.runtime.runtimes.kata = { runtime_path = \"/x/containerd-shim-kata-v2\", runtime_type = \"vm\", \
             runtime_root = \"/run/vc\", privileged_without_host_devices = true }\n";
         assert_eq!(judge(&[file("50-kata", inline)]).status, ProbeStatus::Ok);
     }
@@ -383,7 +716,8 @@ mod tests {
         let outcome = judge(&[file("50-kata", KATA), file("60-partial", partial)]);
         assert_eq!(
             (outcome.status, outcome.reason),
-            (ProbeStatus::Fail, "RuntimeRootMissing")
+            (ProbeStatus::Warn, "RuntimeRootMissing"),
+            "CRI-O serves it with its default root"
         );
         assert!(
             outcome.message.contains("60-partial"),
@@ -432,16 +766,162 @@ mod tests {
     }
 
     #[test]
-    fn conflicting_definitions_name_both_files() {
-        let other = KATA.replace("containerd-shim-kata-v2", "other-shim");
+    fn a_later_definition_wins_and_names_what_it_replaced() {
+        let other = KATA.replace("containerd-shim-kata-v2", "containerd-shim-other-v2");
         let outcome = judge(&[file("50-kata", KATA), file("99-other", &other)]);
-        assert_eq!(outcome.reason, "ConflictingHandlerDefinitions");
-        assert!(outcome.message.contains("50-kata") && outcome.message.contains("99-other"));
-        let same = judge(&[file("50-kata", KATA), file("99-same", KATA)]);
         assert_eq!(
-            same.status,
+            outcome.status,
             ProbeStatus::Ok,
-            "an identical repeat is no conflict"
+            "CRI-O serves the later one"
+        );
+        assert!(
+            outcome.message.contains("in /etc/crio/crio.conf.d/99-other (replacing the table in /etc/crio/crio.conf.d/50-kata)"),
+            "{}",
+            outcome.message
+        );
+    }
+
+    #[test]
+    fn crio_drop_rules() {
+        let named = KATA.replace("containerd-shim-kata-v2", "kata-runtime");
+        assert_eq!(
+            judge(&[file("50-kata", &named)]).reason,
+            "RuntimePathNotShimName"
+        );
+        for good in ["containerd-shim-kata-v2", "containerd-shim-kata-qemu+x-v2"] {
+            assert!(is_shim_name(&format!("/usr/bin/{good}")), "{good}");
+        }
+        for bad in [
+            "containerd-shim--v2",
+            "containerd-shim-kata-v3",
+            "shim-kata-v2",
+            "containerd-shim-k_a-v2",
+        ] {
+            assert!(!is_shim_name(bad), "{bad}");
+        }
+        let with_config = format!("{KATA}runtime_config_path = \"/etc/kata/none.toml\"\n");
+        let outcome = evaluate(
+            merge(&[file("50-kata", &with_config)], "kata"),
+            &ExpectedConfig::default(),
+            |_| true,
+            |_| false,
+        );
+        assert_eq!(outcome.reason, "RuntimeConfigPathMissing");
+        assert!(outcome.message.contains("runtime_config_path"));
+    }
+
+    #[test]
+    fn inheriting_the_default_runtime_means_no_vm() {
+        let inherit = format!("{KATA}inherit_default_runtime = true\n");
+        let outcome = judge(&[file("50-kata", &inherit)]);
+        assert_eq!(
+            (outcome.status, outcome.reason),
+            (ProbeStatus::Fail, "InheritsDefaultRuntime")
+        );
+        assert!(outcome.message.contains("\"crun\""), "{}", outcome.message);
+    }
+
+    #[test]
+    fn a_broken_default_handler_stops_crio_and_a_type_error_anywhere_too() {
+        let base = file("00-base", "[crio.runtime]\ndefault_runtime = \"kata\"\n");
+        let oci = KATA.replace("\"vm\"", "\"oci\"");
+        let outcome = judge(&[base, file("50-kata", &oci)]);
+        assert!(
+            outcome.message.contains("CRI-O will not start"),
+            "{}",
+            outcome.message
+        );
+        let other = file(
+            "10-other",
+            "[crio.runtime.runtimes.crun]\nruntime_path = 7\n",
+        );
+        let outcome = judge(&[other, file("50-kata", KATA)]);
+        assert_eq!(outcome.reason, "DropInInvalidValue");
+        assert!(
+            outcome
+                .message
+                .contains("crio.runtime.runtimes.crun.runtime_path")
+        );
+    }
+
+    #[test]
+    fn config_paths_come_from_the_running_crio_then_sysconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(dir.path());
+        assert_eq!(crio_paths(&root), CrioPaths::default());
+        let write = |path: &str, bytes: &[u8]| {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        };
+        write(
+            "etc/sysconfig/crio",
+            b"# options\nCRIO_CONFIG_OPTIONS=\"--config-dir=/etc/crio/other.d\"\nCRIO_STORAGE_OPTIONS=\n",
+        );
+        let from_sysconfig = crio_paths(&root);
+        assert_eq!(
+            (
+                from_sysconfig.config_dir.as_str(),
+                from_sysconfig.source.as_str()
+            ),
+            ("/etc/crio/other.d", CRIO_SYSCONFIG)
+        );
+        write("proc/4242/comm", b"crio\n");
+        write(
+            "proc/4242/cmdline",
+            b"/usr/bin/crio\0--config\0/x/crio.conf\0",
+        );
+        write("proc/17/comm", b"bash\n");
+        let from_process = crio_paths(&root);
+        assert_eq!(
+            (
+                from_process.config.as_str(),
+                from_process.config_dir.as_str(),
+                from_process.source.as_str()
+            ),
+            ("/x/crio.conf", CRIO_CONF_D, "crio command line")
+        );
+    }
+
+    #[test]
+    fn the_drop_in_tree_is_walked_in_crio_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("etc/crio/crio.conf.d");
+        std::fs::create_dir_all(d.join("20-dir/sub")).unwrap();
+        for (path, text) in [
+            ("10-a", "a"),
+            ("20-dir/sub/x", "x"),
+            ("20-dir/y", "y"),
+            ("30-b", "b"),
+        ] {
+            std::fs::write(d.join(path), text).unwrap();
+        }
+        let files = read_config_files(&HostRoot::new(dir.path())).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.host_path.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "/etc/crio/crio.conf.d/10-a",
+                "/etc/crio/crio.conf.d/20-dir/sub/x",
+                "/etc/crio/crio.conf.d/20-dir/y",
+                "/etc/crio/crio.conf.d/30-b"
+            ]
+        );
+        std::os::unix::fs::symlink("20-dir", d.join("40-link")).unwrap();
+        let failure = read_config_files(&HostRoot::new(dir.path())).unwrap_err();
+        assert_eq!(failure.reason, "DropInDirSymlink");
+        assert!(failure.message.contains("40-link"));
+    }
+
+    #[test]
+    fn config_paths_come_from_flags() {
+        assert_eq!(
+            config_flags(["/usr/bin/crio", "--config=/x/crio.conf", "-d", "/x/d"]),
+            (Some("/x/crio.conf".into()), Some("/x/d".into()))
+        );
+        assert_eq!(
+            config_flags(["crio", "--log-level", "info", "--config"]),
+            (None, None)
         );
     }
 
@@ -470,9 +950,10 @@ mod tests {
             "PrivilegedWithoutHostDevicesUnset"
         );
         let outcome = evaluate(
-            merge_handler(&[file("50-kata", KATA)], "kata"),
+            merge(&[file("50-kata", KATA)], "kata"),
             &ExpectedConfig::default(),
             |_| false,
+            |_| true,
         );
         assert_eq!(outcome.reason, "RuntimePathNotExecutable");
     }
@@ -482,6 +963,7 @@ mod tests {
             "[a-z/]{0,12}".prop_map(|s| format!("{s:?}")),
             any::<i64>().prop_map(|n| n.to_string()),
             any::<bool>().prop_map(|b| b.to_string()),
+            Just("\"/usr/bin/containerd-shim-kata-v2\"".to_owned()),
             Just("[1, \"a\"]".to_owned()),
             Just("{ x = 1 }".to_owned()),
         ]
@@ -517,8 +999,7 @@ mod tests {
                 text.push_str(&format!("{key} = {value}\n"));
             }
             let outcome = judge(&[file("50-kata", &text)]);
-            let is_string = |key: &str| fields.get(key).is_some_and(|v| v.starts_with('"'));
-            let ok = is_string("runtime_path")
+            let ok = fields.get("runtime_path").is_some_and(|v| v.ends_with("containerd-shim-kata-v2\""))
                 && fields.get("runtime_type").map(String::as_str) == Some("\"vm\"")
                 && fields.get("runtime_root").is_some_and(|v| v.starts_with('"') && v != "\"\"")
                 && fields.get("privileged_without_host_devices").map(String::as_str) == Some("true");

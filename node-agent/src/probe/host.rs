@@ -139,6 +139,16 @@ impl HostRoot {
         Ok(bytes)
     }
 
+    /// Whether the entry `name` of the directory `dir` is itself a symlink
+    /// (the entry is not followed; `dir` is resolved inside the root).
+    pub fn is_symlink_entry(&self, dir: &str, name: &str) -> bool {
+        self.resolve(dir)
+            .and_then(|dir| {
+                fs::symlink_metadata(dir.join(name)).map_err(|source| io_error(name, source))
+            })
+            .is_ok_and(|meta| meta.file_type().is_symlink())
+    }
+
     /// Names of the entries of a directory, sorted bytewise (the order CRI-O
     /// and most config loaders use), skipping names that are not UTF-8 rather
     /// than failing on them.

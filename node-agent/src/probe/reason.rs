@@ -80,7 +80,8 @@ pub const RPM_OSTREE_STATUS_UNPARSEABLE: &str = "RpmOstreeStatusUnparseable";
 
 pub const HANDLER_CONFIGURED: &str = "HandlerConfigured";
 pub const HANDLER_NOT_CONFIGURED: &str = "HandlerNotConfigured";
-pub const CONFLICTING_HANDLER_DEFINITIONS: &str = "ConflictingHandlerDefinitions";
+/// A symlink to a directory inside the drop-in directory: CRI-O exits.
+pub const DROP_IN_DIR_SYMLINK: &str = "DropInDirSymlink";
 pub const DROP_IN_UNREADABLE: &str = "DropInUnreadable";
 pub const DROP_IN_NOT_TEXT: &str = "DropInNotText";
 pub const DROP_IN_SYNTAX_ERROR: &str = "DropInSyntaxError";
@@ -88,6 +89,13 @@ pub const DROP_IN_INVALID_VALUE: &str = "DropInInvalidValue";
 pub const RUNTIME_PATH_MISSING: &str = "RuntimePathMissing";
 pub const RUNTIME_PATH_NOT_EXECUTABLE: &str = "RuntimePathNotExecutable";
 pub const RUNTIME_TYPE_NOT_VM: &str = "RuntimeTypeNotVm";
+/// CRI-O drops a vm handler whose runtime_path is not named `containerd-shim-<name>-v2`.
+pub const RUNTIME_PATH_NOT_SHIM_NAME: &str = "RuntimePathNotShimName";
+/// CRI-O drops a handler whose runtime_config_path is set but missing.
+pub const RUNTIME_CONFIG_PATH_MISSING: &str = "RuntimeConfigPathMissing";
+/// `inherit_default_runtime = true`: the handler runs the default (OCI) runtime, no VM.
+pub const INHERITS_DEFAULT_RUNTIME: &str = "InheritsDefaultRuntime";
+/// CRI-O then uses its default root: a WARN.
 pub const RUNTIME_ROOT_MISSING: &str = "RuntimeRootMissing";
 /// Ordinary pods run; privileged ones would be handed the host's devices.
 pub const PRIVILEGED_WITHOUT_HOST_DEVICES_UNSET: &str = "PrivilegedWithoutHostDevicesUnset";
@@ -108,3 +116,48 @@ pub const INSUFFICIENT_CPU: &str = "InsufficientCpu";
 pub const INSUFFICIENT_MEMORY: &str = "InsufficientMemory";
 /// Available memory moves with the load: reported, not disqualifying.
 pub const LOW_AVAILABLE_MEMORY: &str = "LowAvailableMemory";
+
+// ---- additions (append-only) -----------------------------------------------
+
+// kata-shim: what the shim will use, from the CRI-O handler's runtime_path and
+// runtime_config_path.
+
+/// The configuration has no `[hypervisor.*]` table, or the table lacks
+/// `path`, `kernel`, or both of `image` and `initrd`.
+pub const KATA_HYPERVISOR_NOT_CONFIGURED: &str = "KataHypervisorNotConfigured";
+/// A path the hypervisor table names (binary, kernel, image, initrd) is not on
+/// the host.
+pub const KATA_ASSET_MISSING: &str = "KataAssetMissing";
+
+// rpm-ostree: image-mode nodes.
+
+/// Not layered, but in the booted base image (`rpm -q` finds it).
+pub const EXTENSION_IN_BASE_IMAGE: &str = "ExtensionInBaseImage";
+
+// cri-handler.
+
+/// CRI-O reports neither `runtime_handlers` nor its loaded configuration
+/// (CRI-O 1.29, OpenShift 4.16): whether it serves the handler is unknown.
+/// The crio-drop-in probe still checks the file.
+pub const HANDLER_UNVERIFIABLE: &str = "HandlerUnverifiable";
+/// `info["config"]` of a verbose CRI Status is not the JSON document CRI-O
+/// writes there.
+pub const CRI_INFO_INVALID: &str = "CriInfoInvalid";
+
+// kvm: the guest-code step.
+
+/// Setting up the probe's guest (memory, vCPU, registers) or `KVM_RUN` failed.
+pub const KVM_GUEST_SETUP_FAILED: &str = "KvmGuestSetupFailed";
+/// The probe's guest ran, but its exits were not the program's `out` and `hlt`.
+pub const GUEST_CODE_DID_NOT_RUN: &str = "GuestCodeDidNotRun";
+
+// kernel-modules: Kata's host checks of the vendor module and its parameters.
+
+/// The loaded hardware KVM module is the other vendor's (kvm_amd on Intel).
+pub const KVM_VENDOR_MODULE_MISMATCH: &str = "KvmVendorModuleMismatch";
+/// `kvm_intel`'s `unrestricted_guest` is N: a FAIL on bare metal, a WARN nested.
+pub const UNRESTRICTED_GUEST_DISABLED: &str = "UnrestrictedGuestDisabled";
+/// `kvm`'s `kvmclock_periodic_sync` is N: a WARN.
+pub const KVMCLOCK_PERIODIC_SYNC_DISABLED: &str = "KvmclockPeriodicSyncDisabled";
+/// A KVM module parameter file is missing or not Y/N: a WARN.
+pub const KVM_PARAMETER_UNREADABLE: &str = "KvmParameterUnreadable";

@@ -4,16 +4,30 @@
 //! only becomes real after a reboot. So "packages in a staged deployment
 //! only" is a WARN `RebootPending`, and the runtime is not ready until the
 //! node has booted into it.
+//!
+//! Image-mode nodes (on-cluster layering) carry the package in the base image
+//! instead: rpm-ostree lists no layered package for it. So before saying
+//! `ExtensionNotInstalled` the probe asks the host's package database, as the
+//! MCO does, with `rpm -q <package>` run like `rpm-ostree status` (under
+//! `chroot` when the host root is not `/`, with the command budget); found
+//! there, it is OK `ExtensionInBaseImage`. Tests give a fake root a fake
+//! `/usr/bin/rpm` script (`FakeHost::rpm_database`), as they give it a fake
+//! QEMU: the probe runs the same command either way, whatever the
+//! [`StatusSource`].
 
 use serde::Deserialize;
 
-use super::host::{HostRoot, display};
+use super::host::{HostRoot, display, first_line};
 use super::{Budgets, ProbeName, ProbeOutcome, blocking_within, reason};
 use crate::error::AgentError;
 
 /// systemd and rpm-ostree create it on every ostree-booted system.
 pub const OSTREE_BOOTED: &str = "/run/ostree-booted";
 pub const RPM_OSTREE: &str = "/usr/bin/rpm-ostree";
+/// The host's package database, for packages in the base image.
+pub const RPM: &str = "/usr/bin/rpm";
+/// `rpm -q` prints one NEVRA line per installed instance; what is read of it.
+const RPM_ANSWER_LIMIT: usize = 64 * 1024;
 /// A status with a dozen deployments and their package lists is well under this.
 const STATUS_LIMIT: u64 = 16 * 1024 * 1024;
 
@@ -200,7 +214,116 @@ pub async fn probe(
         },
         Err(outcome) => return outcome,
     };
-    evaluate_status(&json, packages)
+    let outcome = evaluate_status(&json, packages);
+    if outcome.reason != reason::EXTENSION_NOT_INSTALLED {
+        return outcome;
+    }
+    base_image(root, packages, budgets, outcome).await
+}
+
+/// Asks `rpm -q` for each package: all of them there means the extension is
+/// in the booted base image; otherwise `not_installed` stands, saying why.
+async fn base_image(
+    root: &HostRoot,
+    packages: &[String],
+    budgets: &Budgets,
+    not_installed: ProbeOutcome,
+) -> ProbeOutcome {
+    let lookup_root = root.clone();
+    let has_rpm = blocking_within(NAME, budgets.filesystem, move || {
+        Ok(lookup_root.is_executable(RPM))
+    })
+    .await;
+    match has_rpm {
+        Ok(true) => {}
+        Ok(false) => {
+            return with_detail(
+                not_installed,
+                &format!(
+                    "{} is not an executable file, so the base image was not asked",
+                    display(RPM)
+                ),
+            );
+        }
+        Err(outcome) => return outcome,
+    }
+    let mut answers = Vec::with_capacity(packages.len());
+    for package in packages {
+        // The names come from the coordinator: never let one be an option.
+        if !is_package_name(package) {
+            let shown: String = package.chars().take(200).collect();
+            return with_detail(
+                not_installed,
+                &format!("{shown:?} is not a package name, so rpm was not asked"),
+            );
+        }
+        let answer = root.run(RPM, &["-q", package], budgets.command).await;
+        answers.push((package.as_str(), answer));
+    }
+    evaluate_rpm_answers(&answers, not_installed, budgets)
+}
+
+/// Judges the `rpm -q <package>` answers (stdout, or how the command failed;
+/// rpm exits 1 for a package that is not installed). Pure; never panics, and
+/// reads at most [`RPM_ANSWER_LIMIT`] bytes of each answer.
+pub fn evaluate_rpm_answers(
+    answers: &[(&str, Result<Vec<u8>, AgentError>)],
+    not_installed: ProbeOutcome,
+    budgets: &Budgets,
+) -> ProbeOutcome {
+    let mut found = Vec::new();
+    for (package, answer) in answers {
+        let stdout = match answer {
+            Ok(stdout) => stdout,
+            Err(AgentError::CommandTimedOut { .. }) => {
+                return ProbeOutcome::timed_out(NAME, budgets.command);
+            }
+            Err(err) => {
+                return with_detail(
+                    not_installed,
+                    &format!("not in the base image either: {err}"),
+                );
+            }
+        };
+        let text = String::from_utf8_lossy(&stdout[..stdout.len().min(RPM_ANSWER_LIMIT)]);
+        let Some(nevra) = text
+            .lines()
+            .map(str::trim)
+            .find(|line| *line == *package || nevra_name(line) == Some(package))
+        else {
+            let shown: String = first_line(&text).chars().take(200).collect();
+            return with_detail(
+                not_installed,
+                &format!("rpm -q {package} answered {shown:?}"),
+            );
+        };
+        found.push(nevra.chars().take(200).collect::<String>());
+    }
+    ProbeOutcome::ok(
+        NAME,
+        reason::EXTENSION_IN_BASE_IMAGE,
+        format!(
+            "not layered, but in the booted base image: rpm -q finds {}",
+            found.join(", ")
+        ),
+    )
+}
+
+/// An RPM package name: letters, digits and `._+-`, not starting with `-`.
+fn is_package_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name.len() <= 256
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+}
+
+fn with_detail(outcome: ProbeOutcome, detail: &str) -> ProbeOutcome {
+    ProbeOutcome {
+        message: format!("{}; {detail}", outcome.message),
+        ..outcome
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +402,115 @@ mod tests {
             judge(r#"{"deployments":[]}"#),
             (ProbeStatus::Fail, "NoBootedDeployment")
         );
+    }
+
+    mod base_image {
+        use super::*;
+        use crate::fixtures::{FakeHost, SIMULATED_STATUS_FILE};
+
+        async fn run(host: &FakeHost) -> ProbeOutcome {
+            probe(
+                &host.host_root(),
+                &StatusSource::File(SIMULATED_STATUS_FILE.to_owned()),
+                &kata(),
+                &Budgets::default(),
+            )
+            .await
+        }
+
+        fn expect(outcome: &ProbeOutcome, status: ProbeStatus, reason: &str) {
+            assert_eq!(
+                (outcome.status, outcome.reason),
+                (status, reason),
+                "{}",
+                outcome.message
+            );
+        }
+
+        #[tokio::test]
+        async fn layered_and_base_image_shapes() {
+            // Layered: rpm-ostree's lists decide; rpm is not asked.
+            let layered = FakeHost::good().rpm_database(&[]);
+            expect(&run(&layered).await, ProbeStatus::Ok, "ExtensionBooted");
+            // Image mode: no layered package, the base image has it.
+            let outcome = run(&FakeHost::good().image_mode_extension()).await;
+            expect(&outcome, ProbeStatus::Ok, "ExtensionInBaseImage");
+            assert!(
+                outcome.message.contains("base image")
+                    && outcome.message.contains("kata-containers-"),
+                "{}",
+                outcome.message
+            );
+        }
+
+        #[tokio::test]
+        async fn absent_from_both_is_not_installed() {
+            let outcome = run(&FakeHost::good().without_extension()).await;
+            expect(&outcome, ProbeStatus::Fail, "ExtensionNotInstalled");
+            assert!(
+                outcome
+                    .message
+                    .contains("/usr/bin/rpm is not an executable file"),
+                "{}",
+                outcome.message
+            );
+            let outcome = run(&FakeHost::good()
+                .without_extension()
+                .rpm_database(&["podman"]))
+            .await;
+            expect(&outcome, ProbeStatus::Fail, "ExtensionNotInstalled");
+            assert!(outcome.message.contains("rpm -q"), "{}", outcome.message);
+            let options = probe(
+                &FakeHost::good()
+                    .without_extension()
+                    .rpm_database(&["kata-containers"])
+                    .host_root(),
+                &StatusSource::File(SIMULATED_STATUS_FILE.to_owned()),
+                &["--eval=%(id)".to_owned()],
+                &Budgets::default(),
+            )
+            .await;
+            expect(&options, ProbeStatus::Fail, "ExtensionNotInstalled");
+            assert!(
+                options.message.contains("not a package name"),
+                "{}",
+                options.message
+            );
+            // A staged install is still a pending reboot, whatever rpm says.
+            let staged = FakeHost::good().staged_only_extension().rpm_database(&[]);
+            expect(&run(&staged).await, ProbeStatus::Warn, "RebootPending");
+        }
+
+        #[test]
+        fn rpm_answers_are_judged_by_name() {
+            let budgets = Budgets::default();
+            let not_installed = || ProbeOutcome::fail(NAME, reason::EXTENSION_NOT_INSTALLED, "x");
+            let judge = |stdout: &[u8]| {
+                let answers = [("kata-containers", Ok(stdout.to_vec()))];
+                evaluate_rpm_answers(&answers, not_installed(), &budgets).reason
+            };
+            assert_eq!(
+                judge(b"kata-containers-3.17.0-1.el9.x86_64\n"),
+                "ExtensionInBaseImage"
+            );
+            assert_eq!(
+                judge(b"kata-containers-debuginfo-3.17.0-1.x86_64\n"),
+                "ExtensionNotInstalled"
+            );
+            assert_eq!(judge(b""), "ExtensionNotInstalled");
+            assert_eq!(judge(&[0xff; 100_000]), "ExtensionNotInstalled");
+            let timed_out = [(
+                "kata-containers",
+                Err(AgentError::CommandTimedOut {
+                    command: "rpm -q kata-containers".to_owned(),
+                    seconds: 10.0,
+                }),
+            )];
+            assert_eq!(
+                evaluate_rpm_answers(&timed_out, not_installed(), &budgets).reason,
+                "ProbeTimedOut"
+            );
+        }
     }
 
     mod properties {

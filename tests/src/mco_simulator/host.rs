@@ -19,12 +19,14 @@ use crate::Error;
 pub use kata_node_agent::fixtures::SIMULATED_STATUS_FILE;
 pub use kata_node_agent::probe::rpm_ostree::OSTREE_BOOTED;
 
-use crate::host_root::{EXTENSION_PACKAGE, KATA_CONFIG, KATA_SHIM, QEMU};
+use crate::host_root::{
+    EXTENSION_PACKAGE, KATA_CONFIG, KATA_CONFIG_TEXT, KATA_IMAGE, KATA_KERNEL, KATA_SHIM, QEMU,
+};
 
 /// The files of the `kata-containers` package that the node-agent probes.
 /// `crate::host_root` has their paths; its contents are written by its
 /// `FakeHost` builder into its own directory, so they are spelled here.
-const KATA_PACKAGE_FILES: [(&str, u32, &str); 3] = [
+const KATA_PACKAGE_FILES: [(&str, u32, &str); 5] = [
     (
         KATA_SHIM,
         0o755,
@@ -35,11 +37,11 @@ const KATA_PACKAGE_FILES: [(&str, u32, &str); 3] = [
         0o755,
         "#!/bin/sh\necho 'QEMU emulator version 8.2.0 (qemu-kvm-8.2.0-11.el9_4)'\n",
     ),
-    (
-        KATA_CONFIG,
-        0o644,
-        "[hypervisor.qemu]\npath = \"/usr/libexec/qemu-kiwi\"\n\n[runtime]\ninternetworking_model = \"tcfilter\"\n",
-    ),
+    // The configuration the package ships, naming its hypervisor, guest
+    // kernel and image, which the package installs too.
+    (KATA_CONFIG, 0o644, KATA_CONFIG_TEXT),
+    (KATA_KERNEL, 0o644, "fake guest kernel\n"),
+    (KATA_IMAGE, 0o644, "fake guest image\n"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
