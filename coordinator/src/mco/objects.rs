@@ -95,7 +95,7 @@ mod tests {
         let mc = machine_config(&CrioRuntimeHandler::default());
         assert_eq!(mc["spec"]["extensions"], json!(["sandboxed-containers"]));
         let file = &mc["spec"]["config"]["storage"]["files"][0];
-        assert_eq!(file["path"], "/etc/crio/crio.conf.d/50-kata");
+        assert_eq!(file["path"], kata_proto::contract::DROP_IN_PATH);
         assert_eq!(file["mode"], 420);
         let source = file["contents"]["source"].as_str().unwrap_or_default();
         let encoded = source
