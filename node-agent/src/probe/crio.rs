@@ -46,7 +46,7 @@ const MAX_PROCESSES: usize = 65_536;
 const NAME: ProbeName = ProbeName::CrioDropIn;
 
 /// One configuration file as read from the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConfigFile {
     /// As the admin sees it: `/etc/crio/crio.conf.d/50-kata`.
     pub host_path: String,
@@ -192,26 +192,51 @@ pub fn crio_paths(root: &HostRoot) -> CrioPaths {
     paths
 }
 
-/// The arguments of the running `crio`, from the host's `/proc`.
+/// The arguments of the running `crio`, from the host's `/proc`. The pid
+/// found is remembered per host root, so a steady node costs two small reads
+/// per cycle instead of a scan of every process.
 fn crio_command_line(root: &HostRoot) -> Option<Vec<String>> {
+    static LAST_PID: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> =
+        std::sync::Mutex::new(Vec::new());
+    let remembered = LAST_PID.lock().ok().and_then(|last| {
+        last.iter()
+            .find(|(r, _)| r == root.path())
+            .map(|(_, pid)| pid.clone())
+    });
+    if let Some(args) = remembered.and_then(|pid| crio_arguments(root, &pid)) {
+        return Some(args);
+    }
     let pids = root.read_dir_sorted("/proc").ok()?;
-    pids.iter()
+    let (pid, args) = pids
+        .iter()
         .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
         .take(MAX_PROCESSES)
-        .find_map(|pid| {
-            let comm = root.read_file(&format!("/proc/{pid}/comm"), 256).ok()?;
-            (comm.trim_ascii() == b"crio").then_some(())?;
-            let cmdline = root
-                .read_file(&format!("/proc/{pid}/cmdline"), SMALL_FILE_LIMIT)
-                .ok()?;
-            Some(
-                cmdline
-                    .split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect(),
-            )
-        })
+        .find_map(|pid| crio_arguments(root, pid).map(|args| (pid.clone(), args)))?;
+    if let Ok(mut last) = LAST_PID.lock() {
+        last.retain(|(r, _)| r != root.path());
+        // One root in the agent; tests use many, so keep a few.
+        if last.len() >= 8 {
+            last.remove(0);
+        }
+        last.push((root.path().to_owned(), pid));
+    }
+    Some(args)
+}
+
+/// The arguments of process `pid` if it is `crio`.
+fn crio_arguments(root: &HostRoot, pid: &str) -> Option<Vec<String>> {
+    let comm = root.read_file(&format!("/proc/{pid}/comm"), 256).ok()?;
+    (comm.trim_ascii() == b"crio").then_some(())?;
+    let cmdline = root
+        .read_file(&format!("/proc/{pid}/cmdline"), SMALL_FILE_LIMIT)
+        .ok()?;
+    Some(
+        cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
 }
 
 /// Reads the main file and the drop-in tree in CRI-O's order. A missing
@@ -298,6 +323,29 @@ fn walk(
         });
     }
     Ok(())
+}
+
+/// [`merge`], remembering the last answer: the drop-ins rarely change, and
+/// both this probe and kata-shim merge them every cycle. Keyed by a hash of
+/// every file's path and bytes and the handler, so any edit is seen.
+pub fn merge_cached(files: &[ConfigFile], handler: &str) -> Result<MergedConfig, MergeFailure> {
+    use std::hash::{Hash, Hasher};
+    type Last = Option<(u64, Result<MergedConfig, MergeFailure>)>;
+    static LAST: std::sync::Mutex<Last> = std::sync::Mutex::new(None);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (files, handler).hash(&mut hasher);
+    let key = hasher.finish();
+    if let Ok(last) = LAST.lock()
+        && let Some((k, merged)) = last.as_ref()
+        && *k == key
+    {
+        return merged.clone();
+    }
+    let merged = merge(files, handler);
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((key, merged.clone()));
+    }
+    merged
 }
 
 /// Merges the files in order and returns the handler's table, if any file
@@ -501,8 +549,8 @@ fn is_shim_name(runtime_path: &str) -> bool {
 /// Blocking; run it through [`super::run_blocking`].
 pub fn probe(root: &HostRoot, config: &ExpectedConfig) -> ProbeOutcome {
     let paths = crio_paths(root);
-    let merged =
-        read_config_files_at(root, &paths).and_then(|files| merge(&files, &config.runtime_handler));
+    let merged = read_config_files_at(root, &paths)
+        .and_then(|files| merge_cached(&files, &config.runtime_handler));
     let mut outcome = evaluate(
         merged,
         config,
@@ -911,6 +959,21 @@ mod tests {
         let failure = read_config_files(&HostRoot::new(dir.path())).unwrap_err();
         assert_eq!(failure.reason, "DropInDirSymlink");
         assert!(failure.message.contains("40-link"));
+    }
+
+    #[test]
+    fn the_cached_merge_sees_every_edit() {
+        let first = merge_cached(&[file("50-kata", KATA)], "kata").unwrap();
+        assert_eq!(first, merge(&[file("50-kata", KATA)], "kata").unwrap());
+        let oci = KATA.replace("\"vm\"", "\"oci\"");
+        let edited = merge_cached(&[file("50-kata", &oci)], "kata").unwrap();
+        assert_eq!(edited.handler.unwrap().runtime_type.as_deref(), Some("oci"));
+        assert!(
+            merge_cached(&[file("50-kata", KATA)], "other")
+                .unwrap()
+                .handler
+                .is_none()
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! CRI-O starts the handler's `runtime_path` and hands the shim the handler's
 //! `runtime_config_path`, which the shim prefers over its own search path. So
 //! both come from CRI-O's merged drop-ins ([`crio::read_config_files_at`] at [`crio::crio_paths`],
-//! [`crio::merge_handler`]) for the expected handler, and only when the
+//! [`crio::merge_cached`]) for the expected handler, and only when the
 //! drop-ins do not say does the probe fall back to the shim's own locations.
 //! (The default locations, `/etc/crio/crio.conf` and `crio.conf.d`; a
 //! `--config-dir` on CRI-O's command line is not followed here.)
@@ -176,7 +176,7 @@ fn choose(
 /// reports that) leave the shim's own search path, with a note.
 fn from_drop_ins(root: &HostRoot, handler: &str) -> FromDropIns {
     let merged = crio::read_config_files_at(root, &crio::crio_paths(root))
-        .and_then(|files| crio::merge_handler(&files, handler));
+        .and_then(|files| crio::merge_cached(&files, handler).map(|m| m.handler));
     let table = match merged {
         Ok(Some(table)) => table,
         Ok(None) => return FromDropIns::default(),
