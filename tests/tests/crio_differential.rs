@@ -75,7 +75,7 @@ async fn agent_view(explicit: CrioPaths) -> (ProbeOutcome, ProbeOutcome, ProbeOu
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
             let given = crio::evaluate(
-                crio::read_config_files_at(&root, &explicit)
+                crio::read_config_files(&root, &explicit)
                     .and_then(|files| crio::merge(&files, &config.runtime_handler)),
                 &config,
                 |path| root.is_executable(path),

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::marks::{CurrentMarks, MarkPolicy, NodeMarks, ReadyCondition, damped, desired_marks};
 use super::registry::HealthRegistry;
 use crate::api::KataConfig;
-use crate::metrics::{Metrics, StateLabel, WriteCounter};
+use crate::metrics::{Metrics, StateLabel};
 use crate::node::kata_ready_condition;
 use crate::{mco, names, status};
 
@@ -58,7 +58,6 @@ struct Labeller {
     registry: HealthRegistry,
     policy: MarkPolicy,
     started: Instant,
-    writes: WriteCounter,
     metrics: Metrics,
     /// The MCO configuration each node ran at the last scan.
     configs_seen: HashMap<String, String>,
@@ -183,7 +182,7 @@ impl Labeller {
         // Applying without a label releases it: the health manager owns only
         // these two, so nothing else on the node is touched.
         let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node, "labels": labels } });
-        self.writes.record();
+        self.metrics.api_writes.record();
         self.metrics.label_writes.inc();
         Api::<Node>::all(self.client.clone())
             .patch(
@@ -214,7 +213,7 @@ impl Labeller {
             last_heartbeat_time: None,
         };
         let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node.name_any() }, "status": { "conditions": [condition] } });
-        self.writes.record();
+        self.metrics.api_writes.record();
         self.metrics.label_writes.inc();
         Api::<Node>::all(self.client.clone())
             .patch_status(
@@ -261,7 +260,6 @@ pub async fn run(
         registry: registry.clone(),
         policy,
         started: Instant::now(),
-        writes: metrics.api_writes.clone(),
         metrics,
         removals: HashMap::new(),
         configs_seen: HashMap::new(),

@@ -101,16 +101,6 @@ pub async fn status(socket: PathBuf) -> Result<StatusResponse, String> {
     Ok(response.into_inner())
 }
 
-/// Asks CRI-O at `socket` for its runtime handlers (empty before CRI-O 1.30).
-pub async fn runtime_handlers(socket: PathBuf) -> Result<Vec<String>, String> {
-    Ok(status(socket)
-        .await?
-        .runtime_handlers
-        .into_iter()
-        .map(|handler| handler.name)
-        .collect())
-}
-
 /// The handler as CRI-O loaded it, from `info["config"]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadedHandler {

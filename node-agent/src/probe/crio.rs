@@ -239,16 +239,11 @@ fn crio_arguments(root: &HostRoot, pid: &str) -> Option<Vec<String>> {
     )
 }
 
-/// Reads the main file and the drop-in tree in CRI-O's order. A missing
-/// file or directory is fine; anything present that cannot be read as a
-/// regular file (a FIFO, a symlink to a directory, a permission error, a
-/// huge file) is a failure naming that file. Blocking.
-pub fn read_config_files(root: &HostRoot) -> Result<Vec<ConfigFile>, MergeFailure> {
-    read_config_files_at(root, &CrioPaths::default())
-}
-
-/// [`read_config_files`] for the given paths.
-pub fn read_config_files_at(
+/// Reads the main file and the drop-in tree at `paths` (see [`crio_paths`])
+/// in CRI-O's order. A missing file or directory is fine; anything present
+/// that cannot be read as a regular file (a FIFO, a symlink to a directory,
+/// a permission error, a huge file) is a failure naming that file. Blocking.
+pub fn read_config_files(
     root: &HostRoot,
     paths: &CrioPaths,
 ) -> Result<Vec<ConfigFile>, MergeFailure> {
@@ -348,17 +343,9 @@ pub fn merge_cached(files: &[ConfigFile], handler: &str) -> Result<MergedConfig,
     merged
 }
 
-/// Merges the files in order and returns the handler's table, if any file
-/// defines it. Pure; never panics, whatever the bytes.
-pub fn merge_handler(
-    files: &[ConfigFile],
-    handler: &str,
-) -> Result<Option<HandlerConfig>, MergeFailure> {
-    merge(files, handler).map(|merged| merged.handler)
-}
-
 /// Merges the files in order, type-checking every handler table and the
-/// default runtime on the way, as CRI-O does on start. Pure.
+/// default runtime on the way, as CRI-O does on start. Pure; never panics,
+/// whatever the bytes.
 pub fn merge(files: &[ConfigFile], handler: &str) -> Result<MergedConfig, MergeFailure> {
     let mut merged = MergedConfig::default();
     let mut tables: Vec<(String, HandlerConfig)> = Vec::new();
@@ -549,7 +536,7 @@ fn is_shim_name(runtime_path: &str) -> bool {
 /// Blocking; run it through [`super::run_blocking`].
 pub fn probe(root: &HostRoot, config: &ExpectedConfig) -> ProbeOutcome {
     let paths = crio_paths(root);
-    let merged = read_config_files_at(root, &paths)
+    let merged = read_config_files(root, &paths)
         .and_then(|files| merge_cached(&files, &config.runtime_handler));
     let mut outcome = evaluate(
         merged,
@@ -944,7 +931,7 @@ mod tests {
         ] {
             std::fs::write(d.join(path), text).unwrap();
         }
-        let files = read_config_files(&HostRoot::new(dir.path())).unwrap();
+        let files = read_config_files(&HostRoot::new(dir.path()), &CrioPaths::default()).unwrap();
         let names: Vec<&str> = files.iter().map(|f| f.host_path.as_str()).collect();
         assert_eq!(
             names,
@@ -956,7 +943,8 @@ mod tests {
             ]
         );
         std::os::unix::fs::symlink("20-dir", d.join("40-link")).unwrap();
-        let failure = read_config_files(&HostRoot::new(dir.path())).unwrap_err();
+        let failure =
+            read_config_files(&HostRoot::new(dir.path()), &CrioPaths::default()).unwrap_err();
         assert_eq!(failure.reason, "DropInDirSymlink");
         assert!(failure.message.contains("40-link"));
     }

@@ -3,7 +3,7 @@
 //!
 //! CRI-O starts the handler's `runtime_path` and hands the shim the handler's
 //! `runtime_config_path`, which the shim prefers over its own search path. So
-//! both come from CRI-O's merged drop-ins ([`crio::read_config_files_at`] at [`crio::crio_paths`],
+//! both come from CRI-O's merged drop-ins ([`crio::read_config_files`] at [`crio::crio_paths`],
 //! [`crio::merge_cached`]) for the expected handler, and only when the
 //! drop-ins do not say does the probe fall back to the shim's own locations.
 //! (The default locations, `/etc/crio/crio.conf` and `crio.conf.d`; a
@@ -175,7 +175,7 @@ fn choose(
 /// drop-ins. Drop-ins that cannot be read or merged (the crio-drop-in probe
 /// reports that) leave the shim's own search path, with a note.
 fn from_drop_ins(root: &HostRoot, handler: &str) -> FromDropIns {
-    let merged = crio::read_config_files_at(root, &crio::crio_paths(root))
+    let merged = crio::read_config_files(root, &crio::crio_paths(root))
         .and_then(|files| crio::merge_cached(&files, handler).map(|m| m.handler));
     let table = match merged {
         Ok(Some(table)) => table,
