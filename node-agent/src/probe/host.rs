@@ -1,37 +1,73 @@
 //! Reading the host through a host root (`/` on a node, `/host` in the
 //! DaemonSet, a temporary directory in tests).
 //!
-//! Paths are resolved *inside* the root, the way `chroot` or
-//! `openat2(RESOLVE_IN_ROOT)` would: an absolute symlink such as
-//! `var/run -> /run` is followed relative to the root rather than into the
-//! agent's own container, and `..` never climbs above the root. Files are
-//! opened non-blocking and checked to be regular files before they are read,
-//! so a FIFO planted where a config file should be cannot hang a probe, and
-//! every read has a size cap.
+//! Paths are resolved *inside* the root, the way `chroot` would: an absolute
+//! symlink such as `var/run -> /run` is followed relative to the root rather
+//! than into the agent's own container, and `..` never climbs above the root.
+//! Reads go through `openat2(RESOLVE_IN_ROOT)` on a descriptor of the root,
+//! so the kernel enforces that in one call per open, with no window between
+//! resolving and opening; where the kernel or a seccomp profile refuses
+//! `openat2` (before Linux 5.6), the same rules are applied component by
+//! component in [`HostRoot::resolve`]. Files are opened non-blocking and
+//! checked to be regular files before they are read, so a FIFO planted where
+//! a config file should be cannot hang a probe, and every read has a size cap.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{SFlag, fstatat};
 
 use crate::error::AgentError;
 
 /// Linux's own limit on symlinks followed while resolving one path.
 const MAX_SYMLINK_HOPS: usize = 40;
 
+/// How often an open is retried when `openat2(RESOLVE_IN_ROOT)` says
+/// `EAGAIN` (a rename elsewhere in the tree raced with the lookup).
+const OPENAT2_RETRIES: usize = 3;
+
 /// The directory under which the host's filesystem is visible.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HostRoot {
     root: PathBuf,
+    /// A descriptor of the root for `openat2`, opened at first use (and
+    /// shared by clones); `None` when `openat2` cannot be used here.
+    root_fd: Arc<OnceLock<Option<OwnedFd>>>,
 }
+
+impl PartialEq for HostRoot {
+    fn eq(&self, other: &Self) -> bool {
+        self.root == other.root
+    }
+}
+
+impl Eq for HostRoot {}
 
 impl HostRoot {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            root_fd: Arc::default(),
+        }
+    }
+
+    /// A root that resolves every path itself, as on kernels without
+    /// `openat2`: the tests hold both ways to the same rules.
+    #[cfg(test)]
+    fn without_openat2(root: impl Into<PathBuf>) -> Self {
+        let host = Self::new(root);
+        let _ = host.root_fd.set(None);
+        host
     }
 
     pub fn path(&self) -> &Path {
@@ -100,8 +136,11 @@ impl HostRoot {
 
     /// Metadata of `host_path`, following symlinks inside the root.
     pub fn metadata(&self, host_path: &str) -> Result<Metadata, AgentError> {
-        let path = self.resolve(host_path)?;
-        fs::metadata(&path).map_err(|source| io_error(host_path, source))
+        // O_PATH: nothing is opened for reading, so any kind of file (a
+        // FIFO, a device) can be looked at without side effects.
+        let file = File::from(self.open(host_path, OFlag::O_PATH)?);
+        file.metadata()
+            .map_err(|source| io_error(host_path, source))
     }
 
     /// Whether `host_path` exists (any kind of file).
@@ -142,24 +181,26 @@ impl HostRoot {
     /// Whether the entry `name` of the directory `dir` is itself a symlink
     /// (the entry is not followed; `dir` is resolved inside the root).
     pub fn is_symlink_entry(&self, dir: &str, name: &str) -> bool {
-        self.resolve(dir)
-            .and_then(|dir| {
-                fs::symlink_metadata(dir.join(name)).map_err(|source| io_error(name, source))
+        self.open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .ok()
+            .and_then(|dir| fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok())
+            .is_some_and(|stat| {
+                SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
             })
-            .is_ok_and(|meta| meta.file_type().is_symlink())
     }
 
     /// Names of the entries of a directory, sorted bytewise (the order CRI-O
     /// and most config loaders use), skipping names that are not UTF-8 rather
     /// than failing on them.
     pub fn read_dir_sorted(&self, host_path: &str) -> Result<Vec<String>, AgentError> {
-        let path = self.resolve(host_path)?;
-        let entries = fs::read_dir(&path).map_err(|source| io_error(host_path, source))?;
+        let dir = self.open(host_path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let mut dir = nix::dir::Dir::from_fd(dir).map_err(|errno| errno_error(host_path, errno))?;
         let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| io_error(host_path, source))?;
-            if let Ok(name) = entry.file_name().into_string() {
-                names.push(name);
+        for entry in dir.iter() {
+            let entry = entry.map_err(|errno| errno_error(host_path, errno))?;
+            match entry.file_name().to_str() {
+                Ok("." | "..") | Err(_) => {}
+                Ok(name) => names.push(name.to_owned()),
             }
         }
         names.sort();
@@ -217,14 +258,69 @@ impl HostRoot {
         Ok(output.stdout)
     }
 
+    /// Opens `host_path` inside the root with `flags` (plus `O_CLOEXEC`):
+    /// through `openat2(RESOLVE_IN_ROOT)` where the kernel has it, else
+    /// through [`HostRoot::resolve`].
+    fn open(&self, host_path: &str, flags: OFlag) -> Result<OwnedFd, AgentError> {
+        let flags = flags | OFlag::O_CLOEXEC;
+        let Some(root_fd) = self.root_fd() else {
+            let path = self.resolve(host_path)?;
+            return nix::fcntl::open(&path, flags, nix::sys::stat::Mode::empty())
+                .map_err(|errno| errno_error(host_path, errno));
+        };
+        let relative = host_path.trim_start_matches('/');
+        let relative = if relative.is_empty() { "." } else { relative };
+        let how = OpenHow::new()
+            .flags(flags)
+            // No magic links: /proc/<pid>/root and the like would lead out
+            // of the root (and none of the host's files need them).
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let mut attempt = 0;
+        loop {
+            match openat2(root_fd, relative, how) {
+                Err(Errno::EAGAIN) if attempt < OPENAT2_RETRIES => attempt += 1,
+                Err(Errno::ELOOP) => {
+                    return Err(AgentError::SymlinkLoop {
+                        path: display(host_path),
+                    });
+                }
+                result => return result.map_err(|errno| errno_error(host_path, errno)),
+            }
+        }
+    }
+
+    /// The root's descriptor for `openat2`; `None` for the system root
+    /// (plain paths are already right there) and where `openat2` is missing
+    /// or filtered (ENOSYS from old kernels, EPERM from some seccomp
+    /// profiles), found out once.
+    fn root_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.root_fd
+            .get_or_init(|| {
+                if self.is_system_root() {
+                    return None;
+                }
+                let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+                let root =
+                    nix::fcntl::open(&self.root, flags, nix::sys::stat::Mode::empty()).ok()?;
+                let how = OpenHow::new()
+                    .flags(flags)
+                    .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+                match openat2(root.as_fd(), ".", how) {
+                    Err(Errno::ENOSYS | Errno::EPERM) => None,
+                    _ => Some(root),
+                }
+            })
+            .as_ref()
+            .map(AsFd::as_fd)
+    }
+
     fn open_regular(&self, host_path: &str) -> Result<File, AgentError> {
-        let path = self.resolve(host_path)?;
-        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|source| io_error(host_path, source))?;
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+        // writer. O_NOCTTY: a terminal planted there must not become ours.
+        let file = File::from(self.open(
+            host_path,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        )?);
         let meta = file
             .metadata()
             .map_err(|source| io_error(host_path, source))?;
@@ -278,6 +374,10 @@ pub(crate) fn first_line(text: &str) -> &str {
         .trim()
 }
 
+fn errno_error(host_path: &str, errno: Errno) -> AgentError {
+    io_error(host_path, io::Error::from_raw_os_error(errno as i32))
+}
+
 fn io_error(host_path: &str, source: io::Error) -> AgentError {
     AgentError::Io {
         path: display(host_path),
@@ -324,16 +424,75 @@ mod tests {
         assert_eq!(root.resolve("../../etc").unwrap(), dir.path().join("etc"));
     }
 
+    /// The root both ways: through `openat2` and resolved by hand.
+    fn both_ways(dir: &Path) -> [HostRoot; 2] {
+        [HostRoot::new(dir), HostRoot::without_openat2(dir)]
+    }
+
+    #[test]
+    fn this_kernel_opens_through_openat2() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            HostRoot::new(dir.path()).root_fd().is_some(),
+            "openat2(RESOLVE_IN_ROOT) is refused here: the agent would fall back to resolving by hand"
+        );
+        assert!(HostRoot::without_openat2(dir.path()).root_fd().is_none());
+        assert!(HostRoot::default().root_fd().is_none());
+    }
+
+    #[test]
+    fn reads_follow_symlinks_inside_the_root_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("run/crio")).unwrap();
+        fs::write(dir.path().join("run/crio/conf"), "inside").unwrap();
+        fs::create_dir_all(dir.path().join("var")).unwrap();
+        symlink("/run", dir.path().join("var/run")).unwrap();
+        symlink("../../../../run", dir.path().join("escape")).unwrap();
+        // Outside the root, where a resolution that escaped would land.
+        let outside = dir.path().parent().unwrap().join("run");
+        assert!(!outside.join("crio/conf").exists());
+        for root in both_ways(dir.path()) {
+            assert_eq!(root.read_file("/var/run/crio/conf", 10).unwrap(), b"inside");
+            assert_eq!(root.read_file("escape/crio/conf", 10).unwrap(), b"inside");
+            assert_eq!(
+                root.read_file("../../run/crio/conf", 10).unwrap(),
+                b"inside"
+            );
+            assert!(root.metadata("/var/run/crio").unwrap().is_dir());
+            assert_eq!(root.read_dir_sorted("/var/run").unwrap(), ["crio"]);
+            assert!(root.is_symlink_entry("/var", "run"));
+            assert!(!root.is_symlink_entry("/run", "crio"));
+            assert!(
+                root.read_file("/var/run/missing", 10)
+                    .unwrap_err()
+                    .is_not_found()
+            );
+        }
+    }
+
+    #[test]
+    fn proc_magic_links_do_not_lead_out_of_the_root() {
+        // With the real procfs as the root, `self/root` is the kernel's
+        // magic link to this process's own `/`: following it would read
+        // the agent's files instead of the host's.
+        assert!(Path::new("/proc/self/root/etc").exists());
+        for root in both_ways(Path::new("/proc")) {
+            assert!(root.metadata("self/root/etc").is_err(), "{root:?}");
+            assert!(root.read_dir_sorted("self/root/etc").is_err(), "{root:?}");
+        }
+    }
+
     #[test]
     fn symlink_loops_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         symlink("b", dir.path().join("a")).unwrap();
         symlink("a", dir.path().join("b")).unwrap();
-        let root = HostRoot::new(dir.path());
-        assert!(matches!(
-            root.read_file("a", 10),
-            Err(AgentError::SymlinkLoop { .. })
-        ));
+        for root in both_ways(dir.path()) {
+            assert!(matches!(
+                root.read_file("a", 10),
+                Err(AgentError::SymlinkLoop { .. })
+            ));
+        }
     }
 
     #[test]
@@ -341,20 +500,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("big"), vec![b'x'; 100]).unwrap();
         fs::create_dir(dir.path().join("dir")).unwrap();
-        let root = HostRoot::new(dir.path());
-        assert!(matches!(
-            root.read_file("big", 99),
-            Err(AgentError::TooLarge { limit: 99, .. })
-        ));
-        assert_eq!(root.read_file("big", 100).unwrap().len(), 100);
-        assert_eq!(root.read_prefix("big", 10).unwrap().len(), 10);
-        assert!(matches!(
-            root.read_file("dir", 10),
-            Err(AgentError::NotRegularFile {
-                kind: "directory",
-                ..
-            })
-        ));
-        assert!(root.read_file("missing", 10).unwrap_err().is_not_found());
+        for root in both_ways(dir.path()) {
+            assert!(matches!(
+                root.read_file("big", 99),
+                Err(AgentError::TooLarge { limit: 99, .. })
+            ));
+            assert_eq!(root.read_file("big", 100).unwrap().len(), 100);
+            assert_eq!(root.read_prefix("big", 10).unwrap().len(), 10);
+            assert!(matches!(
+                root.read_file("dir", 10),
+                Err(AgentError::NotRegularFile {
+                    kind: "directory",
+                    ..
+                })
+            ));
+            assert!(root.read_file("missing", 10).unwrap_err().is_not_found());
+        }
     }
 }

@@ -4,14 +4,21 @@
 //! back with exactly that port write and then the halt. Only that proves the
 //! kernel can run a Kata guest; CPU flags are a hint.
 //!
-//! The guest-code step costs a VM and a vCPU (far more than the rest of a
-//! cycle), so the runner does not take it every cycle: [`GuestSchedule`]
-//! runs it on the first cycle, again after any cycle whose KVM outcome was
-//! not OK, and otherwise every [`DEFAULT_GUEST_CODE_EVERY`]th cycle. A
-//! hypervisor that ran guest code a few minutes ago and still creates VMs now
-//! is very unlikely to have stopped running guests in between, and what does
-//! break it (a module reload, another hypervisor taking VMX/SVM) also breaks
-//! `KVM_CREATE_VM`, which runs every cycle.
+//! Creating a VM is the kernel's most expensive answer here (0.5–0.8 ms of
+//! CPU on a nested host: it registers an MMU notifier and, for the first VM,
+//! flips static keys on every CPU), and the guest-code step adds a vCPU on
+//! top. Both are proofs that hold for a while, so the runner does not take
+//! them every cycle: [`GuestSchedule`] creates a VM on the first cycle, again
+//! after any cycle whose KVM outcome was not OK, and otherwise every
+//! [`DEFAULT_CREATE_VM_EVERY`]th cycle (a minute at the 10 s interval); the
+//! guest code runs on the same terms every [`DEFAULT_GUEST_CODE_EVERY`]th
+//! cycle (five minutes). Every cycle still stats the device, opens it
+//! read-write and asks its API version, so a removed module, a device that
+//! changed or lost its permissions fails at once; what only `KVM_CREATE_VM`
+//! sees (another hypervisor holding VMX/SVM on kernels that enable it per
+//! VM, a memory limit) is found within a minute, and is then re-checked
+//! every cycle until it passes. The OK message is the same whichever steps
+//! ran, so an unchanged node gives an unchanged outcome.
 //!
 //! A vCPU stuck in `KVM_RUN` keeps its thread in the kernel: the probe's
 //! budget ends the wait, not the run (a signal to that thread would
@@ -60,15 +67,41 @@ pub enum GuestCode {
 /// the daemon's 10 s probe interval.
 pub const DEFAULT_GUEST_CODE_EVERY: u32 = 30;
 
+/// By default, a VM is created every 6th cycle: every minute at the
+/// daemon's 10 s probe interval.
+pub const DEFAULT_CREATE_VM_EVERY: u32 = 6;
+
+/// What one cycle's KVM probe does beyond opening the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvmPlan {
+    pub guest: GuestCode,
+    /// Whether this cycle proves `KVM_CREATE_VM` (the guest-code step does
+    /// so with its own VM).
+    pub create_vm: bool,
+}
+
+impl KvmPlan {
+    /// Every step, as a one-off check does it.
+    pub const FULL: KvmPlan = KvmPlan {
+        guest: GuestCode::Run,
+        create_vm: true,
+    };
+}
+
 /// When the runner's KVM probe runs guest code (see the module docs).
 #[derive(Debug)]
 pub struct GuestSchedule {
     /// Run at least every this many cycles; 0 never runs it.
     every: u32,
+    /// Create a VM at least every this many cycles (at least 1).
+    create_vm_every: u32,
     /// Cycles since the guest code last passed, `None` when it has not run
     /// yet or the KVM probe was not OK since.
     since_pass: Option<u32>,
+    /// The same for `KVM_CREATE_VM`.
+    since_vm: Option<u32>,
     runs: u64,
+    vm_runs: u64,
     /// Set while a run is on its blocking thread.
     in_flight: Arc<AtomicBool>,
 }
@@ -87,13 +120,30 @@ impl Drop for GuestRunInFlight {
 impl GuestSchedule {
     /// Every `every` cycles (1: every cycle), plus the first cycle and after
     /// a failure. 0 never runs guest code.
+    /// VMs are created on the default schedule, or every cycle with
+    /// `every(1)`.
     pub fn every(every: u32) -> Self {
         Self {
             every,
+            create_vm_every: DEFAULT_CREATE_VM_EVERY,
             since_pass: None,
+            since_vm: None,
             runs: 0,
+            vm_runs: 0,
             in_flight: Arc::new(AtomicBool::new(false)),
         }
+        .create_vm_every(if every == 1 {
+            1
+        } else {
+            DEFAULT_CREATE_VM_EVERY
+        })
+    }
+
+    /// Creates a VM at least every `every` cycles (0 counts as 1: a VM is
+    /// never skipped for good).
+    pub fn create_vm_every(mut self, every: u32) -> Self {
+        self.create_vm_every = every.max(1);
+        self
     }
 
     /// Never runs guest code: the KVM probe stops at `KVM_CREATE_VM`.
@@ -102,43 +152,65 @@ impl GuestSchedule {
     }
 
     /// What this cycle's probe should do.
-    pub fn plan(&self) -> GuestCode {
-        match self.since_pass {
+    pub fn plan(&self) -> KvmPlan {
+        let guest = match self.since_pass {
             _ if self.every == 0 => GuestCode::Disabled,
             _ if self.in_flight.load(Ordering::Acquire) => GuestCode::StillRunning,
             Some(since) if since.saturating_add(1) < self.every => GuestCode::Skip {
                 passed_cycles_ago: since.saturating_add(1),
             },
             _ => GuestCode::Run,
+        };
+        let vm_due = !matches!(
+            self.since_vm,
+            Some(since) if since.saturating_add(1) < self.create_vm_every
+        );
+        KvmPlan {
+            guest,
+            create_vm: guest == GuestCode::Run || vm_due,
         }
     }
 
-    /// For a cycle whose plan is [`GuestCode::Run`]: move it into the
-    /// blocking work that runs the probe.
-    pub fn start(&self, plan: GuestCode) -> Option<GuestRunInFlight> {
-        (plan == GuestCode::Run).then(|| {
+    /// For a cycle whose plan runs guest code: move it into the blocking
+    /// work that runs the probe.
+    pub fn start(&self, plan: KvmPlan) -> Option<GuestRunInFlight> {
+        (plan.guest == GuestCode::Run).then(|| {
             self.in_flight.store(true, Ordering::Release);
             GuestRunInFlight(Arc::clone(&self.in_flight))
         })
     }
 
     /// Takes note of the cycle's outcome under `plan`.
-    pub fn record(&mut self, plan: GuestCode, outcome: &ProbeOutcome) {
-        if plan == GuestCode::Run {
+    pub fn record(&mut self, plan: KvmPlan, outcome: &ProbeOutcome) {
+        if plan.guest == GuestCode::Run {
             self.runs += 1;
         }
-        self.since_pass = match (outcome.status, plan) {
-            (ProbeStatus::Ok, GuestCode::Run) => Some(0),
-            (ProbeStatus::Ok, GuestCode::Skip { .. } | GuestCode::Disabled) => {
+        if plan.create_vm {
+            self.vm_runs += 1;
+        }
+        let ok = outcome.status == ProbeStatus::Ok;
+        self.since_pass = match plan.guest {
+            GuestCode::Run if ok => Some(0),
+            GuestCode::Skip { .. } | GuestCode::Disabled if ok => {
                 self.since_pass.map(|n| n.saturating_add(1))
             }
             _ => None,
         };
+        self.since_vm = match plan.create_vm {
+            true if ok => Some(0),
+            false if ok => self.since_vm.map(|n| n.saturating_add(1)),
+            _ => None,
+        };
     }
 
-    /// How many cycles were planned [`GuestCode::Run`] (and started).
+    /// How many cycles planned guest code (and started the probe with it).
     pub fn runs(&self) -> u64 {
         self.runs
+    }
+
+    /// How many cycles planned `KVM_CREATE_VM`, with or without guest code.
+    pub fn vm_runs(&self) -> u64 {
+        self.vm_runs
     }
 }
 
@@ -151,11 +223,12 @@ impl Default for GuestSchedule {
 /// Opens the host's `/dev/kvm`, checks the API version, creates a VM and
 /// runs guest code in it. Blocking; run it through [`super::run_blocking`].
 pub fn probe(root: &HostRoot) -> ProbeOutcome {
-    probe_with(root, GuestCode::Run)
+    probe_with(root, KvmPlan::FULL)
 }
 
-/// [`probe`], with the guest-code step as `guest` says. Blocking.
-pub fn probe_with(root: &HostRoot, guest: GuestCode) -> ProbeOutcome {
+/// [`probe`], with the VM and guest-code steps as `plan` says. Blocking.
+pub fn probe_with(root: &HostRoot, plan: KvmPlan) -> ProbeOutcome {
+    let guest = plan.guest;
     let shown = display(KVM_DEVICE);
     // stat first: nothing that is not a character device is ever opened, so
     // a FIFO or a file on a hung mount cannot block the open.
@@ -223,7 +296,10 @@ pub fn probe_with(root: &HostRoot, guest: GuestCode) -> ProbeOutcome {
     // The guest-code step creates a VM of its own (and reports its failure
     // the same way): a VM created and closed first would only add its cost.
     let guest_creates_vm = cfg!(target_arch = "x86_64") && guest == GuestCode::Run;
-    if !guest_creates_vm && let Err(errno) = kvm_ioctl::create_and_close_vm(device.as_fd()) {
+    if plan.create_vm
+        && !guest_creates_vm
+        && let Err(errno) = kvm_ioctl::create_and_close_vm(device.as_fd())
+    {
         return create_vm_failed(&shown, errno);
     }
     let guest = match guest {
@@ -418,7 +494,7 @@ mod tests {
         let mut plans = Vec::new();
         for outcome in [ok(), ok(), ok(), ok()] {
             let plan = schedule.plan();
-            plans.push(plan);
+            plans.push(plan.guest);
             schedule.record(plan, &outcome);
         }
         assert_eq!(
@@ -436,12 +512,55 @@ mod tests {
         );
         let plan = schedule.plan();
         schedule.record(plan, &ProbeOutcome::fail(NAME, reason::KVM_BUSY, ""));
-        assert_eq!(schedule.plan(), GuestCode::Run, "a failure re-runs it");
+        assert_eq!(
+            schedule.plan().guest,
+            GuestCode::Run,
+            "a failure re-runs it"
+        );
         assert_eq!(schedule.runs(), 2);
         let mut every = GuestSchedule::every(1);
         every.record(every.plan(), &ok());
-        assert_eq!(every.plan(), GuestCode::Run);
-        assert_eq!(GuestSchedule::never().plan(), GuestCode::Disabled);
+        assert_eq!(every.plan(), KvmPlan::FULL);
+        assert_eq!(GuestSchedule::never().plan().guest, GuestCode::Disabled);
+    }
+
+    #[test]
+    fn a_vm_is_created_first_then_every_nth_cycle_and_after_a_failure() {
+        let mut schedule = GuestSchedule::never().create_vm_every(3);
+        let mut created = Vec::new();
+        for outcome in [ok(), ok(), ok(), ok(), ok()] {
+            let plan = schedule.plan();
+            created.push(plan.create_vm);
+            schedule.record(plan, &outcome);
+        }
+        assert_eq!(created, [true, false, false, true, false]);
+        let plan = schedule.plan();
+        schedule.record(plan, &ProbeOutcome::fail(NAME, reason::KVM_BUSY, ""));
+        assert!(schedule.plan().create_vm, "a failure re-creates it");
+        schedule.record(
+            schedule.plan(),
+            &ProbeOutcome::fail(NAME, reason::KVM_BUSY, ""),
+        );
+        assert!(
+            schedule.plan().create_vm,
+            "and keeps doing so until it passes"
+        );
+        assert_eq!(schedule.vm_runs(), 3);
+        // A cycle that runs guest code counts as one that created a VM.
+        let mut both = GuestSchedule::every(2).create_vm_every(100);
+        let first = both.plan();
+        assert_eq!(first, KvmPlan::FULL);
+        both.record(first, &ok());
+        assert_eq!(
+            both.plan(),
+            KvmPlan {
+                guest: GuestCode::Skip {
+                    passed_cycles_ago: 1
+                },
+                create_vm: false
+            }
+        );
+        assert!(GuestSchedule::every(1).create_vm_every(0).plan().create_vm);
     }
 
     #[test]
@@ -452,12 +571,13 @@ mod tests {
         assert!(in_flight.is_some());
         // The cycle's budget ran out while the run is still on its thread.
         schedule.record(plan, &ProbeOutcome::timed_out(NAME, Duration::from_secs(2)));
-        assert_eq!(schedule.plan(), GuestCode::StillRunning);
-        assert!(schedule.start(GuestCode::StillRunning).is_none());
-        let outcome = probe_with(&HostRoot::new("/nonexistent"), GuestCode::StillRunning);
+        let still = schedule.plan();
+        assert_eq!(still.guest, GuestCode::StillRunning);
+        assert!(schedule.start(still).is_none());
+        let outcome = probe_with(&HostRoot::new("/nonexistent"), still);
         assert_eq!(outcome.status, ProbeStatus::Fail);
         drop(in_flight);
-        assert_eq!(schedule.plan(), GuestCode::Run);
+        assert_eq!(schedule.plan().guest, GuestCode::Run);
     }
 
     #[test]
@@ -478,10 +598,16 @@ mod tests {
         };
         let root = host.host_root();
         let started = Instant::now();
-        let without = probe_with(&root, GuestCode::Disabled);
+        let without = probe_with(
+            &root,
+            KvmPlan {
+                guest: GuestCode::Disabled,
+                create_vm: true,
+            },
+        );
         let create_only = started.elapsed();
         let started = Instant::now();
-        let outcome = probe_with(&root, GuestCode::Run);
+        let outcome = probe_with(&root, KvmPlan::FULL);
         let with_guest = started.elapsed();
         eprintln!(
             "real /dev/kvm: probe with guest code {:.3} ms, without (open + KVM_CREATE_VM) \
