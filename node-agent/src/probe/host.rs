@@ -32,6 +32,12 @@ use crate::error::AgentError;
 /// Linux's own limit on symlinks followed while resolving one path.
 const MAX_SYMLINK_HOPS: usize = 40;
 
+/// The most a host command may print on stdout (`rpm-ostree status
+/// --json` on a node with many deployments is tens of KiB) and on stderr
+/// (only its first line is shown).
+const COMMAND_STDOUT_LIMIT: u64 = 4 << 20;
+const COMMAND_STDERR_LIMIT: u64 = 64 << 10;
+
 /// How often an open is retried when `openat2(RESOLVE_IN_ROOT)` says
 /// `EAGAIN` (a rename elsewhere in the tree raced with the lookup).
 const OPENAT2_RETRIES: usize = 3;
@@ -233,14 +239,35 @@ impl HostRoot {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let output = match tokio::time::timeout(budget, command.output()).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(err)) => {
-                return Err(AgentError::CommandFailed {
-                    command: command_line,
-                    detail: err.to_string(),
-                });
+        let failed = |detail: String| AgentError::CommandFailed {
+            command: command_line.clone(),
+            detail,
+        };
+        let mut child = command.spawn().map_err(|err| failed(err.to_string()))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(failed("no pipe to read its output from".to_owned()));
+        };
+        // Both pipes are drained together (a child blocked writing to a full
+        // stderr would never finish stdout) and each only up to its limit:
+        // a host binary that prints without end costs a bounded buffer, and
+        // is killed when the child is dropped.
+        let finished = async {
+            let (stdout, stderr) = tokio::join!(
+                read_capped(stdout, COMMAND_STDOUT_LIMIT),
+                read_capped(stderr, COMMAND_STDERR_LIMIT)
+            );
+            let stdout = stdout.map_err(|err| failed(format!("reading its output: {err}")))?;
+            let stderr = stderr.unwrap_or_default();
+            if stdout.len() as u64 > COMMAND_STDOUT_LIMIT {
+                return Err(failed(format!(
+                    "printed more than the {COMMAND_STDOUT_LIMIT}-byte limit"
+                )));
             }
+            let status = child.wait().await.map_err(|err| failed(err.to_string()))?;
+            Ok((status, stdout, stderr))
+        };
+        let (status, stdout, stderr) = match tokio::time::timeout(budget, finished).await {
+            Ok(result) => result?,
             Err(_) => {
                 return Err(AgentError::CommandTimedOut {
                     command: command_line,
@@ -248,14 +275,11 @@ impl HostRoot {
                 });
             }
         };
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(AgentError::CommandFailed {
-                command: command_line,
-                detail: format!("{}: {}", output.status, first_line(&stderr)),
-            });
+        if !status.success() {
+            let stderr = String::from_utf8_lossy(&stderr);
+            return Err(failed(format!("{status}: {}", first_line(&stderr))));
         }
-        Ok(output.stdout)
+        Ok(stdout)
     }
 
     /// Opens `host_path` inside the root with `flags` (plus `O_CLOEXEC`):
@@ -372,6 +396,17 @@ pub(crate) fn first_line(text: &str) -> &str {
         .find(|line| !line.trim().is_empty())
         .unwrap_or("")
         .trim()
+}
+
+/// Up to `limit + 1` bytes of `pipe`: one byte more than allowed tells the
+/// caller the limit was passed.
+async fn read_capped(pipe: impl tokio::io::AsyncRead + Unpin, limit: u64) -> io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    pipe.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await?;
+    Ok(bytes)
 }
 
 fn errno_error(host_path: &str, errno: Errno) -> AgentError {
@@ -516,5 +551,43 @@ mod tests {
             ));
             assert!(root.read_file("missing", 10).unwrap_err().is_not_found());
         }
+    }
+
+    #[tokio::test]
+    async fn commands_are_bounded_in_output_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script("endless", "exec yes");
+        script(
+            "quiet-fail",
+            "echo 'first line' >&2; echo second >&2; exit 3",
+        );
+        script("hello", "echo hello");
+        script("sleeper", "exec sleep 30");
+        // The fixture has no /bin/sh, so its scripts run directly.
+        let root = HostRoot::new(dir.path());
+        let budget = Duration::from_secs(20);
+        assert_eq!(root.run("/hello", &[], budget).await.unwrap(), b"hello\n");
+        let endless = root.run("/endless", &[], budget).await.unwrap_err();
+        assert!(
+            endless
+                .to_string()
+                .contains("printed more than the 4194304-byte limit"),
+            "{endless}"
+        );
+        let failed = root.run("/quiet-fail", &[], budget).await.unwrap_err();
+        assert!(
+            failed.to_string().ends_with("exit status: 3: first line"),
+            "{failed}"
+        );
+        let slow = root
+            .run("/sleeper", &[], Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(slow, AgentError::CommandTimedOut { .. }), "{slow}");
     }
 }

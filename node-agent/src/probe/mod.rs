@@ -21,6 +21,8 @@ pub mod reason;
 pub mod rpm_ostree;
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kata_proto::health::v1 as proto;
@@ -229,20 +231,84 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, ProbeOutcome> + Send + 'static,
 {
-    match tokio::time::timeout(budget, tokio::task::spawn_blocking(work)).await {
+    let progress = Arc::new(AtomicU8::new(RUNNING));
+    let work_progress = Arc::clone(&progress);
+    let task = tokio::task::spawn_blocking(move || {
+        let result = work();
+        // Given up on already: this thread is free again.
+        if work_progress
+            .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            ABANDONED.fetch_sub(1, Ordering::AcqRel);
+        }
+        result
+    });
+    match tokio::time::timeout(budget, task).await {
         Ok(Ok(result)) => result,
         Ok(Err(join_error)) => Err(ProbeOutcome::fail(
             name,
             reason::PROBE_CRASHED,
             format!("the probe stopped unexpectedly: {join_error}"),
         )),
-        Err(_) => Err(ProbeOutcome::timed_out(name, budget)),
+        Err(_) => {
+            // Still on its thread (or still queued for one): counted until
+            // it returns, as it holds one of the pool's few threads.
+            if progress
+                .compare_exchange(
+                    RUNNING,
+                    ABANDONED_STATE,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                ABANDONED.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(ProbeOutcome::timed_out(name, budget))
+        }
     }
 }
+
+/// Blocking probe work given up on at its deadline that has not returned
+/// yet: each holds a thread of the small blocking pool (a read stuck on a
+/// hung mount, an ioctl that never comes back). Exported as a metric.
+pub fn abandoned_blocking_work() -> usize {
+    ABANDONED.load(Ordering::Acquire)
+}
+
+static ABANDONED: AtomicUsize = AtomicUsize::new(0);
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const ABANDONED_STATE: u8 = 2;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn work_given_up_on_is_counted_until_it_returns() {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let before = abandoned_blocking_work();
+        let outcome = run_blocking(ProbeName::Qemu, Duration::from_millis(50), move || {
+            let _ = wait.recv();
+            ProbeOutcome::ok(ProbeName::Qemu, "Late", "")
+        })
+        .await;
+        assert_eq!(outcome.reason, reason::PROBE_TIMED_OUT);
+        // Other tests run probes at the same time, so only this one's
+        // difference is certain while it is held.
+        assert!(abandoned_blocking_work() > before);
+        release.send(()).expect("the probe thread waits for this");
+        let returned = async {
+            while abandoned_blocking_work() > before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), returned)
+            .await
+            .expect("the abandoned work returned, so the count goes back down");
+    }
 
     #[test]
     fn outcomes_convert_to_the_wire_form() {
