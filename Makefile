@@ -45,12 +45,20 @@ unit-and-integration: control-plane crio promtool
 		cargo test --workspace --no-fail-fast
 
 ## Regenerates every checked-in artifact made from the code: the CRD, the
-## coordinator's RBAC, the API reference and the OLM bundle's CRD copy. The
-## drift tests fail, naming this target, when one is stale.
+## coordinator's RBAC, the API reference and the OLM bundle's copies: the CRD,
+## and each document of the monitoring and network policy manifests OLM can
+## install (one a file, without the namespace OLM assigns). The drift tests
+## fail, naming this target, when one is stale.
 generate:
 	cargo run --quiet -p kata-coordinator --bin coordinator -- crd > deploy/base/kataconfig-crd.yaml
 	cargo run --quiet -p kata-coordinator --bin coordinator -- rbac > deploy/base/rbac-coordinator.yaml
 	cp deploy/base/kataconfig-crd.yaml bundle/manifests/kataconfiguration.openshift.io_kataconfigs.yaml
+	awk -v n=0 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/monitoring/service-monitor.yaml > bundle/manifests/kata-coordinator_monitoring.coreos.com_v1_servicemonitor.yaml
+	awk -v n=1 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/monitoring/service-monitor.yaml > bundle/manifests/kata-operator-prometheus_rbac.authorization.k8s.io_v1_role.yaml
+	awk -v n=2 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/monitoring/service-monitor.yaml > bundle/manifests/kata-operator-prometheus_rbac.authorization.k8s.io_v1_rolebinding.yaml
+	awk -v n=0 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/monitoring/prometheus-rule.yaml > bundle/manifests/kata-operator_monitoring.coreos.com_v1_prometheusrule.yaml
+	awk -v n=0 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/base/network-policy.yaml > bundle/manifests/kata-coordinator_networking.k8s.io_v1_networkpolicy.yaml
+	awk -v n=1 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/base/network-policy.yaml > bundle/manifests/kata-node-agent_networking.k8s.io_v1_networkpolicy.yaml
 	UPDATE_DOCS=1 cargo test --quiet -p kata-coordinator --test api_reference_drift
 
 ## Benchmarks (print figures; not part of `make test`).

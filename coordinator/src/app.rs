@@ -130,12 +130,14 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
             agents.audience,
             agents.namespace,
             agents.service_account,
-        );
+        )
+        .with_metrics(metrics.clone());
         let health_options = HealthOptions {
             heartbeat_interval: agents.heartbeat,
             ..HealthOptions::default()
         };
-        let service = HealthService::new(authenticator, health.clone(), health_options);
+        let service = HealthService::new(authenticator, health.clone(), health_options)
+            .with_metrics(&metrics);
         info!(addr = %agents.listen, "serving the agents' health channel");
         // Not aborted with the other parts but shut down: the server then
         // ends every open agent stream, so agents reconnect at once (to this

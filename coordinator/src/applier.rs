@@ -1,7 +1,8 @@
 //! The one write path of the reconciler: every mutating request goes
 //! through an [`Applier`] (`apply` to an object or its status, `delete`,
-//! `label`, `publish`), which counts it exactly once against the
-//! [`WriteCounter`] and the optional write budget.
+//! `label`, `publish`), which counts it exactly once, under the kind of
+//! object written, against the [`WriteCounter`] and the optional write
+//! budget. The labeller publishes its Events through one too.
 //!
 //! Writes are server-side apply with our field managers; a delete that finds
 //! nothing has done its job.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event, Recorder};
+use kube::runtime::events::{Event, Recorder, Reporter};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Notify;
@@ -36,6 +37,21 @@ pub enum Subresource {
     Main,
     /// The status subresource (`patch_status`).
     Status,
+}
+
+/// The kind Events are counted under.
+pub const EVENT_KIND: &str = "Event";
+
+/// The Event recorder of this coordinator replica (its pod, when it runs in
+/// one).
+pub fn event_recorder(client: Client) -> Recorder {
+    Recorder::new(
+        client,
+        Reporter {
+            controller: names::EVENT_REPORTER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    )
 }
 
 pub struct Applier {
@@ -66,15 +82,23 @@ impl Applier {
         }
     }
 
-    /// Accounts for one write, or refuses it when the budget is spent.
-    fn spend(&self) -> Result<(), WriteError> {
+    /// An applier without a write budget, for the parts of the coordinator
+    /// that only publish Events (the labeller).
+    pub fn unbudgeted(client: Client, writes: WriteCounter) -> Self {
+        let recorder = event_recorder(client.clone());
+        Self::new(client, writes, None, Arc::new(Notify::new()), recorder)
+    }
+
+    /// Accounts for one write to an object of `kind`, or refuses it when
+    /// the budget is spent.
+    fn spend(&self, kind: &str) -> Result<(), WriteError> {
         if let Some(limit) = self.budget
             && self.writes.get() >= limit
         {
             self.stopped.notify_one();
             return Err(WriteError::BudgetSpent(limit));
         }
-        self.writes.record();
+        self.writes.record(kind);
         Ok(())
     }
 
@@ -93,7 +117,7 @@ impl Applier {
         body: &(impl Serialize + std::fmt::Debug),
         subresource: Subresource,
     ) -> Result<(), WriteError> {
-        self.spend()?;
+        self.spend(kind.kind)?;
         let api = self.api(kind);
         let params = PatchParams::apply(manager).force();
         let patch = Patch::Apply(body);
@@ -105,7 +129,7 @@ impl Applier {
     }
 
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<(), WriteError> {
-        self.spend()?;
+        self.spend(kind.kind)?;
         match self.api(kind).delete(name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -131,7 +155,7 @@ impl Applier {
                 )
                 .await;
         }
-        self.spend()?;
+        self.spend(kind::NODE.kind)?;
         let patch = json!({ "metadata": { "labels": { label: null } } });
         self.api(kind::NODE)
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
@@ -142,7 +166,7 @@ impl Applier {
     /// Publishes an Event (a write too); a failure is logged, not returned:
     /// an Event lost is no reason to redo the reconcile.
     pub async fn publish(&self, event: &Event, regarding: &ObjectReference) {
-        if self.spend().is_err() {
+        if self.spend(EVENT_KIND).is_err() {
             return;
         }
         if let Err(e) = self.recorder.publish(event, regarding).await {

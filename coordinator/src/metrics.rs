@@ -1,5 +1,6 @@
 //! Prometheus metrics and the `/metrics`, `/healthz` and `/readyz` endpoints.
 
+use kata_proto::metrics_text::classic_text;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,7 +12,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The categories of [`CategoryLabel`], as `reconciler::Error::category`
+/// names them.
+pub const RECONCILE_ERROR_CATEGORIES: [&str; 4] = ["observe", "apply", "status", "stopped"];
 
 /// A failed reconcile's category: observe, apply, status or stopped.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +42,35 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// The Kubernetes kind of the object a write went to: MachineConfig, Node,
+/// Event, ...
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// How a TokenReview ended: [`REVIEW_AUTHENTICATED`], [`REVIEW_REJECTED`] or
+/// [`REVIEW_ERROR`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// The token is a live agent token for its node: the stream is admitted.
+pub const REVIEW_AUTHENTICATED: &str = "authenticated";
+/// The API server or our checks refused the token (forged, expired, wrong
+/// audience or account, not bound to a pod on a node).
+pub const REVIEW_REJECTED: &str = "rejected";
+/// The review itself failed (API error or timeout): nothing is known about
+/// the token.
+pub const REVIEW_ERROR: &str = "error";
+
+/// A report whose probe statuses, reasons or verdicts differ from the
+/// stream's previous report, or the stream's first.
+pub const REPORT_CHANGED: &str = "report";
+/// A report that repeats the stream's previous state.
+pub const REPORT_HEARTBEAT: &str = "heartbeat";
+
 /// The node phases exported, in the status's words.
 pub const NODE_PHASES: [&str; 7] = [
     "installed",
@@ -47,20 +82,86 @@ pub const NODE_PHASES: [&str; 7] = [
     "not_runtime_ready",
 ];
 
-/// Counts every mutating API request the coordinator makes; exported as
-/// the `kata_operator_api_writes` metric. Clones count together.
+/// Counts every mutating API request the coordinator makes, by the kind
+/// of object written; exported as `kata_operator_api_writes_total{kind}`.
+/// Clones count together.
 #[derive(Clone, Debug, Default)]
 pub struct WriteCounter {
-    count: Counter,
+    by_kind: Family<KindLabel, Counter>,
+    /// The sum over kinds, kept beside the family because the write budget
+    /// checks it on every write. Not exported: `sum()` of the family is it.
+    total: Counter,
 }
 
 impl WriteCounter {
+    /// Every write, whatever its kind.
     pub fn get(&self) -> u64 {
-        self.count.get()
+        self.total.get()
     }
 
-    pub fn record(&self) {
-        self.count.inc();
+    /// The writes to objects of `kind`.
+    pub fn get_kind(&self, kind: &str) -> u64 {
+        self.by_kind
+            .get(&KindLabel { kind: kind.into() })
+            .map_or(0, |counter| counter.get())
+    }
+
+    pub fn record(&self, kind: &str) {
+        self.by_kind
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+        self.total.inc();
+    }
+}
+
+/// A histogram of durations in seconds, with buckets from `smallest`
+/// doubling `count` times.
+#[derive(Clone, Debug)]
+pub struct Durations {
+    histogram: Histogram,
+    /// The histogram's own count is readable only in its crate's tests;
+    /// callers (tests waiting for a reconcile to finish) read this one.
+    observed: Counter,
+}
+
+impl Durations {
+    fn new(smallest: f64, count: u16) -> Self {
+        Durations {
+            histogram: Histogram::new(exponential_buckets(smallest, 2.0, count)),
+            observed: Counter::default(),
+        }
+    }
+
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        self.histogram.observe(elapsed.as_secs_f64());
+        self.observed.inc();
+    }
+
+    /// How many durations were observed.
+    pub fn count(&self) -> u64 {
+        self.observed.get()
+    }
+}
+
+/// Reconciles take milliseconds to tens of seconds (a slow API server,
+/// the pods list of an uninstall): 5 ms to about 41 s.
+#[derive(Clone, Debug)]
+pub struct ReconcileDurations(pub Durations);
+
+impl Default for ReconcileDurations {
+    fn default() -> Self {
+        ReconcileDurations(Durations::new(0.005, 14))
+    }
+}
+
+/// A TokenReview is one API request: 1 ms to about 8 s (beyond that it
+/// times out).
+#[derive(Clone, Debug)]
+pub struct ReviewDurations(pub Durations);
+
+impl Default for ReviewDurations {
+    fn default() -> Self {
+        ReviewDurations(Durations::new(0.001, 14))
     }
 }
 
@@ -80,9 +181,33 @@ pub struct Metrics {
     pub kataconfig_nodes: Family<PhaseLabel, Gauge>,
     /// 1 while this replica acts (holds the lease, or runs alone).
     pub leader: Gauge,
+    /// Agents' health reports, [`REPORT_CHANGED`] or [`REPORT_HEARTBEAT`].
+    pub reports_received: Family<KindLabel, Counter>,
+    /// TokenReviews of agents' tokens, by outcome.
+    pub token_reviews: Family<OutcomeLabel, Counter>,
+    pub token_review_duration: ReviewDurations,
+    pub reconcile_duration: ReconcileDurations,
 }
 
 impl Metrics {
+    /// Counts one health report of kind [`REPORT_CHANGED`] or
+    /// [`REPORT_HEARTBEAT`].
+    pub fn report_received(&self, kind: &str) {
+        self.reports_received
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// Counts one TokenReview that ended with `outcome` after `elapsed`.
+    pub fn token_reviewed(&self, outcome: &str, elapsed: std::time::Duration) {
+        self.token_reviews
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.token_review_duration.0.observe(elapsed);
+    }
+
     /// Exports the active KataConfig's conditions and node counts.
     pub fn observe_kataconfig(
         &self,
@@ -125,9 +250,45 @@ impl Metrics {
 impl Metrics {
     /// A registry holding every metric, once.
     pub fn registry(&self) -> Registry {
+        self.create_known_series();
         let mut registry = Registry::default();
         self.register(&mut registry);
         registry
+    }
+
+    /// The counters whose label values are known in advance exist from the
+    /// first scrape at 0, so a rate or an alert over them has a series to
+    /// work on before the first event (a missing series is not a zero).
+    fn create_known_series(&self) {
+        use crate::mco::names::{CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
+        let kinds = [
+            crate::kind::KATA_CONFIG,
+            crate::kind::NODE,
+            crate::kind::RUNTIME_CLASS,
+            POOL,
+            MACHINE_CONFIG,
+            CONTAINER_RUNTIME_CONFIG,
+        ]
+        .map(|k| k.kind);
+        for kind in kinds.into_iter().chain([crate::applier::EVENT_KIND]) {
+            self.api_writes
+                .by_kind
+                .get_or_create_owned(&KindLabel { kind: kind.into() });
+        }
+        for category in RECONCILE_ERROR_CATEGORIES {
+            self.reconcile_errors.get_or_create_owned(&CategoryLabel {
+                category: category.into(),
+            });
+        }
+        for kind in [REPORT_CHANGED, REPORT_HEARTBEAT] {
+            self.reports_received
+                .get_or_create_owned(&KindLabel { kind: kind.into() });
+        }
+        for outcome in [REVIEW_AUTHENTICATED, REVIEW_REJECTED, REVIEW_ERROR] {
+            self.token_reviews.get_or_create_owned(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -144,8 +305,8 @@ impl Metrics {
         );
         prefix.register(
             "api_writes",
-            "Mutating Kubernetes API requests",
-            self.api_writes.count.clone(),
+            "Mutating Kubernetes API requests (Events included), by the kind of object written",
+            self.api_writes.by_kind.clone(),
         );
         prefix.register(
             "node_label_writes",
@@ -172,6 +333,32 @@ impl Metrics {
             "leader",
             "1 while this coordinator replica acts (holds the leader lease or runs alone)",
             self.leader.clone(),
+        );
+        prefix.register(
+            "reports_received",
+            "node-agent health reports accepted; kind=report: the stream's first, or one whose \
+             probe statuses, reasons or verdicts changed; kind=heartbeat: the same state as the \
+             stream's previous report (the agent's periodic heartbeat, or a re-probe that found \
+             nothing new)",
+            self.reports_received.clone(),
+        );
+        prefix.register(
+            "token_reviews",
+            "TokenReviews of node-agent tokens; outcome=authenticated: admitted, rejected: \
+             refused token, error: the review failed (API error or timeout)",
+            self.token_reviews.clone(),
+        );
+        prefix.register_with_unit(
+            "token_review_duration",
+            "Time of the TokenReview API request for a node-agent's token",
+            Unit::Seconds,
+            self.token_review_duration.0.histogram.clone(),
+        );
+        prefix.register_with_unit(
+            "reconcile_duration",
+            "Time of one KataConfig reconcile: observe, plan, apply, status",
+            Unit::Seconds,
+            self.reconcile_duration.0.histogram.clone(),
         );
     }
 }
@@ -238,34 +425,6 @@ async fn metrics(
             classic_text(&body),
         )
     }
-}
-
-/// OpenMetrics text as the classic Prometheus text format (0.0.4): a
-/// counter family is named with its `_total` suffix, as its samples are, and
-/// the OpenMetrics-only `# UNIT` and `# EOF` lines go. Enough for the kinds
-/// this crate exports (counters, gauges, histograms).
-pub fn classic_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
 }
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
@@ -377,7 +536,9 @@ mod tests {
     #[tokio::test]
     async fn every_metric_family_appears_once() {
         let metrics = Metrics::default();
-        metrics.api_writes.record();
+        metrics.api_writes.record("Node");
+        metrics.api_writes.record("Event");
+        metrics.api_writes.record("Event");
         metrics
             .reconcile_errors
             .get_or_create(&CategoryLabel {
@@ -391,10 +552,78 @@ mod tests {
         unique.dedup();
         assert_eq!(types.len(), unique.len(), "a # TYPE line repeats:\n{body}");
         assert!(
-            body.contains("kata_operator_api_writes_total 1"),
-            "the write counter is exported:\n{body}"
+            body.contains("kata_operator_api_writes_total{kind=\"Node\"} 1")
+                && body.contains("kata_operator_api_writes_total{kind=\"Event\"} 2")
+                && body.contains("kata_operator_api_writes_total{kind=\"MachineConfig\"} 0"),
+            "the write counter is exported by kind:\n{body}"
         );
+        assert_eq!(metrics.api_writes.get(), 3, "the total spans the kinds");
+        assert_eq!(metrics.api_writes.get_kind("Event"), 2);
         assert!(body.contains("kata_operator_reconcile_errors_total{category=\"apply\"} 1"));
+    }
+
+    /// The value of the sample `series` (name and labels, as scraped).
+    fn sample(body: &str, series: &str) -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn the_health_channel_and_reconcile_families_exist_at_zero_and_move() {
+        let metrics = Metrics::default();
+        let before = scrape(&metrics).await;
+        for series in [
+            "kata_operator_reports_received_total{kind=\"report\"}",
+            "kata_operator_reports_received_total{kind=\"heartbeat\"}",
+            "kata_operator_token_reviews_total{outcome=\"authenticated\"}",
+            "kata_operator_token_reviews_total{outcome=\"rejected\"}",
+            "kata_operator_token_reviews_total{outcome=\"error\"}",
+            "kata_operator_token_review_duration_seconds_count",
+            "kata_operator_reconcile_duration_seconds_count",
+        ] {
+            assert_eq!(sample(&before, series), Some(0.0), "{series}:\n{before}");
+        }
+        for line in [
+            "# TYPE kata_operator_token_review_duration_seconds histogram",
+            "# TYPE kata_operator_reconcile_duration_seconds histogram",
+            "# TYPE kata_operator_reports_received_total counter",
+            "# TYPE kata_operator_token_reviews_total counter",
+        ] {
+            assert!(before.contains(line), "{line}:\n{before}");
+        }
+
+        metrics.report_received(REPORT_CHANGED);
+        metrics.report_received(REPORT_HEARTBEAT);
+        metrics.report_received(REPORT_HEARTBEAT);
+        metrics.token_reviewed(REVIEW_ERROR, std::time::Duration::from_millis(20));
+        metrics
+            .reconcile_duration
+            .0
+            .observe(std::time::Duration::from_millis(30));
+        let after = scrape(&metrics).await;
+        let moved = |series: &str| sample(&after, series);
+        assert_eq!(
+            moved("kata_operator_reports_received_total{kind=\"heartbeat\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            moved("kata_operator_reports_received_total{kind=\"report\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            moved("kata_operator_token_reviews_total{outcome=\"error\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            moved("kata_operator_token_review_duration_seconds_bucket{le=\"0.032\"}"),
+            Some(1.0),
+            "20 ms lands in the bucket up to 32 ms:\n{after}"
+        );
+        assert_eq!(
+            moved("kata_operator_reconcile_duration_seconds_count"),
+            Some(1.0)
+        );
+        assert_eq!(metrics.reconcile_duration.0.count(), 1);
     }
 
     #[test]

@@ -7,25 +7,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::{info, instrument, warn};
 
-use crate::api::{KataConfig, KataConfigStatus, condition};
-use crate::applier::{Applier, Subresource, WriteError};
+use crate::api::{KataConfig, KataConfigStatus, condition, reason};
+use crate::applier::{self, Applier, Subresource, WriteError};
 use crate::kind;
 use crate::mco::{self, MachineConfigRollout};
 use crate::names;
 use crate::node::{kata_ready_condition, slim_node};
+use crate::plan::events::NodeTransition;
 use crate::plan::{self, ConfigId, Desired, Observed, ObservedNode, Requeue, Step};
 use crate::status;
 
@@ -134,6 +135,11 @@ impl Context {
             nodes,
             runtime_class,
             pods_using_kata,
+            recorded_nodes: config
+                .status
+                .as_ref()
+                .map(|s| s.kata_nodes.clone())
+                .unwrap_or_default(),
         };
         Ok((observed, rollout))
     }
@@ -272,7 +278,15 @@ impl Context {
         })
     }
 
-    async fn write_status(&self, config: &KataConfig, new: &KataConfigStatus) -> Result<(), Error> {
+    /// Writes the new status, then announces what changed: the conditions
+    /// that say what is happening, and the nodes' transitions. After the
+    /// write, so a failed write (retried) announces nothing twice.
+    async fn write_status(
+        &self,
+        config: &KataConfig,
+        new: &KataConfigStatus,
+        transitions: &[NodeTransition],
+    ) -> Result<(), Error> {
         let name = config.name_any();
         let body = json!({
             "apiVersion": kind::KATA_CONFIG.api_version(),
@@ -305,11 +319,7 @@ impl Context {
                 || (changed.type_ == condition::DEGRADED && changed.status == "True")
             {
                 let event = Event {
-                    type_: if changed.type_ == condition::DEGRADED {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
+                    type_: condition_event_type(&changed.type_, &changed.reason),
                     reason: changed.reason.clone(),
                     note: Some(changed.message.chars().take(1000).collect()),
                     action: "Reconcile".into(),
@@ -318,7 +328,49 @@ impl Context {
                 self.applier.publish(&event, &config.object_ref(&())).await;
             }
         }
+        let kata_config = config.object_ref(&());
+        for transition in transitions {
+            let event = Event {
+                type_: if transition.is_warning() {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: transition.reason().into(),
+                note: Some(transition.note().chars().take(1000).collect()),
+                action: "Install".into(),
+                secondary: Some(kata_config.clone()),
+            };
+            self.applier
+                .publish(&event, &self.node_reference(transition.node()))
+                .await;
+        }
         Ok(())
+    }
+
+    /// The node as an Event's subject, with its uid when the cache has it
+    /// (`kubectl describe node` matches on it).
+    fn node_reference(&self, name: &str) -> ObjectReference {
+        self.nodes
+            .get(&ObjectRef::new(name))
+            .map(|node| node.object_ref(&()))
+            .unwrap_or_else(|| ObjectReference {
+                api_version: Some(kind::NODE.api_version()),
+                kind: Some(kind::NODE.kind.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            })
+    }
+}
+
+/// A condition's Event is a warning when it asks an admin to act: the
+/// KataConfig degraded, or the uninstall waiting on pods only they can
+/// delete.
+fn condition_event_type(type_: &str, condition_reason: &str) -> EventType {
+    if type_ == condition::DEGRADED || condition_reason == reason::BLOCKED_BY_EXISTING_KATA_PODS {
+        EventType::Warning
+    } else {
+        EventType::Normal
     }
 }
 
@@ -343,8 +395,20 @@ fn observed_node(node: &Node) -> ObservedNode {
     }
 }
 
-#[instrument(skip_all, fields(kataconfig = %config.name_any()))]
+/// One reconcile, timed whatever its outcome.
 async fn reconcile(config: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let outcome = reconcile_once(config, &ctx).await;
+    ctx.options
+        .metrics
+        .reconcile_duration
+        .0
+        .observe(started.elapsed());
+    outcome
+}
+
+#[instrument(skip_all, fields(kataconfig = %config.name_any()))]
+async fn reconcile_once(config: Arc<KataConfig>, ctx: &Context) -> Result<Action, Error> {
     ctx.options.metrics.reconciles.inc();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let (observed, rollout) = ctx.observe(&config).await?;
@@ -375,7 +439,7 @@ async fn reconcile(config: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Action,
         &now,
     );
     if config.status.as_ref() != Some(&new) {
-        ctx.write_status(&config, &new).await?;
+        ctx.write_status(&config, &new, &plan.transitions).await?;
     }
     Ok(match plan.requeue {
         Requeue::After(after) => Action::requeue(after),
@@ -468,13 +532,7 @@ impl KataConfigController {
         } = self;
         let pool_writer = mco::cluster::pool_store();
         let stopped = Arc::new(Notify::new());
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: names::EVENT_REPORTER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
+        let recorder = applier::event_recorder(client.clone());
         let ctx = Arc::new(Context {
             applier: Applier::new(
                 client.clone(),
@@ -523,4 +581,50 @@ pub async fn run(client: Client, options: Options, node_writer: reflector::store
     KataConfigController::new(client, options, node_writer)
         .run()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_category_is_exported_from_the_start() {
+        let errors = [
+            Error::Observe(String::new()),
+            Error::Apply {
+                step: String::new(),
+                source: kube::Error::LinesCodecMaxLineLengthExceeded,
+            },
+            Error::Status {
+                name: String::new(),
+                source: kube::Error::LinesCodecMaxLineLengthExceeded,
+            },
+            Error::WriteBudgetSpent(1),
+        ];
+        assert_eq!(
+            errors.map(|e| e.category()),
+            crate::metrics::RECONCILE_ERROR_CATEGORIES
+        );
+    }
+
+    #[test]
+    fn condition_events_warn_when_an_admin_must_act() {
+        assert_eq!(
+            condition_event_type(condition::DEGRADED, reason::NODE_DEGRADED),
+            EventType::Warning
+        );
+        assert_eq!(
+            condition_event_type(condition::READY, reason::BLOCKED_BY_EXISTING_KATA_PODS),
+            EventType::Warning,
+            "only deleting the pods lets the uninstall go on"
+        );
+        assert_eq!(
+            condition_event_type(condition::READY, reason::INSTALLED),
+            EventType::Normal
+        );
+        assert_eq!(
+            condition_event_type(condition::READY, reason::UNINSTALLING),
+            EventType::Normal
+        );
+    }
 }

@@ -586,3 +586,207 @@ impl FakeHost {
         self.without_extension().rpm_database(&[EXTENSION_PACKAGE])
     }
 }
+
+// ---- additions: Kata sandboxes and their shims' metrics ---------------------
+
+/// The Go runtime's sandbox store, relative to the root.
+pub const SANDBOX_STORE: &str = "run/vc/sbs";
+
+/// A sandbox id shaped like CRI-O's (64 hex digits), from a small number.
+pub fn sandbox_id(n: u32) -> String {
+    format!("{n:08x}").repeat(8)
+}
+
+/// A Kata shim's `GET /metrics` answer, in the shape the Go shim writes it
+/// (`src/runtime/pkg/containerd-shim-v2/shim_management.go`, `serveMetrics`):
+/// its Prometheus registry's families sorted by name, each with `# HELP` and
+/// `# TYPE` — the Go client's `go_*` and `process_*`, `kata_hypervisor_*`
+/// and `kata_shim_agent_*` (`src/runtime/virtcontainers/sandbox_metrics.go`),
+/// `kata_shim_*` (`src/runtime/pkg/containerd-shim-v2/shim_metrics.go`,
+/// items from `src/runtime/pkg/utils/metrics.go`) — then the guest agent's
+/// `kata_agent_*` and `kata_guest_*` (`src/agent/src/metrics.rs`), numbers
+/// as Go's `strconv` formats them. Written from those sources: a cut of the
+/// items, every family kind among them, `threads` as the one figure that
+/// differs between the fixture's shims.
+pub fn shim_metrics_page(threads: u32) -> String {
+    let buckets: String = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+        .iter()
+        .map(|le| {
+            let count = if *le >= 64 { 3 } else { 0 };
+            format!(
+                "kata_shim_rpc_durations_histogram_milliseconds_bucket{{action=\"create\",le=\"{le}\"}} {count}\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"# HELP go_gc_duration_seconds A summary of the pause duration of garbage collection cycles.
+# TYPE go_gc_duration_seconds summary
+go_gc_duration_seconds{{quantile="0"}} 2.5541e-05
+go_gc_duration_seconds{{quantile="0.5"}} 4.9873e-05
+go_gc_duration_seconds{{quantile="1"}} 0.000214227
+go_gc_duration_seconds_sum 0.001048617
+go_gc_duration_seconds_count 17
+# HELP go_goroutines Number of goroutines that currently exist.
+# TYPE go_goroutines gauge
+go_goroutines 38
+# HELP go_memstats_alloc_bytes_total Total number of bytes allocated, even if freed.
+# TYPE go_memstats_alloc_bytes_total counter
+go_memstats_alloc_bytes_total 5.4393624e+07
+# HELP kata_hypervisor_fds Open FDs for hypervisor.
+# TYPE kata_hypervisor_fds gauge
+kata_hypervisor_fds 127
+# HELP kata_hypervisor_netdev Net devices statistics.
+# TYPE kata_hypervisor_netdev gauge
+kata_hypervisor_netdev{{interface="eth0",item="recv_bytes"}} 1.2872436e+07
+kata_hypervisor_netdev{{interface="eth0",item="sent_bytes"}} 481230
+# HELP kata_hypervisor_proc_status Hypervisor process status.
+# TYPE kata_hypervisor_proc_status gauge
+kata_hypervisor_proc_status{{item="vmrss"}} 2.95493632e+08
+kata_hypervisor_proc_status{{item="voluntary_ctxt_switches"}} 10463
+# HELP kata_hypervisor_threads Hypervisor process threads.
+# TYPE kata_hypervisor_threads gauge
+kata_hypervisor_threads 7
+# HELP kata_shim_agent_rpc_durations_histogram_milliseconds RPC latency distributions.
+# TYPE kata_shim_agent_rpc_durations_histogram_milliseconds histogram
+kata_shim_agent_rpc_durations_histogram_milliseconds_bucket{{action="grpc.CreateContainerRequest",le="1"}} 0
+kata_shim_agent_rpc_durations_histogram_milliseconds_bucket{{action="grpc.CreateContainerRequest",le="+Inf"}} 2
+kata_shim_agent_rpc_durations_histogram_milliseconds_sum{{action="grpc.CreateContainerRequest"}} 61
+kata_shim_agent_rpc_durations_histogram_milliseconds_count{{action="grpc.CreateContainerRequest"}} 2
+# HELP kata_shim_fds Kata containerd shim v2 open FDs.
+# TYPE kata_shim_fds gauge
+kata_shim_fds 31
+# HELP kata_shim_io_stat Kata containerd shim v2 process IO statistics.
+# TYPE kata_shim_io_stat gauge
+kata_shim_io_stat{{item="rchar"}} 2.318731e+06
+kata_shim_io_stat{{item="wchar"}} 91120
+# HELP kata_shim_pod_overhead_memory_in_bytes Kata Pod overhead for memory resources(bytes).
+# TYPE kata_shim_pod_overhead_memory_in_bytes gauge
+kata_shim_pod_overhead_memory_in_bytes 1.1968512e+07
+# HELP kata_shim_rpc_durations_histogram_milliseconds RPC latency distributions.
+# TYPE kata_shim_rpc_durations_histogram_milliseconds histogram
+{buckets}kata_shim_rpc_durations_histogram_milliseconds_bucket{{action="create",le="+Inf"}} 3
+kata_shim_rpc_durations_histogram_milliseconds_sum{{action="create"}} 412
+kata_shim_rpc_durations_histogram_milliseconds_count{{action="create"}} 3
+# HELP kata_shim_threads Kata containerd shim v2 process threads.
+# TYPE kata_shim_threads gauge
+kata_shim_threads {threads}
+# HELP process_resident_memory_bytes Resident memory size in bytes.
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 4.1897984e+07
+# HELP kata_agent_scrape_count Metrics scrape count
+# TYPE kata_agent_scrape_count counter
+kata_agent_scrape_count 5
+# HELP kata_agent_threads Agent process threads
+# TYPE kata_agent_threads gauge
+kata_agent_threads 8
+# HELP kata_agent_total_rss Agent process total RSS size
+# TYPE kata_agent_total_rss gauge
+kata_agent_total_rss 1.2648448e+07
+# HELP kata_guest_cpu_time Guest CPU statistics.
+# TYPE kata_guest_cpu_time gauge
+kata_guest_cpu_time{{cpu="0",item="idle"}} 41230
+kata_guest_cpu_time{{cpu="total",item="idle"}} 41230
+# HELP kata_guest_load Guest system load.
+# TYPE kata_guest_load gauge
+kata_guest_load{{item="load1"}} 0.02
+# HELP kata_guest_meminfo Statistics about memory usage in the system.
+# TYPE kata_guest_meminfo gauge
+kata_guest_meminfo{{item="mem_available"}} 1.79843072e+09
+kata_guest_meminfo{{item="mem_total"}} 2.061021184e+09
+"#
+    )
+}
+
+/// A fake shim: its sandbox directory under [`SANDBOX_STORE`] and a thread
+/// answering HTTP on the directory's `shim-monitor.sock`, as the shim's
+/// management server does. Stops (and removes the directory) on drop.
+pub struct FakeShim {
+    dir: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    socket: PathBuf,
+    // Keeps the `/proc/self/fd` path to the socket valid.
+    _dir_handle: fs::File,
+}
+
+impl FakeHost {
+    /// A running sandbox `id` whose shim answers `GET /metrics` with `page`.
+    pub fn kata_sandbox(&self, id: &str, page: String) -> FakeShim {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let dir = self.join(&format!("{SANDBOX_STORE}/{id}"));
+        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
+        let handle =
+            fs::File::open(&dir).unwrap_or_else(|err| panic!("open {}: {err}", dir.display()));
+        // A temporary directory plus a 64-digit id can pass the 108 bytes of
+        // a socket address; the descriptor's path cannot.
+        let socket = PathBuf::from(format!(
+            "/proc/self/fd/{}/{}",
+            handle.as_raw_fd(),
+            crate::sandbox_metrics::MONITOR_SOCKET
+        ));
+        let listener = std::os::unix::net::UnixListener::bind(&socket)
+            .unwrap_or_else(|err| panic!("bind the fake shim of {id}: {err}"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                // The request's headers, up to the blank line (a GET has no body).
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") && request.len() < 16 * 1024 {
+                    match stream.read(&mut byte) {
+                        Ok(1) => request.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let (status, body) = if request.starts_with(b"GET /metrics ") {
+                    ("200 OK", page.as_str())
+                } else {
+                    ("404 Not Found", "404 page not found\n")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeShim {
+            dir,
+            stop,
+            thread: Some(thread),
+            socket,
+            _dir_handle: handle,
+        }
+    }
+
+    /// A sandbox directory whose shim is gone: no socket to ask.
+    pub fn dead_kata_sandbox(self, id: &str) -> Self {
+        self.mkdir(&format!("{SANDBOX_STORE}/{id}"))
+    }
+}
+
+impl FakeShim {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for FakeShim {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = std::os::unix::net::UnixStream::connect(&self.socket);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

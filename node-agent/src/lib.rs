@@ -7,6 +7,8 @@
 //! * [`check`]: the `node-agent check` report.
 //! * [`config::ExpectedConfig`]: what the node should look like; the
 //!   coordinator sends its own.
+//! * [`metrics`]: the agent's Prometheus metrics and `GET /metrics`;
+//!   [`sandbox_metrics`]: Kata's per-sandbox metrics, relayed from the shims.
 //! * `fixtures` (feature `fixtures`, for tests only): fake host roots.
 
 pub mod check;
@@ -15,8 +17,10 @@ pub mod daemon;
 pub mod error;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod metrics;
 pub mod probe;
 pub mod runner;
+pub mod sandbox_metrics;
 pub mod verdict;
 
 pub use check::CheckReport;

@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -5,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kata_node_agent::check::EXIT_USAGE;
 use kata_node_agent::daemon::{AgentOptions, DaemonError, run_agent};
+use kata_node_agent::metrics::DEFAULT_METRICS_ADDRESS;
 use kata_node_agent::{
     CheckReport, ExpectedConfig, HostRoot, ProbeRunner, RunnerOptions, StatusSource,
 };
@@ -59,9 +61,31 @@ struct RunArgs {
     /// Seconds between probe cycles (fractions allowed).
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     probe_interval: Duration,
+    /// Serve plain-HTTP `GET /metrics` (Prometheus text format) on this
+    /// `IP:PORT`; an empty value serves no metrics.
+    #[arg(long, value_name = "IP:PORT", default_value = DEFAULT_METRICS_ADDRESS, value_parser = parse_metrics_address)]
+    metrics_address: MetricsAddress,
+    /// At most this many bytes of Kata's sandbox metrics on one `/metrics`
+    /// page (sandboxes past it are left out and counted as scrape errors);
+    /// 0 relays none.
+    #[arg(long, value_name = "BYTES", default_value_t = kata_node_agent::sandbox_metrics::ScrapeLimits::default().max_total_bytes)]
+    sandbox_metrics_max_bytes: usize,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+}
+
+/// `--metrics-address`: where to listen, or nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MetricsAddress(Option<SocketAddr>);
+
+fn parse_metrics_address(text: &str) -> Result<MetricsAddress, String> {
+    if text.trim().is_empty() {
+        return Ok(MetricsAddress(None));
+    }
+    text.parse()
+        .map(|address| MetricsAddress(Some(address)))
+        .map_err(|_| format!("{text:?} is not IP:PORT (or empty, for no metrics)"))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -121,6 +145,8 @@ fn run(args: RunArgs) -> ExitCode {
     options.tls_server_name = args.tls_server_name;
     options.probe_interval = args.probe_interval;
     options.runner = runner_options(args.rpm_ostree_status_file);
+    options.metrics_address = args.metrics_address.0;
+    options.sandbox_metrics.max_total_bytes = args.sandbox_metrics_max_bytes;
     match runtime.block_on(run_agent(options, termination())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err @ DaemonError::InvalidCoordinator { .. }) => {
@@ -177,13 +203,10 @@ async fn termination() {
     }
 }
 
-/// One thread: the probes mostly wait on the blocking pool, the daemon on
-/// the network, and a small runtime keeps the agent's memory low. The error
-/// has been printed.
+/// The agent's runtime ([`kata_node_agent::runner::agent_runtime`]). The
+/// error has been printed.
 fn small_runtime() -> Result<tokio::runtime::Runtime, ()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    kata_node_agent::runner::agent_runtime()
         .map_err(|err| eprintln!("node-agent: cannot start the async runtime: {err}"))
 }
 
@@ -243,6 +266,22 @@ mod tests {
         assert_eq!(args.host_root, PathBuf::from("/host"));
         assert_eq!(args.probe_interval, Duration::from_millis(250));
         assert_eq!(args.tls_server_name, None);
+        assert_eq!(
+            args.metrics_address,
+            MetricsAddress(Some("0.0.0.0:8090".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn the_metrics_address_is_an_ip_and_port_or_empty_for_none() {
+        assert_eq!(
+            parse_metrics_address("[::]:9100").unwrap(),
+            MetricsAddress(Some("[::]:9100".parse().unwrap()))
+        );
+        assert_eq!(parse_metrics_address("").unwrap(), MetricsAddress(None));
+        for bad in ["8090", "localhost:8090", "0.0.0.0", "0.0.0.0:http"] {
+            assert!(parse_metrics_address(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

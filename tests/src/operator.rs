@@ -281,10 +281,48 @@ pub async fn http_request(
 /// One sample's value from a Prometheus text endpoint (`/metrics` at `addr`).
 pub async fn scrape_metric(addr: std::net::SocketAddr, name: &str) -> Result<f64, String> {
     let (_, body) = http_get(addr, "/metrics").await?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .ok_or_else(|| format!("{name} not in /metrics"))?
-        .trim()
-        .parse()
-        .map_err(|e| format!("{name}: {e}"))
+    metric_value(&body, name)
+}
+
+/// The value of `name` in a classic-text scrape: one series when `name`
+/// carries its labels (`family{label="x"}`), else the sum of every series
+/// of the family (a labelled counter read as its total).
+pub fn metric_value(body: &str, name: &str) -> Result<f64, String> {
+    let exact = name.contains('{');
+    let mut found = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = match rest.strip_prefix(' ') {
+            Some(value) => value,
+            // Another series of the family: `{labels} value`.
+            None if !exact && rest.starts_with('{') => match rest.rsplit_once("} ") {
+                Some((_, value)) => value,
+                None => continue,
+            },
+            None => continue,
+        };
+        let value: f64 = value.trim().parse().map_err(|e| format!("{name}: {e}"))?;
+        *found.get_or_insert(0.0) += value;
+        if exact {
+            break;
+        }
+    }
+    found.ok_or_else(|| format!("{name} not in /metrics"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    #[test]
+    fn a_bare_family_name_sums_its_series_and_labels_pick_one() {
+        let body = "# TYPE w counter\nw_total{kind=\"Node\"} 2\nw_total{kind=\"Event\"} 3\n\
+                    w_total_other 7\ng 1.5\n";
+        assert_eq!(metric_value(body, "w_total"), Ok(5.0));
+        assert_eq!(metric_value(body, "w_total{kind=\"Event\"}"), Ok(3.0));
+        assert_eq!(metric_value(body, "g"), Ok(1.5));
+        assert!(metric_value(body, "missing").is_err());
+    }
 }

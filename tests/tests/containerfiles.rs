@@ -2,7 +2,9 @@
 //! be checked without building is checked: they build the workspace's real
 //! packages and binaries, cache dependencies in a layer of their own, copy
 //! only paths that exist, run the binaries the Deployment and DaemonSet
-//! expect, and the coordinator runs as a numeric non-root user.
+//! expect, and the coordinator runs as a numeric non-root user. The
+//! must-gather image puts the gather script where `oc adm must-gather` runs
+//! it, on a base with `oc` and the tools oc needs in the pod.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -135,6 +137,35 @@ fn workload_container(image: &Image) -> Value {
     containers[0].clone()
 }
 
+/// A COPY's flags (`--chmod=...`), sources and destination.
+fn copy_parts(rest: &str) -> (Vec<&str>, Vec<&str>, &str) {
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let flags = words.iter().take_while(|w| w.starts_with("--")).count();
+    let (dest, sources) = words[flags..]
+        .split_last()
+        .expect("COPY names a destination");
+    (words[..flags].to_vec(), sources.to_vec(), dest)
+}
+
+/// Every COPY from the build context names a path that exists (the context
+/// is the repository root).
+fn assert_copies_exist(containerfile: &str, stages: &[&[Instruction]]) {
+    for stage in stages {
+        for i in stage.iter().filter(|i| i.keyword == "COPY") {
+            let (flags, sources, _) = copy_parts(&i.rest);
+            if flags.iter().any(|f| f.starts_with("--from=")) {
+                continue;
+            }
+            for source in sources {
+                assert!(
+                    repo_root().join(source).exists(),
+                    "{containerfile}: COPY {source}: no such path in the repository",
+                );
+            }
+        }
+    }
+}
+
 fn exec_form(rest: &str) -> Vec<String> {
     serde_json::from_str(rest).unwrap_or_else(|e| panic!("{rest} is not exec (JSON) form: {e}"))
 }
@@ -193,23 +224,7 @@ fn check_image(image: &Image) {
         image.containerfile
     );
 
-    // Every COPY from the build context names a path that exists (the
-    // context is the repository root).
-    for stage in &stages {
-        for i in stage.iter().filter(|i| i.keyword == "COPY") {
-            if i.rest.starts_with("--from=") {
-                continue;
-            }
-            let parts: Vec<&str> = i.rest.split_whitespace().collect();
-            for source in &parts[..parts.len() - 1] {
-                assert!(
-                    repo_root().join(source).exists(),
-                    "{}: COPY {source}: no such path in the repository",
-                    image.containerfile
-                );
-            }
-        }
-    }
+    assert_copies_exist(image.containerfile, &stages);
 
     // The final stage runs the binary, copied from the builder, as the
     // ENTRYPOINT; the workload's args start with the `run` subcommand.
@@ -356,6 +371,69 @@ fn node_agent_containerfile_builds_the_agent_on_a_base_with_chroot() {
         workload_container(&NODE_AGENT)["securityContext"]["privileged"],
         true
     );
+}
+
+/// `oc adm must-gather --image=...` runs its own `/bin/bash -c` command,
+/// which calls `/usr/bin/gather`, and copies the output out of a second
+/// container of the image with rsync or tar.
+#[test]
+fn must_gather_containerfile_installs_gather_where_oc_adm_must_gather_runs_it() {
+    let containerfile = "Containerfile.must-gather";
+    let instructions = parse(&read(&deploy_dir().join(containerfile)));
+    let stages = stages(&instructions);
+    assert_eq!(stages.len(), 1, "nothing to build: one stage");
+    let stage = stages[0];
+    assert_copies_exist(containerfile, &stages);
+
+    // A base with `oc` (and its kubectl link), which the script uses.
+    let base = from_image(stage);
+    assert!(
+        base.starts_with("quay.io/openshift/origin-cli:")
+            || base.starts_with("registry.redhat.io/openshift4/ose-cli"),
+        "{base}"
+    );
+    let run = stage
+        .iter()
+        .find(|i| i.keyword == "RUN")
+        .expect("the build checks the base's tools");
+    for tool in ["bash", "oc", "sync", "sleep", "rsync", "tar"] {
+        assert!(
+            run.rest
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|w| w == tool),
+            "the build fails without {tool}: {}",
+            run.rest
+        );
+    }
+
+    // The script, executable, at the path oc runs.
+    let gather: Vec<(Vec<&str>, Vec<&str>, &str)> = stage
+        .iter()
+        .filter(|i| i.keyword == "COPY")
+        .map(|i| copy_parts(&i.rest))
+        .filter(|(_, _, dest)| *dest == "/usr/bin/gather")
+        .collect();
+    assert_eq!(gather.len(), 1, "one COPY to /usr/bin/gather");
+    let (flags, sources, _) = &gather[0];
+    assert_eq!(sources, &["deploy/must-gather/gather"]);
+    assert!(
+        flags.contains(&"--chmod=0755"),
+        "executable whatever the checkout's mode: {flags:?}"
+    );
+    let script = read(&deploy_dir().join("must-gather/gather"));
+    assert!(
+        script.starts_with("#!/usr/bin/env bash\n") && script.contains("${1:-/must-gather}"),
+        "the script writes to /must-gather when oc runs it without arguments"
+    );
+
+    // No ENTRYPOINT or CMD: oc sets the containers' commands, as for
+    // OpenShift's own must-gather image.
+    for keyword in ["ENTRYPOINT", "CMD"] {
+        assert!(
+            !stage.iter().any(|i| i.keyword == keyword),
+            "{containerfile}: no {keyword}"
+        );
+    }
 }
 
 #[test]

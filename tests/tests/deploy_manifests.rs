@@ -166,6 +166,19 @@ fn manifests_agree_with_the_code() {
     };
     let namespace = find("namespace.yaml", "Namespace");
     assert_eq!(namespace.name_any(), NAMESPACE);
+    // The agent is privileged (node-agent.yaml), so is the namespace's
+    // Pod Security level; OpenShift's platform monitoring scrapes it.
+    let labels = namespace.labels();
+    for (key, value) in [
+        ("pod-security.kubernetes.io/enforce", "privileged"),
+        ("openshift.io/cluster-monitoring", "true"),
+    ] {
+        assert_eq!(
+            labels.get(key).map(String::as_str),
+            Some(value),
+            "namespace label {key}"
+        );
+    }
     let deployment = find("coordinator.yaml", "Deployment");
     let pod = &deployment.data["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], SERVICE_ACCOUNT);
@@ -576,4 +589,192 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
         .await
         .unwrap_err();
     assert_eq!(api_code(&unauthenticated), Some(401), "{unauthenticated:?}");
+}
+
+fn monitoring(file: &str) -> Vec<DynamicObject> {
+    read_manifests(&deploy_dir().join("monitoring").join(file)).unwrap()
+}
+
+fn one_of_kind(objects: &[DynamicObject], kind: &str) -> DynamicObject {
+    let found: Vec<&DynamicObject> = objects
+        .iter()
+        .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == kind))
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one {kind}");
+    found[0].clone()
+}
+
+/// The ServiceMonitor and PodMonitor find what deploy/base runs: their
+/// selectors match the Service's and the DaemonSet pods' labels, and the
+/// ports they scrape are named ports of those.
+#[test]
+fn monitors_select_the_coordinator_service_and_the_agent_pods() {
+    let base = deploy_dir().join("base");
+    let coordinator = read_manifests(&base.join("coordinator.yaml")).unwrap();
+    let service = one_of_kind(&coordinator, "Service");
+    let service_monitor = one_of_kind(&monitoring("service-monitor.yaml"), "ServiceMonitor");
+    let pod_monitor = one_of_kind(&monitoring("pod-monitor.yaml"), "PodMonitor");
+    let daemon_set = one_of_kind(
+        &read_manifests(&base.join("node-agent.yaml")).unwrap(),
+        "DaemonSet",
+    );
+    for monitor in [&service_monitor, &pod_monitor] {
+        assert_eq!(monitor.metadata.namespace.as_deref(), Some(NAMESPACE));
+    }
+
+    let matches = |selector: &serde_json::Value, labels: &serde_json::Value| {
+        let wanted = selector["matchLabels"].as_object().unwrap();
+        assert!(!wanted.is_empty() && selector.get("matchExpressions").is_none());
+        wanted.iter().all(|(k, v)| labels[k] == *v)
+    };
+    assert!(matches(
+        &service_monitor.data["spec"]["selector"],
+        &serde_json::to_value(&service.metadata.labels).unwrap()
+    ));
+    let service_ports: Vec<&str> = service.data["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for endpoint in service_monitor.data["spec"]["endpoints"]
+        .as_array()
+        .unwrap()
+    {
+        let port = endpoint["port"].as_str().unwrap();
+        assert!(service_ports.contains(&port), "Service port {port}");
+    }
+
+    let template = &daemon_set.data["spec"]["template"];
+    assert!(matches(
+        &pod_monitor.data["spec"]["selector"],
+        &template["metadata"]["labels"]
+    ));
+    // Not the coordinator's pods, which the ServiceMonitor scrapes.
+    assert!(!matches(
+        &pod_monitor.data["spec"]["selector"],
+        &coordinator
+            .iter()
+            .find(|o| o.types.as_ref().unwrap().kind == "Deployment")
+            .unwrap()
+            .data["spec"]["template"]["metadata"]["labels"]
+    ));
+    let container_ports: Vec<&str> = template["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let endpoints = pod_monitor.data["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .unwrap();
+    assert_eq!(endpoints.len(), 1);
+    let port = endpoints[0]["port"].as_str().unwrap();
+    assert!(
+        container_ports.contains(&port),
+        "the PodMonitor scrapes port {port}, which no node-agent container names \
+         (deploy/base/node-agent.yaml has {container_ports:?})"
+    );
+    // Every agent series says which node it speaks for.
+    let relabelings = endpoints[0]["relabelings"].as_array().unwrap();
+    assert!(
+        relabelings.iter().any(
+            |r| r["sourceLabels"] == json!(["__meta_kubernetes_pod_node_name"])
+                && r["targetLabel"] == "node"
+                && r.get("action").is_none_or(|a| a == "replace")
+        ),
+        "{relabelings:?}"
+    );
+}
+
+/// Platform Prometheus (openshift-monitoring/prometheus-k8s) may discover
+/// targets in the operator's namespace through the Role in
+/// deploy/monitoring, and read nothing more: checked by the API server's
+/// own RBAC authorizer.
+#[tokio::test]
+async fn platform_prometheus_may_discover_targets_and_nothing_more() {
+    let plane = ControlPlane::start().await.unwrap();
+    apply_objects(
+        &plane,
+        &read_manifests(&deploy_dir().join("base/namespace.yaml")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let rbac: Vec<DynamicObject> = monitoring("service-monitor.yaml")
+        .into_iter()
+        .filter(|o| {
+            o.types
+                .as_ref()
+                .is_some_and(|t| t.api_version.starts_with("rbac.authorization.k8s.io/"))
+        })
+        .collect();
+    assert_eq!(rbac.len(), 2, "a Role and its RoleBinding");
+    apply_objects(&plane, &rbac).await.unwrap();
+    let admin = plane.client().await.unwrap();
+
+    use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewSpec};
+    let may = |verb: &'static str,
+               group: &'static str,
+               resource: &'static str,
+               namespace: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some("system:serviceaccount:openshift-monitoring:prometheus-k8s".into()),
+                    groups: Some(vec![
+                        "system:serviceaccounts".into(),
+                        "system:serviceaccounts:openshift-monitoring".into(),
+                        "system:authenticated".into(),
+                    ]),
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(verb.into()),
+                        group: Some(group.into()),
+                        resource: Some(resource.into()),
+                        namespace: Some(namespace.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            Api::<SubjectAccessReview>::all(admin)
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .allowed
+        }
+    };
+    for verb in ["get", "list", "watch"] {
+        for (group, resource) in [
+            ("", "services"),
+            ("", "endpoints"),
+            ("", "pods"),
+            ("discovery.k8s.io", "endpointslices"),
+        ] {
+            assert!(
+                may(verb, group, resource, NAMESPACE).await,
+                "prometheus-k8s cannot {verb} {resource}"
+            );
+            assert!(
+                !may(verb, group, resource, "default").await,
+                "prometheus-k8s may {verb} {resource} outside {NAMESPACE}"
+            );
+        }
+    }
+    for (verb, group, resource) in [
+        ("get", "", "secrets"),
+        ("list", "", "configmaps"),
+        ("delete", "", "pods"),
+        ("create", "", "pods"),
+        ("update", "", "services"),
+    ] {
+        assert!(
+            !may(verb, group, resource, NAMESPACE).await,
+            "prometheus-k8s may {verb} {resource}"
+        );
+    }
 }

@@ -5,7 +5,9 @@
 //! bundle; the CSV's required fields are present and well formed; the owned
 //! CRDs are the CRD files, and the CRD file is byte-for-byte deploy/base's;
 //! the install strategy runs exactly deploy/base's Deployment with exactly the
-//! generated RBAC; and the `alm-examples` are accepted by a real API server.
+//! generated RBAC; the monitoring and network policy manifests OLM can install
+//! are `make generate`'s current copies of deploy/'s; and the `alm-examples`
+//! are accepted by a real API server.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -188,10 +190,16 @@ fn bundle_annotations_match_the_bundle_image_labels() {
     }
 }
 
-/// The kinds OLM installs from a registry+v1 bundle
-/// (operator-registry pkg/lib/bundle/supported_resources.go). A DaemonSet,
-/// SecurityContextConstraints or ValidatingAdmissionPolicy is not among
-/// them: docs/operations.md says how those are applied.
+/// The kinds OLM installs from a registry+v1 bundle: those the bundle
+/// validator accepts (operator-registry pkg/lib/bundle/supported_resources.go)
+/// that OLM's catalog operator also creates (operator-lifecycle-manager
+/// pkg/controller/operators/catalog/supportedresources.go); an InstallPlan
+/// with any other kind fails. NetworkPolicy is supported from OLM v0.32, and
+/// in OpenShift's OLM (openshift/operator-framework-olm) from its August 2025
+/// backport to the release-4.12 and later branches. A PodMonitor passes the
+/// validator but the catalog operator refuses it, and a DaemonSet,
+/// SecurityContextConstraints or ValidatingAdmissionPolicy is not supported
+/// at all: docs/operations.md says how those are applied.
 const SUPPORTED_KINDS: &[&str] = &[
     "ClusterServiceVersion",
     "CustomResourceDefinition",
@@ -209,6 +217,7 @@ const SUPPORTED_KINDS: &[&str] = &[
     "PriorityClass",
     "VerticalPodAutoscaler",
     "ConsoleYAMLSample",
+    "NetworkPolicy",
 ];
 
 #[test]
@@ -593,6 +602,108 @@ fn extra_bundle_manifests_equal_deploy() {
         by_kind_and_name("ServiceAccount", "kata-node-agent"),
         strip_namespace(agent_account)
     );
+}
+
+/// The bundle's copies of deploy/ manifests that `make generate` writes:
+/// (source, index of the YAML document in it, bundle file).
+const GENERATED_COPIES: &[(&str, usize, &str)] = &[
+    (
+        "monitoring/service-monitor.yaml",
+        0,
+        "kata-coordinator_monitoring.coreos.com_v1_servicemonitor.yaml",
+    ),
+    (
+        "monitoring/service-monitor.yaml",
+        1,
+        "kata-operator-prometheus_rbac.authorization.k8s.io_v1_role.yaml",
+    ),
+    (
+        "monitoring/service-monitor.yaml",
+        2,
+        "kata-operator-prometheus_rbac.authorization.k8s.io_v1_rolebinding.yaml",
+    ),
+    (
+        "monitoring/prometheus-rule.yaml",
+        0,
+        "kata-operator_monitoring.coreos.com_v1_prometheusrule.yaml",
+    ),
+    (
+        "base/network-policy.yaml",
+        0,
+        "kata-coordinator_networking.k8s.io_v1_networkpolicy.yaml",
+    ),
+    (
+        "base/network-policy.yaml",
+        1,
+        "kata-node-agent_networking.k8s.io_v1_networkpolicy.yaml",
+    ),
+];
+
+/// What the Makefile's `generate` writes for document `index` of `text`:
+/// its lines (the first document's with the file's heading comment),
+/// without the metadata.namespace line OLM replaces.
+fn bundle_copy(text: &str, index: usize) -> String {
+    let mut document = 0;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line == "---" {
+            document += 1;
+        } else if document == index && line != "  namespace: kata-operator" {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn generated_bundle_copies_are_current() {
+    let bundle = bundle_dir().join("manifests");
+    for (source, index, file) in GENERATED_COPIES {
+        let source_path = deploy_dir().join(source);
+        let expected = bundle_copy(&read(&source_path), *index);
+        assert!(
+            !expected.trim().is_empty(),
+            "{source} has a document {index}"
+        );
+        assert_eq!(
+            read(&bundle.join(file)),
+            expected,
+            "bundle/manifests/{file} is stale against deploy/{source}: run `make generate`"
+        );
+        // The line filter removed the namespace and nothing else.
+        let mut original = documents(&source_path).remove(*index);
+        assert_eq!(
+            original["metadata"]["namespace"], "kata-operator",
+            "deploy/{source} #{index}"
+        );
+        original["metadata"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove("namespace");
+        assert_eq!(one_document(&bundle.join(file)), original, "{file}");
+    }
+    // Every document of those sources is copied: a policy or rule added to
+    // one is not silently left out of the bundle.
+    let sources: std::collections::BTreeSet<&str> =
+        GENERATED_COPIES.iter().map(|(s, _, _)| *s).collect();
+    for source in sources {
+        let copied = GENERATED_COPIES
+            .iter()
+            .filter(|(s, _, _)| *s == source)
+            .count();
+        assert_eq!(
+            documents(&deploy_dir().join(source)).len(),
+            copied,
+            "deploy/{source}: every document needs a bundle copy (Makefile `generate` and GENERATED_COPIES)"
+        );
+    }
+    // OLM's InstallPlan refuses a PodMonitor, and the dashboard belongs in
+    // openshift-config-managed, where OLM installs nothing.
+    for (_, manifest) in manifests() {
+        assert_ne!(manifest["kind"], "PodMonitor");
+        assert_ne!(manifest["metadata"]["name"], "kata-operator-dashboard");
+    }
 }
 
 #[tokio::test]

@@ -5,10 +5,13 @@
 //! node it may speak for.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::{Api, PostParams};
 use tokio::sync::Semaphore;
+
+use crate::metrics::{Metrics, REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED};
 
 /// The key the API server puts in a pod-bound token's user.extra with the
 /// name of the node the Pod is bound to.
@@ -37,6 +40,9 @@ pub enum AuthError {
     /// agent should retry rather than conclude its token is bad.
     #[error("token review failed: {0}")]
     Review(#[source] kube::Error),
+    /// The API server did not answer the TokenReview in time.
+    #[error("token review timed out after {0:?}")]
+    ReviewTimedOut(Duration),
 }
 
 impl From<AuthError> for tonic::Status {
@@ -46,7 +52,9 @@ impl From<AuthError> for tonic::Status {
             AuthError::PermissionDenied(reason) => tonic::Status::permission_denied(reason),
             // The kube error may carry API server details; the agent only
             // needs to know it is worth retrying.
-            AuthError::Review(_) => tonic::Status::unavailable("cannot verify the token now"),
+            AuthError::Review(_) | AuthError::ReviewTimedOut(_) => {
+                tonic::Status::unavailable("cannot verify the token now")
+            }
         }
     }
 }
@@ -56,6 +64,22 @@ impl From<AuthError> for tonic::Status {
 /// instead of opening a connection to the API server each.
 pub const REVIEW_CONCURRENCY: usize = 32;
 
+/// How long a TokenReview may take. An API server that does not answer
+/// would otherwise hold the agent's connection (and a review permit) for as
+/// long as the client's own timeout, minutes; the agent retries sooner.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a review ended, as `kata_operator_token_reviews_total` counts it:
+/// admitted, refused (a token that is not a live agent token for a node),
+/// or failed (nothing learnt about the token).
+pub fn review_outcome(result: &Result<AgentIdentity, AuthError>) -> &'static str {
+    match result {
+        Ok(_) => REVIEW_AUTHENTICATED,
+        Err(AuthError::Unauthenticated(_) | AuthError::PermissionDenied(_)) => REVIEW_REJECTED,
+        Err(AuthError::Review(_) | AuthError::ReviewTimedOut(_)) => REVIEW_ERROR,
+    }
+}
+
 /// Checks agents' tokens with the API server's TokenReview.
 #[derive(Clone)]
 pub struct AgentAuthenticator {
@@ -64,6 +88,8 @@ pub struct AgentAuthenticator {
     /// (namespace, name) of the node-agent's ServiceAccount.
     service_account: (String, String),
     reviews: Arc<Semaphore>,
+    timeout: Duration,
+    metrics: Metrics,
 }
 
 impl AgentAuthenticator {
@@ -78,7 +104,23 @@ impl AgentAuthenticator {
             audience: audience.into(),
             service_account: (namespace.into(), service_account.into()),
             reviews: Arc::new(Semaphore::new(REVIEW_CONCURRENCY)),
+            timeout: REVIEW_TIMEOUT,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts and times the reviews in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Gives up on a review after `timeout` instead of [`REVIEW_TIMEOUT`].
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The username the API server gives tokens of the agents' ServiceAccount.
@@ -87,11 +129,25 @@ impl AgentAuthenticator {
         format!("system:serviceaccount:{namespace}:{name}")
     }
 
+    /// Reviews the token and decides who it speaks for. A missing token is
+    /// refused without a review (and not counted as one).
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<AgentIdentity, AuthError> {
         let token = match bearer.map(str::trim) {
             Some(token) if !token.is_empty() => token,
             _ => return Err(AuthError::Unauthenticated("no bearer token".into())),
         };
+        // Never closed, so acquiring cannot fail; if it could, reviewing
+        // without a permit would still be correct. Waiting for a permit is
+        // queueing, not the API server's time: the clock starts after it.
+        let _permit = self.reviews.acquire().await.ok();
+        let started = Instant::now();
+        let result = self.review(token).await;
+        self.metrics
+            .token_reviewed(review_outcome(&result), started.elapsed());
+        result
+    }
+
+    async fn review(&self, token: &str) -> Result<AgentIdentity, AuthError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -99,15 +155,14 @@ impl AgentAuthenticator {
             },
             ..TokenReview::default()
         };
-        let reviewed = {
-            // Never closed, so acquiring cannot fail; if it could, reviewing
-            // without a permit would still be correct.
-            let _permit = self.reviews.acquire().await.ok();
-            Api::<TokenReview>::all(self.client.clone())
-                .create(&PostParams::default(), &review)
-                .await
-                .map_err(AuthError::Review)?
-        };
+        let reviews = Api::<TokenReview>::all(self.client.clone());
+        let reviewed = tokio::time::timeout(
+            self.timeout,
+            reviews.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| AuthError::ReviewTimedOut(self.timeout))?
+        .map_err(AuthError::Review)?;
         let status = reviewed.status.unwrap_or_default();
         identity_from_review(&status, &self.expected_username(), &self.audience)
     }
@@ -283,6 +338,103 @@ mod tests {
         assert_eq!(
             code(AuthError::PermissionDenied("x".into())),
             tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(AuthError::ReviewTimedOut(REVIEW_TIMEOUT)),
+            tonic::Code::Unavailable
+        );
+    }
+
+    /// A client of an API server at `addr`, over plain HTTP.
+    fn client_at(addr: std::net::SocketAddr) -> kube::Client {
+        let url = format!("http://{addr}").parse().unwrap();
+        kube::Client::try_from(kube::Config::new(url)).unwrap()
+    }
+
+    fn authenticator(client: kube::Client, metrics: &Metrics) -> AgentAuthenticator {
+        AgentAuthenticator::new(client, AUD, "kata", "node-agent").with_metrics(metrics.clone())
+    }
+
+    fn reviews(metrics: &Metrics, outcome: &str) -> u64 {
+        metrics
+            .token_reviews
+            .get_or_create(&crate::metrics::OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn an_api_server_that_refuses_the_connection_is_a_review_error() {
+        // A port that was just free: nothing listens there.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let metrics = Metrics::default();
+        let result = authenticator(client_at(addr), &metrics)
+            .authenticate(Some("a-token"))
+            .await;
+        assert!(matches!(result, Err(AuthError::Review(_))), "{result:?}");
+        assert_eq!(reviews(&metrics, REVIEW_ERROR), 1);
+        assert_eq!(metrics.token_review_duration.0.count(), 1);
+        assert_eq!(reviews(&metrics, REVIEW_REJECTED), 0);
+    }
+
+    #[tokio::test]
+    async fn an_api_server_that_never_answers_times_out_as_an_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and holds the connection, never answering.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let metrics = Metrics::default();
+        let result = authenticator(client_at(addr), &metrics)
+            .with_timeout(Duration::from_millis(200))
+            .authenticate(Some("a-token"))
+            .await;
+        silent.abort();
+        assert!(
+            matches!(result, Err(AuthError::ReviewTimedOut(_))),
+            "{result:?}"
+        );
+        assert_eq!(reviews(&metrics, REVIEW_ERROR), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_token_is_refused_without_a_review() {
+        let metrics = Metrics::default();
+        let unreachable = client_at("127.0.0.1:9".parse().unwrap());
+        let result = authenticator(unreachable, &metrics)
+            .authenticate(None)
+            .await;
+        assert!(matches!(result, Err(AuthError::Unauthenticated(_))));
+        assert_eq!(metrics.token_review_duration.0.count(), 0);
+    }
+
+    #[test]
+    fn outcomes_split_refused_tokens_from_failed_reviews() {
+        let admitted = identity_from_review(&bound(), SA, AUD);
+        assert_eq!(review_outcome(&admitted), REVIEW_AUTHENTICATED);
+        let mut expired = bound();
+        expired.authenticated = Some(false);
+        assert_eq!(
+            review_outcome(&identity_from_review(&expired, SA, AUD)),
+            REVIEW_REJECTED
+        );
+        let intruder = status("system:serviceaccount:kata:intruder", &[]);
+        assert_eq!(
+            review_outcome(&identity_from_review(&intruder, SA, AUD)),
+            REVIEW_REJECTED,
+            "a live token of another account is refused, not an error"
+        );
+        assert_eq!(
+            review_outcome(&Err(AuthError::ReviewTimedOut(REVIEW_TIMEOUT))),
+            REVIEW_ERROR
         );
     }
 }

@@ -11,17 +11,22 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::marks::{CurrentMarks, MarkPolicy, NodeMarks, ReadyCondition, damped, desired_marks};
+use super::marks::{
+    CurrentMarks, MarkPolicy, NodeMarks, RUNTIME_LABEL_REMOVED, ReadyCondition, damped,
+    desired_marks, runtime_label_removed_note,
+};
 use super::registry::HealthRegistry;
 use crate::api::KataConfig;
+use crate::applier::Applier;
 use crate::metrics::{Metrics, StateLabel};
 use crate::node::kata_ready_condition;
-use crate::{mco, names, status};
+use crate::{kind, mco, names, status};
 
 /// How often marks are re-evaluated without a report (silence is noticed by
 /// the clock, not by an event).
@@ -63,6 +68,8 @@ struct Labeller {
     configs_seen: HashMap<String, String>,
     /// When each node last lost the runtime label, for the hold-down.
     removals: HashMap<String, Instant>,
+    /// Publishes the Events of label changes (counted as writes).
+    events: Applier,
 }
 
 impl Labeller {
@@ -105,10 +112,33 @@ impl Labeller {
         let marks = &write.marks;
         match self.write_labels(&name, marks).await {
             Ok(()) => {
-                info!(node = %name, capable = marks.capable, runtime_ready = marks.runtime_ready, reason = %marks.condition.reason, "node labels changed")
+                info!(node = %name, capable = marks.capable, runtime_ready = marks.runtime_ready, reason = %marks.condition.reason, "node labels changed");
+                if write.removes_runtime_label {
+                    self.announce_removal(write).await;
+                }
             }
             Err(error) => warn!(node = %name, %error, "could not write the node's Kata labels"),
         }
+    }
+
+    /// Once per removal: the label is only written when it changes, and
+    /// a restarted coordinator finds it already gone.
+    async fn announce_removal(&self, write: &NodeWrite) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: RUNTIME_LABEL_REMOVED.into(),
+            note: Some(
+                runtime_label_removed_note(&write.marks)
+                    .chars()
+                    .take(1000)
+                    .collect(),
+            ),
+            action: "Label".into(),
+            secondary: None,
+        };
+        self.events
+            .publish(&event, &write.node.object_ref(&()))
+            .await;
     }
 
     async fn apply_condition(&self, write: &NodeWrite) {
@@ -182,7 +212,7 @@ impl Labeller {
         // Applying without a label releases it: the health manager owns only
         // these two, so nothing else on the node is touched.
         let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node, "labels": labels } });
-        self.metrics.api_writes.record();
+        self.metrics.api_writes.record(kind::NODE.kind);
         self.metrics.label_writes.inc();
         Api::<Node>::all(self.client.clone())
             .patch(
@@ -213,7 +243,7 @@ impl Labeller {
             last_heartbeat_time: None,
         };
         let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node.name_any() }, "status": { "conditions": [condition] } });
-        self.metrics.api_writes.record();
+        self.metrics.api_writes.record(kind::NODE.kind);
         self.metrics.label_writes.inc();
         Api::<Node>::all(self.client.clone())
             .patch_status(
@@ -255,6 +285,7 @@ pub async fn run(
     // store is simply empty (kube swaps the listed objects in at once), so
     // with no KataConfig in force the labeller writes nothing rather than
     // acting on part of the cluster.
+    let events = Applier::unbudgeted(client.clone(), metrics.api_writes.clone());
     let mut labeller = Labeller {
         client,
         registry: registry.clone(),
@@ -263,6 +294,7 @@ pub async fn run(
         metrics,
         removals: HashMap::new(),
         configs_seen: HashMap::new(),
+        events,
     };
     let mut changes = registry.subscribe();
     let mut tick = tokio::time::interval(TICK);

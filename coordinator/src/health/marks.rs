@@ -10,6 +10,20 @@ use kata_proto::health::v1::{HealthReport, ProbeStatus};
 use super::registry::NodeHealth;
 use crate::names;
 
+/// The Event reason for a node that lost the runtime-ready label.
+pub const RUNTIME_LABEL_REMOVED: &str = "KataRuntimeLabelRemoved";
+
+/// Why a node loses the runtime-ready label, for the Event that says so:
+/// the condition the same write puts on the node.
+pub fn runtime_label_removed_note(marks: &NodeMarks) -> String {
+    format!(
+        "{} removed, pods using the kata RuntimeClass no longer land here: {}: {}",
+        names::KATA_RUNTIME_LABEL,
+        marks.condition.reason,
+        marks.condition.message
+    )
+}
+
 /// The labels and condition the coordinator wants on one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeMarks {
@@ -346,5 +360,30 @@ mod tests {
             condition: None,
         };
         assert!(!damped(failing, &labelled, Some(now), now, POLICY).runtime_ready);
+    }
+
+    #[test]
+    fn the_removal_note_says_why_with_the_new_condition() {
+        let start = Instant::now();
+        let h = health(start, Some(report(true, true, vec![])));
+        let labelled = CurrentMarks {
+            capable: true,
+            runtime_ready: true,
+            condition: None,
+        };
+        let marks = desired_marks(
+            Some(&h),
+            &labelled,
+            start + Duration::from_secs(31),
+            start,
+            POLICY,
+        )
+        .unwrap_or_else(|| panic!("marks"));
+        let note = runtime_label_removed_note(&marks);
+        assert!(
+            note.starts_with(names::KATA_RUNTIME_LABEL)
+                && note.contains("AgentNotReporting: the node-agent has not reported"),
+            "{note}"
+        );
     }
 }

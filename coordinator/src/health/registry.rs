@@ -9,6 +9,34 @@ use std::time::Instant;
 use kata_proto::health::v1::{HealthReport, Hello};
 use tokio::sync::{Notify, watch};
 
+use crate::metrics::{REPORT_CHANGED, REPORT_HEARTBEAT};
+
+/// Whether `report` tells anything new: the agent reports at once on a
+/// change and otherwise as a heartbeat, but the wire does not say which, so
+/// the coordinator compares what the agent compares (each probe's status and
+/// reason, and the verdicts; not the messages, which carry live figures).
+/// The stream's first report (sequence 1) is new whatever it says. Answers
+/// [`REPORT_CHANGED`] or [`REPORT_HEARTBEAT`]; a re-probe that found nothing
+/// new counts as a heartbeat.
+pub fn report_kind(previous: Option<&HealthReport>, report: &HealthReport) -> &'static str {
+    let same_state = |previous: &HealthReport| {
+        previous.verdicts == report.verdicts
+            && previous.outcomes.len() == report.outcomes.len()
+            && previous
+                .outcomes
+                .iter()
+                .zip(&report.outcomes)
+                .all(|(a, b)| {
+                    (a.name.as_str(), a.status, a.reason.as_str())
+                        == (b.name.as_str(), b.status, b.reason.as_str())
+                })
+    };
+    match previous {
+        Some(previous) if report.sequence > 1 && same_state(previous) => REPORT_HEARTBEAT,
+        _ => REPORT_CHANGED,
+    }
+}
+
 /// One node's agent as last heard from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeHealth {
@@ -127,9 +155,16 @@ impl HealthRegistry {
         session
     }
 
-    /// Stores a report from the stream that owns `node`; a report from a
-    /// superseded stream is ignored and `false` returned.
-    pub fn report(&self, node: &str, session: u64, mut report: HealthReport, now: Instant) -> bool {
+    /// Stores a report from the stream that owns `node` and says what kind
+    /// it was ([`report_kind`]); a report from a superseded stream is
+    /// ignored and `None` returned.
+    pub fn report(
+        &self,
+        node: &str,
+        session: u64,
+        mut report: HealthReport,
+        now: Instant,
+    ) -> Option<&'static str> {
         // Decoding grows the list by doubling; the registry holds one report
         // per node of the cluster, so keep it tight (before the lock: every
         // agent's stream reports through it).
@@ -138,14 +173,15 @@ impl HealthRegistry {
             let mut state = self.lock();
             match state.nodes.get_mut(node) {
                 Some(entry) if entry.session == session => {
+                    let kind = report_kind(entry.last_report.as_ref(), &report);
                     entry.last_report = Some(report);
                     entry.last_seen = now;
-                    true
+                    Some(kind)
                 }
-                _ => false,
+                _ => None,
             }
         };
-        if accepted {
+        if accepted.is_some() {
             self.changed();
         }
         accepted
@@ -224,6 +260,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use kata_proto::health::v1::{ProbeOutcome, ProbeStatus, Verdicts};
 
     fn hello(boot: &str) -> Hello {
         Hello {
@@ -287,7 +324,10 @@ mod tests {
         let changes = registry.subscribe();
         let now = Instant::now();
         let session = registry.connect("n", &hello("b1"), now);
-        assert!(registry.report("n", session, report(1), now));
+        assert_eq!(
+            registry.report("n", session, report(1), now),
+            Some(REPORT_CHANGED)
+        );
         assert!(changes.has_changed().unwrap());
         let node = registry.get("n").unwrap();
         assert!(node.connected);
@@ -302,7 +342,7 @@ mod tests {
         let now = Instant::now();
         let old = registry.connect("n", &hello("b1"), now);
         let new = registry.connect("n", &hello("b1"), now);
-        assert!(!registry.report("n", old, report(9), now));
+        assert_eq!(registry.report("n", old, report(9), now), None);
         registry.disconnect("n", old);
         assert!(registry.get("n").unwrap().connected);
         registry.disconnect("n", new);
@@ -324,10 +364,68 @@ mod tests {
         assert_eq!(registry.get("n").unwrap().last_report, None);
     }
 
+    fn outcome(name: &str, status: ProbeStatus, reason: &str, message: &str) -> ProbeOutcome {
+        ProbeOutcome {
+            name: name.into(),
+            status: status as i32,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    fn full_report(sequence: u64, outcomes: Vec<ProbeOutcome>, ready: bool) -> HealthReport {
+        HealthReport {
+            sequence,
+            outcomes,
+            verdicts: Some(Verdicts {
+                kvm_capable: true,
+                runtime_ready: ready,
+            }),
+            probed_at_unix_ms: i64::try_from(sequence).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_repeated_state_is_a_heartbeat_and_a_change_or_a_first_report_is_not() {
+        let ok = |message: &str| vec![outcome("memory", ProbeStatus::Ok, "Enough", message)];
+        let first = full_report(1, ok("8 GiB free"), true);
+        assert_eq!(report_kind(None, &first), REPORT_CHANGED);
+        // A new stream's first report is news even when it says the same.
+        assert_eq!(report_kind(Some(&first), &first), REPORT_CHANGED);
+        // Only the message (a live figure) and the time moved.
+        let same = full_report(2, ok("7 GiB free"), true);
+        assert_eq!(report_kind(Some(&first), &same), REPORT_HEARTBEAT);
+        let failing = full_report(
+            3,
+            vec![outcome(
+                "memory",
+                ProbeStatus::Fail,
+                "InsufficientMemory",
+                "",
+            )],
+            false,
+        );
+        assert_eq!(report_kind(Some(&same), &failing), REPORT_CHANGED);
+        let verdict_only = full_report(4, ok("7 GiB free"), false);
+        assert_eq!(report_kind(Some(&same), &verdict_only), REPORT_CHANGED);
+
+        let registry = HealthRegistry::new();
+        let now = Instant::now();
+        let session = registry.connect("n", &hello("b1"), now);
+        assert_eq!(
+            registry.report("n", session, first, now),
+            Some(REPORT_CHANGED)
+        );
+        assert_eq!(
+            registry.report("n", session, same, now),
+            Some(REPORT_HEARTBEAT)
+        );
+    }
+
     #[test]
     fn unknown_node_report_is_ignored() {
         let registry = HealthRegistry::new();
-        assert!(!registry.report("ghost", 1, report(1), Instant::now()));
+        assert_eq!(registry.report("ghost", 1, report(1), Instant::now()), None);
         assert!(registry.snapshot().is_empty());
     }
 }

@@ -28,7 +28,9 @@ use tracing::{debug, info, warn};
 use super::auth::{AgentAuthenticator, AgentIdentity};
 use super::registry::{HealthRegistry, Mailbox};
 use crate::mco;
+use crate::metrics::{Metrics, REPORT_CHANGED, REPORT_HEARTBEAT};
 use kata_proto::contract;
+use prometheus_client::metrics::counter::Counter;
 
 /// Settings sent to agents or governing their streams.
 #[derive(Debug, Clone)]
@@ -97,11 +99,42 @@ pub fn check_hello(identity: &AgentIdentity, hello: &Hello) -> Result<(), Status
     )))
 }
 
+/// The reports counters, looked up once: every stream holds a pointer to
+/// them, not a copy of every metric.
+#[derive(Debug, Default)]
+struct ReportCounters {
+    changed: Counter,
+    heartbeat: Counter,
+}
+
+impl ReportCounters {
+    fn of(metrics: &Metrics) -> Self {
+        let counter = |kind: &str| {
+            metrics
+                .reports_received
+                .get_or_create_owned(&crate::metrics::KindLabel { kind: kind.into() })
+        };
+        ReportCounters {
+            changed: counter(REPORT_CHANGED),
+            heartbeat: counter(REPORT_HEARTBEAT),
+        }
+    }
+
+    fn count(&self, kind: &str) {
+        if kind == REPORT_HEARTBEAT {
+            self.heartbeat.inc();
+        } else {
+            self.changed.inc();
+        }
+    }
+}
+
 /// The gRPC service; one per server (tonic shares it between connections).
 pub struct HealthService {
     authenticator: AgentAuthenticator,
     registry: HealthRegistry,
     options: HealthOptions,
+    reports: Arc<ReportCounters>,
     /// Set to true on shutdown so open streams end and the graceful shutdown
     /// of the transport (which waits for them) can complete.
     stopping: Arc<watch::Sender<bool>>,
@@ -117,8 +150,17 @@ impl HealthService {
             authenticator,
             registry,
             options,
+            reports: Arc::default(),
             stopping: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// Counts the agents' reports in `metrics` (the authenticator counts
+    /// the TokenReviews: give it the same metrics).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.reports = Arc::new(ReportCounters::of(metrics));
+        self
     }
 
     /// Setting the returned flag ends every open stream with `Unavailable`,
@@ -168,6 +210,7 @@ impl NodeHealthRpc for HealthService {
             mailbox: self.registry.attach(&node, session),
             inbound,
             registry: self.registry.clone(),
+            reports: Arc::clone(&self.reports),
             node,
             session,
             stopping: self.stopping.subscribe(),
@@ -191,6 +234,7 @@ struct AgentStream {
     inbound: Streaming<AgentMessage>,
     mailbox: Arc<Mailbox>,
     registry: HealthRegistry,
+    reports: Arc<ReportCounters>,
     node: String,
     session: u64,
     stopping: watch::Receiver<bool>,
@@ -216,6 +260,7 @@ impl AgentStream {
             inbound,
             mailbox,
             registry,
+            reports,
             node,
             session,
             stopping,
@@ -237,9 +282,10 @@ impl AgentStream {
                 message = inbound.message() => match message {
                     Ok(Some(AgentMessage { message: Some(agent_message::Message::Report(report)) })) => {
                         debug!(%node, sequence = report.sequence, "health report");
-                        if !registry.report(node, *session, report, Instant::now()) {
+                        match registry.report(node, *session, report, Instant::now()) {
+                            Some(kind) => reports.count(kind),
                             // A newer stream for this node took over.
-                            return None;
+                            None => return None,
                         }
                     }
                     Ok(Some(AgentMessage { message: Some(agent_message::Message::Hello(_)) })) => {

@@ -10,9 +10,10 @@
 //! [`targeting`] (which nodes get Kata), a [`rollout::HostConfigRollout`]
 //! (how the host configuration reaches them: on OpenShift the Machine Config
 //! Operator, [`crate::mco`]), [`runtime_class`], [`nodes`] (the status's node
-//! lists) and [`conditions`].
+//! lists), [`conditions`] and [`events`] (the node transitions announced).
 
 pub mod conditions;
+pub mod events;
 pub mod nodes;
 pub mod rollout;
 pub mod runtime_class;
@@ -31,6 +32,7 @@ use crate::api::{KataConfigSpec, KataNodesStatus};
 use crate::kind::Kind;
 use crate::names;
 use crate::objects;
+use events::NodeTransition;
 use rollout::{HostConfigRollout, NodePhase};
 
 pub use targeting::is_target;
@@ -85,6 +87,9 @@ pub struct Observed {
     /// `namespace/name` of pods using a RuntimeClass we own (only gathered
     /// while deleting).
     pub pods_using_kata: Vec<String>,
+    /// The node lists of the KataConfig's status as last written (empty
+    /// before the first): what the transitions are measured against.
+    pub recorded_nodes: KataNodesStatus,
 }
 
 /// An object to apply with server-side apply.
@@ -210,6 +215,9 @@ pub struct Plan {
     pub runtime_classes: Vec<String>,
     pub conditions: Vec<ConditionState>,
     pub requeue: Requeue,
+    /// Nodes whose phase changed since the status last written, to be
+    /// announced as Events once the new status is written.
+    pub transitions: Vec<NodeTransition>,
 }
 
 impl Plan {
@@ -220,6 +228,7 @@ impl Plan {
             runtime_classes: Vec::new(),
             conditions,
             requeue,
+            transitions: Vec::new(),
         }
     }
 }
@@ -237,14 +246,16 @@ pub fn active_config(configs: &[ConfigId]) -> Option<&str> {
 }
 
 pub fn plan(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
-    if let Some(active) = active_config(&observed.configs).filter(|a| *a != observed.name) {
-        return Plan::conditions_only(conditions::superseded(active), Requeue::OnChange);
-    }
-    if observed.deleting {
-        plan_uninstall(observed, rollout)
-    } else {
-        plan_install(observed, rollout)
-    }
+    let mut plan =
+        if let Some(active) = active_config(&observed.configs).filter(|a| *a != observed.name) {
+            Plan::conditions_only(conditions::superseded(active), Requeue::OnChange)
+        } else if observed.deleting {
+            plan_uninstall(observed, rollout)
+        } else {
+            plan_install(observed, rollout)
+        };
+    plan.transitions = events::node_transitions(&observed.recorded_nodes, &plan.nodes);
+    plan
 }
 
 /// The plan for a KataConfig that is not being deleted.
@@ -288,6 +299,7 @@ fn plan_install(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
         } else {
             Requeue::Resync
         },
+        transitions: Vec::new(),
     }
 }
 
@@ -311,6 +323,7 @@ fn plan_uninstall(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan
             runtime_classes: runtime_class::plan(false, observed.runtime_class.as_ref()).names,
             conditions: vec![in_progress, ready, degraded],
             requeue: Requeue::After(POLL_WHILE_BLOCKED),
+            transitions: Vec::new(),
         };
     }
 
@@ -346,6 +359,7 @@ fn plan_uninstall(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan
         runtime_classes: Vec::new(),
         conditions: vec![in_progress, ready, degraded],
         requeue,
+        transitions: Vec::new(),
     }
 }
 

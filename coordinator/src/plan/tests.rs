@@ -255,6 +255,48 @@ fn node_phases_follow_the_mco_annotations() {
         "{degraded:?}"
     );
     assert_eq!(condition_of(&plan, "InProgress").reason, "Failed");
+    assert_eq!(
+        plan.transitions,
+        [
+            NodeTransition::Installed {
+                node: "done".into()
+            },
+            NodeTransition::FailedToInstall {
+                node: "broken".into(),
+                error: "disk full".into()
+            },
+        ],
+        "against an empty recorded status, the installed and the failed node are transitions"
+    );
+
+    // The same cluster, with the status that plan wrote: nothing to announce.
+    observed.recorded_nodes = plan.nodes.clone();
+    assert_eq!(super::plan(&observed, &rollout).transitions, []);
+}
+
+#[test]
+fn a_node_that_finishes_installing_is_announced_once() {
+    let role = [(mco::KATA_POOL_ROLE_LABEL, "")];
+    let rolling = on_config(
+        worker("w0", &role),
+        "rendered-worker-1",
+        POOL_CONFIG,
+        mco::STATE_WORKING,
+    );
+    let (mut observed, rollout) = converged(vec![rolling]);
+    let while_rolling = plan(&observed, &rollout);
+    assert_eq!(while_rolling.nodes.installing, ["w0"]);
+    assert_eq!(while_rolling.transitions, []);
+
+    observed.recorded_nodes = while_rolling.nodes;
+    observed.nodes = vec![installed_worker("w0")];
+    let finished = plan(&observed, &rollout);
+    assert_eq!(
+        finished.transitions,
+        [NodeTransition::Installed { node: "w0".into() }]
+    );
+    observed.recorded_nodes = finished.nodes;
+    assert_eq!(plan(&observed, &rollout).transitions, []);
 }
 
 #[test]

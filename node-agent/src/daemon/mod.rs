@@ -11,6 +11,10 @@
 //! are read afresh for every attempt, because projected tokens and
 //! service-CA bundles rotate under a running agent.
 //!
+//! With a metrics address, the agent also serves `GET /metrics` there
+//! ([`crate::metrics`]): its probes, verdicts and stream, and the Kata
+//! sandboxes' own metrics, relayed from their shims.
+//!
 //! [`run_agent`] is the whole daemon minus signal handling, so tests and
 //! benchmarks run many agents in one process. The decisions live in
 //! [`policy`] as pure functions.
@@ -20,7 +24,9 @@ pub mod policy;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kata_proto::health::v1 as proto;
@@ -34,8 +40,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ExpectedConfig;
+use crate::metrics::{AgentMetrics, MetricsEndpoint};
 use crate::probe::HostRoot;
 use crate::runner::{ProbeRunner, RunnerOptions};
+use crate::sandbox_metrics::{SandboxScraper, ScrapeLimits};
 pub use policy::{Backoff, Cycle, Directive, ReportTracker, SendReason};
 
 /// The version sent in `Hello`.
@@ -73,6 +81,11 @@ pub struct AgentOptions {
     pub backoff: Backoff,
     /// For TCP connect plus the TLS handshake.
     pub connect_timeout: Duration,
+    /// Where to serve `GET /metrics` (port 0: any free port, published in
+    /// [`AgentStatus::metrics_address`]); `None` serves none.
+    pub metrics_address: Option<SocketAddr>,
+    /// Bounds of the Kata sandbox scrape behind each `/metrics` request.
+    pub sandbox_metrics: ScrapeLimits,
 }
 
 impl AgentOptions {
@@ -96,6 +109,8 @@ impl AgentOptions {
             heartbeat_interval: Duration::from_secs(30),
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
+            metrics_address: None,
+            sandbox_metrics: ScrapeLimits::default(),
         }
     }
 }
@@ -114,6 +129,8 @@ pub struct AgentStatus {
     pub reports_sent: u64,
     /// Why the last stream or attempt ended.
     pub last_error: Option<String>,
+    /// Where `/metrics` is served, once listening.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// Why the agent stopped, or why one stream ended (the agent itself only
@@ -122,6 +139,12 @@ pub struct AgentStatus {
 pub enum DaemonError {
     #[error("invalid coordinator address {address:?}: {detail}")]
     InvalidCoordinator { address: String, detail: String },
+    #[error("cannot serve metrics on {address}: {source}")]
+    MetricsAddress {
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path}: {source}")]
     Read {
         path: String,
@@ -192,13 +215,57 @@ pub async fn run_agent_with_status(
     let span = info_span!("node_agent", node = %options.node_name);
     async move {
         let endpoint = endpoint(&options)?;
-        let mut agent = Agent::new(options, endpoint, status);
+        let metrics = AgentMetrics::default();
+        // Aborted when the agent returns, so the port closes with it.
+        let _server = match options.metrics_address {
+            Some(address) => {
+                let server = serve_metrics(address, &options, metrics.clone()).await?;
+                status.send_modify(|s| s.metrics_address = Some(server.address));
+                Some(server)
+            }
+            None => None,
+        };
+        let mut agent = Agent::new(options, endpoint, status, metrics);
         agent.run(shutdown).await;
         info!("shut down");
         Ok(())
     }
     .instrument(span)
     .await
+}
+
+/// The `/metrics` server task; dropping it stops the server.
+struct MetricsServer {
+    address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `address` (failing the agent: a port it was told to use and
+/// cannot is a configuration to fix, not to ignore) and serves on it.
+async fn serve_metrics(
+    address: SocketAddr,
+    options: &AgentOptions,
+    metrics: AgentMetrics,
+) -> Result<MetricsServer, DaemonError> {
+    let bind_error = |source| DaemonError::MetricsAddress { address, source };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    let scraper = SandboxScraper::new(options.host_root.clone(), options.sandbox_metrics);
+    let endpoint = Arc::new(MetricsEndpoint::new(metrics, Some(scraper)));
+    info!(address = %bound, "serving metrics");
+    let task = tokio::spawn(crate::metrics::serve(listener, endpoint).in_current_span());
+    Ok(MetricsServer {
+        address: bound,
+        task,
+    })
 }
 
 /// The coordinator's endpoint without TLS (added per connect, as the CA file
@@ -272,6 +339,7 @@ struct Agent {
     heartbeat: Duration,
     probe_interval: Duration,
     status: watch::Sender<AgentStatus>,
+    metrics: AgentMetrics,
 }
 
 /// How one stream went, for the backoff.
@@ -282,7 +350,12 @@ struct StreamEnd {
 }
 
 impl Agent {
-    fn new(options: AgentOptions, endpoint: Endpoint, status: watch::Sender<AgentStatus>) -> Self {
+    fn new(
+        options: AgentOptions,
+        endpoint: Endpoint,
+        status: watch::Sender<AgentStatus>,
+        metrics: AgentMetrics,
+    ) -> Self {
         let runner = ProbeRunner::with_options(
             options.expected.clone(),
             options.host_root.clone(),
@@ -295,6 +368,7 @@ impl Agent {
             runner,
             options,
             status,
+            metrics,
         }
     }
 
@@ -305,6 +379,8 @@ impl Agent {
         let mut failures = 0u32;
         loop {
             self.status.send_modify(|s| s.connect_attempts += 1);
+            self.metrics
+                .observe_connect_attempt(self.status.borrow().connect_attempts);
             let end = tokio::select! {
                 biased;
                 () = &mut shutdown => return,
@@ -314,6 +390,7 @@ impl Agent {
                 s.connected = false;
                 s.last_error = Some(end.error.to_string());
             });
+            self.metrics.set_connected(false);
             if self
                 .options
                 .backoff
@@ -392,6 +469,7 @@ impl Agent {
             s.streams_opened += 1;
             s.connected = true;
         });
+        self.metrics.set_connected(true);
 
         let mut tracker = ReportTracker::new();
         let mut latest: Option<Cycle> = None;
@@ -425,7 +503,13 @@ impl Agent {
                 }
                 () = sleep_until(probe_at) => {
                     let outcomes = self.runner.run_cycle().await;
-                    latest = Some(Cycle::new(outcomes, SystemTime::now()));
+                    let cycle = Cycle::new(outcomes, SystemTime::now());
+                    self.metrics.observe_cycle(
+                        &cycle.outcomes,
+                        cycle.verdicts,
+                        self.runner.last_durations(),
+                    );
+                    latest = Some(cycle);
                     probe_at = Instant::now() + self.probe_interval;
                 }
                 () = until(heartbeat_at) => {}
@@ -443,6 +527,7 @@ impl Agent {
             )?;
             *reports_sent += 1;
             self.status.send_modify(|s| s.reports_sent += 1);
+            self.metrics.observe_report(SystemTime::now());
             debug!(
                 sequence,
                 ?reason,
