@@ -83,6 +83,7 @@ pub struct AgentMetrics {
     sandboxes_running: Gauge,
     sandbox_scrape_errors: Counter,
     sandbox_dropped_lines: Counter,
+    abandoned_probe_work: Gauge,
 }
 
 impl AgentMetrics {
@@ -123,6 +124,8 @@ impl AgentMetrics {
         }
         self.runtime_ready.set(i64::from(verdicts.runtime_ready));
         self.kvm_capable.set(i64::from(verdicts.kvm_capable));
+        self.abandoned_probe_work
+            .set(i64::try_from(crate::probe::abandoned_blocking_work()).unwrap_or(i64::MAX));
     }
 
     /// A report went out at `sent_at`.
@@ -217,6 +220,12 @@ impl AgentMetrics {
             "sandbox_malformed_lines",
             "Lines of the Kata shims' metrics dropped as malformed or conflicting",
             self.sandbox_dropped_lines.clone(),
+        );
+        agent.register(
+            "abandoned_probe_work",
+            "Probe work given up on at its deadline that still holds a thread \
+             (a read or ioctl stuck in the kernel), at the last cycle",
+            self.abandoned_probe_work.clone(),
         );
         registry
     }
@@ -354,15 +363,27 @@ mod tests {
             .map(|value| value.parse().unwrap())
     }
 
-    #[test]
-    fn the_classic_format_names_counters_with_their_suffix() {
-        let openmetrics = "# HELP a_writes Writes.\n# TYPE a_writes counter\na_writes_total 3\n\
-            # HELP b Things.\n# TYPE b gauge\n# UNIT b seconds\nb 1\n# EOF\n";
-        assert_eq!(
-            classic_text(openmetrics),
-            "# HELP a_writes_total Writes.\n# TYPE a_writes_total counter\na_writes_total 3\n\
-             # HELP b Things.\n# TYPE b gauge\nb 1\n"
-        );
+    #[tokio::test]
+    async fn probe_work_stuck_past_its_deadline_shows_until_it_returns() {
+        let metrics = AgentMetrics::default();
+        let verdicts = Verdicts {
+            kvm_capable: true,
+            runtime_ready: true,
+        };
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let stuck =
+            crate::probe::run_blocking(ProbeName::Qemu, Duration::from_millis(20), move || {
+                let _ = wait.recv();
+                ProbeOutcome::ok(ProbeName::Qemu, "Late", "")
+            })
+            .await;
+        assert_eq!(stuck.reason, reason::PROBE_TIMED_OUT);
+        metrics.observe_cycle(&outcomes(ProbeStatus::Ok, "KvmWorks"), verdicts, &[]);
+        let held = page(&metrics).await;
+        let abandoned = value(&held, "kata_node_agent_abandoned_probe_work").unwrap();
+        assert!(abandoned >= 1.0, "{held}");
+        release.send(()).unwrap();
+        drop(release);
     }
 
     #[tokio::test]
