@@ -5,8 +5,9 @@ SHELL := bash
 CONTROL_PLANE_BUILD := tests/scripts/build-control-plane.sh
 CRIO_BUILD := tests/scripts/build-crio.sh
 PROMTOOL_BUILD := tests/scripts/build-promtool.sh
+IGNITION_BUILD := tests/scripts/build-ignition.sh
 
-.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool bench-health generate
+.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool ignition bench-health generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -38,10 +39,16 @@ crio:
 promtool:
 	@bash $(PROMTOOL_BUILD) >/dev/null
 
-unit-and-integration: control-plane crio promtool
+## The Ignition validator (ignition-validate), which checks every
+## MachineConfig the coordinator renders.
+ignition:
+	@bash $(IGNITION_BUILD) >/dev/null
+
+unit-and-integration: control-plane crio promtool ignition
 	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
 		KATA_CRIO_BIN_DIR="$$(bash $(CRIO_BUILD) | tail -n 1)" \
 		KATA_PROMTOOL_BIN_DIR="$$(bash $(PROMTOOL_BUILD) | tail -n 1)" \
+		KATA_IGNITION_BIN_DIR="$$(bash $(IGNITION_BUILD) | tail -n 1)" \
 		cargo test --workspace --no-fail-fast
 
 ## Regenerates every checked-in artifact made from the code: the CRD, the

@@ -53,6 +53,28 @@ pub struct KataConfigSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == false").message("enablePeerPods is not supported yet by this operator; set it to false or remove it"))]
     pub enable_peer_pods: bool,
+
+    /// The OS extension the Machine Config Operator installs for Kata.
+    /// `auto` (the default) picks it from each node's OS
+    /// (`status.nodeInfo.osImage`): `sandboxed-containers` on Red Hat
+    /// Enterprise Linux CoreOS, `kata-containers` on Fedora CoreOS and
+    /// CentOS Stream CoreOS (OKD). Set it only for an OS the operator does
+    /// not recognize.
+    #[serde(default)]
+    pub extension: ExtensionChoice,
+}
+
+/// Which OS extension installs Kata on the nodes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtensionChoice {
+    /// From each node's OS.
+    #[default]
+    Auto,
+    /// The RHCOS extension name.
+    SandboxedContainers,
+    /// The FCOS / SCOS (OKD) extension name.
+    KataContainers,
 }
 
 /// A label selector (the same shape as Kubernetes' LabelSelector), with the
@@ -200,4 +222,10 @@ pub mod reason {
     pub const AS_EXPECTED: &str = "AsExpected";
     /// Degraded=True: a node's configuration change failed.
     pub const NODE_DEGRADED: &str = "NodeDegraded";
+    /// Ready=False: the selection cannot be installed as it stands (a shared
+    /// pool partly selected, a node in another custom pool, an unknown OS).
+    pub const SELECTION_REFUSED: &str = "SelectionRefused";
+    /// Degraded=True: the Machine Config Operator failed our
+    /// ContainerRuntimeConfig, which freezes the pool.
+    pub const CONTAINER_RUNTIME_CONFIG_FAILED: &str = "ContainerRuntimeConfigFailed";
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::FutureExt;
 use kube::Client;
 use tracing::info;
 
@@ -58,15 +59,6 @@ pub enum AppError {
     LostLeadership,
 }
 
-async fn read(path: &PathBuf) -> Result<String, AppError> {
-    tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| AppError::Read {
-            path: path.display().to_string(),
-            source,
-        })
-}
-
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
     tokio::net::TcpListener::bind(addr)
         .await
@@ -76,6 +68,34 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
 /// Runs every part until the process is stopped. Fails at once, naming what
 /// is wrong, when a certificate cannot be read or a port cannot be bound.
 pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
+    run_until(client, options, std::future::pending()).await
+}
+
+/// Completes on the first SIGTERM or SIGINT. Created before anything else
+/// runs, so a signal that arrives while the coordinator starts stops it
+/// cleanly too instead of killing it.
+pub fn termination_signal() -> std::io::Result<impl Future<Output = ()> + Send + Sync + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        info!(signal = name, "stopping");
+    })
+}
+
+/// Like [`run`], until `shutdown` completes: then every part stops within
+/// seconds whatever it is doing (waiting for the APIs, waiting for the
+/// lease, reconciling), a held lease is released, and it returns `Ok`.
+pub async fn run_until(
+    client: Client,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), AppError> {
+    let shutdown = shutdown.boxed().shared();
     let metrics = Metrics::default();
     let registry = metrics.registry();
     let leader_gauge = metrics.leader.clone();
@@ -95,12 +115,26 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
         }
     });
 
+    readiness.not_ready("checking that the API server serves the required APIs");
+    tokio::select! {
+        () = crate::prerequisites::wait_until_served(&client, &readiness) => {}
+        () = shutdown.clone() => return Ok(()),
+    }
+
     let elector = options
         .leader_election
         .map(|lease| LeaderElector::new(client.clone(), lease));
     if let Some(elector) = &elector {
         info!("waiting to become the leader");
-        elector.acquire().await;
+        readiness.not_ready("standby: another replica holds the leader lease");
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown.clone() => {
+                // A write of ours may have won the lease as the signal came.
+                elector.release().await;
+                return Ok(());
+            }
+        }
     }
 
     // Kept by the controller's watches, read by the labeller as well.
@@ -118,11 +152,8 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
     // Dropped with `run`, which shuts the gRPC server down.
     let mut grpc_shutdown = None;
     if let Some(agents) = options.agents {
-        let tls = ServerTls {
-            cert_pem: read(&agents.tls_cert_file).await?,
-            key_pem: read(&agents.tls_key_file).await?,
-        };
-        let acceptor = tls.acceptor()?;
+        // Re-read when service-ca rotates the Secret under a running pod.
+        let acceptor = ServerTls::reloading(&agents.tls_cert_file, &agents.tls_key_file)?;
         let listener = bind(agents.listen).await?;
         let health = HealthRegistry::new();
         let authenticator = AgentAuthenticator::new(
@@ -142,11 +173,11 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
         // Not aborted with the other parts but shut down: the server then
         // ends every open agent stream, so agents reconnect at once (to this
         // process's successor) instead of talking to a server that is gone.
-        let (shutdown_guard, shutdown) = tokio::sync::oneshot::channel::<()>();
+        let (shutdown_guard, grpc_stop) = tokio::sync::oneshot::channel::<()>();
         grpc_shutdown = Some(shutdown_guard);
         tokio::spawn(async move {
             let stop = async {
-                let _ = shutdown.await;
+                let _ = grpc_stop.await;
             };
             if let Err(error) = crate::health::serve(listener, acceptor, service, stop).await {
                 tracing::error!(%error, "the agents' gRPC server stopped");
@@ -166,19 +197,21 @@ pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
     leader_gauge.set(1);
     let outcome = match &elector {
         Some(elector) => tokio::select! {
-            () = controller.run() => {
-                elector.release().await;
-                Ok(())
-            }
+            () = controller.run_until(shutdown) => Ok(()),
             () = elector.hold() => Err(AppError::LostLeadership),
         },
         None => {
-            controller.run().await;
+            controller.run_until(shutdown).await;
             Ok(())
         }
     };
+    readiness.not_ready("stopping");
     leader_gauge.set(0);
     parts.shutdown().await;
     drop(grpc_shutdown);
+    // After the parts stopped, so no write of ours follows the hand-over.
+    if let (Ok(()), Some(elector)) = (&outcome, &elector) {
+        elector.release().await;
+    }
     outcome
 }

@@ -169,7 +169,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(async {
+            let outcome = runtime.block_on(async {
+                let shutdown = match app::termination_signal() {
+                    Ok(shutdown) => shutdown,
+                    Err(e) => {
+                        eprintln!("coordinator: cannot handle SIGTERM: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 let client = match kube::Client::try_default().await {
                     Ok(client) => client,
                     Err(e) => {
@@ -177,14 +184,18 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                match app::run(client, options).await {
+                match app::run_until(client, options, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("coordinator: {e}");
                         ExitCode::FAILURE
                     }
                 }
-            })
+            });
+            // Whatever still runs (the gRPC server closing its streams, a
+            // request in flight) gets a moment, not the pod's whole grace.
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            outcome
         }
     }
 }

@@ -1,8 +1,7 @@
 //! Prometheus metrics and the `/metrics`, `/healthz` and `/readyz` endpoints.
 
 use kata_proto::metrics_text::classic_text;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::State;
@@ -64,6 +63,13 @@ pub const REVIEW_REJECTED: &str = "rejected";
 /// The review itself failed (API error or timeout): nothing is known about
 /// the token.
 pub const REVIEW_ERROR: &str = "error";
+/// A bearer refused before any review: not shaped like a token for our
+/// audience, or expired.
+pub const TOKEN_REFUSED_UNREVIEWED: &str = "refused";
+/// A token admitted by an earlier review of the same token.
+pub const TOKEN_CACHED: &str = "cached";
+/// A token turned away because too many reviews were already waiting.
+pub const TOKEN_QUEUE_FULL: &str = "queue_full";
 
 /// A report whose probe statuses, reasons or verdicts differ from the
 /// stream's previous report, or the stream's first.
@@ -186,6 +192,9 @@ pub struct Metrics {
     /// TokenReviews of agents' tokens, by outcome.
     pub token_reviews: Family<OutcomeLabel, Counter>,
     pub token_review_duration: ReviewDurations,
+    /// Agents' tokens settled without a TokenReview, by outcome
+    /// ([`TOKEN_REFUSED_UNREVIEWED`], [`TOKEN_CACHED`], [`TOKEN_QUEUE_FULL`]).
+    pub tokens_not_reviewed: Family<OutcomeLabel, Counter>,
     pub reconcile_duration: ReconcileDurations,
 }
 
@@ -195,6 +204,15 @@ impl Metrics {
     pub fn report_received(&self, kind: &str) {
         self.reports_received
             .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// Counts one agent token settled without a review, with `outcome`.
+    pub fn token_not_reviewed(&self, outcome: &str) {
+        self.tokens_not_reviewed
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
             .inc();
     }
 
@@ -289,6 +307,11 @@ impl Metrics {
                 outcome: outcome.into(),
             });
         }
+        for outcome in [TOKEN_REFUSED_UNREVIEWED, TOKEN_CACHED, TOKEN_QUEUE_FULL] {
+            self.tokens_not_reviewed.get_or_create_owned(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -348,6 +371,13 @@ impl Metrics {
              refused token, error: the review failed (API error or timeout)",
             self.token_reviews.clone(),
         );
+        prefix.register(
+            "tokens_not_reviewed",
+            "node-agent tokens settled without a TokenReview; outcome=refused: not a live \
+             token for the agents' audience (shape, audience, expiry), cached: admitted by an \
+             earlier review of the same token, queue_full: too many reviews waiting",
+            self.tokens_not_reviewed.clone(),
+        );
         prefix.register_with_unit(
             "token_review_duration",
             "Time of the TokenReview API request for a node-agent's token",
@@ -364,17 +394,51 @@ impl Metrics {
 }
 
 /// Readiness: the coordinator is ready once its parts are running and (with
-/// leader election) it leads.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// leader election) it leads. While it is not, it says why: `/readyz`
+/// answers 503 with that reason as its body.
+#[derive(Clone)]
+pub struct Readiness(Arc<RwLock<Result<(), String>>>);
+
+/// What `/readyz` says before the coordinator has said anything else.
+const STARTING: &str = "starting";
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(RwLock::new(Err(STARTING.into()))))
+    }
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        if ready {
+            self.store(Ok(()));
+        } else {
+            self.not_ready("not ready");
+        }
+    }
+
+    /// Not ready, for the reason `/readyz` will answer with.
+    pub fn not_ready(&self, reason: impl Into<String>) {
+        self.store(Err(reason.into()));
     }
 
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.state().is_ok()
+    }
+
+    /// Ready, or the reason why not.
+    pub fn state(&self) -> Result<(), String> {
+        self.0.read().map_or_else(
+            |poisoned| poisoned.into_inner().clone(),
+            |state| state.clone(),
+        )
+    }
+
+    fn store(&self, state: Result<(), String>) {
+        match self.0.write() {
+            Ok(mut guard) => *guard = state,
+            Err(poisoned) => *poisoned.into_inner() = state,
+        }
     }
 }
 
@@ -427,11 +491,10 @@ async fn metrics(
     }
 }
 
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.readiness.get() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    match state.readiness.state() {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }
 }
 

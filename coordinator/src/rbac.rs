@@ -98,14 +98,26 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: MCO,
         resources: &["machineconfigs"],
-        resource_names: &[mco::MACHINE_CONFIG_NAME],
+        resource_names: &[mco::MACHINE_CONFIG_NAME, mco::MASTER_MACHINE_CONFIG_NAME],
         verbs: &["get", "create", "patch", "delete"],
-        used_by: "mco::cluster::observe, Step::Apply / Step::Delete of the MachineConfig",
+        used_by: "mco::cluster::observe, Step::Apply / Step::Delete of the MachineConfigs",
+    },
+    Permission {
+        api_group: MCO,
+        resources: &["machineconfigs"],
+        resource_names: &[],
+        // Rendered configs have generated names: reading the ones master-pool
+        // nodes run tells whether they still carry Kata.
+        verbs: &["get"],
+        used_by: "mco::cluster::observe (rendered configs of the master pool's nodes)",
     },
     Permission {
         api_group: MCO,
         resources: &["containerruntimeconfigs"],
-        resource_names: &[mco::CONTAINER_RUNTIME_CONFIG_NAME],
+        resource_names: &[
+            mco::CONTAINER_RUNTIME_CONFIG_NAME,
+            mco::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
+        ],
         verbs: &["get", "create", "patch", "delete"],
         used_by: "mco::cluster::observe, Step::Apply / Step::Delete of the ContainerRuntimeConfig",
     },

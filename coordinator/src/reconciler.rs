@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -22,6 +22,7 @@ use tracing::{info, instrument, warn};
 
 use crate::api::{KataConfig, KataConfigStatus, condition, reason};
 use crate::applier::{self, Applier, Subresource, WriteError};
+use crate::kata_pods;
 use crate::kind;
 use crate::mco::{self, MachineConfigRollout};
 use crate::names;
@@ -82,6 +83,10 @@ struct Context {
     nodes: Store<Node>,
     pools: Store<DynamicObject>,
     configs: Store<KataConfig>,
+    /// Our RuntimeClass, from its watch (the only object it holds).
+    runtime_classes: Store<RuntimeClass>,
+    /// The uninstall's last list of pods using our RuntimeClass.
+    kata_pods: std::sync::Mutex<Option<kata_pods::Answer>>,
     applier: Applier,
     options: Options,
 }
@@ -94,6 +99,7 @@ impl Context {
         // Plan only from complete caches: an empty node list would unlabel every node.
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pools.wait_until_ready().await;
+        let _ = self.runtime_classes.wait_until_ready().await;
         let deleting = config.meta().deletion_timestamp.is_some();
         let mut nodes: Vec<ObservedNode> = self
             .nodes
@@ -104,17 +110,18 @@ impl Context {
         // The cache has no order; the status lists must, or they would
         // change (and be written) on every reconcile.
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let rollout = mco::cluster::observe(&self.client, &self.pools)
+        let rollout = mco::cluster::observe(&self.client, &self.pools, &nodes)
             .await
             .map_err(|e| Error::Observe(e.to_string()))?;
-        let runtime_class = Api::<RuntimeClass>::all(self.client.clone())
-            .get_opt(names::RUNTIME_CLASS_NAME)
-            .await
-            .map_err(observe_error("RuntimeClass kata"))?
-            .and_then(|rc| serde_json::to_value(rc).ok());
+        let runtime_class = self
+            .runtime_classes
+            .get(&ObjectRef::new(names::RUNTIME_CLASS_NAME))
+            .and_then(|rc| serde_json::to_value(rc.as_ref()).ok());
         let pods_using_kata = if deleting {
-            self.pods_using_kata(config).await?
+            self.pods_using_kata(config, runtime_class.is_some())
+                .await?
         } else {
+            self.forget_kata_pods();
             Vec::new()
         };
         let configs = self
@@ -145,8 +152,41 @@ impl Context {
     }
 
     /// Pods, in any namespace, that are not finished and use a RuntimeClass
-    /// we own.
-    async fn pods_using_kata(&self, config: &KataConfig) -> Result<Vec<String>, Error> {
+    /// we own: listed when [`kata_pods::check`] says the answer can have
+    /// changed, else the last answer.
+    async fn pods_using_kata(
+        &self,
+        config: &KataConfig,
+        runtime_class_exists: bool,
+    ) -> Result<Vec<String>, Error> {
+        let uid = config.uid().unwrap_or_default();
+        let now = std::time::Instant::now();
+        {
+            let last = self.kata_pods.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(answer) = last.as_ref()
+                && kata_pods::check(Some(answer), &uid, runtime_class_exists, now)
+                    == kata_pods::PodCheck::Reuse
+            {
+                return Ok(answer.pods.clone());
+            }
+        }
+        let pods = self.list_pods_using_kata(config).await?;
+        *self.kata_pods.lock().unwrap_or_else(|p| p.into_inner()) = Some(kata_pods::Answer {
+            uid,
+            listed_at: now,
+            pods: pods.clone(),
+        });
+        Ok(pods)
+    }
+
+    fn forget_kata_pods(&self) {
+        *self.kata_pods.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Lists every unfinished pod, a page at a time (so memory holds one
+    /// page, not the cluster's pods), keeping those that name a
+    /// RuntimeClass we own.
+    async fn list_pods_using_kata(&self, config: &KataConfig) -> Result<Vec<String>, Error> {
         let mut owned: Vec<String> = config
             .status
             .iter()
@@ -385,6 +425,11 @@ fn observed_node(node: &Node) -> ObservedNode {
         labels: node.labels().clone(),
         annotations: node.annotations().clone(),
         has_ready_condition: condition.is_some(),
+        os_image: node
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.os_image.clone()),
         not_ready_reason: condition.filter(|c| c.status == "False").map(|c| {
             format!(
                 "{}: {}",
@@ -524,6 +569,15 @@ impl KataConfigController {
     /// Runs until the process ends (or, with [`Options::stop_after_writes`],
     /// until the budget is spent).
     pub async fn run(self) {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs until `shutdown` completes, then lets a reconcile under way
+    /// finish for at most [`SHUTDOWN_GRACE`]: one stuck on an API server
+    /// that does not answer is dropped, which is safe because every step is
+    /// derived from what is observed, so the next coordinator resumes it.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+        let shutdown = shutdown.boxed().shared();
         let Self {
             client,
             options,
@@ -531,6 +585,7 @@ impl KataConfigController {
             controller,
         } = self;
         let pool_writer = mco::cluster::pool_store();
+        let runtime_class_writer = reflector::store::Writer::<RuntimeClass>::default();
         let stopped = Arc::new(Notify::new());
         let recorder = applier::event_recorder(client.clone());
         let ctx = Arc::new(Context {
@@ -545,6 +600,8 @@ impl KataConfigController {
             nodes: node_writer.as_reader(),
             pools: pool_writer.as_reader(),
             configs: controller.store(),
+            runtime_classes: runtime_class_writer.as_reader(),
+            kata_pods: std::sync::Mutex::default(),
             options,
         });
         let triggers = futures::stream::select(
@@ -557,23 +614,38 @@ impl KataConfigController {
                 .fields(&format!("metadata.name={}", names::RUNTIME_CLASS_NAME)),
         )
         .default_backoff()
+        .reflect(runtime_class_writer)
         .touched_objects()
         .filter_map(|r| async move { r.ok().map(|_| ()) });
         let controller = controller
             .reconcile_all_on(futures::stream::select(triggers, runtime_classes))
-            .shutdown_on_signal()
+            .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx)
             .for_each(|result| async move {
                 if let Err(error) = result {
                     warn!(%error, "controller");
                 }
             });
+        let grace_spent = async {
+            shutdown.await;
+            info!("stopping: letting a reconcile under way finish");
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "a reconcile did not finish in time; dropping it (the next coordinator resumes it)"
+            );
+        };
         tokio::select! {
             () = controller => {}
             () = stopped.notified() => info!("write budget spent; stopping"),
+            () = grace_spent => {}
         }
     }
 }
+
+/// How long a reconcile under way may take to finish once the coordinator
+/// is asked to stop; well inside a pod's default 30 s termination grace.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Builds and runs the controller with its own caches: the KataConfig
 /// lifecycle alone, without the health channel.

@@ -27,6 +27,17 @@ pub fn matches(selector: Option<&PoolSelector>, labels: &BTreeMap<String, String
     labels_ok && expressions_ok
 }
 
+/// Whether a MachineConfigPool's `nodeSelector` picks a node, as the MCO
+/// reads it (`pkg/helpers/helpers.go`): an absent or empty selector selects
+/// **no** node, unlike Kubernetes' usual reading.
+pub fn pool_selects(selector: Option<&PoolSelector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.is_some_and(|s| {
+        let empty = s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+        !empty && matches(Some(s), labels)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +65,19 @@ mod tests {
             Some(&PoolSelector::default()),
             &labels(&[("a", "b")])
         ));
+    }
+
+    #[test]
+    fn an_empty_pool_selector_selects_nothing() {
+        let node = labels(&[("node-role.kubernetes.io/master", "")]);
+        assert!(!pool_selects(None, &node));
+        assert!(!pool_selects(Some(&PoolSelector::default()), &node));
+        let master = PoolSelector {
+            match_labels: Some(labels(&[("node-role.kubernetes.io/master", "")])),
+            ..Default::default()
+        };
+        assert!(pool_selects(Some(&master), &node));
+        assert!(!pool_selects(Some(&master), &labels(&[])));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod crio;
 pub mod demo_world;
 pub mod health_fixture;
 pub mod host_root;
+pub mod ignition;
 pub mod mco_simulator;
 pub mod operator;
 pub mod pki;

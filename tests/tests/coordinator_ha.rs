@@ -188,3 +188,51 @@ async fn standby_takes_over_when_the_leader_stops() {
     agent.abort();
     second.task.abort();
 }
+
+/// The coordinator binary, leading, stops on SIGTERM within seconds with
+/// status 0 and releases the Lease on its way out, so a standby takes over
+/// at once instead of after the Lease expires.
+#[tokio::test]
+async fn sigterm_releases_the_lease_and_exits_cleanly() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kata_tests::operator::{CoordinatorProcess, control_plane_with_operator_api};
+
+    let plane = control_plane_with_operator_api().await.unwrap();
+    let client = plane.client().await.unwrap();
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&Default::default(), &namespace)
+        .await
+        .unwrap();
+    let mut coordinator =
+        CoordinatorProcess::start(&plane, &["--leader-elect", "--identity", "replica-a"]).unwrap();
+    let leases = Api::<Lease>::namespaced(client.clone(), NAMESPACE);
+    let holder = || async {
+        leases
+            .get_opt("kata-operator-coordinator")
+            .await
+            .map_err(|e| e.to_string())
+            .map(|lease| lease.and_then(|l| l.spec?.holder_identity))
+    };
+    eventually("replica-a leads and is ready", CONVERGE, || async {
+        let ready = matches!(coordinator.readyz().await, Ok((200, _)));
+        Ok(ready && holder().await?.as_deref() == Some("replica-a"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", coordinator.log()));
+
+    let (status, took) = coordinator
+        .terminate(Duration::from_secs(20))
+        .await
+        .unwrap();
+    println!("SIGTERM while holding the Lease: exited {status} after {took:?}");
+    assert!(status.success(), "{status}\n{}", coordinator.log());
+    assert_eq!(
+        holder().await.unwrap(),
+        None,
+        "the Lease is released:\n{}",
+        coordinator.log()
+    );
+}

@@ -9,13 +9,19 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use kata_coordinator::api::KataConfig;
 use kata_coordinator::mco::names as mco;
 use kata_coordinator::reconciler::Options;
+use kata_tests::ControlPlane;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::mco_simulator::NodeFault;
-use kata_tests::operator::{RunningCoordinator, eventually};
+use kata_tests::operator::{
+    CoordinatorProcess, RunningCoordinator, create_node, eventually, install_operator_api,
+};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::json;
 
 fn drop_in(root: &Path) -> Option<String> {
@@ -461,4 +467,129 @@ async fn restarts_at_every_step_converge() {
     println!(
         "restart-safe at each of {install_writes} install and {uninstall_writes} uninstall writes"
     );
+}
+
+const REQUIRED_CRDS: [&str; 4] = [
+    "machineconfigs.machineconfiguration.openshift.io",
+    "machineconfigpools.machineconfiguration.openshift.io",
+    "containerruntimeconfigs.machineconfiguration.openshift.io",
+    "kataconfigs.kataconfiguration.openshift.io",
+];
+/// What the coordinator logs while CRDs are missing.
+const WAITING_LINE: &str = "waiting for the API server to serve";
+/// Generous: a stop takes at most the reconcile grace (5 s) and a moment.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits until the process's /readyz answers `status` with a body that
+/// satisfies `body_ok`; returns the body.
+async fn wait_readyz(
+    coordinator: &CoordinatorProcess,
+    status: u16,
+    body_ok: impl Fn(&str) -> bool,
+) -> String {
+    let body_ok = &body_ok;
+    eventually(
+        &format!("/readyz answering {status}"),
+        CONVERGE,
+        || async move {
+            let (code, body) = coordinator.readyz().await?;
+            if code == status && body_ok(&body) {
+                Ok(true)
+            } else {
+                Err(format!("{code}: {body}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- coordinator log ---\n{}", coordinator.log()));
+    coordinator.readyz().await.unwrap().1
+}
+
+/// On an API server without the Machine Config Operator's CRDs and ours,
+/// the coordinator says which are missing, once in its log and in /readyz,
+/// waits without spinning, starts when they are applied and reconciles,
+/// and a SIGTERM in the middle of a reconcile stuck on an API server that
+/// does not answer still stops it, with status 0.
+#[tokio::test]
+async fn missing_crds_are_named_then_picked_up_and_a_stuck_reconcile_stops_on_sigterm() {
+    let plane = ControlPlane::start().await.unwrap();
+    let mut coordinator = CoordinatorProcess::start(&plane, &[]).unwrap();
+    let body = wait_readyz(&coordinator, 503, |b| b.contains(WAITING_LINE)).await;
+    for crd in REQUIRED_CRDS {
+        assert!(body.contains(crd), "/readyz names {crd}: {body}");
+    }
+    // Several discovery rounds (1 s, 2 s, 4 s apart) pass meanwhile.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let log = coordinator.log();
+    assert_eq!(
+        log.matches(WAITING_LINE).count(),
+        1,
+        "one log line names the missing CRDs:\n{log}"
+    );
+    assert!(
+        !log.contains("failed to perform initial object list"),
+        "no watch runs before its API is served:\n{log}"
+    );
+    assert_eq!(coordinator.readyz().await.unwrap().0, 503);
+
+    install_operator_api(&plane).await.unwrap();
+    wait_readyz(&coordinator, 200, |b| b == "ok").await;
+    let client = plane.client().await.unwrap();
+    create_node(&client, "w0", &[WORKER]).await.unwrap();
+    let configs = Api::<KataConfig>::all(client.clone());
+    let kataconfig: KataConfig = serde_json::from_value(json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": { "name": "kc" }, "spec": {},
+    }))
+    .unwrap();
+    configs
+        .create(&PostParams::default(), &kataconfig)
+        .await
+        .unwrap();
+    eventually(
+        "the coordinator reconciles the KataConfig",
+        CONVERGE,
+        || async {
+            let config = configs.get("kc").await.map_err(|e| e.to_string())?;
+            let installing = config.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "InProgress" && c.status == "True")
+            });
+            Ok(installing && !config.finalizers().is_empty())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- coordinator log ---\n{}", coordinator.log()));
+
+    // No MCO runs here, so the install keeps polling every 10 s. Freeze
+    // the API server long enough for the next reconcile to start and hang
+    // on it, then ask the coordinator to stop.
+    let api_server = Pid::from_raw(i32::try_from(plane.pids()[1]).unwrap());
+    kill(api_server, Signal::SIGSTOP).unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let stopped = coordinator.terminate(STOP_TIMEOUT).await;
+    kill(api_server, Signal::SIGCONT).unwrap();
+    let (status, took) = stopped.unwrap();
+    println!(
+        "SIGTERM with a reconcile stuck on a frozen API server: exited {status} after {took:?}"
+    );
+    assert!(status.success(), "{status}\n{}", coordinator.log());
+    assert!(
+        coordinator.log().contains("did not finish in time"),
+        "it was mid-reconcile:\n{}",
+        coordinator.log()
+    );
+}
+
+/// SIGTERM while the coordinator waits for missing CRDs stops it at once,
+/// with status 0.
+#[tokio::test]
+async fn sigterm_while_waiting_for_crds_exits_cleanly() {
+    let plane = ControlPlane::start().await.unwrap();
+    let mut coordinator = CoordinatorProcess::start(&plane, &[]).unwrap();
+    wait_readyz(&coordinator, 503, |b| b.contains(WAITING_LINE)).await;
+    let (status, took) = coordinator.terminate(STOP_TIMEOUT).await.unwrap();
+    println!("SIGTERM while waiting for the CRDs: exited {status} after {took:?}");
+    assert!(status.success(), "{status}\n{}", coordinator.log());
 }

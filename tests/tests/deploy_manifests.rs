@@ -457,7 +457,8 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
     )
     .authenticate(Some(&agent_token))
     .await
-    .unwrap();
+    .unwrap()
+    .identity;
     assert_eq!(identity.node_name, "w0");
 
     // Grants used by code the in-process reconciler does not run (the

@@ -3,21 +3,43 @@
 //! is live (signature, expiry, the bound Pod still exists); the pure
 //! [`identity_from_review`] then decides whether it is *our* agent and which
 //! node it may speak for.
+//!
+//! Anyone who reaches the port can present a bearer, so nothing a stranger
+//! sends may cost an API request or unbounded memory: [`precheck`] refuses
+//! what cannot be a live token for our audience (shape, audience, expiry,
+//! read from the unverified JWT) before any review; reviews run a bounded
+//! number at a time with a bounded queue; and a review that admitted a token
+//! is remembered (by the token's SHA-256, never past the token's expiry) so
+//! an agent reconnecting with the same token costs none.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::{Api, PostParams};
 use tokio::sync::Semaphore;
 
-use crate::metrics::{Metrics, REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED};
+use crate::metrics::{
+    Metrics, REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED, TOKEN_QUEUE_FULL,
+    TOKEN_REFUSED_UNREVIEWED,
+};
 
 /// The key the API server puts in a pod-bound token's user.extra with the
 /// name of the node the Pod is bound to.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// The key with the name of the Pod the token is bound to.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+
+/// An agent admitted, and until when its token holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub identity: AgentIdentity,
+    /// The token's `exp`: the stream must end by then.
+    pub expires_at: SystemTime,
+}
 
 /// Who is on the other end of a stream, as proven by its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +65,9 @@ pub enum AuthError {
     /// The API server did not answer the TokenReview in time.
     #[error("token review timed out after {0:?}")]
     ReviewTimedOut(Duration),
+    /// Too many reviews are waiting: the agent should come back later.
+    #[error("too many token reviews waiting")]
+    Busy,
 }
 
 impl From<AuthError> for tonic::Status {
@@ -52,7 +77,7 @@ impl From<AuthError> for tonic::Status {
             AuthError::PermissionDenied(reason) => tonic::Status::permission_denied(reason),
             // The kube error may carry API server details; the agent only
             // needs to know it is worth retrying.
-            AuthError::Review(_) | AuthError::ReviewTimedOut(_) => {
+            AuthError::Review(_) | AuthError::ReviewTimedOut(_) | AuthError::Busy => {
                 tonic::Status::unavailable("cannot verify the token now")
             }
         }
@@ -69,6 +94,26 @@ pub const REVIEW_CONCURRENCY: usize = 32;
 /// long as the client's own timeout, minutes; the agent retries sooner.
 pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Reviews that may wait for a permit; more are turned away at once (the
+/// agent retries with backoff). Enough for every agent of a 5,000-node
+/// cluster reconnecting at once after a failover.
+pub const REVIEW_QUEUE: usize = 8192;
+
+/// How long a review may wait for a permit before the agent is told to
+/// come back later.
+pub const REVIEW_QUEUE_WAIT: Duration = Duration::from_secs(60);
+
+/// The longest bearer looked at. A projected token is about 1 KiB.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Admitted tokens remembered; past this, new admissions are not cached
+/// (the reviews stay correct, they just cost a request).
+pub const REVIEW_CACHE_ENTRIES: usize = 16_384;
+
+/// How long an admission is remembered, at most: a bound Pod deleted
+/// meanwhile is noticed by the next review after this.
+pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(300);
+
 /// How a review ended, as `kata_operator_token_reviews_total` counts it:
 /// admitted, refused (a token that is not a live agent token for a node),
 /// or failed (nothing learnt about the token).
@@ -76,7 +121,7 @@ pub fn review_outcome(result: &Result<AgentIdentity, AuthError>) -> &'static str
     match result {
         Ok(_) => REVIEW_AUTHENTICATED,
         Err(AuthError::Unauthenticated(_) | AuthError::PermissionDenied(_)) => REVIEW_REJECTED,
-        Err(AuthError::Review(_) | AuthError::ReviewTimedOut(_)) => REVIEW_ERROR,
+        Err(AuthError::Review(_) | AuthError::ReviewTimedOut(_) | AuthError::Busy) => REVIEW_ERROR,
     }
 }
 
@@ -88,8 +133,12 @@ pub struct AgentAuthenticator {
     /// (namespace, name) of the node-agent's ServiceAccount.
     service_account: (String, String),
     reviews: Arc<Semaphore>,
+    /// Reviews waiting for or holding a permit.
+    queued: Arc<AtomicUsize>,
+    queue_limit: usize,
     timeout: Duration,
     metrics: Metrics,
+    cache: Arc<Mutex<ReviewCache>>,
 }
 
 impl AgentAuthenticator {
@@ -104,9 +153,19 @@ impl AgentAuthenticator {
             audience: audience.into(),
             service_account: (namespace.into(), service_account.into()),
             reviews: Arc::new(Semaphore::new(REVIEW_CONCURRENCY)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            queue_limit: REVIEW_QUEUE,
             timeout: REVIEW_TIMEOUT,
             metrics: Metrics::default(),
+            cache: Arc::new(Mutex::new(ReviewCache::new(REVIEW_CACHE_ENTRIES))),
         }
+    }
+
+    /// At most `limit` reviews waiting or running; more are turned away.
+    #[must_use]
+    pub fn with_queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = limit;
+        self
     }
 
     /// Counts and times the reviews in `metrics`.
@@ -129,22 +188,58 @@ impl AgentAuthenticator {
         format!("system:serviceaccount:{namespace}:{name}")
     }
 
-    /// Reviews the token and decides who it speaks for. A missing token is
-    /// refused without a review (and not counted as one).
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<AgentIdentity, AuthError> {
+    /// Decides who the token speaks for: refused without a review when
+    /// [`precheck`] says it cannot be a live token for our audience (or
+    /// there is none), admitted from the cache when the same token was
+    /// admitted before, else reviewed by the API server.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Authenticated, AuthError> {
         let token = match bearer.map(str::trim) {
             Some(token) if !token.is_empty() => token,
             _ => return Err(AuthError::Unauthenticated("no bearer token".into())),
         };
+        let now = SystemTime::now();
+        let claims = precheck(token, &self.audience, now).inspect_err(|_| {
+            self.metrics.token_not_reviewed(TOKEN_REFUSED_UNREVIEWED);
+        })?;
+        let key = token_key(token);
+        if let Some(identity) = self.cached(&key, now) {
+            self.metrics.token_not_reviewed(TOKEN_CACHED);
+            return Ok(Authenticated {
+                identity,
+                expires_at: claims.expires_at,
+            });
+        }
+        let _queued = QueueSlot::take(&self.queued, self.queue_limit).ok_or_else(|| {
+            self.metrics.token_not_reviewed(TOKEN_QUEUE_FULL);
+            AuthError::Busy
+        })?;
         // Never closed, so acquiring cannot fail; if it could, reviewing
         // without a permit would still be correct. Waiting for a permit is
         // queueing, not the API server's time: the clock starts after it.
-        let _permit = self.reviews.acquire().await.ok();
+        let _permit = tokio::time::timeout(REVIEW_QUEUE_WAIT, self.reviews.acquire())
+            .await
+            .map_err(|_| {
+                self.metrics.token_not_reviewed(TOKEN_QUEUE_FULL);
+                AuthError::Busy
+            })?
+            .ok();
         let started = Instant::now();
         let result = self.review(token).await;
         self.metrics
             .token_reviewed(review_outcome(&result), started.elapsed());
-        result
+        let identity = result?;
+        let remember_until = claims.expires_at.min(SystemTime::now() + REVIEW_CACHE_TTL);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(key, identity.clone(), remember_until, SystemTime::now());
+        }
+        Ok(Authenticated {
+            identity,
+            expires_at: claims.expires_at,
+        })
+    }
+
+    fn cached(&self, key: &TokenKey, now: SystemTime) -> Option<AgentIdentity> {
+        self.cache.lock().ok()?.get(key, now)
     }
 
     async fn review(&self, token: &str) -> Result<AgentIdentity, AuthError> {
@@ -217,6 +312,143 @@ pub fn identity_from_review(
         _ => Err(AuthError::PermissionDenied(
             "token is not bound to a pod on a node".into(),
         )),
+    }
+}
+
+/// What [`precheck`] read from a bearer. Unverified: it only serves to
+/// refuse early and to end the stream at the token's expiry; the review
+/// decides whether the token is genuine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub expires_at: SystemTime,
+}
+
+/// Refuses a bearer that cannot be a live projected token for `audience`
+/// without asking anyone: not three base64url JWT segments, a header
+/// without a signing algorithm (or `none`), no `exp` or an `exp` already
+/// past, no `aud` naming `audience`, or longer than [`MAX_TOKEN_BYTES`].
+/// Pure.
+pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<TokenClaims, AuthError> {
+    let refuse = |why: &str| {
+        Err(AuthError::Unauthenticated(format!(
+            "not an agent token: {why}"
+        )))
+    };
+    if token.len() > MAX_TOKEN_BYTES {
+        return refuse("too long");
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return refuse("not a JWT");
+    };
+    if signature.is_empty() || base64url(signature).is_none() {
+        return refuse("no signature");
+    }
+    let (Some(header), Some(payload)) = (json_segment(header), json_segment(payload)) else {
+        return refuse("not a JWT");
+    };
+    match header.get("alg").and_then(serde_json::Value::as_str) {
+        Some(alg) if !alg.eq_ignore_ascii_case("none") => {}
+        _ => return refuse("unsigned"),
+    }
+    let names_audience = match payload.get("aud") {
+        Some(serde_json::Value::String(aud)) => aud == audience,
+        Some(serde_json::Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+        _ => false,
+    };
+    if !names_audience {
+        return refuse("not for this audience");
+    }
+    let Some(exp) = payload.get("exp").and_then(serde_json::Value::as_u64) else {
+        return refuse("no expiry");
+    };
+    let expires_at = UNIX_EPOCH + Duration::from_secs(exp);
+    if expires_at <= now {
+        return refuse("expired");
+    }
+    Ok(TokenClaims { expires_at })
+}
+
+fn base64url(segment: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .ok()
+}
+
+fn json_segment(segment: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_slice(&base64url(segment)?).ok()? {
+        serde_json::Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+type TokenKey = [u8; 32];
+
+fn token_key(token: &str) -> TokenKey {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut key = [0; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
+/// Admitted tokens by SHA-256 (the tokens themselves are never kept),
+/// each until its token's expiry or [`REVIEW_CACHE_TTL`], whichever is
+/// first; bounded in size.
+struct ReviewCache {
+    entries: HashMap<TokenKey, (AgentIdentity, SystemTime)>,
+    capacity: usize,
+}
+
+impl ReviewCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn get(&self, key: &TokenKey, now: SystemTime) -> Option<AgentIdentity> {
+        self.entries
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(identity, _)| identity.clone())
+    }
+
+    fn insert(
+        &mut self,
+        key: TokenKey,
+        identity: AgentIdentity,
+        until: SystemTime,
+        now: SystemTime,
+    ) {
+        if self.entries.len() >= self.capacity {
+            self.entries.retain(|_, (_, until)| *until > now);
+        }
+        if self.entries.len() < self.capacity {
+            self.entries.insert(key, (identity, until));
+        }
+    }
+}
+
+/// One place in the review queue, given back when dropped.
+struct QueueSlot(Arc<AtomicUsize>);
+
+impl QueueSlot {
+    fn take(queued: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(queued)))
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -345,6 +577,155 @@ mod tests {
         );
     }
 
+    /// A JWT with `payload`, shaped like a projected token but signed by
+    /// nobody: what a client can send without any credential.
+    fn unsigned_jwt(payload: &serde_json::Value) -> String {
+        let encode = |value: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            encode(&serde_json::json!({"alg": "RS256", "kid": "k"})),
+            encode(payload)
+        )
+    }
+
+    fn unix(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    /// Shaped right for [`AUD`], expiring an hour from now.
+    fn well_shaped_token() -> String {
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        unsigned_jwt(&serde_json::json!({"aud": [AUD], "exp": exp, "sub": "x"}))
+    }
+
+    #[test]
+    fn precheck_refuses_what_cannot_be_a_live_token_for_the_audience() {
+        let now = unix(1_000);
+        let token = |payload: serde_json::Value| unsigned_jwt(&payload);
+        assert_eq!(
+            precheck(
+                &token(serde_json::json!({"aud": [AUD], "exp": 2_000})),
+                AUD,
+                now
+            )
+            .unwrap(),
+            TokenClaims {
+                expires_at: unix(2_000)
+            }
+        );
+        assert!(
+            precheck(
+                &token(serde_json::json!({"aud": AUD, "exp": 2_000})),
+                AUD,
+                now
+            )
+            .is_ok()
+        );
+        let refused = |bearer: &str| match precheck(bearer, AUD, now) {
+            Err(AuthError::Unauthenticated(why)) => why,
+            other => panic!("{bearer:?} was not refused: {other:?}"),
+        };
+        assert!(
+            refused(&token(serde_json::json!({"aud": [AUD], "exp": 999}))).ends_with("expired")
+        );
+        assert!(refused(&token(serde_json::json!({"aud": [AUD]}))).ends_with("no expiry"));
+        assert!(
+            refused(&token(serde_json::json!({"aud": ["other"], "exp": 2_000})))
+                .ends_with("not for this audience")
+        );
+        assert!(refused("Bearer-junk").ends_with("not a JWT"));
+        assert!(refused("a.b.c.d").ends_with("not a JWT"));
+        assert!(refused("e30.e30.").ends_with("no signature"));
+        assert!(refused("!!.e30.c2ln").ends_with("not a JWT"));
+        let unsigned = format!(
+            "{}.{}.c2ln",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!(r#"{{"aud":["{AUD}"],"exp":2000}}"#))
+        );
+        assert!(refused(&unsigned).ends_with("unsigned"));
+        assert!(refused(&"x".repeat(MAX_TOKEN_BYTES + 1)).ends_with("too long"));
+    }
+
+    #[test]
+    fn the_cache_forgets_at_expiry_and_stays_bounded() {
+        let identity = |node: &str| AgentIdentity {
+            node_name: node.into(),
+            pod_name: format!("agent-{node}"),
+        };
+        let mut cache = ReviewCache::new(2);
+        cache.insert(token_key("a"), identity("w0"), unix(100), unix(0));
+        cache.insert(token_key("b"), identity("w1"), unix(50), unix(0));
+        assert_eq!(cache.get(&token_key("a"), unix(99)), Some(identity("w0")));
+        assert_eq!(
+            cache.get(&token_key("a"), unix(100)),
+            None,
+            "not past its expiry"
+        );
+        assert_eq!(cache.get(&token_key("c"), unix(0)), None);
+        // Full: a new entry only fits once an old one has expired.
+        cache.insert(token_key("c"), identity("w2"), unix(200), unix(10));
+        assert_eq!(cache.get(&token_key("c"), unix(11)), None);
+        cache.insert(token_key("c"), identity("w2"), unix(200), unix(60));
+        assert_eq!(cache.get(&token_key("c"), unix(61)), Some(identity("w2")));
+        assert_eq!(cache.entries.len(), 2);
+    }
+
+    #[test]
+    fn the_queue_gives_its_places_back() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let first = QueueSlot::take(&queued, 2).unwrap();
+        let second = QueueSlot::take(&queued, 2).unwrap();
+        assert!(QueueSlot::take(&queued, 2).is_none());
+        drop(first);
+        assert!(QueueSlot::take(&queued, 2).is_some());
+        drop(second);
+        assert_eq!(queued.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn junk_bearers_cost_no_review() {
+        let metrics = Metrics::default();
+        // Nothing listens there: a review would be an error, not a refusal.
+        let unreachable = client_at("127.0.0.1:9".parse().unwrap());
+        let authenticator = authenticator(unreachable, &metrics);
+        for junk in ["junk", "a.b.c", &"x".repeat(100_000)] {
+            let result = authenticator.authenticate(Some(junk)).await;
+            assert!(
+                matches!(result, Err(AuthError::Unauthenticated(_))),
+                "{result:?}"
+            );
+        }
+        assert_eq!(metrics.token_review_duration.0.count(), 0);
+        assert_eq!(
+            metrics
+                .tokens_not_reviewed
+                .get_or_create(&crate::metrics::OutcomeLabel {
+                    outcome: TOKEN_REFUSED_UNREVIEWED.into()
+                })
+                .get(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_turns_reviews_away_at_once() {
+        let metrics = Metrics::default();
+        let unreachable = client_at("127.0.0.1:9".parse().unwrap());
+        let result = authenticator(unreachable, &metrics)
+            .with_queue_limit(0)
+            .authenticate(Some(&well_shaped_token()))
+            .await;
+        assert!(matches!(result, Err(AuthError::Busy)), "{result:?}");
+        assert_eq!(metrics.token_review_duration.0.count(), 0);
+    }
+
     /// A client of an API server at `addr`, over plain HTTP.
     fn client_at(addr: std::net::SocketAddr) -> kube::Client {
         let url = format!("http://{addr}").parse().unwrap();
@@ -373,7 +754,7 @@ mod tests {
             .unwrap();
         let metrics = Metrics::default();
         let result = authenticator(client_at(addr), &metrics)
-            .authenticate(Some("a-token"))
+            .authenticate(Some(&well_shaped_token()))
             .await;
         assert!(matches!(result, Err(AuthError::Review(_))), "{result:?}");
         assert_eq!(reviews(&metrics, REVIEW_ERROR), 1);
@@ -395,7 +776,7 @@ mod tests {
         let metrics = Metrics::default();
         let result = authenticator(client_at(addr), &metrics)
             .with_timeout(Duration::from_millis(200))
-            .authenticate(Some("a-token"))
+            .authenticate(Some(&well_shaped_token()))
             .await;
         silent.abort();
         assert!(

@@ -37,6 +37,60 @@ pub fn report_kind(previous: Option<&HealthReport>, report: &HealthReport) -> &'
     }
 }
 
+/// The longest probe reason kept: stable CamelCase words, like the
+/// reasons of Kubernetes conditions.
+pub const MAX_REASON_CHARS: usize = 64;
+/// The longest probe message kept, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// The most probes one report may carry (the agent has nine).
+pub const MAX_OUTCOMES: usize = 32;
+/// What a reason that is not short CamelCase becomes.
+pub const INVALID_REASON: &str = "InvalidAgentReason";
+
+/// Cuts what an agent sent down to what the coordinator will carry into
+/// Node conditions and the KataConfig status: at most [`MAX_OUTCOMES`]
+/// probes, names and reasons short CamelCase (others replaced by
+/// [`INVALID_REASON`]), messages at most [`MAX_MESSAGE_BYTES`]. One agent,
+/// or thousands with long messages, must not push an object past etcd's
+/// size limit. Pure.
+pub fn bound_report(report: &mut HealthReport) {
+    report.outcomes.truncate(MAX_OUTCOMES);
+    for outcome in &mut report.outcomes {
+        if !is_short_camel_case(&outcome.reason) {
+            outcome.reason = INVALID_REASON.to_owned();
+        }
+        if outcome.name.len() > MAX_REASON_CHARS
+            || !outcome
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            outcome.name = "invalid".to_owned();
+        }
+        truncate_message(&mut outcome.message);
+    }
+}
+
+fn is_short_camel_case(reason: &str) -> bool {
+    reason.len() <= MAX_REASON_CHARS
+        && reason.starts_with(|c: char| c.is_ascii_uppercase())
+        && reason.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// At most [`MAX_MESSAGE_BYTES`], cut at a character boundary and marked.
+fn truncate_message(message: &mut String) {
+    const MARK: &str = "…";
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return;
+    }
+    let mut end = MAX_MESSAGE_BYTES - MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(MARK);
+}
+
 /// One node's agent as last heard from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeHealth {
@@ -168,6 +222,7 @@ impl HealthRegistry {
         // Decoding grows the list by doubling; the registry holds one report
         // per node of the cluster, so keep it tight (before the lock: every
         // agent's stream reports through it).
+        bound_report(&mut report);
         report.outcomes.shrink_to_fit();
         let accepted = {
             let mut state = self.lock();
@@ -268,6 +323,33 @@ mod tests {
             agent_version: "1.0".into(),
             boot_id: boot.into(),
         }
+    }
+
+    #[test]
+    fn reports_are_cut_to_what_the_status_can_carry() {
+        let long = "é".repeat(2000);
+        let mut report = HealthReport {
+            sequence: 1,
+            outcomes: vec![
+                outcome("kvm", ProbeStatus::Ok, "KvmUsable", "fine"),
+                outcome("qemu", ProbeStatus::Fail, "not camel", &long),
+                outcome("cpu", ProbeStatus::Warn, &"A".repeat(65), ""),
+                outcome("bad name!", ProbeStatus::Ok, "Fine", ""),
+            ],
+            ..HealthReport::default()
+        };
+        report
+            .outcomes
+            .extend((0..40).map(|_| outcome("x", ProbeStatus::Ok, "Fine", "")));
+        bound_report(&mut report);
+        assert_eq!(report.outcomes.len(), MAX_OUTCOMES);
+        assert_eq!(report.outcomes[0].reason, "KvmUsable");
+        assert_eq!(report.outcomes[0].message, "fine");
+        assert_eq!(report.outcomes[1].reason, INVALID_REASON);
+        assert!(report.outcomes[1].message.len() <= MAX_MESSAGE_BYTES);
+        assert!(report.outcomes[1].message.ends_with('…'));
+        assert_eq!(report.outcomes[2].reason, INVALID_REASON);
+        assert_eq!(report.outcomes[3].name, "invalid");
     }
 
     #[test]

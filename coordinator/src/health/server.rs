@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use kata_proto::health::v1::node_health_server::{NodeHealth as NodeHealthRpc, NodeHealthServer};
@@ -180,11 +180,13 @@ impl NodeHealthRpc for HealthService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        let identity = self
+        let authenticated = self
             .authenticator
             .authenticate(bearer_token(request.metadata()))
             .await
             .inspect_err(|error| info!(%error, "agent stream refused"))?;
+        let token_expires = stream_deadline(authenticated.expires_at, SystemTime::now());
+        let identity = authenticated.identity;
         let mut inbound = request.into_inner();
 
         let first = tokio::time::timeout(self.options.hello_timeout, inbound.message())
@@ -216,6 +218,7 @@ impl NodeHealthRpc for HealthService {
             stopping: self.stopping.subscribe(),
             config: Some(expected_config(&self.options)),
             finished: false,
+            token_expires,
         };
         let outbound = futures::stream::unfold(agent, |mut agent| async move {
             let message = agent.next().await?;
@@ -242,6 +245,9 @@ struct AgentStream {
     config: Option<ExpectedConfig>,
     /// Set after a final status, which ends the stream.
     finished: bool,
+    /// When the agent's token stops being valid: the stream ends then and
+    /// the agent reconnects with its rotated token.
+    token_expires: tokio::time::Instant,
 }
 
 impl AgentStream {
@@ -264,10 +270,14 @@ impl AgentStream {
             node,
             session,
             stopping,
+            token_expires,
             ..
         } = self;
         let last_word = loop {
             tokio::select! {
+                () = tokio::time::sleep_until(*token_expires) => {
+                    break Status::unauthenticated("the token expired: reconnect with a fresh one");
+                }
                 // The watch guard is not Send: drop it inside the branch future.
                 () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
                     break Status::unavailable("coordinator shutting down");
@@ -313,6 +323,45 @@ impl Drop for AgentStream {
     }
 }
 
+/// When a stream authenticated with a token expiring at `expires_at` must
+/// end: a little before, by up to a tenth of the time left (at most a
+/// minute), so agents whose tokens were issued together do not all
+/// reconnect in the same second.
+fn stream_deadline(expires_at: SystemTime, now: SystemTime) -> tokio::time::Instant {
+    let left = expires_at.duration_since(now).unwrap_or_default();
+    let window = (left / 10).min(Duration::from_secs(60));
+    let spread = u64::from(
+        now.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos(),
+    );
+    let window_nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let jitter = Duration::from_nanos(spread % window_nanos);
+    tokio::time::Instant::now() + left.saturating_sub(jitter)
+}
+
+/// Streams one connection may carry: an agent needs one (two while a
+/// reconnect overlaps).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 2;
+/// Flow-control windows before authentication: what a peer can make the
+/// coordinator buffer per stream and per connection. A report is a few KiB.
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+pub const CONNECTION_WINDOW: u32 = 128 * 1024;
+/// The largest header block (the bearer token is about 1 KiB).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// The largest agent message accepted.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// HTTP/2 pings on idle connections: a peer that vanished (node down,
+/// partition) is dropped after the timeout instead of holding its state.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams a peer may make the server reset for protocol errors before the
+/// connection is closed (h2's default is 1,024; RUSTSEC-2024-0003 style
+/// floods need many).
+pub const MAX_LOCAL_ERROR_RESETS: usize = 32;
+/// Streams a peer may open and reset before they are accepted.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 16;
+
 /// Serves the health channel over TLS on `listener` until `shutdown`
 /// resolves; then ends open agent streams and returns once they are closed.
 pub async fn serve(
@@ -323,7 +372,17 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let stopper = service.stopper();
     Server::builder()
-        .add_service(NodeHealthServer::new(service))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_adaptive_window(Some(false))
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+        .accept_http1(false)
+        .add_service(NodeHealthServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(super::tls::incoming(listener, acceptor), async move {
             shutdown.await;
             stopper.send_replace(true);
@@ -351,6 +410,24 @@ mod tests {
         assert_eq!(bearer_token(&metadata("Bearer ")), None);
         assert_eq!(bearer_token(&metadata("abc")), None);
         assert_eq!(bearer_token(&MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn streams_end_a_little_before_their_token_does() {
+        let now = SystemTime::now();
+        let before = tokio::time::Instant::now();
+        let deadline = stream_deadline(now + Duration::from_secs(3600), now);
+        let after = tokio::time::Instant::now();
+        assert!(deadline <= after + Duration::from_secs(3600));
+        assert!(
+            deadline >= before + Duration::from_secs(3540),
+            "at most a minute early"
+        );
+        // A token with 100 s left ends within its last 10 s.
+        let short = stream_deadline(now + Duration::from_secs(100), now);
+        assert!(short >= before + Duration::from_secs(90));
+        // An expired token (clock skew) ends the stream at once.
+        assert!(stream_deadline(now - Duration::from_secs(5), now) <= tokio::time::Instant::now());
     }
 
     #[test]

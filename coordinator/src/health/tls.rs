@@ -1,32 +1,77 @@
 //! TLS for the agents' channel, terminated here rather than by tonic so that
-//! handshakes are admitted a bounded number at a time.
+//! nothing a peer does before it is authenticated can hold more than a
+//! bounded share of the coordinator.
 //!
-//! When the coordinator starts, every agent of the cluster reconnects within
-//! seconds. Each handshake in flight holds tens of kilobytes of transient
-//! state; thousands at once spike the memory, and the long-lived connection
-//! state allocated in between keeps that memory fragmented for good. A few
-//! dozen at a time finish just as fast on two cores (handshakes are CPU
-//! bound) and leave a compact heap. Connections waiting their turn wait in
-//! the kernel's accept queue. A timeout keeps a client that never completes
-//! its handshake from holding a slot.
+//! - The accept loop never stops: each connection gets its own task.
+//! - At most [`Limits::max_connections`] connections exist at once, counted
+//!   from accept to close; past that, new ones are closed at once.
+//! - A peer has [`Limits::client_hello_timeout`] to send its ClientHello,
+//!   holding nothing but its socket meanwhile; only then does it wait for one
+//!   of [`Limits::handshake_concurrency`] handshake slots (the CPU-bound
+//!   part: a few dozen at a time finish as fast as thousands on two cores and
+//!   keep the heap compact when every agent reconnects together), and the
+//!   whole handshake must end within [`Limits::handshake_timeout`].
+//! - Accepted sockets get TCP keepalive, so a peer that vanished without a
+//!   FIN is noticed by the kernel even if HTTP/2 pings are not answered.
+//! - The certificate is re-read when its files change (service-ca rotates
+//!   it under a running coordinator): see [`ReloadingCert`].
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 /// Handshakes in progress at once.
 pub const HANDSHAKE_CONCURRENCY: usize = 64;
-/// How long a client may take to complete its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to complete its handshake, from accept.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its ClientHello.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections at once: every agent of a 5,000-node cluster, twice over
+/// (a reconnect overlaps the old connection), with room to spare.
+pub const MAX_CONNECTIONS: usize = 12_000;
+
+/// What the accept loop allows a peer; [`Limits::default`] is what the
+/// coordinator uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub handshake_concurrency: usize,
+    pub client_hello_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Idle time before the first TCP keepalive probe; probes then go
+    /// every `tcp_keepalive / 3`, three times.
+    pub tcp_keepalive: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            handshake_concurrency: HANDSHAKE_CONCURRENCY,
+            client_hello_timeout: CLIENT_HELLO_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            tcp_keepalive: Duration::from_secs(60),
+        }
+    }
+}
 
 /// PEM certificate chain and private key of the coordinator's server cert.
 #[derive(Clone)]
@@ -52,62 +97,321 @@ pub enum TlsError {
     Key(String),
     #[error("the certificate and key are not usable together: {0}")]
     Config(#[from] rustls::Error),
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl ServerTls {
-    /// A TLS acceptor offering HTTP/2 by ALPN, as gRPC clients expect.
-    /// Fails, saying why, on a certificate or key that cannot serve.
+    /// A TLS acceptor offering HTTP/2 by ALPN, as gRPC clients expect, with
+    /// this certificate for good. Fails, saying why, on a certificate or key
+    /// that cannot serve.
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
-        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
-        if chain.is_empty() {
-            return Err(TlsError::NoCertificate);
-        }
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| TlsError::Key(e.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(TlsAcceptor::from(Arc::new(config)))
+        let resolver = ReloadingCert {
+            files: None,
+            state: Mutex::new(Loaded {
+                key: certified_key(&self.cert_pem, &self.key_pem)?,
+                stamp: None,
+                checked: std::time::Instant::now(),
+            }),
+        };
+        acceptor_with(Arc::new(resolver))
+    }
+
+    /// Like [`ServerTls::acceptor`], from PEM files that are read again
+    /// whenever they change. The first read must succeed.
+    pub fn reloading(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+        acceptor_with(Arc::new(ReloadingCert::from_files(cert_file, key_file)?))
     }
 }
 
-/// The connections accepted on `listener`, TLS established, at most
-/// [`HANDSHAKE_CONCURRENCY`] handshakes at a time. A failed or timed-out
-/// handshake is logged and dropped; the stream itself never ends or fails.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn acceptor_with(resolver: Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsError::Key(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider())?))
+}
+
+/// How often, at most, the certificate files are looked at (a stat each,
+/// on a handshake).
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The server certificate, re-read from its files when they change: a
+/// Kubernetes Secret volume swaps a symlink, so the files' identity (inode,
+/// size, modification time) changes. A new pair that does not load (say,
+/// the key written before the certificate) is logged and the one in use
+/// kept until the pair loads.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    files: Option<(PathBuf, PathBuf)>,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// Of the pair last tried, loaded or not.
+    stamp: Option<[FileStamp; 2]>,
+    checked: std::time::Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl ReloadingCert {
+    pub fn from_files(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
+        let stamp = stamps(cert_file, key_file)?;
+        let key = read_pair(cert_file, key_file)?;
+        Ok(Self {
+            files: Some((cert_file.to_owned(), key_file.to_owned())),
+            state: Mutex::new(Loaded {
+                key,
+                stamp: Some(stamp),
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    /// The certificate to serve now, reloaded first if its files changed.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        let mut loaded = self.state.lock().ok()?;
+        if let Some((cert_file, key_file)) = &self.files
+            && loaded.checked.elapsed() >= CERT_CHECK_INTERVAL
+        {
+            loaded.checked = std::time::Instant::now();
+            match stamps(cert_file, key_file) {
+                Ok(stamp) if Some(stamp) != loaded.stamp => {
+                    loaded.stamp = Some(stamp);
+                    match read_pair(cert_file, key_file) {
+                        Ok(key) => {
+                            loaded.key = key;
+                            tracing::info!(cert = %cert_file.display(), "serving certificate reloaded");
+                        }
+                        Err(error) => {
+                            warn!(%error, "the changed certificate does not load; serving the previous one");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => debug!(%error, "cannot look at the certificate files"),
+            }
+        }
+        Some(Arc::clone(&loaded.key))
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+fn stamps(cert_file: &Path, key_file: &Path) -> Result<[FileStamp; 2], TlsError> {
+    let stamp = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .map(|meta| FileStamp {
+                inode: meta.ino(),
+                len: meta.len(),
+                modified: meta.modified().ok(),
+            })
+            .map_err(|source| TlsError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+    };
+    Ok([stamp(cert_file)?, stamp(key_file)?])
+}
+
+fn read_pair(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    certified_key(&read(cert_file)?, &read(key_file)?)
+}
+
+/// An accepted agent connection with TLS established; holds its place
+/// among [`Limits::max_connections`] until dropped.
+pub struct AgentConnection {
+    stream: TlsStream<TcpStream>,
+    _counted: OwnedSemaphorePermit,
+}
+
+impl Connected for AgentConnection {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for AgentConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The connections accepted on `listener`, TLS established, under
+/// [`Limits::default`].
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + Send + 'static {
-    TcpListenerStream::new(listener)
-        .filter_map(|accepted| async move {
+) -> impl Stream<Item = Result<AgentConnection, io::Error>> + Send + 'static {
+    incoming_with(listener, acceptor, Limits::default())
+}
+
+/// The connections accepted on `listener`, TLS established, within
+/// `limits`. A refused, failed or timed-out connection is logged and
+/// dropped; the stream never fails, and accepting stops when it is dropped.
+pub fn incoming_with(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+) -> impl Stream<Item = Result<AgentConnection, io::Error>> + Send + 'static {
+    let (ready, established) = mpsc::channel(limits.handshake_concurrency.max(1));
+    tokio::spawn(accept_loop(listener, acceptor, limits, ready));
+    ReceiverStream::new(established)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+    ready: mpsc::Sender<Result<AgentConnection, io::Error>>,
+) {
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.handshake_concurrency.max(1)));
+    let config = Arc::clone(acceptor.config());
+    loop {
+        let accepted = tokio::select! {
+            () = ready.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
             // Out of file descriptors, say: this connection is lost, the
-            // next accept may succeed.
-            accepted
-                .inspect_err(|error| warn!(%error, "accepting an agent connection failed"))
-                .ok()
-        })
-        .map(move |tcp| {
-            let acceptor = acceptor.clone();
-            async move {
-                let peer = tcp.peer_addr().ok();
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => Some(stream),
-                    Ok(Err(error)) => {
-                        debug!(?peer, %error, "TLS handshake failed");
-                        None
-                    }
-                    Err(_) => {
-                        debug!(?peer, "TLS handshake timed out");
-                        None
-                    }
-                }
+            // next accept may succeed; pause so the loop does not spin.
+            Err(error) => {
+                warn!(%error, "accepting an agent connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        })
-        .buffer_unordered(HANDSHAKE_CONCURRENCY)
-        .filter_map(|stream| async move { stream.map(Ok) })
+        };
+        let Ok(counted) = Arc::clone(&connections).try_acquire_owned() else {
+            debug!(peer = ?tcp.peer_addr().ok(), "connection limit reached; closed");
+            continue;
+        };
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(limits.tcp_keepalive)
+            .with_interval(limits.tcp_keepalive / 3)
+            .with_retries(3);
+        if let Err(error) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+            debug!(%error, "cannot set TCP keepalive");
+        }
+        let _ = tcp.set_nodelay(true);
+        let (config, handshakes, ready) =
+            (Arc::clone(&config), Arc::clone(&handshakes), ready.clone());
+        tokio::spawn(async move {
+            let peer = tcp.peer_addr().ok();
+            match handshake(tcp, config, &handshakes, &limits).await {
+                Ok(stream) => {
+                    let connection = AgentConnection {
+                        stream,
+                        _counted: counted,
+                    };
+                    let _ = ready.send(Ok(connection)).await;
+                }
+                Err(why) => debug!(?peer, why, "TLS handshake failed"),
+            }
+        });
+    }
+}
+
+/// The ClientHello within its deadline (holding no slot), then the rest of
+/// the handshake in one of the slots; all within the handshake deadline.
+async fn handshake(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    slots: &Semaphore,
+    limits: &Limits,
+) -> Result<TlsStream<TcpStream>, String> {
+    let whole = async {
+        let start = tokio::time::timeout(
+            limits.client_hello_timeout,
+            LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp),
+        )
+        .await
+        .map_err(|_| "no ClientHello in time".to_owned())?
+        .map_err(|error| error.to_string())?;
+        let _slot = slots.acquire().await.map_err(|error| error.to_string())?;
+        start
+            .into_stream(config)
+            .await
+            .map_err(|error| error.to_string())
+    };
+    tokio::time::timeout(limits.handshake_timeout, whole)
+        .await
+        .map_err(|_| "handshake not done in time".to_owned())?
 }

@@ -1,5 +1,5 @@
-//! The MCO backend's I/O: reading our MachineConfig, ContainerRuntimeConfig
-//! and pool, and the pool watch that wakes the reconciler when the MCO moves.
+//! The MCO backend's I/O: reading our MachineConfigs, ContainerRuntimeConfigs
+//! and the pools, and the pool watch that wakes the reconciler when the MCO moves.
 
 use futures::{Stream, StreamExt};
 use kube::Client;
@@ -8,9 +8,12 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
+use std::collections::BTreeSet;
+
 use super::names::{self, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
-use super::{MachineConfigRollout, ObservedPool};
+use super::{MachineConfigRollout, ObservedPool, observe};
 use crate::kind::Kind;
+use crate::plan::ObservedNode;
 
 /// Why a read failed, naming what was read.
 #[derive(Debug, thiserror::Error)]
@@ -31,17 +34,43 @@ async fn get(client: &Client, kind: Kind, name: &str) -> Result<Option<Value>, R
     Ok(object.and_then(|o| serde_json::to_value(o).ok()))
 }
 
-/// The MCO side of the snapshot: the pool from the watch's cache, our
-/// MachineConfig and ContainerRuntimeConfig read fresh.
+/// The MCO side of the snapshot: the pools from the watch's cache, our
+/// MachineConfigs and ContainerRuntimeConfigs read fresh, and the rendered
+/// configs that master-pool nodes able to get Kata run (one read per
+/// distinct config; none on a cluster whose masters are not workers).
 pub async fn observe(
     client: &Client,
     pools: &Store<DynamicObject>,
+    nodes: &[ObservedNode],
 ) -> Result<MachineConfigRollout, ReadError> {
     let pool_object = pools
         .get(&ObjectRef::new_with(names::POOL_NAME, POOL.api_resource()))
         .and_then(|p| serde_json::to_value(p.as_ref()).ok());
+    let mut observed_pools: Vec<ObservedPool> = pools
+        .state()
+        .iter()
+        .filter_map(|p| serde_json::to_value(p.as_ref()).ok())
+        .map(|p| ObservedPool::from_object(&p))
+        .collect();
+    observed_pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let master_rendered_prefix = format!("rendered-{}-", names::MASTER_POOL);
+    let master_configs: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| n.has_label(crate::names::WORKER_ROLE_LABEL))
+        .filter_map(|n| observe::current_config(&n.annotations))
+        .filter(|c| c.starts_with(&master_rendered_prefix))
+        .collect();
+    let mut rendered_with_kata = BTreeSet::new();
+    for config in master_configs {
+        if get(client, MACHINE_CONFIG, config)
+            .await?
+            .is_some_and(|rendered| observe::carries_kata(&rendered))
+        {
+            rendered_with_kata.insert(config.to_string());
+        }
+    }
     Ok(MachineConfigRollout {
-        pool: pool_object.as_ref().map(ObservedPool::from_object),
+        pools: observed_pools,
         pool_object,
         machine_config: get(client, MACHINE_CONFIG, names::MACHINE_CONFIG_NAME).await?,
         container_runtime_config: get(
@@ -50,6 +79,15 @@ pub async fn observe(
             names::CONTAINER_RUNTIME_CONFIG_NAME,
         )
         .await?,
+        master_machine_config: get(client, MACHINE_CONFIG, names::MASTER_MACHINE_CONFIG_NAME)
+            .await?,
+        master_container_runtime_config: get(
+            client,
+            CONTAINER_RUNTIME_CONFIG,
+            names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
+        )
+        .await?,
+        rendered_with_kata,
     })
 }
 

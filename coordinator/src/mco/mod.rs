@@ -3,8 +3,12 @@
 //!
 //! - [`names`]: its vocabulary (kinds, annotations, node states) and the
 //!   names of the objects we create for it;
-//! - [`objects`]: the `kata-oc` MachineConfigPool, our MachineConfig (the
-//!   extension and the CRI-O drop-in) and the ContainerRuntimeConfig;
+//! - [`placement`]: which pool the MCO will manage each selected node in
+//!   (our `kata-oc`, the master pool, or an admin's pool we leave alone);
+//! - [`os`]: the extension's name on the nodes' OS;
+//! - [`objects`]: the `kata-oc` MachineConfigPool, our MachineConfig per
+//!   pool (the extension and the CRI-O drop-in) and the
+//!   ContainerRuntimeConfig;
 //! - [`observe`]: reading a pool's rendered configuration and each node's
 //!   phase from the MCO's node annotations;
 //! - [`cluster`]: the I/O: reading those objects and watching the pools;
@@ -17,8 +21,8 @@
 //! DaemonSet would install the package and write the drop-in) would get a
 //! sibling module with its own snapshot type implementing
 //! [`HostConfigRollout`]: `install_steps` (its objects, and how nodes are
-//! marked for the install), `node_phase` (from whatever it reads on the
-//! node) and `uninstall` (steps, whether every node is back, and the
+//! marked for the install), `assess` (each node's phase from whatever it reads on
+//! the node) and `uninstall` (steps, whether every node is back, and the
 //! objects to remove last). The planner, the applier, the health channel and
 //! the status do not change.
 
@@ -26,23 +30,38 @@ pub mod cluster;
 pub mod names;
 pub mod objects;
 pub mod observe;
+pub mod os;
+pub mod placement;
+
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::api::KataConfigSpec;
-use crate::plan::rollout::{HostConfigRollout, NodePhase, UninstallProgress};
+use crate::api::{KataConfigSpec, LogLevel};
+use crate::objects::CrioRuntimeHandler;
+use crate::plan::rollout::{Assessment, HostConfigRollout, NodePhase, UninstallProgress};
 use crate::plan::{ObservedNode, Step, apply_if_drifted};
 pub use observe::ObservedPool;
+use observe::RuntimeConfigVerdict;
+use placement::{NodePlacement, Placement, Role};
 
 /// What the MCO-side objects look like now, and how to move them: the
 /// Machine Config Operator's [`HostConfigRollout`].
 #[derive(Clone, Debug, Default)]
 pub struct MachineConfigRollout {
-    /// Our objects, as the API server returns them (None: absent).
+    /// Every MachineConfigPool: where nodes are, and how far each rendered.
+    pub pools: Vec<ObservedPool>,
+    /// Our `kata-oc` pool, as the API server returns it (None: absent).
     pub pool_object: Option<Value>,
-    pub pool: Option<ObservedPool>,
+    /// Our MachineConfig and ContainerRuntimeConfig for `kata-oc`.
     pub machine_config: Option<Value>,
     pub container_runtime_config: Option<Value>,
+    /// The same for the master pool.
+    pub master_machine_config: Option<Value>,
+    pub master_container_runtime_config: Option<Value>,
+    /// Rendered configs some node runs that carry our drop-in, where the
+    /// name does not say (the master pool's).
+    pub rendered_with_kata: BTreeSet<String>,
 }
 
 fn delete(kind: crate::kind::Kind, name: &'static str) -> Step {
@@ -57,6 +76,140 @@ fn set_pool_role(node: &ObservedNode, present: bool) -> Step {
     }
 }
 
+impl MachineConfigRollout {
+    pub fn pool(&self, name: &str) -> Option<&ObservedPool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    fn machine_config_of(&self, role: Role) -> Option<&Value> {
+        match role {
+            Role::KataPool => self.machine_config.as_ref(),
+            Role::Master => self.master_machine_config.as_ref(),
+        }
+    }
+
+    fn runtime_config_of(&self, role: Role) -> Option<&Value> {
+        match role {
+            Role::KataPool => self.container_runtime_config.as_ref(),
+            Role::Master => self.master_container_runtime_config.as_ref(),
+        }
+    }
+
+    fn placement(
+        &self,
+        spec: &KataConfigSpec,
+        nodes: &[ObservedNode],
+        targeted: &[bool],
+    ) -> Placement {
+        placement::place(spec, nodes, targeted, &self.pools)
+    }
+
+    /// The rendered config the nodes of `role` must reach: the pool's, once
+    /// the MCO rendered our MachineConfig into it, and the
+    /// ContainerRuntimeConfig's generated one when we asked for a log level.
+    fn target_config(&self, spec: &KataConfigSpec, role: Role) -> Option<&str> {
+        let generated = names::generated_runtime_config(role.pool());
+        let mut inputs = vec![role.machine_config()];
+        if spec.log_level != LogLevel::Info {
+            inputs.push(&generated);
+        }
+        self.pool(role.pool())?.config_with(&inputs)
+    }
+
+    /// Whether the node runs (or last ran) a config with our extension.
+    fn runs_kata(&self, node: &ObservedNode) -> bool {
+        observe::runs_kata_pool_config(node)
+            || observe::current_config(&node.annotations)
+                .is_some_and(|c| self.rendered_with_kata.contains(c))
+    }
+
+    /// Our pool can go: no node is in it, labelled for it or still on its
+    /// configuration.
+    fn kata_pool_empty(&self, nodes: &[ObservedNode]) -> bool {
+        nodes.iter().all(|n| {
+            !observe::runs_kata_pool_config(n) && !n.has_label(names::KATA_POOL_ROLE_LABEL)
+        }) && self
+            .pool(names::POOL_NAME)
+            .is_none_or(|p| p.machine_count == 0)
+    }
+
+    /// The ContainerRuntimeConfig, then the MachineConfig: the MCO renders
+    /// no pool while a ContainerRuntimeConfig selecting it has no verdict,
+    /// so both land in one rendered config and the nodes reboot once.
+    fn apply_role_objects(
+        &self,
+        spec: &KataConfigSpec,
+        role: Role,
+        extension: &str,
+        steps: &mut Vec<Step>,
+    ) {
+        match objects::container_runtime_config_for(role, spec.log_level) {
+            Some(crc) => steps.extend(apply_if_drifted(
+                names::CONTAINER_RUNTIME_CONFIG,
+                crc,
+                self.runtime_config_of(role),
+            )),
+            None if self.runtime_config_of(role).is_some() => steps.push(delete(
+                names::CONTAINER_RUNTIME_CONFIG,
+                role.container_runtime_config(),
+            )),
+            None => {}
+        }
+        steps.extend(apply_if_drifted(
+            names::MACHINE_CONFIG,
+            objects::machine_config_for(role, extension, &CrioRuntimeHandler::default()),
+            self.machine_config_of(role),
+        ));
+    }
+
+    /// Deletes the role's ContainerRuntimeConfig and MachineConfig, the
+    /// pool re-renders without them.
+    fn delete_role_objects(&self, role: Role, steps: &mut Vec<Step>) {
+        if self.runtime_config_of(role).is_some() {
+            steps.push(delete(
+                names::CONTAINER_RUNTIME_CONFIG,
+                role.container_runtime_config(),
+            ));
+        }
+        if self.machine_config_of(role).is_some() {
+            steps.push(delete(names::MACHINE_CONFIG, role.machine_config()));
+        }
+    }
+
+    /// What the ContainerRuntimeConfig of each pool we install through says.
+    fn runtime_config_news(
+        &self,
+        spec: &KataConfigSpec,
+        placement: &Placement,
+        assessment: &mut Assessment,
+    ) {
+        if spec.log_level == LogLevel::Info {
+            return;
+        }
+        for role in Role::ALL {
+            if !placement.role(role).wanted() {
+                continue;
+            }
+            let name = role.container_runtime_config();
+            let verdict = self.runtime_config_of(role).map_or(
+                RuntimeConfigVerdict::Pending,
+                observe::runtime_config_verdict,
+            );
+            match verdict {
+                RuntimeConfigVerdict::Failed(message) => assessment.failures.push(format!(
+                    "ContainerRuntimeConfig {name} failed, which keeps pool {} from rendering: {message}",
+                    role.pool()
+                )),
+                RuntimeConfigVerdict::Pending => assessment.waiting_on.push(format!(
+                    "pool {} waits for the Machine Config Operator to accept ContainerRuntimeConfig {name}",
+                    role.pool()
+                )),
+                RuntimeConfigVerdict::Succeeded => {}
+            }
+        }
+    }
+}
+
 impl HostConfigRollout for MachineConfigRollout {
     fn install_steps(
         &self,
@@ -64,45 +217,74 @@ impl HostConfigRollout for MachineConfigRollout {
         nodes: &[ObservedNode],
         targeted: &[bool],
     ) -> Vec<Step> {
-        let mut steps: Vec<Step> = [
-            apply_if_drifted(
+        let placement = self.placement(spec, nodes, targeted);
+        let mut steps = Vec::new();
+        let kata_pool = &placement.kata_pool;
+        if kata_pool.wanted() {
+            steps.extend(apply_if_drifted(
                 names::POOL,
                 objects::machine_config_pool(),
                 self.pool_object.as_ref(),
-            ),
-            apply_if_drifted(
-                names::MACHINE_CONFIG,
-                objects::machine_config(&crate::objects::CrioRuntimeHandler::default()),
-                self.machine_config.as_ref(),
-            ),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        match objects::container_runtime_config(spec.log_level) {
-            Some(crc) => steps.extend(apply_if_drifted(
-                names::CONTAINER_RUNTIME_CONFIG,
-                crc,
-                self.container_runtime_config.as_ref(),
-            )),
-            None if self.container_runtime_config.is_some() => steps.push(delete(
-                names::CONTAINER_RUNTIME_CONFIG,
-                names::CONTAINER_RUNTIME_CONFIG_NAME,
-            )),
-            None => {}
+            ));
+            self.apply_role_objects(spec, Role::KataPool, kata_pool.extension, &mut steps);
+        } else if kata_pool.refusal.is_none() && self.kata_pool_empty(nodes) {
+            // No node of ours left in it: nothing to render, no pool to
+            // show (as on a compact cluster, where OSC creates none).
+            self.delete_role_objects(Role::KataPool, &mut steps);
+            if self.pool_object.is_some() {
+                steps.push(delete(names::POOL, names::POOL_NAME));
+            }
         }
         // The pool's nodeSelector is our role label: labelling a node is
-        // what moves it into the pool (and removing it, out).
-        for (node, targeted) in nodes.iter().zip(targeted) {
-            if *targeted != node.has_label(names::KATA_POOL_ROLE_LABEL) {
-                steps.push(set_pool_role(node, *targeted));
+        // what moves it into the pool (and removing it, out). A node moves
+        // in only once the pool is rendered with everything of ours, so it
+        // is rebooted once, straight onto the complete configuration.
+        let rendered = self.target_config(spec, Role::KataPool).is_some();
+        for (node, placed) in nodes.iter().zip(&placement.nodes) {
+            let labelled = node.has_label(names::KATA_POOL_ROLE_LABEL);
+            let wanted = match placed {
+                NodePlacement::Install(Role::KataPool) => labelled || rendered,
+                NodePlacement::Refused { frozen: true, .. } => labelled,
+                _ => false,
+            };
+            if wanted != labelled {
+                steps.push(set_pool_role(node, wanted));
             }
+        }
+        let master = &placement.master;
+        if master.wanted() {
+            self.apply_role_objects(spec, Role::Master, master.extension, &mut steps);
+        } else if master.refusal.is_none() {
+            self.delete_role_objects(Role::Master, &mut steps);
         }
         steps
     }
 
-    fn node_phase(&self, node: &ObservedNode, targeted: bool) -> NodePhase {
-        observe::node_phase(node, targeted, self.pool.as_ref())
+    fn assess(
+        &self,
+        spec: &KataConfigSpec,
+        nodes: &[ObservedNode],
+        targeted: &[bool],
+    ) -> Assessment {
+        let placement = self.placement(spec, nodes, targeted);
+        let phases = nodes
+            .iter()
+            .zip(&placement.nodes)
+            .map(|(node, placed)| match placed {
+                NodePlacement::Install(role) => {
+                    observe::install_phase(node, self.target_config(spec, *role))
+                }
+                NodePlacement::Refused { reason, .. } => NodePhase::Refused(reason.clone()),
+                NodePlacement::NotTargeted => observe::uninstall_phase(node, self.runs_kata(node)),
+            })
+            .collect();
+        let mut assessment = Assessment {
+            phases,
+            refusals: placement.refusals(),
+            ..Default::default()
+        };
+        self.runtime_config_news(spec, &placement, &mut assessment);
+        assessment
     }
 
     fn uninstall(&self, nodes: &[ObservedNode]) -> UninstallProgress {
@@ -110,26 +292,23 @@ impl HostConfigRollout for MachineConfigRollout {
             .iter()
             .filter(|n| n.has_label(names::KATA_POOL_ROLE_LABEL));
         let mut steps: Vec<Step> = labelled.map(|n| set_pool_role(n, false)).collect();
-        if self.container_runtime_config.is_some() {
-            steps.push(delete(
-                names::CONTAINER_RUNTIME_CONFIG,
-                names::CONTAINER_RUNTIME_CONFIG_NAME,
-            ));
+        // The master pool's nodes leave Kata when its MachineConfig goes.
+        self.delete_role_objects(Role::Master, &mut steps);
+        let master_rendered_without_ours = self
+            .pool(names::MASTER_POOL)
+            .is_none_or(|p| !p.renders(names::MASTER_MACHINE_CONFIG_NAME));
+        let rolled_back = self.kata_pool_empty(nodes)
+            && nodes.iter().all(|n| !self.runs_kata(n))
+            && self.master_machine_config.is_none()
+            && master_rendered_without_ours;
+        // Our pool's objects go once no node is in it: deleting them while
+        // nodes still are would re-render the pool and could start a node
+        // on a config it is about to leave anyway. The pool goes last.
+        let mut cleanup = Vec::new();
+        self.delete_role_objects(Role::KataPool, &mut cleanup);
+        if self.pool_object.is_some() {
+            cleanup.push(delete(names::POOL, names::POOL_NAME));
         }
-        if self.machine_config.is_some() {
-            steps.push(delete(names::MACHINE_CONFIG, names::MACHINE_CONFIG_NAME));
-        }
-        let rolled_back = nodes.iter().all(|n| {
-            !observe::runs_kata_pool_config(n) && !n.has_label(names::KATA_POOL_ROLE_LABEL)
-        }) && self.pool.as_ref().is_none_or(|p| p.machine_count == 0);
-        // The pool goes last: deleting it while nodes still run its rendered
-        // configuration would leave them on it.
-        let cleanup = self
-            .pool_object
-            .is_some()
-            .then(|| delete(names::POOL, names::POOL_NAME))
-            .into_iter()
-            .collect();
         UninstallProgress {
             steps,
             rolled_back,

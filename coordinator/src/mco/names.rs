@@ -29,8 +29,30 @@ pub const CONTAINER_RUNTIME_CONFIG: Kind = Kind {
 pub const POOL_NAME: &str = "kata-oc";
 pub const MACHINE_CONFIG_NAME: &str = "50-enable-sandboxed-containers-extension";
 pub const CONTAINER_RUNTIME_CONFIG_NAME: &str = "kata-crio-config";
+/// The MCO's stock pool of the control-plane nodes. On compact, single-node
+/// and compact-plus-workers clusters its nodes are workers too, and the MCO
+/// keeps them in it whatever custom pool they match, so Kata reaches them
+/// through a MachineConfig of role `master` (as OSC does).
+pub const MASTER_POOL: &str = "master";
+/// The nodeSelector of the stock master pool, for a cluster whose pool we
+/// have not seen.
+pub const MASTER_ROLE_LABEL: &str = "node-role.kubernetes.io/master";
+pub const MASTER_MACHINE_CONFIG_NAME: &str = "50-enable-sandboxed-containers-extension-master";
+pub const MASTER_CONTAINER_RUNTIME_CONFIG_NAME: &str = "kata-crio-config-master";
+/// The label the stock master pool carries, by which a
+/// ContainerRuntimeConfig selects it.
+pub const MASTER_POOL_SELECTOR_LABEL: &str =
+    "pools.operator.machineconfiguration.openshift.io/master";
 /// The RHCOS extension; the MCO installs [`kata_proto::contract::EXTENSION_PACKAGE`] for it.
 pub const EXTENSION: &str = "sandboxed-containers";
+/// The same extension's name on Fedora CoreOS and CentOS Stream CoreOS (OKD);
+/// it installs the same package.
+pub const EXTENSION_FCOS: &str = "kata-containers";
+/// The MachineConfig the MCO's container-runtime-config controller generates
+/// for the first ContainerRuntimeConfig selecting `pool`.
+pub fn generated_runtime_config(pool: &str) -> String {
+    format!("99-{pool}-generated-containerruntime")
+}
 
 /// Marks a node as targeted: the `kata-oc` pool's nodeSelector.
 pub const KATA_POOL_ROLE_LABEL: &str = "node-role.kubernetes.io/kata-oc";
@@ -49,3 +71,10 @@ pub const REASON: &str = "machineconfiguration.openshift.io/reason";
 pub const STATE_DONE: &str = "Done";
 pub const STATE_WORKING: &str = "Working";
 pub const STATE_DEGRADED: &str = "Degraded";
+/// The daemon's state for a change it cannot apply at all (it will not retry).
+pub const STATE_UNRECONCILABLE: &str = "Unreconcilable";
+
+/// ContainerRuntimeConfig condition types; the last condition is the
+/// controller's verdict.
+pub const CRC_SUCCESS: &str = "Success";
+pub const CRC_FAILURE: &str = "Failure";

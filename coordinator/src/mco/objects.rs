@@ -5,6 +5,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::names::{self, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
+use super::placement::Role;
 use crate::api::LogLevel;
 use crate::objects::{CrioRuntimeHandler, managed_labels};
 
@@ -42,17 +43,23 @@ pub fn data_url(contents: &str) -> String {
 }
 
 /// `50-enable-sandboxed-containers-extension`: the RHCOS extension and the
-/// CRI-O drop-in that registers the `kata` handler.
+/// CRI-O drop-in that registers the `kata` handler, for our pool.
 pub fn machine_config(handler: &CrioRuntimeHandler) -> Value {
+    machine_config_for(Role::KataPool, names::EXTENSION, handler)
+}
+
+/// Our MachineConfig for the pool of `role`, installing `extension` (the
+/// name the nodes' OS knows) and the CRI-O drop-in.
+pub fn machine_config_for(role: Role, extension: &str, handler: &CrioRuntimeHandler) -> Value {
     json!({
         "apiVersion": MACHINE_CONFIG.api_version(),
         "kind": MACHINE_CONFIG.kind,
         "metadata": {
-            "name": names::MACHINE_CONFIG_NAME,
-            "labels": managed_labels(&[(names::ROLE_LABEL, names::POOL_NAME)]),
+            "name": role.machine_config(),
+            "labels": managed_labels(&[(names::ROLE_LABEL, role.pool())]),
         },
         "spec": {
-            "extensions": [names::EXTENSION],
+            "extensions": [extension],
             "config": {
                 "ignition": { "version": IGNITION_VERSION },
                 "storage": {
@@ -68,18 +75,23 @@ pub fn machine_config(handler: &CrioRuntimeHandler) -> Value {
     })
 }
 
-/// `kata-crio-config`: CRI-O's log level on the pool, only when not `info`.
+/// `kata-crio-config`: CRI-O's log level on our pool, only when not `info`.
 pub fn container_runtime_config(level: LogLevel) -> Option<Value> {
+    container_runtime_config_for(Role::KataPool, level)
+}
+
+/// CRI-O's log level on the pool of `role`, only when not `info`.
+pub fn container_runtime_config_for(role: Role, level: LogLevel) -> Option<Value> {
     (level != LogLevel::Info).then(|| {
         json!({
             "apiVersion": CONTAINER_RUNTIME_CONFIG.api_version(),
             "kind": CONTAINER_RUNTIME_CONFIG.kind,
             "metadata": {
-                "name": names::CONTAINER_RUNTIME_CONFIG_NAME,
+                "name": role.container_runtime_config(),
                 "labels": managed_labels(&[]),
             },
             "spec": {
-                "machineConfigPoolSelector": { "matchLabels": { names::POOL_SELECTOR_LABEL: "" } },
+                "machineConfigPoolSelector": { "matchLabels": { role.pool_selector_label(): "" } },
                 "containerRuntimeConfig": { "logLevel": level.as_str() },
             }
         })
@@ -107,6 +119,26 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&decoded),
             CrioRuntimeHandler::default().to_toml()
+        );
+    }
+
+    #[test]
+    fn the_master_pool_gets_its_own_objects_with_the_nodes_extension() {
+        let mc = machine_config_for(
+            Role::Master,
+            names::EXTENSION_FCOS,
+            &CrioRuntimeHandler::default(),
+        );
+        assert_eq!(
+            mc["metadata"]["name"],
+            "50-enable-sandboxed-containers-extension-master"
+        );
+        assert_eq!(mc["metadata"]["labels"][names::ROLE_LABEL], "master");
+        assert_eq!(mc["spec"]["extensions"], json!(["kata-containers"]));
+        let crc = container_runtime_config_for(Role::Master, LogLevel::Warn).unwrap_or_default();
+        assert_eq!(
+            crc["spec"]["machineConfigPoolSelector"]["matchLabels"],
+            json!({"pools.operator.machineconfiguration.openshift.io/master": ""})
         );
     }
 

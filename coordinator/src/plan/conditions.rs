@@ -4,6 +4,7 @@
 
 use super::ConditionState;
 use super::nodes;
+use super::rollout::Assessment;
 use crate::api::condition::{DEGRADED, IN_PROGRESS, READY};
 use crate::api::{FailedNode, KataNodesStatus, reason};
 
@@ -29,11 +30,19 @@ fn failed_list(failed: &[FailedNode]) -> String {
         .join("; ")
 }
 
-/// Degraded, the same rule for install and uninstall: any node whose
+/// Degraded, the same rule for install and uninstall: the rollout's own
+/// failures (`failures`, in the words of whatever failed), or any node whose
 /// configuration change failed.
-pub fn degraded(nodes: &KataNodesStatus) -> ConditionState {
+pub fn degraded(nodes: &KataNodesStatus, failures: &[String]) -> ConditionState {
     let failed = nodes::failed(nodes);
-    if failed.is_empty() {
+    if !failures.is_empty() {
+        condition(
+            DEGRADED,
+            true,
+            reason::CONTAINER_RUNTIME_CONFIG_FAILED,
+            failures.join("; "),
+        )
+    } else if failed.is_empty() {
         condition(
             DEGRADED,
             false,
@@ -77,15 +86,18 @@ pub fn superseded(active: &str) -> Vec<ConditionState> {
 
 /// InProgress and Ready while installed or installing. `targets` is the
 /// number of selected nodes; `rolled_out_before` whether the RuntimeClass
-/// exists (after the first complete rollout, changes are updates).
+/// exists (after the first complete rollout, changes are updates);
+/// `assessment` what else the rollout reports.
 pub fn install(
     nodes: &KataNodesStatus,
     targets: usize,
     rolled_out_before: bool,
+    assessment: &Assessment,
 ) -> [ConditionState; 2] {
     let settled = nodes::settled(nodes);
     let failed = nodes::failed(nodes);
     let all_installed = targets > 0 && nodes.installed.len() == targets;
+    let moving = !settled || !nodes.installing.is_empty() || !nodes.waiting_to_install.is_empty();
     if targets == 0 {
         let message = "no worker node matches kataConfigPoolSelector (and, with checkNodeEligibility, is labelled runtime.kata=true)";
         let in_progress_reason = if settled {
@@ -96,6 +108,37 @@ pub fn install(
         [
             condition(IN_PROGRESS, !settled, in_progress_reason, message),
             condition(READY, false, reason::NO_TARGET_NODES, message),
+        ]
+    } else if !assessment.failures.is_empty() {
+        let message = assessment.failures.join("; ");
+        [
+            condition(
+                IN_PROGRESS,
+                true,
+                reason::CONTAINER_RUNTIME_CONFIG_FAILED,
+                message.clone(),
+            ),
+            condition(
+                READY,
+                false,
+                reason::CONTAINER_RUNTIME_CONFIG_FAILED,
+                message,
+            ),
+        ]
+    } else if !assessment.refusals.is_empty() {
+        let message = format!(
+            "{}; {}",
+            assessment.refusals.join("; "),
+            progress(nodes, targets, &assessment.waiting_on)
+        );
+        [
+            condition(
+                IN_PROGRESS,
+                moving,
+                reason::SELECTION_REFUSED,
+                message.clone(),
+            ),
+            condition(READY, false, reason::SELECTION_REFUSED, message),
         ]
     } else if !failed.is_empty() {
         let message = format!(
@@ -118,23 +161,33 @@ pub fn install(
         } else {
             reason::INSTALLING
         };
-        let message = format!(
-            "{} of {targets} nodes installed; installing: [{}]; waiting: [{}]; uninstalling: [{}]",
-            nodes.installed.len(),
-            nodes.installing.join(", "),
-            nodes.waiting_to_install.join(", "),
-            [
-                nodes.uninstalling.as_slice(),
-                nodes.waiting_to_uninstall.as_slice()
-            ]
-            .concat()
-            .join(", "),
-        );
+        let message = progress(nodes, targets, &assessment.waiting_on);
         [
             condition(IN_PROGRESS, true, reason, message.clone()),
             condition(READY, false, reason, message),
         ]
     }
+}
+
+/// Where the nodes are, and what the rollout waits on.
+fn progress(nodes: &KataNodesStatus, targets: usize, waiting_on: &[String]) -> String {
+    let mut message = format!(
+        "{} of {targets} nodes installed; installing: [{}]; waiting: [{}]; uninstalling: [{}]",
+        nodes.installed.len(),
+        nodes.installing.join(", "),
+        nodes.waiting_to_install.join(", "),
+        [
+            nodes.uninstalling.as_slice(),
+            nodes.waiting_to_uninstall.as_slice()
+        ]
+        .concat()
+        .join(", "),
+    );
+    for waiting in waiting_on {
+        message.push_str("; ");
+        message.push_str(waiting);
+    }
+    message
 }
 
 /// The uninstall waits for pods that use the RuntimeClass.
@@ -194,7 +247,8 @@ mod tests {
 
     #[test]
     fn install_conditions_follow_the_nodes() {
-        let [in_progress, ready] = install(&status(&["a"], &["b"]), 2, false);
+        let [in_progress, ready] =
+            install(&status(&["a"], &["b"]), 2, false, &Assessment::default());
         assert_eq!(
             (in_progress.status, in_progress.reason.as_str()),
             (true, reason::INSTALLING)
@@ -203,12 +257,18 @@ mod tests {
             in_progress.message.contains("1 of 2") && in_progress.message.contains("waiting: [b]")
         );
         assert!(!ready.status);
-        let [_, ready] = install(&status(&["a"], &["b"]), 2, true);
+        let [_, ready] = install(&status(&["a"], &["b"]), 2, true, &Assessment::default());
         assert_eq!(ready.reason, reason::UPDATING);
-        let [in_progress, ready] = install(&status(&["a", "b"], &[]), 2, true);
+        let [in_progress, ready] =
+            install(&status(&["a", "b"], &[]), 2, true, &Assessment::default());
         assert_eq!((in_progress.status, ready.status), (false, true));
         assert_eq!(ready.reason, reason::INSTALLED);
-        let [in_progress, ready] = install(&KataNodesStatus::default(), 0, false);
+        let [in_progress, ready] = install(
+            &KataNodesStatus::default(),
+            0,
+            false,
+            &Assessment::default(),
+        );
         assert_eq!(
             (in_progress.status, ready.reason.as_str()),
             (false, reason::NO_TARGET_NODES)
@@ -217,7 +277,7 @@ mod tests {
             uninstalling: vec!["c".into()],
             ..Default::default()
         };
-        let [in_progress, _] = install(&leaving, 0, true);
+        let [in_progress, _] = install(&leaving, 0, true, &Assessment::default());
         assert_eq!(
             (in_progress.status, in_progress.reason.as_str()),
             (true, reason::UPDATING)
@@ -226,7 +286,7 @@ mod tests {
 
     #[test]
     fn degraded_names_every_failed_node_in_install_and_uninstall() {
-        assert!(!degraded(&KataNodesStatus::default()).status);
+        assert!(!degraded(&KataNodesStatus::default(), &[]).status);
         let nodes = KataNodesStatus {
             failed_to_install: vec![FailedNode {
                 name: "a".into(),
@@ -238,11 +298,47 @@ mod tests {
             }],
             ..Default::default()
         };
-        let degraded = degraded(&nodes);
+        let degraded = degraded(&nodes, &[]);
         assert!(degraded.status);
         assert_eq!(degraded.message, "a: disk full; b: stuck");
-        let [in_progress, _] = install(&nodes, 1, false);
+        let [in_progress, _] = install(&nodes, 1, false, &Assessment::default());
         assert_eq!(in_progress.reason, reason::FAILED);
+    }
+
+    #[test]
+    fn refusals_and_runtime_config_failures_say_so() {
+        let refused = Assessment {
+            refusals: vec!["MachineConfigPool master also holds m2".into()],
+            ..Default::default()
+        };
+        let [in_progress, ready] = install(&status(&[], &[]), 2, false, &refused);
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (false, reason::SELECTION_REFUSED)
+        );
+        assert!(ready.message.contains("also holds m2"), "{}", ready.message);
+        assert!(!in_progress.status, "nothing moves until the admin acts");
+
+        let failures = vec!["ContainerRuntimeConfig kata-crio-config failed: Error: x".to_string()];
+        let failing = Assessment {
+            failures: failures.clone(),
+            ..Default::default()
+        };
+        let [_, ready] = install(&status(&[], &["a"]), 1, false, &failing);
+        assert_eq!(ready.reason, reason::CONTAINER_RUNTIME_CONFIG_FAILED);
+        let degraded = degraded(&KataNodesStatus::default(), &failures);
+        assert!(degraded.status && degraded.message.contains("Error: x"));
+
+        let waiting = Assessment {
+            waiting_on: vec!["pool kata-oc waits for ContainerRuntimeConfig".into()],
+            ..Default::default()
+        };
+        let [in_progress, _] = install(&status(&[], &["a"]), 1, false, &waiting);
+        assert!(
+            in_progress
+                .message
+                .ends_with("pool kata-oc waits for ContainerRuntimeConfig")
+        );
     }
 
     #[test]

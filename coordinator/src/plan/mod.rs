@@ -48,6 +48,8 @@ pub struct ObservedNode {
     pub has_ready_condition: bool,
     /// `reason: message` of that condition when it is False.
     pub not_ready_reason: Option<String>,
+    /// `status.nodeInfo.osImage`: which OS extension the node needs.
+    pub os_image: Option<String>,
 }
 
 impl ObservedNode {
@@ -273,26 +275,38 @@ fn plan_install(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
     }
     steps.extend(rollout.install_steps(spec, &observed.nodes, &targeted));
 
-    let phases: Vec<NodePhase> = observed
-        .nodes
-        .iter()
-        .zip(&targeted)
-        .map(|(node, targeted)| rollout.node_phase(node, *targeted))
-        .collect();
-    let mut nodes = nodes::node_status(&observed.nodes, &phases, target_count);
+    let assessment = rollout.assess(spec, &observed.nodes, &targeted);
+    let mut nodes = nodes::node_status(&observed.nodes, &assessment.phases, target_count);
     nodes.not_runtime_ready = nodes::not_runtime_ready(&observed.nodes, &targeted);
 
-    let all_installed = target_count > 0 && nodes.installed.len() == target_count;
+    // A refused node will not be installed until the admin acts; the
+    // RuntimeClass (which only schedules onto runtime-ready nodes) need not
+    // wait for it.
+    let refused = assessment
+        .phases
+        .iter()
+        .filter(|p| matches!(p, NodePhase::Refused(_)))
+        .count();
+    let installable = target_count - refused;
+    let all_installed = installable > 0 && nodes.installed.len() == installable;
     let runtime_class = runtime_class::plan(all_installed, observed.runtime_class.as_ref());
     steps.extend(runtime_class.step);
 
-    let [in_progress, ready] =
-        conditions::install(&nodes, target_count, observed.runtime_class.is_some());
+    let [in_progress, ready] = conditions::install(
+        &nodes,
+        target_count,
+        observed.runtime_class.is_some(),
+        &assessment,
+    );
     let rolling = in_progress.status;
     Plan {
         steps,
         runtime_classes: runtime_class.names,
-        conditions: vec![in_progress, ready, conditions::degraded(&nodes)],
+        conditions: vec![
+            in_progress,
+            ready,
+            conditions::degraded(&nodes, &assessment.failures),
+        ],
         nodes,
         requeue: if rolling {
             Requeue::After(POLL_WHILE_ROLLING)
@@ -307,13 +321,10 @@ fn plan_install(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
 /// take everything back in an order that never leaves a half-state a pod
 /// could land on.
 fn plan_uninstall(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
-    let phases: Vec<NodePhase> = observed
-        .nodes
-        .iter()
-        .map(|node| rollout.node_phase(node, false))
-        .collect();
-    let nodes = nodes::node_status(&observed.nodes, &phases, 0);
-    let degraded = conditions::degraded(&nodes);
+    let untargeted = vec![false; observed.nodes.len()];
+    let assessment = rollout.assess(&observed.spec, &observed.nodes, &untargeted);
+    let nodes = nodes::node_status(&observed.nodes, &assessment.phases, 0);
+    let degraded = conditions::degraded(&nodes, &[]);
 
     if !observed.pods_using_kata.is_empty() {
         let [in_progress, ready] = conditions::uninstall_blocked(&observed.pods_using_kata);

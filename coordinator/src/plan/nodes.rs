@@ -21,10 +21,12 @@ pub fn node_status(
             NodePhase::Installed => status.installed.push(name),
             NodePhase::Installing => status.installing.push(name),
             NodePhase::WaitingToInstall => status.waiting_to_install.push(name),
-            NodePhase::FailedToInstall(error) => status.failed_to_install.push(FailedNode {
-                name,
-                error: error.clone(),
-            }),
+            NodePhase::FailedToInstall(error) | NodePhase::Refused(error) => {
+                status.failed_to_install.push(FailedNode {
+                    name,
+                    error: error.clone(),
+                })
+            }
             NodePhase::Uninstalling => status.uninstalling.push(name),
             NodePhase::WaitingToUninstall => status.waiting_to_uninstall.push(name),
             NodePhase::FailedToUninstall(error) => status.failed_to_uninstall.push(FailedNode {

@@ -20,8 +20,24 @@ pub enum NodePhase {
     Uninstalling,
     WaitingToUninstall,
     FailedToUninstall(String),
+    /// Selected, but the rollout will not install it as things stand (listed
+    /// with the failed installs, with why).
+    Refused(String),
     /// Not ours and not on our configuration.
     Untouched,
+}
+
+/// Where the rollout stands as a whole.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Assessment {
+    /// Each node's phase, parallel to the nodes.
+    pub phases: Vec<NodePhase>,
+    /// Why part of the selection will not be installed, each said once.
+    pub refusals: Vec<String>,
+    /// Failures of the mechanism itself (not of a node), with its words.
+    pub failures: Vec<String>,
+    /// What the rollout waits on besides the nodes.
+    pub waiting_on: Vec<String>,
 }
 
 /// How far taking the configuration back has come.
@@ -49,8 +65,14 @@ pub trait HostConfigRollout {
         targeted: &[bool],
     ) -> Vec<Step>;
 
-    /// Where `node` stands, given whether it is (still) a target.
-    fn node_phase(&self, node: &ObservedNode, targeted: bool) -> NodePhase;
+    /// Where every node stands, given which are (still) targets, and what
+    /// else holds the rollout.
+    fn assess(
+        &self,
+        spec: &KataConfigSpec,
+        nodes: &[ObservedNode],
+        targeted: &[bool],
+    ) -> Assessment;
 
     /// Writes that take the configuration off every node, and whether that
     /// has finished.

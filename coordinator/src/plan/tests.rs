@@ -25,6 +25,7 @@ pub(crate) fn node(
             .collect(),
         has_ready_condition: false,
         not_ready_reason: None,
+        os_image: None,
     }
 }
 
@@ -71,6 +72,8 @@ pub(crate) fn expression_selector(
 
 fn rendered_pool(machines: i64) -> ObservedPool {
     ObservedPool {
+        name: mco::POOL_NAME.into(),
+        node_selector: None,
         rendered_config: Some(POOL_CONFIG.into()),
         sources: vec!["00-worker".into(), mco::MACHINE_CONFIG_NAME.into()],
         machine_count: machines,
@@ -81,11 +84,11 @@ fn rendered_pool(machines: i64) -> ObservedPool {
 fn converged(nodes: Vec<ObservedNode>) -> (Observed, MachineConfigRollout) {
     let rollout = MachineConfigRollout {
         pool_object: Some(crate::mco::objects::machine_config_pool()),
-        pool: Some(rendered_pool(nodes.len() as i64)),
+        pools: vec![rendered_pool(nodes.len() as i64)],
         machine_config: Some(crate::mco::objects::machine_config(
             &objects::CrioRuntimeHandler::default(),
         )),
-        container_runtime_config: None,
+        ..Default::default()
     };
     let observed = Observed {
         has_finalizer: true,
@@ -130,7 +133,10 @@ fn first_reconcile_creates_everything_but_the_runtime_class() {
     assert!(matches!(plan.steps[0], Step::AddFinalizer));
     assert!(applies(&plan, POOL));
     assert!(applies(&plan, MACHINE_CONFIG));
-    assert!(plan.steps.contains(&set_pool_role("w0", true)));
+    assert!(
+        !plan.steps.contains(&set_pool_role("w0", true)),
+        "a node joins the pool only once it is rendered with our config"
+    );
     assert!(
         !plan
             .steps
@@ -171,7 +177,7 @@ fn drifted_machine_config_is_applied_again() {
 
 #[test]
 fn log_level_adds_and_removes_the_container_runtime_config() {
-    let (mut observed, mut rollout) = converged(vec![]);
+    let (mut observed, mut rollout) = converged(vec![installed_worker("w0")]);
     observed.spec.log_level = crate::api::LogLevel::Debug;
     assert!(applies(
         &plan(&observed, &rollout),
@@ -336,11 +342,11 @@ fn pool_not_yet_rendered_with_our_config_means_waiting() {
         "rendered-kata-oc-old",
         mco::STATE_DONE,
     )]);
-    rollout.pool = Some(ObservedPool {
+    rollout.pools = vec![ObservedPool {
         rendered_config: Some("rendered-kata-oc-old".into()),
         sources: vec!["00-worker".into()],
-        machine_count: 1,
-    });
+        ..rendered_pool(1)
+    }];
     assert_eq!(plan(&observed, &rollout).nodes.waiting_to_install, ["w0"]);
 }
 
@@ -446,10 +452,9 @@ fn uninstall_removes_the_runtime_class_first_and_the_pool_last() {
         kind: POOL,
         name: mco::POOL_NAME,
     };
-    assert!(first.steps.contains(&delete_mc));
     assert!(
-        !first.steps.contains(&delete_pool),
-        "the pool stays until nodes rolled back"
+        !first.steps.contains(&delete_mc) && !first.steps.contains(&delete_pool),
+        "the MachineConfig and the pool stay until nodes rolled back"
     );
     assert!(!first.steps.contains(&Step::RemoveFinalizer));
 
@@ -468,19 +473,185 @@ fn uninstall_removes_the_runtime_class_first_and_the_pool_last() {
     };
     let rollout = MachineConfigRollout {
         pool_object: Some(crate::mco::objects::machine_config_pool()),
-        pool: Some(ObservedPool {
-            machine_count: 0,
-            ..rendered_pool(0)
-        }),
+        pools: vec![rendered_pool(0)],
+        machine_config: Some(serde_json::json!({})),
         ..Default::default()
     };
     assert_eq!(
         plan(&finished, &rollout).steps,
         [
+            delete_mc,
             delete_pool,
             Step::ReleaseNodeLabels { node: "w0".into() },
             Step::RemoveNodeCondition { node: "w0".into() },
             Step::RemoveFinalizer
         ]
     );
+}
+
+const MASTER: (&str, &str) = (mco::MASTER_ROLE_LABEL, "");
+const MASTER_CONFIG: &str = "rendered-master-kata";
+
+/// A master pool rendered with our master MachineConfig.
+fn master_pool(machines: i64) -> ObservedPool {
+    ObservedPool {
+        name: mco::MASTER_POOL.into(),
+        node_selector: None,
+        rendered_config: Some(MASTER_CONFIG.into()),
+        sources: vec!["00-master".into(), mco::MASTER_MACHINE_CONFIG_NAME.into()],
+        machine_count: machines,
+    }
+}
+
+fn compact_node(name: &str) -> ObservedNode {
+    worker(name, &[MASTER])
+}
+
+fn applied_names(plan: &Plan) -> Vec<&str> {
+    plan.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Apply(d) => Some(d.name()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_compact_cluster_installs_through_the_master_pool_without_labels() {
+    let observed = Observed {
+        has_finalizer: true,
+        nodes: vec![compact_node("m0"), compact_node("m1"), compact_node("m2")],
+        ..Default::default()
+    };
+    let plan = plan(&observed, &MachineConfigRollout::default());
+    assert_eq!(applied_names(&plan), [mco::MASTER_MACHINE_CONFIG_NAME]);
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::SetNodeLabel { .. })),
+        "no kata-oc label on a master: {:?}",
+        plan.steps
+    );
+    assert_eq!(plan.nodes.waiting_to_install, ["m0", "m1", "m2"]);
+
+    // Rendered and rolled: installed, RuntimeClass, Ready.
+    let done = |name| {
+        on_config(
+            compact_node(name),
+            MASTER_CONFIG,
+            MASTER_CONFIG,
+            mco::STATE_DONE,
+        )
+    };
+    let observed = Observed {
+        has_finalizer: true,
+        nodes: vec![done("m0"), done("m1"), done("m2")],
+        ..Default::default()
+    };
+    let rollout = MachineConfigRollout {
+        pools: vec![master_pool(3)],
+        master_machine_config: Some(crate::mco::objects::machine_config_for(
+            crate::mco::placement::Role::Master,
+            mco::EXTENSION,
+            &objects::CrioRuntimeHandler::default(),
+        )),
+        ..Default::default()
+    };
+    let rolled = super::plan(&observed, &rollout);
+    assert_eq!(rolled.nodes.installed, ["m0", "m1", "m2"]);
+    assert_eq!(
+        applied_names(&rolled),
+        ["kata"],
+        "only the RuntimeClass is new"
+    );
+    assert!(condition_of(&rolled, "Ready").status);
+}
+
+#[test]
+fn part_of_the_master_pool_is_refused_and_nothing_is_applied_for_it() {
+    let mut m2 = compact_node("m2");
+    m2.labels.insert("kata".into(), "no".into());
+    let observed = Observed {
+        has_finalizer: true,
+        spec: KataConfigSpec {
+            kata_config_pool_selector: Some(expression_selector(
+                "kata",
+                SelectorOperator::DoesNotExist,
+                &[],
+            )),
+            ..Default::default()
+        },
+        nodes: vec![compact_node("m0"), compact_node("m1"), m2],
+        ..Default::default()
+    };
+    let plan = plan(&observed, &MachineConfigRollout::default());
+    assert_eq!(plan.steps, Vec::<Step>::new());
+    let ready = condition_of(&plan, "Ready");
+    assert_eq!(ready.reason, "SelectionRefused");
+    assert!(ready.message.contains("also holds m2"), "{}", ready.message);
+    let failed: Vec<&str> = plan
+        .nodes
+        .failed_to_install
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(failed, ["m0", "m1"]);
+    assert_eq!(plan.requeue, Requeue::Resync);
+}
+
+#[test]
+fn workers_join_the_pool_once_it_is_rendered_and_masters_get_their_own_config() {
+    let nodes = vec![compact_node("m0"), worker("w0", &[])];
+    let (mut observed, mut rollout) = converged(nodes);
+    observed.runtime_class = None;
+    let plan_now = plan(&observed, &rollout);
+    assert!(plan_now.steps.contains(&set_pool_role("w0", true)));
+    assert!(applied_names(&plan_now).contains(&mco::MASTER_MACHINE_CONFIG_NAME));
+
+    // The pool renders without the ContainerRuntimeConfig's config yet.
+    observed.spec.log_level = crate::api::LogLevel::Debug;
+    let waiting = plan(&observed, &rollout);
+    assert!(!waiting.steps.contains(&set_pool_role("w0", true)));
+    assert!(condition_of(&waiting, "InProgress").message.contains(
+        "waits for the Machine Config Operator to accept ContainerRuntimeConfig kata-crio-config"
+    ));
+    rollout.container_runtime_config = Some(serde_json::json!({
+        "metadata": {"generation": 1},
+        "status": {"observedGeneration": 1, "conditions": [
+            {"type": "Failure", "status": "True", "message": "Error: invalid log level"}]}
+    }));
+    let failing = plan(&observed, &rollout);
+    let degraded = condition_of(&failing, "Degraded");
+    assert_eq!(degraded.reason, "ContainerRuntimeConfigFailed");
+    assert!(degraded.message.contains("Error: invalid log level"));
+}
+
+#[test]
+fn a_worker_in_an_infra_pool_is_reported_and_the_others_still_get_the_runtime_class() {
+    let infra = worker("i0", &[("node-role.kubernetes.io/infra", "")]);
+    let (mut observed, mut rollout) = converged(vec![installed_worker("w0"), infra]);
+    observed.runtime_class = None;
+    rollout
+        .pools
+        .push(ObservedPool::from_object(&serde_json::json!({
+            "metadata": {"name": "infra"},
+            "spec": {"nodeSelector": {"matchLabels": {"node-role.kubernetes.io/infra": ""}}}
+        })));
+    let plan = plan(&observed, &rollout);
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::SetNodeLabel { node, .. } if node == "i0"))
+    );
+    assert_eq!(plan.nodes.failed_to_install[0].name, "i0");
+    assert!(
+        plan.nodes.failed_to_install[0]
+            .error
+            .contains("MachineConfigPool infra")
+    );
+    assert!(applies(&plan, crate::kind::RUNTIME_CLASS));
+    assert_eq!(condition_of(&plan, "Ready").reason, "SelectionRefused");
 }

@@ -19,13 +19,25 @@ pub struct GeneratedConfig {
     pub spec: MachineConfigSpec,
 }
 
+/// The log levels CRI-O accepts, as the controller validates them
+/// (`pkg/controller/container-runtime-config/helpers.go`).
+const LOG_LEVELS: [&str; 7] = ["error", "fatal", "panic", "warn", "info", "debug", "trace"];
+
 /// The generated configs of every ContainerRuntimeConfig, and the status
 /// each one must have. The first config for a pool is named
 /// `99-<pool>-generated-containerruntime`, later ones get `-1`, `-2`, ... by
-/// name order of the ContainerRuntimeConfigs.
+/// name order of the ContainerRuntimeConfigs. `faults` (name → error) makes
+/// the controller fail one, as an invalid setting would.
+///
+/// A failure is condition `Failure`, status `True`, message `Error: …`, and
+/// the conditions are a history: a new message is appended, the same one
+/// replaces the last (`container_runtime_config_controller.go`,
+/// `wrapErrorWithCondition` in `helpers.go`). A failed config generates
+/// nothing (its earlier generated configs stay).
 pub fn plan(
     runtime_configs: &[RuntimeConfig],
     pools: &[Pool],
+    faults: &std::collections::BTreeMap<String, String>,
 ) -> (Vec<GeneratedConfig>, Vec<(String, RuntimeConfigStatus)>) {
     let mut sorted: Vec<&RuntimeConfig> = runtime_configs.iter().collect();
     sorted.sort_by(|a, b| a.name().cmp(b.name()));
@@ -41,6 +53,43 @@ pub fn plan(
                 )
             })
             .collect();
+        let level = runtime_config
+            .spec
+            .container_runtime_config
+            .log_level
+            .as_deref();
+        let error = if let Some(fault) = faults.get(runtime_config.name()) {
+            Some(fault.clone())
+        } else if selected.is_empty() {
+            Some(format!(
+                "could not find any MachineConfigPool set for ContainerRuntimeConfig {}",
+                runtime_config.name()
+            ))
+        } else {
+            level.filter(|l| !LOG_LEVELS.contains(l)).map(|l| {
+                format!(
+                    "invalid LogLevel {l:?}, must be one of error, fatal, panic, warn, info, debug, or trace"
+                )
+            })
+        };
+        let condition = match &error {
+            Some(error) => Condition::new("Failure", true, "", format!("Error: {error}")),
+            None => Condition::new("Success", true, "", "Success"),
+        };
+        let mut conditions = runtime_config.status.conditions.clone();
+        match conditions.last_mut() {
+            Some(last) if last.message == condition.message => *last = condition,
+            _ => conditions.push(condition),
+        }
+        let status = RuntimeConfigStatus {
+            observed_generation: runtime_config.metadata.generation.unwrap_or_default(),
+            conditions,
+        };
+        statuses.push((runtime_config.name().to_owned(), status));
+        if error.is_some() {
+            // What it generated before stays until it succeeds again.
+            continue;
+        }
         for pool in &selected {
             let earlier = generated.iter().filter(|g| g.role == pool.name()).count();
             let suffix = if earlier == 0 {
@@ -56,22 +105,26 @@ pub fn plan(
                 spec: drop_ins(runtime_config),
             });
         }
-        let condition = if selected.is_empty() {
-            let message = format!(
-                "could not find any MachineConfigPool set for ContainerRuntimeConfig {}",
-                runtime_config.name()
-            );
-            Condition::new("Failure", false, "", message)
-        } else {
-            Condition::new("Success", true, "", "Success")
-        };
-        let status = RuntimeConfigStatus {
-            observed_generation: runtime_config.metadata.generation.unwrap_or_default(),
-            conditions: vec![condition],
-        };
-        statuses.push((runtime_config.name().to_owned(), status));
     }
     (generated, statuses)
+}
+
+/// Whether a pool may be rendered now: the render controller renders no pool
+/// while a ContainerRuntimeConfig selecting it has not reported `Success`
+/// for its current generation (`pkg/controller/render/render_controller.go`).
+pub fn blocks_render(runtime_configs: &[RuntimeConfig], pool: &Pool) -> Option<String> {
+    runtime_configs
+        .iter()
+        .filter(|rc| selects(rc.spec.machine_config_pool_selector.as_ref(), pool.labels()))
+        .find(|rc| {
+            rc.status.observed_generation < rc.metadata.generation.unwrap_or_default()
+                || rc
+                    .status
+                    .conditions
+                    .last()
+                    .is_none_or(|c| c.type_ != "Success")
+        })
+        .map(|rc| rc.name().to_owned())
 }
 
 /// One drop-in per setting, named like the MCO's (`01-ctrcfg-<setting>`).
@@ -133,6 +186,7 @@ mod tests {
                 runtime_config("a", selector),
             ],
             &pools,
+            &Default::default(),
         );
 
         let names: Vec<(&str, &str)> = generated
@@ -162,8 +216,68 @@ mod tests {
         let (generated, statuses) = plan(
             &[runtime_config("a", json!({ "matchLabels": { "x": "y" } }))],
             &[pool("worker", json!({}), json!({}))],
+            &Default::default(),
         );
         assert!(generated.is_empty());
-        assert_eq!(statuses[0].1.conditions[0].type_, "Failure");
+        let failure = &statuses[0].1.conditions[0];
+        assert_eq!(
+            (failure.type_.as_str(), failure.status.as_str()),
+            ("Failure", "True")
+        );
+        assert!(
+            failure
+                .message
+                .starts_with("Error: could not find any MachineConfigPool")
+        );
+    }
+
+    #[test]
+    fn a_bad_log_level_fails_and_blocks_the_render_until_fixed() {
+        let mut kata = pool("kata-oc", json!({}), json!({}));
+        kata.metadata.labels = Some([("p".to_owned(), String::new())].into());
+        let mut rc = runtime_config("a", json!({ "matchLabels": { "p": "" } }));
+        rc.spec.container_runtime_config.log_level = Some("warning".into());
+        assert_eq!(
+            blocks_render(std::slice::from_ref(&rc), &kata),
+            Some("a".into()),
+            "no verdict yet"
+        );
+        let (generated, statuses) = plan(
+            std::slice::from_ref(&rc),
+            std::slice::from_ref(&kata),
+            &Default::default(),
+        );
+        assert!(generated.is_empty());
+        assert!(
+            statuses[0].1.conditions[0]
+                .message
+                .contains("invalid LogLevel \"warning\"")
+        );
+        rc.status = statuses[0].1.clone();
+        assert_eq!(
+            blocks_render(std::slice::from_ref(&rc), &kata),
+            Some("a".into())
+        );
+
+        rc.spec.container_runtime_config.log_level = Some("warn".into());
+        let (generated, statuses) = plan(
+            std::slice::from_ref(&rc),
+            std::slice::from_ref(&kata),
+            &Default::default(),
+        );
+        assert_eq!(generated.len(), 1);
+        let history: Vec<&str> = statuses[0]
+            .1
+            .conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(
+            history,
+            ["Failure", "Success"],
+            "the conditions are a history"
+        );
+        rc.status = statuses[0].1.clone();
+        assert_eq!(blocks_render(&[rc], &kata), None);
     }
 }

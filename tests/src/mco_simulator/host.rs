@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::model::MachineConfigSpec;
-use super::render::{files_of, packages_for, stable_hash};
+use super::render::{ClusterOs, files_of, packages_for, stable_hash};
 use crate::Error;
 
 /// The status file is where `FakeHost` writes it and the node-agent under
@@ -71,6 +71,8 @@ pub struct SimulatedNodeRoot {
     staged: Option<Deployment>,
     rollback: Option<Deployment>,
     serial: u32,
+    /// Decides which extension names map to packages.
+    os: ClusterOs,
 }
 
 impl SimulatedNodeRoot {
@@ -81,7 +83,13 @@ impl SimulatedNodeRoot {
             staged: None,
             rollback: None,
             serial: 0,
+            os: ClusterOs::default(),
         }
+    }
+
+    pub fn with_os(mut self, os: ClusterOs) -> Self {
+        self.os = os;
+        self
     }
 
     pub fn booted_config(&self) -> Option<&str> {
@@ -91,7 +99,7 @@ impl SimulatedNodeRoot {
     /// Before the reboot: rpm-ostree stages a new deployment when the
     /// packages change; the booted one stays as it is.
     pub fn stage(&mut self, spec: &MachineConfigSpec) -> Result<(), Error> {
-        let packages = packages_for(&spec.extensions).map_err(Error::Setup)?;
+        let packages = packages_for(self.os, &spec.extensions).map_err(Error::Setup)?;
         self.staged = match &self.booted {
             Some(booted) if booted.deployment.packages == packages => None,
             _ => Some(self.deployment(packages, false)),
@@ -104,7 +112,7 @@ impl SimulatedNodeRoot {
     /// the deployment with its packages.
     pub fn boot(&mut self, config: &str, spec: &MachineConfigSpec) -> Result<(), Error> {
         let files = files_of(spec).map_err(Error::Setup)?;
-        let packages = packages_for(&spec.extensions).map_err(Error::Setup)?;
+        let packages = packages_for(self.os, &spec.extensions).map_err(Error::Setup)?;
         for file in &files {
             write_atomically(&self.host_path(&file.path), &file.contents, file.mode)?;
         }

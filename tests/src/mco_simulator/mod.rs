@@ -3,10 +3,14 @@
 //!
 //! Like the MCO it keeps the stock `master` and `worker` pools, renders each
 //! pool's MachineConfigs into a `rendered-<pool>-<hash>` config, rolls nodes
-//! to it `maxUnavailable` at a time through the node annotations
-//! (`desiredConfig`, `state` Working → Done, `currentConfig`), writes the
-//! pool status, turns ContainerRuntimeConfigs into generated MachineConfigs,
-//! and plays the machine-config daemon on each node's fake host root.
+//! to it `maxUnavailable` at a time through the node annotations (the node
+//! controller writes `desiredConfig`; the daemon then sets `state` Working →
+//! Done and `currentConfig`), writes the pool status, turns
+//! ContainerRuntimeConfigs into generated MachineConfigs, and plays the
+//! machine-config daemon on each node's fake host root. Each rule follows
+//! the real MCO (../shared/UPSTREAM-FACTS.md); the comment at each names the
+//! upstream file it mirrors. It counts the rendered configs each node is
+//! sent to ([`McoSimulator::rollouts`]): every one is a drain and a reboot.
 //!
 //! The decisions are pure functions ([`render`], [`rollout`], [`crio`]); this
 //! module only lists the objects every `resync_interval` and writes what
@@ -38,9 +42,10 @@ use host::SimulatedNodeRoot;
 use model::{
     API_VERSION, CONTROLLER_VERSION, CURRENT_CONFIG, DESIRED_CONFIG, GENERATED_BY, MachineConfig,
     MachineConfigSpec, NodeView, Pool, PoolConfiguration, REASON, ROLE_LABEL, RuntimeConfig, STATE,
-    STATE_DEGRADED, STATE_DONE, STATE_WORKING,
+    STATE_DEGRADED, STATE_DONE, STATE_UNRECONCILABLE, STATE_WORKING,
 };
-use rollout::{NodeStep, RolloutInput, StatusInput};
+pub use render::ClusterOs;
+use rollout::{Fault, NodeStep, RolloutInput, StatusInput};
 
 const FIELD_MANAGER: &str = "machine-config-operator-simulator";
 
@@ -64,21 +69,29 @@ impl Default for SimulatorOptions {
 /// A failure to inject into a node's next update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeFault {
-    /// The machine-config daemon fails: state `Degraded` with this reason.
+    /// The machine-config daemon fails: state `Degraded` with this reason
+    /// (it retries once the fault is cleared).
     Degraded { reason: String },
+    /// The daemon cannot apply the change at all: state `Unreconcilable`.
+    Unreconcilable { reason: String },
 }
 
 #[derive(Default)]
 struct Shared {
     roots: Mutex<BTreeMap<String, SimulatedNodeRoot>>,
-    /// Node → the reason its updates fail with.
-    faults: Mutex<BTreeMap<String, String>>,
+    /// Node → how its updates fail.
+    faults: Mutex<BTreeMap<String, Fault>>,
+    /// ContainerRuntimeConfig → the error its controller reports.
+    runtime_config_faults: Mutex<BTreeMap<String, String>>,
+    /// Node → the rendered configs the node controller sent it to, in order.
+    sent_to: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 /// The running simulator; stops when dropped.
 pub struct McoSimulator {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+    os: ClusterOs,
 }
 
 impl McoSimulator {
@@ -88,9 +101,19 @@ impl McoSimulator {
         client: kube::Client,
         options: SimulatorOptions,
     ) -> Result<McoSimulator, Error> {
+        McoSimulator::start_on(client, options, ClusterOs::default()).await
+    }
+
+    /// [`McoSimulator::start`] for a cluster whose nodes run `os`: it decides
+    /// which extension names the render accepts.
+    pub async fn start_on(
+        client: kube::Client,
+        options: SimulatorOptions,
+        os: ClusterOs,
+    ) -> Result<McoSimulator, Error> {
         ensure_stock_objects(&client).await?;
         let shared = Arc::new(Shared::default());
-        let mut simulation = Simulation::new(client, options.clone(), shared.clone());
+        let mut simulation = Simulation::new(client, options.clone(), shared.clone(), os);
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(options.resync_interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,22 +124,57 @@ impl McoSimulator {
                 }
             }
         });
-        Ok(McoSimulator { shared, task })
+        Ok(McoSimulator { shared, task, os })
     }
 
     /// From now on, the node's config is applied under `root`; the config the
     /// node already runs is applied at once.
     pub fn register_host_root(&self, node: &str, root: impl Into<PathBuf>) {
-        lock(&self.shared.roots).insert(node.to_owned(), SimulatedNodeRoot::new(root.into()));
+        let root = SimulatedNodeRoot::new(root.into()).with_os(self.os);
+        lock(&self.shared.roots).insert(node.to_owned(), root);
     }
 
     pub fn set_fault(&self, node: &str, fault: NodeFault) {
-        let NodeFault::Degraded { reason } = fault;
-        lock(&self.shared.faults).insert(node.to_owned(), reason);
+        let fault = match fault {
+            NodeFault::Degraded { reason } => Fault {
+                state: STATE_DEGRADED,
+                reason,
+            },
+            NodeFault::Unreconcilable { reason } => Fault {
+                state: STATE_UNRECONCILABLE,
+                reason,
+            },
+        };
+        lock(&self.shared.faults).insert(node.to_owned(), fault);
     }
 
     pub fn clear_fault(&self, node: &str) {
         lock(&self.shared.faults).remove(node);
+    }
+
+    /// From now on the container-runtime-config controller fails the
+    /// ContainerRuntimeConfig `name` with `error` (reported as `Error: …`).
+    pub fn fail_runtime_config(&self, name: &str, error: &str) {
+        lock(&self.shared.runtime_config_faults).insert(name.to_owned(), error.to_owned());
+    }
+
+    pub fn clear_runtime_config_fault(&self, name: &str) {
+        lock(&self.shared.runtime_config_faults).remove(name);
+    }
+
+    /// How many distinct rendered configs the node controller has sent the
+    /// node to since the simulator started: each is a drain and a reboot.
+    /// The config a new node is installed with does not count.
+    pub fn rollouts(&self, node: &str) -> usize {
+        lock(&self.shared.sent_to).get(node).map_or(0, Vec::len)
+    }
+
+    /// Those rendered configs, in order.
+    pub fn rendered_configs_sent(&self, node: &str) -> Vec<String> {
+        lock(&self.shared.sent_to)
+            .get(node)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn stop(mut self) {
@@ -190,10 +248,16 @@ struct Simulation {
     nodes: Api<Node>,
     /// Node → (the config it is updating to, since when).
     working_since: BTreeMap<String, (String, Instant)>,
+    os: ClusterOs,
 }
 
 impl Simulation {
-    fn new(client: kube::Client, options: SimulatorOptions, shared: Arc<Shared>) -> Self {
+    fn new(
+        client: kube::Client,
+        options: SimulatorOptions,
+        shared: Arc<Shared>,
+        os: ClusterOs,
+    ) -> Self {
         let all = |resource: ApiResource| Api::<DynamicObject>::all_with(client.clone(), &resource);
         Simulation {
             options,
@@ -203,6 +267,7 @@ impl Simulation {
             runtime_configs: all(model::runtime_config_resource()),
             nodes: Api::all(client.clone()),
             working_since: BTreeMap::new(),
+            os,
         }
     }
 
@@ -232,18 +297,31 @@ impl Simulation {
         let membership = rollout::membership(&pools, &nodes);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         for pool in &pools {
-            let (target, render_error) = self.render(pool, &mut configs).await?;
+            let (target, render_error) = match crio::blocks_render(&runtime_configs, pool) {
+                // Frozen at its current target, and no pool condition says
+                // why (`render_controller.go`).
+                Some(runtime_config) => {
+                    debug!(pool = pool.name(), runtime_config, "render waits");
+                    (current_target(pool), None)
+                }
+                None => self.render(pool, &mut configs).await?,
+            };
             if let Some(target) = &target {
                 self.roll_out(pool, &target.name, &membership, &mut nodes, &configs)
                     .await?;
             }
             let pool_nodes = membership.nodes_of(pool.name(), &nodes);
-            let conflicts = membership.conflicts_of(pool.name());
+            for (node, count) in membership.conflicts_of(pool.name()) {
+                // The real MCO only logs this; no status or condition shows it.
+                debug!(
+                    node,
+                    count, "node belongs to several custom roles, cannot proceed with this Node"
+                );
+            }
             let status = rollout::pool_status(&StatusInput {
                 pool,
                 target: target.as_ref(),
                 nodes: &pool_nodes,
-                conflicts: &conflicts,
                 render_error: render_error.as_deref(),
                 now: &now,
             });
@@ -270,16 +348,9 @@ impl Simulation {
         pool: &Pool,
         configs: &mut Vec<MachineConfig>,
     ) -> Result<(Option<PoolConfiguration>, Option<String>), Error> {
-        let rendered = match render::render_pool(pool, configs) {
+        let rendered = match render::render_pool(pool, configs, self.os) {
             Ok(rendered) => rendered,
-            Err(error) => {
-                let previous = pool
-                    .spec
-                    .configuration
-                    .clone()
-                    .filter(|c| !c.name.is_empty());
-                return Ok((previous, Some(error)));
-            }
+            Err(error) => return Ok((current_target(pool), Some(error))),
         };
         if !configs.iter().any(|mc| mc.name() == rendered.name) {
             debug!(
@@ -391,6 +462,14 @@ impl Simulation {
             BTreeMap::from([(STATE, state.to_owned()), (REASON, reason.to_owned())])
         };
         match step {
+            NodeStep::Target { config } => {
+                let mut sent = lock(&self.shared.sent_to);
+                let history = sent.entry(node.to_owned()).or_default();
+                if history.last() != Some(config) {
+                    history.push(config.clone());
+                }
+                BTreeMap::from([(DESIRED_CONFIG, config.clone())])
+            }
             NodeStep::Adopt { config } | NodeStep::Finish { config } => {
                 if let (Some(root), Some(spec)) = (root, spec_of(config, configs))
                     && let Err(error) = root.boot(config, spec)
@@ -417,7 +496,7 @@ impl Simulation {
                 annotations.insert(DESIRED_CONFIG, config.clone());
                 annotations
             }
-            NodeStep::Degrade { reason } => report(STATE_DEGRADED, reason),
+            NodeStep::Fail { state, reason } => report(state, reason),
         }
     }
 
@@ -484,7 +563,8 @@ impl Simulation {
         pools: &[Pool],
         configs: &[MachineConfig],
     ) -> Result<bool, Error> {
-        let (generated, statuses) = crio::plan(runtime_configs, pools);
+        let faults = lock(&self.shared.runtime_config_faults).clone();
+        let (generated, statuses) = crio::plan(runtime_configs, pools, &faults);
         let mut changed = false;
         for wanted in &generated {
             let existing = configs.iter().find(|mc| mc.name() == wanted.name);
@@ -518,10 +598,24 @@ impl Simulation {
                 .map_err(Error::Kube)?;
             changed = true;
         }
-        for stale in configs
+        // A failing ContainerRuntimeConfig keeps what it generated before.
+        let failing: Vec<&str> = runtime_configs
             .iter()
-            .filter(|mc| mc.owner_uid("ContainerRuntimeConfig").is_some())
-        {
+            .filter(|rc| {
+                statuses.iter().any(|(name, status)| {
+                    name == rc.name()
+                        && status
+                            .conditions
+                            .last()
+                            .is_some_and(|c| c.type_ == "Failure")
+                })
+            })
+            .filter_map(|rc| rc.metadata.uid.as_deref())
+            .collect();
+        for stale in configs.iter().filter(|mc| {
+            mc.owner_uid("ContainerRuntimeConfig")
+                .is_some_and(|owner| !failing.contains(&owner))
+        }) {
             if !generated.iter().any(|g| g.name == stale.name()) {
                 delete(&self.configs, stale.name()).await?;
                 changed = true;
@@ -596,6 +690,14 @@ fn controller_config(name: &str, labels: Value, owner: &Owner, spec: &MachineCon
         },
         "spec": spec,
     })
+}
+
+/// The pool's rendered config as it stands, when it has one.
+fn current_target(pool: &Pool) -> Option<PoolConfiguration> {
+    pool.spec
+        .configuration
+        .clone()
+        .filter(|c| !c.name.is_empty())
 }
 
 fn spec_of<'a>(config: &str, configs: &'a [MachineConfig]) -> Option<&'a MachineConfigSpec> {

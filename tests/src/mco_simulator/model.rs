@@ -24,6 +24,8 @@ pub const GENERATED_BY: &str = "machineconfiguration.openshift.io/generated-by-c
 pub const STATE_DONE: &str = "Done";
 pub const STATE_WORKING: &str = "Working";
 pub const STATE_DEGRADED: &str = "Degraded";
+/// A change the daemon cannot apply at all.
+pub const STATE_UNRECONCILABLE: &str = "Unreconcilable";
 pub const MASTER_POOL: &str = "master";
 pub const WORKER_POOL: &str = "worker";
 /// What the simulator puts where the MCO puts its release version.

@@ -9,20 +9,50 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use serde_json::{Value, json};
 
-use super::model::{MachineConfig, MachineConfigSpec, Pool};
+use super::model::{MachineConfig, MachineConfigSpec, Pool, ROLE_LABEL, WORKER_POOL};
 
 /// Ignition version of the rendered config when every input is older.
 pub const IGNITION_VERSION: &str = "3.4.0";
 /// Ignition's default mode for a file that names none (0644).
 const DEFAULT_FILE_MODE: u32 = 0o644;
 
-/// Whether `labels` satisfy `selector`, with the MCO's reading of a pool's
-/// selectors: an absent selector selects nothing, an empty one everything, a
-/// malformed one nothing.
+/// The Ignition spec versions the MCO's parser accepts (`config/v3_*` of
+/// github.com/coreos/ignition/v2).
+pub const IGNITION_VERSIONS: [&str; 6] = ["3.0.0", "3.1.0", "3.2.0", "3.3.0", "3.4.0", "3.5.0"];
+
+/// Whether `labels` satisfy `selector`, with the MCO's reading of its
+/// selectors (`pkg/helpers/helpers.go`): an absent, an **empty** (`{}`) or a
+/// malformed selector selects nothing — pools' nodeSelectors and
+/// machineConfigSelectors and ContainerRuntimeConfig pool selectors alike.
 pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
     selector
+        .filter(|s| {
+            s.match_labels.as_ref().is_some_and(|m| !m.is_empty())
+                || s.match_expressions.as_ref().is_some_and(|e| !e.is_empty())
+        })
         .and_then(|selector| Selector::try_from(selector.clone()).ok())
         .is_some_and(|selector| selector.matches(labels))
+}
+
+/// The OS the simulated cluster runs: it decides the extension names the
+/// render accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClusterOs {
+    /// Red Hat Enterprise Linux CoreOS (OpenShift).
+    #[default]
+    Rhcos,
+    /// Fedora CoreOS / CentOS Stream CoreOS (OKD).
+    Fcos,
+}
+
+impl ClusterOs {
+    /// What a Node's `status.nodeInfo.osImage` says on this OS.
+    pub fn os_image(self) -> &'static str {
+        match self {
+            ClusterOs::Rhcos => "Red Hat Enterprise Linux CoreOS 417.94.202408270355-0 (Plow)",
+            ClusterOs::Fcos => "Fedora CoreOS 39.20240210.3.0",
+        }
+    }
 }
 
 /// A pool's rendered config: what the pool's nodes must run.
@@ -43,11 +73,19 @@ pub struct IgnitionFile {
     pub contents: Vec<u8>,
 }
 
-/// Merges the MachineConfigs `pool` selects, by name order: a later config's
-/// file (by path) or unit (by name) replaces an earlier one, extensions and
-/// kernel arguments are the union. Rendered configs of any pool are never
-/// inputs. Errors are what the MCO reports as `RenderDegraded`.
-pub fn render_pool(pool: &Pool, configs: &[MachineConfig]) -> Result<Rendered, String> {
+/// Merges the MachineConfigs `pool` selects in the MCO's order
+/// (`pkg/controller/common/helpers.go`, MergeMachineConfigs): every
+/// `role=worker` config first, then the others, each group by name — so a
+/// pool's own config overrides a worker one whatever the names. A later
+/// config's file (by path) or unit (by name) replaces an earlier one,
+/// extensions and kernel arguments are the union. Rendered configs of any
+/// pool are never inputs. Each input is validated as Ignition first. Errors
+/// are what the MCO reports as `RenderDegraded`.
+pub fn render_pool(
+    pool: &Pool,
+    configs: &[MachineConfig],
+    os: ClusterOs,
+) -> Result<Rendered, String> {
     let mut selected: Vec<&MachineConfig> = configs
         .iter()
         .filter(|mc| mc.owner_uid("MachineConfigPool").is_none())
@@ -59,7 +97,9 @@ pub fn render_pool(pool: &Pool, configs: &[MachineConfig]) -> Result<Rendered, S
             pool.name()
         ));
     }
-    selected.sort_by(|a, b| a.name().cmp(b.name()));
+    let is_worker =
+        |mc: &MachineConfig| mc.labels().get(ROLE_LABEL).map(String::as_str) == Some(WORKER_POOL);
+    selected.sort_by(|a, b| (!is_worker(a), a.name()).cmp(&(!is_worker(b), b.name())));
 
     let mut version = IGNITION_VERSION.to_owned();
     let mut files = BTreeMap::new();
@@ -68,6 +108,7 @@ pub fn render_pool(pool: &Pool, configs: &[MachineConfig]) -> Result<Rendered, S
     let mut kernel_arguments: Vec<String> = Vec::new();
     for mc in &selected {
         let config = &mc.spec.config;
+        validate_ignition(config).map_err(|e| format!("MachineConfig {}: {e}", mc.name()))?;
         let mc_version =
             ignition_version(config).map_err(|e| format!("MachineConfig {}: {e}", mc.name()))?;
         if version_key(&mc_version) > version_key(&version) {
@@ -90,7 +131,7 @@ pub fn render_pool(pool: &Pool, configs: &[MachineConfig]) -> Result<Rendered, S
         union_into(&mut extensions, &mc.spec.extensions);
         union_into(&mut kernel_arguments, &mc.spec.kernel_arguments);
     }
-    packages_for(&extensions)?;
+    packages_for(os, &extensions)?;
 
     let mut config = json!({ "ignition": { "version": version } });
     if !files.is_empty() {
@@ -121,20 +162,29 @@ pub fn files_of(spec: &MachineConfigSpec) -> Result<Vec<IgnitionFile>, String> {
         .collect()
 }
 
-/// The RPM packages the MCO layers for each supported RHCOS extension; an
-/// unsupported extension fails the render, as on a real cluster.
-pub fn packages_for(extensions: &[String]) -> Result<Vec<String>, String> {
+/// The RPM packages the MCO layers for each extension the OS supports
+/// (`pkg/controller/common/helpers.go`, SupportedExtensions, for RHCOS; on
+/// FCOS / SCOS the Kata extension is named after its package,
+/// `kata-containers`); an unsupported extension fails the render with
+/// "invalid extensions found", as on a real cluster.
+pub fn packages_for(os: ClusterOs, extensions: &[String]) -> Result<Vec<String>, String> {
     let mut packages = Vec::new();
     let mut invalid = Vec::new();
     for extension in extensions {
-        let names: &[&str] = match extension.as_str() {
-            "sandboxed-containers" => &["kata-containers"],
-            "usbguard" => &["usbguard"],
-            "kerberos" => &["krb5-workstation", "libkadm5"],
-            "kernel-devel" => &["kernel-devel", "kernel-headers"],
-            "ipsec" => &["NetworkManager-libreswan", "libreswan"],
-            "wasm" => &["crun-wasm"],
-            "sysstat" => &["sysstat"],
+        let names: &[&str] = match (os, extension.as_str()) {
+            (ClusterOs::Rhcos, "sandboxed-containers") | (ClusterOs::Fcos, "kata-containers") => {
+                &["kata-containers"]
+            }
+            (_, "usbguard") => &["usbguard"],
+            (_, "kerberos") => &["krb5-workstation", "libkadm5"],
+            (_, "kernel-devel") => &["kernel-devel", "kernel-headers"],
+            (_, "ipsec") => &[
+                "NetworkManager-libreswan",
+                "libreswan",
+                "openvswitch3.5-ipsec",
+            ],
+            (_, "two-node-ha") => &["pacemaker", "pcs", "fence-agents-all"],
+            (_, "sysstat") => &["sysstat"],
             _ => {
                 invalid.push(extension.as_str());
                 continue;
@@ -230,13 +280,45 @@ fn ignition_version(config: &Value) -> Result<String, String> {
     let version = config["ignition"]["version"]
         .as_str()
         .ok_or("spec.config has no ignition.version")?;
-    if version.starts_with("3.") {
+    if IGNITION_VERSIONS.contains(&version) {
         Ok(version.to_owned())
     } else {
         Err(format!(
-            "Ignition version {version} is not supported (3.x only)"
+            "parsing Ignition config failed: unknown version {version}"
         ))
     }
+}
+
+/// What the Ignition validator (github.com/coreos/ignition/v2, which the
+/// MCO's render controller runs on every input) refuses among what
+/// MachineConfigs write: an unknown spec version, a relative path, two files
+/// with one path, `overwrite: true` without a `contents.source`, a mode
+/// outside 0..=07777.
+pub fn validate_ignition(config: &Value) -> Result<(), String> {
+    ignition_version(config)?;
+    let mut paths = std::collections::BTreeSet::new();
+    for file in entries(config, "storage", "files") {
+        let path = file["path"].as_str().ok_or("a storage file has no path")?;
+        if !path.starts_with('/') {
+            return Err(format!("storage.files: path {path:?} must be absolute"));
+        }
+        if !paths.insert(path) {
+            return Err(format!("storage.files: duplicate entry for path {path:?}"));
+        }
+        if file["overwrite"] == Value::Bool(true) && file["contents"]["source"].is_null() {
+            return Err(format!(
+                "storage.files {path:?}: overwrite must be false if source is unspecified"
+            ));
+        }
+        if let Some(mode) = file["mode"].as_i64()
+            && !(0..=0o7777).contains(&mode)
+        {
+            return Err(format!(
+                "storage.files {path:?}: illegal file mode {mode:o}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn version_key(version: &str) -> Vec<u64> {
@@ -285,8 +367,8 @@ mod tests {
             "an absent selector selects nothing"
         );
         assert!(
-            selects(Some(&LabelSelector::default()), &labels),
-            "an empty selector selects all"
+            !selects(Some(&LabelSelector::default()), &labels),
+            "an empty selector selects nothing, as in the MCO"
         );
         let in_roles: LabelSelector = serde_json::from_value(json!({
             "matchExpressions": [{ "key": "role", "operator": "In", "values": ["kata-oc", "worker"] }]
@@ -327,7 +409,7 @@ mod tests {
             ),
             machine_config("00-master", "master", &[("/etc/m", "data:,m")], &[]),
         ];
-        let rendered = render_pool(&pool, &configs).unwrap();
+        let rendered = render_pool(&pool, &configs, ClusterOs::Rhcos).unwrap();
         assert_eq!(rendered.sources, ["00-worker", "50-kata"]);
         assert_eq!(
             rendered.spec.extensions,
@@ -346,7 +428,9 @@ mod tests {
 
         let reordered: Vec<_> = configs.iter().rev().cloned().collect();
         assert_eq!(
-            render_pool(&pool, &reordered).unwrap().name,
+            render_pool(&pool, &reordered, ClusterOs::Rhcos)
+                .unwrap()
+                .name,
             rendered.name,
             "the name depends on content only"
         );
@@ -354,12 +438,19 @@ mod tests {
             configs[1].clone(),
             machine_config("50-kata", "kata-oc", &[("/etc/a", "data:,newer")], &[]),
         ];
-        assert_ne!(render_pool(&pool, &changed).unwrap().name, rendered.name);
+        assert_ne!(
+            render_pool(&pool, &changed, ClusterOs::Rhcos).unwrap().name,
+            rendered.name
+        );
     }
 
     #[test]
     fn rendered_configs_are_never_inputs() {
-        let pool = pool("worker", json!({}), json!({}));
+        let pool = pool(
+            "worker",
+            json!({ "matchLabels": { ROLE: "worker" } }),
+            json!({}),
+        );
         let mut rendered = machine_config("rendered-worker-1", "worker", &[], &[]);
         rendered.metadata.owner_references = Some(vec![
             k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
@@ -369,7 +460,9 @@ mod tests {
         ]);
         let base = machine_config("00-worker", "worker", &[], &[]);
         assert_eq!(
-            render_pool(&pool, &[rendered, base]).unwrap().sources,
+            render_pool(&pool, &[rendered, base], ClusterOs::Rhcos)
+                .unwrap()
+                .sources,
             ["00-worker"]
         );
     }
@@ -382,25 +475,75 @@ mod tests {
             json!({}),
         );
         assert!(
-            render_pool(&pool, &[])
+            render_pool(&pool, &[], ClusterOs::Rhcos)
                 .unwrap_err()
                 .contains("no MachineConfigs")
         );
         let unknown = machine_config("10-x", "worker", &[], &["not-an-extension"]);
         assert!(
-            render_pool(&pool, &[unknown])
+            render_pool(&pool, &[unknown], ClusterOs::Rhcos)
                 .unwrap_err()
                 .contains("not-an-extension")
         );
         let relative = machine_config("10-x", "worker", &[("etc/x", "data:,x")], &[]);
         assert!(
-            render_pool(&pool, &[relative])
+            render_pool(&pool, &[relative], ClusterOs::Rhcos)
                 .unwrap_err()
                 .contains("absolute")
         );
         let mut old = machine_config("10-x", "worker", &[], &[]);
         old.spec.config = json!({ "ignition": { "version": "2.2.0" } });
-        assert!(render_pool(&pool, &[old]).unwrap_err().contains("2.2.0"));
+        assert!(
+            render_pool(&pool, &[old], ClusterOs::Rhcos)
+                .unwrap_err()
+                .contains("2.2.0")
+        );
+        let fcos_name = machine_config("10-x", "worker", &[], &["kata-containers"]);
+        assert!(
+            render_pool(&pool, std::slice::from_ref(&fcos_name), ClusterOs::Rhcos)
+                .unwrap_err()
+                .contains("invalid extensions found")
+        );
+        assert!(render_pool(&pool, &[fcos_name], ClusterOs::Fcos).is_ok());
+    }
+
+    #[test]
+    fn worker_configs_merge_first_whatever_their_names() {
+        let pool = pool(
+            "kata-oc",
+            json!({ "matchExpressions": [{ "key": ROLE, "operator": "In", "values": ["kata-oc", "worker"] }] }),
+            json!({}),
+        );
+        let configs = [
+            machine_config("10-kata", "kata-oc", &[("/etc/a", "data:,pool")], &[]),
+            machine_config("99-worker", "worker", &[("/etc/a", "data:,worker")], &[]),
+        ];
+        let rendered = render_pool(&pool, &configs, ClusterOs::Rhcos).unwrap();
+        assert_eq!(rendered.sources, ["99-worker", "10-kata"]);
+        assert_eq!(files_of(&rendered.spec).unwrap()[0].contents, b"pool");
+    }
+
+    #[test]
+    fn what_ignition_refuses_the_render_refuses() {
+        let file = |extra: serde_json::Value| {
+            let mut f = json!({ "path": "/etc/x", "contents": { "source": "data:,x" } });
+            for (k, v) in extra.as_object().unwrap() {
+                f[k] = v.clone();
+            }
+            json!({ "ignition": { "version": "3.2.0" }, "storage": { "files": [f] } })
+        };
+        assert!(validate_ignition(&file(json!({}))).is_ok());
+        let refused = [
+            json!({ "ignition": { "version": "3.9.0" } }),
+            file(json!({ "path": "etc/x" })),
+            file(json!({ "overwrite": true, "contents": {} })),
+            file(json!({ "mode": 0o10000 })),
+            json!({ "ignition": { "version": "3.2.0" }, "storage": { "files": [
+                { "path": "/etc/x" }, { "path": "/etc/x" } ] } }),
+        ];
+        for config in refused {
+            assert!(validate_ignition(&config).is_err(), "{config}");
+        }
     }
 
     const ROLE: &str = super::super::model::ROLE_LABEL;

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::model::{
     Condition, MASTER_POOL, NodeView, Pool, PoolConfiguration, PoolStatus, STATE_DEGRADED,
-    STATE_DONE, STATE_WORKING, WORKER_POOL, stamp_transitions,
+    STATE_DONE, STATE_UNRECONCILABLE, STATE_WORKING, WORKER_POOL, stamp_transitions,
 };
 use super::render::selects;
 
@@ -82,42 +82,57 @@ pub fn membership(pools: &[Pool], nodes: &[NodeView]) -> Membership {
 pub enum NodeStep {
     /// A node that never had a config is installed at the pool's.
     Adopt { config: String },
-    /// The controller targets the node and its daemon starts: `desiredConfig`
-    /// set, state `Working` (the daemon stages the OS update, then drains).
+    /// The node controller targets the node: it writes only `desiredConfig`
+    /// (`pkg/controller/node/node_controller.go`); `state` stays `Done`.
+    Target { config: String },
+    /// The daemon sees a new `desiredConfig` and starts: state `Working`
+    /// (it stages the OS update, then drains and reboots).
     Start { config: String },
     /// A daemon that failed earlier tries again: state back to `Working`.
     Retry { config: String },
     /// Drain and reboot are over: the node runs `config`, state `Done`.
     Finish { config: String },
-    /// The update failed: state `Degraded` with `reason`.
-    Degrade { reason: String },
+    /// The update failed: state `Degraded` (or `Unreconcilable`) with `reason`.
+    Fail { state: &'static str, reason: String },
+}
+
+/// A failure injected into a node's update: the daemon's state and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub state: &'static str,
+    pub reason: String,
 }
 
 /// What [`plan_nodes`] needs besides the nodes.
 pub struct RolloutInput<'a> {
     /// The pool's rendered config.
     pub target: &'a str,
-    pub max_unavailable: usize,
+    /// `maxUnavailable` as a count, or why the pool cannot update at all.
+    pub max_unavailable: Result<usize, String>,
     pub paused: bool,
     /// Working nodes whose drain and reboot have taken long enough.
     pub reboot_over: &'a BTreeSet<String>,
-    /// Node → the reason its update fails with.
-    pub faults: &'a BTreeMap<String, String>,
+    /// Node → how its update fails.
+    pub faults: &'a BTreeMap<String, Fault>,
 }
 
 /// The next step of each of a pool's nodes. New targets are chosen in name
-/// order and limited as the MCO limits them: `maxUnavailable` minus the
-/// unavailable nodes minus the nodes failing to reach the target.
+/// order and limited as the MCO limits them
+/// (`getAllCandidateMachines`): `maxUnavailable` minus the unavailable nodes
+/// minus the nodes failing to reach the target, and never a node that is not
+/// Ready. The daemon's part (Working, Done, failures) goes on regardless.
 pub fn plan_nodes(nodes: &[&NodeView], input: &RolloutInput) -> Vec<(String, NodeStep)> {
     let target = input.target;
     let failing = nodes
         .iter()
-        .filter(|node| {
-            node.in_state(STATE_DEGRADED) && node.desired_config.as_deref() == Some(target)
-        })
+        .filter(|node| is_failing(node) && node.desired_config.as_deref() == Some(target))
         .count();
+    // An unreadable maxUnavailable is an error in the node controller's
+    // sync: no node is targeted, ever (`maxUnavailable` in node_controller.go).
     let mut capacity = input
         .max_unavailable
+        .as_ref()
+        .map_or(0, |max| *max)
         .saturating_sub(nodes.iter().filter(|node| is_unavailable(node)).count())
         .saturating_sub(failing);
     let mut sorted = nodes.to_vec();
@@ -126,31 +141,32 @@ pub fn plan_nodes(nodes: &[&NodeView], input: &RolloutInput) -> Vec<(String, Nod
     let mut steps = Vec::new();
     for node in sorted {
         let fault = input.faults.get(&node.name);
-        // A Degraded daemon retries once its fault is gone, not before.
-        let failing_still = node.in_state(STATE_DEGRADED) && fault.is_some();
-        let step = if node.current_config.is_none() && node.desired_config.is_none() {
+        let desired = node.desired_config.clone();
+        let step = if node.current_config.is_none() && desired.is_none() {
             Some(NodeStep::Adopt {
                 config: target.to_owned(),
             })
         } else if node.in_state(STATE_WORKING) {
-            let desired = node
-                .desired_config
-                .clone()
-                .unwrap_or_else(|| target.to_owned());
+            let desired = desired.unwrap_or_else(|| target.to_owned());
             input.reboot_over.contains(&node.name).then(|| match fault {
-                Some(reason) => NodeStep::Degrade {
-                    reason: reason.clone(),
+                Some(fault) => NodeStep::Fail {
+                    state: fault.state,
+                    reason: fault.reason.clone(),
                 },
                 None => NodeStep::Finish { config: desired },
             })
-        } else if node.desired_config.as_deref() != Some(target) {
-            (!input.paused && capacity > 0).then(|| {
+        } else if node.in_state(STATE_DONE) && desired.is_some() && desired != node.current_config {
+            // The daemon's turn: it picks up what the controller wrote.
+            desired.map(|config| NodeStep::Start { config })
+        } else if desired.as_deref() != Some(target) {
+            (!input.paused && capacity > 0 && node.ready && !is_failing(node)).then(|| {
                 capacity -= 1;
-                NodeStep::Start {
+                NodeStep::Target {
                     config: target.to_owned(),
                 }
             })
-        } else if !is_done(node) && !failing_still {
+        } else if is_failing(node) && fault.is_none() {
+            // A failed daemon retries once its fault is gone, not before.
             Some(NodeStep::Retry {
                 config: target.to_owned(),
             })
@@ -162,21 +178,23 @@ pub fn plan_nodes(nodes: &[&NodeView], input: &RolloutInput) -> Vec<(String, Nod
     steps
 }
 
-/// `maxUnavailable` as a node count: an integer or a percentage of the pool
-/// rounded down; never less than one (the MCO's reading: 0 means 1).
-pub fn max_unavailable(value: Option<&IntOrString>, machine_count: usize) -> usize {
+/// `maxUnavailable` as a node count (`maxUnavailable` in
+/// node_controller.go, intstr's GetScaledValueFromIntOrPercent): an integer,
+/// or a percentage of the pool rounded down; 0 means 1. A string without `%`
+/// (`"2"`) is an error: the pool never updates.
+pub fn max_unavailable(value: Option<&IntOrString>, machine_count: usize) -> Result<usize, String> {
     let count = match value {
         None => 1,
         Some(IntOrString::Int(n)) => usize::try_from(*n).unwrap_or(0),
-        Some(IntOrString::String(s)) => match s.strip_suffix('%') {
-            Some(percent) => percent
-                .trim()
-                .parse::<usize>()
-                .map_or(1, |p| p * machine_count / 100),
-            None => s.trim().parse().unwrap_or(1),
-        },
+        Some(IntOrString::String(s)) => {
+            let percent = s
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<usize>().ok())
+                .ok_or_else(|| format!("maxUnavailable: invalid value for IntOrString: invalid type: string is not a percentage: {s:?}"))?;
+            percent * machine_count / 100
+        }
     };
-    count.max(1)
+    Ok(count.max(1))
 }
 
 /// The MCO's `isNodeDone`: at its desired config and its daemon idle.
@@ -186,10 +204,16 @@ fn is_done(node: &NodeView) -> bool {
         && node.in_state(STATE_DONE)
 }
 
-/// The MCO's `isNodeUnavailable`: not ready, or updating. A Degraded node is
-/// not unavailable (its daemon is not working), but see `failing` above.
+/// The daemon gave up on its desired config: `Degraded` or `Unreconcilable`.
+fn is_failing(node: &NodeView) -> bool {
+    node.in_state(STATE_DEGRADED) || node.in_state(STATE_UNRECONCILABLE)
+}
+
+/// The MCO's unavailable node (`layered_node_state.go`): not Ready, or not
+/// done and not failing — a node just given a new desiredConfig counts, so
+/// does one with no annotations at all.
 fn is_unavailable(node: &NodeView) -> bool {
-    !node.ready || (!is_done(node) && node.in_state(STATE_WORKING))
+    !node.ready || (!is_done(node) && !is_failing(node))
 }
 
 fn is_updated(node: &NodeView, target: Option<&str>) -> bool {
@@ -202,8 +226,6 @@ pub struct StatusInput<'a> {
     /// The pool's `spec.configuration`, once a render succeeded.
     pub target: Option<&'a PoolConfiguration>,
     pub nodes: &'a [&'a NodeView],
-    /// Nodes left out because they match several custom pools, with how many.
-    pub conflicts: &'a [(&'a str, usize)],
     pub render_error: Option<&'a str>,
     pub now: &'a Time,
 }
@@ -218,24 +240,9 @@ pub fn pool_status(input: &StatusInput) -> PoolStatus {
     };
     let machine_count = count(&|_| true);
     let updated = count(&|n| is_updated(n, target));
-    let degraded: Vec<&&NodeView> = nodes
-        .iter()
-        .filter(|n| n.in_state(STATE_DEGRADED))
-        .collect();
+    let degraded: Vec<&&NodeView> = nodes.iter().filter(|n| is_failing(n)).collect();
     let all_updated = target.is_some() && updated == machine_count;
     let target_name = target.unwrap_or_default();
-
-    let node_degraded_message = degraded
-        .iter()
-        .map(|n| {
-            format!(
-                "Node {} is reporting: {:?}",
-                n.name,
-                n.reason.as_deref().unwrap_or_default()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
     let render_message = input
         .render_error
         .map(|e| {
@@ -245,21 +252,12 @@ pub fn pool_status(input: &StatusInput) -> PoolStatus {
             )
         })
         .unwrap_or_default();
-    let conflict_message = input
-        .conflicts
-        .iter()
-        .map(|(node, pools)| {
-            format!("Node {node} belongs to {pools} custom roles, cannot proceed with this Node")
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let degraded_message = [&node_degraded_message, &render_message, &conflict_message]
-        .into_iter()
-        .filter(|m| !m.is_empty())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
 
+    // In the default feature set the reasons come from MachineConfigNodes,
+    // which are off: NodeDegraded and Degraded carry an empty message, and
+    // the nodes' reason annotations are the only place a reason is written
+    // (`pkg/controller/node/status.go`). A node in two custom pools is only
+    // logged, never reported.
     let mut conditions = vec![
         Condition::new(
             "Updated",
@@ -298,13 +296,13 @@ pub fn pool_status(input: &StatusInput) -> PoolStatus {
                     degraded.len()
                 )
             },
-            node_degraded_message,
+            "",
         ),
         Condition::new(
             "Degraded",
-            !degraded_message.is_empty(),
+            !degraded.is_empty() || input.render_error.is_some(),
             "",
-            degraded_message,
+            "",
         ),
     ];
     let previous = &input.pool.status;
@@ -348,16 +346,18 @@ mod tests {
             pool("worker", json!({}), by_label(WORKERS)),
             pool("kata-oc", json!({}), by_label(KATA_NODES)),
             pool("other", json!({}), by_label("example.com/other")),
+            // `{}` selects no node (`pkg/helpers/helpers.go`).
+            pool("everything", json!({}), json!({})),
         ]
     }
 
     fn input<'a>(
         reboot_over: &'a BTreeSet<String>,
-        faults: &'a BTreeMap<String, String>,
+        faults: &'a BTreeMap<String, Fault>,
     ) -> RolloutInput<'a> {
         RolloutInput {
             target: "r2",
-            max_unavailable: 1,
+            max_unavailable: Ok(1),
             paused: false,
             reboot_over,
             faults,
@@ -400,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn new_nodes_are_adopted_and_stale_ones_started_one_at_a_time() {
+    fn new_nodes_are_adopted_and_stale_ones_targeted_one_at_a_time() {
         let nodes = [
             node("a", &[], Some("r1"), Some("r1"), Some(STATE_DONE)),
             node("b", &[], Some("r1"), Some("r1"), Some(STATE_DONE)),
@@ -408,23 +408,27 @@ mod tests {
         ];
         let refs: Vec<&NodeView> = nodes.iter().collect();
         let (over, faults) = (BTreeSet::new(), BTreeMap::new());
-        let steps = plan_nodes(&refs, &input(&over, &faults));
+        // The unannotated node counts as unavailable (`layered_node_state.go`)
+        // while it is adopted: nobody else is targeted in the same pass.
         assert_eq!(
-            steps,
-            [
-                (
-                    "a".to_owned(),
-                    NodeStep::Start {
-                        config: "r2".into()
-                    }
-                ),
-                (
-                    "new".to_owned(),
-                    NodeStep::Adopt {
-                        config: "r2".into()
-                    }
-                )
-            ]
+            plan_nodes(&refs, &input(&over, &faults)),
+            [(
+                "new".to_owned(),
+                NodeStep::Adopt {
+                    config: "r2".into()
+                }
+            )]
+        );
+        let adopted = node("new", &[], Some("r2"), Some("r2"), Some(STATE_DONE));
+        let refs = [&nodes[0], &nodes[1], &adopted];
+        assert_eq!(
+            plan_nodes(&refs, &input(&over, &faults)),
+            [(
+                "a".to_owned(),
+                NodeStep::Target {
+                    config: "r2".into()
+                }
+            )]
         );
     }
 
@@ -449,18 +453,70 @@ mod tests {
         );
         let not_over = BTreeSet::new();
         let two = RolloutInput {
-            max_unavailable: 2,
+            max_unavailable: Ok(2),
             ..input(&not_over, &faults)
         };
         assert_eq!(
             plan_nodes(&refs, &two),
             [(
                 "b".to_owned(),
-                NodeStep::Start {
+                NodeStep::Target {
                     config: "r2".into()
                 }
             )]
         );
+    }
+
+    #[test]
+    fn the_controller_only_targets_and_the_daemon_then_starts() {
+        let targeted = [
+            node("a", &[], Some("r1"), Some("r2"), Some(STATE_DONE)),
+            node("b", &[], Some("r1"), Some("r1"), Some(STATE_DONE)),
+        ];
+        let refs: Vec<&NodeView> = targeted.iter().collect();
+        let (over, faults) = (BTreeSet::new(), BTreeMap::new());
+        assert_eq!(
+            plan_nodes(&refs, &input(&over, &faults)),
+            [(
+                "a".to_owned(),
+                NodeStep::Start {
+                    config: "r2".into()
+                }
+            )],
+            "a just-targeted node is unavailable: b waits"
+        );
+    }
+
+    #[test]
+    fn unready_and_unannotated_nodes_count_as_unavailable_and_unready_ones_are_never_targeted() {
+        let mut unready = node("a", &[], Some("r1"), Some("r1"), Some(STATE_DONE));
+        unready.ready = false;
+        let idle = node("b", &[], Some("r1"), Some("r1"), Some(STATE_DONE));
+        let (over, faults) = (BTreeSet::new(), BTreeMap::new());
+        let refs = [&unready, &idle];
+        assert!(
+            plan_nodes(&refs, &input(&over, &faults)).is_empty(),
+            "the unready node uses up maxUnavailable 1"
+        );
+        let two = RolloutInput {
+            max_unavailable: Ok(2),
+            ..input(&over, &faults)
+        };
+        assert_eq!(
+            plan_nodes(&refs, &two),
+            [(
+                "b".to_owned(),
+                NodeStep::Target {
+                    config: "r2".into()
+                }
+            )],
+            "never the unready one"
+        );
+        let blank = NodeView {
+            current_config: Some("r1".into()),
+            ..node("c", &[], None, None, None)
+        };
+        assert!(is_unavailable(&blank));
     }
 
     #[test]
@@ -471,12 +527,19 @@ mod tests {
         ];
         let refs: Vec<&NodeView> = working.iter().collect();
         let over = BTreeSet::from(["a".to_owned()]);
-        let faults = BTreeMap::from([("a".to_owned(), "disk on fire".to_owned())]);
+        let faults = BTreeMap::from([(
+            "a".to_owned(),
+            Fault {
+                state: STATE_DEGRADED,
+                reason: "disk on fire".into(),
+            },
+        )]);
         assert_eq!(
             plan_nodes(&refs, &input(&over, &faults)),
             [(
                 "a".to_owned(),
-                NodeStep::Degrade {
+                NodeStep::Fail {
+                    state: STATE_DEGRADED,
                     reason: "disk on fire".into()
                 }
             )]
@@ -521,17 +584,29 @@ mod tests {
     }
 
     #[test]
-    fn max_unavailable_reads_integers_and_percentages() {
-        assert_eq!(max_unavailable(None, 10), 1);
-        assert_eq!(max_unavailable(Some(&IntOrString::Int(0)), 10), 1);
-        assert_eq!(max_unavailable(Some(&IntOrString::Int(3)), 10), 3);
+    fn max_unavailable_reads_integers_and_percentages_and_refuses_bare_strings() {
+        assert_eq!(max_unavailable(None, 10), Ok(1));
+        assert_eq!(max_unavailable(Some(&IntOrString::Int(0)), 10), Ok(1));
+        assert_eq!(max_unavailable(Some(&IntOrString::Int(3)), 10), Ok(3));
         assert_eq!(
             max_unavailable(Some(&IntOrString::String("25%".into())), 10),
-            2
+            Ok(2)
         );
         assert_eq!(
             max_unavailable(Some(&IntOrString::String("10%".into())), 5),
-            1
+            Ok(1)
+        );
+        assert!(max_unavailable(Some(&IntOrString::String("2".into())), 5).is_err());
+        let nodes = [node("a", &[], Some("r1"), Some("r1"), Some(STATE_DONE))];
+        let refs: Vec<&NodeView> = nodes.iter().collect();
+        let (over, faults) = (BTreeSet::new(), BTreeMap::new());
+        let refused = RolloutInput {
+            max_unavailable: max_unavailable(Some(&IntOrString::String("2".into())), 1),
+            ..input(&over, &faults)
+        };
+        assert!(
+            plan_nodes(&refs, &refused).is_empty(),
+            "the pool never updates"
         );
     }
 
@@ -546,7 +621,6 @@ mod tests {
             pool,
             target: Some(&target),
             nodes: &refs,
-            conflicts: &[],
             render_error,
             now: &now,
         })
@@ -584,8 +658,14 @@ mod tests {
         assert_eq!(condition(&status, "Updated").status, "False");
         assert_eq!(
             condition(&status, "NodeDegraded").message,
-            r#"Node b is reporting: "boom""#
+            "",
+            "the default feature set writes no reason into the pool"
         );
+        assert_eq!(
+            condition(&status, "NodeDegraded").reason,
+            "1 nodes are reporting degraded status on sync"
+        );
+        assert_eq!(condition(&status, "Degraded").message, "");
         assert_eq!(condition(&status, "Degraded").status, "True");
         assert_eq!(condition(&status, "RenderDegraded").status, "False");
     }
@@ -618,9 +698,10 @@ mod tests {
             Some(earlier)
         );
         assert!(
-            condition(&again, "Degraded")
+            condition(&again, "RenderDegraded")
                 .message
                 .contains("bad extension")
         );
+        assert_eq!(condition(&again, "Degraded").status, "True");
     }
 }

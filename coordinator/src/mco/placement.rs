@@ -1,0 +1,459 @@
+//! Where each selected node gets Kata: the pool the real MCO will manage it
+//! in decides it, not we. Pure.
+//!
+//! The MCO's node controller (`pkg/controller/node/node_controller.go`,
+//! GetPoolsForNode) keeps a node that matches `master` in the master pool
+//! whatever custom pool it also matches, and leaves a node matching two
+//! custom pools unmanaged. So:
+//! - a pure worker joins our `kata-oc` pool (we label it);
+//! - a node of the master pool (compact, single-node, compact plus workers)
+//!   gets Kata from a MachineConfig of role `master`, never our label;
+//! - a node already in another custom pool is not ours to move: labelling it
+//!   would put it in two custom pools and out of every pool.
+//!
+//! A MachineConfig for the master pool reaches every node of that pool, so a
+//! selection that picks only part of it is refused: nobody's node reboots
+//! without being asked for.
+
+use super::names;
+use super::observe::ObservedPool;
+use super::os;
+use crate::api::{KataConfigSpec, PoolSelector};
+use crate::plan::ObservedNode;
+use crate::selector;
+
+/// A pool our MachineConfig goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Our `kata-oc` pool: the worker configuration plus ours.
+    KataPool,
+    /// The stock master pool.
+    Master,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::KataPool, Role::Master];
+
+    /// The pool, which is also the role label of its MachineConfigs.
+    pub fn pool(self) -> &'static str {
+        match self {
+            Role::KataPool => names::POOL_NAME,
+            Role::Master => names::MASTER_POOL,
+        }
+    }
+
+    pub fn machine_config(self) -> &'static str {
+        match self {
+            Role::KataPool => names::MACHINE_CONFIG_NAME,
+            Role::Master => names::MASTER_MACHINE_CONFIG_NAME,
+        }
+    }
+
+    pub fn container_runtime_config(self) -> &'static str {
+        match self {
+            Role::KataPool => names::CONTAINER_RUNTIME_CONFIG_NAME,
+            Role::Master => names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
+        }
+    }
+
+    /// The pool's label a ContainerRuntimeConfig selects it by.
+    pub fn pool_selector_label(self) -> &'static str {
+        match self {
+            Role::KataPool => names::POOL_SELECTOR_LABEL,
+            Role::Master => names::MASTER_POOL_SELECTOR_LABEL,
+        }
+    }
+}
+
+/// What is done for one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePlacement {
+    NotTargeted,
+    /// Selected, and installed through this pool.
+    Install(Role),
+    /// Selected, but not installable as things stand. `frozen`: the node's
+    /// pool as a whole is refused, so whatever it runs stays as it is (moving
+    /// it out would be a reboot nobody asked for either).
+    Refused {
+        reason: String,
+        frozen: bool,
+    },
+}
+
+/// What is done for one pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RolePlacement {
+    /// Indices of the selected nodes installed through this pool.
+    pub targets: Vec<usize>,
+    /// Why nothing is applied for this pool.
+    pub refusal: Option<String>,
+    /// The extension its MachineConfig carries.
+    pub extension: &'static str,
+}
+
+impl RolePlacement {
+    /// Our MachineConfig belongs in this pool.
+    pub fn wanted(&self) -> bool {
+        !self.targets.is_empty() && self.refusal.is_none()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Parallel to the nodes.
+    pub nodes: Vec<NodePlacement>,
+    pub kata_pool: RolePlacement,
+    pub master: RolePlacement,
+}
+
+impl Placement {
+    pub fn role(&self, role: Role) -> &RolePlacement {
+        match role {
+            Role::KataPool => &self.kata_pool,
+            Role::Master => &self.master,
+        }
+    }
+
+    /// Every refusal, once each, for the KataConfig's conditions.
+    pub fn refusals(&self) -> Vec<String> {
+        let mut refusals: Vec<String> = Role::ALL
+            .iter()
+            .filter_map(|role| self.role(*role).refusal.clone())
+            .collect();
+        for placement in &self.nodes {
+            if let NodePlacement::Refused { reason, .. } = placement
+                && !refusals.contains(reason)
+            {
+                refusals.push(reason.clone());
+            }
+        }
+        refusals
+    }
+}
+
+/// The pool the MCO manages a node in, ours aside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachinePool {
+    Master,
+    /// Other custom pools the node matches (an admin's infra, DPU, … pool).
+    Custom(Vec<String>),
+    /// Only the worker pool: ours to move into `kata-oc`.
+    Worker,
+}
+
+fn stock_master_selector() -> PoolSelector {
+    PoolSelector {
+        match_labels: Some([(names::MASTER_ROLE_LABEL.to_owned(), String::new())].into()),
+        match_expressions: None,
+    }
+}
+
+/// The pool the MCO manages the node in, ignoring `kata-oc` (whose
+/// membership is ours to give): master wins over every custom pool, and any
+/// other custom pool is the admin's.
+pub fn machine_pool(node: &ObservedNode, pools: &[ObservedPool]) -> MachinePool {
+    let stock = stock_master_selector();
+    let master = pools
+        .iter()
+        .find(|p| p.name == names::MASTER_POOL)
+        .and_then(|p| p.node_selector.as_ref())
+        .unwrap_or(&stock);
+    if selector::pool_selects(Some(master), &node.labels) {
+        return MachinePool::Master;
+    }
+    let custom: Vec<String> = pools
+        .iter()
+        .filter(|p| {
+            ![names::MASTER_POOL, names::WORKER_POOL, names::POOL_NAME].contains(&p.name.as_str())
+        })
+        .filter(|p| selector::pool_selects(p.node_selector.as_ref(), &node.labels))
+        .map(|p| p.name.clone())
+        .collect();
+    if custom.is_empty() {
+        MachinePool::Worker
+    } else {
+        MachinePool::Custom(custom)
+    }
+}
+
+/// Where each of `nodes` gets Kata; `targeted` is parallel to them.
+pub fn place(
+    spec: &KataConfigSpec,
+    nodes: &[ObservedNode],
+    targeted: &[bool],
+    pools: &[ObservedPool],
+) -> Placement {
+    let machine_pools: Vec<MachinePool> = nodes.iter().map(|n| machine_pool(n, pools)).collect();
+    let mut placements: Vec<NodePlacement> = machine_pools
+        .iter()
+        .zip(targeted)
+        .zip(nodes)
+        .map(|((pool, targeted), node)| match (targeted, pool) {
+            (false, _) => NodePlacement::NotTargeted,
+            (true, MachinePool::Master) => NodePlacement::Install(Role::Master),
+            (true, MachinePool::Worker) => NodePlacement::Install(Role::KataPool),
+            (true, MachinePool::Custom(custom)) => NodePlacement::Refused {
+                reason: format!(
+                    "node {} is in MachineConfigPool {}: the operator does not move a node out of another custom pool (the Machine Config Operator manages no node that matches two custom pools); deselect it, or take it out of that pool",
+                    node.name,
+                    custom.join(", ")
+                ),
+                frozen: false,
+            },
+        })
+        .collect();
+
+    let role_targets = |role: Role, placements: &[NodePlacement]| -> Vec<usize> {
+        placements
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p == NodePlacement::Install(role))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let roles = Role::ALL.map(|role| {
+        let targets = role_targets(role, &placements);
+        // The nodes its MachineConfig reaches: the labelled ones for our
+        // pool, every member for the master pool.
+        let reached: Vec<usize> = match role {
+            Role::KataPool => targets.clone(),
+            Role::Master => (0..nodes.len())
+                .filter(|i| machine_pools[*i] == MachinePool::Master)
+                .collect(),
+        };
+        let mut refusal = None;
+        if !targets.is_empty() {
+            let unselected: Vec<&str> = reached
+                .iter()
+                .filter(|i| !targeted[**i])
+                .map(|i| nodes[*i].name.as_str())
+                .collect();
+            if !unselected.is_empty() {
+                refusal = Some(format!(
+                    "MachineConfigPool {} also holds {}, which would be rebooted without being selected; select every node of that pool or none of them",
+                    role.pool(),
+                    unselected.join(", ")
+                ));
+            }
+        }
+        let mut extension = names::EXTENSION;
+        if refusal.is_none() && !targets.is_empty() {
+            let reached_os = reached
+                .iter()
+                .map(|i| (nodes[*i].name.as_str(), nodes[*i].os_image.as_deref()));
+            match os::extension_for(spec.extension, reached_os) {
+                Ok(chosen) => extension = chosen,
+                Err(why) => refusal = Some(format!("MachineConfigPool {}: {why}", role.pool())),
+            }
+        }
+        RolePlacement {
+            targets,
+            refusal,
+            extension,
+        }
+    });
+    for role in &roles {
+        if let Some(reason) = &role.refusal {
+            for i in &role.targets {
+                placements[*i] = NodePlacement::Refused {
+                    reason: reason.clone(),
+                    frozen: true,
+                };
+            }
+        }
+    }
+    let [kata_pool, master] = roles;
+    Placement {
+        nodes: placements,
+        kata_pool,
+        master,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::{node, worker};
+    use serde_json::json;
+
+    const MASTER: (&str, &str) = (names::MASTER_ROLE_LABEL, "");
+
+    fn pool(name: &str, node_selector: serde_json::Value) -> ObservedPool {
+        ObservedPool::from_object(&json!({
+            "metadata": {"name": name},
+            "spec": {"nodeSelector": node_selector},
+        }))
+    }
+
+    fn stock_pools() -> Vec<ObservedPool> {
+        vec![
+            pool(
+                "master",
+                json!({"matchLabels": {names::MASTER_ROLE_LABEL: ""}}),
+            ),
+            pool(
+                "worker",
+                json!({"matchLabels": {crate::names::WORKER_ROLE_LABEL: ""}}),
+            ),
+            pool(
+                "kata-oc",
+                json!({"matchLabels": {names::KATA_POOL_ROLE_LABEL: ""}}),
+            ),
+        ]
+    }
+
+    fn compact(n: usize) -> Vec<ObservedNode> {
+        (0..n)
+            .map(|i| worker(&format!("m{i}"), &[MASTER]))
+            .collect()
+    }
+
+    #[test]
+    fn pure_workers_go_to_our_pool() {
+        let nodes = [
+            worker("w0", &[]),
+            worker("w1", &[]),
+            node("m0", &[MASTER], &[]),
+        ];
+        let placement = place(
+            &KataConfigSpec::default(),
+            &nodes,
+            &[true, false, false],
+            &stock_pools(),
+        );
+        assert_eq!(
+            placement.nodes,
+            [
+                NodePlacement::Install(Role::KataPool),
+                NodePlacement::NotTargeted,
+                NodePlacement::NotTargeted
+            ]
+        );
+        assert!(placement.kata_pool.wanted() && !placement.master.wanted());
+        assert_eq!(placement.kata_pool.extension, "sandboxed-containers");
+    }
+
+    #[test]
+    fn a_whole_compact_cluster_goes_through_the_master_pool() {
+        let placement = place(
+            &KataConfigSpec::default(),
+            &compact(3),
+            &[true; 3],
+            &stock_pools(),
+        );
+        assert_eq!(
+            placement.nodes,
+            vec![NodePlacement::Install(Role::Master); 3]
+        );
+        assert!(placement.master.wanted() && !placement.kata_pool.wanted());
+        assert!(placement.refusals().is_empty());
+    }
+
+    #[test]
+    fn part_of_a_shared_pool_is_refused_naming_the_unselected_nodes() {
+        let placement = place(
+            &KataConfigSpec::default(),
+            &compact(3),
+            &[true, true, false],
+            &stock_pools(),
+        );
+        assert!(!placement.master.wanted());
+        let refusal = placement.master.refusal.clone().unwrap_or_default();
+        assert!(
+            refusal.contains("MachineConfigPool master also holds m2"),
+            "{refusal}"
+        );
+        assert!(matches!(
+            &placement.nodes[0],
+            NodePlacement::Refused { frozen: true, reason } if *reason == refusal
+        ));
+        assert_eq!(placement.nodes[2], NodePlacement::NotTargeted);
+        assert_eq!(placement.refusals(), [refusal]);
+    }
+
+    #[test]
+    fn compact_plus_workers_uses_both_pools() {
+        let mut nodes = compact(3);
+        nodes.push(worker("w0", &[]));
+        nodes.push(worker("w1", &[]));
+        let placement = place(
+            &KataConfigSpec::default(),
+            &nodes,
+            &[true; 5],
+            &stock_pools(),
+        );
+        assert_eq!(placement.master.targets, [0, 1, 2]);
+        assert_eq!(placement.kata_pool.targets, [3, 4]);
+        assert!(placement.master.wanted() && placement.kata_pool.wanted());
+    }
+
+    #[test]
+    fn a_node_in_another_custom_pool_is_reported_not_moved() {
+        let mut pools = stock_pools();
+        pools.push(pool(
+            "infra",
+            json!({"matchLabels": {"node-role.kubernetes.io/infra": ""}}),
+        ));
+        // An empty selector selects nothing, as in the MCO.
+        pools.push(pool("everything", json!({})));
+        let nodes = [
+            worker("w0", &[]),
+            worker("i0", &[("node-role.kubernetes.io/infra", "")]),
+        ];
+        let placement = place(&KataConfigSpec::default(), &nodes, &[true, true], &pools);
+        assert_eq!(placement.nodes[0], NodePlacement::Install(Role::KataPool));
+        let NodePlacement::Refused { reason, frozen } = &placement.nodes[1] else {
+            panic!("{:?}", placement.nodes[1]);
+        };
+        assert!(
+            reason.contains("node i0 is in MachineConfigPool infra"),
+            "{reason}"
+        );
+        assert!(!frozen, "its kata-oc label, if any, goes");
+        assert!(placement.kata_pool.wanted());
+    }
+
+    #[test]
+    fn master_wins_over_our_label_even_without_a_master_pool_seen() {
+        let labelled = worker("m0", &[MASTER, (names::KATA_POOL_ROLE_LABEL, "")]);
+        assert_eq!(machine_pool(&labelled, &[]), MachinePool::Master);
+        assert_eq!(
+            machine_pool(
+                &worker("w0", &[(names::KATA_POOL_ROLE_LABEL, "")]),
+                &stock_pools()
+            ),
+            MachinePool::Worker
+        );
+    }
+
+    #[test]
+    fn the_extension_follows_the_os_and_an_unknown_os_refuses_its_pool() {
+        let fcos = |name: &str| ObservedNode {
+            os_image: Some("Fedora CoreOS 39.20240210.3.0".into()),
+            ..worker(name, &[])
+        };
+        let placement = place(
+            &KataConfigSpec::default(),
+            &[fcos("w0"), fcos("w1")],
+            &[true, true],
+            &stock_pools(),
+        );
+        assert_eq!(placement.kata_pool.extension, "kata-containers");
+        let unknown = ObservedNode {
+            os_image: Some("Ubuntu 24.04.1 LTS".into()),
+            ..worker("w2", &[])
+        };
+        let placement = place(
+            &KataConfigSpec::default(),
+            &[fcos("w0"), unknown],
+            &[true, true],
+            &stock_pools(),
+        );
+        assert!(!placement.kata_pool.wanted());
+        let refusal = placement.kata_pool.refusal.unwrap_or_default();
+        assert!(
+            refusal.contains("w2") && refusal.contains("spec.extension"),
+            "{refusal}"
+        );
+    }
+}
