@@ -37,8 +37,17 @@ pub struct RunOptions {
     /// With several replicas: the lease that decides which one acts. The
     /// others serve only `/healthz` (and report not ready) until they lead.
     pub leader_election: Option<LeaseOptions>,
-    /// The live log filter, changeable through `PUT /log-level`.
-    pub log_filter: Option<crate::logging::LogFilter>,
+    /// The live log filter, changeable through `PUT /log-level` on a
+    /// loopback address of its own.
+    pub log_filter: Option<AdminEndpoint>,
+}
+
+/// Where `PUT /log-level` is served, and the filter it changes.
+#[derive(Clone, Debug)]
+pub struct AdminEndpoint {
+    /// Must be a loopback address: the endpoint has no authentication.
+    pub listen: SocketAddr,
+    pub filter: crate::logging::LogFilter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +62,21 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--admin-listen {0}: /log-level has no authentication, so it listens on loopback only")]
+    AdminNotLoopback(SocketAddr),
     #[error("the agents' TLS certificate: {0}")]
     Tls(#[from] crate::health::TlsError),
     #[error("lost the leader lease; exiting so a fresh process can compete again")]
     LostLeadership,
+}
+
+/// `/log-level` has no authentication: it may only listen on loopback.
+pub fn check_admin_listen(listen: SocketAddr) -> Result<(), AppError> {
+    if listen.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(AppError::AdminNotLoopback(listen))
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
@@ -106,14 +126,22 @@ pub async fn run_until(
     // none outlives the coordinator.
     let mut parts = tokio::task::JoinSet::new();
     let http_readiness = readiness.clone();
-    let log_filter = options.log_filter.clone();
     parts.spawn(async move {
-        if let Err(error) =
-            crate::metrics::serve(metrics_listener, registry, http_readiness, log_filter).await
+        if let Err(error) = crate::metrics::serve(metrics_listener, registry, http_readiness).await
         {
             tracing::error!(%error, "the metrics server stopped");
         }
     });
+    if let Some(admin) = options.log_filter.clone() {
+        check_admin_listen(admin.listen)?;
+        let admin_listener = bind(admin.listen).await?;
+        info!(addr = %admin.listen, "serving PUT /log-level");
+        parts.spawn(async move {
+            if let Err(error) = crate::metrics::serve_admin(admin_listener, admin.filter).await {
+                tracing::error!(%error, "the log-level server stopped");
+            }
+        });
+    }
 
     readiness.not_ready("checking that the API server serves the required APIs");
     tokio::select! {

@@ -57,6 +57,10 @@ struct RunArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     metrics_listen: std::net::SocketAddr,
+    /// Loopback address for `GET`/`PUT /log-level` (reach it with
+    /// `kubectl port-forward`); a non-loopback address is refused.
+    #[arg(long, env = "ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    admin_listen: std::net::SocketAddr,
     /// Address of the agents' gRPC health channel. Without TLS files the
     /// channel is off and nodes get no health labels.
     #[arg(long, env = "GRPC_LISTEN", default_value = "0.0.0.0:8443")]
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
                 log_format,
                 log_level,
                 metrics_listen,
+                admin_listen,
                 grpc_listen,
                 tls_cert_file,
                 tls_key_file,
@@ -153,7 +158,10 @@ fn main() -> ExitCode {
                 retry: Duration::from_secs(2),
             });
             let options = RunOptions {
-                log_filter: Some(log_control),
+                log_filter: Some(kata_coordinator::app::AdminEndpoint {
+                    listen: admin_listen,
+                    filter: log_control,
+                }),
                 leader_election,
                 agents,
                 metrics_listen,

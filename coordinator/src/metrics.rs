@@ -446,7 +446,6 @@ impl Readiness {
 struct HttpState {
     registry: Arc<Registry>,
     readiness: Readiness,
-    log_filter: Option<crate::logging::LogFilter>,
 }
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -498,52 +497,54 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
     }
 }
 
-async fn get_log_level(State(state): State<HttpState>) -> (StatusCode, String) {
-    match &state.log_filter {
-        Some(level) => (StatusCode::OK, level.current()),
-        None => (
-            StatusCode::NOT_FOUND,
-            "log level is not adjustable here".into(),
-        ),
+async fn get_log_level(State(level): State<crate::logging::LogFilter>) -> (StatusCode, String) {
+    (StatusCode::OK, level.current())
+}
+
+async fn put_log_level(
+    State(level): State<crate::logging::LogFilter>,
+    body: String,
+) -> (StatusCode, String) {
+    match level.set(&body) {
+        Ok(()) => {
+            tracing::info!(filter = %level.current(), "log filter changed");
+            (StatusCode::OK, level.current())
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e),
     }
 }
 
-async fn put_log_level(State(state): State<HttpState>, body: String) -> (StatusCode, String) {
-    match &state.log_filter {
-        Some(level) => match level.set(&body) {
-            Ok(()) => {
-                tracing::info!(filter = %level.current(), "log filter changed");
-                (StatusCode::OK, level.current())
-            }
-            Err(e) => (StatusCode::BAD_REQUEST, e),
-        },
-        None => (
-            StatusCode::NOT_FOUND,
-            "log level is not adjustable here".into(),
-        ),
-    }
-}
-
-/// Serves `/metrics`, `/healthz` (the process answers), `/readyz`, and
-/// `GET`/`PUT /log-level` (the live log filter, e.g. `debug` or
-/// `info,kata_coordinator::reconciler=trace`).
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz`: the
+/// port Prometheus and the kubelet reach, so it serves nothing that
+/// changes the coordinator.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
     readiness: Readiness,
-    log_filter: Option<crate::logging::LogFilter>,
 ) -> std::io::Result<()> {
     let state = HttpState {
         registry: Arc::new(registry),
         readiness,
-        log_filter,
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/log-level", get(get_log_level).put(put_log_level))
         .with_state(state);
+    axum::serve(listener, app).await
+}
+
+/// Serves `GET`/`PUT /log-level` (the live log filter, e.g. `debug` or
+/// `info,kata_coordinator::reconciler=trace`) on `listener`, which the
+/// coordinator binds to loopback only: reached with `kubectl port-forward`
+/// by someone allowed to, never by whoever reaches the pod's network.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    log_filter: crate::logging::LogFilter,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/log-level", get(get_log_level).put(put_log_level))
+        .with_state(log_filter);
     axum::serve(listener, app).await
 }
 
@@ -558,12 +559,7 @@ mod tests {
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
-        let server = tokio::spawn(serve(
-            listener,
-            metrics.registry(),
-            Readiness::default(),
-            None,
-        ));
+        let server = tokio::spawn(serve(listener, metrics.registry(), Readiness::default()));
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect to /metrics");

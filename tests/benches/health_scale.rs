@@ -246,6 +246,7 @@ async fn main() -> Result<(), BoxError> {
         .args(["run", "--log-level", "warn"])
         .arg(format!("--grpc-listen={grpc}"))
         .arg(format!("--metrics-listen={metrics}"))
+        .arg(format!("--admin-listen={}", free_addr()?))
         .arg(format!("--tls-cert-file={}", tls.cert.display()))
         .arg(format!("--tls-key-file={}", tls.key.display()))
         .arg(format!("--heartbeat-seconds={HEARTBEAT_SECONDS}"))

@@ -386,11 +386,17 @@ impl CoordinatorProcess {
         let file_err = file.try_clone().map_err(|e| Error::io(&log, e))?;
         let metrics: std::net::SocketAddr =
             ([127, 0, 0, 1], crate::control_plane::free_port()?).into();
+        // Ports of their own, so coordinators of tests running at the same
+        // time never meet on the default admin port.
+        let admin: std::net::SocketAddr =
+            ([127, 0, 0, 1], crate::control_plane::free_port()?).into();
         let mut command = std::process::Command::new(&binary);
         command
             .arg("run")
             .arg("--metrics-listen")
             .arg(metrics.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
             .args(args)
             .env("KUBECONFIG", plane.kubeconfig())
             .env_remove("LOG_FORMAT")
