@@ -581,17 +581,6 @@ mod tests {
         response
     }
 
-    #[test]
-    fn the_classic_format_names_counters_with_their_suffix() {
-        let openmetrics = "# HELP a_writes Writes.\n# TYPE a_writes counter\na_writes_total 3\n\
-            # HELP b Things.\n# TYPE b gauge\n# UNIT b seconds\nb 1\n# EOF\n";
-        assert_eq!(
-            classic_text(openmetrics),
-            "# HELP a_writes_total Writes.\n# TYPE a_writes_total counter\na_writes_total 3\n\
-             # HELP b Things.\n# TYPE b gauge\nb 1\n"
-        );
-    }
-
     #[tokio::test]
     async fn every_metric_family_appears_once() {
         let metrics = Metrics::default();

@@ -16,7 +16,7 @@ use kata_coordinator::health::HealthOptions;
 use kata_node_agent::daemon::{AgentOptions, AgentStatus, Backoff, run_agent_with_status};
 use kata_tests::health_fixture::{AGENT_SA, AUDIENCE, HealthFixture, NODE_A, SERVER_NAME};
 use kata_tests::host_root::{DROP_IN_DIR, FakeHost, sandbox_id, shim_metrics_page};
-use kata_tests::operator::{eventually, http_get};
+use kata_tests::operator::{eventually, http_get, metric_value};
 use tokio::sync::{oneshot, watch};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -32,9 +32,7 @@ const RELAYED_PREFIXES: [&str; 4] = [
 
 /// The value of one series (its name with labels, as written) on a page.
 fn value(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
+    metric_value(page, series).ok()
 }
 
 async fn scrape(address: SocketAddr) -> String {
