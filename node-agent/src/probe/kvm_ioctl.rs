@@ -36,10 +36,26 @@ unsafe fn ioctl_value(
     request: ioctl_num_type,
     arg: c_ulong,
 ) -> nix::Result<c_int> {
-    // SAFETY: the descriptor is borrowed, so it stays open for the call; the
-    // caller vouches that the request takes `arg` by value, not a pointer.
-    Errno::result(unsafe { nix::libc::ioctl(fd.as_raw_fd(), request, arg) })
+    let mut interrupted = 0;
+    loop {
+        // SAFETY: the descriptor is borrowed, so it stays open for the call;
+        // the caller vouches that the request takes `arg` by value, not a
+        // pointer.
+        match Errno::result(unsafe { nix::libc::ioctl(fd.as_raw_fd(), request, arg) }) {
+            // A signal arrived during the call (KVM_CREATE_VM waits for the
+            // mm lock killably, KVM_RUN exits to let a handler run). Each of
+            // these requests can be issued again: a create that failed with
+            // EINTR created nothing, and KVM_RUN resumes the guest where it
+            // stopped. A bound keeps a signal storm from holding the probe
+            // thread; past it, EINTR is the probe's answer.
+            Err(Errno::EINTR) if interrupted < MAX_INTERRUPTED_RETRIES => interrupted += 1,
+            result => return result,
+        }
+    }
 }
+
+/// How many times an `_IO` request interrupted by a signal is issued again.
+const MAX_INTERRUPTED_RETRIES: u32 = 8;
 
 /// `KVM_GET_API_VERSION`; a working KVM answers 12.
 pub(super) fn api_version(kvm: BorrowedFd<'_>) -> nix::Result<i32> {
@@ -624,6 +640,56 @@ mod guest {
                     ..
                 })
             ));
+        }
+
+        static SIGNALS_HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+        extern "C" fn count_signal(_: c_int) {
+            SIGNALS_HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        /// A process with signal handlers (tokio's SIGCHLD one, for the
+        /// commands the other probes run) gets signals on any thread, the
+        /// probe's too: creating and running VMs under a storm of them still
+        /// succeeds.
+        #[test]
+        fn signals_during_the_ioctls_do_not_fail_the_probe() {
+            use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let Some(kvm) = real_kvm("signals_during_the_ioctls_do_not_fail_the_probe") else {
+                return;
+            };
+            // No SA_RESTART: an interrupted ioctl returns EINTR to us.
+            let handler = SigAction::new(
+                SigHandler::Handler(count_signal),
+                SaFlags::empty(),
+                SigSet::empty(),
+            );
+            // SAFETY: the handler only touches an atomic, which is
+            // async-signal-safe; no test of this binary sends SIGUSR1 otherwise.
+            unsafe { sigaction(Signal::SIGUSR1, &handler) }.expect("a SIGUSR1 handler");
+            let target = nix::sys::pthread::pthread_self();
+            let done = std::sync::Arc::new(AtomicBool::new(false));
+            let signaller = std::thread::spawn({
+                let done = done.clone();
+                move || {
+                    while !done.load(Ordering::Relaxed) {
+                        nix::sys::pthread::pthread_kill(target, Signal::SIGUSR1)
+                            .expect("signal the probe thread");
+                        std::thread::sleep(std::time::Duration::from_micros(20));
+                    }
+                }
+            });
+            let before = SIGNALS_HANDLED.load(Ordering::Relaxed);
+            let creates: Vec<_> = (0..300).map(|_| create_and_close_vm(kvm.as_fd())).collect();
+            let runs: Vec<_> = (0..20).map(|_| run_guest_program(kvm.as_fd())).collect();
+            done.store(true, Ordering::Relaxed);
+            signaller.join().expect("the signaller");
+            let handled = SIGNALS_HANDLED.load(Ordering::Relaxed) - before;
+            eprintln!("{handled} signals handled during 300 creates and 20 guest runs");
+            assert!(handled > 0, "the storm reached the probe thread");
+            assert!(creates.iter().all(Result::is_ok), "{creates:?}");
+            assert!(runs.iter().all(Result::is_ok), "{runs:?}");
         }
     }
 }
