@@ -9,6 +9,7 @@
 //!   coordinator sends its own.
 //! * [`metrics`]: the agent's Prometheus metrics and `GET /metrics`;
 //!   [`sandbox_metrics`]: Kata's per-sandbox metrics, relayed from the shims.
+//! * [`liveness`]: whether the agent can still report (`GET /healthz`).
 //! * `fixtures` (feature `fixtures`, for tests only): fake host roots.
 
 pub mod check;
@@ -17,6 +18,7 @@ pub mod daemon;
 pub mod error;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod liveness;
 pub mod metrics;
 pub mod probe;
 pub mod runner;

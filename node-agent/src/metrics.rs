@@ -1,4 +1,5 @@
-//! The agent's own Prometheus metrics and its plain-HTTP `GET /metrics`.
+//! The agent's own Prometheus metrics and its plain-HTTP `GET /metrics`,
+//! beside `GET /healthz` for the DaemonSet's liveness probe.
 //!
 //! The page is the Prometheus text format 0.0.4: the agent's families (all
 //! `kata_node_agent_*`), then Kata's per-sandbox families relayed from the
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore};
 use tracing::{debug, warn};
 
+use crate::liveness::Liveness;
 use crate::probe::{ProbeName, ProbeOutcome, ProbeStatus};
 use crate::sandbox_metrics::{SandboxScrape, SandboxScraper};
 use crate::verdict::Verdicts;
@@ -237,6 +239,8 @@ pub struct MetricsEndpoint {
     metrics: AgentMetrics,
     registry: Registry,
     sandboxes: Option<SandboxScraper>,
+    /// What `/healthz` judges; without it, `/healthz` is not served.
+    liveness: Option<Liveness>,
     /// One sandbox scrape at a time: concurrent requests would multiply
     /// the memory a scrape holds.
     scraping: Mutex<()>,
@@ -248,8 +252,16 @@ impl MetricsEndpoint {
             registry: metrics.registry(),
             metrics,
             sandboxes,
+            liveness: None,
             scraping: Mutex::new(()),
         }
+    }
+
+    /// Serves `GET /healthz` from `liveness`: 200 while the agent can
+    /// report, 503 with the reason once it cannot.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     /// The whole page, the sandboxes scraped now.
@@ -273,15 +285,26 @@ impl MetricsEndpoint {
     }
 
     async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.uri().path() != "/metrics" {
-            return plain(StatusCode::NOT_FOUND, "not found; try /metrics\n");
-        }
+        let liveness = match (request.uri().path(), &self.liveness) {
+            ("/metrics", _) => None,
+            ("/healthz", Some(liveness)) => Some(liveness),
+            _ => return plain(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
+        };
         if request.method() != Method::GET && request.method() != Method::HEAD {
             let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
             response
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
+        }
+        if let Some(liveness) = liveness {
+            return match liveness.check() {
+                Ok(()) => plain(StatusCode::OK, "ok\n"),
+                Err(reason) => {
+                    warn!(%reason, "liveness check failed");
+                    plain(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
+                }
+            };
         }
         let mut response = Response::new(Full::new(Bytes::from(self.page().await)));
         response
@@ -291,8 +314,8 @@ impl MetricsEndpoint {
     }
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(text.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -179,6 +179,11 @@ async fn the_agents_metrics_follow_the_host_and_relay_the_sandboxes() {
     assert_eq!(value(&first, drop_in_ok), Some(1.0), "{first}");
     assert_eq!(value(&first, drop_in_fail), Some(0.0));
     assert_eq!(value(&first, "kata_node_agent_connected"), Some(1.0));
+    assert_eq!(
+        http_get(address, "/healthz").await.unwrap(),
+        (200, "ok\n".to_owned()),
+        "a reporting agent is alive"
+    );
     assert!(value(&first, "kata_node_agent_last_report_timestamp_seconds").unwrap() > 1.0e9);
     assert!(
         value(
@@ -267,4 +272,68 @@ async fn the_agents_metrics_follow_the_host_and_relay_the_sandboxes() {
     .unwrap();
     drop(shims);
     let _host = host.remove(&format!("{DROP_IN_DIR}/60-broken"));
+}
+
+/// The liveness probe's `/healthz` fails when the agent makes no progress:
+/// here its connection attempt hangs on a peer that accepts TCP and never
+/// answers the TLS handshake, longer than a 1 s stall limit. (The default
+/// limit is never below two full reconnect attempts, so a coordinator that
+/// is merely down does not restart the agents.)
+#[tokio::test]
+async fn healthz_fails_with_the_reason_when_the_agent_makes_no_progress() {
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coordinator = format!("https://{}", tarpit.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = tarpit.accept().await {
+            held.push(socket);
+        }
+    });
+    let host = FakeHost::good();
+    let files = tempfile::tempdir().unwrap();
+    let (ca, token) = (files.path().join("ca.crt"), files.path().join("token"));
+    std::fs::write(
+        &ca,
+        kata_tests::pki::TestCa::new("tarpit").unwrap().cert_pem(),
+    )
+    .unwrap();
+    std::fs::write(&token, "header.payload.signature").unwrap();
+    let mut options = AgentOptions::new(coordinator, &ca, &token, NODE_A, host.host_root());
+    options.runner = FakeHost::runner_options();
+    options.connect_timeout = Duration::from_secs(600);
+    options.liveness_stall_limit = Some(Duration::from_secs(1));
+    options.metrics_address = Some("127.0.0.1:0".parse().unwrap());
+    let (status_tx, mut status) = watch::channel(AgentStatus::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(run_agent_with_status(options, status_tx, async {
+        let _ = stopped.await;
+    }));
+    let address = tokio::time::timeout(PATIENCE, status.wait_for(|s| s.metrics_address.is_some()))
+        .await
+        .unwrap()
+        .unwrap()
+        .metrics_address
+        .unwrap();
+    eventually("/healthz to fail", PATIENCE, || async {
+        Ok(http_get(address, "/healthz").await?.0 == 503)
+    })
+    .await
+    .unwrap();
+    let (_, reason) = http_get(address, "/healthz").await.unwrap();
+    assert!(
+        reason.starts_with("no probe cycle and no connection attempt for "),
+        "{reason}"
+    );
+    assert_eq!(
+        status.borrow().connect_attempts,
+        1,
+        "still on its first attempt"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(PATIENCE, agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    held.abort();
 }

@@ -40,6 +40,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ExpectedConfig;
+use crate::liveness::{self, Liveness};
 use crate::metrics::{AgentMetrics, MetricsEndpoint};
 use crate::probe::HostRoot;
 use crate::runner::{ProbeRunner, RunnerOptions};
@@ -86,6 +87,9 @@ pub struct AgentOptions {
     pub metrics_address: Option<SocketAddr>,
     /// Bounds of the Kata sandbox scrape behind each `/metrics` request.
     pub sandbox_metrics: ScrapeLimits,
+    /// How long without a probe cycle or a connection attempt before
+    /// `/healthz` fails; `None`: [`liveness::stall_limit`] of the intervals.
+    pub liveness_stall_limit: Option<Duration>,
 }
 
 impl AgentOptions {
@@ -111,6 +115,7 @@ impl AgentOptions {
             connect_timeout: Duration::from_secs(10),
             metrics_address: None,
             sandbox_metrics: ScrapeLimits::default(),
+            liveness_stall_limit: None,
         }
     }
 }
@@ -216,16 +221,24 @@ pub async fn run_agent_with_status(
     async move {
         let endpoint = endpoint(&options)?;
         let metrics = AgentMetrics::default();
+        let liveness = Liveness::new(options.liveness_stall_limit.unwrap_or_else(|| {
+            liveness::stall_limit(
+                options.probe_interval,
+                options.backoff.max,
+                options.connect_timeout,
+            )
+        }));
         // Aborted when the agent returns, so the port closes with it.
         let _server = match options.metrics_address {
             Some(address) => {
-                let server = serve_metrics(address, &options, metrics.clone()).await?;
+                let endpoint = metrics_endpoint(&options, metrics.clone(), liveness.clone());
+                let server = serve_metrics(address, endpoint).await?;
                 status.send_modify(|s| s.metrics_address = Some(server.address));
                 Some(server)
             }
             None => None,
         };
-        let mut agent = Agent::new(options, endpoint, status, metrics);
+        let mut agent = Agent::new(options, endpoint, status, metrics, liveness);
         agent.run(shutdown).await;
         info!("shut down");
         Ok(())
@@ -250,22 +263,30 @@ impl Drop for MetricsServer {
 /// cannot is a configuration to fix, not to ignore) and serves on it.
 async fn serve_metrics(
     address: SocketAddr,
-    options: &AgentOptions,
-    metrics: AgentMetrics,
+    endpoint: MetricsEndpoint,
 ) -> Result<MetricsServer, DaemonError> {
     let bind_error = |source| DaemonError::MetricsAddress { address, source };
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
-    let scraper = SandboxScraper::new(options.host_root.clone(), options.sandbox_metrics);
-    let endpoint = Arc::new(MetricsEndpoint::new(metrics, Some(scraper)));
+    let endpoint = Arc::new(endpoint);
     info!(address = %bound, "serving metrics");
     let task = tokio::spawn(crate::metrics::serve(listener, endpoint).in_current_span());
     Ok(MetricsServer {
         address: bound,
         task,
     })
+}
+
+/// `/metrics` with the sandboxes under the host root, and `/healthz`.
+fn metrics_endpoint(
+    options: &AgentOptions,
+    metrics: AgentMetrics,
+    liveness: Liveness,
+) -> MetricsEndpoint {
+    let scraper = SandboxScraper::new(options.host_root.clone(), options.sandbox_metrics);
+    MetricsEndpoint::new(metrics, Some(scraper)).with_liveness(liveness)
 }
 
 /// The coordinator's endpoint without TLS (added per connect, as the CA file
@@ -340,6 +361,7 @@ struct Agent {
     probe_interval: Duration,
     status: watch::Sender<AgentStatus>,
     metrics: AgentMetrics,
+    liveness: Liveness,
 }
 
 /// How one stream went, for the backoff.
@@ -355,6 +377,7 @@ impl Agent {
         endpoint: Endpoint,
         status: watch::Sender<AgentStatus>,
         metrics: AgentMetrics,
+        liveness: Liveness,
     ) -> Self {
         let runner = ProbeRunner::with_options(
             options.expected.clone(),
@@ -369,6 +392,7 @@ impl Agent {
             options,
             status,
             metrics,
+            liveness,
         }
     }
 
@@ -378,6 +402,7 @@ impl Agent {
         tokio::pin!(shutdown);
         let mut failures = 0u32;
         loop {
+            self.liveness.progress();
             self.status.send_modify(|s| s.connect_attempts += 1);
             self.metrics
                 .observe_connect_attempt(self.status.borrow().connect_attempts);
@@ -503,6 +528,7 @@ impl Agent {
                 }
                 () = sleep_until(probe_at) => {
                     let outcomes = self.runner.run_cycle().await;
+                    self.liveness.progress();
                     let cycle = Cycle::new(outcomes, SystemTime::now());
                     self.metrics.observe_cycle(
                         &cycle.outcomes,
