@@ -7,7 +7,7 @@ CRIO_BUILD := tests/scripts/build-crio.sh
 PROMTOOL_BUILD := tests/scripts/build-promtool.sh
 IGNITION_BUILD := tests/scripts/build-ignition.sh
 
-.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool ignition bench-health generate
+.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool ignition bench-health bench-rollout generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -73,6 +73,14 @@ AGENTS ?= 1000
 bench-health: control-plane
 	cargo build --release -p kata-coordinator
 	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" AGENTS=$(AGENTS) cargo bench -p kata-tests --bench health_scale
+
+## Install and uninstall of NODES workers (1000 by default) through the MCO
+## simulator: rollouts per node, API requests by verb, reconciles, RSS.
+## STEADY_SECONDS, CHURN_SECONDS and UNRELATED_PODS tune the phases.
+NODES ?= 1000
+bench-rollout: control-plane
+	cargo build --release -p kata-coordinator
+	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" NODES=$(NODES) cargo bench -p kata-tests --bench rollout
 
 cluster-up:
 	@bash tests/scripts/cluster.sh up

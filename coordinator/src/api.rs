@@ -3,10 +3,12 @@
 //!
 //! What the schema can judge is refused at admission: an unknown selector
 //! operator or log level, `In` without values, `Exists` with values,
-//! `enablePeerPods: true`. The CRD is generated from these types (`coordinator
-//! crd`) and checked in under `deploy/`.
+//! `enablePeerPods: true`, a pool selector naming the operator's own node
+//! labels. The CRD is generated from these types (`coordinator crd`) and
+//! checked in under `deploy/`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::{Rule, cel::Message};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -77,10 +79,42 @@ pub enum ExtensionChoice {
     KataContainers,
 }
 
+/// The labels the operator itself sets on nodes. A pool selector naming one
+/// would select on the operator's own writes: every label change would move
+/// nodes in or out of the pool (a drain and a reboot each on OpenShift), and
+/// the move changes the labels again. Admission refuses such a selector.
+pub const OPERATOR_NODE_LABELS: [&str; 3] = [
+    crate::names::KATA_RUNTIME_LABEL,
+    crate::mco::names::KATA_POOL_ROLE_LABEL,
+    crate::names::KATA_CAPABLE_LABEL,
+];
+
+/// The CEL rule refusing [`OPERATOR_NODE_LABELS`] in one part of the
+/// selector: `field` (`matchLabels` or `matchExpressions`), whose keys
+/// `key_of` reads from an element `k`.
+fn operator_labels_refused(field: &str, key_of: &str) -> Rule {
+    let keys = OPERATOR_NODE_LABELS
+        .iter()
+        .map(|key| format!("'{key}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let message = format!(
+        "kataConfigPoolSelector.{field} must not use the labels the operator sets on nodes ({}): the selection would follow the operator's own writes and move nodes in and out of the pool, a reboot each; select on labels of your own",
+        OPERATOR_NODE_LABELS.join(", ")
+    );
+    Rule::new(format!(
+        "!has(self.{field}) || self.{field}.all(k, !({key_of} in [{keys}]))"
+    ))
+    .message(Message::Message(message))
+}
+
 /// A label selector (the same shape as Kubernetes' LabelSelector), with the
-/// rules of a valid one enforced at admission.
+/// rules of a valid one enforced at admission, and none of the operator's
+/// own node labels.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = operator_labels_refused("matchLabels", "k"))]
+#[x_kube(validation = operator_labels_refused("matchExpressions", "k.key"))]
 pub struct PoolSelector {
     /// Labels a node must all carry, with these values.
     #[serde(default, skip_serializing_if = "Option::is_none")]

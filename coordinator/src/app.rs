@@ -115,6 +115,31 @@ pub async fn run_until(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), AppError> {
+    run_until_with(client, options, RolloutWatch::default(), shutdown).await
+}
+
+/// How the KataConfig controller watches the rollout (`--stuck-rollout-seconds`).
+#[derive(Clone, Copy, Debug)]
+pub struct RolloutWatch {
+    /// See [`reconciler::Options::stuck_after`].
+    pub stuck_after: Duration,
+}
+
+impl Default for RolloutWatch {
+    fn default() -> Self {
+        Self {
+            stuck_after: reconciler::DEFAULT_STUCK_AFTER,
+        }
+    }
+}
+
+/// [`run_until`] with the rollout watched as `rollout` says.
+pub async fn run_until_with(
+    client: Client,
+    options: RunOptions,
+    rollout: RolloutWatch,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), AppError> {
     let shutdown = shutdown.boxed().shared();
     let metrics = Metrics::default();
     let registry = metrics.registry();
@@ -173,6 +198,7 @@ pub async fn run_until(
         client.clone(),
         reconciler::Options {
             metrics: metrics.clone(),
+            stuck_after: rollout.stuck_after,
             ..Default::default()
         },
         node_writer,

@@ -117,9 +117,39 @@ impl Applier {
         body: &(impl Serialize + std::fmt::Debug),
         subresource: Subresource,
     ) -> Result<(), WriteError> {
+        let params = PatchParams::apply(manager).force();
+        self.apply_with(kind, name, &params, body, subresource)
+            .await
+    }
+
+    /// Server-side apply of an object others may write too (the MCO's
+    /// objects and the RuntimeClass), as `manager`, *without* taking over
+    /// fields another manager set: the API server refuses the write with a
+    /// conflict instead. The planner holds such writes when it sees the
+    /// other manager; this covers the moment its cache has not yet seen it.
+    pub async fn apply_unforced(
+        &self,
+        kind: Kind,
+        name: &str,
+        manager: &str,
+        body: &(impl Serialize + std::fmt::Debug),
+    ) -> Result<(), WriteError> {
+        let params = PatchParams::apply(manager);
+        self.apply_with(kind, name, &params, body, Subresource::Main)
+            .await
+    }
+
+    async fn apply_with(
+        &self,
+        kind: Kind,
+        name: &str,
+        params: &PatchParams,
+        body: &(impl Serialize + std::fmt::Debug),
+        subresource: Subresource,
+    ) -> Result<(), WriteError> {
         self.spend(kind.kind)?;
         let api = self.api(kind);
-        let params = PatchParams::apply(manager).force();
+        let params = params.clone();
         let patch = Patch::Apply(body);
         match subresource {
             Subresource::Main => api.patch(name, &params, &patch).await?,

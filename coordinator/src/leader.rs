@@ -1,23 +1,63 @@
 //! Leader election on a `coordination.k8s.io` Lease, so two replicas can run
-//! and only one acts. The decision is pure ([`decide`]); [`LeaderElector`]
-//! performs it with optimistic concurrency (every write names the
-//! resourceVersion it read), so two candidates can never both win.
+//! and only one acts. Every write names the resourceVersion it read, so two
+//! candidates can never both win a round; what keeps two from *acting* at
+//! once is time, measured as client-go measures it:
+//!
+//! - a standby takes over only once the lease record (holder, renewTime,
+//!   resourceVersion) has not changed for a whole lease duration on its own
+//!   monotonic clock, counted from when *it* saw the last change. No wall
+//!   clock is compared with another's: `renewTime` is only a value that
+//!   changes, so a standby whose clock is minutes off never takes a live
+//!   lease;
+//! - the leader stops acting once the renew deadline (shorter than the lease
+//!   duration) has passed since the *start* of its last successful renewal,
+//!   even while a renewal is still hanging. Its successful write happened
+//!   after that start and a standby saw it later still, so the leader stops
+//!   before any standby's lease duration runs out.
+//!
+//! The decisions are pure ([`observe`], [`decide`], [`leads`]);
+//! [`LeaderElector`] performs them against the API server.
 
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// What the lease looks like, as far as the decision goes.
+/// What identifies one version of the lease record: any change of it means
+/// the holder is alive (or another one took over).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseView {
+pub struct LeaseRecord {
     pub holder: Option<String>,
+    /// The holder's wall clock when it last renewed: compared for change
+    /// only, never with our clock.
     pub renewed: Option<Timestamp>,
+    pub resource_version: Option<String>,
     pub duration: Duration,
+}
+
+/// A lease record and when this replica first saw it, on its monotonic clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub record: LeaseRecord,
+    pub since: Instant,
+}
+
+/// The observation after reading `record` at `now`: the time of the
+/// previous observation is kept while the record is unchanged, so the lease
+/// ages only while nobody writes it.
+pub fn observe(previous: Option<&Observed>, record: LeaseRecord, now: Instant) -> Observed {
+    match previous {
+        Some(previous) if previous.record == record => previous.clone(),
+        _ => Observed { record, since: now },
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,20 +72,17 @@ pub enum LeaseAction {
     Wait,
 }
 
-/// The move for candidate `me` at `now`.
-pub fn decide(lease: Option<&LeaseView>, me: &str, now: Timestamp) -> LeaseAction {
-    let Some(lease) = lease else {
+/// The move for candidate `me` at `now`, given what it has observed of the
+/// lease (`None`: there is no lease).
+pub fn decide(observed: Option<&Observed>, me: &str, now: Instant) -> LeaseAction {
+    let Some(observed) = observed else {
         return LeaseAction::Create;
     };
-    match lease.holder.as_deref() {
+    match observed.record.holder.as_deref() {
         Some(holder) if holder == me => LeaseAction::Renew,
         None | Some("") => LeaseAction::TakeOver,
         Some(_) => {
-            let expired = lease.renewed.is_none_or(|renewed| {
-                let age = now.duration_since(renewed);
-                age > SignedDuration::try_from(lease.duration).unwrap_or(SignedDuration::MAX)
-            });
-            if expired {
+            if now.saturating_duration_since(observed.since) > observed.record.duration {
                 LeaseAction::TakeOver
             } else {
                 LeaseAction::Wait
@@ -54,14 +91,59 @@ pub fn decide(lease: Option<&LeaseView>, me: &str, now: Timestamp) -> LeaseActio
     }
 }
 
-fn view(lease: &Lease) -> LeaseView {
+/// Whether a leader whose last successful renewal started at
+/// `last_renewal_started` may still act at `now`.
+pub fn leads(last_renewal_started: Instant, now: Instant, renew_deadline: Duration) -> bool {
+    now.saturating_duration_since(last_renewal_started) < renew_deadline
+}
+
+/// How long renewals may fail before the leader stops acting: two thirds of
+/// the lease duration, as client-go's defaults (10 s of 15 s), so a leader
+/// stops well before a standby, counting the lease duration from a later
+/// instant, takes over.
+pub fn renew_deadline(duration: Duration) -> Duration {
+    duration * 2 / 3
+}
+
+fn record(lease: &Lease) -> LeaseRecord {
     let spec = lease.spec.clone().unwrap_or_default();
-    LeaseView {
+    LeaseRecord {
         holder: spec.holder_identity,
         renewed: spec.renew_time.or(spec.acquire_time).map(|t| t.0),
+        resource_version: lease.metadata.resource_version.clone(),
         duration: Duration::from_secs(
             u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
         ),
+    }
+}
+
+/// Where the wall-clock timestamps written into the lease come from. They
+/// are informational (`kubectl get lease`, and a record that changes on every
+/// renewal); no decision reads them.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn wall(&self) -> Timestamp;
+}
+
+/// The system's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn wall(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// The system's clock off by a fixed amount: what a replica on a node with a
+/// wrong clock writes. For tests of clock skew.
+#[derive(Clone, Copy, Debug)]
+pub struct OffsetClock(pub SignedDuration);
+
+impl Clock for OffsetClock {
+    fn wall(&self) -> Timestamp {
+        Timestamp::now()
+            .checked_add(self.0)
+            .unwrap_or_else(|_| Timestamp::now())
     }
 }
 
@@ -71,23 +153,110 @@ pub struct LeaseOptions {
     pub name: String,
     /// This replica's identity (its pod name).
     pub identity: String,
-    /// How long a lease lives without renewal.
+    /// How long a lease lives without renewal, in whole seconds (what the
+    /// Lease carries). Renewals must succeed within [`renew_deadline`] of it.
     pub duration: Duration,
     /// How often to try and to renew: well under `duration`.
     pub retry: Duration,
 }
 
+/// The three requests an election makes, behind a trait so the unit tests
+/// can make them hang.
+trait LeaseStore: Send + Sync {
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lease>, kube::Error>>;
+    fn create<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<Lease, kube::Error>>;
+    fn replace<'a>(
+        &'a self,
+        name: &'a str,
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, Result<Lease, kube::Error>>;
+}
+
+impl LeaseStore for Api<Lease> {
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lease>, kube::Error>> {
+        Box::pin(self.get_opt(name))
+    }
+    fn create<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<Lease, kube::Error>> {
+        Box::pin(async move { Api::create(self, &PostParams::default(), lease).await })
+    }
+    fn replace<'a>(
+        &'a self,
+        name: &'a str,
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, Result<Lease, kube::Error>> {
+        // replace carries the resourceVersion we read: a conflict means
+        // someone else won this round.
+        Box::pin(async move { Api::replace(self, name, &PostParams::default(), lease).await })
+    }
+}
+
+/// How one round ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Round {
+    /// We hold the lease: created, renewed or taken over.
+    Held,
+    /// Another candidate holds a live lease (or won the write).
+    HeldByOther,
+    /// The API failed: nothing is known.
+    Failed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The lease as last read, and since when it has looked so.
+    observed: Option<Observed>,
+    /// When the last round that left us holding the lease started.
+    last_renewal_started: Option<Instant>,
+}
+
 pub struct LeaderElector {
-    api: Api<Lease>,
+    store: Arc<dyn LeaseStore>,
     options: LeaseOptions,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
 }
 
 impl LeaderElector {
     pub fn new(client: Client, options: LeaseOptions) -> Self {
+        let api: Api<Lease> = Api::namespaced(client, &options.namespace);
+        Self::with_store(Arc::new(api), options)
+    }
+
+    fn with_store(store: Arc<dyn LeaseStore>, options: LeaseOptions) -> Self {
         LeaderElector {
-            api: Api::namespaced(client, &options.namespace),
+            store,
             options,
+            clock: Arc::new(SystemClock),
+            state: Mutex::new(State::default()),
         }
+    }
+
+    /// The same elector taking the timestamps it writes from `clock` (a
+    /// skewed one, in tests): the decisions do not depend on it.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn renew_deadline(&self) -> Duration {
+        renew_deadline(self.options.duration)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is replaced whole under the lock: a panic elsewhere
+        // cannot leave it half-written.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records what a read or our own write of the lease showed.
+    fn note(&self, lease: Option<&Lease>) -> Option<Observed> {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.observed = lease.map(|lease| observe(state.observed.as_ref(), record(lease), now));
+        state.observed.clone()
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>, now: Timestamp, taking_over: bool) -> LeaseSpec {
@@ -112,24 +281,20 @@ impl LeaderElector {
         }
     }
 
-    /// One round: returns whether we hold the lease afterwards. Conflicts
-    /// (another candidate wrote first) and API errors count as "not held".
-    pub async fn try_acquire_or_renew(&self) -> bool {
-        let now = Timestamp::now();
-        let current = match self.api.get_opt(&self.options.name).await {
+    /// One round, without a deadline (callers put one on it).
+    async fn round(&self) -> Round {
+        let current = match self.store.get(&self.options.name).await {
             Ok(lease) => lease,
             Err(error) => {
                 warn!(%error, "cannot read the leader lease");
-                return false;
+                return Round::Failed;
             }
         };
-        let action = decide(
-            current.as_ref().map(view).as_ref(),
-            &self.options.identity,
-            now,
-        );
+        let observed = self.note(current.as_ref());
+        let action = decide(observed.as_ref(), &self.options.identity, Instant::now());
+        let now = self.clock.wall();
         let result = match (action, current) {
-            (LeaseAction::Wait, _) => return false,
+            (LeaseAction::Wait, _) => return Round::HeldByOther,
             (LeaseAction::Create, _) => {
                 let lease = Lease {
                     metadata: ObjectMeta {
@@ -138,121 +303,368 @@ impl LeaderElector {
                     },
                     spec: Some(self.spec(None, now, false)),
                 };
-                self.api
-                    .create(&PostParams::default(), &lease)
-                    .await
-                    .map(|_| ())
+                self.store.create(&lease).await
             }
             (action, Some(mut lease)) => {
                 let taking_over = action == LeaseAction::TakeOver;
                 lease.spec = Some(self.spec(lease.spec.as_ref(), now, taking_over));
-                // replace carries the resourceVersion we read: a conflict
-                // means someone else won this round.
-                self.api
-                    .replace(&self.options.name, &PostParams::default(), &lease)
-                    .await
-                    .map(|_| ())
+                self.store.replace(&self.options.name, &lease).await
             }
-            (_, None) => return false,
+            (_, None) => return Round::Failed,
         };
         match result {
-            Ok(()) => {
+            Ok(written) => {
+                self.note(Some(&written));
                 if action != LeaseAction::Renew {
                     info!(identity = %self.options.identity, "became the leader");
                 }
-                true
+                Round::Held
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => false,
+            Err(kube::Error::Api(e)) if e.code == 409 => Round::HeldByOther,
             Err(error) => {
                 warn!(%error, "cannot write the leader lease");
-                false
+                Round::Failed
             }
         }
+    }
+
+    /// One round under the renew deadline, remembering when a round that
+    /// left us holding the lease started.
+    async fn timed_round(&self) -> Round {
+        let started = Instant::now();
+        match tokio::time::timeout(self.renew_deadline(), self.round()).await {
+            Ok(Round::Held) => {
+                self.state().last_renewal_started = Some(started);
+                Round::Held
+            }
+            Ok(round) => round,
+            Err(_) => {
+                warn!(
+                    deadline = ?self.renew_deadline(),
+                    "a leader-lease request did not finish within the renew deadline"
+                );
+                Round::Failed
+            }
+        }
+    }
+
+    /// One round: returns whether we hold the lease afterwards. Conflicts
+    /// (another candidate wrote first), API errors and requests slower than
+    /// the renew deadline count as "not held".
+    pub async fn try_acquire_or_renew(&self) -> bool {
+        self.timed_round().await == Round::Held
     }
 
     /// Gives the lease up (on a clean shutdown), so another replica takes
     /// over at once instead of after the lease expires.
     pub async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.options.name).await else {
-            return;
+        let release = async {
+            let Ok(Some(mut lease)) = self.store.get(&self.options.name).await else {
+                return;
+            };
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if spec.holder_identity.as_deref() != Some(self.options.identity.as_str()) {
+                return;
+            }
+            spec.holder_identity = None;
+            match self.store.replace(&self.options.name, &lease).await {
+                Ok(_) => info!(identity = %self.options.identity, "released the leader lease"),
+                Err(error) => warn!(%error, "cannot release the leader lease"),
+            }
         };
-        let spec = lease.spec.get_or_insert_with(Default::default);
-        if spec.holder_identity.as_deref() != Some(self.options.identity.as_str()) {
-            return;
-        }
-        spec.holder_identity = None;
-        match self
-            .api
-            .replace(&self.options.name, &PostParams::default(), &lease)
+        // A hung API server must not hold the shutdown up: the lease then
+        // expires by itself.
+        if tokio::time::timeout(self.renew_deadline(), release)
             .await
+            .is_err()
         {
-            Ok(_) => info!(identity = %self.options.identity, "released the leader lease"),
-            Err(error) => warn!(%error, "cannot release the leader lease"),
+            warn!("releasing the leader lease did not finish within the renew deadline");
         }
     }
 
     /// Waits until this replica leads.
     pub async fn acquire(&self) {
-        while !self.try_acquire_or_renew().await {
+        while self.timed_round().await != Round::Held {
             tokio::time::sleep(self.options.retry).await;
         }
     }
 
-    /// Renews until a renewal has failed for longer than the lease lives
-    /// (someone else may lead by then), then returns.
+    /// Renews until this replica may no longer act, then returns: when
+    /// another holder shows up, or when the renew deadline has passed since
+    /// the start of the last successful renewal, whether the renewals since
+    /// failed or still hang.
     pub async fn hold(&self) {
-        let mut last_renewed = tokio::time::Instant::now();
+        let deadline = self.renew_deadline();
+        let mut last = self
+            .state()
+            .last_renewal_started
+            .unwrap_or_else(Instant::now);
         loop {
-            tokio::time::sleep(self.options.retry).await;
-            if self.try_acquire_or_renew().await {
-                last_renewed = tokio::time::Instant::now();
-            } else if last_renewed.elapsed()
-                >= self.options.duration.saturating_sub(self.options.retry)
-            {
-                warn!(identity = %self.options.identity, "lost the leader lease");
-                return;
+            let fence = last + deadline;
+            tokio::time::sleep_until((Instant::now() + self.options.retry).min(fence)).await;
+            let started = Instant::now();
+            if !leads(last, started, deadline) {
+                break;
+            }
+            // Not a fresh deadline per request: whatever is in flight when
+            // the fence comes is abandoned.
+            match tokio::time::timeout_at(fence, self.round()).await {
+                Ok(Round::Held) => {
+                    last = started;
+                    self.state().last_renewal_started = Some(started);
+                }
+                Ok(Round::HeldByOther) => {
+                    warn!(identity = %self.options.identity, "another replica holds the leader lease");
+                    return;
+                }
+                Ok(Round::Failed) => {}
+                Err(_) => break,
             }
         }
+        warn!(
+            identity = %self.options.identity,
+            renew_deadline = ?deadline,
+            "lost the leader lease: no renewal succeeded within the renew deadline"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    fn at(seconds: i64) -> Timestamp {
-        Timestamp::from_second(seconds).unwrap_or_default()
-    }
+    const LEASE: Duration = Duration::from_secs(15);
+    const RETRY: Duration = Duration::from_secs(2);
 
-    fn lease(holder: &str, renewed: i64) -> LeaseView {
-        LeaseView {
+    fn record(holder: &str, renewed: Timestamp, version: u64) -> LeaseRecord {
+        LeaseRecord {
             holder: Some(holder.into()),
-            renewed: Some(at(renewed)),
-            duration: Duration::from_secs(15),
+            renewed: Some(renewed),
+            resource_version: Some(version.to_string()),
+            duration: LEASE,
         }
     }
 
     #[test]
-    fn decisions() {
-        assert_eq!(decide(None, "a", at(100)), LeaseAction::Create);
+    fn no_lease_is_created_our_own_is_renewed_a_released_one_is_taken() {
+        let t0 = Instant::now();
+        assert_eq!(decide(None, "a", t0), LeaseAction::Create);
+        let ours = observe(None, record("a", Timestamp::now(), 1), t0);
         assert_eq!(
-            decide(Some(&lease("a", 90)), "a", at(100)),
+            decide(Some(&ours), "a", t0 + LEASE * 10),
             LeaseAction::Renew
         );
+        let released = observe(
+            None,
+            LeaseRecord {
+                holder: None,
+                renewed: None,
+                resource_version: Some("2".into()),
+                duration: LEASE,
+            },
+            t0,
+        );
+        assert_eq!(decide(Some(&released), "a", t0), LeaseAction::TakeOver);
+    }
+
+    #[test]
+    fn a_lease_expires_after_its_duration_without_change_on_our_clock() {
+        let t0 = Instant::now();
+        // renewTime a day old on our clock: irrelevant, we count from now.
+        let stale = record("b", Timestamp::now() - SignedDuration::from_hours(24), 7);
+        let mut seen = observe(None, stale.clone(), t0);
         assert_eq!(
-            decide(Some(&lease("b", 90)), "a", at(100)),
+            decide(Some(&seen), "a", t0),
+            LeaseAction::Wait,
+            "a lease seen for the first time lives a whole duration"
+        );
+        // Read again and again, unchanged: it ages from the first sight.
+        for step in 1..=7 {
+            let now = t0 + RETRY * step;
+            seen = observe(Some(&seen), stale.clone(), now);
+            assert_eq!(seen.since, t0);
+            assert_eq!(decide(Some(&seen), "a", now), LeaseAction::Wait);
+        }
+        let after = t0 + LEASE + Duration::from_millis(1);
+        seen = observe(Some(&seen), stale, after);
+        assert_eq!(decide(Some(&seen), "a", after), LeaseAction::TakeOver);
+    }
+
+    #[test]
+    fn a_skewed_standby_never_takes_a_lease_that_keeps_changing() {
+        let t0 = Instant::now();
+        // The holder's renewTime is minutes away from the standby's clock,
+        // either way: a comparison of the two would call the lease expired
+        // (or never expiring). Only its changes count.
+        for skew in [SignedDuration::from_mins(5), SignedDuration::from_mins(-5)] {
+            let mut seen: Option<Observed> = None;
+            for step in 0..100u32 {
+                let now = t0 + RETRY * step;
+                let renewed = Timestamp::now() + skew;
+                let next = observe(seen.as_ref(), record("b", renewed, u64::from(step)), now);
+                assert_eq!(next.since, now, "every renewal is a change");
+                assert_eq!(decide(Some(&next), "a", now), LeaseAction::Wait, "{skew}");
+                seen = Some(next);
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_of_the_resource_version_alone_renews_the_lease() {
+        let t0 = Instant::now();
+        let renewed = Timestamp::now();
+        let seen = observe(None, record("b", renewed, 1), t0);
+        let later = t0 + LEASE;
+        let seen = observe(Some(&seen), record("b", renewed, 2), later);
+        assert_eq!(seen.since, later);
+        assert_eq!(
+            decide(Some(&seen), "a", later + LEASE / 2),
             LeaseAction::Wait
         );
-        assert_eq!(
-            decide(Some(&lease("b", 80)), "a", at(100)),
-            LeaseAction::TakeOver,
-            "expired after 15 s"
+    }
+
+    #[test]
+    fn the_leader_stops_at_the_renew_deadline_from_the_start_of_its_last_renewal() {
+        let deadline = renew_deadline(LEASE);
+        assert!(deadline < LEASE);
+        let started = Instant::now();
+        assert!(leads(started, started, deadline));
+        assert!(leads(
+            started,
+            started + deadline - Duration::from_millis(1),
+            deadline
+        ));
+        assert!(!leads(started, started + deadline, deadline));
+        // However long the renewal after it hangs.
+        assert!(!leads(started, started + LEASE, deadline));
+    }
+
+    /// A lease store in memory, whose requests can be made to hang.
+    #[derive(Default)]
+    struct MemoryStore {
+        lease: Mutex<Option<Lease>>,
+        version: AtomicU64,
+        hang_get: AtomicBool,
+        hang_replace: AtomicBool,
+        replaces_started: AtomicU64,
+    }
+
+    impl MemoryStore {
+        fn write(&self, mut lease: Lease) -> Lease {
+            let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+            lease.metadata.resource_version = Some(version.to_string());
+            *self.lease.lock().unwrap() = Some(lease.clone());
+            lease
+        }
+    }
+
+    impl LeaseStore for MemoryStore {
+        fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Lease>, kube::Error>> {
+            Box::pin(async move {
+                if self.hang_get.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                Ok(self.lease.lock().unwrap().clone())
+            })
+        }
+        fn create<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<Lease, kube::Error>> {
+            Box::pin(async move { Ok(self.write(lease.clone())) })
+        }
+        fn replace<'a>(
+            &'a self,
+            _: &'a str,
+            lease: &'a Lease,
+        ) -> BoxFuture<'a, Result<Lease, kube::Error>> {
+            Box::pin(async move {
+                self.replaces_started.fetch_add(1, Ordering::SeqCst);
+                if self.hang_replace.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                Ok(self.write(lease.clone()))
+            })
+        }
+    }
+
+    fn elector(store: Arc<MemoryStore>, identity: &str) -> LeaderElector {
+        LeaderElector::with_store(
+            store,
+            LeaseOptions {
+                namespace: "ns".into(),
+                name: "lease".into(),
+                identity: identity.into(),
+                // The Lease carries whole seconds.
+                duration: Duration::from_secs(1),
+                retry: Duration::from_millis(50),
+            },
+        )
+    }
+
+    /// Makes the leader's renewals hang with `hang` and waits for `hold` to
+    /// give the leadership up.
+    async fn hung_renewal_ends_leadership(hang: impl FnOnce(&MemoryStore)) -> Arc<MemoryStore> {
+        let store = Arc::new(MemoryStore::default());
+        let leader = elector(store.clone(), "a");
+        leader.acquire().await;
+        hang(&store);
+        // Generous: without a deadline on the requests this never returns.
+        tokio::time::timeout(Duration::from_secs(30), leader.hold())
+            .await
+            .expect("a hung renewal must end the leadership");
+        // Not before the fence either: measured on the monotonic clock from
+        // the start of the last good renewal.
+        let last = leader.state().last_renewal_started.unwrap();
+        assert!(
+            !leads(last, Instant::now(), leader.renew_deadline()),
+            "hold returned while the leader could still act"
         );
-        let released = LeaseView {
-            holder: None,
-            renewed: None,
-            duration: Duration::from_secs(15),
+        store
+    }
+
+    #[tokio::test]
+    async fn a_hung_put_ends_the_leadership_at_the_renew_deadline() {
+        let store =
+            hung_renewal_ends_leadership(|store| store.hang_replace.store(true, Ordering::SeqCst))
+                .await;
+        assert!(
+            store.replaces_started.load(Ordering::SeqCst) >= 1,
+            "the renewal that hung was a PUT"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_get_ends_the_leadership_too() {
+        hung_renewal_ends_leadership(|store| store.hang_get.store(true, Ordering::SeqCst)).await;
+    }
+
+    #[tokio::test]
+    async fn the_leader_holds_while_renewals_succeed_and_a_standby_waits() {
+        let store = Arc::new(MemoryStore::default());
+        let leader = elector(store.clone(), "a");
+        leader.acquire().await;
+        let standby = elector(store.clone(), "b")
+            .with_clock(Arc::new(OffsetClock(SignedDuration::from_mins(10))));
+        // Several lease durations of renewals: the leader keeps holding, the
+        // standby (its clock ten minutes ahead) never wins a round.
+        let watch = async {
+            for _ in 0..30 {
+                assert!(!standby.try_acquire_or_renew().await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         };
-        assert_eq!(decide(Some(&released), "a", at(100)), LeaseAction::TakeOver);
+        tokio::select! {
+            () = leader.hold() => panic!("the leader lost a lease it renews"),
+            () = watch => {}
+        }
+        // The leader gone, the lease stops changing and the standby takes it
+        // after a lease duration on its clock.
+        tokio::time::timeout(Duration::from_secs(30), standby.acquire())
+            .await
+            .expect("the standby takes an expired lease");
+        let holder = store.lease.lock().unwrap().clone().unwrap().spec.unwrap();
+        assert_eq!(holder.holder_identity.as_deref(), Some("b"));
+        assert_eq!(holder.lease_transitions, Some(1));
     }
 }

@@ -84,6 +84,21 @@ struct RunArgs {
     /// silent for three of them loses the runtime label.
     #[arg(long, env = "HEARTBEAT_SECONDS", default_value_t = 30)]
     heartbeat_seconds: u64,
+    /// Seconds the node-agent must report a node KVM-capable, without a
+    /// break, before the node is labelled capable (with
+    /// `checkNodeEligibility`: before it joins the Kata pool, a reboot).
+    #[arg(long, env = "ELIGIBILITY_JOIN_SECONDS", default_value_t = MarkPolicy::default().join_dwell.as_secs())]
+    eligibility_join_seconds: u64,
+    /// Seconds the node-agent must report a node incapable (or stay silent
+    /// after saying so) before the capable label comes off (with
+    /// `checkNodeEligibility`: before it leaves the Kata pool, a reboot).
+    #[arg(long, env = "ELIGIBILITY_LEAVE_SECONDS", default_value_t = MarkPolicy::default().leave_dwell.as_secs())]
+    eligibility_leave_seconds: u64,
+    /// Seconds a node may stay updating (Machine Config Operator state
+    /// Working) before the KataConfig and a Warning Event say it is stuck
+    /// and what holds its drain.
+    #[arg(long, env = "STUCK_ROLLOUT_SECONDS", default_value_t = kata_coordinator::reconciler::DEFAULT_STUCK_AFTER.as_secs())]
+    stuck_rollout_seconds: u64,
     /// Run as one of several replicas: act only while holding the Lease
     /// `--lease-name` in the agents' namespace.
     #[arg(long, env = "LEADER_ELECT")]
@@ -126,6 +141,9 @@ fn main() -> ExitCode {
                 agent_namespace,
                 agent_service_account,
                 heartbeat_seconds,
+                eligibility_join_seconds,
+                eligibility_leave_seconds,
+                stuck_rollout_seconds,
                 leader_elect,
                 lease_name,
                 identity,
@@ -167,6 +185,8 @@ fn main() -> ExitCode {
                 metrics_listen,
                 mark_policy: MarkPolicy {
                     grace: heartbeat * 3,
+                    join_dwell: Duration::from_secs(eligibility_join_seconds),
+                    leave_dwell: Duration::from_secs(eligibility_leave_seconds),
                     ..MarkPolicy::default()
                 },
             };
@@ -192,7 +212,10 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                match app::run_until(client, options, shutdown).await {
+                let rollout = app::RolloutWatch {
+                    stuck_after: Duration::from_secs(stuck_rollout_seconds),
+                };
+                match app::run_until_with(client, options, rollout, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("coordinator: {e}");

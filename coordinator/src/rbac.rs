@@ -99,8 +99,10 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         api_group: MCO,
         resources: &["machineconfigs"],
         resource_names: &[mco::MACHINE_CONFIG_NAME, mco::MASTER_MACHINE_CONFIG_NAME],
-        verbs: &["get", "create", "patch", "delete"],
-        used_by: "mco::cluster::observe, Step::Apply / Step::Delete of the MachineConfigs",
+        // list/watch: mco::cluster::owned_watches selects metadata.name, which
+        // is what lets them be limited by name.
+        verbs: &["list", "watch", "create", "patch", "delete"],
+        used_by: "mco::cluster::owned_watches, Step::Apply / Step::Delete of the MachineConfigs",
     },
     Permission {
         api_group: MCO,
@@ -118,8 +120,8 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
             mco::CONTAINER_RUNTIME_CONFIG_NAME,
             mco::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
         ],
-        verbs: &["get", "create", "patch", "delete"],
-        used_by: "mco::cluster::observe, Step::Apply / Step::Delete of the ContainerRuntimeConfig",
+        verbs: &["list", "watch", "create", "patch", "delete"],
+        used_by: "mco::cluster::owned_watches, Step::Apply / Step::Delete of the ContainerRuntimeConfig",
     },
     Permission {
         api_group: "node.k8s.io",
@@ -135,7 +137,15 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         resources: &["pods"],
         resource_names: &[],
         verbs: &["list"],
-        used_by: "reconciler::Context::pods_using_kata (uninstall guard)",
+        used_by: "reconciler::Context::pods_using_kata (uninstall guard), Context::drain_blockers (pods on a stuck node)",
+    },
+    Permission {
+        api_group: "policy",
+        resources: &["poddisruptionbudgets"],
+        resource_names: &[],
+        // Only while a node is stuck updating, in its pods' namespaces.
+        verbs: &["list"],
+        used_by: "reconciler::Context::drain_blockers (what holds a stuck node's drain)",
     },
     Permission {
         api_group: "events.k8s.io",
@@ -175,6 +185,15 @@ pub const NAMESPACE_PERMISSIONS: &[Permission] = &[
         resource_names: &[LEASE_NAME],
         verbs: &["get", "update"],
         used_by: "leader::LeaderElector (acquire, renew, release)",
+    },
+    Permission {
+        api_group: "",
+        resources: &["pods"],
+        resource_names: &[],
+        // The agents run in the operator's namespace: their Pods' deletions
+        // end the streams their tokens opened.
+        verbs: &["list", "watch"],
+        used_by: "health::pods::BoundPods (agent Pods, by ServiceAccount)",
     },
 ];
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{Action, Controller};
@@ -28,6 +29,7 @@ use crate::mco::{self, MachineConfigRollout};
 use crate::names;
 use crate::node::{kata_ready_condition, slim_node};
 use crate::plan::events::NodeTransition;
+use crate::plan::stuck::{DrainBlocker, StuckNode, WorkingClock};
 use crate::plan::{self, ConfigId, Desired, Observed, ObservedNode, Requeue, Step};
 use crate::status;
 
@@ -70,23 +72,47 @@ fn observe_error(what: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
 }
 
 /// How the coordinator runs; the defaults are production's.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Stop (as if the process died) once this many writes were made. The
     /// restart tests use it to interrupt install and uninstall at every step.
     pub stop_after_writes: Option<u64>,
     pub metrics: crate::metrics::Metrics,
+    /// How long a node may stay updating (MCO state `Working`) before the
+    /// KataConfig and an Event say it is stuck, and what holds its drain.
+    pub stuck_after: Duration,
+}
+
+/// A drain and reboot take minutes; a quarter of an hour means something
+/// holds the node.
+pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// How often what holds a stuck node's drain is read again while it stays stuck.
+const BLOCKERS_REFRESH: Duration = Duration::from_secs(30);
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            stop_after_writes: None,
+            metrics: crate::metrics::Metrics::default(),
+            stuck_after: DEFAULT_STUCK_AFTER,
+        }
+    }
 }
 
 struct Context {
     client: Client,
     nodes: Store<Node>,
     pools: Store<DynamicObject>,
+    /// Our MachineConfigs and ContainerRuntimeConfigs, from their watches.
+    owned: mco::cluster::OwnedStores,
     configs: Store<KataConfig>,
     /// Our RuntimeClass, from its watch (the only object it holds).
     runtime_classes: Store<RuntimeClass>,
     /// The uninstall's last list of pods using our RuntimeClass.
     kata_pods: std::sync::Mutex<Option<kata_pods::Answer>>,
+    /// When each node was first seen updating (see [`plan::stuck`]).
+    working: std::sync::Mutex<WorkingClock>,
     applier: Applier,
     options: Options,
 }
@@ -100,6 +126,7 @@ impl Context {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pools.wait_until_ready().await;
         let _ = self.runtime_classes.wait_until_ready().await;
+        self.owned.wait_until_ready().await;
         let deleting = config.meta().deletion_timestamp.is_some();
         let mut nodes: Vec<ObservedNode> = self
             .nodes
@@ -110,7 +137,7 @@ impl Context {
         // The cache has no order; the status lists must, or they would
         // change (and be written) on every reconcile.
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let rollout = mco::cluster::observe(&self.client, &self.pools, &nodes)
+        let rollout = mco::cluster::observe(&self.client, &self.pools, &self.owned, &nodes)
             .await
             .map_err(|e| Error::Observe(e.to_string()))?;
         let runtime_class = self
@@ -124,7 +151,7 @@ impl Context {
             self.forget_kata_pods();
             Vec::new()
         };
-        let configs = self
+        let configs: Vec<ConfigId> = self
             .configs
             .state()
             .iter()
@@ -133,6 +160,32 @@ impl Context {
                 created: c.creation_timestamp().map(|t| t.0),
             })
             .collect();
+        // Only the active KataConfig watches the rollout's clock.
+        let stuck_nodes = if plan::active_config(&configs) == Some(config.name_any().as_str()) {
+            self.stuck_nodes(&nodes).await
+        } else {
+            Vec::new()
+        };
+        let owned_objects = [
+            (mco::names::POOL, rollout.pool_object.clone()),
+            (mco::names::MACHINE_CONFIG, rollout.machine_config.clone()),
+            (
+                mco::names::CONTAINER_RUNTIME_CONFIG,
+                rollout.container_runtime_config.clone(),
+            ),
+            (
+                mco::names::MACHINE_CONFIG,
+                rollout.master_machine_config.clone(),
+            ),
+            (
+                mco::names::CONTAINER_RUNTIME_CONFIG,
+                rollout.master_container_runtime_config.clone(),
+            ),
+            (kind::RUNTIME_CLASS, runtime_class.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, object)| object.map(|o| (kind, o)))
+        .collect();
         let observed = Observed {
             name: config.name_any(),
             configs,
@@ -147,8 +200,108 @@ impl Context {
                 .as_ref()
                 .map(|s| s.kata_nodes.clone())
                 .unwrap_or_default(),
+            owned_objects,
+            stuck_nodes,
         };
         Ok((observed, rollout))
+    }
+
+    /// Nodes updating longer than [`Options::stuck_after`], with what holds
+    /// their drain: the pods on such a node and their namespaces'
+    /// budgets are read only then, and again at most every
+    /// [`BLOCKERS_REFRESH`].
+    async fn stuck_nodes(&self, nodes: &[ObservedNode]) -> Vec<StuckNode> {
+        let now = std::time::Instant::now();
+        let threshold = self.options.stuck_after;
+        let lookups: Vec<String> = {
+            let mut clock = self.working.lock().unwrap_or_else(|p| p.into_inner());
+            clock.track(
+                nodes
+                    .iter()
+                    .filter(|n| {
+                        n.annotations.get(mco::names::STATE).map(String::as_str)
+                            == Some(mco::names::STATE_WORKING)
+                    })
+                    .map(|n| {
+                        (
+                            n.name.as_str(),
+                            n.annotations
+                                .get(mco::names::DESIRED_CONFIG)
+                                .map(String::as_str),
+                        )
+                    }),
+                now,
+            );
+            clock
+                .stuck(now, threshold)
+                .into_iter()
+                .filter(|s| clock.needs_lookup(&s.name, now, BLOCKERS_REFRESH))
+                .map(|s| s.name)
+                .collect()
+        };
+        for node in lookups {
+            match self.drain_blockers(&node).await {
+                Ok(blockers) => self
+                    .working
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record_blockers(&node, blockers, now),
+                // What holds a drain is an explanation, not a step: not
+                // being able to read it is no reason to fail the reconcile.
+                Err(error) => warn!(%node, %error, "cannot read what holds the node's drain"),
+            }
+        }
+        self.working
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stuck(now, threshold)
+    }
+
+    /// The pods on `node` whose PodDisruptionBudget allows no disruption:
+    /// one list of the node's pods, one list of budgets per namespace they
+    /// are in.
+    async fn drain_blockers(&self, node: &str) -> Result<Vec<DrainBlocker>, kube::Error> {
+        let pods = Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await?
+            .items;
+        let namespaces: std::collections::BTreeSet<String> =
+            pods.iter().filter_map(|p| p.namespace()).collect();
+        let mut budgets = Vec::new();
+        for namespace in namespaces {
+            budgets.extend(
+                Api::<PodDisruptionBudget>::namespaced(self.client.clone(), &namespace)
+                    .list(&ListParams::default())
+                    .await?
+                    .items,
+            );
+        }
+        Ok(plan::stuck::drain_blockers(&pods, &budgets))
+    }
+
+    /// One Warning Event per stuck episode of a node (the clock remembers
+    /// which were announced), about the node, naming the KataConfig.
+    async fn announce_stuck(&self, config: &KataConfig, stuck: &[StuckNode]) {
+        for node in stuck {
+            let first = self
+                .working
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .announce(&node.name);
+            if !first {
+                continue;
+            }
+            let event = Event {
+                type_: EventType::Warning,
+                reason: plan::stuck::REASON_NODE_ROLLOUT_STUCK.into(),
+                note: Some(node.message().chars().take(1000).collect()),
+                action: "Install".into(),
+                secondary: Some(config.object_ref(&())),
+            };
+            self.applier
+                .publish(&event, &self.node_reference(&node.name))
+                .await;
+        }
     }
 
     /// Pods, in any namespace, that are not finished and use a RuntimeClass
@@ -254,26 +407,16 @@ impl Context {
                     )
                     .await
             }
+            // Objects others may write too: never taken over by force
+            // (plan::ownership decides when to hold them).
             Step::Apply(desired @ Desired::Untyped { object, .. }) => {
                 applier
-                    .apply(
-                        desired.kind(),
-                        desired.name(),
-                        names::MANAGER,
-                        object,
-                        Subresource::Main,
-                    )
+                    .apply_unforced(desired.kind(), desired.name(), names::MANAGER, object)
                     .await
             }
             Step::Apply(desired @ Desired::RuntimeClass(rc)) => {
                 applier
-                    .apply(
-                        desired.kind(),
-                        desired.name(),
-                        names::MANAGER,
-                        rc,
-                        Subresource::Main,
-                    )
+                    .apply_unforced(desired.kind(), desired.name(), names::MANAGER, rc)
                     .await
             }
             Step::Delete { kind, name } => applier.delete(*kind, name).await,
@@ -486,6 +629,7 @@ async fn reconcile_once(config: Arc<KataConfig>, ctx: &Context) -> Result<Action
     if config.status.as_ref() != Some(&new) {
         ctx.write_status(&config, &new, &plan.transitions).await?;
     }
+    ctx.announce_stuck(&config, &observed.stuck_nodes).await;
     Ok(match plan.requeue {
         Requeue::After(after) => Action::requeue(after),
         Requeue::Resync => Action::requeue(Duration::from_secs(300)),
@@ -585,6 +729,7 @@ impl KataConfigController {
             controller,
         } = self;
         let pool_writer = mco::cluster::pool_store();
+        let (owned, owned_events) = mco::cluster::owned_watches(&client);
         let runtime_class_writer = reflector::store::Writer::<RuntimeClass>::default();
         let stopped = Arc::new(Notify::new());
         let recorder = applier::event_recorder(client.clone());
@@ -599,14 +744,19 @@ impl KataConfigController {
             client: client.clone(),
             nodes: node_writer.as_reader(),
             pools: pool_writer.as_reader(),
+            owned,
             configs: controller.store(),
             runtime_classes: runtime_class_writer.as_reader(),
             kata_pods: std::sync::Mutex::default(),
+            working: std::sync::Mutex::default(),
             options,
         });
         let triggers = futures::stream::select(
-            node_events(&client, node_writer),
-            mco::cluster::pool_events(&client, pool_writer),
+            futures::stream::select(
+                node_events(&client, node_writer),
+                mco::cluster::pool_events(&client, pool_writer),
+            ),
+            owned_events,
         );
         let runtime_classes = watcher(
             Api::<RuntimeClass>::all(client.clone()),

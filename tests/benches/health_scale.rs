@@ -250,6 +250,8 @@ async fn main() -> Result<(), BoxError> {
         .arg(format!("--tls-cert-file={}", tls.cert.display()))
         .arg(format!("--tls-key-file={}", tls.key.display()))
         .arg(format!("--heartbeat-seconds={HEARTBEAT_SECONDS}"))
+        // The bench times labelling, not the eligibility dwell.
+        .arg("--eligibility-join-seconds=0")
         .arg(format!("--agent-namespace={NAMESPACE}"))
         .env("KUBECONFIG", plane.kubeconfig())
         .stdout(Stdio::null())

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kata_coordinator::api::KataConfig;
 use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -105,6 +105,16 @@ impl Cluster {
         })
         .await
         .unwrap();
+    }
+
+    /// Deletes the KataConfig `name` and waits until it is gone: the
+    /// uninstall finished and its finalizer removed.
+    pub async fn uninstall(&self, name: &str) {
+        self.configs()
+            .delete(name, &kube::api::DeleteParams::default())
+            .await
+            .unwrap();
+        self.wait_gone(name).await;
     }
 
     pub async fn wait_gone(&self, name: &str) {
@@ -203,4 +213,72 @@ impl Cluster {
         }
         left
     }
+}
+
+/// Runs `rounds` more complete reconciles of the coordinator whose metrics
+/// are `metrics`, each started by an annotation on node `w0`: a change that
+/// wakes a reconcile and that it decides nothing on. The reconcile-duration
+/// histogram counts finished reconciles.
+pub async fn reconcile_rounds(
+    client: &Client,
+    metrics: &kata_coordinator::metrics::Metrics,
+    rounds: usize,
+) {
+    for round in 0..rounds {
+        let finished = metrics.reconcile_duration.0.count();
+        let patch =
+            json!({"metadata": {"annotations": {"example.com/touched": round.to_string()}}});
+        Api::<Node>::all(client.clone())
+            .patch("w0", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        eventually("another reconcile to finish", CONVERGE, || async {
+            Ok(metrics.reconcile_duration.0.count() > finished)
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// The namespace, with the default ServiceAccount that no controller
+/// manager creates here, so pods can be created in it.
+pub async fn namespace_for_pods(client: &Client, namespace: &str) {
+    let apply = PatchParams::apply("test");
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            namespace,
+            &apply,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            ),
+        )
+        .await
+        .unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .patch(
+            "default",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// The coordinator's Warning Events with `reason` (those of cluster-scoped
+/// objects land in `default`): each one's note, and how many times it was
+/// published (kube aggregates repeats into a series).
+pub async fn our_warnings(client: &Client, reason: &str) -> Vec<(String, i32)> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reporting_controller.as_deref() == Some(names::EVENT_REPORTER)
+                && e.reason.as_deref() == Some(reason)
+                && e.type_.as_deref() == Some("Warning")
+        })
+        .map(|e| (e.note.unwrap_or_default(), e.series.map_or(1, |s| s.count)))
+        .collect()
 }

@@ -2,6 +2,7 @@
 //! (etcd + kube-apiserver), the Machine Config Operator simulator, and fake
 //! host roots for the node-agent's probes.
 
+pub mod api_requests;
 pub mod child_process;
 pub mod cluster;
 pub mod control_plane;
@@ -14,6 +15,7 @@ pub mod mco_simulator;
 pub mod operator;
 pub mod pki;
 pub mod promtool;
+pub mod stalling_proxy;
 
 use std::path::Path;
 

@@ -132,6 +132,16 @@ impl RunningCoordinator {
         RunningCoordinator { task, writes }
     }
 
+    /// [`Self::start`] with default options, and the metrics it counts in.
+    pub fn with_metrics(client: kube::Client) -> (Self, kata_coordinator::metrics::Metrics) {
+        let metrics = kata_coordinator::metrics::Metrics::default();
+        let options = kata_coordinator::reconciler::Options {
+            metrics: metrics.clone(),
+            ..kata_coordinator::reconciler::Options::default()
+        };
+        (Self::start(client, options), metrics)
+    }
+
     /// Whether it stopped by itself (a spent write budget).
     pub fn has_stopped(&self) -> bool {
         self.task.is_finished()

@@ -6,90 +6,15 @@
 //! them once to open the gate, not on every reconcile.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use kata_coordinator::metrics::Metrics;
-use kata_coordinator::reconciler::Options;
+use kata_tests::api_requests::{Requests, api_server_requests, made_between, table};
 use kata_tests::cluster::{Cluster, WORKER};
 use kata_tests::mco_simulator::{McoSimulator, SimulatorOptions};
 use kata_tests::operator::RunningCoordinator;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-
-/// (verb, resource, subresource) → requests so far.
-type Requests = BTreeMap<(String, String, String), f64>;
-
-/// The value of `label` in a sample's `{...}` label set.
-fn label<'a>(labels: &'a str, label: &str) -> &'a str {
-    labels
-        .split(',')
-        .find_map(|pair| pair.strip_prefix(label)?.strip_prefix("=\""))
-        .and_then(|value| value.strip_suffix('"'))
-        .unwrap_or("")
-}
-
-/// The API server's request counters, summed over response codes.
-async fn api_server_requests(client: &kube::Client) -> Requests {
-    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let body = client.request_text(request).await.unwrap();
-    let mut requests = Requests::new();
-    for line in body.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let key = (
-            label(labels, "verb").to_string(),
-            label(labels, "resource").to_string(),
-            label(labels, "subresource").to_string(),
-        );
-        *requests.entry(key).or_default() += value.trim().parse::<f64>().unwrap();
-    }
-    requests
-}
-
-/// What changed between two readings, leaving out watches (their number
-/// does not grow with changes) and what `also_excluded` names.
-fn made_between(
-    before: &Requests,
-    after: &Requests,
-    also_excluded: &[(&str, &str, &str)],
-) -> Requests {
-    after
-        .iter()
-        .filter(|((verb, resource, subresource), _)| {
-            !verb.starts_with("WATCH")
-                && !resource.is_empty()
-                && !also_excluded
-                    .iter()
-                    .any(|(v, r, s)| v == verb && r == resource && s == subresource)
-        })
-        .map(|(key, count)| (key.clone(), count - before.get(key).copied().unwrap_or(0.0)))
-        .filter(|(_, made)| *made > 0.0)
-        .collect()
-}
-
-fn table(requests: &Requests) -> String {
-    if requests.is_empty() {
-        return "  (none)".into();
-    }
-    requests
-        .iter()
-        .map(|((verb, resource, subresource), n)| {
-            let subresource = if subresource.is_empty() {
-                String::new()
-            } else {
-                format!("/{subresource}")
-            };
-            format!("  {verb:<6} {resource}{subresource}: {n}")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// A heartbeat as the kubelet sends it: the Ready condition's
 /// `lastHeartbeatTime` moves, nothing else.
@@ -116,14 +41,7 @@ const PAGE: usize = 500;
 async fn requests_follow_changes_not_heartbeats_or_unrelated_pods() {
     let cluster = Cluster::start(&NODES.map(|n| (n, &[WORKER][..]))).await;
     let client = cluster.client.clone();
-    let metrics = Metrics::default();
-    let coordinator = RunningCoordinator::start(
-        client.clone(),
-        Options {
-            metrics: metrics.clone(),
-            ..Options::default()
-        },
-    );
+    let (coordinator, metrics) = RunningCoordinator::with_metrics(client.clone());
     cluster.create_kataconfig("kc", json!({})).await;
     cluster
         .wait_condition("kc", "Ready", "True", "Installed")
@@ -143,7 +61,7 @@ async fn requests_follow_changes_not_heartbeats_or_unrelated_pods() {
 
     // Steady state: every node heartbeats every second.
     let reconciles_before = metrics.reconciles.get();
-    let before = api_server_requests(&client).await;
+    let before = api_server_requests(&client).await.unwrap();
     let started = Instant::now();
     let mut heartbeats = 0;
     while started.elapsed() < STEADY {
@@ -153,7 +71,7 @@ async fn requests_follow_changes_not_heartbeats_or_unrelated_pods() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let after = api_server_requests(&client).await;
+    let after = api_server_requests(&client).await.unwrap();
     // The heartbeats are the test's own; the API server renews its own
     // identity Lease every 10 s (this coordinator runs without leader
     // election, so no Lease write is its).
@@ -209,14 +127,9 @@ async fn requests_follow_changes_not_heartbeats_or_unrelated_pods() {
     );
 
     let reconciles_before = metrics.reconciles.get();
-    let before = api_server_requests(&client).await;
-    cluster
-        .configs()
-        .delete("kc", &DeleteParams::default())
-        .await
-        .unwrap();
-    cluster.wait_gone("kc").await;
-    let after = api_server_requests(&client).await;
+    let before = api_server_requests(&client).await.unwrap();
+    cluster.uninstall("kc").await;
+    let after = api_server_requests(&client).await.unwrap();
     let uninstall = made_between(
         &before,
         &after,

@@ -369,12 +369,7 @@ async fn restarts_at_every_step_converge() {
         .await;
     let install_writes = reference.writes.get();
     let expected_labels = cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await;
-    cluster
-        .configs()
-        .delete("kc", &DeleteParams::default())
-        .await
-        .unwrap();
-    cluster.wait_gone("kc").await;
+    cluster.uninstall("kc").await;
     let uninstall_writes = reference.writes.get() - install_writes;
     reference.stop().await;
     assert!(
@@ -513,7 +508,9 @@ async fn wait_readyz(
 #[tokio::test]
 async fn missing_crds_are_named_then_picked_up_and_a_stuck_reconcile_stops_on_sigterm() {
     let plane = ControlPlane::start().await.unwrap();
-    let mut coordinator = CoordinatorProcess::start(&plane, &[]).unwrap();
+    // A threshold of a second: see the freeze below.
+    let mut coordinator =
+        CoordinatorProcess::start(&plane, &["--stuck-rollout-seconds", "1"]).unwrap();
     let body = wait_readyz(&coordinator, 503, |b| b.contains(WAITING_LINE)).await;
     for crd in REQUIRED_CRDS {
         assert!(body.contains(crd), "/readyz names {crd}: {body}");
@@ -536,6 +533,20 @@ async fn missing_crds_are_named_then_picked_up_and_a_stuck_reconcile_stops_on_si
     wait_readyz(&coordinator, 200, |b| b == "ok").await;
     let client = plane.client().await.unwrap();
     create_node(&client, "w0", &[WORKER]).await.unwrap();
+    // Reconciles read the cluster from the watches' caches and write only
+    // what changed, so a poll can hang on the API server only if it has a
+    // write to make. A node the MCO would keep updating (set by hand: no
+    // MCO runs here) past the threshold gives every poll one: the status
+    // says how long the node has been held, which changes each time.
+    let working = json!({"metadata": {"annotations": {
+        mco::STATE: mco::STATE_WORKING,
+        mco::CURRENT_CONFIG: "rendered-worker-1",
+        mco::DESIRED_CONFIG: "rendered-worker-2",
+    }}});
+    Api::<Node>::all(client.clone())
+        .patch("w0", &PatchParams::default(), &Patch::Merge(&working))
+        .await
+        .unwrap();
     let configs = Api::<KataConfig>::all(client.clone());
     let kataconfig: KataConfig = serde_json::from_value(json!({
         "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
@@ -562,9 +573,10 @@ async fn missing_crds_are_named_then_picked_up_and_a_stuck_reconcile_stops_on_si
     .await
     .unwrap_or_else(|e| panic!("{e}\n--- coordinator log ---\n{}", coordinator.log()));
 
-    // No MCO runs here, so the install keeps polling every 10 s. Freeze
-    // the API server long enough for the next reconcile to start and hang
-    // on it, then ask the coordinator to stop.
+    // No MCO runs here, so the install keeps polling every 10 s, each poll
+    // writing the held node's time. Freeze the API server long enough for
+    // the next reconcile to start and hang on that write, then ask the
+    // coordinator to stop.
     let api_server = Pid::from_raw(i32::try_from(plane.pids()[1]).unwrap());
     kill(api_server, Signal::SIGSTOP).unwrap();
     tokio::time::sleep(Duration::from_secs(11)).await;

@@ -528,12 +528,7 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
         .unwrap_err();
     assert_eq!(api_code(&refused), Some(403), "{refused:?}");
 
-    cluster
-        .configs()
-        .delete("kc", &DeleteParams::default())
-        .await
-        .unwrap();
-    cluster.wait_gone("kc").await;
+    cluster.uninstall("kc").await;
     assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
     running.stop().await;
 

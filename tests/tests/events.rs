@@ -5,14 +5,12 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kata_coordinator::health::marks::{MarkPolicy, RUNTIME_LABEL_REMOVED};
-use kata_coordinator::metrics::Metrics;
 use kata_coordinator::names;
 use kata_coordinator::plan::events::reason::{NODE_FAILED_TO_INSTALL, NODE_INSTALLED};
-use kata_coordinator::reconciler::Options;
-use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
+use kata_tests::cluster::{CONVERGE, Cluster, WORKER, namespace_for_pods, reconcile_rounds};
 use kata_tests::demo_world::{
     Agent, Coordinator, create_agent_identity, free_addr, nodes_labelled, uninstalled_host,
 };
@@ -20,7 +18,7 @@ use kata_tests::mco_simulator::NodeFault;
 use kata_tests::operator::{RunningCoordinator, eventually, http_get};
 use kata_tests::pki::TlsFiles;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 /// One Event of ours, as an admin reads it.
@@ -69,51 +67,8 @@ fn with_reason<'a>(events: &'a [Seen], reason: &str) -> Vec<&'a Seen> {
     events.iter().filter(|e| e.reason == reason).collect()
 }
 
-/// Touches a node in a way that triggers a reconcile (an annotation) and
-/// changes nothing the operator decides on.
-async fn touch(client: &Client, node: &str, round: usize) {
-    let patch = json!({"metadata": {"annotations": {"example.com/touched": round.to_string()}}});
-    Api::<Node>::all(client.clone())
-        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-}
-
-/// Runs `rounds` more complete reconciles, each started by a node change:
-/// the reconcile-duration histogram counts finished reconciles.
-async fn reconcile_rounds(client: &Client, metrics: &Metrics, rounds: usize) {
-    for round in 0..rounds {
-        let finished = metrics.reconcile_duration.0.count();
-        touch(client, "w0", round).await;
-        eventually("another reconcile to finish", CONVERGE, || async {
-            Ok(metrics.reconcile_duration.0.count() > finished)
-        })
-        .await
-        .unwrap();
-    }
-}
-
 async fn create_kata_pod(client: &Client, namespace: &str, name: &str) {
-    let apply = PatchParams::apply("test");
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            namespace,
-            &apply,
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
-            ),
-        )
-        .await
-        .unwrap();
-    // No controller manager runs here to create the default ServiceAccount.
-    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .patch(
-            "default",
-            &apply,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})),
-        )
-        .await
-        .unwrap();
+    namespace_for_pods(client, namespace).await;
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name },
         "spec": { "runtimeClassName": "kata", "containers": [{ "name": "c", "image": "busybox" }] }
@@ -135,14 +90,7 @@ async fn install_failure_and_blocked_uninstall_each_announce_once_and_steady_sta
             reason: "failed to drain node: pod blocked by PDB".into(),
         },
     );
-    let metrics = Metrics::default();
-    let _coordinator = RunningCoordinator::start(
-        client.clone(),
-        Options {
-            metrics: metrics.clone(),
-            ..Options::default()
-        },
-    );
+    let (_coordinator, metrics) = RunningCoordinator::with_metrics(client.clone());
     cluster.create_kataconfig("kc", json!({})).await;
     cluster
         .wait_condition("kc", "Degraded", "True", "NodeDegraded")
@@ -299,6 +247,9 @@ async fn a_node_losing_the_runtime_label_is_announced_once_with_why() {
     let policy = MarkPolicy {
         grace: Duration::from_secs(30),
         hold_down: Duration::from_secs(60),
+        // The capable label lands before the steady state this test watches.
+        join_dwell: Duration::from_secs(1),
+        leave_dwell: Duration::from_secs(1),
     };
     let coordinator = Coordinator::start(client.clone(), &files, grpc, policy).unwrap();
     let tokens = tempfile::tempdir().unwrap();

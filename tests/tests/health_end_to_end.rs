@@ -28,6 +28,10 @@ fn start_coordinator(client: &Client, files: &TlsFiles, grpc: std::net::SocketAd
     let policy = MarkPolicy {
         grace: GRACE,
         hold_down: Duration::from_secs(5),
+        // Short dwells: this test is about the labels following the agents,
+        // not about how long a verdict must hold (eligibility_dwell is).
+        join_dwell: Duration::from_secs(2),
+        leave_dwell: Duration::from_secs(2),
     };
     Coordinator::start(client.clone(), files, grpc, policy).unwrap()
 }
@@ -134,9 +138,21 @@ async fn agents_drive_labels_through_install_failure_silence_and_restart() {
     })
     .await
     .unwrap();
-    let (status, _, message) = ready_condition(&client, "w-broken").await.unwrap().unwrap();
-    assert_eq!(status, "False");
-    assert!(message.starts_with("crio-drop-in:"), "{message}");
+    // The condition is written after the labels, in the same scan.
+    eventually(
+        "w-broken's condition names the drop-in",
+        CONVERGE,
+        || async {
+            let condition = ready_condition(&client, "w-broken")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(condition.is_some_and(|(status, _, message)| {
+                status == "False" && message.starts_with("crio-drop-in:")
+            }))
+        },
+    )
+    .await
+    .unwrap();
     assert!(
         labelled(&client, names::KATA_CAPABLE_LABEL)
             .await
@@ -173,8 +189,18 @@ async fn agents_drive_labels_through_install_failure_silence_and_restart() {
     })
     .await
     .unwrap();
-    let (_, reason, _) = ready_condition(&client, "w-broken").await.unwrap().unwrap();
-    assert_eq!(reason, "KvmDeviceMissing");
+    eventually(
+        "w-broken's condition says KvmDeviceMissing",
+        CONVERGE,
+        || async {
+            let condition = ready_condition(&client, "w-broken")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(condition.is_some_and(|(_, reason, _)| reason == "KvmDeviceMissing"))
+        },
+    )
+    .await
+    .unwrap();
 
     // A silent agent: after the grace period, AgentNotReporting.
     let silent = agents.remove(1);

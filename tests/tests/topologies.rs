@@ -21,7 +21,7 @@ use kata_tests::operator::{
     RunningCoordinator, control_plane_with_operator_api, create_node, eventually,
 };
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const MASTER: (&str, &str) = ("node-role.kubernetes.io/master", "");
@@ -172,12 +172,7 @@ fn each(nodes: &[&str], count: usize) -> Vec<(String, usize)> {
 /// Deletes the KataConfig, waits until it is gone and checks nothing of
 /// ours is left; on the master pool too.
 async fn uninstall(cluster: &Cluster) {
-    cluster
-        .configs()
-        .delete("kc", &DeleteParams::default())
-        .await
-        .unwrap();
-    cluster.wait_gone("kc").await;
+    cluster.uninstall("kc").await;
     assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
     assert!(our_machine_configs(cluster).await.is_empty());
     assert!(

@@ -213,12 +213,7 @@ async fn kataconfig_stands(cluster: &Cluster) -> bool {
 /// Deletes the KataConfig, waits until the uninstall finished, and checks
 /// that nothing of ours is left and each node rolled back exactly once.
 async fn uninstall(cluster: &Cluster) {
-    cluster
-        .configs()
-        .delete("kc", &DeleteParams::default())
-        .await
-        .unwrap();
-    cluster.wait_gone("kc").await;
+    cluster.uninstall("kc").await;
     assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
     for node in NODES {
         println!(

@@ -13,7 +13,7 @@
 //! an agent reconnecting with the same token costs none.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +32,9 @@ use crate::metrics::{
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// The key with the name of the Pod the token is bound to.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The key with the uid of the Pod the token is bound to: a Pod of the same
+/// name created later is another Pod.
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 
 /// An agent admitted, and until when its token holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +50,9 @@ pub struct AgentIdentity {
     /// The only node this agent may report about.
     pub node_name: String,
     pub pod_name: String,
+    /// The bound Pod's uid, when the API server says (every supported
+    /// version does): the stream ends when that Pod is deleted.
+    pub pod_uid: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +83,12 @@ impl From<AuthError> for tonic::Status {
             AuthError::PermissionDenied(reason) => tonic::Status::permission_denied(reason),
             // The kube error may carry API server details; the agent only
             // needs to know it is worth retrying.
-            AuthError::Review(_) | AuthError::ReviewTimedOut(_) | AuthError::Busy => {
-                tonic::Status::unavailable("cannot verify the token now")
-            }
+            AuthError::Review(_) | AuthError::ReviewTimedOut(_) => tonic::Status::unavailable(
+                "cannot verify the token now: the TokenReview failed; retry later",
+            ),
+            AuthError::Busy => tonic::Status::unavailable(
+                "cannot verify the token now: too many waiting; retry later",
+            ),
         }
     }
 }
@@ -139,6 +148,10 @@ pub struct AgentAuthenticator {
     timeout: Duration,
     metrics: Metrics,
     cache: Arc<Mutex<ReviewCache>>,
+    /// Whether the last review failed (API error or timeout): logged once
+    /// when reviews start failing and once when they work again, not for
+    /// every agent turned away meanwhile.
+    reviews_failing: Arc<AtomicBool>,
 }
 
 impl AgentAuthenticator {
@@ -158,6 +171,7 @@ impl AgentAuthenticator {
             timeout: REVIEW_TIMEOUT,
             metrics: Metrics::default(),
             cache: Arc::new(Mutex::new(ReviewCache::new(REVIEW_CACHE_ENTRIES))),
+            reviews_failing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -227,6 +241,7 @@ impl AgentAuthenticator {
         let result = self.review(token).await;
         self.metrics
             .token_reviewed(review_outcome(&result), started.elapsed());
+        self.note_review_health(&result);
         let identity = result?;
         let remember_until = claims.expires_at.min(SystemTime::now() + REVIEW_CACHE_TTL);
         if let Ok(mut cache) = self.cache.lock() {
@@ -236,6 +251,37 @@ impl AgentAuthenticator {
             identity,
             expires_at: claims.expires_at,
         })
+    }
+
+    /// Logs the moment TokenReviews start failing and the moment they work
+    /// again: while they fail, agents already connected keep their streams
+    /// (and reconnecting ones are admitted from the cache), so their nodes
+    /// keep their labels; only agents never admitted wait.
+    fn note_review_health(&self, result: &Result<AgentIdentity, AuthError>) {
+        match result {
+            Err(error @ (AuthError::Review(_) | AuthError::ReviewTimedOut(_))) => {
+                if !self.reviews_failing.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        %error,
+                        "TokenReviews are failing: agents not admitted before are refused \
+                         (told to retry) until they work again; connected agents keep their \
+                         streams, see kata_operator_token_reviews_total{{outcome=\"error\"}}"
+                    );
+                }
+            }
+            _ => {
+                if self.reviews_failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("TokenReviews work again: agents are admitted");
+                }
+            }
+        }
+    }
+
+    /// The agents' namespace and ServiceAccount, and the client that reviews
+    /// their tokens: what the watch of their Pods needs.
+    pub(crate) fn agents(&self) -> (&kube::Client, &str, &str) {
+        let (namespace, name) = &self.service_account;
+        (&self.client, namespace, name)
     }
 
     fn cached(&self, key: &TokenKey, now: SystemTime) -> Option<AgentIdentity> {
@@ -308,6 +354,7 @@ pub fn identity_from_review(
         (Some(node_name), Some(pod_name)) => Ok(AgentIdentity {
             node_name,
             pod_name,
+            pod_uid: extra(POD_UID_EXTRA),
         }),
         _ => Err(AuthError::PermissionDenied(
             "token is not bound to a pod on a node".into(),
@@ -484,7 +531,11 @@ mod tests {
     fn bound() -> TokenReviewStatus {
         status(
             SA,
-            &[(NODE_NAME_EXTRA, "worker-1"), (POD_NAME_EXTRA, "agent-x")],
+            &[
+                (NODE_NAME_EXTRA, "worker-1"),
+                (POD_NAME_EXTRA, "agent-x"),
+                (POD_UID_EXTRA, "uid-x"),
+            ],
         )
     }
 
@@ -495,7 +546,8 @@ mod tests {
             identity,
             AgentIdentity {
                 node_name: "worker-1".into(),
-                pod_name: "agent-x".into()
+                pod_name: "agent-x".into(),
+                pod_uid: Some("uid-x".into()),
             }
         );
     }
@@ -575,6 +627,12 @@ mod tests {
             code(AuthError::ReviewTimedOut(REVIEW_TIMEOUT)),
             tonic::Code::Unavailable
         );
+        // An agent turned away while reviews fail is told why, and that its
+        // token may be fine.
+        let failed = tonic::Status::from(AuthError::ReviewTimedOut(REVIEW_TIMEOUT));
+        assert!(failed.message().contains("TokenReview failed"), "{failed}");
+        let busy = tonic::Status::from(AuthError::Busy);
+        assert!(busy.message().contains("too many"), "{busy}");
     }
 
     /// A JWT with `payload`, shaped like a projected token but signed by
@@ -658,6 +716,7 @@ mod tests {
         let identity = |node: &str| AgentIdentity {
             node_name: node.into(),
             pod_name: format!("agent-{node}"),
+            pod_uid: None,
         };
         let mut cache = ReviewCache::new(2);
         cache.insert(token_key("a"), identity("w0"), unix(100), unix(0));
@@ -732,6 +791,14 @@ mod tests {
         kube::Client::try_from(kube::Config::new(url)).unwrap()
     }
 
+    /// A port that was just free: nothing listens there.
+    fn nothing_listens() -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
     fn authenticator(client: kube::Client, metrics: &Metrics) -> AgentAuthenticator {
         AgentAuthenticator::new(client, AUD, "kata", "node-agent").with_metrics(metrics.clone())
     }
@@ -747,19 +814,49 @@ mod tests {
 
     #[tokio::test]
     async fn an_api_server_that_refuses_the_connection_is_a_review_error() {
-        // A port that was just free: nothing listens there.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
         let metrics = Metrics::default();
-        let result = authenticator(client_at(addr), &metrics)
+        let result = authenticator(client_at(nothing_listens()), &metrics)
             .authenticate(Some(&well_shaped_token()))
             .await;
         assert!(matches!(result, Err(AuthError::Review(_))), "{result:?}");
         assert_eq!(reviews(&metrics, REVIEW_ERROR), 1);
         assert_eq!(metrics.token_review_duration.0.count(), 1);
         assert_eq!(reviews(&metrics, REVIEW_REJECTED), 0);
+    }
+
+    #[tokio::test]
+    async fn while_reviews_fail_an_admitted_token_still_gets_in_and_a_new_one_waits() {
+        let metrics = Metrics::default();
+        let auth = authenticator(client_at(nothing_listens()), &metrics);
+        // Admitted by a review before the API server went away.
+        let admitted = well_shaped_token();
+        let identity = AgentIdentity {
+            node_name: "worker-1".into(),
+            pod_name: "agent-x".into(),
+            pod_uid: Some("uid-x".into()),
+        };
+        let now = SystemTime::now();
+        auth.cache.lock().unwrap().insert(
+            token_key(&admitted),
+            identity.clone(),
+            now + REVIEW_CACHE_TTL,
+            now,
+        );
+        let reconnect = auth.authenticate(Some(&admitted)).await.unwrap();
+        assert_eq!(reconnect.identity, identity);
+        assert_eq!(reviews(&metrics, REVIEW_ERROR), 0, "no review was needed");
+        // Another token (another agent) needs a review, which fails: told to
+        // come back, and the failure is counted.
+        let fresh = unsigned_jwt(&serde_json::json!({
+            "aud": [AUD], "exp": 4_000_000_000u64, "sub": "y"
+        }));
+        let refused = auth.authenticate(Some(&fresh)).await.unwrap_err();
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(reviews(&metrics, REVIEW_ERROR), 1);
+        assert!(auth.reviews_failing.load(Ordering::Acquire));
     }
 
     #[tokio::test]

@@ -2,10 +2,15 @@
 //! runtime-ready labels and the `KataRuntimeReady` condition. Only the
 //! coordinator writes them, only on change, and only while a KataConfig is
 //! in force (during an uninstall the planner takes them away).
+//!
+//! The capable label changes only once the agent's verdict has held for a
+//! dwell time ([`super::marks::eligibility`]); the dwells are timed here, in
+//! memory, from the reports each scan sees. A restarted coordinator starts
+//! them again, which can only delay a change, never make one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
@@ -17,9 +22,10 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::marks::eligibility::{self, Dwell};
 use super::marks::{
-    CurrentMarks, MarkPolicy, NodeMarks, RUNTIME_LABEL_REMOVED, ReadyCondition, damped,
-    desired_marks, runtime_label_removed_note,
+    CurrentMarks, MarkPolicy, NodeMarks, RUNTIME_LABEL_REMOVED, ReadyCondition,
+    capability_evidence, damped, desired_marks, runtime_label_removed_note, settled,
 };
 use super::registry::HealthRegistry;
 use crate::api::KataConfig;
@@ -68,19 +74,42 @@ struct Labeller {
     configs_seen: HashMap<String, String>,
     /// When each node last lost the runtime label, for the hold-down.
     removals: HashMap<String, Instant>,
+    /// The nodes whose agent's verdict differs from their capable label,
+    /// and since when.
+    dwells: HashMap<String, Dwell>,
     /// Publishes the Events of label changes (counted as writes).
     events: Applier,
 }
 
 impl Labeller {
     /// What must be written to bring `node` to the marks its reports call
-    /// for; `None` when it already carries them. Pure: [`Self::note_removal`]
-    /// records what the write will do.
-    fn plan_node(&self, node: &Arc<Node>, now: Instant) -> Option<NodeWrite> {
+    /// for; `None` when it already carries them. Advances the node's dwell
+    /// (every scan must, or a contrary report could go unseen); writes
+    /// nothing: [`Self::note_removal`] records what the write will do.
+    /// `explain`: a KataConfig in force checks node eligibility, so the
+    /// capable label decides pool membership.
+    fn plan_node(
+        &mut self,
+        node: &Arc<Node>,
+        now: Instant,
+        wall: SystemTime,
+        explain: bool,
+    ) -> Option<NodeWrite> {
         let name = node.name_any();
         let current = CurrentMarks::from_labels(node.labels(), current_condition(node));
         let health = self.registry.get(&name);
         let desired = desired_marks(health.as_ref(), &current, now, self.started, self.policy)?;
+        let previous = self.dwells.get(&name).copied();
+        let capability = eligibility::settle(
+            current.capable,
+            capability_evidence(health.as_ref(), now, self.policy),
+            previous,
+            now,
+            wall,
+            &self.policy,
+        );
+        self.track_dwell(&name, previous, capability.dwell);
+        let desired = settled(desired, &current, capability, self.policy, explain);
         let desired = damped(
             desired,
             &current,
@@ -98,6 +127,37 @@ impl Labeller {
             condition: condition_change,
             marks: desired,
         })
+    }
+
+    fn track_dwell(&mut self, node: &str, previous: Option<Dwell>, dwell: Option<Dwell>) {
+        match dwell {
+            Some(running) => {
+                if previous != Some(running) {
+                    let wait = if running.toward {
+                        self.policy.join_dwell
+                    } else {
+                        self.policy.leave_dwell
+                    };
+                    info!(
+                        node,
+                        capable = running.toward,
+                        wait_seconds = wait.as_secs(),
+                        "the node-agent's verdict differs from the capable label; the label follows if the verdict holds"
+                    );
+                }
+                self.dwells.insert(node.to_owned(), running);
+            }
+            None => {
+                if self.dwells.remove(node).is_some() {
+                    tracing::debug!(node, "capability dwell ended");
+                }
+            }
+        }
+    }
+
+    /// Drops the dwells of nodes that are gone (or no longer workers).
+    fn forget_departed(&mut self, workers: &HashSet<String>) {
+        self.dwells.retain(|node, _| workers.contains(node));
     }
 
     /// Starts the hold-down of a node about to lose the runtime label.
@@ -270,6 +330,15 @@ fn kata_config_in_force(configs: &Store<KataConfig>) -> bool {
         .any(|c| c.metadata.deletion_timestamp.is_none())
 }
 
+/// Whether a KataConfig in force installs only on capable nodes: then the
+/// capable label decides pool membership.
+fn eligibility_checked(configs: &Store<KataConfig>) -> bool {
+    configs
+        .state()
+        .iter()
+        .any(|c| c.metadata.deletion_timestamp.is_none() && c.spec.check_node_eligibility)
+}
+
 /// Runs until the process ends. `nodes` and `configs` are the KataConfig
 /// controller's caches (kept by its watches); the labeller only reads them.
 pub async fn run(
@@ -293,6 +362,7 @@ pub async fn run(
         started: Instant::now(),
         metrics,
         removals: HashMap::new(),
+        dwells: HashMap::new(),
         configs_seen: HashMap::new(),
         events,
     };
@@ -305,29 +375,40 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         labeller.export_gauges(&nodes);
-        if !kata_config_in_force(&configs) {
-            continue;
-        }
         let now = Instant::now();
-        labeller.reprobe_updated_nodes(&nodes);
-        let writes: Vec<NodeWrite> = nodes
-            .state()
-            .iter()
-            .filter(|n| n.labels().contains_key(names::WORKER_ROLE_LABEL))
-            .filter_map(|n| labeller.plan_node(n, now))
-            .collect();
-        for write in &writes {
-            labeller.note_removal(write, now);
+        let in_force = kata_config_in_force(&configs);
+        if in_force {
+            labeller.reprobe_updated_nodes(&nodes);
         }
-        // Labels first, for every node: they decide where pods go. The
-        // conditions, for people, follow.
-        let labeller = &labeller;
-        futures::stream::iter(writes.iter().filter(|w| w.labels))
-            .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_labels(write))
-            .await;
-        futures::stream::iter(writes.iter().filter(|w| w.condition))
-            .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_condition(write))
-            .await;
+        // Planned with or without a KataConfig: the dwells run all the
+        // same, so a node whose agent has long reported it capable is
+        // labelled as soon as a KataConfig appears.
+        let workers: Vec<Arc<Node>> = nodes
+            .state()
+            .into_iter()
+            .filter(|n| n.labels().contains_key(names::WORKER_ROLE_LABEL))
+            .collect();
+        let explain = eligibility_checked(&configs);
+        let wall = SystemTime::now();
+        let writes: Vec<NodeWrite> = workers
+            .iter()
+            .filter_map(|n| labeller.plan_node(n, now, wall, explain))
+            .collect();
+        labeller.forget_departed(&workers.iter().map(|n| n.name_any()).collect());
+        if in_force {
+            for write in &writes {
+                labeller.note_removal(write, now);
+            }
+            // Labels first, for every node: they decide where pods go. The
+            // conditions, for people, follow.
+            let labeller = &labeller;
+            futures::stream::iter(writes.iter().filter(|w| w.labels))
+                .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_labels(write))
+                .await;
+            futures::stream::iter(writes.iter().filter(|w| w.condition))
+                .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_condition(write))
+                .await;
+        }
         tokio::time::sleep_until((now + MIN_SCAN_INTERVAL).into()).await;
     }
 }

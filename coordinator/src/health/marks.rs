@@ -1,6 +1,10 @@
 //! What the agents' reports mean for a node's labels and its
 //! `KataRuntimeReady` condition: pure decisions, with the grace period for a
-//! silent agent and the hold-down that keeps a flapping node from thrashing.
+//! silent agent, the hold-down that keeps a flapping node from thrashing,
+//! and the dwell that keeps pool membership from following one report
+//! ([`eligibility`]).
+
+pub mod eligibility;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -73,6 +77,13 @@ pub struct MarkPolicy {
     /// before it gets it back. Bounds label writes for a flapping node to two
     /// per hold-down.
     pub hold_down: Duration,
+    /// How long the agent must report the node capable, without a break,
+    /// before it gets the capable label (and, with `checkNodeEligibility`,
+    /// joins the pool: a reboot on OpenShift).
+    pub join_dwell: Duration,
+    /// How long the agent must report the node incapable (or stay silent
+    /// after saying so) before the capable label comes off.
+    pub leave_dwell: Duration,
 }
 
 impl Default for MarkPolicy {
@@ -80,6 +91,13 @@ impl Default for MarkPolicy {
         MarkPolicy {
             grace: Duration::from_secs(90),
             hold_down: Duration::from_secs(60),
+            // Four heartbeats of the default 30 s: a probe that fails once
+            // (a device busy, a module loading) recovers well within it.
+            join_dwell: Duration::from_secs(120),
+            // Longer than the join: leaving costs the node its Kata pods as
+            // well as a reboot, and a node already in the pool is worth
+            // keeping through a passing fault.
+            leave_dwell: Duration::from_secs(300),
         }
     }
 }
@@ -97,7 +115,8 @@ fn first_problem(report: &HealthReport) -> Option<(&str, &str, &str)> {
     with(ProbeStatus::Fail).or_else(|| with(ProbeStatus::Warn))
 }
 
-/// The marks the reports call for. `None` when the coordinator has not heard
+/// The marks the reports call for, the capable label as the latest report
+/// says (before the dwell of [`settled`]). `None` when the coordinator has not heard
 /// enough to say anything yet (just started, agent not reconnected): the
 /// node keeps what it has, so a coordinator restart flaps nothing.
 pub fn desired_marks(
@@ -115,10 +134,9 @@ pub fn desired_marks(
     let report = health.and_then(|h| h.last_report.as_ref());
     match (report, silent) {
         (_, true) => Some(NodeMarks {
-            // The hardware did not change because the agent went quiet.
-            capable: report
-                .and_then(|r| r.verdicts)
-                .map_or(current.capable, |v| v.kvm_capable),
+            // The hardware did not change because the agent went quiet;
+            // [`settled`] decides whether a loss reported before goes on.
+            capable: current.capable,
             runtime_ready: false,
             condition: ReadyCondition {
                 ready: false,
@@ -163,6 +181,38 @@ pub fn desired_marks(
             })
         }
     }
+}
+
+/// What the agent says of the hardware now: the verdict of a report within
+/// the grace period, `None` when it is silent or has not reported.
+pub fn capability_evidence(
+    health: Option<&NodeHealth>,
+    now: Instant,
+    policy: MarkPolicy,
+) -> Option<bool> {
+    let health = health.filter(|h| now.saturating_duration_since(h.last_seen) <= policy.grace)?;
+    Some(health.last_report.as_ref()?.verdicts?.kvm_capable)
+}
+
+/// Gives `desired` the capable label `capability` settled on (what
+/// [`eligibility::settle`] made of the node's dwell). With `explain` (the
+/// label decides pool membership), a node not runtime-ready says in its
+/// condition that it is waiting out a dwell, and until when.
+pub fn settled(
+    mut desired: NodeMarks,
+    current: &CurrentMarks,
+    capability: eligibility::Capability,
+    policy: MarkPolicy,
+    explain: bool,
+) -> NodeMarks {
+    desired.capable = capability.capable;
+    if let Some(running) = capability
+        .waiting(current.capable)
+        .filter(|_| explain && !desired.condition.ready)
+    {
+        desired.condition = eligibility::dwell_condition(&running, &desired.condition, &policy);
+    }
+    desired
 }
 
 /// Applies the hold-down: a runtime label removed at `last_removal` is not
@@ -232,6 +282,8 @@ mod tests {
     const POLICY: MarkPolicy = MarkPolicy {
         grace: Duration::from_secs(30),
         hold_down: Duration::from_secs(60),
+        join_dwell: Duration::from_secs(120),
+        leave_dwell: Duration::from_secs(300),
     };
 
     #[test]
@@ -360,6 +412,65 @@ mod tests {
             condition: None,
         };
         assert!(!damped(failing, &labelled, Some(now), now, POLICY).runtime_ready);
+    }
+
+    #[test]
+    fn a_dwell_is_explained_only_where_the_label_decides_membership() {
+        let start = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let outcomes = vec![outcome(
+            "extension",
+            ProbeStatus::Fail,
+            "ExtensionNotInstalled",
+        )];
+        let h = health(start, Some(report(true, false, outcomes)));
+        let current = CurrentMarks::default();
+        let desired = desired_marks(Some(&h), &current, start, start, POLICY)
+            .unwrap_or_else(|| panic!("marks"));
+        let evidence = capability_evidence(Some(&h), start, POLICY);
+        assert_eq!(evidence, Some(true));
+        let waiting = eligibility::settle(false, evidence, None, start, wall, &POLICY);
+        let explained = settled(desired.clone(), &current, waiting, POLICY, true);
+        assert!(!explained.capable, "the label waits for the dwell");
+        assert_eq!(explained.condition.reason, eligibility::ELIGIBILITY_DWELL);
+        let dwell = waiting.dwell;
+        assert!(dwell.is_some_and(|d| d.toward && d.since == start));
+        let quiet = settled(desired, &current, waiting, POLICY, false);
+        assert!(!quiet.capable);
+        assert_eq!(
+            quiet.condition.reason, "ExtensionNotInstalled",
+            "without checkNodeEligibility the runtime's own reason stays"
+        );
+        // The dwell over, the label follows and the condition is the
+        // runtime's again.
+        let later = start + POLICY.join_dwell;
+        let h = health(later, h.last_report.clone());
+        let desired = desired_marks(Some(&h), &current, later, start, POLICY)
+            .unwrap_or_else(|| panic!("marks"));
+        let evidence = capability_evidence(Some(&h), later, POLICY);
+        let due = eligibility::settle(false, evidence, dwell, later, wall, &POLICY);
+        let joined = settled(desired, &current, due, POLICY, true);
+        assert!(joined.capable && due.dwell.is_some(), "kept until written");
+        assert_eq!(joined.condition.reason, "ExtensionNotInstalled");
+    }
+
+    #[test]
+    fn a_silent_agent_is_no_evidence() {
+        let start = Instant::now();
+        let h = health(start, Some(report(true, true, vec![])));
+        assert_eq!(
+            capability_evidence(Some(&h), start + POLICY.grace, POLICY),
+            Some(true)
+        );
+        assert_eq!(
+            capability_evidence(
+                Some(&h),
+                start + POLICY.grace + Duration::from_secs(1),
+                POLICY
+            ),
+            None
+        );
+        assert_eq!(capability_evidence(None, start, POLICY), None);
     }
 
     #[test]

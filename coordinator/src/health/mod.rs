@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod labeller;
 pub mod marks;
+pub mod pods;
 pub mod registry;
 pub mod server;
 pub mod tls;

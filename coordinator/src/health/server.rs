@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::auth::{AgentAuthenticator, AgentIdentity};
+use super::pods::{BoundPods, PodFollower};
 use super::registry::{HealthRegistry, Mailbox};
 use crate::mco;
 use crate::metrics::{Metrics, REPORT_CHANGED, REPORT_HEARTBEAT};
@@ -138,6 +139,9 @@ pub struct HealthService {
     /// Set to true on shutdown so open streams end and the graceful shutdown
     /// of the transport (which waits for them) can complete.
     stopping: Arc<watch::Sender<bool>>,
+    /// The watch of the agents' Pods, started with the first stream (it
+    /// needs the runtime, which `new` may not run in).
+    pods: std::sync::OnceLock<BoundPods>,
 }
 
 impl HealthService {
@@ -152,7 +156,15 @@ impl HealthService {
             options,
             reports: Arc::default(),
             stopping: Arc::new(watch::Sender::new(false)),
+            pods: std::sync::OnceLock::new(),
         }
+    }
+
+    fn bound_pods(&self) -> &BoundPods {
+        self.pods.get_or_init(|| {
+            let (client, namespace, service_account) = self.authenticator.agents();
+            BoundPods::start(client.clone(), namespace, service_account)
+        })
     }
 
     /// Counts the agents' reports in `metrics` (the authenticator counts
@@ -187,6 +199,14 @@ impl NodeHealthRpc for HealthService {
             .inspect_err(|error| info!(%error, "agent stream refused"))?;
         let token_expires = stream_deadline(authenticated.expires_at, SystemTime::now());
         let identity = authenticated.identity;
+        // Followed from before the Hello: a deletion meanwhile is not missed.
+        let pod = match identity.pod_uid.as_deref() {
+            Some(uid) => Some(self.bound_pods().follow(uid).ok_or_else(|| {
+                info!(pod = %identity.pod_name, "agent stream refused: its pod was deleted");
+                Status::unauthenticated("the pod the token is bound to was deleted")
+            })?),
+            None => None,
+        };
         let mut inbound = request.into_inner();
 
         let first = tokio::time::timeout(self.options.hello_timeout, inbound.message())
@@ -219,6 +239,7 @@ impl NodeHealthRpc for HealthService {
             config: Some(expected_config(&self.options)),
             finished: false,
             token_expires,
+            pod,
         };
         let outbound = futures::stream::unfold(agent, |mut agent| async move {
             let message = agent.next().await?;
@@ -248,6 +269,8 @@ struct AgentStream {
     /// When the agent's token stops being valid: the stream ends then and
     /// the agent reconnects with its rotated token.
     token_expires: tokio::time::Instant,
+    /// The Pod the token is bound to: its deletion ends the stream.
+    pod: Option<PodFollower>,
 }
 
 impl AgentStream {
@@ -271,12 +294,21 @@ impl AgentStream {
             session,
             stopping,
             token_expires,
+            pod,
             ..
         } = self;
         let last_word = loop {
             tokio::select! {
                 () = tokio::time::sleep_until(*token_expires) => {
                     break Status::unauthenticated("the token expired: reconnect with a fresh one");
+                }
+                () = async {
+                    match pod {
+                        Some(pod) => pod.deleted().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    break Status::unauthenticated("the pod the token is bound to was deleted");
                 }
                 // The watch guard is not Send: drop it inside the branch future.
                 () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
@@ -435,6 +467,7 @@ mod tests {
         let identity = AgentIdentity {
             node_name: "a".into(),
             pod_name: "p".into(),
+            pod_uid: None,
         };
         let hello = |node: &str| Hello {
             node_name: node.into(),

@@ -1,5 +1,7 @@
-//! The MCO backend's I/O: reading our MachineConfigs, ContainerRuntimeConfigs
-//! and the pools, and the pool watch that wakes the reconciler when the MCO moves.
+//! The MCO backend's I/O: the watches of the pools and of our
+//! MachineConfigs and ContainerRuntimeConfigs (which wake the reconciler
+//! when the MCO, or anyone, changes them), and reading the rendered configs
+//! master-pool nodes run.
 
 use futures::{Stream, StreamExt};
 use kube::Client;
@@ -34,13 +36,98 @@ async fn get(client: &Client, kind: Kind, name: &str) -> Result<Option<Value>, R
     Ok(object.and_then(|o| serde_json::to_value(o).ok()))
 }
 
-/// The MCO side of the snapshot: the pools from the watch's cache, our
-/// MachineConfigs and ContainerRuntimeConfigs read fresh, and the rendered
+/// The objects we own, each from a watch of its one name: a change by
+/// anyone wakes the reconciler, and no reconcile reads them again.
+#[derive(Clone)]
+pub struct OwnedStores {
+    pub machine_config: Store<DynamicObject>,
+    pub container_runtime_config: Store<DynamicObject>,
+    pub master_machine_config: Store<DynamicObject>,
+    pub master_container_runtime_config: Store<DynamicObject>,
+}
+
+impl OwnedStores {
+    /// Resolves once every watch has listed.
+    pub async fn wait_until_ready(&self) {
+        for store in [
+            &self.machine_config,
+            &self.container_runtime_config,
+            &self.master_machine_config,
+            &self.master_container_runtime_config,
+        ] {
+            let _ = store.wait_until_ready().await;
+        }
+    }
+}
+
+/// The object a one-name watch holds, as the API server returned it.
+fn held(store: &Store<DynamicObject>) -> Option<Value> {
+    store
+        .state()
+        .first()
+        .and_then(|o| serde_json::to_value(o.as_ref()).ok())
+}
+
+/// A watch of the one object `name` of `kind` (a `metadata.name` field
+/// selector: the RBAC limits list and watch to our names), keeping a store
+/// of it, and firing on every change of it.
+fn watch_named(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+) -> (
+    Store<DynamicObject>,
+    impl Stream<Item = ()> + Send + 'static,
+) {
+    let writer = reflector::store::Writer::new(kind.api_resource());
+    let store = writer.as_reader();
+    let api = Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource());
+    let events = watcher(
+        api,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects()
+    .filter_map(|r| async move { r.ok().map(|_| ()) });
+    (store, events)
+}
+
+/// The watches of our MachineConfigs and ContainerRuntimeConfigs, their
+/// stores, and one stream of their changes.
+pub fn owned_watches(client: &Client) -> (OwnedStores, impl Stream<Item = ()> + Send + 'static) {
+    let (machine_config, a) = watch_named(client, MACHINE_CONFIG, names::MACHINE_CONFIG_NAME);
+    let (container_runtime_config, b) = watch_named(
+        client,
+        CONTAINER_RUNTIME_CONFIG,
+        names::CONTAINER_RUNTIME_CONFIG_NAME,
+    );
+    let (master_machine_config, c) =
+        watch_named(client, MACHINE_CONFIG, names::MASTER_MACHINE_CONFIG_NAME);
+    let (master_container_runtime_config, d) = watch_named(
+        client,
+        CONTAINER_RUNTIME_CONFIG,
+        names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
+    );
+    let stores = OwnedStores {
+        machine_config,
+        container_runtime_config,
+        master_machine_config,
+        master_container_runtime_config,
+    };
+    let events =
+        futures::stream::select(futures::stream::select(a, b), futures::stream::select(c, d));
+    (stores, events)
+}
+
+/// The MCO side of the snapshot: the pools and our MachineConfigs and
+/// ContainerRuntimeConfigs from the watches' caches, and the rendered
 /// configs that master-pool nodes able to get Kata run (one read per
 /// distinct config; none on a cluster whose masters are not workers).
 pub async fn observe(
     client: &Client,
     pools: &Store<DynamicObject>,
+    owned: &OwnedStores,
     nodes: &[ObservedNode],
 ) -> Result<MachineConfigRollout, ReadError> {
     let pool_object = pools
@@ -72,21 +159,10 @@ pub async fn observe(
     Ok(MachineConfigRollout {
         pools: observed_pools,
         pool_object,
-        machine_config: get(client, MACHINE_CONFIG, names::MACHINE_CONFIG_NAME).await?,
-        container_runtime_config: get(
-            client,
-            CONTAINER_RUNTIME_CONFIG,
-            names::CONTAINER_RUNTIME_CONFIG_NAME,
-        )
-        .await?,
-        master_machine_config: get(client, MACHINE_CONFIG, names::MASTER_MACHINE_CONFIG_NAME)
-            .await?,
-        master_container_runtime_config: get(
-            client,
-            CONTAINER_RUNTIME_CONFIG,
-            names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
-        )
-        .await?,
+        machine_config: held(&owned.machine_config),
+        container_runtime_config: held(&owned.container_runtime_config),
+        master_machine_config: held(&owned.master_machine_config),
+        master_container_runtime_config: held(&owned.master_container_runtime_config),
         rendered_with_kata,
     })
 }

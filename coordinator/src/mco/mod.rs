@@ -297,10 +297,24 @@ impl HostConfigRollout for MachineConfigRollout {
         let master_rendered_without_ours = self
             .pool(names::MASTER_POOL)
             .is_none_or(|p| !p.renders(names::MASTER_MACHINE_CONFIG_NAME));
-        let rolled_back = self.kata_pool_empty(nodes)
+        let nodes_back = self.kata_pool_empty(nodes)
             && nodes.iter().all(|n| !self.runs_kata(n))
             && self.master_machine_config.is_none()
             && master_rendered_without_ours;
+        // The MCO keeps a deleted ContainerRuntimeConfig (its finalizer)
+        // until it has removed the MachineConfig generated from it. Ours
+        // goes first, and the uninstall is over only once it is gone: else
+        // the KataConfig would vanish while the ContainerRuntimeConfig is
+        // still there, and nobody would look at it again.
+        if nodes_back && self.container_runtime_config.is_some() {
+            steps.push(delete(
+                names::CONTAINER_RUNTIME_CONFIG,
+                Role::KataPool.container_runtime_config(),
+            ));
+        }
+        let rolled_back = nodes_back
+            && self.container_runtime_config.is_none()
+            && self.master_container_runtime_config.is_none();
         // Our pool's objects go once no node is in it: deleting them while
         // nodes still are would re-render the pool and could start a node
         // on a config it is about to leave anyway. The pool goes last.

@@ -4,6 +4,7 @@
 
 use super::ConditionState;
 use super::nodes;
+use super::ownership::Conflict;
 use super::rollout::Assessment;
 use crate::api::condition::{DEGRADED, IN_PROGRESS, READY};
 use crate::api::{FailedNode, KataNodesStatus, reason};
@@ -28,6 +29,24 @@ fn failed_list(failed: &[FailedNode]) -> String {
         .map(|f| format!("{}: {}", f.name, f.error))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Reasons of this module's own (beside [`crate::api::reason`]).
+pub mod own_reason {
+    /// Another field manager holds fields the operator sets: it holds its
+    /// writes to that object.
+    pub const CONFLICTING_MANAGER: &str = "ConflictingManager";
+}
+
+/// Degraded while the operator holds its writes because other managers
+/// own fields it sets: each named, with its object.
+pub fn conflicting_manager(conflicts: &[Conflict]) -> ConditionState {
+    let message = conflicts
+        .iter()
+        .map(Conflict::message)
+        .collect::<Vec<_>>()
+        .join("; ");
+    condition(DEGRADED, true, own_reason::CONFLICTING_MANAGER, message)
 }
 
 /// Degraded, the same rule for install and uninstall: the rollout's own
@@ -221,12 +240,17 @@ pub fn uninstall_blocked(pods: &[String]) -> [ConditionState; 2] {
 }
 
 /// The uninstall is taking the configuration back.
-pub fn uninstalling(nodes: &KataNodesStatus) -> [ConditionState; 2] {
-    let message = format!(
+/// `waiting_on`: what else holds it (a node stuck in its update).
+pub fn uninstalling(nodes: &KataNodesStatus, waiting_on: &[String]) -> [ConditionState; 2] {
+    let mut message = format!(
         "removing Kata: uninstalling [{}]; waiting [{}]",
         nodes.uninstalling.join(", "),
         nodes.waiting_to_uninstall.join(", ")
     );
+    for waiting in waiting_on {
+        message.push_str("; ");
+        message.push_str(waiting);
+    }
     [
         condition(IN_PROGRESS, true, reason::UNINSTALLING, message.clone()),
         condition(READY, false, reason::UNINSTALLING, message),

@@ -15,8 +15,10 @@
 pub mod conditions;
 pub mod events;
 pub mod nodes;
+pub mod ownership;
 pub mod rollout;
 pub mod runtime_class;
+pub mod stuck;
 pub mod targeting;
 pub mod validate;
 
@@ -92,6 +94,12 @@ pub struct Observed {
     /// The node lists of the KataConfig's status as last written (empty
     /// before the first): what the transitions are measured against.
     pub recorded_nodes: KataNodesStatus,
+    /// The objects we apply, as observed with their managedFields: whether
+    /// another manager holds fields of ours ([`ownership`]).
+    pub owned_objects: Vec<(Kind, Value)>,
+    /// Nodes the MCO has kept updating longer than the threshold, and what
+    /// holds their drain ([`stuck`]).
+    pub stuck_nodes: Vec<stuck::StuckNode>,
 }
 
 /// An object to apply with server-side apply.
@@ -256,8 +264,65 @@ pub fn plan(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
         } else {
             plan_install(observed, rollout)
         };
+    hold_conflicting_writes(&mut plan, &observed.owned_objects);
     plan.transitions = events::node_transitions(&observed.recorded_nodes, &plan.nodes);
     plan
+}
+
+/// Drops every apply to an object in which another field manager holds
+/// fields of ours at other values (forcing would take them back, and it
+/// would take them again), and says so in Degraded; the apply comes back
+/// by itself once the other manager lets go. No node moves into or out of
+/// the pool meanwhile either: it would be rebooted onto a configuration
+/// that is not ours, and again once ours is back.
+fn hold_conflicting_writes(plan: &mut Plan, owned: &[(Kind, Value)]) {
+    let mut found = Vec::new();
+    plan.steps.retain(|step| {
+        let Step::Apply(desired) = step else {
+            return true;
+        };
+        let observed = owned
+            .iter()
+            .find(|(kind, object)| {
+                *kind == desired.kind()
+                    && object["metadata"]["name"].as_str() == Some(desired.name())
+            })
+            .map(|(_, object)| object);
+        let wanted = match desired {
+            Desired::Untyped { object, .. } => Some(object.clone()),
+            Desired::RuntimeClass(rc) => serde_json::to_value(rc).ok(),
+        };
+        let conflicts = observed
+            .zip(wanted)
+            .map(|(o, w)| ownership::conflicts(desired.kind().kind, &w, o))
+            .unwrap_or_default();
+        let held = !conflicts.is_empty();
+        found.extend(conflicts);
+        !held
+    });
+    if found.is_empty() {
+        return;
+    }
+    plan.steps
+        .retain(|step| !matches!(step, Step::SetNodeLabel { .. }));
+    let degraded = conditions::conflicting_manager(&found);
+    match plan
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == crate::api::condition::DEGRADED)
+    {
+        Some(existing) => *existing = degraded,
+        None => plan.conditions.push(degraded),
+    }
+}
+
+/// What the conditions say of each stuck node.
+fn stuck_messages(observed: &Observed) -> Vec<String> {
+    observed
+        .stuck_nodes
+        .iter()
+        .map(stuck::StuckNode::message)
+        .collect()
 }
 
 /// The plan for a KataConfig that is not being deleted.
@@ -275,7 +340,8 @@ fn plan_install(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
     }
     steps.extend(rollout.install_steps(spec, &observed.nodes, &targeted));
 
-    let assessment = rollout.assess(spec, &observed.nodes, &targeted);
+    let mut assessment = rollout.assess(spec, &observed.nodes, &targeted);
+    assessment.waiting_on.extend(stuck_messages(observed));
     let mut nodes = nodes::node_status(&observed.nodes, &assessment.phases, target_count);
     nodes.not_runtime_ready = nodes::not_runtime_ready(&observed.nodes, &targeted);
 
@@ -363,7 +429,7 @@ fn plan_uninstall(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan
             requeue = Requeue::OnChange;
         }
     }
-    let [in_progress, ready] = conditions::uninstalling(&nodes);
+    let [in_progress, ready] = conditions::uninstalling(&nodes, &stuck_messages(observed));
     Plan {
         steps,
         nodes,

@@ -5,7 +5,12 @@ use crate::api::KataConfigSpec;
 use crate::{names, selector};
 
 /// Whether a node is a target: a worker matching the pool selector and, when
-/// asked, proven capable by its agent.
+/// asked, proven capable by its agent. The capable label is read, not the
+/// latest report: the labeller sets it only once a verdict has held for its
+/// dwell, so one report never moves a node in or out of the pool. A label
+/// an admin changes by hand moves the node at once; the labeller brings it
+/// back to the agent's verdict only once that verdict has held for the
+/// dwell.
 pub fn is_target(spec: &KataConfigSpec, node: &ObservedNode) -> bool {
     node.has_label(names::WORKER_ROLE_LABEL)
         && selector::matches(spec.kata_config_pool_selector.as_ref(), &node.labels)

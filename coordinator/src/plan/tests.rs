@@ -175,6 +175,111 @@ fn drifted_machine_config_is_applied_again() {
     assert!(applies(&plan(&observed, &rollout), MACHINE_CONFIG));
 }
 
+/// The converged cluster with our MachineConfig's extensions changed to
+/// `[]` by `manager` (owning them through `operation`).
+fn machine_config_taken_by(manager: &str, operation: &str) -> (Observed, MachineConfigRollout) {
+    let (mut observed, mut rollout) = converged(vec![installed_worker("w0")]);
+    if let Some(mc) = rollout.machine_config.as_mut() {
+        mc["spec"]["extensions"] = serde_json::json!([]);
+        mc["metadata"]["managedFields"] = serde_json::json!([{
+            "manager": manager, "operation": operation, "apiVersion": "machineconfiguration.openshift.io/v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:extensions": {}}},
+        }]);
+        observed.owned_objects = vec![(MACHINE_CONFIG, mc.clone())];
+    }
+    (observed, rollout)
+}
+
+#[test]
+fn a_machine_config_another_manager_holds_is_not_written_and_degrades() {
+    let (observed, rollout) = machine_config_taken_by("gitops", "Apply");
+    let plan = plan(&observed, &rollout);
+    assert!(
+        !applies(&plan, MACHINE_CONFIG),
+        "no fight: {:?}",
+        plan.steps
+    );
+    let degraded = condition_of(&plan, "Degraded");
+    assert!(degraded.status);
+    assert_eq!(degraded.reason, conditions::own_reason::CONFLICTING_MANAGER);
+    assert!(
+        degraded.message.contains("\"gitops\"")
+            && degraded
+                .message
+                .contains(&format!("MachineConfig/{}", mco::MACHINE_CONFIG_NAME))
+            && degraded.message.contains("spec.extensions"),
+        "{}",
+        degraded.message
+    );
+
+    // Once it lets go of the field (or it was never another's), ours is
+    // written again and nothing is degraded.
+    let (mut released, rollout) = machine_config_taken_by("gitops", "Apply");
+    released.owned_objects.clear();
+    let resumed = super::plan(&released, &rollout);
+    assert!(applies(&resumed, MACHINE_CONFIG));
+    assert!(!condition_of(&resumed, "Degraded").status);
+}
+
+#[test]
+fn no_node_moves_into_the_pool_while_another_manager_holds_our_config() {
+    let (mut observed, rollout) = machine_config_taken_by("gitops", "Apply");
+    observed.nodes.push(worker("w1", &[]));
+    let held = plan(&observed, &rollout);
+    assert!(
+        !held
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::SetNodeLabel { .. })),
+        "w1 would reboot onto the other manager's config: {:?}",
+        held.steps
+    );
+    observed.owned_objects.clear();
+    let resumed = plan(&observed, &rollout);
+    assert!(
+        resumed.steps.contains(&set_pool_role("w1", true)),
+        "{:?}",
+        resumed.steps
+    );
+}
+
+#[test]
+fn a_stuck_node_is_named_in_the_progress_conditions() {
+    let working = on_config(
+        worker("w0", &[(mco::KATA_POOL_ROLE_LABEL, "")]),
+        "rendered-worker-1",
+        POOL_CONFIG,
+        mco::STATE_WORKING,
+    );
+    let (mut observed, rollout) = converged(vec![working]);
+    observed.stuck_nodes = vec![stuck::StuckNode {
+        name: "w0".into(),
+        working_for: Duration::from_secs(20 * 60),
+        threshold: Duration::from_secs(15 * 60),
+        blockers: Some(vec![stuck::DrainBlocker {
+            pod: "app/db-0".into(),
+            budget: "app/db".into(),
+        }]),
+    }];
+    let installing = plan(&observed, &rollout);
+    for type_ in ["InProgress", "Ready"] {
+        let message = &condition_of(&installing, type_).message;
+        assert!(
+            message.contains("node w0 has been updating")
+                && message.contains("for 20m")
+                && message.contains("PodDisruptionBudget app/db"),
+            "{type_}: {message}"
+        );
+    }
+    observed.deleting = true;
+    let uninstalling = plan_uninstall(&observed, &rollout);
+    assert!(
+        condition_of(&uninstalling, "InProgress")
+            .message
+            .contains("node w0 has been updating")
+    );
+}
+
 #[test]
 fn log_level_adds_and_removes_the_container_runtime_config() {
     let (mut observed, mut rollout) = converged(vec![installed_worker("w0")]);

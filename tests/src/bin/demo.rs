@@ -368,6 +368,9 @@ async fn start_world(state_dir: &Path, kvm: bool, ci: bool) -> Result<World, Box
     let policy = MarkPolicy {
         grace: Duration::from_secs(5),
         hold_down: Duration::from_secs(5),
+        // A demo shows the dwell without waiting minutes for it.
+        join_dwell: Duration::from_secs(5),
+        leave_dwell: Duration::from_secs(5),
     };
     let coordinator = Coordinator::start(client.clone(), &tls, grpc, policy)?;
     step(&format!(

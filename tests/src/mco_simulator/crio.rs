@@ -111,7 +111,12 @@ pub fn plan(
 
 /// Whether a pool may be rendered now: the render controller renders no pool
 /// while a ContainerRuntimeConfig selecting it has not reported `Success`
-/// for its current generation (`pkg/controller/render/render_controller.go`).
+/// for its current generation (`syncMachineConfigPool` in
+/// `pkg/controller/render/render_controller.go` calls
+/// `AreMCGeneratingSubControllersCompletedForPool`, `pkg/apihelpers/apihelpers.go`).
+/// A ContainerRuntimeConfig being deleted counts too: marking it deleted
+/// bumps its generation, and its finalizer keeps it until the controller
+/// removed what it generated.
 pub fn blocks_render(runtime_configs: &[RuntimeConfig], pool: &Pool) -> Option<String> {
     runtime_configs
         .iter()

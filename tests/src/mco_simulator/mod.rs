@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::Error;
+use crate::api_requests::Requests;
 use host::SimulatedNodeRoot;
 use model::{
     API_VERSION, CONTROLLER_VERSION, CURRENT_CONFIG, DESIRED_CONFIG, GENERATED_BY, MachineConfig,
@@ -85,6 +86,11 @@ struct Shared {
     runtime_config_faults: Mutex<BTreeMap<String, String>>,
     /// Node → the rendered configs the node controller sent it to, in order.
     sent_to: Mutex<BTreeMap<String, Vec<String>>>,
+    /// How long the container-runtime-config controller takes to get to a
+    /// ContainerRuntimeConfig change.
+    runtime_config_delay: Mutex<Duration>,
+    /// The requests the simulator made, as the API server counts them.
+    requests: Mutex<Requests>,
 }
 
 /// The running simulator; stops when dropped.
@@ -162,6 +168,16 @@ impl McoSimulator {
         lock(&self.shared.runtime_config_faults).remove(name);
     }
 
+    /// From now on the container-runtime-config controller gets to each
+    /// ContainerRuntimeConfig change (a new generation, or a deletion) only
+    /// `delay` after it first saw it, as a busy controller behind a long work
+    /// queue does. The render waits for it meanwhile (a pending generation
+    /// blocks it), so a caller that moves nodes before the generated config
+    /// is rendered sends them through two rendered configs.
+    pub fn slow_runtime_config_controller(&self, delay: Duration) {
+        *lock(&self.shared.runtime_config_delay) = delay;
+    }
+
     /// How many distinct rendered configs the node controller has sent the
     /// node to since the simulator started: each is a drain and a reboot.
     /// The config a new node is installed with does not count.
@@ -175,6 +191,13 @@ impl McoSimulator {
             .get(node)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The API requests the simulator made so far, keyed as the API
+    /// server's `apiserver_request_total` is, so that a measurement can tell
+    /// them from the coordinator's.
+    pub fn requests(&self) -> Requests {
+        lock(&self.shared.requests).clone()
     }
 
     pub async fn stop(mut self) {
@@ -248,10 +271,18 @@ struct Simulation {
     nodes: Api<Node>,
     /// Node → (the config it is updating to, since when).
     working_since: BTreeMap<String, (String, Instant)>,
+    /// ContainerRuntimeConfig uid → (the generation, when first seen at it).
+    runtime_config_seen: BTreeMap<String, (i64, Instant)>,
     os: ClusterOs,
 }
 
 impl Simulation {
+    fn count(&self, verb: &str, resource: &str, subresource: &str) {
+        *lock(&self.shared.requests)
+            .entry((verb.to_owned(), resource.to_owned(), subresource.to_owned()))
+            .or_default() += 1.0;
+    }
+
     fn new(
         client: kube::Client,
         options: SimulatorOptions,
@@ -267,11 +298,20 @@ impl Simulation {
             runtime_configs: all(model::runtime_config_resource()),
             nodes: Api::all(client.clone()),
             working_since: BTreeMap::new(),
+            runtime_config_seen: BTreeMap::new(),
             os,
         }
     }
 
     async fn sync(&mut self) -> Result<(), Error> {
+        for resource in [
+            "machineconfigpools",
+            "machineconfigs",
+            "containerruntimeconfigs",
+            "nodes",
+        ] {
+            self.count("LIST", resource, "");
+        }
         let pools: Vec<Pool> = list(&self.pools).await?;
         let mut configs: Vec<MachineConfig> = list(&self.configs).await?;
         let runtime_configs: Vec<RuntimeConfig> = list(&self.runtime_configs).await?;
@@ -327,6 +367,7 @@ impl Simulation {
             });
             if status != pool.status {
                 debug!(pool = pool.name(), ?status, "writing pool status");
+                self.count("PATCH", "machineconfigpools", "status");
                 self.pools
                     .patch_status(
                         pool.name(),
@@ -364,6 +405,7 @@ impl Simulation {
                 uid: pool.uid(),
             };
             let object = controller_config(&rendered.name, json!({}), &owner, &rendered.spec);
+            self.count("POST", "machineconfigs", "");
             create_if_absent(&self.configs, object).await?;
             let mut created = MachineConfig {
                 spec: rendered.spec.clone(),
@@ -392,6 +434,7 @@ impl Simulation {
                 "pointing pool at rendered config"
             );
             let patch = json!({ "spec": { "configuration": configuration } });
+            self.count("PATCH", "machineconfigpools", "");
             self.pools
                 .patch(pool.name(), &PatchParams::default(), &Patch::Merge(patch))
                 .await
@@ -418,6 +461,12 @@ impl Simulation {
             })
             .map(|node| node.name.clone())
             .collect();
+        let count = |verb: &str, resource: &str, subresource: &str| {
+            self.count(verb, resource, subresource);
+        };
+        let reboot_over = rollout::hold_undrained(&self.nodes, reboot_over, &count)
+            .await
+            .map_err(Error::Kube)?;
         let faults = lock(&self.shared.faults).clone();
         let input = RolloutInput {
             target,
@@ -433,6 +482,7 @@ impl Simulation {
         for (name, step) in steps {
             debug!(pool = pool.name(), node = name, ?step, "node step");
             let annotations = self.perform(&name, &step, configs);
+            self.count("PATCH", "nodes", "");
             self.nodes
                 .patch(
                     &name,
@@ -554,18 +604,35 @@ impl Simulation {
         Ok(())
     }
 
-    /// Writes the generated config of each ContainerRuntimeConfig, removes
-    /// those no longer wanted, and reports on each ContainerRuntimeConfig.
-    /// Returns whether any MachineConfig changed.
+    /// The container-runtime-config controller
+    /// (`pkg/controller/container-runtime-config/container_runtime_config_controller.go`):
+    /// writes the generated config of each ContainerRuntimeConfig, puts a
+    /// finalizer named after that config on the ContainerRuntimeConfig, and
+    /// reports on it; a deleted one loses its generated configs, then its
+    /// finalizers (`cascadeDelete`). Only the changes it has got to (see
+    /// [`McoSimulator::slow_runtime_config_controller`]) are handled; the
+    /// others keep what they generated before. Returns whether any
+    /// MachineConfig changed.
     async fn sync_runtime_configs(
-        &self,
+        &mut self,
         runtime_configs: &[RuntimeConfig],
         pools: &[Pool],
         configs: &[MachineConfig],
     ) -> Result<bool, Error> {
-        let faults = lock(&self.shared.runtime_config_faults).clone();
-        let (generated, statuses) = crio::plan(runtime_configs, pools, &faults);
+        let due = self.due_runtime_configs(runtime_configs);
         let mut changed = false;
+        let mut live: Vec<RuntimeConfig> = Vec::new();
+        for runtime_config in due {
+            if runtime_config.metadata.deletion_timestamp.is_some() {
+                changed |= self
+                    .finalize_runtime_config(runtime_config, configs)
+                    .await?;
+            } else {
+                live.push(runtime_config.clone());
+            }
+        }
+        let faults = lock(&self.shared.runtime_config_faults).clone();
+        let (generated, statuses) = crio::plan(&live, pools, &faults);
         for wanted in &generated {
             let existing = configs.iter().find(|mc| mc.name() == wanted.name);
             let up_to_date = existing.is_some_and(|mc| {
@@ -588,6 +655,7 @@ impl Simulation {
             };
             let labels = json!({ ROLE_LABEL: wanted.role });
             let object = controller_config(&wanted.name, labels, &owner, &wanted.spec);
+            self.count("APPLY", "machineconfigs", "");
             self.configs
                 .patch(
                     &wanted.name,
@@ -598,8 +666,11 @@ impl Simulation {
                 .map_err(Error::Kube)?;
             changed = true;
         }
-        // A failing ContainerRuntimeConfig keeps what it generated before.
-        let failing: Vec<&str> = runtime_configs
+        self.add_finalizers(&live, &generated).await?;
+        // A failing ContainerRuntimeConfig keeps what it generated before, so
+        // does one the controller has not got to yet; a generated config
+        // whose owner is gone goes (the garbage collector's part).
+        let failing: Vec<&str> = live
             .iter()
             .filter(|rc| {
                 statuses.iter().any(|(name, status)| {
@@ -612,17 +683,27 @@ impl Simulation {
             })
             .filter_map(|rc| rc.metadata.uid.as_deref())
             .collect();
-        for stale in configs.iter().filter(|mc| {
-            mc.owner_uid("ContainerRuntimeConfig")
-                .is_some_and(|owner| !failing.contains(&owner))
-        }) {
+        let settled = |owner: &str| {
+            let live_owner = live
+                .iter()
+                .any(|rc| rc.metadata.uid.as_deref() == Some(owner));
+            let exists = runtime_configs
+                .iter()
+                .any(|rc| rc.metadata.uid.as_deref() == Some(owner));
+            (live_owner && !failing.contains(&owner)) || !exists
+        };
+        for stale in configs
+            .iter()
+            .filter(|mc| mc.owner_uid("ContainerRuntimeConfig").is_some_and(&settled))
+        {
             if !generated.iter().any(|g| g.name == stale.name()) {
+                self.count("DELETE", "machineconfigs", "");
                 delete(&self.configs, stale.name()).await?;
                 changed = true;
             }
         }
         for (name, status) in statuses {
-            let Some(runtime_config) = runtime_configs.iter().find(|rc| rc.name() == name) else {
+            let Some(runtime_config) = live.iter().find(|rc| rc.name() == name) else {
                 continue;
             };
             let mut status = status;
@@ -632,6 +713,7 @@ impl Simulation {
                 &Time(k8s_openapi::jiff::Timestamp::now()),
             );
             if status != runtime_config.status {
+                self.count("PATCH", "containerruntimeconfigs", "status");
                 self.runtime_configs
                     .patch_status(
                         &name,
@@ -641,6 +723,121 @@ impl Simulation {
                     .await
                     .map_err(Error::Kube)?;
             }
+        }
+        Ok(changed)
+    }
+
+    /// The ContainerRuntimeConfigs whose current generation the controller
+    /// has got to: all of them unless it was made slow. Deleting one bumps
+    /// its generation (the API server does), so a deletion waits as long.
+    fn due_runtime_configs<'a>(
+        &mut self,
+        runtime_configs: &'a [RuntimeConfig],
+    ) -> Vec<&'a RuntimeConfig> {
+        let delay = *lock(&self.shared.runtime_config_delay);
+        let now = Instant::now();
+        self.runtime_config_seen.retain(|uid, _| {
+            runtime_configs
+                .iter()
+                .any(|rc| rc.metadata.uid.as_deref() == Some(uid.as_str()))
+        });
+        runtime_configs
+            .iter()
+            .filter(|rc| {
+                let generation = rc.metadata.generation.unwrap_or_default();
+                let uid = rc.metadata.uid.clone().unwrap_or_default();
+                let seen = self
+                    .runtime_config_seen
+                    .entry(uid)
+                    .or_insert((generation, now));
+                if seen.0 != generation {
+                    *seen = (generation, now);
+                }
+                seen.1.elapsed() >= delay
+            })
+            .collect()
+    }
+
+    /// Each ContainerRuntimeConfig carries the names of the configs it
+    /// generated as finalizers (`addFinalizerToContainerRuntimeConfig`), so
+    /// that deleting it waits until they are gone — and the render with it,
+    /// since the pending deletion is a generation without a verdict.
+    async fn add_finalizers(
+        &self,
+        live: &[RuntimeConfig],
+        generated: &[crio::GeneratedConfig],
+    ) -> Result<(), Error> {
+        for runtime_config in live {
+            let uid = runtime_config.metadata.uid.as_deref().unwrap_or_default();
+            let mut finalizers = runtime_config
+                .metadata
+                .finalizers
+                .clone()
+                .unwrap_or_default();
+            let before = finalizers.len();
+            for config in generated.iter().filter(|g| g.owner_uid == uid) {
+                if !finalizers.contains(&config.name) {
+                    finalizers.push(config.name.clone());
+                }
+            }
+            if finalizers.len() != before {
+                self.count("PATCH", "containerruntimeconfigs", "");
+                self.runtime_configs
+                    .patch(
+                        runtime_config.name(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "metadata": { "finalizers": finalizers } })),
+                    )
+                    .await
+                    .map_err(Error::Kube)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A deleted ContainerRuntimeConfig: the configs its finalizers name are
+    /// deleted, then the finalizers go and with them the object. The real
+    /// controller pops one finalizer per sync and is called again at once;
+    /// the end is the same. Returns whether a MachineConfig went.
+    async fn finalize_runtime_config(
+        &self,
+        runtime_config: &RuntimeConfig,
+        configs: &[MachineConfig],
+    ) -> Result<bool, Error> {
+        let finalizers = runtime_config
+            .metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default();
+        if finalizers.is_empty() {
+            return Ok(false);
+        }
+        let mut changed = false;
+        for name in &finalizers {
+            if configs.iter().any(|mc| mc.name() == name) {
+                self.count("DELETE", "machineconfigs", "");
+                delete(&self.configs, name).await?;
+                changed = true;
+            }
+        }
+        debug!(
+            runtime_config = runtime_config.name(),
+            "removing finalizers of a deleted ContainerRuntimeConfig"
+        );
+        let patch = json!({ "metadata": { "finalizers": null } });
+        self.count("PATCH", "containerruntimeconfigs", "");
+        match self
+            .runtime_configs
+            .patch(
+                runtime_config.name(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(Error::Kube(error)),
+            Ok(_) => {}
         }
         Ok(changed)
     }
@@ -660,6 +857,7 @@ impl Simulation {
                     config = config.name(),
                     "deleting rendered config of a deleted pool"
                 );
+                self.count("DELETE", "machineconfigs", "");
                 delete(&self.configs, config.name()).await?;
             }
         }

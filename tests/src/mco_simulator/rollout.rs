@@ -1,5 +1,6 @@
 //! Pool membership, the next step of each node's update, and pool status, as
-//! the MCO's node controller and daemon decide them. Pure.
+//! the MCO's node controller and daemon decide them. Pure, but for the
+//! drain ([`hold_undrained`]), whose verdict is the API server's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -176,6 +177,90 @@ pub fn plan_nodes(nodes: &[&NodeView], input: &RolloutInput) -> Vec<(String, Nod
         steps.extend(step.map(|step| (node.name.clone(), step)));
     }
     steps
+}
+
+/// The drain before each reboot, as the MCO's drain controller runs it:
+/// the node's pods are evicted through the Eviction API, and a node whose
+/// pods cannot all be evicted stays `Working` (the drain retries) until they
+/// can. Returns the nodes of `reboot_over` whose drain is done.
+///
+/// The API server decides: it refuses (429) an eviction that a
+/// PodDisruptionBudget selecting the pod does not allow, from the budget's
+/// `status.disruptionsAllowed` (no controller manager runs in the tests, so
+/// a test writes that status itself). Asking it, rather than matching
+/// budgets to pods here, follows the real rule rather than a copy of it.
+/// Without any budget in the cluster no eviction is refused, and the pods
+/// are left alone: no other test relies on a drain removing pods, and none
+/// pays a request for it.
+/// Each request is told to `count` (verb, resource, subresource), so the
+/// simulator's own requests can be told from the coordinator's.
+pub async fn hold_undrained(
+    nodes: &kube::Api<k8s_openapi::api::core::v1::Node>,
+    reboot_over: BTreeSet<String>,
+    count: &impl Fn(&str, &str, &str),
+) -> Result<BTreeSet<String>, kube::Error> {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    if reboot_over.is_empty() {
+        return Ok(reboot_over);
+    }
+    let client = nodes.clone().into_client();
+    count("LIST", "poddisruptionbudgets", "");
+    let budgets = kube::Api::<PodDisruptionBudget>::all(client.clone())
+        .list(&kube::api::ListParams::default().limit(1))
+        .await?;
+    if budgets.items.is_empty() {
+        return Ok(reboot_over);
+    }
+    let mut drained = BTreeSet::new();
+    for node in reboot_over {
+        if evict_all(&client, &node, count).await? {
+            drained.insert(node);
+        }
+    }
+    Ok(drained)
+}
+
+/// Evicts every pod the drain evicts from `node`; whether all are gone.
+async fn evict_all(
+    client: &kube::Client,
+    node: &str,
+    count: &impl Fn(&str, &str, &str),
+) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::ResourceExt;
+    use kube::api::{DeleteParams, EvictParams, ListParams};
+    count("LIST", "pods", "");
+    let pods = kube::Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?;
+    let mut all_evicted = true;
+    for pod in &pods.items {
+        let daemon_set = pod.owner_references().iter().any(|o| o.kind == "DaemonSet");
+        let mirror = pod
+            .annotations()
+            .contains_key("kubernetes.io/config.mirror");
+        if daemon_set || mirror || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let api =
+            kube::Api::<Pod>::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        // No kubelet runs to finish a graceful deletion: the pod goes at once.
+        let params = EvictParams {
+            delete_options: Some(DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            }),
+            ..EvictParams::default()
+        };
+        count("POST", "pods", "eviction");
+        match api.evict(&pod.name_any(), &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 429 => all_evicted = false,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(all_evicted)
 }
 
 /// `maxUnavailable` as a node count (`maxUnavailable` in
