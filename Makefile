@@ -7,7 +7,7 @@ CRIO_BUILD := tests/scripts/build-crio.sh
 PROMTOOL_BUILD := tests/scripts/build-promtool.sh
 IGNITION_BUILD := tests/scripts/build-ignition.sh
 
-.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool ignition bench-health bench-rollout generate
+.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool ignition bench-health bench-attack bench-rollout generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -73,6 +73,14 @@ AGENTS ?= 1000
 bench-health: control-plane
 	cargo build --release -p kata-coordinator
 	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" AGENTS=$(AGENTS) cargo bench -p kata-tests --bench health_scale
+
+## The health channel under attack, with 1,000 simulated agents checked in:
+## junk bearers, handshakes never finished, idle sockets, 16 MiB messages;
+## per attack the coordinator's peak RSS, its TokenReviews, a fresh agent's
+## first check-in and the runtime labels (see docs/BENCHMARKS.md).
+bench-attack: control-plane
+	cargo build --release -p kata-coordinator
+	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" cargo bench -p kata-tests --bench attack
 
 ## Install and uninstall of NODES workers (1000 by default) through the MCO
 ## simulator: rollouts per node, API requests by verb, reconciles, RSS.

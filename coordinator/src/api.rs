@@ -186,7 +186,11 @@ pub struct KataConfigStatus {
     /// RuntimeClasses the operator created.
     #[serde(default)]
     pub runtime_classes: Vec<String>,
-    /// Where each selected node is in the install or uninstall.
+    /// Where each selected node is in the install or uninstall. Each node
+    /// list is sorted by name and holds at most 100 nodes, so that the
+    /// status stays within etcd's object size limit at any cluster size;
+    /// `omitted` counts the rest, and `nodeCount` and `readyNodeCount` are
+    /// exact.
     #[serde(default)]
     pub kata_nodes: KataNodesStatus,
     /// InProgress, Ready and Degraded, following Kubernetes API conventions.
@@ -194,7 +198,20 @@ pub struct KataConfigStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Node names by phase of the install or uninstall.
+/// The most entries each node list of `status.kataNodes` holds; the rest
+/// are counted in `omitted`. An object is limited to 1.5 MiB in etcd and
+/// every status write fails once the KataConfig passes it, so the lists
+/// must stay small however many nodes the cluster has. At 100 the worst
+/// case (8 lists of 100 names of 253 bytes, the 3 failure lists each entry
+/// with a 1,100-byte error) is about 0.6 MiB, while a cluster of up to 100
+/// Kata nodes, most clusters, still sees every node listed, as the
+/// OpenShift sandboxed containers operator lists them.
+pub const MAX_LISTED_NODES: usize = 100;
+
+/// Node names by phase of the install or uninstall. Each list is sorted by
+/// node name and holds at most 100 entries (the first 100 names); how many
+/// more each leaves out is in `omitted`. `nodeCount` and `readyNodeCount`
+/// are always exact.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct KataNodesStatus {
@@ -204,24 +221,76 @@ pub struct KataNodesStatus {
     /// Selected nodes with the runtime installed.
     #[serde(default)]
     pub ready_node_count: i32,
+    /// Selected nodes with the runtime installed. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub installed: Vec<String>,
+    /// Nodes the host configuration is being installed on. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub installing: Vec<String>,
+    /// Selected nodes waiting for their turn to install. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_to_install: Vec<String>,
+    /// Nodes whose install failed, with why. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_to_install: Vec<FailedNode>,
+    /// Nodes the host configuration is being removed from. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uninstalling: Vec<String>,
+    /// Nodes waiting for their turn to uninstall. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_to_uninstall: Vec<String>,
+    /// Nodes whose uninstall failed, with why. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_to_uninstall: Vec<FailedNode>,
     /// Selected nodes whose node-agent reports the Kata runtime not ready,
-    /// with the reason from the node's `KataRuntimeReady` condition.
+    /// with the reason from the node's `KataRuntimeReady` condition. At most
+    /// 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_runtime_ready: Vec<FailedNode>,
+    /// How many nodes each list above leaves out because it holds its
+    /// first 100 entries only (by node name), so that the status stays
+    /// within etcd's object size limit at any cluster size. Absent when
+    /// every list is complete; a list's count is absent when it is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<OmittedNodes>,
+}
+
+/// Per node list of `kataNodes`, how many nodes it leaves out (absent: none).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OmittedNodes {
+    /// Nodes `installed` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub installed: Option<i32>,
+    /// Nodes `installing` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub installing: Option<i32>,
+    /// Nodes `waitingToInstall` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub waiting_to_install: Option<i32>,
+    /// Nodes `failedToInstall` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub failed_to_install: Option<i32>,
+    /// Nodes `uninstalling` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub uninstalling: Option<i32>,
+    /// Nodes `waitingToUninstall` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub waiting_to_uninstall: Option<i32>,
+    /// Nodes `failedToUninstall` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub failed_to_uninstall: Option<i32>,
+    /// Nodes `notRuntimeReady` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub not_runtime_ready: Option<i32>,
 }
 
 /// A node whose install or uninstall failed, with the Machine Config
@@ -230,6 +299,8 @@ pub struct KataNodesStatus {
 #[serde(rename_all = "camelCase")]
 pub struct FailedNode {
     pub name: String,
+    /// Why, in the words of what failed; at most 1,100 bytes (a longer
+    /// reason is cut).
     #[serde(default)]
     pub error: String,
 }

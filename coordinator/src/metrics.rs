@@ -77,6 +77,13 @@ pub const REPORT_CHANGED: &str = "report";
 /// A report that repeats the stream's previous state.
 pub const REPORT_HEARTBEAT: &str = "heartbeat";
 
+/// A TLS handshake on the agents' port that sent the certificate.
+pub const HANDSHAKE_FULL: &str = "full";
+/// A TLS handshake resumed from a session ticket (no certificate).
+pub const HANDSHAKE_RESUMED: &str = "resumed";
+/// A TLS handshake refused, timed out or broken off.
+pub const HANDSHAKE_FAILED: &str = "failed";
+
 /// The node phases exported, in the status's words.
 pub const NODE_PHASES: [&str; 7] = [
     "installed",
@@ -189,6 +196,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Agents' health reports, [`REPORT_CHANGED`] or [`REPORT_HEARTBEAT`].
     pub reports_received: Family<KindLabel, Counter>,
+    /// TLS handshakes on the agents' port: [`HANDSHAKE_FULL`],
+    /// [`HANDSHAKE_RESUMED`] or [`HANDSHAKE_FAILED`].
+    pub tls_handshakes: Family<KindLabel, Counter>,
     /// TokenReviews of agents' tokens, by outcome.
     pub token_reviews: Family<OutcomeLabel, Counter>,
     pub token_review_duration: ReviewDurations,
@@ -302,6 +312,10 @@ impl Metrics {
             self.reports_received
                 .get_or_create_owned(&KindLabel { kind: kind.into() });
         }
+        for kind in [HANDSHAKE_FULL, HANDSHAKE_RESUMED, HANDSHAKE_FAILED] {
+            self.tls_handshakes
+                .get_or_create_owned(&KindLabel { kind: kind.into() });
+        }
         for outcome in [REVIEW_AUTHENTICATED, REVIEW_REJECTED, REVIEW_ERROR] {
             self.token_reviews.get_or_create_owned(&OutcomeLabel {
                 outcome: outcome.into(),
@@ -338,8 +352,13 @@ impl Metrics {
         );
         prefix.register(
             "connected_agents",
-            "node-agents with an open stream",
+            "node-agents reporting: a stream open, or a check-in within the grace period",
             self.connected_agents.clone(),
+        );
+        prefix.register(
+            "tls_handshakes",
+            "TLS handshakes on the agents' port; kind=full: the certificate sent, resumed: from a session ticket of an earlier check-in, failed: refused, timed out or broken off",
+            self.tls_handshakes.clone(),
         );
         prefix.register("nodes", "Worker nodes by Kata state", self.nodes.clone());
         prefix.register(

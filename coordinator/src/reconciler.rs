@@ -3,6 +3,7 @@
 //! performs each step with one [`Applier`] call, and writes the status only
 //! when it changed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use crate::kind;
 use crate::mco::{self, MachineConfigRollout};
 use crate::names;
 use crate::node::{kata_ready_condition, slim_node};
-use crate::plan::events::NodeTransition;
+use crate::plan::events::{LastWrite, NodeTransition};
 use crate::plan::stuck::{DrainBlocker, StuckNode, WorkingClock};
 use crate::plan::{self, ConfigId, Desired, Observed, ObservedNode, Requeue, Step};
 use crate::status;
@@ -113,6 +114,10 @@ struct Context {
     kata_pods: std::sync::Mutex<Option<kata_pods::Answer>>,
     /// When each node was first seen updating (see [`plan::stuck`]).
     working: std::sync::Mutex<WorkingClock>,
+    /// Per KataConfig, the full node lists its status was last written
+    /// from: the status holds them capped, and the Events of nodes past
+    /// the cap are derived from these ([`plan::events::Previous`]).
+    written_from: std::sync::Mutex<BTreeMap<String, LastWrite>>,
     applier: Applier,
     options: Options,
 }
@@ -200,6 +205,7 @@ impl Context {
                 .as_ref()
                 .map(|s| s.kata_nodes.clone())
                 .unwrap_or_default(),
+            last_write: self.last_write(&config.name_any()),
             owned_objects,
             stuck_nodes,
         };
@@ -461,15 +467,29 @@ impl Context {
         })
     }
 
-    /// Writes the new status, then announces what changed: the conditions
-    /// that say what is happening, and the nodes' transitions. After the
-    /// write, so a failed write (retried) announces nothing twice.
-    async fn write_status(
-        &self,
-        config: &KataConfig,
-        new: &KataConfigStatus,
-        transitions: &[NodeTransition],
-    ) -> Result<(), Error> {
+    fn last_write(&self, config: &str) -> Option<LastWrite> {
+        self.written_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(config)
+            .cloned()
+    }
+
+    fn remember_write(&self, config: &str, last: Option<LastWrite>) {
+        let mut written_from = self
+            .written_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last {
+            Some(last) => written_from.insert(config.to_owned(), last),
+            None => written_from.remove(config),
+        };
+    }
+
+    /// Writes the new status, then announces the conditions that changed
+    /// and say what is happening. After the write, so a failed write
+    /// (retried) announces nothing twice.
+    async fn write_status(&self, config: &KataConfig, new: &KataConfigStatus) -> Result<(), Error> {
         let name = config.name_any();
         let body = json!({
             "apiVersion": kind::KATA_CONFIG.api_version(),
@@ -511,6 +531,13 @@ impl Context {
                 self.applier.publish(&event, &config.object_ref(&())).await;
             }
         }
+        Ok(())
+    }
+
+    /// Announces the nodes' transitions, once the status that records them
+    /// is written (or, when only nodes past the status's lists moved, was
+    /// already as it should be).
+    async fn announce_transitions(&self, config: &KataConfig, transitions: &[NodeTransition]) {
         let kata_config = config.object_ref(&());
         for transition in transitions {
             let event = Event {
@@ -528,7 +555,6 @@ impl Context {
                 .publish(&event, &self.node_reference(transition.node()))
                 .await;
         }
-        Ok(())
     }
 
     /// The node as an Event's subject, with its uid when the cache has it
@@ -608,6 +634,7 @@ async fn reconcile_once(config: Arc<KataConfig>, ctx: &Context) -> Result<Action
     if plan.steps.contains(&Step::RemoveFinalizer) {
         info!("uninstall complete; finalizer removed");
         metrics.clear_kataconfig();
+        ctx.remember_write(&observed.name, None);
         return Ok(Action::await_change());
     }
     if plan::active_config(&observed.configs) == Some(observed.name.as_str()) {
@@ -620,15 +647,23 @@ async fn reconcile_once(config: Arc<KataConfig>, ctx: &Context) -> Result<Action
     }
     let new = status::status(
         config.status.as_ref(),
-        plan.nodes,
+        &plan.nodes,
         plan.runtime_classes,
         &plan.conditions,
         config.meta().generation,
         &now,
     );
     if config.status.as_ref() != Some(&new) {
-        ctx.write_status(&config, &new, &plan.transitions).await?;
+        ctx.write_status(&config, &new).await?;
     }
+    // The status observed now is `new` (written, or already so): the next
+    // reconcile measures transitions against the full lists behind it.
+    let last = LastWrite {
+        full: plan.nodes,
+        before: observed.recorded_nodes.clone(),
+    };
+    ctx.remember_write(&observed.name, Some(last));
+    ctx.announce_transitions(&config, &plan.transitions).await;
     ctx.announce_stuck(&config, &observed.stuck_nodes).await;
     Ok(match plan.requeue {
         Requeue::After(after) => Action::requeue(after),
@@ -749,6 +784,7 @@ impl KataConfigController {
             runtime_classes: runtime_class_writer.as_reader(),
             kata_pods: std::sync::Mutex::default(),
             working: std::sync::Mutex::default(),
+            written_from: std::sync::Mutex::default(),
             options,
         });
         let triggers = futures::stream::select(

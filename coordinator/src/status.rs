@@ -43,9 +43,12 @@ pub fn merge_conditions(
         .collect()
 }
 
+/// The status to write: `nodes` (the planner's full lists) capped as
+/// [`crate::plan::nodes::written`] does, so that the status stays small at
+/// any cluster size.
 pub fn status(
     old: Option<&KataConfigStatus>,
-    nodes: KataNodesStatus,
+    nodes: &KataNodesStatus,
     runtime_classes: Vec<String>,
     conditions: &[ConditionState],
     generation: Option<i64>,
@@ -54,7 +57,7 @@ pub fn status(
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     KataConfigStatus {
         runtime_classes,
-        kata_nodes: nodes,
+        kata_nodes: crate::plan::nodes::written(nodes),
         conditions: merge_conditions(old_conditions, conditions, generation, now),
     }
 }

@@ -139,12 +139,10 @@ impl AgentMetrics {
         self.last_report.set(unix);
     }
 
-    /// The agent starts its `attempt`-th connection (from 1): every one
-    /// after the first is a reconnect.
-    pub fn observe_connect_attempt(&self, attempt: u64) {
-        if attempt > 1 {
-            self.reconnects.inc();
-        }
+    /// A check-in tried again after a failed one: a reconnect, as the
+    /// coordinator was unreachable or refused the agent.
+    pub fn observe_retry(&self) {
+        self.reconnects.inc();
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -200,12 +198,12 @@ impl AgentMetrics {
         );
         agent.register(
             "reconnects",
-            "Connection attempts to the coordinator after the first",
+            "Check-ins tried again after a failed one",
             self.reconnects.clone(),
         );
         agent.register(
             "connected",
-            "1 while a health stream to the coordinator is open",
+            "1 while the coordinator accepts the agent's check-ins (the last one succeeded)",
             self.connected.clone(),
         );
         agent.register(
@@ -468,9 +466,8 @@ mod tests {
     #[tokio::test]
     async fn reports_and_connections_are_counted() {
         let metrics = AgentMetrics::default();
-        for attempt in 1..=3 {
-            metrics.observe_connect_attempt(attempt);
-        }
+        metrics.observe_retry();
+        metrics.observe_retry();
         metrics.set_connected(true);
         metrics.observe_report(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let text = page(&metrics).await;

@@ -20,6 +20,7 @@ use kata_coordinator::api::KataConfig;
 use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
 use kata_tests::api_requests::{Requests, api_server_requests, by_verb, entries, made_between};
+use kata_tests::bench_support::{Memory, memory};
 use kata_tests::demo_world::wait_until_adopted;
 use kata_tests::mco_simulator::{McoSimulator, SimulatorOptions, model};
 use kata_tests::operator::{
@@ -140,20 +141,6 @@ fn resources(requests: &Requests) -> String {
 fn rollouts(simulator: &McoSimulator, nodes: &[String]) -> (usize, usize) {
     let counts = nodes.iter().map(|n| simulator.rollouts(n));
     (counts.clone().min().unwrap_or(0), counts.max().unwrap_or(0))
-}
-
-/// VmHWM and VmRSS of a process, in MiB.
-fn memory(pid: u32) -> Result<(f64, f64), BoxError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<f64, BoxError> {
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))?;
-        Ok(kib / 1024.0)
-    };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
 }
 
 /// Polls the KataConfig every 2 s until `done` says so; counts the GETs in
@@ -330,7 +317,7 @@ async fn main() -> Result<(), BoxError> {
     let install_rollouts = rollouts(&simulator, &names);
     // Settle: the status write of the install wakes one more reconcile.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (hwm_installed, _) = memory(pid)?;
+    let hwm_installed = memory(pid)?.peak;
 
     // Steady state: nothing rolls, so the simulator stops and every request
     // left is the coordinator's.
@@ -388,7 +375,10 @@ async fn main() -> Result<(), BoxError> {
     let uninstall = window.close(&client, Some(&simulator), &bench, &[]).await?;
     let uninstall_reconciles = scrape_metric(metrics, RECONCILES).await? - reconciles_before;
     let uninstall_rollouts = rollouts(&simulator, &names);
-    let (hwm, rss) = memory(pid)?;
+    let Memory {
+        peak: hwm,
+        now: rss,
+    } = memory(pid)?;
     simulator.stop().await;
     drop(coordinator);
 

@@ -3,6 +3,7 @@
 //! host roots for the node-agent's probes.
 
 pub mod api_requests;
+pub mod bench_support;
 pub mod child_process;
 pub mod cluster;
 pub mod control_plane;

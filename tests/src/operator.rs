@@ -428,6 +428,13 @@ impl CoordinatorProcess {
         self.child.id()
     }
 
+    /// SIGKILL, as a node failure would: no lease released, nothing
+    /// flushed; returns once it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

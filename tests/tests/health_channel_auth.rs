@@ -1,6 +1,7 @@
 //! The coordinator's health-channel server over a real TLS socket, with agent
-//! tokens issued and reviewed by the real API server: who may open a stream,
-//! for which node, and what an accepted stream does to the registry.
+//! tokens issued and reviewed by the real API server: who may check in or
+//! open a stream, for which node, and what an accepted check-in or stream
+//! does to the registry.
 //!
 //! Token expiry is not exercised: TokenRequest's shortest lifetime is ten
 //! minutes, too long to wait for. An expired token fails TokenReview exactly
@@ -13,8 +14,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kata_coordinator::health::{NodeHealth, ServerTls, TlsError};
 use kata_proto::health::v1::node_health_client::NodeHealthClient;
 use kata_proto::health::v1::{
-    AgentMessage, CoordinatorMessage, HealthReport, Hello, ProbeOutcome, ProbeStatus, Verdicts,
-    agent_message, coordinator_message,
+    AgentMessage, CheckInRequest, CheckInResponse, CoordinatorMessage, HealthReport, Hello,
+    ProbeOutcome, ProbeStatus, Verdicts, agent_message, coordinator_message,
 };
 use kata_tests::health_fixture::{
     AGENT_SA, AUDIENCE, HealthFixture as Fixture, NAMESPACE, NODE_A, NODE_B, OTHER_SA, SERVER_NAME,
@@ -88,14 +89,32 @@ async fn open(
     })
 }
 
+fn hello_of(node: &str) -> Hello {
+    Hello {
+        node_name: node.into(),
+        agent_version: "0.1.0-test".into(),
+        boot_id: "boot-1".into(),
+    }
+}
+
 fn hello(node: &str) -> AgentMessage {
     AgentMessage {
-        message: Some(agent_message::Message::Hello(Hello {
-            node_name: node.into(),
-            agent_version: "0.1.0-test".into(),
-            boot_id: "boot-1".into(),
-        })),
+        message: Some(agent_message::Message::Hello(hello_of(node))),
     }
+}
+
+/// One check-in, on a connection of its own, as the agent makes it.
+async fn check_in(
+    fixture: &Fixture,
+    token: Option<&str>,
+    hello: Option<Hello>,
+    report: Option<HealthReport>,
+) -> Result<CheckInResponse, Status> {
+    client(fixture, token)
+        .await
+        .check_in(CheckInRequest { hello, report })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 fn report(sequence: u64) -> HealthReport {
@@ -298,4 +317,87 @@ async fn missing_wrong_audience_foreign_and_orphaned_tokens_are_refused() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(last, Code::Unauthenticated);
+}
+
+/// A whole check-in of `node`'s agent with `token`, report `sequence`.
+async fn check_in_as(
+    fixture: &Fixture,
+    token: &str,
+    node: &str,
+    sequence: u64,
+) -> Result<CheckInResponse, Status> {
+    check_in(
+        fixture,
+        Some(token),
+        Some(hello_of(node)),
+        Some(report(sequence)),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_check_in_is_recorded_and_answered_with_the_expected_config() {
+    let fixture = Fixture::start().await;
+    let token = fixture
+        .pod_bound_token(AGENT_SA, "agent-a", NODE_A, AUDIENCE)
+        .await;
+    let reply = check_in_as(&fixture, &token, NODE_A, 1).await.unwrap();
+    let config = reply.expected_config.unwrap();
+    assert_eq!(config.runtime_handler, "kata");
+    assert_eq!(config.heartbeat_interval_seconds, 15);
+    assert_eq!(reply.reprobe, None, "nothing was asked");
+    let node = fixture.registry.get(NODE_A).unwrap();
+    assert!(!node.connected, "no stream is left open");
+    assert_eq!(node.last_report, Some(report(1)));
+    assert_eq!(node.boot_id, "boot-1");
+
+    // A re-probe asked for between check-ins rides on the next reply, once.
+    assert!(
+        fixture
+            .registry
+            .request_reprobe(NODE_A, "the node now runs rendered-kata-oc-2")
+    );
+    let reply = check_in_as(&fixture, &token, NODE_A, 2).await.unwrap();
+    assert_eq!(
+        reply.reprobe.map(|r| r.reason).as_deref(),
+        Some("the node now runs rendered-kata-oc-2")
+    );
+    let reply = check_in_as(&fixture, &token, NODE_A, 3).await.unwrap();
+    assert_eq!(reply.reprobe, None, "handed over once");
+    assert_eq!(
+        fixture.registry.get(NODE_A).unwrap().last_report,
+        Some(report(3))
+    );
+}
+
+#[tokio::test]
+async fn a_check_in_must_carry_both_parts_and_name_the_tokens_node() {
+    let fixture = Fixture::start().await;
+    let token = fixture
+        .pod_bound_token(AGENT_SA, "agent-a", NODE_A, AUDIENCE)
+        .await;
+    let claims_b = check_in_as(&fixture, &token, NODE_B, 1).await.unwrap_err();
+    assert_eq!(claims_b.code(), Code::PermissionDenied, "{claims_b:?}");
+    assert!(claims_b.message().contains(NODE_A) && claims_b.message().contains(NODE_B));
+    for (hello, report) in [(None, Some(report(1))), (Some(hello_of(NODE_A)), None)] {
+        let partial = check_in(&fixture, Some(&token), hello, report).await;
+        assert_eq!(code(partial), Code::InvalidArgument);
+    }
+    for bad in [None, Some("not-a-token")] {
+        let refused = check_in(&fixture, bad, Some(hello_of(NODE_A)), Some(report(1))).await;
+        assert_eq!(code(refused), Code::Unauthenticated);
+    }
+    let intruder = fixture
+        .pod_bound_token(OTHER_SA, "intruder-a", NODE_A, AUDIENCE)
+        .await;
+    let foreign = check_in_as(&fixture, &intruder, NODE_A, 1).await;
+    assert_eq!(code(foreign), Code::PermissionDenied);
+    assert!(
+        fixture.registry.snapshot().is_empty(),
+        "nothing refused was recorded"
+    );
+
+    // The refusals were about the claims, not the token.
+    check_in_as(&fixture, &token, NODE_A, 1).await.unwrap();
+    assert!(fixture.registry.get(NODE_B).is_none());
 }

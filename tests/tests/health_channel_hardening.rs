@@ -44,7 +44,12 @@ async fn serve(acceptor: tokio_rustls::TlsAcceptor, limits: Limits) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
-        let mut connections = Box::pin(incoming_with(listener, acceptor, limits));
+        let mut connections = Box::pin(incoming_with(
+            listener,
+            acceptor,
+            limits,
+            Default::default(),
+        ));
         while let Some(connection) = connections.next().await {
             let mut connection = connection.unwrap();
             tokio::spawn(async move {

@@ -230,6 +230,30 @@ async fn agents_drive_labels_through_install_failure_silence_and_restart() {
     .await
     .unwrap();
 
+    // Each check-in is a new connection, and all but an agent's first
+    // resume TLS from the last one's session ticket.
+    let handshakes = |kind: &'static str| {
+        let coordinator = &coordinator;
+        async move {
+            coordinator
+                .metric(&format!(
+                    "kata_operator_tls_handshakes_total{{kind=\"{kind}\"}}"
+                ))
+                .await
+                .unwrap()
+        }
+    };
+    let (full, resumed) = (handshakes("full").await, handshakes("resumed").await);
+    println!("TLS handshakes so far: {full} full, {resumed} resumed");
+    assert!(
+        full >= 1.0,
+        "an agent's first check-in sends the certificate"
+    );
+    assert!(
+        resumed > full,
+        "later check-ins resume: {full} full, {resumed} resumed"
+    );
+
     // A restarted coordinator rebuilds its view without a single write.
     coordinator.stop().await.unwrap();
     let before = labelled(&client, names::KATA_CAPABLE_LABEL).await;

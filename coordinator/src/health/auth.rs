@@ -104,13 +104,17 @@ pub const REVIEW_CONCURRENCY: usize = 32;
 pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reviews that may wait for a permit; more are turned away at once (the
-/// agent retries with backoff). Enough for every agent of a 5,000-node
-/// cluster reconnecting at once after a failover.
-pub const REVIEW_QUEUE: usize = 8192;
+/// agent retries with backoff). Each waiting check-in holds its connection
+/// (about 30 KiB of TLS and HTTP/2 state), so this bounds what a storm of
+/// new agents (5,000 started at once: 170 MiB with room for all of them)
+/// can make the coordinator hold. 512 drain in well under a second at a
+/// review's usual tens of milliseconds, 32 at a time, and in 8 s even at
+/// 500 ms a review.
+pub const REVIEW_QUEUE: usize = 512;
 
 /// How long a review may wait for a permit before the agent is told to
-/// come back later.
-pub const REVIEW_QUEUE_WAIT: Duration = Duration::from_secs(60);
+/// come back later: less than the agent waits for its check-in's answer.
+pub const REVIEW_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// The longest bearer looked at. A projected token is about 1 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -119,9 +123,14 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// (the reviews stay correct, they just cost a request).
 pub const REVIEW_CACHE_ENTRIES: usize = 16_384;
 
-/// How long an admission is remembered, at most: a bound Pod deleted
-/// meanwhile is noticed by the next review after this.
-pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(300);
+/// How long an admission is remembered, at most (and never past the
+/// token's expiry). Agents check in every heartbeat, each time with their
+/// token: a review per check-in would be 170 TokenReviews a second at 5,000
+/// nodes, and even this hour is one every 0.7 s. The bound Pod's deletion
+/// does not wait for it: the watch of the agents' Pods refuses a deleted
+/// Pod's token at once (`super::pods`). What is left to it is the rare
+/// deletion of the agents' ServiceAccount, noticed within the hour.
+pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(3600);
 
 /// How a review ended, as `kata_operator_token_reviews_total` counts it:
 /// admitted, refused (a token that is not a live agent token for a node),

@@ -230,7 +230,10 @@ impl Labeller {
 
     /// Connected agents, and worker nodes by the labels they carry.
     fn export_gauges(&self, nodes: &Store<Node>) {
-        let connected = self.registry.connected_count();
+        // Within the grace: the agents whose nodes keep their labels.
+        let connected = self
+            .registry
+            .connected_count(std::time::Instant::now(), self.policy.grace);
         self.metrics
             .connected_agents
             .set(i64::try_from(connected).unwrap_or(i64::MAX));

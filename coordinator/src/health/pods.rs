@@ -134,6 +134,12 @@ impl BoundPods {
         BoundPods { state, task }
     }
 
+    /// Whether the Pod `uid` is known to be deleted: a check-in with its
+    /// token (admitted by a cached review) is then refused.
+    pub fn is_deleted(&self, uid: &str) -> bool {
+        lock(&self.state).deleted.contains(uid)
+    }
+
     /// Follows the Pod `uid` for a stream: `None` when it is known to be
     /// gone already. A Pod not seen yet counts as live: its TokenReview just
     /// found it, and the watch's event may still be on its way.

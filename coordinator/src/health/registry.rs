@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kata_proto::health::v1::{HealthReport, Hello};
 use tokio::sync::{Notify, watch};
@@ -97,8 +97,10 @@ pub struct NodeHealth {
     pub agent_version: String,
     pub boot_id: String,
     pub last_report: Option<HealthReport>,
-    /// When the last Hello or report arrived: the labeller's silence clock.
+    /// When the last Hello, report or check-in arrived: the labeller's
+    /// silence clock.
     pub last_seen: Instant,
+    /// A stream is open (older agents); an agent that checks in holds none.
     pub connected: bool,
     /// Which stream owns this entry. An agent that reconnects before its old
     /// stream is torn down gets a new session, so the old stream's end does
@@ -112,6 +114,18 @@ struct State {
     next_session: u64,
     /// Where to leave requests for each node's agent: its live stream.
     mailboxes: BTreeMap<String, (u64, Arc<Mailbox>)>,
+    /// Re-probe requests for agents that check in, given with the reply to
+    /// their next check-in. At most one per known node.
+    reprobes: BTreeMap<String, String>,
+}
+
+/// What a check-in leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedIn {
+    /// [`REPORT_CHANGED`] or [`REPORT_HEARTBEAT`], as [`report_kind`] says.
+    pub kind: &'static str,
+    /// A re-probe request waiting for this agent, now handed over.
+    pub reprobe: Option<String>,
 }
 
 /// Requests waiting for one agent stream to carry them. A slot and a wake-up
@@ -236,10 +250,65 @@ impl HealthRegistry {
                 _ => None,
             }
         };
-        if accepted.is_some() {
+        // A heartbeat changes nothing to act on but the silence clock, which
+        // the labeller reads on its own tick.
+        if accepted == Some(REPORT_CHANGED) {
             self.changed();
         }
         accepted
+    }
+
+    /// Records a check-in: an authenticated Hello and report in one call,
+    /// with no stream left open. As with [`HealthRegistry::connect`], a new
+    /// boot id drops what was known of the previous boot, and the report's
+    /// kind is judged against the last one. A stream still open for the
+    /// node (its agent was replaced meanwhile) no longer owns the entry, so
+    /// its next report ends it.
+    pub fn check_in(
+        &self,
+        node: &str,
+        hello: &Hello,
+        mut report: HealthReport,
+        now: Instant,
+    ) -> CheckedIn {
+        bound_report(&mut report);
+        report.outcomes.shrink_to_fit();
+        let checked = {
+            let mut state = self.lock();
+            state.next_session += 1;
+            let session = state.next_session;
+            let reprobe = state.reprobes.remove(node);
+            state.mailboxes.remove(node);
+            let entry = state
+                .nodes
+                .entry(node.to_owned())
+                .or_insert_with(|| NodeHealth {
+                    agent_version: String::new(),
+                    boot_id: hello.boot_id.clone(),
+                    last_report: None,
+                    last_seen: now,
+                    connected: false,
+                    session,
+                });
+            if entry.boot_id != hello.boot_id {
+                entry.boot_id.clone_from(&hello.boot_id);
+                entry.last_report = None;
+            }
+            if entry.agent_version != hello.agent_version {
+                entry.agent_version.clone_from(&hello.agent_version);
+            }
+            let kind = report_kind(entry.last_report.as_ref(), &report);
+            entry.last_report = Some(report);
+            entry.last_seen = now;
+            entry.connected = false;
+            entry.session = session;
+            CheckedIn { kind, reprobe }
+        };
+        // As for a stream's reports: heartbeats only move the silence clock.
+        if checked.kind == REPORT_CHANGED {
+            self.changed();
+        }
+        checked
     }
 
     /// The mailbox through which the coordinator reaches the agent on
@@ -253,16 +322,20 @@ impl HealthRegistry {
     }
 
     /// Asks the node's agent to probe at once (after the node changed under
-    /// it, say). False when no agent stream is open: the agent's own probe
-    /// interval then covers it.
+    /// it, say): through its open stream, or with the reply to its next
+    /// check-in. False when no agent was ever heard from on the node: its
+    /// first report will be fresh anyway.
     pub fn request_reprobe(&self, node: &str, reason: &str) -> bool {
-        match self.lock().mailboxes.get(node) {
-            Some((_, mailbox)) => {
-                mailbox.request_reprobe(reason);
-                true
-            }
-            None => false,
+        let mut state = self.lock();
+        if let Some((_, mailbox)) = state.mailboxes.get(node) {
+            mailbox.request_reprobe(reason);
+            return true;
         }
+        if !state.nodes.contains_key(node) {
+            return false;
+        }
+        state.reprobes.insert(node.to_owned(), reason.to_owned());
+        true
     }
 
     /// The stream `session` ended. The entry stays (the labeller needs its
@@ -294,16 +367,23 @@ impl HealthRegistry {
         self.lock().nodes.get(node).cloned()
     }
 
-    /// How many agents have a stream open now.
-    pub fn connected_count(&self) -> usize {
-        self.lock().nodes.values().filter(|h| h.connected).count()
+    /// How many agents are reporting: with a stream open, or checked in
+    /// within `window` before `now`.
+    pub fn connected_count(&self, now: Instant, window: Duration) -> usize {
+        self.lock()
+            .nodes
+            .values()
+            .filter(|h| h.connected || now.saturating_duration_since(h.last_seen) <= window)
+            .count()
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, NodeHealth> {
         self.lock().nodes.clone()
     }
 
-    /// A receiver whose value changes after every update.
+    /// A receiver whose value changes after every update but a heartbeat
+    /// (which moves only `last_seen`: readers of the silence clock look at
+    /// it on their own schedule).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -353,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn reprobe_goes_to_the_live_stream_only() {
+    fn reprobe_goes_to_the_live_stream_or_waits_for_the_next_check_in() {
         let registry = HealthRegistry::new();
         assert!(!registry.request_reprobe("n", "no stream"));
         let hello = Hello {
@@ -388,9 +468,89 @@ mod tests {
         assert_eq!(mailbox.take_reprobe(), None, "the old stream gets nothing");
         registry.disconnect("n", newer);
         assert!(
-            !registry.request_reprobe("n", "gone"),
+            registry.request_reprobe("n", "between check-ins"),
+            "kept for the node's next check-in"
+        );
+        assert_eq!(
+            new_mailbox.take_reprobe(),
+            None,
             "a closed stream gets nothing"
         );
+        let checked = registry.check_in("n", &hello, report(1), Instant::now());
+        assert_eq!(checked.reprobe.as_deref(), Some("between check-ins"));
+    }
+
+    #[test]
+    fn check_ins_record_the_report_and_hand_over_a_reprobe_once() {
+        let registry = HealthRegistry::new();
+        let mut changes = registry.subscribe();
+        let start = Instant::now();
+        let checked = registry.check_in("n", &hello("b1"), report(1), start);
+        assert_eq!(
+            checked,
+            CheckedIn {
+                kind: REPORT_CHANGED,
+                reprobe: None
+            }
+        );
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        let node = registry.get("n").unwrap();
+        assert!(!node.connected, "a check-in leaves no stream");
+        assert_eq!(
+            (node.boot_id.as_str(), node.agent_version.as_str()),
+            ("b1", "1.0")
+        );
+        // Counted as reporting while its last check-in is within the window.
+        let later = start + Duration::from_secs(60);
+        assert_eq!(registry.connected_count(later, Duration::from_secs(90)), 1);
+        assert_eq!(registry.connected_count(later, Duration::from_secs(30)), 0);
+
+        assert!(registry.request_reprobe("n", "the node now runs rendered-2"));
+        assert!(registry.request_reprobe("n", "the node now runs rendered-3"));
+        let checked = registry.check_in("n", &hello("b1"), report(2), later);
+        assert_eq!(checked.kind, REPORT_HEARTBEAT, "same state as before");
+        assert!(
+            !changes.has_changed().unwrap(),
+            "a heartbeat wakes nobody: it moves only the silence clock"
+        );
+        assert_eq!(
+            checked.reprobe.as_deref(),
+            Some("the node now runs rendered-3"),
+            "requests coalesce into the latest"
+        );
+        assert_eq!(
+            registry
+                .check_in("n", &hello("b1"), report(3), later)
+                .reprobe,
+            None
+        );
+        assert_eq!(registry.get("n").unwrap().last_seen, later);
+
+        // A new boot: what was known of the last one is dropped first.
+        assert_eq!(
+            registry.check_in("n", &hello("b2"), report(4), later).kind,
+            REPORT_CHANGED
+        );
+        assert_eq!(registry.get("n").unwrap().boot_id, "b2");
+    }
+
+    #[test]
+    fn a_check_in_supersedes_a_stream_of_the_same_node() {
+        let registry = HealthRegistry::new();
+        let now = Instant::now();
+        let stream = registry.connect("n", &hello("b1"), now);
+        let mailbox = registry.attach("n", stream);
+        registry.check_in("n", &hello("b1"), report(1), now);
+        assert_eq!(
+            registry.report("n", stream, report(2), now),
+            None,
+            "the stream ends"
+        );
+        assert!(registry.request_reprobe("n", "x"));
+        assert_eq!(mailbox.take_reprobe(), None, "the old stream gets nothing");
+        registry.disconnect("n", stream);
+        assert_eq!(registry.get("n").unwrap().last_report, Some(report(1)));
     }
 
     fn report(sequence: u64) -> HealthReport {
@@ -413,7 +573,7 @@ mod tests {
         assert!(changes.has_changed().unwrap());
         let node = registry.get("n").unwrap();
         assert!(node.connected);
-        assert_eq!(registry.connected_count(), 1);
+        assert_eq!(registry.connected_count(now, Duration::ZERO), 1);
         assert_eq!(node.last_report, Some(report(1)));
         assert_eq!(node.agent_version, "1.0");
     }

@@ -1,10 +1,12 @@
 //! The `NodeHealth` gRPC service and the TLS server that carries it.
 //!
-//! A stream is accepted only after (1) its bearer token passes
-//! [`AgentAuthenticator`], (2) its first message is a Hello, and (3) that
-//! Hello names the node the token is bound to. Errors up to that point are the
-//! call's status, so an agent sees exactly why it was refused; afterwards the
-//! stream carries the expected configuration and the agent's reports.
+//! A check-in (the agents' channel) or a stream (older agents') is accepted
+//! only after (1) its bearer token passes [`AgentAuthenticator`], (2) the
+//! Pod the token is bound to is not known to be deleted, and (3) its Hello
+//! names the node the token is bound to. A refusal is the call's status, so
+//! an agent sees exactly why. A check-in is answered with the expected
+//! configuration and any pending re-probe request; a stream carries those
+//! and the agent's reports for as long as it stays open.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::Stream;
 use kata_proto::health::v1::node_health_server::{NodeHealth as NodeHealthRpc, NodeHealthServer};
 use kata_proto::health::v1::{
-    AgentMessage, CoordinatorMessage, ExpectedConfig, Hello, ReprobeRequest, agent_message,
-    coordinator_message,
+    AgentMessage, CheckInRequest, CheckInResponse, CoordinatorMessage, ExpectedConfig, Hello,
+    ReprobeRequest, agent_message, coordinator_message,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -25,7 +27,7 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::auth::{AgentAuthenticator, AgentIdentity};
+use super::auth::{AgentAuthenticator, AgentIdentity, Authenticated};
 use super::pods::{BoundPods, PodFollower};
 use super::registry::{HealthRegistry, Mailbox};
 use crate::mco;
@@ -136,6 +138,7 @@ pub struct HealthService {
     registry: HealthRegistry,
     options: HealthOptions,
     reports: Arc<ReportCounters>,
+    handshakes: super::tls::HandshakeCounters,
     /// Set to true on shutdown so open streams end and the graceful shutdown
     /// of the transport (which waits for them) can complete.
     stopping: Arc<watch::Sender<bool>>,
@@ -155,6 +158,7 @@ impl HealthService {
             registry,
             options,
             reports: Arc::default(),
+            handshakes: super::tls::HandshakeCounters::default(),
             stopping: Arc::new(watch::Sender::new(false)),
             pods: std::sync::OnceLock::new(),
         }
@@ -167,11 +171,12 @@ impl HealthService {
         })
     }
 
-    /// Counts the agents' reports in `metrics` (the authenticator counts
-    /// the TokenReviews: give it the same metrics).
+    /// Counts the agents' reports and the TLS handshakes in `metrics` (the
+    /// authenticator counts the TokenReviews: give it the same metrics).
     #[must_use]
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         self.reports = Arc::new(ReportCounters::of(metrics));
+        self.handshakes = super::tls::HandshakeCounters::of(metrics);
         self
     }
 
@@ -180,6 +185,24 @@ impl HealthService {
     fn stopper(&self) -> Arc<watch::Sender<bool>> {
         Arc::clone(&self.stopping)
     }
+
+    async fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        call: &str,
+    ) -> Result<Authenticated, Status> {
+        Ok(self
+            .authenticator
+            .authenticate(bearer_token(metadata))
+            .await
+            .inspect_err(|error| info!(%error, "agent {call} refused"))?)
+    }
+}
+
+/// Refuses the token of a Pod that is gone.
+fn pod_deleted(identity: &AgentIdentity) -> Status {
+    info!(pod = %identity.pod_name, "agent refused: its pod was deleted");
+    Status::unauthenticated("the pod the token is bound to was deleted")
 }
 
 type ReportStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
@@ -188,23 +211,53 @@ type ReportStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>
 impl NodeHealthRpc for HealthService {
     type ReportStream = ReportStream;
 
+    async fn check_in(
+        &self,
+        request: Request<CheckInRequest>,
+    ) -> Result<Response<CheckInResponse>, Status> {
+        let identity = self
+            .authenticate(request.metadata(), "check-in")
+            .await?
+            .identity;
+        if identity
+            .pod_uid
+            .as_deref()
+            .is_some_and(|uid| self.bound_pods().is_deleted(uid))
+        {
+            return Err(pod_deleted(&identity));
+        }
+        let CheckInRequest { hello, report } = request.into_inner();
+        let (Some(hello), Some(report)) = (hello, report) else {
+            return Err(Status::invalid_argument(
+                "a check-in carries a Hello and a report",
+            ));
+        };
+        check_hello(&identity, &hello)?;
+        debug!(node = %identity.node_name, sequence = report.sequence, "agent check-in");
+        let checked = self
+            .registry
+            .check_in(&identity.node_name, &hello, report, Instant::now());
+        self.reports.count(checked.kind);
+        Ok(Response::new(CheckInResponse {
+            expected_config: Some(expected_config(&self.options)),
+            reprobe: checked.reprobe.map(|reason| ReprobeRequest { reason }),
+        }))
+    }
+
     async fn report(
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        let authenticated = self
-            .authenticator
-            .authenticate(bearer_token(request.metadata()))
-            .await
-            .inspect_err(|error| info!(%error, "agent stream refused"))?;
+        let authenticated = self.authenticate(request.metadata(), "stream").await?;
         let token_expires = stream_deadline(authenticated.expires_at, SystemTime::now());
         let identity = authenticated.identity;
         // Followed from before the Hello: a deletion meanwhile is not missed.
         let pod = match identity.pod_uid.as_deref() {
-            Some(uid) => Some(self.bound_pods().follow(uid).ok_or_else(|| {
-                info!(pod = %identity.pod_name, "agent stream refused: its pod was deleted");
-                Status::unauthenticated("the pod the token is bound to was deleted")
-            })?),
+            Some(uid) => Some(
+                self.bound_pods()
+                    .follow(uid)
+                    .ok_or_else(|| pod_deleted(&identity))?,
+            ),
             None => None,
         };
         let mut inbound = request.into_inner();
@@ -403,6 +456,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let stopper = service.stopper();
+    let handshakes = service.handshakes.clone();
     Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .initial_stream_window_size(STREAM_WINDOW)
@@ -415,10 +469,13 @@ pub async fn serve(
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
         .accept_http1(false)
         .add_service(NodeHealthServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(super::tls::incoming(listener, acceptor), async move {
-            shutdown.await;
-            stopper.send_replace(true);
-        })
+        .serve_with_incoming_shutdown(
+            super::tls::incoming(listener, acceptor, handshakes),
+            async move {
+                shutdown.await;
+                stopper.send_replace(true);
+            },
+        )
         .await
 }
 

@@ -31,12 +31,15 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::rustls::{self, HandshakeKind, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
+
+use crate::metrics::{HANDSHAKE_FAILED, HANDSHAKE_FULL, HANDSHAKE_RESUMED, KindLabel, Metrics};
+use prometheus_client::metrics::counter::Counter;
 
 /// Handshakes in progress at once.
 pub const HANDSHAKE_CONCURRENCY: usize = 64;
@@ -138,6 +141,14 @@ fn acceptor_with(resolver: Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsError> 
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // Agents check in every heartbeat, each time on a new connection: a
+    // TLS 1.3 resumption with the ticket from the last handshake skips the
+    // certificate signature (with service-ca's RSA-2048 keys, the costly
+    // part). Stateless tickets (encrypted under keys rotated every 6 h), so
+    // nothing is stored per agent; an agent uses one per handshake.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.send_tls13_tickets = 1;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -314,12 +325,48 @@ impl AsyncWrite for AgentConnection {
 }
 
 /// The connections accepted on `listener`, TLS established, under
-/// [`Limits::default`].
+/// [`Limits::default`], their handshakes counted in `handshakes`.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    handshakes: HandshakeCounters,
 ) -> impl Stream<Item = Result<AgentConnection, io::Error>> + Send + 'static {
-    incoming_with(listener, acceptor, Limits::default())
+    incoming_with(listener, acceptor, Limits::default(), handshakes)
+}
+
+/// Handshakes by how they went; [`Default`] counts into counters nobody
+/// exports.
+#[derive(Debug, Clone, Default)]
+pub struct HandshakeCounters {
+    full: Counter,
+    resumed: Counter,
+    failed: Counter,
+}
+
+impl HandshakeCounters {
+    pub fn of(metrics: &Metrics) -> Self {
+        let counter = |kind: &str| {
+            metrics
+                .tls_handshakes
+                .get_or_create_owned(&KindLabel { kind: kind.into() })
+        };
+        Self {
+            full: counter(HANDSHAKE_FULL),
+            resumed: counter(HANDSHAKE_RESUMED),
+            failed: counter(HANDSHAKE_FAILED),
+        }
+    }
+
+    fn count<T>(&self, handshake: &Result<TlsStream<T>, String>) {
+        let counter = match handshake {
+            Ok(stream) if stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) => {
+                &self.resumed
+            }
+            Ok(_) => &self.full,
+            Err(_) => &self.failed,
+        };
+        counter.inc();
+    }
 }
 
 /// The connections accepted on `listener`, TLS established, within
@@ -329,9 +376,10 @@ pub fn incoming_with(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: Limits,
+    handshakes: HandshakeCounters,
 ) -> impl Stream<Item = Result<AgentConnection, io::Error>> + Send + 'static {
     let (ready, established) = mpsc::channel(limits.handshake_concurrency.max(1));
-    tokio::spawn(accept_loop(listener, acceptor, limits, ready));
+    tokio::spawn(accept_loop(listener, acceptor, limits, handshakes, ready));
     ReceiverStream::new(established)
 }
 
@@ -339,6 +387,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: Limits,
+    counters: HandshakeCounters,
     ready: mpsc::Sender<Result<AgentConnection, io::Error>>,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -371,11 +420,17 @@ async fn accept_loop(
             debug!(%error, "cannot set TCP keepalive");
         }
         let _ = tcp.set_nodelay(true);
-        let (config, handshakes, ready) =
-            (Arc::clone(&config), Arc::clone(&handshakes), ready.clone());
+        let (config, handshakes, ready, counters) = (
+            Arc::clone(&config),
+            Arc::clone(&handshakes),
+            ready.clone(),
+            counters.clone(),
+        );
         tokio::spawn(async move {
             let peer = tcp.peer_addr().ok();
-            match handshake(tcp, config, &handshakes, &limits).await {
+            let handshake = handshake(tcp, config, &handshakes, &limits).await;
+            counters.count(&handshake);
+            match handshake {
                 Ok(stream) => {
                     let connection = AgentConnection {
                         stream,

@@ -23,12 +23,57 @@ pub fn condition(
     }
 }
 
-fn failed_list(failed: &[FailedNode]) -> String {
-    failed
+/// The most entries (nodes, failures, what the rollout waits on) a
+/// condition message names; the rest are counted. A message is for a person
+/// reading `kubectl describe`, up to three conditions repeat it, and the
+/// status must stay small at any cluster size: ten failures of the longest
+/// (about 1.4 KB each) keep a message near 14 KB.
+pub const NAMED_IN_MESSAGE: usize = 10;
+
+/// The first `shown` of `items` joined by `separator`, then how many more
+/// there are: `w1, w2, … and 4950 more`. Entries past `shown` are counted,
+/// never formatted.
+fn named<T: AsRef<str>>(
+    items: impl IntoIterator<Item = T>,
+    shown: usize,
+    separator: &str,
+) -> String {
+    let mut items = items.into_iter();
+    let listed: Vec<T> = items.by_ref().take(shown).collect();
+    let mut text = listed
         .iter()
-        .map(|f| format!("{}: {}", f.name, f.error))
+        .map(AsRef::as_ref)
         .collect::<Vec<_>>()
-        .join("; ")
+        .join(separator);
+    let more = items.count();
+    if more > 0 {
+        text.push_str(&format!("{separator}… and {more} more"));
+    }
+    text
+}
+
+/// `node: error` of each failed node, the first [`NAMED_IN_MESSAGE`].
+fn failed_list(failed: &[FailedNode]) -> String {
+    named(
+        failed.iter().map(|f| format!("{}: {}", f.name, f.error)),
+        NAMED_IN_MESSAGE,
+        "; ",
+    )
+}
+
+/// Node names, the first [`NAMED_IN_MESSAGE`].
+fn node_list<'a>(nodes: impl IntoIterator<Item = &'a String>) -> String {
+    named(nodes, NAMED_IN_MESSAGE, ", ")
+}
+
+/// `message`, then what else holds the rollout (`waiting_on`), the first
+/// [`NAMED_IN_MESSAGE`] of it (one entry a stuck node, which may be many).
+fn with_waiting_on(mut message: String, waiting_on: &[String]) -> String {
+    if !waiting_on.is_empty() {
+        message.push_str("; ");
+        message.push_str(&named(waiting_on, NAMED_IN_MESSAGE, "; "));
+    }
+    message
 }
 
 /// Reasons of this module's own (beside [`crate::api::reason`]).
@@ -147,7 +192,7 @@ pub fn install(
     } else if !assessment.refusals.is_empty() {
         let message = format!(
             "{}; {}",
-            assessment.refusals.join("; "),
+            named(&assessment.refusals, NAMED_IN_MESSAGE, "; "),
             progress(nodes, targets, &assessment.waiting_on)
         );
         [
@@ -190,43 +235,23 @@ pub fn install(
 
 /// Where the nodes are, and what the rollout waits on.
 fn progress(nodes: &KataNodesStatus, targets: usize, waiting_on: &[String]) -> String {
-    let mut message = format!(
+    let message = format!(
         "{} of {targets} nodes installed; installing: [{}]; waiting: [{}]; uninstalling: [{}]",
         nodes.installed.len(),
-        nodes.installing.join(", "),
-        nodes.waiting_to_install.join(", "),
-        [
-            nodes.uninstalling.as_slice(),
-            nodes.waiting_to_uninstall.as_slice()
-        ]
-        .concat()
-        .join(", "),
+        node_list(&nodes.installing),
+        node_list(&nodes.waiting_to_install),
+        node_list(nodes.uninstalling.iter().chain(&nodes.waiting_to_uninstall)),
     );
-    for waiting in waiting_on {
-        message.push_str("; ");
-        message.push_str(waiting);
-    }
-    message
+    with_waiting_on(message, waiting_on)
 }
 
 /// The uninstall waits for pods that use the RuntimeClass.
 pub fn uninstall_blocked(pods: &[String]) -> [ConditionState; 2] {
     const SHOWN: usize = 5;
-    let shown = pods
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    let more = pods.len().saturating_sub(SHOWN);
     let message = format!(
-        "uninstall waits for {} pod(s) using the kata RuntimeClass to be deleted: {shown}{}",
+        "uninstall waits for {} pod(s) using the kata RuntimeClass to be deleted: {}",
         pods.len(),
-        if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
-        },
+        named(pods, SHOWN, ", "),
     );
     [
         condition(
@@ -242,15 +267,12 @@ pub fn uninstall_blocked(pods: &[String]) -> [ConditionState; 2] {
 /// The uninstall is taking the configuration back.
 /// `waiting_on`: what else holds it (a node stuck in its update).
 pub fn uninstalling(nodes: &KataNodesStatus, waiting_on: &[String]) -> [ConditionState; 2] {
-    let mut message = format!(
+    let message = format!(
         "removing Kata: uninstalling [{}]; waiting [{}]",
-        nodes.uninstalling.join(", "),
-        nodes.waiting_to_uninstall.join(", ")
+        node_list(&nodes.uninstalling),
+        node_list(&nodes.waiting_to_uninstall)
     );
-    for waiting in waiting_on {
-        message.push_str("; ");
-        message.push_str(waiting);
-    }
+    let message = with_waiting_on(message, waiting_on);
     [
         condition(IN_PROGRESS, true, reason::UNINSTALLING, message.clone()),
         condition(READY, false, reason::UNINSTALLING, message),
@@ -377,6 +399,63 @@ mod tests {
         assert_eq!(
             superseded("first")[0].reason,
             reason::ANOTHER_KATA_CONFIG_EXISTS
+        );
+    }
+
+    #[test]
+    fn messages_name_a_few_nodes_and_count_the_rest() {
+        let many = 5_000;
+        let names = |prefix: &str| -> Vec<String> {
+            (0..many).map(|i| format!("{prefix}{i:04}")).collect()
+        };
+        let nodes = KataNodesStatus {
+            installing: names("i"),
+            waiting_to_install: names("w"),
+            ..Default::default()
+        };
+        let [in_progress, _] = install(&nodes, 3 * many, false, &Assessment::default());
+        assert!(
+            in_progress.message.contains(&format!(
+                "installing: [i0000, i0001, i0002, i0003, i0004, i0005, i0006, i0007, i0008, i0009, … and {} more]",
+                many - NAMED_IN_MESSAGE
+            )),
+            "{}",
+            in_progress.message
+        );
+        assert!(!in_progress.message.contains("i0010"));
+        assert!(in_progress.message.len() < 1_000, "{}", in_progress.message);
+
+        let failing = KataNodesStatus {
+            failed_to_install: names("f")
+                .into_iter()
+                .map(|name| FailedNode {
+                    name,
+                    error: "x".repeat(1_100),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let degraded = degraded(&failing, &[]);
+        assert_eq!(degraded.message.matches(": xxx").count(), NAMED_IN_MESSAGE);
+        assert!(
+            degraded
+                .message
+                .ends_with(&format!("; … and {} more", many - NAMED_IN_MESSAGE))
+        );
+        let [_, ready] = install(&failing, many, false, &Assessment::default());
+        assert!(ready.message.len() < 12 * 1_200, "{}", ready.message.len());
+
+        let stuck: Vec<String> = (0..40).map(|i| format!("node s{i} stuck")).collect();
+        let leaving = KataNodesStatus {
+            uninstalling: names("u"),
+            ..Default::default()
+        };
+        let [in_progress, _] = uninstalling(&leaving, &stuck);
+        assert!(in_progress.message.contains("u0009, … and 4990 more]"));
+        assert!(
+            in_progress
+                .message
+                .ends_with("node s9 stuck; … and 30 more")
         );
     }
 }

@@ -92,8 +92,13 @@ pub struct Observed {
     /// while deleting).
     pub pods_using_kata: Vec<String>,
     /// The node lists of the KataConfig's status as last written (empty
-    /// before the first): what the transitions are measured against.
+    /// before the first), capped as the status holds them: what the
+    /// transitions are measured against, unless `last_write` fills
+    /// them in ([`events::Previous`]).
     pub recorded_nodes: KataNodesStatus,
+    /// What this coordinator remembers of its last status write (the full
+    /// node lists behind it), when it made one since it started.
+    pub last_write: Option<events::LastWrite>,
     /// The objects we apply, as observed with their managedFields: whether
     /// another manager holds fields of ours ([`ownership`]).
     pub owned_objects: Vec<(Kind, Value)>,
@@ -221,6 +226,8 @@ pub enum Requeue {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub steps: Vec<Step>,
+    /// Every node, in full: the status holds them capped
+    /// ([`nodes::written`]).
     pub nodes: KataNodesStatus,
     pub runtime_classes: Vec<String>,
     pub conditions: Vec<ConditionState>,
@@ -265,7 +272,8 @@ pub fn plan(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
             plan_install(observed, rollout)
         };
     hold_conflicting_writes(&mut plan, &observed.owned_objects);
-    plan.transitions = events::node_transitions(&observed.recorded_nodes, &plan.nodes);
+    let previous = events::Previous::new(&observed.recorded_nodes, observed.last_write.as_ref());
+    plan.transitions = events::node_transitions(previous, &plan.nodes);
     plan
 }
 

@@ -25,11 +25,6 @@ pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
     pub jitter: f64,
-    /// A stream that stayed open this long (and carried a report) was
-    /// healthy: the next failure starts again from `initial`. Shorter ones
-    /// keep doubling, so a coordinator that accepts and then drops streams
-    /// does not get hammered.
-    pub healthy_after: Duration,
 }
 
 impl Default for Backoff {
@@ -38,7 +33,6 @@ impl Default for Backoff {
             initial: Duration::from_millis(500),
             max: Duration::from_secs(30),
             jitter: 0.2,
-            healthy_after: Duration::from_secs(10),
         }
     }
 }
@@ -64,12 +58,6 @@ impl Backoff {
         let factor = 1.0 + jitter * (2.0 * unit - 1.0);
         Duration::try_from_secs_f64(nominal.as_secs_f64() * factor).unwrap_or(nominal)
     }
-
-    /// Whether a stream that lasted `lasted` and carried `reports_sent`
-    /// reports resets the failure count.
-    pub fn was_healthy(&self, lasted: Duration, reports_sent: u64) -> bool {
-        reports_sent > 0 && lasted >= self.healthy_after
-    }
 }
 
 /// One probe cycle's result, as reported.
@@ -93,7 +81,7 @@ impl Cycle {
 /// Why a report goes out now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendReason {
-    /// The stream's first report.
+    /// The agent's first report.
     First,
     /// The coordinator asked for a re-probe.
     Requested,
@@ -101,6 +89,8 @@ pub enum SendReason {
     Changed,
     /// Nothing changed for a heartbeat interval.
     Heartbeat,
+    /// The last check-in failed; this one tries again.
+    Retry,
 }
 
 /// What identifies a cycle's state. Messages are left out on purpose: some
@@ -118,8 +108,8 @@ fn state_key(cycle: &Cycle) -> StateKey {
     (outcomes, cycle.verdicts)
 }
 
-/// What one stream has sent: its sequence numbers and the state and time of
-/// its last report. A new stream starts a new tracker.
+/// What the agent has reported: its sequence numbers and the state and time
+/// of its last accepted report.
 #[derive(Debug, Default)]
 pub struct ReportTracker {
     sequence: u64,
@@ -164,8 +154,8 @@ impl ReportTracker {
         self.last.as_ref().map(|(_, at)| *at + heartbeat)
     }
 
-    /// Records that `cycle` is being sent at `now`; returns its sequence
-    /// number (1 for the stream's first report).
+    /// Records that `cycle` was reported at `now`; returns its sequence
+    /// number (1 for the first report).
     pub fn record(&mut self, cycle: &Cycle, now: Instant) -> u64 {
         self.sequence += 1;
         self.last = Some((state_key(cycle), now));
@@ -223,6 +213,25 @@ pub fn interpret(message: proto::CoordinatorMessage) -> Directive {
         },
         None => Directive::Ignore,
     }
+}
+
+/// What a check-in's reply asks of the agent: its configuration first, so
+/// a re-probe it asks for runs with it.
+pub fn interpret_reply(reply: proto::CheckInResponse) -> Vec<Directive> {
+    use proto::coordinator_message::Message;
+    let messages = [
+        reply.expected_config.map(Message::ExpectedConfig),
+        reply.reprobe.map(Message::Reprobe),
+    ];
+    messages
+        .into_iter()
+        .flatten()
+        .map(|message| {
+            interpret(proto::CoordinatorMessage {
+                message: Some(message),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -347,11 +356,25 @@ mod tests {
     }
 
     #[test]
-    fn only_a_long_stream_that_reported_resets_the_backoff() {
-        let backoff = Backoff::default();
-        assert!(backoff.was_healthy(Duration::from_secs(10), 1));
-        assert!(!backoff.was_healthy(Duration::from_secs(3600), 0));
-        assert!(!backoff.was_healthy(Duration::from_secs(9), 5));
+    fn a_reply_configures_before_it_asks_for_a_probe() {
+        let reply = proto::CheckInResponse {
+            expected_config: Some(proto::ExpectedConfig {
+                heartbeat_interval_seconds: 45,
+                ..proto::ExpectedConfig::default()
+            }),
+            reprobe: Some(proto::ReprobeRequest {
+                reason: "the node now runs rendered-kata-oc-2".into(),
+            }),
+        };
+        let directives = interpret_reply(reply);
+        assert!(matches!(
+            directives.as_slice(),
+            [
+                Directive::Configure { heartbeat: Some(h), .. },
+                Directive::Reprobe { reason },
+            ] if *h == Duration::from_secs(45) && reason.contains("rendered-kata-oc-2")
+        ));
+        assert!(interpret_reply(proto::CheckInResponse::default()).is_empty());
     }
 
     #[test]
