@@ -55,7 +55,7 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
-/// The token is a live agent token for its node: the stream is admitted.
+/// The token is a live agent token for its node: the agent is admitted.
 pub const REVIEW_AUTHENTICATED: &str = "authenticated";
 /// The API server or our checks refused the token (forged, expired, wrong
 /// audience or account, not bound to a pod on a node).
@@ -72,9 +72,10 @@ pub const TOKEN_CACHED: &str = "cached";
 pub const TOKEN_QUEUE_FULL: &str = "queue_full";
 
 /// A report whose probe statuses, reasons or verdicts differ from the
-/// stream's previous report, or the stream's first.
+/// node's previous report, or the node's first (a stream's first, or an
+/// agent process's first check-in).
 pub const REPORT_CHANGED: &str = "report";
-/// A report that repeats the stream's previous state.
+/// A report that repeats the node's previous state.
 pub const REPORT_HEARTBEAT: &str = "heartbeat";
 
 /// A TLS handshake on the agents' port that sent the certificate.
@@ -378,10 +379,10 @@ impl Metrics {
         );
         prefix.register(
             "reports_received",
-            "node-agent health reports accepted; kind=report: the stream's first, or one whose \
-             probe statuses, reasons or verdicts changed; kind=heartbeat: the same state as the \
-             stream's previous report (the agent's periodic heartbeat, or a re-probe that found \
-             nothing new)",
+            "node-agent health reports accepted; kind=report: the node's first (a stream's first, \
+             or an agent process's first check-in), or one whose probe statuses, reasons or \
+             verdicts changed; kind=heartbeat: the same state as the node's previous report (the \
+             agent's periodic heartbeat, or a re-probe that found nothing new)",
             self.reports_received.clone(),
         );
         prefix.register(

@@ -36,10 +36,6 @@ const STEADY_WINDOW: Duration = Duration::from_secs(60);
 const REVIEWS: &str = "kata_operator_token_reviews_total";
 const CONNECTED: &str = "kata_operator_connected_agents";
 
-fn free_addr() -> Result<SocketAddr, BoxError> {
-    Ok(kata_tests::demo_world::free_addr()?)
-}
-
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -139,7 +135,7 @@ async fn main() -> Result<(), BoxError> {
 
     let how = Coordinator {
         plane: &plane,
-        grpc: free_addr()?,
+        grpc: kata_tests::demo_world::free_addr()?,
         tls: TlsFiles::generate()?,
         heartbeat,
     };

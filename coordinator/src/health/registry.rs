@@ -15,7 +15,8 @@ use crate::metrics::{REPORT_CHANGED, REPORT_HEARTBEAT};
 /// change and otherwise as a heartbeat, but the wire does not say which, so
 /// the coordinator compares what the agent compares (each probe's status and
 /// reason, and the verdicts; not the messages, which carry live figures).
-/// The stream's first report (sequence 1) is new whatever it says. Answers
+/// A first report (sequence 1: a stream's first, or an agent process's
+/// first check-in) is new whatever it says. Answers
 /// [`REPORT_CHANGED`] or [`REPORT_HEARTBEAT`]; a re-probe that found nothing
 /// new counts as a heartbeat.
 pub fn report_kind(previous: Option<&HealthReport>, report: &HealthReport) -> &'static str {
@@ -119,6 +120,65 @@ struct State {
     reprobes: BTreeMap<String, String>,
 }
 
+impl State {
+    /// The entry of `node` as `hello` says, under a new session: a new boot
+    /// id drops what was known of the previous boot (its report described a
+    /// boot that no longer exists); the same boot id keeps it.
+    fn greet(
+        &mut self,
+        node: &str,
+        hello: &Hello,
+        now: Instant,
+        connected: bool,
+    ) -> &mut NodeHealth {
+        self.next_session += 1;
+        let session = self.next_session;
+        let entry = self
+            .nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeHealth {
+                agent_version: String::new(),
+                boot_id: hello.boot_id.clone(),
+                last_report: None,
+                last_seen: now,
+                connected,
+                session,
+            });
+        if entry.boot_id != hello.boot_id {
+            entry.boot_id.clone_from(&hello.boot_id);
+            entry.last_report = None;
+        }
+        if entry.agent_version != hello.agent_version {
+            entry.agent_version.clone_from(&hello.agent_version);
+        }
+        entry.last_seen = now;
+        entry.connected = connected;
+        entry.session = session;
+        entry
+    }
+}
+
+impl NodeHealth {
+    /// Keeps `report`, heard at `now`, as the latest; says what kind it was
+    /// against the one before ([`report_kind`]).
+    fn record(&mut self, report: HealthReport, now: Instant) -> &'static str {
+        let kind = report_kind(self.last_report.as_ref(), &report);
+        self.last_report = Some(report);
+        self.last_seen = now;
+        kind
+    }
+}
+
+/// `report` cut to what the registry keeps ([`bound_report`]) and held
+/// tight: decoding grows the list by doubling, and the registry holds one
+/// report per node of the cluster. Done before the lock, which every
+/// agent's report passes through.
+fn compact(mut report: HealthReport) -> HealthReport {
+    bound_report(&mut report);
+    report.outcomes.shrink_to_fit();
+    report
+}
+
 /// What a check-in leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedIn {
@@ -197,28 +257,7 @@ impl HealthRegistry {
     /// longer exists. The same boot id keeps it, so a coordinator or agent
     /// restart does not make the node look unknown until the next report.
     pub fn connect(&self, node: &str, hello: &Hello, now: Instant) -> u64 {
-        let session = {
-            let mut state = self.lock();
-            state.next_session += 1;
-            let session = state.next_session;
-            let last_report = state
-                .nodes
-                .remove(node)
-                .filter(|previous| previous.boot_id == hello.boot_id)
-                .and_then(|previous| previous.last_report);
-            state.nodes.insert(
-                node.to_owned(),
-                NodeHealth {
-                    agent_version: hello.agent_version.clone(),
-                    boot_id: hello.boot_id.clone(),
-                    last_report,
-                    last_seen: now,
-                    connected: true,
-                    session,
-                },
-            );
-            session
-        };
+        let session = self.lock().greet(node, hello, now, true).session;
         self.changed();
         session
     }
@@ -230,25 +269,13 @@ impl HealthRegistry {
         &self,
         node: &str,
         session: u64,
-        mut report: HealthReport,
+        report: HealthReport,
         now: Instant,
     ) -> Option<&'static str> {
-        // Decoding grows the list by doubling; the registry holds one report
-        // per node of the cluster, so keep it tight (before the lock: every
-        // agent's stream reports through it).
-        bound_report(&mut report);
-        report.outcomes.shrink_to_fit();
-        let accepted = {
-            let mut state = self.lock();
-            match state.nodes.get_mut(node) {
-                Some(entry) if entry.session == session => {
-                    let kind = report_kind(entry.last_report.as_ref(), &report);
-                    entry.last_report = Some(report);
-                    entry.last_seen = now;
-                    Some(kind)
-                }
-                _ => None,
-            }
+        let report = compact(report);
+        let accepted = match self.lock().nodes.get_mut(node) {
+            Some(entry) if entry.session == session => Some(entry.record(report, now)),
+            _ => None,
         };
         // A heartbeat changes nothing to act on but the silence clock, which
         // the labeller reads on its own tick.
@@ -268,40 +295,15 @@ impl HealthRegistry {
         &self,
         node: &str,
         hello: &Hello,
-        mut report: HealthReport,
+        report: HealthReport,
         now: Instant,
     ) -> CheckedIn {
-        bound_report(&mut report);
-        report.outcomes.shrink_to_fit();
+        let report = compact(report);
         let checked = {
             let mut state = self.lock();
-            state.next_session += 1;
-            let session = state.next_session;
             let reprobe = state.reprobes.remove(node);
             state.mailboxes.remove(node);
-            let entry = state
-                .nodes
-                .entry(node.to_owned())
-                .or_insert_with(|| NodeHealth {
-                    agent_version: String::new(),
-                    boot_id: hello.boot_id.clone(),
-                    last_report: None,
-                    last_seen: now,
-                    connected: false,
-                    session,
-                });
-            if entry.boot_id != hello.boot_id {
-                entry.boot_id.clone_from(&hello.boot_id);
-                entry.last_report = None;
-            }
-            if entry.agent_version != hello.agent_version {
-                entry.agent_version.clone_from(&hello.agent_version);
-            }
-            let kind = report_kind(entry.last_report.as_ref(), &report);
-            entry.last_report = Some(report);
-            entry.last_seen = now;
-            entry.connected = false;
-            entry.session = session;
+            let kind = state.greet(node, hello, now, false).record(report, now);
             CheckedIn { kind, reprobe }
         };
         // As for a stream's reports: heartbeats only move the silence clock.
