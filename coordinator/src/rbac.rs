@@ -197,11 +197,31 @@ pub const NAMESPACE_PERMISSIONS: &[Permission] = &[
     },
 ];
 
+/// A non-resource URL the coordinator reads, and the code that reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct UrlPermission {
+    pub urls: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+    pub used_by: &'static str,
+}
+
+/// Non-resource URLs (in the ClusterRole). Kubernetes's default
+/// `system:service-account-issuer-discovery` binding grants this to every
+/// ServiceAccount too, but a cluster may have removed it.
+pub const CLUSTER_URL_PERMISSIONS: &[UrlPermission] = &[UrlPermission {
+    urls: &[crate::health::issuer_keys::JWKS_PATH],
+    verbs: &["get"],
+    used_by: "health::issuer_keys::IssuerKeySource (forged tokens refused before any TokenReview)",
+}];
+
 /// The leader-election Lease: the coordinator's `--lease-name` default.
 pub const LEASE_NAME: &str = "kata-operator-coordinator";
 
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
+}
+
 fn rules(permissions: &[Permission]) -> Vec<PolicyRule> {
-    let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     permissions
         .iter()
         .map(|p| PolicyRule {
@@ -210,6 +230,17 @@ fn rules(permissions: &[Permission]) -> Vec<PolicyRule> {
             resource_names: (!p.resource_names.is_empty()).then(|| strings(p.resource_names)),
             verbs: strings(p.verbs),
             non_resource_urls: None,
+        })
+        .collect()
+}
+
+fn url_rules(permissions: &[UrlPermission]) -> Vec<PolicyRule> {
+    permissions
+        .iter()
+        .map(|p| PolicyRule {
+            non_resource_urls: Some(strings(p.urls)),
+            verbs: strings(p.verbs),
+            ..PolicyRule::default()
         })
         .collect()
 }
@@ -240,7 +271,13 @@ pub fn cluster_role() -> ClusterRole {
             labels: labels(),
             ..Default::default()
         },
-        rules: Some(rules(CLUSTER_PERMISSIONS)),
+        rules: Some(
+            [
+                rules(CLUSTER_PERMISSIONS),
+                url_rules(CLUSTER_URL_PERMISSIONS),
+            ]
+            .concat(),
+        ),
         aggregation_rule: None,
     }
 }
@@ -322,6 +359,9 @@ mod tests {
                 !p.verbs.contains(&"update") || p.resources == ["leases"],
                 "{p:?}"
             );
+        }
+        for p in CLUSTER_URL_PERMISSIONS {
+            assert!(p.verbs == ["get"] && !p.used_by.is_empty(), "{p:?}");
         }
     }
 

@@ -53,7 +53,7 @@ use kata_tests::operator::{
     CoordinatorProcess, control_plane_with_operator_api, create_node, eventually, http_get,
     metric_value, pod_bound_token, scrape_metric,
 };
-use kata_tests::pki::TlsFiles;
+use kata_tests::pki::{TlsFiles, forge};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -184,8 +184,8 @@ async fn run(world: &World, tokens: Vec<(String, String)>) -> Result<(), BoxErro
     let table = vec![
         phase(world, 0, "baseline (no attack)", no_attack).await?,
         phase(world, 1, "(a) junk bearers", {
-            let endpoint = endpoint.clone();
-            move |stop| junk_bearer_calls(endpoint, stop)
+            let (endpoint, template) = (endpoint.clone(), world.stolen_token.clone());
+            move |stop| junk_bearer_calls(endpoint, template, stop)
         })
         .await?,
         phase(world, 2, "(b) handshakes never finished", move |stop| {
@@ -196,8 +196,9 @@ async fn run(world: &World, tokens: Vec<(String, String)>) -> Result<(), BoxErro
             idle_sockets(grpc, stop)
         })
         .await?,
-        phase(world, 4, "(d) 16 MiB messages", move |stop| {
-            huge_messages(endpoint, stolen, stop)
+        phase(world, 4, "(d) 16 MiB messages", {
+            let template = world.stolen_token.clone();
+            move |stop| huge_messages(endpoint, stolen, template, stop)
         })
         .await?,
     ];
@@ -484,7 +485,11 @@ async fn no_attack(mut stop: watch::Receiver<bool>) -> String {
 /// (a) CheckIn calls and Report streams (alternately) with junk bearers,
 /// over a few connections, as fast as they are answered, until at least
 /// [`JUNK_CALLS`] are made and the window is over.
-async fn junk_bearer_calls(endpoint: Endpoint, stop: watch::Receiver<bool>) -> String {
+async fn junk_bearer_calls(
+    endpoint: Endpoint,
+    template: String,
+    stop: watch::Receiver<bool>,
+) -> String {
     let mut channels = Vec::new();
     for _ in 0..JUNK_CONNECTIONS {
         match endpoint.connect().await {
@@ -492,7 +497,7 @@ async fn junk_bearer_calls(endpoint: Endpoint, stop: watch::Receiver<bool>) -> S
             Err(error) => return format!("cannot connect: {error}"),
         }
     }
-    let bearers = match junk_bearers() {
+    let bearers = match junk_bearers(&template) {
         Ok(bearers) => bearers,
         Err(error) => return format!("no junk bearers: {error}"),
     };
@@ -544,9 +549,11 @@ async fn junk_call(
     }
 }
 
-/// Bearers no live agent token looks like: not JWTs; JWTs for another
-/// audience; JWTs for ours that expired an hour ago. Each unique.
-fn junk_bearers() -> Result<Vec<MetadataValue<Ascii>>, BoxError> {
+/// Bearers that are no live agent token: not JWTs; JWTs for another
+/// audience; JWTs for ours that expired an hour ago; and forgeries, the
+/// header and claims of a live agent token (`template`) under the
+/// attacker's own signature. Each unique.
+fn junk_bearers(template: &str) -> Result<Vec<MetadataValue<Ascii>>, BoxError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let jwt = |claims: serde_json::Value| {
         let segment = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
@@ -560,10 +567,11 @@ fn junk_bearers() -> Result<Vec<MetadataValue<Ascii>>, BoxError> {
     (0..300u64)
         .map(|i| {
             let subject = format!("system:serviceaccount:{NAMESPACE}:{AGENT_ACCOUNT}");
-            let token = match i % 3 {
+            let token = match i % 4 {
                 0 => format!("junk-{i}-{}", "x".repeat(900)),
                 1 => jwt(json!({"aud": ["https://kubernetes.default.svc"], "exp": now + 3600, "sub": subject, "jti": i})),
-                _ => jwt(json!({"aud": [AUDIENCE], "exp": now - 3600, "sub": subject, "jti": i})),
+                2 => jwt(json!({"aud": [AUDIENCE], "exp": now - 3600, "sub": subject, "jti": i})),
+                _ => forge(template)?,
             };
             bearer(&token)
         })
@@ -682,9 +690,10 @@ async fn idle_sockets(grpc: SocketAddr, mut stop: watch::Receiver<bool>) -> Stri
 async fn huge_messages(
     endpoint: Endpoint,
     stolen: MetadataValue<Ascii>,
+    template: String,
     stop: watch::Receiver<bool>,
 ) -> String {
-    let junk = match junk_bearers() {
+    let junk = match junk_bearers(&template) {
         Ok(bearers) => bearers[0].clone(),
         Err(error) => return format!("no junk bearer: {error}"),
     };

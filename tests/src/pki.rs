@@ -99,6 +99,25 @@ pub fn service_account_key() -> Result<(String, String), Error> {
     Ok((key.serialize_pem(), key.public_key_pem()))
 }
 
+/// `token` (a JWS) with its header and claims kept and its signature made
+/// by a fresh P-256 key: what someone holding no key of the cluster's issuer
+/// can send, indistinguishable from the real token but for the signature.
+pub fn forge(token: &str) -> Result<String, Error> {
+    use base64::Engine as _;
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING as ES256, EcdsaKeyPair};
+    let setup = |what: &str| Error::Setup(format!("forging a token: {what}"));
+    let (signed, _) = token.rsplit_once('.').ok_or_else(|| setup("not a JWS"))?;
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ES256, &rng).map_err(|_| setup("key"))?;
+    let key = EcdsaKeyPair::from_pkcs8(&ES256, pkcs8.as_ref(), &rng).map_err(|_| setup("key"))?;
+    let signature = key
+        .sign(&rng, signed.as_bytes())
+        .map_err(|_| setup("sign"))?;
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.as_ref());
+    Ok(format!("{signed}.{signature}"))
+}
+
 /// A CA file plus a server certificate and key for `localhost` and
 /// 127.0.0.1, written to a temporary directory (removed on drop).
 pub struct TlsFiles {

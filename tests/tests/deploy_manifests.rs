@@ -10,21 +10,24 @@ use std::process::{Command, Stdio};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-    SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
+    NonResourceAttributes, ResourceAttributes, SelfSubjectAccessReview,
+    SelfSubjectAccessReviewSpec, SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kata_coordinator::health::AgentAuthenticator;
+use kata_coordinator::health::{AgentAuthenticator, AuthError};
 use kata_coordinator::leader::{LeaderElector, LeaseOptions};
 use kata_coordinator::mco::names as mco;
+use kata_coordinator::metrics::{
+    Metrics, OutcomeLabel, REVIEW_AUTHENTICATED, TOKEN_REFUSED_UNREVIEWED,
+};
 use kata_coordinator::names;
 use kata_coordinator::rbac::{
-    AGENT_SERVICE_ACCOUNT, CLUSTER_PERMISSIONS, LEASE_NAME, NAMESPACE, NAMESPACE_PERMISSIONS,
-    SERVICE_ACCOUNT,
+    AGENT_SERVICE_ACCOUNT, CLUSTER_PERMISSIONS, CLUSTER_URL_PERMISSIONS, LEASE_NAME, NAMESPACE,
+    NAMESPACE_PERMISSIONS, SERVICE_ACCOUNT,
 };
 use kata_coordinator::reconciler::Options;
 use kata_tests::ControlPlane;
@@ -33,8 +36,11 @@ use kata_tests::control_plane::binary_dir;
 use kata_tests::operator::{
     RunningCoordinator, apply_objects, deploy_dir, pod_bound_token, read_manifests,
 };
+use kata_tests::pki;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -289,6 +295,25 @@ async fn allowed(client: &Client, a: Access<'_>) -> bool {
         },
         ..Default::default()
     };
+    review_allows(client, review).await
+}
+
+/// Whether `client` may `verb` the non-resource `path`.
+async fn url_allowed(client: &Client, verb: &str, path: &str) -> bool {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            non_resource_attributes: Some(NonResourceAttributes {
+                verb: Some(verb.into()),
+                path: Some(path.into()),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    review_allows(client, review).await
+}
+
+async fn review_allows(client: &Client, review: SelfSubjectAccessReview) -> bool {
     Api::<SelfSubjectAccessReview>::all(client.clone())
         .create(&PostParams::default(), &review)
         .await
@@ -406,6 +431,14 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
             }
         }
     }
+    for p in CLUSTER_URL_PERMISSIONS {
+        for (url, verb) in p.urls.iter().zip(p.verbs) {
+            assert!(
+                url_allowed(&coordinator, verb, url).await,
+                "not granted: {verb} {url}"
+            );
+        }
+    }
 
     // The full install and uninstall, every API call on the coordinator's
     // token: a missing permission stalls it and the waits time out.
@@ -449,17 +482,41 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
     )
     .await
     .unwrap();
-    let identity = AgentAuthenticator::new(
+    let metrics = Metrics::default();
+    let authenticator = AgentAuthenticator::new(
         coordinator.clone(),
         AGENT_AUDIENCE,
         NAMESPACE,
         AGENT_SERVICE_ACCOUNT,
     )
-    .authenticate(Some(&agent_token))
-    .await
-    .unwrap()
-    .identity;
+    .with_metrics(metrics.clone());
+    let identity = authenticator
+        .authenticate(Some(&agent_token))
+        .await
+        .unwrap()
+        .identity;
     assert_eq!(identity.node_name, "w0");
+    // The same header and claims under a stranger's signature: refused
+    // without a TokenReview, by the issuer's keys the coordinator read on
+    // its own token.
+    let forged = pki::forge(&agent_token).unwrap();
+    let refused = authenticator.authenticate(Some(&forged)).await.unwrap_err();
+    assert!(
+        matches!(refused, AuthError::Unauthenticated(_)),
+        "{refused:?}"
+    );
+    let count = |family: &Family<OutcomeLabel, Counter>, outcome: &str| {
+        family
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get()
+    };
+    assert_eq!(count(&metrics.token_reviews, REVIEW_AUTHENTICATED), 1);
+    assert_eq!(
+        count(&metrics.tokens_not_reviewed, TOKEN_REFUSED_UNREVIEWED),
+        1
+    );
 
     // Grants used by code the in-process reconciler does not run (the
     // health labeller's node condition, leader election) are used here as

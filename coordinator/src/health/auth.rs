@@ -7,7 +7,9 @@
 //! Anyone who reaches the port can present a bearer, so nothing a stranger
 //! sends may cost an API request or unbounded memory: [`precheck`] refuses
 //! what cannot be a live token for our audience (shape, audience, expiry,
-//! read from the unverified JWT) before any review; reviews run a bounded
+//! read from the unverified JWT) before any review, and so does a signature
+//! none of the cluster's issuer keys made ([`super::issuer_keys`]); reviews
+//! run a bounded
 //! number at a time with a bounded queue; and a review that admitted a token
 //! is remembered (by the token's SHA-256, never past the token's expiry) so
 //! an agent reconnecting with the same token costs none.
@@ -22,6 +24,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use kube::api::{Api, PostParams};
 use tokio::sync::Semaphore;
 
+use super::issuer_keys::{IssuerKeySource, Signature};
 use crate::metrics::{
     Metrics, REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED, TOKEN_QUEUE_FULL,
     TOKEN_REFUSED_UNREVIEWED,
@@ -157,6 +160,7 @@ pub struct AgentAuthenticator {
     timeout: Duration,
     metrics: Metrics,
     cache: Arc<Mutex<ReviewCache>>,
+    issuer: IssuerKeySource,
     /// Whether the last review failed (API error or timeout): logged once
     /// when reviews start failing and once when they work again, not for
     /// every agent turned away meanwhile.
@@ -171,6 +175,7 @@ impl AgentAuthenticator {
         service_account: impl Into<String>,
     ) -> Self {
         Self {
+            issuer: IssuerKeySource::new(client.clone(), REVIEW_TIMEOUT),
             client,
             audience: audience.into(),
             service_account: (namespace.into(), service_account.into()),
@@ -202,6 +207,7 @@ impl AgentAuthenticator {
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self.issuer = self.issuer.with_timeout(timeout);
         self
     }
 
@@ -214,7 +220,8 @@ impl AgentAuthenticator {
     /// Decides who the token speaks for: refused without a review when
     /// [`precheck`] says it cannot be a live token for our audience (or
     /// there is none), admitted from the cache when the same token was
-    /// admitted before, else reviewed by the API server.
+    /// admitted before, refused without a review when none of the issuer's
+    /// keys signed it, else reviewed by the API server.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Authenticated, AuthError> {
         let token = match bearer.map(str::trim) {
             Some(token) if !token.is_empty() => token,
@@ -231,6 +238,12 @@ impl AgentAuthenticator {
                 identity,
                 expires_at: claims.expires_at,
             });
+        }
+        if let Some(Signature::Forged | Signature::UnknownKey) = self.issuer.check(token).await {
+            self.metrics.token_not_reviewed(TOKEN_REFUSED_UNREVIEWED);
+            return Err(AuthError::Unauthenticated(
+                "not an agent token: not signed by the cluster's service-account issuer".into(),
+            ));
         }
         let _queued = QueueSlot::take(&self.queued, self.queue_limit).ok_or_else(|| {
             self.metrics.token_not_reviewed(TOKEN_QUEUE_FULL);
@@ -427,13 +440,13 @@ pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<TokenCla
     Ok(TokenClaims { expires_at })
 }
 
-fn base64url(segment: &str) -> Option<Vec<u8>> {
+pub(super) fn base64url(segment: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(segment.trim_end_matches('='))
         .ok()
 }
 
-fn json_segment(segment: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+pub(super) fn json_segment(segment: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     match serde_json::from_slice(&base64url(segment)?).ok()? {
         serde_json::Value::Object(map) => Some(map),
         _ => None,
