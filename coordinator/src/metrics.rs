@@ -64,7 +64,7 @@ pub const REVIEW_REJECTED: &str = "rejected";
 /// the token.
 pub const REVIEW_ERROR: &str = "error";
 /// A bearer refused before any review: not shaped like a token for our
-/// audience, or expired.
+/// audience, expired, or not signed by the cluster's service-account issuer.
 pub const TOKEN_REFUSED_UNREVIEWED: &str = "refused";
 /// A token admitted by an earlier review of the same token.
 pub const TOKEN_CACHED: &str = "cached";
@@ -394,7 +394,8 @@ impl Metrics {
         prefix.register(
             "tokens_not_reviewed",
             "node-agent tokens settled without a TokenReview; outcome=refused: not a live \
-             token for the agents' audience (shape, audience, expiry), cached: admitted by an \
+             token for the agents' audience (shape, audience, expiry, issuer's signature), \
+             cached: admitted by an \
              earlier review of the same token, queue_full: too many reviews waiting",
             self.tokens_not_reviewed.clone(),
         );
