@@ -134,6 +134,12 @@ async fn token_reviews_failing_for_half_a_minute_cost_no_label() {
         .await
         .unwrap();
     cluster.create_kataconfig("kc", json!({})).await;
+    // The rollout first: the MCO simulator staging and booting w0's new
+    // deployment changes what its agent sees, and so its label, whatever
+    // the TokenReviews do.
+    cluster
+        .wait_condition("kc", "Ready", "True", "Installed")
+        .await;
     eventually("w0 runtime-ready", CONVERGE, || async {
         Ok(runtime_ready(&admin).await? == ["w0"])
     })
