@@ -395,8 +395,8 @@ impl Metrics {
             "tokens_not_reviewed",
             "node-agent tokens settled without a TokenReview; outcome=refused: not a live \
              token for the agents' audience (shape, audience, expiry, issuer's signature), \
-             cached: admitted by an \
-             earlier review of the same token, queue_full: too many reviews waiting",
+             cached: admitted by an earlier review of the same token, queue_full: too many \
+             reviews waiting",
             self.tokens_not_reviewed.clone(),
         );
         prefix.register_with_unit(

@@ -9,9 +9,8 @@
 //! what cannot be a live token for our audience (shape, audience, expiry,
 //! read from the unverified JWT) before any review, and so does a signature
 //! none of the cluster's issuer keys made ([`super::issuer_keys`]); reviews
-//! run a bounded
-//! number at a time with a bounded queue; and a review that admitted a token
-//! is remembered (by the token's SHA-256, never past the token's expiry) so
+//! run a bounded number at a time with a bounded queue; and a review that
+//! admitted a token is remembered (by the token's SHA-256, never past the token's expiry) so
 //! an agent reconnecting with the same token costs none.
 
 use std::collections::HashMap;

@@ -184,14 +184,9 @@ impl IssuerKeys {
         Ok(Self { keys })
     }
 
-    /// How many keys were read.
-    pub fn len(&self) -> usize {
+    /// How many keys were read (never 0: [`Self::parse`] refuses an empty set).
+    fn len(&self) -> usize {
         self.keys.len()
-    }
-
-    /// Always false: [`Self::parse`] refuses an empty set.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 
     /// Whether one of the keys made the JWS `token`'s signature, by the
