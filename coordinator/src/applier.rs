@@ -1,20 +1,22 @@
-//! The one write path of the reconciler: every mutating request goes
-//! through an [`Applier`] (`apply` to an object or its status, `delete`,
-//! `label`, `publish`), which counts it exactly once, under the kind of
-//! object written, against the [`WriteCounter`] and the optional write
-//! budget. The labeller publishes its Events through one too.
+//! The coordinator's one write path: every mutating request, the
+//! reconciler's and the labeller's, goes through an [`Applier`] (`apply` to
+//! an object or its status, `delete`, `label`, the node marks, `publish`),
+//! which counts it exactly once, under the kind of object written, against
+//! the [`WriteCounter`] and the optional write budget. Node request bodies
+//! are built here and nowhere else ([`node_body`]).
 //!
 //! Writes are server-side apply with our field managers; a delete that finds
 //! nothing has done its job.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{NodeCondition, ObjectReference};
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, Recorder, Reporter};
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -63,6 +65,20 @@ pub struct Applier {
     /// Told when the budget is spent, so the controller stops.
     stopped: Arc<Notify>,
     recorder: Recorder,
+    /// Also counts the writes of the node marks (labels and condition)
+    /// made with [`Self::apply_node_labels`] and
+    /// [`Self::apply_node_conditions`]: the labeller's own metric.
+    mark_writes: Option<Counter>,
+}
+
+/// The body of a server-side apply to the Node `node` that claims only its
+/// name: the fields a manager held and this body omits are released.
+pub fn node_body(node: &str) -> Value {
+    json!({
+        "apiVersion": kind::NODE.api_version(),
+        "kind": kind::NODE.kind,
+        "metadata": { "name": node },
+    })
 }
 
 impl Applier {
@@ -79,7 +95,15 @@ impl Applier {
             budget,
             stopped,
             recorder,
+            mark_writes: None,
         }
+    }
+
+    /// Counts the node-mark writes in `counter` as well.
+    #[must_use]
+    pub fn counting_mark_writes(mut self, counter: Counter) -> Self {
+        self.mark_writes = Some(counter);
+        self
     }
 
     /// An applier without a write budget, for the parts of the coordinator
@@ -171,10 +195,8 @@ impl Applier {
     /// set it: the planner decides who carries it.
     pub async fn label(&self, node: &str, label: &str, present: bool) -> Result<(), WriteError> {
         if present {
-            let body = json!({
-                "apiVersion": kind::NODE.api_version(), "kind": kind::NODE.kind,
-                "metadata": { "name": node, "labels": { label: "" } },
-            });
+            let mut body = node_body(node);
+            body["metadata"]["labels"] = json!({ label: "" });
             return self
                 .apply(
                     kind::NODE,
@@ -191,6 +213,49 @@ impl Applier {
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         Ok(())
+    }
+
+    /// Server-side apply of exactly `labels` to the node as `manager`;
+    /// `None` claims no label at all, which releases every label only
+    /// `manager` set.
+    pub async fn apply_node_labels(
+        &self,
+        node: &str,
+        manager: &str,
+        labels: Option<Map<String, Value>>,
+    ) -> Result<(), WriteError> {
+        let mut body = node_body(node);
+        if let Some(labels) = labels {
+            body["metadata"]["labels"] = Value::Object(labels);
+        }
+        self.count_mark_write();
+        self.apply(kind::NODE, node, manager, &body, Subresource::Main)
+            .await
+    }
+
+    /// Server-side apply of exactly `conditions` to the node's status as
+    /// `manager`; none releases every condition only `manager` set.
+    pub async fn apply_node_conditions(
+        &self,
+        node: &str,
+        manager: &str,
+        conditions: &[NodeCondition],
+    ) -> Result<(), WriteError> {
+        let mut body = node_body(node);
+        body["status"] = if conditions.is_empty() {
+            json!({})
+        } else {
+            json!({ "conditions": conditions })
+        };
+        self.count_mark_write();
+        self.apply(kind::NODE, node, manager, &body, Subresource::Status)
+            .await
+    }
+
+    fn count_mark_write(&self) {
+        if let Some(counter) = &self.mark_writes {
+            counter.inc();
+        }
     }
 
     /// Publishes an Event (a write too); a failure is logged, not returned:

@@ -436,26 +436,12 @@ impl Context {
             // condition.
             Step::ReleaseNodeLabels { node } => {
                 applier
-                    .apply(
-                        kind::NODE,
-                        node,
-                        names::MANAGER_HEALTH,
-                        &node_body(node),
-                        Subresource::Main,
-                    )
+                    .apply_node_labels(node, names::MANAGER_HEALTH, None)
                     .await
             }
             Step::RemoveNodeCondition { node } => {
-                let mut body = node_body(node);
-                body["status"] = json!({});
                 applier
-                    .apply(
-                        kind::NODE,
-                        node,
-                        names::MANAGER_HEALTH,
-                        &body,
-                        Subresource::Status,
-                    )
+                    .apply_node_conditions(node, names::MANAGER_HEALTH, &[])
                     .await
             }
         };
@@ -581,10 +567,6 @@ fn condition_event_type(type_: &str, condition_reason: &str) -> EventType {
     } else {
         EventType::Normal
     }
-}
-
-fn node_body(node: &str) -> serde_json::Value {
-    json!({ "apiVersion": kind::NODE.api_version(), "kind": kind::NODE.kind, "metadata": { "name": node } })
 }
 
 fn observed_node(node: &Node) -> ObservedNode {

@@ -15,11 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::marks::eligibility::{self, Dwell};
@@ -30,9 +28,10 @@ use super::marks::{
 use super::registry::HealthRegistry;
 use crate::api::KataConfig;
 use crate::applier::Applier;
+use crate::applier::WriteError;
 use crate::metrics::{Metrics, StateLabel};
 use crate::node::kata_ready_condition;
-use crate::{kind, mco, names, status};
+use crate::{mco, names, status};
 
 /// How often marks are re-evaluated without a report (silence is noticed by
 /// the clock, not by an event).
@@ -65,7 +64,6 @@ const WRITE_CONCURRENCY: usize = 32;
 const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(200);
 
 struct Labeller {
-    client: Client,
     registry: HealthRegistry,
     policy: MarkPolicy,
     started: Instant,
@@ -77,8 +75,8 @@ struct Labeller {
     /// The nodes whose agent's verdict differs from their capable label,
     /// and since when.
     dwells: HashMap<String, Dwell>,
-    /// Publishes the Events of label changes (counted as writes).
-    events: Applier,
+    /// Writes the node marks and publishes the Events of label changes.
+    applier: Applier,
 }
 
 impl Labeller {
@@ -196,7 +194,7 @@ impl Labeller {
             action: "Label".into(),
             secondary: None,
         };
-        self.events
+        self.applier
             .publish(&event, &write.node.object_ref(&()))
             .await;
     }
@@ -264,7 +262,7 @@ impl Labeller {
         }
     }
 
-    async fn write_labels(&self, node: &str, marks: &NodeMarks) -> Result<(), kube::Error> {
+    async fn write_labels(&self, node: &str, marks: &NodeMarks) -> Result<(), WriteError> {
         let mut labels = serde_json::Map::new();
         if marks.capable {
             labels.insert(names::KATA_CAPABLE_LABEL.into(), "true".into());
@@ -274,24 +272,16 @@ impl Labeller {
         }
         // Applying without a label releases it: the health manager owns only
         // these two, so nothing else on the node is touched.
-        let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node, "labels": labels } });
-        self.metrics.api_writes.record(kind::NODE.kind);
-        self.metrics.label_writes.inc();
-        Api::<Node>::all(self.client.clone())
-            .patch(
-                node,
-                &PatchParams::apply(names::MANAGER_HEALTH).force(),
-                &Patch::Apply(&body),
-            )
+        self.applier
+            .apply_node_labels(node, names::MANAGER_HEALTH, Some(labels))
             .await
-            .map(|_| ())
     }
 
     async fn write_condition(
         &self,
         node: &Node,
         condition: &ReadyCondition,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), WriteError> {
         let status = if condition.ready { "True" } else { "False" };
         let previous = kata_ready_condition(node)
             .map(|p| (p.status.as_str(), p.last_transition_time.as_ref()));
@@ -305,17 +295,9 @@ impl Labeller {
             last_transition_time,
             last_heartbeat_time: None,
         };
-        let body = json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": node.name_any() }, "status": { "conditions": [condition] } });
-        self.metrics.api_writes.record(kind::NODE.kind);
-        self.metrics.label_writes.inc();
-        Api::<Node>::all(self.client.clone())
-            .patch_status(
-                &node.name_any(),
-                &PatchParams::apply(names::MANAGER_HEALTH).force(),
-                &Patch::Apply(&body),
-            )
+        self.applier
+            .apply_node_conditions(&node.name_any(), names::MANAGER_HEALTH, &[condition])
             .await
-            .map(|_| ())
     }
 }
 
@@ -357,9 +339,9 @@ pub async fn run(
     // store is simply empty (kube swaps the listed objects in at once), so
     // with no KataConfig in force the labeller writes nothing rather than
     // acting on part of the cluster.
-    let events = Applier::unbudgeted(client.clone(), metrics.api_writes.clone());
+    let applier = Applier::unbudgeted(client, metrics.api_writes.clone())
+        .counting_mark_writes(metrics.label_writes.clone());
     let mut labeller = Labeller {
-        client,
         registry: registry.clone(),
         policy,
         started: Instant::now(),
@@ -367,7 +349,7 @@ pub async fn run(
         removals: HashMap::new(),
         dwells: HashMap::new(),
         configs_seen: HashMap::new(),
-        events,
+        applier,
     };
     let mut changes = registry.subscribe();
     let mut tick = tokio::time::interval(TICK);
