@@ -7,7 +7,7 @@ CRIO_BUILD := tests/scripts/build-crio.sh
 PROMTOOL_BUILD := tests/scripts/build-promtool.sh
 IGNITION_BUILD := tests/scripts/build-ignition.sh
 
-.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool ignition bench-health bench-attack bench-rollout generate
+.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool ignition packages bench-health bench-attack bench-rollout generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -44,7 +44,11 @@ promtool:
 ignition:
 	@bash $(IGNITION_BUILD) >/dev/null
 
-unit-and-integration: control-plane crio promtool ignition
+## System packages the tests use that no build script brings (shellcheck).
+packages:
+	@bash tests/scripts/install-packages.sh
+
+unit-and-integration: control-plane crio promtool ignition packages
 	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
 		KATA_CRIO_BIN_DIR="$$(bash $(CRIO_BUILD) | tail -n 1)" \
 		KATA_PROMTOOL_BIN_DIR="$$(bash $(PROMTOOL_BUILD) | tail -n 1)" \
@@ -66,7 +70,7 @@ generate:
 	awk -v n=0 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/monitoring/prometheus-rule.yaml > bundle/manifests/kata-operator_monitoring.coreos.com_v1_prometheusrule.yaml
 	awk -v n=0 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/base/network-policy.yaml > bundle/manifests/kata-coordinator_networking.k8s.io_v1_networkpolicy.yaml
 	awk -v n=1 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/base/network-policy.yaml > bundle/manifests/kata-node-agent_networking.k8s.io_v1_networkpolicy.yaml
-	UPDATE_DOCS=1 cargo test --quiet -p kata-coordinator --test api_reference_drift
+	UPDATE_DOCS=1 cargo test --quiet -p kata-coordinator --test generated api_reference
 
 ## Benchmarks (print figures; not part of `make test`).
 AGENTS ?= 1000

@@ -1,6 +1,6 @@
 # The kata-operator OLM bundle image (registry+v1). Build from this directory:
 #   podman build -f bundle.Dockerfile -t quay.io/kata-operator/bundle:v0.1.0 .
-# The LABELs must equal metadata/annotations.yaml (tests/tests/olm_bundle.rs).
+# The LABELs must equal metadata/annotations.yaml (tests/suite/olm_bundle.rs).
 FROM scratch
 
 # Core bundle labels.

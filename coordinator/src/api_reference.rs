@@ -1,8 +1,8 @@
 //! The API reference (`docs/api-reference.md`), generated from the
 //! KataConfig CRD's OpenAPI v3 schema so it cannot say anything the API
-//! server does not enforce. `coordinator/tests/api_reference_drift.rs` keeps
+//! server does not enforce. `coordinator/tests/generated/api_reference.rs` keeps
 //! the checked-in file equal to [`markdown`]; regenerate it with
-//! `UPDATE_DOCS=1 cargo test -p kata-coordinator --test api_reference_drift`.
+//! `UPDATE_DOCS=1 cargo test -p kata-coordinator --test generated api_reference`.
 
 use std::fmt::Write as _;
 
@@ -35,7 +35,7 @@ pub fn render(crd: &Value) -> String {
     );
     line(
         &mut out,
-        "     Regenerate: UPDATE_DOCS=1 cargo test -p kata-coordinator --test api_reference_drift -->",
+        "     Regenerate: UPDATE_DOCS=1 cargo test -p kata-coordinator --test generated api_reference -->",
     );
     line(&mut out, "");
     line(&mut out, &format!("## {kind}"));

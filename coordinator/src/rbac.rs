@@ -1,7 +1,7 @@
 //! The coordinator's RBAC, generated from one table of the API calls it
 //! makes, so the shipped role grows and shrinks with the code. Checked in as
 //! `deploy/base/rbac-coordinator.yaml` (`coordinator rbac`); a test keeps the
-//! file equal, and `tests/tests/deploy_manifests.rs` runs a full install and
+//! file equal, and `tests/suite/deploy_manifests.rs` runs a full install and
 //! uninstall with a token of the ServiceAccount this binds, so a missing verb
 //! fails there and verbs outside the table are shown to be refused.
 //!
@@ -35,7 +35,7 @@ pub struct Permission {
     /// limited by name works only because every object is created by
     /// server-side apply: the API server authorizes a PATCH that would create
     /// as `create` of the name in the URL (a POST carries no name, and is
-    /// refused). Checked on the real API server by tests/tests/deploy_manifests.rs.
+    /// refused). Checked on the real API server by tests/suite/deploy_manifests.rs.
     pub resource_names: &'static [&'static str],
     pub verbs: &'static [&'static str],
     /// The code path that makes these calls.

@@ -15,24 +15,7 @@ SCRIPT=build-crio
 # shellcheck source=tests/scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-install_runtime_packages() {
-  local missing=()
-  command -v conmon >/dev/null 2>&1 || missing+=(conmon)
-  command -v crun >/dev/null 2>&1 || missing+=(crun)
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  if [[ "$(id -u)" != 0 ]]; then
-    echo "build-crio: ${missing[*]} not installed and not root: the CRI-O tests will skip" >&2
-    return 0
-  fi
-  echo "build-crio: installing ${missing[*]} from the system's packages" >&2
-  if ! apt-get install -y -qq "${missing[@]}" >&2; then
-    apt-get update -qq >&2 || true
-    apt-get install -y -qq "${missing[@]}" >&2 ||
-      fail "could not install the package(s) ${missing[*]} (apt-get install ${missing[*]})"
-  fi
-}
-
-install_runtime_packages
+install_packages "the CRI-O tests" conmon:conmon crun:crun
 
 if [[ -x "$OUT/crio" && -x "$OUT/pinns" && -x "$OUT/crictl" ]]; then
   echo "$OUT"

@@ -21,3 +21,25 @@ start_build() {
   work="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
   trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 }
+
+# install_packages WHY COMMAND:PACKAGE...: installs from the system's
+# packages (as root, with apt-get) each PACKAGE whose COMMAND is missing.
+# Without root it says which tests will be reported skipped (WHY) instead.
+install_packages() {
+  local why="$1" missing=() pair
+  shift
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  if [[ "$(id -u)" != 0 ]]; then
+    echo "$SCRIPT: ${missing[*]} not installed and not root: $why will be skipped" >&2
+    return 0
+  fi
+  echo "$SCRIPT: installing ${missing[*]} from the system's packages" >&2
+  if ! apt-get install -y -qq "${missing[@]}" >&2; then
+    apt-get update -qq >&2 || true
+    apt-get install -y -qq "${missing[@]}" >&2 ||
+      fail "could not install the package(s) ${missing[*]} (apt-get install ${missing[*]})"
+  fi
+}

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kata_coordinator::api::KataConfig;
 use kata_coordinator::mco::names as mco;
@@ -260,6 +260,22 @@ pub async fn namespace_for_pods(client: &Client, namespace: &str) {
             &apply,
             &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})),
         )
+        .await
+        .unwrap();
+}
+
+/// Creates a Pod `name` that asks for the `kata` RuntimeClass in
+/// `namespace` (made ready for pods first). No kubelet runs it: the
+/// coordinator's uninstall gate only has to see it.
+pub async fn create_kata_pod(client: &Client, namespace: &str, name: &str) {
+    namespace_for_pods(client, namespace).await;
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name },
+        "spec": { "runtimeClassName": "kata", "containers": [{ "name": "c", "image": "busybox" }] }
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &pod)
         .await
         .unwrap();
 }

@@ -298,10 +298,6 @@ impl ControlPlane {
         &self.ca
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Process ids of etcd and kube-apiserver, for tests of the teardown.
     pub fn pids(&self) -> Vec<u32> {
         [&self.etcd, &self.api_server]

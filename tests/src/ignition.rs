@@ -19,6 +19,12 @@ pub fn ignition_validate() -> Result<PathBuf, String> {
     }
 }
 
+/// Why the tests that need the validator cannot run here, if they cannot (a
+/// `requires(..)` check of the suite's harness).
+pub fn unavailable() -> Option<String> {
+    ignition_validate().err()
+}
+
 /// Runs ignition-validate on `config` (an Ignition config, such as a
 /// MachineConfig's `spec.config`): whether it accepted it, and what it said.
 pub fn validate(config: &serde_json::Value) -> Result<(bool, String), String> {

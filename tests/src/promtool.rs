@@ -19,6 +19,12 @@ pub fn promtool() -> Result<PathBuf, String> {
     }
 }
 
+/// Why the tests that need promtool cannot run here, if they cannot (a
+/// `requires(..)` check of the suite's harness).
+pub fn unavailable() -> Option<String> {
+    promtool().err()
+}
+
 /// `promtool <args>` with `stdin` on its standard input: whether it
 /// succeeded, and what it printed (stdout then stderr).
 pub fn run(args: &[&str], stdin: &str) -> Result<(bool, String), String> {

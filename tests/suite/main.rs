@@ -1,0 +1,45 @@
+//! The integration suite: every test against a real control plane, the MCO
+//! simulator, a real CRI-O and the tools the project builds. One binary, run
+//! by kata-test-harness (see tests/harness): each test in its own process,
+//! several at a time, unmet prerequisites reported as skipped with their
+//! reason. Run one module or test with a filter, e.g.
+//! `cargo test -p kata-tests --test suite -- topologies::`.
+
+mod agent_daemon;
+mod agent_metrics;
+mod alert_rules;
+mod api_load;
+mod containerfiles;
+mod control_plane;
+mod coordinator_ha;
+mod coordinator_lifecycle;
+mod crio_differential;
+mod dashboard;
+mod demo_smoke;
+mod deploy_manifests;
+mod eligibility_dwell;
+mod events;
+mod field_manager_conflict;
+mod health_channel_auth;
+mod health_channel_hardening;
+mod health_end_to_end;
+mod health_faults;
+mod ignition_validate;
+mod kataconfig_api;
+mod leader_fencing;
+mod log_level;
+mod mco_simulator;
+mod metrics_promtool;
+mod must_gather;
+mod network_policies;
+mod node_agent_pod_policy;
+mod olm_bundle;
+mod rollout_counts;
+mod status_size;
+mod stuck_rollout;
+mod topologies;
+mod uninstall_order;
+
+fn main() -> std::process::ExitCode {
+    kata_test_harness::main()
+}
