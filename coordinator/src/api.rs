@@ -85,7 +85,7 @@ pub enum ExtensionChoice {
 /// the move changes the labels again. Admission refuses such a selector.
 pub const OPERATOR_NODE_LABELS: [&str; 3] = [
     crate::names::KATA_RUNTIME_LABEL,
-    crate::mco::names::KATA_POOL_ROLE_LABEL,
+    crate::names::KATA_POOL_ROLE_LABEL,
     crate::names::KATA_CAPABLE_LABEL,
 ];
 

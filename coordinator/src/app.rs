@@ -9,11 +9,11 @@ use futures::FutureExt;
 use kube::Client;
 use tracing::info;
 
+use crate::controller::{self as reconciler, KataConfigController};
 use crate::health::marks::MarkPolicy;
 use crate::health::{AgentAuthenticator, HealthOptions, HealthRegistry, HealthService, ServerTls};
 use crate::leader::{LeaderElector, LeaseOptions};
 use crate::metrics::{Metrics, Readiness};
-use crate::reconciler::{self, KataConfigController};
 
 /// Where and how the agents' gRPC server listens.
 #[derive(Clone, Debug)]
@@ -202,6 +202,7 @@ pub async fn run_until_with(
             ..Default::default()
         },
         node_writer,
+        crate::mco::cluster::backend(&client),
     );
     // Dropped with `run`, which shuts the gRPC server down.
     let mut grpc_shutdown = None;
@@ -244,6 +245,7 @@ pub async fn run_until_with(
             controller.configs(),
             options.mark_policy,
             metrics,
+            crate::mco::observe::current_config,
         ));
     }
 
@@ -268,4 +270,18 @@ pub async fn run_until_with(
         elector.release().await;
     }
     outcome
+}
+
+/// The KataConfig controller alone, with its own caches and the Machine
+/// Config Operator backend, without the health channel; runs until the
+/// process ends or its write budget is spent.
+pub async fn run_controller(
+    client: Client,
+    options: reconciler::Options,
+    node_writer: kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Node>,
+) {
+    let backend = crate::mco::cluster::backend(&client);
+    KataConfigController::new(client, options, node_writer, backend)
+        .run_until(std::future::pending())
+        .await
 }

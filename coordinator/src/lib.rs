@@ -13,6 +13,8 @@ pub mod api;
 pub mod api_reference;
 pub mod app;
 pub mod applier;
+pub mod backend;
+pub mod controller;
 pub mod health;
 pub mod kata_pods;
 pub mod kind;
@@ -27,6 +29,16 @@ pub mod objects;
 pub mod plan;
 pub mod prerequisites;
 pub mod rbac;
-pub mod reconciler;
+
+/// The KataConfig controller under the name the integration tests use.
+pub mod reconciler {
+    pub use crate::app::run_controller as run;
+    pub use crate::controller::{
+        DEFAULT_STUCK_AFTER, Error, KataConfigController, Options, SHUTDOWN_GRACE,
+    };
+}
 pub mod selector;
 pub mod status;
+
+#[cfg(test)]
+mod boundaries;

@@ -21,6 +21,9 @@ pub const WORKER_ROLE_LABEL: &str = "node-role.kubernetes.io/worker";
 pub const KATA_CAPABLE_LABEL: &str = "feature.node.kubernetes.io/runtime.kata";
 /// The runtime is installed and healthy; the RuntimeClass selects on it.
 pub const KATA_RUNTIME_LABEL: &str = "katacontainers.io/kata-runtime";
+/// Marks a node as targeted. The Machine Config Operator backend's
+/// `kata-oc` pool selects on it; a pool selector of the KataConfig may not.
+pub const KATA_POOL_ROLE_LABEL: &str = "node-role.kubernetes.io/kata-oc";
 /// Node condition with the agent's verdict.
 pub const NODE_CONDITION: &str = "KataRuntimeReady";
 /// Labels every object the operator creates.

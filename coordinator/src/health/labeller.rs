@@ -27,11 +27,11 @@ use super::marks::{
 };
 use super::registry::HealthRegistry;
 use crate::api::KataConfig;
-use crate::applier::Applier;
-use crate::applier::WriteError;
+use crate::applier::{Applier, WriteError};
+use crate::backend::CurrentHostConfig;
 use crate::metrics::{Metrics, StateLabel};
 use crate::node::kata_ready_condition;
-use crate::{mco, names, status};
+use crate::{names, status};
 
 /// How often marks are re-evaluated without a report (silence is noticed by
 /// the clock, not by an event).
@@ -68,8 +68,10 @@ struct Labeller {
     policy: MarkPolicy,
     started: Instant,
     metrics: Metrics,
-    /// The MCO configuration each node ran at the last scan.
+    /// The host configuration each node ran at the last scan.
     configs_seen: HashMap<String, String>,
+    /// Reads that configuration from a node's annotations.
+    current_config: CurrentHostConfig,
     /// When each node last lost the runtime label, for the hold-down.
     removals: HashMap<String, Instant>,
     /// The nodes whose agent's verdict differs from their capable label,
@@ -208,12 +210,13 @@ impl Labeller {
         }
     }
 
-    /// A node that just finished an MCO update (new extension, new drop-in)
+    /// A node that just finished an update of its host configuration (new
+    /// extension, new drop-in)
     /// is probed again at once instead of at the agent's next interval, so
     /// it becomes runtime-ready (or shows why not) without delay.
     fn reprobe_updated_nodes(&mut self, nodes: &Store<Node>) {
         for node in nodes.state() {
-            let Some(current) = mco::observe::current_config(node.annotations()) else {
+            let Some(current) = (self.current_config)(node.annotations()) else {
                 continue;
             };
             let name = node.name_any();
@@ -326,6 +329,7 @@ fn eligibility_checked(configs: &Store<KataConfig>) -> bool {
 
 /// Runs until the process ends. `nodes` and `configs` are the KataConfig
 /// controller's caches (kept by its watches); the labeller only reads them.
+/// `current_config` is the backend's reading of a node's configuration.
 pub async fn run(
     client: Client,
     registry: HealthRegistry,
@@ -333,6 +337,7 @@ pub async fn run(
     configs: Store<KataConfig>,
     policy: MarkPolicy,
     metrics: Metrics,
+    current_config: CurrentHostConfig,
 ) {
     // No waiting on either store: kube's readiness signal wakes a single
     // waiter, and the controller is theirs. Until a first list completes a
@@ -349,6 +354,7 @@ pub async fn run(
         removals: HashMap::new(),
         dwells: HashMap::new(),
         configs_seen: HashMap::new(),
+        current_config,
         applier,
     };
     let mut changes = registry.subscribe();

@@ -12,18 +12,16 @@ use serde_json::Value;
 
 use std::collections::BTreeSet;
 
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
 use super::names::{self, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
 use super::{MachineConfigRollout, ObservedPool, observe};
+use crate::backend::{Backend, ObservedRollout, ReadError, RolloutSource};
 use crate::kind::Kind;
 use crate::plan::ObservedNode;
-
-/// Why a read failed, naming what was read.
-#[derive(Debug, thiserror::Error)]
-#[error("reading {what}: {source}")]
-pub struct ReadError {
-    pub what: String,
-    pub source: kube::Error,
-}
 
 async fn get(client: &Client, kind: Kind, name: &str) -> Result<Option<Value>, ReadError> {
     let object = Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource())
@@ -184,4 +182,49 @@ pub fn pool_events(
         .reflect(writer)
         .touched_objects()
         .filter_map(|r| async move { r.ok().map(|_| ()) })
+}
+
+/// The MCO backend's caches: every pool, and our own objects by name.
+struct MachineConfigSource {
+    client: Client,
+    pools: Store<DynamicObject>,
+    owned: OwnedStores,
+}
+
+impl RolloutSource for MachineConfigSource {
+    fn wait_until_ready(&self) -> BoxFuture<'_, ()> {
+        async {
+            let _ = self.pools.wait_until_ready().await;
+            self.owned.wait_until_ready().await;
+        }
+        .boxed()
+    }
+
+    fn observe<'a>(
+        &'a self,
+        nodes: &'a [ObservedNode],
+    ) -> BoxFuture<'a, Result<ObservedRollout, ReadError>> {
+        async move {
+            let rollout = observe(&self.client, &self.pools, &self.owned, nodes).await?;
+            Ok(Box::new(rollout) as ObservedRollout)
+        }
+        .boxed()
+    }
+}
+
+/// The MCO backend: the pool watch, the watches of our objects, and the
+/// reads of the rendered configs.
+pub fn backend(client: &Client) -> Backend {
+    let pool_writer = pool_store();
+    let pools = pool_writer.as_reader();
+    let (owned, owned_events) = owned_watches(client);
+    let triggers = futures::stream::select(pool_events(client, pool_writer), owned_events);
+    Backend {
+        source: Arc::new(MachineConfigSource {
+            client: client.clone(),
+            pools,
+            owned,
+        }),
+        triggers: triggers.boxed(),
+    }
 }

@@ -32,6 +32,8 @@ pub mod objects;
 pub mod observe;
 pub mod os;
 pub mod placement;
+#[cfg(test)]
+mod planner_tests;
 
 use std::collections::BTreeSet;
 
@@ -39,7 +41,9 @@ use serde_json::Value;
 
 use crate::api::{KataConfigSpec, LogLevel};
 use crate::objects::CrioRuntimeHandler;
-use crate::plan::rollout::{Assessment, HostConfigRollout, NodePhase, UninstallProgress};
+use crate::plan::rollout::{
+    Assessment, HostConfigRollout, NodePhase, UninstallProgress, UpdatingNode,
+};
 use crate::plan::{ObservedNode, Step, apply_if_drifted};
 pub use observe::ObservedPool;
 use observe::RuntimeConfigVerdict;
@@ -328,5 +332,39 @@ impl HostConfigRollout for MachineConfigRollout {
             rolled_back,
             cleanup,
         }
+    }
+
+    fn owned_objects(&self) -> Vec<(crate::kind::Kind, Value)> {
+        [
+            (names::POOL, &self.pool_object),
+            (names::MACHINE_CONFIG, &self.machine_config),
+            (
+                names::CONTAINER_RUNTIME_CONFIG,
+                &self.container_runtime_config,
+            ),
+            (names::MACHINE_CONFIG, &self.master_machine_config),
+            (
+                names::CONTAINER_RUNTIME_CONFIG,
+                &self.master_container_runtime_config,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(kind, object)| object.clone().map(|o| (kind, o)))
+        .collect()
+    }
+
+    /// The nodes whose MCO daemon is `Working`, toward their
+    /// `desiredConfig`.
+    fn updating_nodes<'a>(&self, nodes: &'a [ObservedNode]) -> Vec<UpdatingNode<'a>> {
+        nodes
+            .iter()
+            .filter(|n| {
+                n.annotations.get(names::STATE).map(String::as_str) == Some(names::STATE_WORKING)
+            })
+            .map(|n| UpdatingNode {
+                name: n.name.as_str(),
+                toward: n.annotations.get(names::DESIRED_CONFIG).map(String::as_str),
+            })
+            .collect()
     }
 }

@@ -54,8 +54,10 @@ pub fn generated_runtime_config(pool: &str) -> String {
     format!("99-{pool}-generated-containerruntime")
 }
 
-/// Marks a node as targeted: the `kata-oc` pool's nodeSelector.
-pub const KATA_POOL_ROLE_LABEL: &str = "node-role.kubernetes.io/kata-oc";
+/// Marks a node as targeted: the `kata-oc` pool's nodeSelector (defined
+/// with the operator's other node labels, which the KataConfig's admission
+/// rules name).
+pub use crate::names::KATA_POOL_ROLE_LABEL;
 /// Label by which a ContainerRuntimeConfig selects the pool.
 pub const POOL_SELECTOR_LABEL: &str = "pools.operator.machineconfiguration.openshift.io/kata-oc";
 

@@ -169,7 +169,7 @@ pub fn carries_kata(rendered: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::worker;
+    use crate::plan::fixtures::worker;
     use serde_json::json;
 
     #[test]

@@ -273,7 +273,7 @@ pub fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::{node, worker};
+    use crate::plan::fixtures::{node, worker};
     use serde_json::json;
 
     const MASTER: (&str, &str) = (names::MASTER_ROLE_LABEL, "");

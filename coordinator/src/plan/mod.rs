@@ -262,7 +262,7 @@ pub fn active_config(configs: &[ConfigId]) -> Option<&str> {
         .map(|c| c.name.as_str())
 }
 
-pub fn plan(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
+pub fn plan(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)) -> Plan {
     let mut plan =
         if let Some(active) = active_config(&observed.configs).filter(|a| *a != observed.name) {
             Plan::conditions_only(conditions::superseded(active), Requeue::OnChange)
@@ -334,7 +334,7 @@ fn stuck_messages(observed: &Observed) -> Vec<String> {
 }
 
 /// The plan for a KataConfig that is not being deleted.
-fn plan_install(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
+fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)) -> Plan {
     let spec = &observed.spec;
     if let Err(message) = validate(spec) {
         return Plan::conditions_only(conditions::invalid_spec(&message), Requeue::Resync);
@@ -394,7 +394,10 @@ fn plan_install(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
 /// The plan for a KataConfig being deleted: refuse while Kata pods exist, then
 /// take everything back in an order that never leaves a half-state a pod
 /// could land on.
-fn plan_uninstall(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan {
+pub(crate) fn plan_uninstall(
+    observed: &Observed,
+    rollout: &(impl HostConfigRollout + ?Sized),
+) -> Plan {
     let untargeted = vec![false; observed.nodes.len()];
     let assessment = rollout.assess(&observed.spec, &observed.nodes, &untargeted);
     let nodes = nodes::node_status(&observed.nodes, &assessment.phases, 0);
@@ -449,4 +452,4 @@ fn plan_uninstall(observed: &Observed, rollout: &impl HostConfigRollout) -> Plan
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+pub(crate) mod fixtures;

@@ -157,7 +157,7 @@ pub fn failed(nodes: &KataNodesStatus) -> Vec<FailedNode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::worker;
+    use crate::plan::fixtures::worker;
 
     #[test]
     fn phases_land_in_their_lists_and_counts() {

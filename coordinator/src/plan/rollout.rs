@@ -7,8 +7,11 @@
 //! and says where each node stands. On OpenShift that is the Machine Config
 //! Operator ([`crate::mco::MachineConfigRollout`]).
 
+use serde_json::Value;
+
 use super::{ObservedNode, Step};
 use crate::api::KataConfigSpec;
+use crate::kind::Kind;
 
 /// Where one node stands in the rollout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,4 +80,19 @@ pub trait HostConfigRollout {
     /// Writes that take the configuration off every node, and whether that
     /// has finished.
     fn uninstall(&self, nodes: &[ObservedNode]) -> UninstallProgress;
+
+    /// The objects of its own the rollout writes, as observed: the planner
+    /// holds a write to one another manager took over.
+    fn owned_objects(&self) -> Vec<(Kind, Value)>;
+
+    /// The nodes the mechanism is updating now, each with the configuration
+    /// it moves to (when it says): the clock of a stuck rollout runs on them.
+    fn updating_nodes<'a>(&self, nodes: &'a [ObservedNode]) -> Vec<UpdatingNode<'a>>;
+}
+
+/// A node the rollout is updating, and the configuration it moves to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpdatingNode<'a> {
+    pub name: &'a str,
+    pub toward: Option<&'a str>,
 }

@@ -30,7 +30,7 @@ pub fn targets(spec: &KataConfigSpec, nodes: &[ObservedNode]) -> Vec<bool> {
 mod tests {
     use super::*;
     use crate::api::SelectorOperator;
-    use crate::plan::tests::{expression_selector, worker};
+    use crate::plan::fixtures::{expression_selector, worker};
 
     #[test]
     fn eligibility_and_selector_decide_targets() {
@@ -59,7 +59,8 @@ mod tests {
 
     #[test]
     fn masters_are_never_targets() {
-        let master = crate::plan::tests::node("m0", &[("node-role.kubernetes.io/master", "")], &[]);
+        let master =
+            crate::plan::fixtures::node("m0", &[("node-role.kubernetes.io/master", "")], &[]);
         assert!(!is_target(&KataConfigSpec::default(), &master));
     }
 }

@@ -1,39 +1,18 @@
 //! The planner with the Machine Config Operator backend, end to end: from an
 //! observed snapshot to steps, node lists and conditions.
 
-use super::*;
-use crate::api::{FailedNode, PoolSelector, SelectorOperator, SelectorRequirement};
-use crate::mco::names::{self as mco, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
-use crate::mco::{MachineConfigRollout, ObservedPool};
+use super::names::{self as mco, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
+use super::{MachineConfigRollout, ObservedPool};
+use crate::api::{FailedNode, KataConfigSpec, PoolSelector, SelectorOperator};
+use crate::kind::Kind;
+use crate::plan::events::NodeTransition;
+use crate::plan::fixtures::{expression_selector, node, worker};
+use crate::plan::*;
+use crate::{names, objects};
+use k8s_openapi::jiff::Timestamp;
+use std::time::Duration;
 
 const POOL_CONFIG: &str = "rendered-kata-oc-abc";
-
-pub(crate) fn node(
-    name: &str,
-    labels: &[(&str, &str)],
-    annotations: &[(&str, &str)],
-) -> ObservedNode {
-    ObservedNode {
-        name: name.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        annotations: annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        has_ready_condition: false,
-        not_ready_reason: None,
-        os_image: None,
-    }
-}
-
-pub(crate) fn worker(name: &str, extra: &[(&str, &str)]) -> ObservedNode {
-    let mut labels = vec![(names::WORKER_ROLE_LABEL, "")];
-    labels.extend_from_slice(extra);
-    node(name, &labels, &[])
-}
 
 fn on_config(mut n: ObservedNode, current: &str, desired: &str, state: &str) -> ObservedNode {
     n.annotations
@@ -54,22 +33,6 @@ fn installed_worker(name: &str) -> ObservedNode {
     )
 }
 
-/// A selector with one expression.
-pub(crate) fn expression_selector(
-    key: &str,
-    operator: SelectorOperator,
-    values: &[&str],
-) -> PoolSelector {
-    PoolSelector {
-        match_expressions: Some(vec![SelectorRequirement {
-            key: key.into(),
-            operator,
-            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
-        }]),
-        ..Default::default()
-    }
-}
-
 fn rendered_pool(machines: i64) -> ObservedPool {
     ObservedPool {
         name: mco::POOL_NAME.into(),
@@ -83,9 +46,9 @@ fn rendered_pool(machines: i64) -> ObservedPool {
 /// A cluster where our objects already exist as desired.
 fn converged(nodes: Vec<ObservedNode>) -> (Observed, MachineConfigRollout) {
     let rollout = MachineConfigRollout {
-        pool_object: Some(crate::mco::objects::machine_config_pool()),
+        pool_object: Some(super::objects::machine_config_pool()),
         pools: vec![rendered_pool(nodes.len() as i64)],
-        machine_config: Some(crate::mco::objects::machine_config(
+        machine_config: Some(super::objects::machine_config(
             &objects::CrioRuntimeHandler::default(),
         )),
         ..Default::default()
@@ -216,7 +179,7 @@ fn a_machine_config_another_manager_holds_is_not_written_and_degrades() {
     // written again and nothing is degraded.
     let (mut released, rollout) = machine_config_taken_by("gitops", "Apply");
     released.owned_objects.clear();
-    let resumed = super::plan(&released, &rollout);
+    let resumed = crate::plan::plan(&released, &rollout);
     assert!(applies(&resumed, MACHINE_CONFIG));
     assert!(!condition_of(&resumed, "Degraded").status);
 }
@@ -382,7 +345,7 @@ fn node_phases_follow_the_mco_annotations() {
 
     // The same cluster, with the status that plan wrote: nothing to announce.
     observed.recorded_nodes = crate::plan::nodes::written(&plan.nodes);
-    assert_eq!(super::plan(&observed, &rollout).transitions, []);
+    assert_eq!(crate::plan::plan(&observed, &rollout).transitions, []);
 }
 
 #[test]
@@ -509,7 +472,7 @@ fn only_the_oldest_kata_config_acts() {
     assert!(ready.message.contains("first is the active one"));
     observed.name = "first".into();
     assert!(
-        condition_of(&super::plan(&observed, &rollout), "Ready").reason
+        condition_of(&crate::plan::plan(&observed, &rollout), "Ready").reason
             != "AnotherKataConfigExists"
     );
 }
@@ -577,7 +540,7 @@ fn uninstall_removes_the_runtime_class_first_and_the_pool_last() {
         ..Default::default()
     };
     let rollout = MachineConfigRollout {
-        pool_object: Some(crate::mco::objects::machine_config_pool()),
+        pool_object: Some(super::objects::machine_config_pool()),
         pools: vec![rendered_pool(0)],
         machine_config: Some(serde_json::json!({})),
         ..Default::default()
@@ -657,14 +620,14 @@ fn a_compact_cluster_installs_through_the_master_pool_without_labels() {
     };
     let rollout = MachineConfigRollout {
         pools: vec![master_pool(3)],
-        master_machine_config: Some(crate::mco::objects::machine_config_for(
-            crate::mco::placement::Role::Master,
+        master_machine_config: Some(super::objects::machine_config_for(
+            super::placement::Role::Master,
             mco::EXTENSION,
             &objects::CrioRuntimeHandler::default(),
         )),
         ..Default::default()
     };
-    let rolled = super::plan(&observed, &rollout);
+    let rolled = crate::plan::plan(&observed, &rollout);
     assert_eq!(rolled.nodes.installed, ["m0", "m1", "m2"]);
     assert_eq!(
         applied_names(&rolled),

@@ -1,5 +1,6 @@
-//! The KataConfig controller: gathers an [`Observed`] snapshot (and the MCO
-//! backend's) from watches and a few reads, asks [`plan::plan`] what to do,
+//! The KataConfig controller: gathers an [`Observed`] snapshot (and the
+//! host-configuration backend's, through [`RolloutSource`]) from watches and
+//! a few reads, asks [`plan::plan`] what to do,
 //! performs each step with one [`Applier`] call, and writes the status only
 //! when it changed.
 
@@ -12,7 +13,7 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -24,12 +25,13 @@ use tracing::{info, instrument, warn};
 
 use crate::api::{KataConfig, KataConfigStatus, condition, reason};
 use crate::applier::{self, Applier, Subresource, WriteError};
+use crate::backend::{Backend, ObservedRollout, ReadError, RolloutSource};
 use crate::kata_pods;
 use crate::kind;
-use crate::mco::{self, MachineConfigRollout};
 use crate::names;
 use crate::node::{kata_ready_condition, slim_node};
 use crate::plan::events::{LastWrite, NodeTransition};
+use crate::plan::rollout::HostConfigRollout;
 use crate::plan::stuck::{DrainBlocker, StuckNode, WorkingClock};
 use crate::plan::{self, ConfigId, Desired, Observed, ObservedNode, Requeue, Step};
 use crate::status;
@@ -38,7 +40,7 @@ use crate::status;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("observing the cluster: {0}")]
-    Observe(String),
+    Observe(#[from] ReadError),
     #[error("{step} failed: {source}")]
     Apply { step: String, source: kube::Error },
     #[error("writing the status of KataConfig {name}: {source}")]
@@ -69,7 +71,12 @@ impl Error {
 }
 
 fn observe_error(what: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
-    move |source| Error::Observe(format!("reading {what}: {source}"))
+    move |source| {
+        Error::Observe(ReadError {
+            what: what.to_owned(),
+            source,
+        })
+    }
 }
 
 /// How the coordinator runs; the defaults are production's.
@@ -104,9 +111,8 @@ impl Default for Options {
 struct Context {
     client: Client,
     nodes: Store<Node>,
-    pools: Store<DynamicObject>,
-    /// Our MachineConfigs and ContainerRuntimeConfigs, from their watches.
-    owned: mco::cluster::OwnedStores,
+    /// The host-configuration backend's caches and reads.
+    rollout: Arc<dyn RolloutSource>,
     configs: Store<KataConfig>,
     /// Our RuntimeClass, from its watch (the only object it holds).
     runtime_classes: Store<RuntimeClass>,
@@ -123,15 +129,11 @@ struct Context {
 }
 
 impl Context {
-    async fn observe(
-        &self,
-        config: &KataConfig,
-    ) -> Result<(Observed, MachineConfigRollout), Error> {
+    async fn observe(&self, config: &KataConfig) -> Result<(Observed, ObservedRollout), Error> {
         // Plan only from complete caches: an empty node list would unlabel every node.
         let _ = self.nodes.wait_until_ready().await;
-        let _ = self.pools.wait_until_ready().await;
+        self.rollout.wait_until_ready().await;
         let _ = self.runtime_classes.wait_until_ready().await;
-        self.owned.wait_until_ready().await;
         let deleting = config.meta().deletion_timestamp.is_some();
         let mut nodes: Vec<ObservedNode> = self
             .nodes
@@ -142,9 +144,7 @@ impl Context {
         // The cache has no order; the status lists must, or they would
         // change (and be written) on every reconcile.
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let rollout = mco::cluster::observe(&self.client, &self.pools, &self.owned, &nodes)
-            .await
-            .map_err(|e| Error::Observe(e.to_string()))?;
+        let rollout = self.rollout.observe(&nodes).await?;
         let runtime_class = self
             .runtime_classes
             .get(&ObjectRef::new(names::RUNTIME_CLASS_NAME))
@@ -167,30 +167,14 @@ impl Context {
             .collect();
         // Only the active KataConfig watches the rollout's clock.
         let stuck_nodes = if plan::active_config(&configs) == Some(config.name_any().as_str()) {
-            self.stuck_nodes(&nodes).await
+            self.stuck_nodes(rollout.as_ref(), &nodes).await
         } else {
             Vec::new()
         };
-        let owned_objects = [
-            (mco::names::POOL, rollout.pool_object.clone()),
-            (mco::names::MACHINE_CONFIG, rollout.machine_config.clone()),
-            (
-                mco::names::CONTAINER_RUNTIME_CONFIG,
-                rollout.container_runtime_config.clone(),
-            ),
-            (
-                mco::names::MACHINE_CONFIG,
-                rollout.master_machine_config.clone(),
-            ),
-            (
-                mco::names::CONTAINER_RUNTIME_CONFIG,
-                rollout.master_container_runtime_config.clone(),
-            ),
-            (kind::RUNTIME_CLASS, runtime_class.clone()),
-        ]
-        .into_iter()
-        .filter_map(|(kind, object)| object.map(|o| (kind, o)))
-        .collect();
+        let mut owned_objects = rollout.owned_objects();
+        if let Some(runtime_class) = &runtime_class {
+            owned_objects.push((kind::RUNTIME_CLASS, runtime_class.clone()));
+        }
         let observed = Observed {
             name: config.name_any(),
             configs,
@@ -216,26 +200,20 @@ impl Context {
     /// their drain: the pods on such a node and their namespaces'
     /// budgets are read only then, and again at most every
     /// [`BLOCKERS_REFRESH`].
-    async fn stuck_nodes(&self, nodes: &[ObservedNode]) -> Vec<StuckNode> {
+    async fn stuck_nodes(
+        &self,
+        rollout: &(dyn HostConfigRollout + Send + Sync),
+        nodes: &[ObservedNode],
+    ) -> Vec<StuckNode> {
         let now = std::time::Instant::now();
         let threshold = self.options.stuck_after;
         let lookups: Vec<String> = {
             let mut clock = self.working.lock().unwrap_or_else(|p| p.into_inner());
             clock.track(
-                nodes
-                    .iter()
-                    .filter(|n| {
-                        n.annotations.get(mco::names::STATE).map(String::as_str)
-                            == Some(mco::names::STATE_WORKING)
-                    })
-                    .map(|n| {
-                        (
-                            n.name.as_str(),
-                            n.annotations
-                                .get(mco::names::DESIRED_CONFIG)
-                                .map(String::as_str),
-                        )
-                    }),
+                rollout
+                    .updating_nodes(nodes)
+                    .into_iter()
+                    .map(|n| (n.name, n.toward)),
                 now,
             );
             clock
@@ -608,7 +586,7 @@ async fn reconcile_once(config: Arc<KataConfig>, ctx: &Context) -> Result<Action
     ctx.options.metrics.reconciles.inc();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let (observed, rollout) = ctx.observe(&config).await?;
-    let plan = plan::plan(&observed, &rollout);
+    let plan = plan::plan(&observed, rollout.as_ref());
     for step in &plan.steps {
         ctx.execute(&config, step).await?;
     }
@@ -701,16 +679,19 @@ pub struct KataConfigController {
     client: Client,
     options: Options,
     node_writer: reflector::store::Writer<Node>,
+    backend: Backend,
     controller: Controller<KataConfig>,
 }
 
 impl KataConfigController {
     /// Its node watch will keep `node_writer`'s cache, which the node
-    /// labeller reads too: one copy of every Node in memory, not one per part.
+    /// labeller reads too: one copy of every Node in memory, not one per
+    /// part. `backend` installs the host configuration.
     pub fn new(
         client: Client,
         options: Options,
         node_writer: reflector::store::Writer<Node>,
+        backend: Backend,
     ) -> Self {
         let configs_api = Api::<KataConfig>::all(client.clone());
         let controller = Controller::new(configs_api, watcher::Config::default().any_semantic());
@@ -718,6 +699,7 @@ impl KataConfigController {
             client,
             options,
             node_writer,
+            backend,
             controller,
         }
     }
@@ -727,13 +709,8 @@ impl KataConfigController {
         self.controller.store()
     }
 
-    /// Runs until the process ends (or, with [`Options::stop_after_writes`],
-    /// until the budget is spent).
-    pub async fn run(self) {
-        self.run_until(std::future::pending()).await
-    }
-
-    /// Runs until `shutdown` completes, then lets a reconcile under way
+    /// Runs until `shutdown` completes (or, with
+    /// [`Options::stop_after_writes`], until the budget is spent), then lets a reconcile under way
     /// finish for at most [`SHUTDOWN_GRACE`]: one stuck on an API server
     /// that does not answer is dropped, which is safe because every step is
     /// derived from what is observed, so the next coordinator resumes it.
@@ -743,10 +720,9 @@ impl KataConfigController {
             client,
             options,
             node_writer,
+            backend,
             controller,
         } = self;
-        let pool_writer = mco::cluster::pool_store();
-        let (owned, owned_events) = mco::cluster::owned_watches(&client);
         let runtime_class_writer = reflector::store::Writer::<RuntimeClass>::default();
         let stopped = Arc::new(Notify::new());
         let recorder = applier::event_recorder(client.clone());
@@ -760,8 +736,7 @@ impl KataConfigController {
             ),
             client: client.clone(),
             nodes: node_writer.as_reader(),
-            pools: pool_writer.as_reader(),
-            owned,
+            rollout: backend.source,
             configs: controller.store(),
             runtime_classes: runtime_class_writer.as_reader(),
             kata_pods: std::sync::Mutex::default(),
@@ -769,13 +744,7 @@ impl KataConfigController {
             written_from: std::sync::Mutex::default(),
             options,
         });
-        let triggers = futures::stream::select(
-            futures::stream::select(
-                node_events(&client, node_writer),
-                mco::cluster::pool_events(&client, pool_writer),
-            ),
-            owned_events,
-        );
+        let triggers = futures::stream::select(node_events(&client, node_writer), backend.triggers);
         let runtime_classes = watcher(
             Api::<RuntimeClass>::all(client.clone()),
             watcher::Config::default()
@@ -815,14 +784,6 @@ impl KataConfigController {
 /// is asked to stop; well inside a pod's default 30 s termination grace.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Builds and runs the controller with its own caches: the KataConfig
-/// lifecycle alone, without the health channel.
-pub async fn run(client: Client, options: Options, node_writer: reflector::store::Writer<Node>) {
-    KataConfigController::new(client, options, node_writer)
-        .run()
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -830,7 +791,10 @@ mod tests {
     #[test]
     fn every_error_category_is_exported_from_the_start() {
         let errors = [
-            Error::Observe(String::new()),
+            Error::Observe(ReadError {
+                what: String::new(),
+                source: kube::Error::LinesCodecMaxLineLengthExceeded,
+            }),
             Error::Apply {
                 step: String::new(),
                 source: kube::Error::LinesCodecMaxLineLengthExceeded,
