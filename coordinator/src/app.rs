@@ -10,10 +10,11 @@ use kube::Client;
 use tracing::info;
 
 use crate::controller::{self as reconciler, KataConfigController};
+use crate::endpoints::Readiness;
 use crate::health::marks::MarkPolicy;
 use crate::health::{AgentAuthenticator, HealthOptions, HealthRegistry, HealthService, ServerTls};
 use crate::leader::{LeaderElector, LeaseOptions};
-use crate::metrics::{Metrics, Readiness};
+use crate::metrics::Metrics;
 
 /// Where and how the agents' gRPC server listens.
 #[derive(Clone, Debug)]
@@ -152,7 +153,8 @@ pub async fn run_until_with(
     let mut parts = tokio::task::JoinSet::new();
     let http_readiness = readiness.clone();
     parts.spawn(async move {
-        if let Err(error) = crate::metrics::serve(metrics_listener, registry, http_readiness).await
+        if let Err(error) =
+            crate::endpoints::serve(metrics_listener, registry, http_readiness).await
         {
             tracing::error!(%error, "the metrics server stopped");
         }
@@ -162,7 +164,7 @@ pub async fn run_until_with(
         let admin_listener = bind(admin.listen).await?;
         info!(addr = %admin.listen, "serving PUT /log-level");
         parts.spawn(async move {
-            if let Err(error) = crate::metrics::serve_admin(admin_listener, admin.filter).await {
+            if let Err(error) = crate::endpoints::serve_admin(admin_listener, admin.filter).await {
                 tracing::error!(%error, "the log-level server stopped");
             }
         });

@@ -41,8 +41,7 @@ pub enum Subresource {
     Status,
 }
 
-/// The kind Events are counted under.
-pub const EVENT_KIND: &str = "Event";
+pub use crate::kind::EVENT_KIND;
 
 /// The Event recorder of this coordinator replica (its pod, when it runs in
 /// one).

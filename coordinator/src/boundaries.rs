@@ -136,3 +136,196 @@ fn comments_do_not_count_as_uses() {
         [named("let a = 1;  let b = crate::BACKEND::names::POOL;")]
     );
 }
+
+/// The module a file under `src/` is: `plan/mod.rs` is `plan`,
+/// `health/marks.rs` is `health::marks`.
+fn module_of(path: &str) -> String {
+    let path = path.trim_end_matches(".rs");
+    let path = path.trim_end_matches("/mod");
+    match path {
+        "lib" | "main" => String::new(),
+        _ => path.replace('/', "::"),
+    }
+}
+
+/// The production code of a file: its unit tests (`#[cfg(test)] mod
+/// tests { ... }`, always last) cut off.
+fn production_text(text: &str) -> &str {
+    text.find("#[cfg(test)]\nmod tests {")
+        .map_or(text, |at| &text[..at])
+}
+
+fn is_path_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == ':'
+}
+
+/// The paths `rest` starts with: `a::b::C`, or for a group
+/// `a::{b, c::{d, E}}` each path in it (`a::b`, `a::c::d`, `a::c::E`).
+fn paths_at(rest: &str) -> Vec<String> {
+    let head: String = rest.chars().take_while(|c| is_path_char(*c)).collect();
+    let after = rest[head.len()..].trim_start();
+    let group = head.is_empty() || head.ends_with("::");
+    if !group || !after.starts_with('{') {
+        return vec![head.trim_end_matches(':').to_owned()];
+    }
+    let mut depth = 0;
+    let mut items = Vec::new();
+    let mut start = 1;
+    for (at, c) in after.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 1 => {
+                items.push(&after[start..at]);
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 1 => {
+                items.push(&after[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .flat_map(|item| {
+            paths_at(item)
+                .into_iter()
+                .map(|tail| format!("{head}{tail}"))
+        })
+        .collect()
+}
+
+/// The modules `module`'s code names through `crate::` or `super::`
+/// paths (groups included), resolved to the longest path that is a module.
+fn imports(module: &str, text: &str, modules: &[String]) -> Vec<String> {
+    let parent = module.rsplit_once("::").map_or("", |(p, _)| p);
+    let code = code_lines(production_text(text)).join("\n");
+    let mut found = Vec::new();
+    for (prefix, base) in [("crate::", ""), ("super::", parent)] {
+        for (at, _) in code.match_indices(prefix) {
+            // Part of a longer path (`kube::runtime::...`) is not ours.
+            if code[..at].ends_with(is_path_char) {
+                continue;
+            }
+            for path in paths_at(&code[at + prefix.len()..]) {
+                let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+                let target = (1..=segments.len()).rev().find_map(|len| {
+                    let joined = segments[..len].join("::");
+                    let candidate = if base.is_empty() {
+                        joined
+                    } else {
+                        format!("{base}::{joined}")
+                    };
+                    modules.contains(&candidate).then_some(candidate)
+                });
+                found.extend(target);
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn groups_of_imports_are_read_whole() {
+    assert_eq!(
+        paths_at("a::{b, c::{d, E}, f as g};"),
+        ["a::b", "a::c::d", "a::c::E", "a::f"]
+    );
+    assert_eq!(paths_at("kind::NODE.api_version()"), ["kind::NODE"]);
+    assert_eq!(paths_at("{names, status};"), ["names", "status"]);
+}
+
+/// Whether one module is the other or contains it: a module and its
+/// submodules share their parent's types both ways by design.
+fn related(a: &str, b: &str) -> bool {
+    let inside = |inner: &str, outer: &str| {
+        outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}::"))
+    };
+    inside(a, b) || inside(b, a)
+}
+
+/// Every import edge between production modules, `(from, to)`.
+pub(crate) fn import_graph() -> Vec<(String, String)> {
+    let sources = sources();
+    let modules: Vec<String> = sources.iter().map(|(p, _)| module_of(p)).collect();
+    let mut edges = Vec::new();
+    for (path, text) in &sources {
+        if path == "boundaries.rs" || path.ends_with("_tests.rs") || path.ends_with("fixtures.rs") {
+            continue;
+        }
+        let from = module_of(path);
+        for to in imports(&from, text, &modules) {
+            if !related(&from, &to) {
+                edges.push((from.clone(), to));
+            }
+        }
+    }
+    edges
+}
+
+/// A circle of imports, if there is one.
+fn find_circle(edges: &[(String, String)]) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &[(String, String)],
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|p| p == node) {
+            let mut circle = path[start..].to_vec();
+            circle.push(node.to_owned());
+            return Some(circle);
+        }
+        if done.iter().any(|d| d == node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for (_, to) in edges.iter().filter(|(from, _)| from == node) {
+            if let Some(circle) = visit(to, edges, path, done) {
+                return Some(circle);
+            }
+        }
+        path.pop();
+        done.push(node.to_owned());
+        None
+    }
+    let mut done = Vec::new();
+    edges
+        .iter()
+        .find_map(|(from, _)| visit(from, edges, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn production_modules_import_each_other_without_circles() {
+    let edges = import_graph();
+    assert!(
+        edges
+            .iter()
+            .any(|(from, to)| from == "controller" && to == "applier"),
+        "the graph misses a known import: {edges:?}"
+    );
+    if let Some(circle) = find_circle(&edges) {
+        panic!("import circle: {}", circle.join(" → "));
+    }
+}
+
+#[test]
+fn a_circle_is_found() {
+    let edge = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    let edges = [
+        edge("a", "b"),
+        edge("b", "c"),
+        edge("c", "a"),
+        edge("c", "d"),
+    ];
+    assert_eq!(
+        find_circle(&edges),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    assert_eq!(find_circle(&edges[1..]), None);
+}

@@ -54,6 +54,10 @@ pub const KATA_CONFIG: Kind = Kind {
     plural: "kataconfigs",
 };
 
+/// The kind Events are counted under (they are written through the
+/// recorder, not as a [`Kind`]).
+pub const EVENT_KIND: &str = "Event";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,11 +3,15 @@
 //! - Decides (pure): [`plan`] (targets, node phases, conditions, the steps),
 //!   [`objects`] and [`mco::objects`] (the objects we own), [`selector`],
 //!   [`status`].
-//! - Observes: [`reconciler`] (watches and reads), [`mco::cluster`].
-//! - Writes: [`applier`], the one write path of the reconciler, and the
-//!   health channel's [`health::labeller`].
+//! - Observes: [`controller`] (watches and reads), [`mco::cluster`] behind
+//!   [`backend::RolloutSource`].
+//! - Writes: [`applier`], the one write path, for the controller and the
+//!   health channel's [`health::labeller`] alike.
+//! - Serves: [`endpoints`] (`/metrics`, `/healthz`, `/readyz`,
+//!   `/log-level`) the families of [`metrics`]; [`health`] the agents.
 //! - The Machine Config Operator backend lives in [`mco`], behind
-//!   [`plan::rollout::HostConfigRollout`].
+//!   [`plan::rollout::HostConfigRollout`] and [`backend::RolloutSource`];
+//!   [`app`] picks it.
 
 pub mod api;
 pub mod api_reference;
@@ -15,6 +19,7 @@ pub mod app;
 pub mod applier;
 pub mod backend;
 pub mod controller;
+pub mod endpoints;
 pub mod health;
 pub mod kata_pods;
 pub mod kind;

@@ -1,12 +1,6 @@
-//! Prometheus metrics and the `/metrics`, `/healthz` and `/readyz` endpoints.
+//! The Prometheus metric families of the coordinator, and the label values
+//! known in advance. They are served by [`crate::endpoints`].
 
-use kata_proto::metrics_text::classic_text;
-use std::sync::{Arc, RwLock};
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -299,7 +293,7 @@ impl Metrics {
             CONTAINER_RUNTIME_CONFIG,
         ]
         .map(|k| k.kind);
-        for kind in kinds.into_iter().chain([crate::applier::EVENT_KIND]) {
+        for kind in kinds.into_iter().chain([crate::kind::EVENT_KIND]) {
             self.api_writes
                 .by_kind
                 .get_or_create_owned(&KindLabel { kind: kind.into() });
@@ -414,160 +408,8 @@ impl Metrics {
     }
 }
 
-/// Readiness: the coordinator is ready once its parts are running and (with
-/// leader election) it leads. While it is not, it says why: `/readyz`
-/// answers 503 with that reason as its body.
-#[derive(Clone)]
-pub struct Readiness(Arc<RwLock<Result<(), String>>>);
-
-/// What `/readyz` says before the coordinator has said anything else.
-const STARTING: &str = "starting";
-
-impl Default for Readiness {
-    fn default() -> Self {
-        Readiness(Arc::new(RwLock::new(Err(STARTING.into()))))
-    }
-}
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        if ready {
-            self.store(Ok(()));
-        } else {
-            self.not_ready("not ready");
-        }
-    }
-
-    /// Not ready, for the reason `/readyz` will answer with.
-    pub fn not_ready(&self, reason: impl Into<String>) {
-        self.store(Err(reason.into()));
-    }
-
-    pub fn get(&self) -> bool {
-        self.state().is_ok()
-    }
-
-    /// Ready, or the reason why not.
-    pub fn state(&self) -> Result<(), String> {
-        self.0.read().map_or_else(
-            |poisoned| poisoned.into_inner().clone(),
-            |state| state.clone(),
-        )
-    }
-
-    fn store(&self, state: Result<(), String>) {
-        match self.0.write() {
-            Ok(mut guard) => *guard = state,
-            Err(poisoned) => *poisoned.into_inner() = state,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct HttpState {
-    registry: Arc<Registry>,
-    readiness: Readiness,
-}
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The scrape, in the format the scraper asks for: OpenMetrics when its
-/// `Accept` names it (Prometheus does), else the classic text format, which
-/// every other tool reads (promtool among them). Each body declares its own
-/// content type, so no parser reads one format as the other.
-async fn metrics(
-    State(state): State<HttpState>,
-    headers: axum::http::HeaderMap,
-) -> (
-    StatusCode,
-    [(axum::http::header::HeaderName, &'static str); 1],
-    String,
-) {
-    let mut body = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(axum::http::header::CONTENT_TYPE, "text/plain")],
-            e.to_string(),
-        );
-    }
-    let wants_openmetrics = headers
-        .get(axum::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-    if wants_openmetrics {
-        (
-            StatusCode::OK,
-            [(axum::http::header::CONTENT_TYPE, OPENMETRICS)],
-            body,
-        )
-    } else {
-        (
-            StatusCode::OK,
-            [(axum::http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
-            classic_text(&body),
-        )
-    }
-}
-
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
-    match state.readiness.state() {
-        Ok(()) => (StatusCode::OK, "ok".into()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
-    }
-}
-
-async fn get_log_level(State(level): State<crate::logging::LogFilter>) -> (StatusCode, String) {
-    (StatusCode::OK, level.current())
-}
-
-async fn put_log_level(
-    State(level): State<crate::logging::LogFilter>,
-    body: String,
-) -> (StatusCode, String) {
-    match level.set(&body) {
-        Ok(()) => {
-            tracing::info!(filter = %level.current(), "log filter changed");
-            (StatusCode::OK, level.current())
-        }
-        Err(e) => (StatusCode::BAD_REQUEST, e),
-    }
-}
-
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz`: the
-/// port Prometheus and the kubelet reach, so it serves nothing that
-/// changes the coordinator.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registry: Registry,
-    readiness: Readiness,
-) -> std::io::Result<()> {
-    let state = HttpState {
-        registry: Arc::new(registry),
-        readiness,
-    };
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    axum::serve(listener, app).await
-}
-
-/// Serves `GET`/`PUT /log-level` (the live log filter, e.g. `debug` or
-/// `info,kata_coordinator::reconciler=trace`) on `listener`, which the
-/// coordinator binds to loopback only: reached with `kubectl port-forward`
-/// by someone allowed to, never by whoever reaches the pod's network.
-pub async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    log_filter: crate::logging::LogFilter,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/log-level", get(get_log_level).put(put_log_level))
-        .with_state(log_filter);
-    axum::serve(listener, app).await
-}
+/// The endpoints, where the integration tests and the benches look for them.
+pub use crate::endpoints::{Readiness, serve, serve_admin};
 
 #[cfg(test)]
 mod tests {

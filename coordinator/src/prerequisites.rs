@@ -15,9 +15,9 @@ use std::time::Duration;
 use kube::Client;
 use tracing::{info, warn};
 
+use crate::endpoints::Readiness;
 use crate::kind::{self, Kind};
 use crate::mco::names::{CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
-use crate::metrics::Readiness;
 
 /// Every kind the coordinator watches or writes that a CRD provides.
 pub const REQUIRED: [Kind; 4] = [

@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::{Api, PostParams};
 use tokio::sync::Semaphore;
 
 use super::issuer_keys::{IssuerKeySource, Signature};
+use super::jose::{base64url, json_segment};
 use crate::metrics::{
     Metrics, REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED, TOKEN_QUEUE_FULL,
     TOKEN_REFUSED_UNREVIEWED,
@@ -439,19 +439,6 @@ pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<TokenCla
     Ok(TokenClaims { expires_at })
 }
 
-pub(super) fn base64url(segment: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(segment.trim_end_matches('='))
-        .ok()
-}
-
-pub(super) fn json_segment(segment: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    match serde_json::from_slice(&base64url(segment)?).ok()? {
-        serde_json::Value::Object(map) => Some(map),
-        _ => None,
-    }
-}
-
 type TokenKey = [u8; 32];
 
 fn token_key(token: &str) -> TokenKey {
@@ -525,6 +512,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use base64::Engine as _;
     use k8s_openapi::api::authentication::v1::UserInfo;
     use std::collections::BTreeMap;
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ring::signature::{self, RsaParameters, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde::Deserialize;
 
-use super::auth::{base64url, json_segment};
+use super::jose::{base64url, json_segment};
 
 /// Where kube-apiserver serves its verification keys.
 pub const JWKS_PATH: &str = "/openid/v1/jwks";

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod issuer_keys;
+mod jose;
 pub mod labeller;
 pub mod marks;
 pub mod pods;
