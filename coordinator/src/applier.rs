@@ -80,6 +80,16 @@ pub fn node_body(node: &str) -> Value {
     })
 }
 
+/// The longest Event note published, in characters. The API server refuses
+/// an Event whose note is over 1 kB (events.k8s.io/v1); our notes (node
+/// names, reasons, probe output) are ASCII in practice, and their start says
+/// what happened, so the rest is what goes.
+pub const EVENT_NOTE_CHARS: usize = 1000;
+
+fn event_note(note: &str) -> String {
+    note.chars().take(EVENT_NOTE_CHARS).collect()
+}
+
 impl Applier {
     pub fn new(
         client: Client,
@@ -257,14 +267,28 @@ impl Applier {
         }
     }
 
-    /// Publishes an Event (a write too); a failure is logged, not returned:
-    /// an Event lost is no reason to redo the reconcile.
-    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) {
+    /// Publishes an Event (a write too), its note cut to
+    /// [`EVENT_NOTE_CHARS`]; a failure is logged, not returned: an Event
+    /// lost is no reason to redo the reconcile.
+    pub async fn publish(&self, mut event: Event, regarding: &ObjectReference) {
         if self.spend(EVENT_KIND).is_err() {
             return;
         }
-        if let Err(e) = self.recorder.publish(event, regarding).await {
+        event.note = event.note.as_deref().map(event_note);
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
             warn!(error = %e, "could not publish an Event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_to_whole_characters() {
+        let long = "é".repeat(EVENT_NOTE_CHARS + 5);
+        assert_eq!(event_note(&long).chars().count(), EVENT_NOTE_CHARS);
+        assert_eq!(event_note("short"), "short");
     }
 }

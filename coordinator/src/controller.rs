@@ -34,7 +34,7 @@ use crate::plan::events::{LastWrite, NodeTransition};
 use crate::plan::rollout::HostConfigRollout;
 use crate::plan::stuck::{DrainBlocker, StuckNode, WorkingClock};
 use crate::plan::{self, ConfigId, Desired, Observed, ObservedNode, Requeue, Step};
-use crate::status;
+use crate::status::{self, ConditionStatus};
 
 /// Why a reconcile failed, by the phase that failed.
 #[derive(Debug, thiserror::Error)]
@@ -278,12 +278,12 @@ impl Context {
             let event = Event {
                 type_: EventType::Warning,
                 reason: plan::stuck::REASON_NODE_ROLLOUT_STUCK.into(),
-                note: Some(node.message().chars().take(1000).collect()),
+                note: Some(node.message()),
                 action: "Install".into(),
                 secondary: Some(config.object_ref(&())),
             };
             self.applier
-                .publish(&event, &self.node_reference(&node.name))
+                .publish(event, &self.node_reference(&node.name))
                 .await;
         }
     }
@@ -483,16 +483,17 @@ impl Context {
         for changed in status::changed(old, &new.conditions) {
             // Only the condition that says what is happening becomes an Event.
             if changed.type_ == condition::READY
-                || (changed.type_ == condition::DEGRADED && changed.status == "True")
+                || (changed.type_ == condition::DEGRADED
+                    && ConditionStatus::parse(&changed.status) == ConditionStatus::True)
             {
                 let event = Event {
                     type_: condition_event_type(&changed.type_, &changed.reason),
                     reason: changed.reason.clone(),
-                    note: Some(changed.message.chars().take(1000).collect()),
+                    note: Some(changed.message.clone()),
                     action: "Reconcile".into(),
                     secondary: None,
                 };
-                self.applier.publish(&event, &config.object_ref(&())).await;
+                self.applier.publish(event, &config.object_ref(&())).await;
             }
         }
         Ok(())
@@ -511,12 +512,12 @@ impl Context {
                     EventType::Normal
                 },
                 reason: transition.reason().into(),
-                note: Some(transition.note().chars().take(1000).collect()),
+                note: Some(transition.note()),
                 action: "Install".into(),
                 secondary: Some(kata_config.clone()),
             };
             self.applier
-                .publish(&event, &self.node_reference(transition.node()))
+                .publish(event, &self.node_reference(transition.node()))
                 .await;
         }
     }
@@ -559,13 +560,15 @@ fn observed_node(node: &Node) -> ObservedNode {
             .as_ref()
             .and_then(|s| s.node_info.as_ref())
             .map(|i| i.os_image.clone()),
-        not_ready_reason: condition.filter(|c| c.status == "False").map(|c| {
-            format!(
-                "{}: {}",
-                c.reason.as_deref().unwrap_or_default(),
-                c.message.as_deref().unwrap_or_default()
-            )
-        }),
+        not_ready_reason: condition
+            .filter(|c| ConditionStatus::parse(&c.status) == ConditionStatus::False)
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c.reason.as_deref().unwrap_or_default(),
+                    c.message.as_deref().unwrap_or_default()
+                )
+            }),
     }
 }
 

@@ -14,21 +14,30 @@ use prometheus_client::registry::Registry;
 /// leader election) it leads. While it is not, it says why: `/readyz`
 /// answers 503 with that reason as its body.
 #[derive(Clone)]
-pub struct Readiness(Arc<RwLock<Result<(), String>>>);
+pub struct Readiness(Arc<RwLock<ReadinessState>>);
+
+/// Whether the coordinator is ready, or why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadinessState {
+    Ready,
+    NotReady(String),
+}
 
 /// What `/readyz` says before the coordinator has said anything else.
 const STARTING: &str = "starting";
 
 impl Default for Readiness {
     fn default() -> Self {
-        Readiness(Arc::new(RwLock::new(Err(STARTING.into()))))
+        Readiness(Arc::new(RwLock::new(ReadinessState::NotReady(
+            STARTING.into(),
+        ))))
     }
 }
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
         if ready {
-            self.store(Ok(()));
+            self.store(ReadinessState::Ready);
         } else {
             self.not_ready("not ready");
         }
@@ -36,22 +45,22 @@ impl Readiness {
 
     /// Not ready, for the reason `/readyz` will answer with.
     pub fn not_ready(&self, reason: impl Into<String>) {
-        self.store(Err(reason.into()));
+        self.store(ReadinessState::NotReady(reason.into()));
     }
 
     pub fn get(&self) -> bool {
-        self.state().is_ok()
+        self.state() == ReadinessState::Ready
     }
 
     /// Ready, or the reason why not.
-    pub fn state(&self) -> Result<(), String> {
+    pub fn state(&self) -> ReadinessState {
         self.0.read().map_or_else(
             |poisoned| poisoned.into_inner().clone(),
             |state| state.clone(),
         )
     }
 
-    fn store(&self, state: Result<(), String>) {
+    fn store(&self, state: ReadinessState) {
         match self.0.write() {
             Ok(mut guard) => *guard = state,
             Err(poisoned) => *poisoned.into_inner() = state,
@@ -109,8 +118,8 @@ async fn metrics(
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
     match state.readiness.state() {
-        Ok(()) => (StatusCode::OK, "ok".into()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+        ReadinessState::Ready => (StatusCode::OK, "ok".into()),
+        ReadinessState::NotReady(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }
 }
 
@@ -127,7 +136,7 @@ async fn put_log_level(
             tracing::info!(filter = %level.current(), "log filter changed");
             (StatusCode::OK, level.current())
         }
-        Err(e) => (StatusCode::BAD_REQUEST, e),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 

@@ -23,12 +23,27 @@ impl std::fmt::Debug for LogFilter {
     }
 }
 
+/// Why a log filter was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFilterError {
+    #[error("invalid log filter: {0}")]
+    Invalid(#[source] tracing_subscriber::filter::ParseError),
+    #[error("invalid log filter {filter:?}: {source}")]
+    InvalidAtStart {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error(transparent)]
+    Reload(#[from] reload::Error),
+    #[error(transparent)]
+    Install(#[from] tracing_subscriber::util::TryInitError),
+}
+
 impl LogFilter {
     /// Replaces the filter; a filter that does not parse changes nothing.
-    pub fn set(&self, filter: &str) -> Result<(), String> {
-        let filter =
-            EnvFilter::try_new(filter.trim()).map_err(|e| format!("invalid log filter: {e}"))?;
-        self.handle.reload(filter).map_err(|e| e.to_string())
+    pub fn set(&self, filter: &str) -> Result<(), LogFilterError> {
+        let filter = EnvFilter::try_new(filter.trim()).map_err(LogFilterError::Invalid)?;
+        Ok(self.handle.reload(filter)?)
     }
 
     pub fn current(&self) -> String {
@@ -39,9 +54,11 @@ impl LogFilter {
 }
 
 /// Installs the global subscriber: text or JSON lines on stderr.
-pub fn init(filter: &str, json: bool) -> Result<LogFilter, String> {
-    let filter =
-        EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+pub fn init(filter: &str, json: bool) -> Result<LogFilter, LogFilterError> {
+    let filter = EnvFilter::try_new(filter).map_err(|source| LogFilterError::InvalidAtStart {
+        filter: filter.to_owned(),
+        source,
+    })?;
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
@@ -53,7 +70,7 @@ pub fn init(filter: &str, json: bool) -> Result<LogFilter, String> {
             .with(fmt::layer().with_writer(std::io::stderr))
             .try_init()
     };
-    result.map_err(|e| e.to_string())?;
+    result?;
     Ok(LogFilter {
         handle: Arc::new(handle),
     })

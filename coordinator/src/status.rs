@@ -5,10 +5,48 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::{KataConfigStatus, KataNodesStatus};
 use crate::plan::ConditionState;
 
+/// A condition's status, as the Kubernetes API spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// The status of a condition read from the API; anything but `True` or
+    /// `False` is `Unknown`.
+    pub fn parse(status: &str) -> Self {
+        match status {
+            "True" => Self::True,
+            "False" => Self::False,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(holds: bool) -> Self {
+        if holds { Self::True } else { Self::False }
+    }
+}
+
 /// A condition's lastTransitionTime: kept while its status stays the same
 /// (Kubernetes API conventions), `now` when it is new or its status changed.
 /// For the KataConfig's conditions and the nodes' `KataRuntimeReady` alike.
-pub fn transition_time(previous: Option<(&str, Option<&Time>)>, status: &str, now: &Time) -> Time {
+pub fn transition_time(
+    previous: Option<(ConditionStatus, Option<&Time>)>,
+    status: ConditionStatus,
+    now: &Time,
+) -> Time {
     match previous {
         Some((previous_status, Some(time))) if previous_status == status => time.clone(),
         _ => now.clone(),
@@ -25,15 +63,17 @@ pub fn merge_conditions(
 ) -> Vec<Condition> {
     new.iter()
         .map(|c| {
-            let status = if c.status { "True" } else { "False" }.to_string();
-            let previous = old
-                .iter()
-                .find(|o| o.type_ == c.type_)
-                .map(|p| (p.status.as_str(), Some(&p.last_transition_time)));
-            let last_transition_time = transition_time(previous, &status, now);
+            let status = ConditionStatus::from(c.status);
+            let previous = old.iter().find(|o| o.type_ == c.type_).map(|p| {
+                (
+                    ConditionStatus::parse(&p.status),
+                    Some(&p.last_transition_time),
+                )
+            });
+            let last_transition_time = transition_time(previous, status, now);
             Condition {
                 type_: c.type_.to_string(),
-                status,
+                status: status.as_str().to_owned(),
                 reason: c.reason.clone(),
                 message: c.message.clone(),
                 observed_generation: generation,

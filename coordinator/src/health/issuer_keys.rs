@@ -172,14 +172,28 @@ impl Key {
     }
 }
 
+/// Why the issuer's keys could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerKeysError {
+    #[error("not a JWK set: {0}")]
+    NotAKeySet(#[source] serde_json::Error),
+    #[error("the JWK set holds no signing key")]
+    NoSigningKey,
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
 impl IssuerKeys {
     /// Reads a JWK set; an error when it is not one or holds no signing key.
-    pub fn parse(jwks: &[u8]) -> Result<Self, String> {
-        let set: JwkSet =
-            serde_json::from_slice(jwks).map_err(|error| format!("not a JWK set: {error}"))?;
+    pub fn parse(jwks: &[u8]) -> Result<Self, IssuerKeysError> {
+        let set: JwkSet = serde_json::from_slice(jwks).map_err(IssuerKeysError::NotAKeySet)?;
         let keys: Vec<Key> = set.keys.iter().filter_map(Key::from_jwk).collect();
         if keys.is_empty() {
-            return Err("the JWK set holds no signing key".into());
+            return Err(IssuerKeysError::NoSigningKey);
         }
         Ok(Self { keys })
     }
@@ -332,14 +346,11 @@ impl IssuerKeySource {
         state.keys.clone()
     }
 
-    async fn read(&self) -> Result<IssuerKeys, String> {
-        let request = http::Request::get(JWKS_PATH)
-            .body(Vec::new())
-            .map_err(|error| error.to_string())?;
+    async fn read(&self) -> Result<IssuerKeys, IssuerKeysError> {
+        let request = http::Request::get(JWKS_PATH).body(Vec::new())?;
         let text = tokio::time::timeout(self.timeout, self.client.request_text(request))
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
-            .map_err(|error| error.to_string())?;
+            .map_err(|_| IssuerKeysError::NoAnswer(self.timeout))??;
         IssuerKeys::parse(text.as_bytes())
     }
 }

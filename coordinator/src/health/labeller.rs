@@ -31,6 +31,7 @@ use crate::applier::{Applier, WriteError};
 use crate::backend::CurrentHostConfig;
 use crate::metrics::{Metrics, StateLabel};
 use crate::node::kata_ready_condition;
+use crate::status::ConditionStatus;
 use crate::{names, status};
 
 /// How often marks are re-evaluated without a report (silence is noticed by
@@ -40,7 +41,7 @@ const TICK: Duration = Duration::from_secs(1);
 fn current_condition(node: &Node) -> Option<ReadyCondition> {
     let condition = kata_ready_condition(node)?;
     Some(ReadyCondition {
-        ready: condition.status == "True",
+        ready: ConditionStatus::parse(&condition.status) == ConditionStatus::True,
         reason: condition.reason.clone().unwrap_or_default(),
         message: condition.message.clone().unwrap_or_default(),
     })
@@ -187,17 +188,12 @@ impl Labeller {
         let event = Event {
             type_: EventType::Warning,
             reason: RUNTIME_LABEL_REMOVED.into(),
-            note: Some(
-                runtime_label_removed_note(&write.marks)
-                    .chars()
-                    .take(1000)
-                    .collect(),
-            ),
+            note: Some(runtime_label_removed_note(&write.marks)),
             action: "Label".into(),
             secondary: None,
         };
         self.applier
-            .publish(&event, &write.node.object_ref(&()))
+            .publish(event, &write.node.object_ref(&()))
             .await;
     }
 
@@ -285,14 +281,18 @@ impl Labeller {
         node: &Node,
         condition: &ReadyCondition,
     ) -> Result<(), WriteError> {
-        let status = if condition.ready { "True" } else { "False" };
-        let previous = kata_ready_condition(node)
-            .map(|p| (p.status.as_str(), p.last_transition_time.as_ref()));
+        let status = ConditionStatus::from(condition.ready);
+        let previous = kata_ready_condition(node).map(|p| {
+            (
+                ConditionStatus::parse(&p.status),
+                p.last_transition_time.as_ref(),
+            )
+        });
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let last_transition_time = Some(status::transition_time(previous, status, &now));
         let condition = NodeCondition {
             type_: names::NODE_CONDITION.into(),
-            status: status.into(),
+            status: status.as_str().into(),
             reason: Some(condition.reason.clone()),
             message: Some(condition.message.clone()),
             last_transition_time,

@@ -357,7 +357,7 @@ impl HandshakeCounters {
         }
     }
 
-    fn count<T>(&self, handshake: &Result<TlsStream<T>, String>) {
+    fn count<T>(&self, handshake: &Result<TlsStream<T>, HandshakeError>) {
         let counter = match handshake {
             Ok(stream) if stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) => {
                 &self.resumed
@@ -438,10 +438,24 @@ async fn accept_loop(
                     };
                     let _ = ready.send(Ok(connection)).await;
                 }
-                Err(why) => debug!(?peer, why, "TLS handshake failed"),
+                Err(why) => debug!(?peer, why = %why, "TLS handshake failed"),
             }
         });
     }
+}
+
+/// Why an agent's TLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no ClientHello in time")]
+    NoClientHello,
+    #[error("handshake not done in time")]
+    TooSlow,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The handshake slots were closed: the server is stopping.
+    #[error(transparent)]
+    Stopping(#[from] tokio::sync::AcquireError),
 }
 
 /// The ClientHello within its deadline (holding no slot), then the rest of
@@ -451,22 +465,18 @@ async fn handshake(
     config: Arc<ServerConfig>,
     slots: &Semaphore,
     limits: &Limits,
-) -> Result<TlsStream<TcpStream>, String> {
+) -> Result<TlsStream<TcpStream>, HandshakeError> {
     let whole = async {
         let start = tokio::time::timeout(
             limits.client_hello_timeout,
             LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp),
         )
         .await
-        .map_err(|_| "no ClientHello in time".to_owned())?
-        .map_err(|error| error.to_string())?;
-        let _slot = slots.acquire().await.map_err(|error| error.to_string())?;
-        start
-            .into_stream(config)
-            .await
-            .map_err(|error| error.to_string())
+        .map_err(|_| HandshakeError::NoClientHello)??;
+        let _slot = slots.acquire().await?;
+        Ok(start.into_stream(config).await?)
     };
     tokio::time::timeout(limits.handshake_timeout, whole)
         .await
-        .map_err(|_| "handshake not done in time".to_owned())?
+        .map_err(|_| HandshakeError::TooSlow)?
 }

@@ -54,6 +54,25 @@ pub fn package_of(extension: &str) -> Option<&'static str> {
         .then_some(kata_proto::contract::EXTENSION_PACKAGE)
 }
 
+/// Why no one extension fits the nodes a MachineConfig reaches; the
+/// message says what to do, for the KataConfig's status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExtensionError {
+    #[error(
+        "node {node} runs an OS the operator does not know ({image:?}); set spec.extension to sandboxed-containers (RHCOS) or kata-containers (FCOS, SCOS)"
+    )]
+    UnknownOs { node: String, image: String },
+    #[error(
+        "nodes {first_node} and {node} need different extensions ({first}, {extension}) but share one MachineConfig; select nodes of one OS"
+    )]
+    MixedOs {
+        first_node: String,
+        node: String,
+        first: &'static str,
+        extension: &'static str,
+    },
+}
+
 /// The extension for a MachineConfig that reaches `nodes` (name, osImage):
 /// the override when set, else the one extension of their OS. A node that
 /// has not reported its OS yet is taken as RHCOS, OpenShift's OS. Errors say
@@ -61,7 +80,7 @@ pub fn package_of(extension: &str) -> Option<&'static str> {
 pub fn extension_for<'a>(
     choice: ExtensionChoice,
     nodes: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-) -> Result<&'static str, String> {
+) -> Result<&'static str, ExtensionError> {
     match choice {
         ExtensionChoice::SandboxedContainers => return Ok(names::EXTENSION),
         ExtensionChoice::KataContainers => return Ok(names::EXTENSION_FCOS),
@@ -73,18 +92,20 @@ pub fn extension_for<'a>(
         let extension = match image {
             None => NodeOs::Rhcos.extension(),
             Some(image) => NodeOs::from_os_image(image)
-                .ok_or_else(|| {
-                    format!(
-                        "node {node} runs an OS the operator does not know ({image:?}); set spec.extension to sandboxed-containers (RHCOS) or kata-containers (FCOS, SCOS)"
-                    )
+                .ok_or_else(|| ExtensionError::UnknownOs {
+                    node: node.to_owned(),
+                    image: image.to_owned(),
                 })?
                 .extension(),
         };
         match chosen {
             Some((first, first_node)) if first != extension => {
-                return Err(format!(
-                    "nodes {first_node} and {node} need different extensions ({first}, {extension}) but share one MachineConfig; select nodes of one OS"
-                ));
+                return Err(ExtensionError::MixedOs {
+                    first_node: first_node.to_owned(),
+                    node: node.to_owned(),
+                    first,
+                    extension,
+                });
             }
             Some(_) => {}
             None => chosen = Some((extension, node)),
@@ -140,10 +161,12 @@ mod tests {
         );
         let mixed = extension_for(auto, [("a", rhcos), ("b", fcos)])
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(mixed.contains("nodes a and b"), "{mixed}");
         let unknown = extension_for(auto, [("a", Some("Ubuntu 24.04"))])
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
             unknown.contains("node a") && unknown.contains("spec.extension"),

@@ -336,8 +336,11 @@ fn stuck_messages(observed: &Observed) -> Vec<String> {
 /// The plan for a KataConfig that is not being deleted.
 fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)) -> Plan {
     let spec = &observed.spec;
-    if let Err(message) = validate(spec) {
-        return Plan::conditions_only(conditions::invalid_spec(&message), Requeue::Resync);
+    if let Err(invalid) = validate(spec) {
+        return Plan::conditions_only(
+            conditions::invalid_spec(&invalid.to_string()),
+            Requeue::Resync,
+        );
     }
     let targeted = targeting::targets(spec, &observed.nodes);
     let target_count = targeted.iter().filter(|t| **t).count();

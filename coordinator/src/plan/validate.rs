@@ -2,11 +2,30 @@
 
 use crate::api::{KataConfigSpec, SelectorOperator};
 
+/// Why the spec cannot be acted on; the message goes into the status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("enablePeerPods is not supported yet by this operator; set it to false")]
+    PeerPods,
+    #[error(
+        "kataConfigPoolSelector: operator {operator:?} on key {key:?} needs at least one value"
+    )]
+    ValuesMissing {
+        operator: SelectorOperator,
+        key: String,
+    },
+    #[error("kataConfigPoolSelector: operator {operator:?} on key {key:?} takes no values")]
+    ValuesRefused {
+        operator: SelectorOperator,
+        key: String,
+    },
+}
+
 /// Why the spec cannot be acted on, for the cases admission cannot refuse
 /// (an older CRD, or a KataConfig stored before validation existed).
-pub fn validate(spec: &KataConfigSpec) -> Result<(), String> {
+pub fn validate(spec: &KataConfigSpec) -> Result<(), SpecError> {
     if spec.enable_peer_pods {
-        return Err("enablePeerPods is not supported yet by this operator; set it to false".into());
+        return Err(SpecError::PeerPods);
     }
     for req in spec
         .kata_config_pool_selector
@@ -16,16 +35,16 @@ pub fn validate(spec: &KataConfigSpec) -> Result<(), String> {
         let has_values = req.values.as_ref().is_some_and(|v| !v.is_empty());
         match req.operator {
             SelectorOperator::In | SelectorOperator::NotIn if !has_values => {
-                return Err(format!(
-                    "kataConfigPoolSelector: operator {:?} on key {:?} needs at least one value",
-                    req.operator, req.key
-                ));
+                return Err(SpecError::ValuesMissing {
+                    operator: req.operator,
+                    key: req.key.clone(),
+                });
             }
             SelectorOperator::Exists | SelectorOperator::DoesNotExist if has_values => {
-                return Err(format!(
-                    "kataConfigPoolSelector: operator {:?} on key {:?} takes no values",
-                    req.operator, req.key
-                ));
+                return Err(SpecError::ValuesRefused {
+                    operator: req.operator,
+                    key: req.key.clone(),
+                });
             }
             _ => {}
         }
@@ -57,14 +76,14 @@ mod tests {
         assert!(validate(&KataConfigSpec::default()).is_ok());
         assert!(
             validate(&with_expression(SelectorOperator::In, None))
-                .is_err_and(|e| e.contains("needs at least one value"))
+                .is_err_and(|e| e.to_string().contains("needs at least one value"))
         );
         assert!(
             validate(&with_expression(
                 SelectorOperator::Exists,
                 Some(vec!["v".into()])
             ))
-            .is_err_and(|e| e.contains("takes no values"))
+            .is_err_and(|e| e.to_string().contains("takes no values"))
         );
         assert!(
             validate(&with_expression(
