@@ -42,9 +42,9 @@ use serde_json::Value;
 use crate::api::{KataConfigSpec, LogLevel};
 use crate::objects::CrioRuntimeHandler;
 use crate::plan::rollout::{
-    Assessment, HostConfigRollout, NodePhase, UninstallProgress, UpdatingNode,
+    Assessment, HostConfigRollout, NodeAssessment, NodePhase, UninstallProgress, UpdatingNode,
 };
-use crate::plan::{ObservedNode, Step, apply_if_drifted};
+use crate::plan::{NodeTarget, ObservedNode, Step, apply_if_drifted};
 pub use observe::ObservedPool;
 use observe::RuntimeConfigVerdict;
 use placement::{NodePlacement, Placement, Role};
@@ -99,13 +99,8 @@ impl MachineConfigRollout {
         }
     }
 
-    fn placement(
-        &self,
-        spec: &KataConfigSpec,
-        nodes: &[ObservedNode],
-        targeted: &[bool],
-    ) -> Placement {
-        placement::place(spec, nodes, targeted, &self.pools)
+    fn placement(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Placement {
+        placement::place(spec, nodes, &self.pools)
     }
 
     /// The rendered config the nodes of `role` must reach: the pool's, once
@@ -129,8 +124,8 @@ impl MachineConfigRollout {
 
     /// Our pool can go: no node is in it, labelled for it or still on its
     /// configuration.
-    fn kata_pool_empty(&self, nodes: &[ObservedNode]) -> bool {
-        nodes.iter().all(|n| {
+    fn kata_pool_empty<'a>(&self, mut nodes: impl Iterator<Item = &'a ObservedNode>) -> bool {
+        nodes.all(|n| {
             !observe::runs_kata_pool_config(n) && !n.has_label(names::KATA_POOL_ROLE_LABEL)
         }) && self
             .pool(names::POOL_NAME)
@@ -215,13 +210,8 @@ impl MachineConfigRollout {
 }
 
 impl HostConfigRollout for MachineConfigRollout {
-    fn install_steps(
-        &self,
-        spec: &KataConfigSpec,
-        nodes: &[ObservedNode],
-        targeted: &[bool],
-    ) -> Vec<Step> {
-        let placement = self.placement(spec, nodes, targeted);
+    fn install_steps(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Vec<Step> {
+        let placement = self.placement(spec, nodes);
         let mut steps = Vec::new();
         let kata_pool = &placement.kata_pool;
         if kata_pool.wanted() {
@@ -231,7 +221,8 @@ impl HostConfigRollout for MachineConfigRollout {
                 self.pool_object.as_ref(),
             ));
             self.apply_role_objects(spec, Role::KataPool, kata_pool.extension, &mut steps);
-        } else if kata_pool.refusal.is_none() && self.kata_pool_empty(nodes) {
+        } else if kata_pool.refusal.is_none() && self.kata_pool_empty(nodes.iter().map(|t| t.node))
+        {
             // No node of ours left in it: nothing to render, no pool to
             // show (as on a compact cluster, where OSC creates none).
             self.delete_role_objects(Role::KataPool, &mut steps);
@@ -244,7 +235,7 @@ impl HostConfigRollout for MachineConfigRollout {
         // in only once the pool is rendered with everything of ours, so it
         // is rebooted once, straight onto the complete configuration.
         let rendered = self.target_config(spec, Role::KataPool).is_some();
-        for (node, placed) in nodes.iter().zip(&placement.nodes) {
+        for (node, placed) in nodes.iter().map(|t| t.node).zip(&placement.nodes) {
             let labelled = node.has_label(names::KATA_POOL_ROLE_LABEL);
             let wanted = match placed {
                 NodePlacement::Install(Role::KataPool) => labelled || rendered,
@@ -264,22 +255,23 @@ impl HostConfigRollout for MachineConfigRollout {
         steps
     }
 
-    fn assess(
-        &self,
-        spec: &KataConfigSpec,
-        nodes: &[ObservedNode],
-        targeted: &[bool],
-    ) -> Assessment {
-        let placement = self.placement(spec, nodes, targeted);
+    fn assess(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Assessment {
+        let placement = self.placement(spec, nodes);
         let phases = nodes
             .iter()
+            .map(|t| t.node)
             .zip(&placement.nodes)
-            .map(|(node, placed)| match placed {
-                NodePlacement::Install(role) => {
-                    observe::install_phase(node, self.target_config(spec, *role))
-                }
-                NodePlacement::Refused { reason, .. } => NodePhase::Refused(reason.clone()),
-                NodePlacement::NotTargeted => observe::uninstall_phase(node, self.runs_kata(node)),
+            .map(|(node, placed)| NodeAssessment {
+                name: node.name.clone(),
+                phase: match placed {
+                    NodePlacement::Install(role) => {
+                        observe::install_phase(node, self.target_config(spec, *role))
+                    }
+                    NodePlacement::Refused { reason, .. } => NodePhase::Refused(reason.clone()),
+                    NodePlacement::NotTargeted => {
+                        observe::uninstall_phase(node, self.runs_kata(node))
+                    }
+                },
             })
             .collect();
         let mut assessment = Assessment {
@@ -301,7 +293,7 @@ impl HostConfigRollout for MachineConfigRollout {
         let master_rendered_without_ours = self
             .pool(names::MASTER_POOL)
             .is_none_or(|p| !p.renders(names::MASTER_MACHINE_CONFIG_NAME));
-        let nodes_back = self.kata_pool_empty(nodes)
+        let nodes_back = self.kata_pool_empty(nodes.iter())
             && nodes.iter().all(|n| !self.runs_kata(n))
             && self.master_machine_config.is_none()
             && master_rendered_without_ours;

@@ -19,7 +19,7 @@ use super::names;
 use super::observe::ObservedPool;
 use super::os;
 use crate::api::{KataConfigSpec, PoolSelector};
-use crate::plan::ObservedNode;
+use crate::plan::{NodeTarget, ObservedNode};
 use crate::selector;
 
 /// A pool our MachineConfig goes to.
@@ -176,18 +176,20 @@ pub fn machine_pool(node: &ObservedNode, pools: &[ObservedPool]) -> MachinePool 
     }
 }
 
-/// Where each of `nodes` gets Kata; `targeted` is parallel to them.
+/// Where each node gets Kata; [`Placement::nodes`] is in the order of
+/// `targets`.
 pub fn place(
     spec: &KataConfigSpec,
-    nodes: &[ObservedNode],
-    targeted: &[bool],
+    targets: &[NodeTarget<'_>],
     pools: &[ObservedPool],
 ) -> Placement {
+    let nodes: Vec<&ObservedNode> = targets.iter().map(|t| t.node).collect();
+    let targeted: Vec<bool> = targets.iter().map(|t| t.targeted).collect();
     let machine_pools: Vec<MachinePool> = nodes.iter().map(|n| machine_pool(n, pools)).collect();
     let mut placements: Vec<NodePlacement> = machine_pools
         .iter()
-        .zip(targeted)
-        .zip(nodes)
+        .zip(&targeted)
+        .zip(&nodes)
         .map(|((pool, targeted), node)| match (targeted, pool) {
             (false, _) => NodePlacement::NotTargeted,
             (true, MachinePool::Master) => NodePlacement::Install(Role::Master),
@@ -273,6 +275,24 @@ pub fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`place`] with the targeted nodes given as flags beside them.
+    fn place_nodes(
+        spec: &KataConfigSpec,
+        nodes: &[ObservedNode],
+        targeted: &[bool],
+        pools: &[ObservedPool],
+    ) -> Placement {
+        let targets: Vec<NodeTarget> = nodes
+            .iter()
+            .zip(targeted)
+            .map(|(node, targeted)| NodeTarget {
+                node,
+                targeted: *targeted,
+            })
+            .collect();
+        place(spec, &targets, pools)
+    }
     use crate::plan::fixtures::{node, worker};
     use serde_json::json;
 
@@ -315,7 +335,7 @@ mod tests {
             worker("w1", &[]),
             node("m0", &[MASTER], &[]),
         ];
-        let placement = place(
+        let placement = place_nodes(
             &KataConfigSpec::default(),
             &nodes,
             &[true, false, false],
@@ -335,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_whole_compact_cluster_goes_through_the_master_pool() {
-        let placement = place(
+        let placement = place_nodes(
             &KataConfigSpec::default(),
             &compact(3),
             &[true; 3],
@@ -351,7 +371,7 @@ mod tests {
 
     #[test]
     fn part_of_a_shared_pool_is_refused_naming_the_unselected_nodes() {
-        let placement = place(
+        let placement = place_nodes(
             &KataConfigSpec::default(),
             &compact(3),
             &[true, true, false],
@@ -376,7 +396,7 @@ mod tests {
         let mut nodes = compact(3);
         nodes.push(worker("w0", &[]));
         nodes.push(worker("w1", &[]));
-        let placement = place(
+        let placement = place_nodes(
             &KataConfigSpec::default(),
             &nodes,
             &[true; 5],
@@ -400,7 +420,7 @@ mod tests {
             worker("w0", &[]),
             worker("i0", &[("node-role.kubernetes.io/infra", "")]),
         ];
-        let placement = place(&KataConfigSpec::default(), &nodes, &[true, true], &pools);
+        let placement = place_nodes(&KataConfigSpec::default(), &nodes, &[true, true], &pools);
         assert_eq!(placement.nodes[0], NodePlacement::Install(Role::KataPool));
         let NodePlacement::Refused { reason, frozen } = &placement.nodes[1] else {
             panic!("{:?}", placement.nodes[1]);
@@ -432,7 +452,7 @@ mod tests {
             os_image: Some("Fedora CoreOS 39.20240210.3.0".into()),
             ..worker(name, &[])
         };
-        let placement = place(
+        let placement = place_nodes(
             &KataConfigSpec::default(),
             &[fcos("w0"), fcos("w1")],
             &[true, true],
@@ -443,7 +463,7 @@ mod tests {
             os_image: Some("Ubuntu 24.04.1 LTS".into()),
             ..worker("w2", &[])
         };
-        let placement = place(
+        let placement = place_nodes(
             &KataConfigSpec::default(),
             &[fcos("w0"), unknown],
             &[true, true],

@@ -37,7 +37,7 @@ use crate::objects;
 use events::NodeTransition;
 use rollout::{HostConfigRollout, NodePhase};
 
-pub use targeting::is_target;
+pub use targeting::{NodeTarget, is_target};
 pub use validate::validate;
 
 /// A node as the planner needs it.
@@ -342,19 +342,19 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
             Requeue::Resync,
         );
     }
-    let targeted = targeting::targets(spec, &observed.nodes);
-    let target_count = targeted.iter().filter(|t| **t).count();
+    let targets = targeting::targets(spec, &observed.nodes);
+    let target_count = targets.iter().filter(|t| t.targeted).count();
 
     let mut steps = Vec::new();
     if !observed.has_finalizer {
         steps.push(Step::AddFinalizer);
     }
-    steps.extend(rollout.install_steps(spec, &observed.nodes, &targeted));
+    steps.extend(rollout.install_steps(spec, &targets));
 
-    let mut assessment = rollout.assess(spec, &observed.nodes, &targeted);
+    let mut assessment = rollout.assess(spec, &targets);
     assessment.waiting_on.extend(stuck_messages(observed));
-    let mut nodes = nodes::node_status(&observed.nodes, &assessment.phases, target_count);
-    nodes.not_runtime_ready = nodes::not_runtime_ready(&observed.nodes, &targeted);
+    let mut nodes = nodes::node_status(&assessment.phases, target_count);
+    nodes.not_runtime_ready = nodes::not_runtime_ready(&targets);
 
     // A refused node will not be installed until the admin acts; the
     // RuntimeClass (which only schedules onto runtime-ready nodes) need not
@@ -362,7 +362,7 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
     let refused = assessment
         .phases
         .iter()
-        .filter(|p| matches!(p, NodePhase::Refused(_)))
+        .filter(|p| matches!(p.phase, NodePhase::Refused(_)))
         .count();
     let installable = target_count - refused;
     let all_installed = installable > 0 && nodes.installed.len() == installable;
@@ -401,9 +401,9 @@ pub(crate) fn plan_uninstall(
     observed: &Observed,
     rollout: &(impl HostConfigRollout + ?Sized),
 ) -> Plan {
-    let untargeted = vec![false; observed.nodes.len()];
-    let assessment = rollout.assess(&observed.spec, &observed.nodes, &untargeted);
-    let nodes = nodes::node_status(&observed.nodes, &assessment.phases, 0);
+    let untargeted = targeting::none_targeted(&observed.nodes);
+    let assessment = rollout.assess(&observed.spec, &untargeted);
+    let nodes = nodes::node_status(&assessment.phases, 0);
     let degraded = conditions::degraded(&nodes, &[]);
 
     if !observed.pods_using_kata.is_empty() {

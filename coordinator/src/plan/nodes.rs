@@ -1,8 +1,8 @@
 //! The status's node lists, from each node's phase, and the capped lists
 //! the KataConfig's status holds: pure.
 
-use super::ObservedNode;
-use super::rollout::NodePhase;
+use super::NodeTarget;
+use super::rollout::{NodeAssessment, NodePhase};
 use crate::api::{FailedNode, KataNodesStatus, MAX_LISTED_NODES, OmittedNodes};
 
 /// The most bytes of a node's error the status keeps. The agents' reasons
@@ -23,19 +23,14 @@ fn failed_node(name: String, error: &str) -> FailedNode {
     }
 }
 
-/// The node lists and counts; `phases` is parallel to `nodes`, `targets`
-/// the number of selected nodes.
-pub fn node_status(
-    nodes: &[ObservedNode],
-    phases: &[NodePhase],
-    targets: usize,
-) -> KataNodesStatus {
+/// The node lists and counts; `targets` is the number of selected nodes.
+pub fn node_status(phases: &[NodeAssessment], targets: usize) -> KataNodesStatus {
     let mut status = KataNodesStatus {
         node_count: i32::try_from(targets).unwrap_or(i32::MAX),
         ..Default::default()
     };
-    for (node, phase) in nodes.iter().zip(phases) {
-        let name = node.name.clone();
+    for NodeAssessment { name, phase } in phases {
+        let name = name.clone();
         match phase {
             NodePhase::Installed => status.installed.push(name),
             NodePhase::Installing => status.installing.push(name),
@@ -56,12 +51,12 @@ pub fn node_status(
 }
 
 /// Targeted nodes whose agent reports the runtime not ready, with why.
-pub fn not_runtime_ready(nodes: &[ObservedNode], targeted: &[bool]) -> Vec<FailedNode> {
+pub fn not_runtime_ready(nodes: &[NodeTarget<'_>]) -> Vec<FailedNode> {
     nodes
         .iter()
-        .zip(targeted)
-        .filter(|(_, targeted)| **targeted)
-        .filter_map(|(n, _)| {
+        .filter(|t| t.targeted)
+        .map(|t| t.node)
+        .filter_map(|n| {
             n.not_ready_reason
                 .as_deref()
                 .map(|reason| failed_node(n.name.clone(), reason))
@@ -159,6 +154,21 @@ mod tests {
     use super::*;
     use crate::plan::fixtures::worker;
 
+    /// Each node with its phase, in order.
+    fn assessed(
+        nodes: &[crate::plan::ObservedNode],
+        phases: impl IntoIterator<Item = NodePhase>,
+    ) -> Vec<NodeAssessment> {
+        nodes
+            .iter()
+            .zip(phases)
+            .map(|(node, phase)| NodeAssessment {
+                name: node.name.clone(),
+                phase,
+            })
+            .collect()
+    }
+
     #[test]
     fn phases_land_in_their_lists_and_counts() {
         let nodes = [
@@ -173,7 +183,7 @@ mod tests {
             NodePhase::Untouched,
             NodePhase::WaitingToUninstall,
         ];
-        let status = node_status(&nodes, &phases, 2);
+        let status = node_status(&assessed(&nodes, phases), 2);
         assert_eq!(status.installed, ["a"]);
         assert_eq!(status.failed_to_install[0].name, "b");
         assert_eq!(status.waiting_to_uninstall, ["d"]);
@@ -188,10 +198,13 @@ mod tests {
         sick.not_ready_reason = Some("KvmDeviceMissing: kvm: none".into());
         let mut elsewhere = worker("elsewhere", &[]);
         elsewhere.not_ready_reason = Some("x".into());
-        let listed = not_runtime_ready(
-            &[sick, elsewhere, worker("fine", &[])],
-            &[true, false, true],
-        );
+        let nodes = [sick, elsewhere, worker("fine", &[])];
+        let targets: Vec<NodeTarget> = nodes
+            .iter()
+            .zip([true, false, true])
+            .map(|(node, targeted)| NodeTarget { node, targeted })
+            .collect();
+        let listed = not_runtime_ready(&targets);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name, "sick");
     }
@@ -267,12 +280,18 @@ mod tests {
     fn long_errors_are_cut_at_a_character_boundary() {
         let long = "é".repeat(MAX_ERROR_BYTES);
         let nodes = [worker("a", &[])];
-        let status = node_status(&nodes, &[NodePhase::FailedToInstall(long.clone())], 1);
+        let status = node_status(
+            &assessed(&nodes, [NodePhase::FailedToInstall(long.clone())]),
+            1,
+        );
         let error = &status.failed_to_install[0].error;
         assert!(error.len() <= MAX_ERROR_BYTES && error.len() >= MAX_ERROR_BYTES - 1);
         assert!(long.starts_with(error.as_str()));
         let short = "Reason: message";
-        let status = node_status(&nodes, &[NodePhase::FailedToUninstall(short.into())], 0);
+        let status = node_status(
+            &assessed(&nodes, [NodePhase::FailedToUninstall(short.into())]),
+            0,
+        );
         assert_eq!(status.failed_to_uninstall[0].error, short);
     }
 

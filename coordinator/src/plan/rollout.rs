@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::{ObservedNode, Step};
+use super::{NodeTarget, ObservedNode, Step};
 use crate::api::KataConfigSpec;
 use crate::kind::Kind;
 
@@ -33,14 +33,21 @@ pub enum NodePhase {
 /// Where the rollout stands as a whole.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Assessment {
-    /// Each node's phase, parallel to the nodes.
-    pub phases: Vec<NodePhase>,
+    /// Each node's phase.
+    pub phases: Vec<NodeAssessment>,
     /// Why part of the selection will not be installed, each said once.
     pub refusals: Vec<String>,
     /// Failures of the mechanism itself (not of a node), with its words.
     pub failures: Vec<String>,
     /// What the rollout waits on besides the nodes.
     pub waiting_on: Vec<String>,
+}
+
+/// Where one node stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAssessment {
+    pub name: String,
+    pub phase: NodePhase,
 }
 
 /// How far taking the configuration back has come.
@@ -59,23 +66,13 @@ pub struct UninstallProgress {
 /// snapshot observed before, and the reconciler performs their steps.
 pub trait HostConfigRollout {
     /// Writes that bring the rollout's own objects to what `spec` asks and
-    /// move exactly the nodes in `targeted` (parallel to `nodes`) onto the
-    /// configuration, and the others off it.
-    fn install_steps(
-        &self,
-        spec: &KataConfigSpec,
-        nodes: &[ObservedNode],
-        targeted: &[bool],
-    ) -> Vec<Step>;
+    /// move exactly the targeted nodes onto the configuration, and the
+    /// others off it.
+    fn install_steps(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Vec<Step>;
 
     /// Where every node stands, given which are (still) targets, and what
     /// else holds the rollout.
-    fn assess(
-        &self,
-        spec: &KataConfigSpec,
-        nodes: &[ObservedNode],
-        targeted: &[bool],
-    ) -> Assessment;
+    fn assess(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Assessment;
 
     /// Writes that take the configuration off every node, and whether that
     /// has finished.

@@ -21,9 +21,33 @@ pub fn is_target(spec: &KataConfigSpec, node: &ObservedNode) -> bool {
                 .is_some_and(|v| v == "true"))
 }
 
-/// [`is_target`] for every node, in the same order: decided once per plan.
-pub fn targets(spec: &KataConfigSpec, nodes: &[ObservedNode]) -> Vec<bool> {
-    nodes.iter().map(|n| is_target(spec, n)).collect()
+/// A node, and whether the KataConfig selects it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeTarget<'a> {
+    pub node: &'a ObservedNode,
+    pub targeted: bool,
+}
+
+/// [`is_target`] for every node: decided once per plan.
+pub fn targets<'a>(spec: &KataConfigSpec, nodes: &'a [ObservedNode]) -> Vec<NodeTarget<'a>> {
+    nodes
+        .iter()
+        .map(|node| NodeTarget {
+            node,
+            targeted: is_target(spec, node),
+        })
+        .collect()
+}
+
+/// Every node, none of them selected (the uninstall).
+pub fn none_targeted(nodes: &[ObservedNode]) -> Vec<NodeTarget<'_>> {
+    nodes
+        .iter()
+        .map(|node| NodeTarget {
+            node,
+            targeted: false,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -52,7 +76,10 @@ mod tests {
         spec.check_node_eligibility = false;
         assert!(is_target(&spec, &incapable));
         assert_eq!(
-            targets(&spec, &[capable, elsewhere, incapable]),
+            targets(&spec, &[capable, elsewhere, incapable])
+                .iter()
+                .map(|t| t.targeted)
+                .collect::<Vec<_>>(),
             [true, false, true]
         );
     }
