@@ -134,23 +134,15 @@ impl Default for RolloutWatch {
     }
 }
 
-/// [`run_until`] with the rollout watched as `rollout` says.
-pub async fn run_until_with(
-    client: Client,
-    options: RunOptions,
-    rollout: RolloutWatch,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+/// Serves `/metrics`, `/healthz` and `/readyz`, and `/log-level` when asked.
+async fn serve_endpoints(
+    parts: &mut tokio::task::JoinSet<()>,
+    options: &RunOptions,
+    registry: prometheus_client::registry::Registry,
+    readiness: &Readiness,
 ) -> Result<(), AppError> {
-    let shutdown = shutdown.boxed().shared();
-    let metrics = Metrics::default();
-    let registry = metrics.registry();
-    let leader_gauge = metrics.leader.clone();
-    let readiness = Readiness::default();
     let metrics_listener = bind(options.metrics_listen).await?;
     info!(addr = %options.metrics_listen, "serving /metrics, /healthz and /readyz");
-    // Every part lives in this set: when `run` is dropped they all stop, so
-    // none outlives the coordinator.
-    let mut parts = tokio::task::JoinSet::new();
     let http_readiness = readiness.clone();
     parts.spawn(async move {
         if let Err(error) =
@@ -169,6 +161,83 @@ pub async fn run_until_with(
             }
         });
     }
+    Ok(())
+}
+
+/// What the node labeller reads: the controller's caches, and its policy.
+struct LabellerInputs {
+    nodes: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>,
+    configs: kube::runtime::reflector::Store<crate::api::KataConfig>,
+    policy: MarkPolicy,
+}
+
+/// Starts the agents' gRPC server and the node labeller. The server runs
+/// until the returned sender is dropped.
+async fn start_agents(
+    parts: &mut tokio::task::JoinSet<()>,
+    client: &Client,
+    agents: AgentServerOptions,
+    metrics: &Metrics,
+    labeller: LabellerInputs,
+) -> Result<tokio::sync::oneshot::Sender<()>, AppError> {
+    // Re-read when service-ca rotates the Secret under a running pod.
+    let acceptor = ServerTls::reloading(&agents.tls_cert_file, &agents.tls_key_file)?;
+    let listener = bind(agents.listen).await?;
+    let health = HealthRegistry::new();
+    let authenticator = AgentAuthenticator::new(
+        client.clone(),
+        agents.audience,
+        agents.namespace,
+        agents.service_account,
+    )
+    .with_metrics(metrics.clone());
+    let health_options = HealthOptions {
+        heartbeat_interval: agents.heartbeat,
+        ..HealthOptions::default()
+    };
+    let service =
+        HealthService::new(authenticator, health.clone(), health_options).with_metrics(metrics);
+    info!(addr = %agents.listen, "serving the agents' health channel");
+    // Not aborted with the other parts but shut down: the server then
+    // ends every open agent stream, so agents reconnect at once (to this
+    // process's successor) instead of talking to a server that is gone.
+    let (shutdown_guard, grpc_stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stop = async {
+            let _ = grpc_stop.await;
+        };
+        if let Err(error) = crate::health::serve(listener, acceptor, service, stop).await {
+            tracing::error!(%error, "the agents' gRPC server stopped");
+        }
+    });
+    parts.spawn(crate::health::labeller::run(
+        client.clone(),
+        health,
+        labeller.nodes,
+        labeller.configs,
+        labeller.policy,
+        metrics.clone(),
+        crate::mco::observe::current_config,
+    ));
+    Ok(shutdown_guard)
+}
+
+/// [`run_until`] with the rollout watched as `rollout` says.
+pub async fn run_until_with(
+    client: Client,
+    options: RunOptions,
+    rollout: RolloutWatch,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), AppError> {
+    let shutdown = shutdown.boxed().shared();
+    let metrics = Metrics::default();
+    let registry = metrics.registry();
+    let leader_gauge = metrics.leader.clone();
+    let readiness = Readiness::default();
+    // Every part lives in this set: when `run` is dropped they all stop, so
+    // none outlives the coordinator.
+    let mut parts = tokio::task::JoinSet::new();
+    serve_endpoints(&mut parts, &options, registry, &readiness).await?;
 
     readiness.not_ready("checking that the API server serves the required APIs");
     tokio::select! {
@@ -209,46 +278,12 @@ pub async fn run_until_with(
     // Dropped with `run`, which shuts the gRPC server down.
     let mut grpc_shutdown = None;
     if let Some(agents) = options.agents {
-        // Re-read when service-ca rotates the Secret under a running pod.
-        let acceptor = ServerTls::reloading(&agents.tls_cert_file, &agents.tls_key_file)?;
-        let listener = bind(agents.listen).await?;
-        let health = HealthRegistry::new();
-        let authenticator = AgentAuthenticator::new(
-            client.clone(),
-            agents.audience,
-            agents.namespace,
-            agents.service_account,
-        )
-        .with_metrics(metrics.clone());
-        let health_options = HealthOptions {
-            heartbeat_interval: agents.heartbeat,
-            ..HealthOptions::default()
-        };
-        let service = HealthService::new(authenticator, health.clone(), health_options)
-            .with_metrics(&metrics);
-        info!(addr = %agents.listen, "serving the agents' health channel");
-        // Not aborted with the other parts but shut down: the server then
-        // ends every open agent stream, so agents reconnect at once (to this
-        // process's successor) instead of talking to a server that is gone.
-        let (shutdown_guard, grpc_stop) = tokio::sync::oneshot::channel::<()>();
-        grpc_shutdown = Some(shutdown_guard);
-        tokio::spawn(async move {
-            let stop = async {
-                let _ = grpc_stop.await;
-            };
-            if let Err(error) = crate::health::serve(listener, acceptor, service, stop).await {
-                tracing::error!(%error, "the agents' gRPC server stopped");
-            }
-        });
-        parts.spawn(crate::health::labeller::run(
-            client.clone(),
-            health,
+        let labeller = LabellerInputs {
             nodes,
-            controller.configs(),
-            options.mark_policy,
-            metrics,
-            crate::mco::observe::current_config,
-        ));
+            configs: controller.configs(),
+            policy: options.mark_policy,
+        };
+        grpc_shutdown = Some(start_agents(&mut parts, &client, agents, &metrics, labeller).await?);
     }
 
     readiness.set(true);

@@ -13,6 +13,8 @@
 //!   [`plan::rollout::HostConfigRollout`] and [`backend::RolloutSource`];
 //!   [`app`] picks it.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod api;
 pub mod api_reference;
 pub mod app;

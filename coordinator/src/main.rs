@@ -1,3 +1,5 @@
+#![warn(clippy::too_many_lines)]
+
 // jemalloc rather than the system allocator: the coordinator holds one
 // connection per node, made of many small long-lived allocations, and
 // jemalloc packs them tighter than glibc does (docs/BENCHMARKS.md has the
@@ -128,105 +130,119 @@ fn main() -> ExitCode {
             print!("{}", kata_coordinator::rbac::rbac_yaml());
             ExitCode::SUCCESS
         }
-        Command::Run(args) => {
-            let RunArgs {
-                log_format,
-                log_level,
-                metrics_listen,
-                admin_listen,
-                grpc_listen,
-                tls_cert_file,
-                tls_key_file,
-                agent_audience,
-                agent_namespace,
-                agent_service_account,
-                heartbeat_seconds,
-                eligibility_join_seconds,
-                eligibility_leave_seconds,
-                stuck_rollout_seconds,
-                leader_elect,
-                lease_name,
-                identity,
-            } = *args;
-            let log_control = match logging::init(&log_level, matches!(log_format, LogFormat::Json))
-            {
-                Ok(control) => control,
-                Err(e) => {
-                    eprintln!("coordinator: --log-level: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let heartbeat = Duration::from_secs(heartbeat_seconds.max(1));
-            let agents = tls_cert_file
-                .zip(tls_key_file)
-                .map(|(tls_cert_file, tls_key_file)| AgentServerOptions {
-                    listen: grpc_listen,
-                    tls_cert_file,
-                    tls_key_file,
-                    audience: agent_audience,
-                    namespace: agent_namespace.clone(),
-                    service_account: agent_service_account,
-                    heartbeat,
-                });
-            let leader_election = leader_elect.then(|| LeaseOptions {
-                namespace: agent_namespace.clone(),
-                name: lease_name,
-                identity: identity.unwrap_or_else(|| format!("coordinator-{}", std::process::id())),
-                duration: Duration::from_secs(15),
-                retry: Duration::from_secs(2),
-            });
-            let options = RunOptions {
-                log_filter: Some(kata_coordinator::app::AdminEndpoint {
-                    listen: admin_listen,
-                    filter: log_control,
-                }),
-                leader_election,
-                agents,
-                metrics_listen,
-                mark_policy: MarkPolicy {
-                    grace: heartbeat * 3,
-                    join_dwell: Duration::from_secs(eligibility_join_seconds),
-                    leave_dwell: Duration::from_secs(eligibility_leave_seconds),
-                    ..MarkPolicy::default()
-                },
-            };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("coordinator: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let outcome = runtime.block_on(async {
-                let shutdown = match app::termination_signal() {
-                    Ok(shutdown) => shutdown,
-                    Err(e) => {
-                        eprintln!("coordinator: cannot handle SIGTERM: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                let client = match kube::Client::try_default().await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        eprintln!("coordinator: cannot build a Kubernetes client (kubeconfig or in-cluster config): {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                let rollout = app::RolloutWatch {
-                    stuck_after: Duration::from_secs(stuck_rollout_seconds),
-                };
-                match app::run_until_with(client, options, rollout, shutdown).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("coordinator: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            });
-            // Whatever still runs (the gRPC server closing its streams, a
-            // request in flight) gets a moment, not the pod's whole grace.
-            runtime.shutdown_timeout(Duration::from_secs(2));
-            outcome
-        }
+        Command::Run(args) => run(*args),
     }
+}
+
+/// `coordinator run`: the logger, the options from the flags, then the
+/// coordinator until SIGTERM.
+fn run(args: RunArgs) -> ExitCode {
+    let log_control =
+        match logging::init(&args.log_level, matches!(args.log_format, LogFormat::Json)) {
+            Ok(control) => control,
+            Err(e) => {
+                eprintln!("coordinator: --log-level: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let rollout = app::RolloutWatch {
+        stuck_after: Duration::from_secs(args.stuck_rollout_seconds),
+    };
+    serve(run_options(args, log_control), rollout)
+}
+
+fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
+    let RunArgs {
+        log_format: _,
+        log_level: _,
+        metrics_listen,
+        admin_listen,
+        grpc_listen,
+        tls_cert_file,
+        tls_key_file,
+        agent_audience,
+        agent_namespace,
+        agent_service_account,
+        heartbeat_seconds,
+        eligibility_join_seconds,
+        eligibility_leave_seconds,
+        stuck_rollout_seconds: _,
+        leader_elect,
+        lease_name,
+        identity,
+    } = args;
+    let heartbeat = Duration::from_secs(heartbeat_seconds.max(1));
+    let agents = tls_cert_file
+        .zip(tls_key_file)
+        .map(|(tls_cert_file, tls_key_file)| AgentServerOptions {
+            listen: grpc_listen,
+            tls_cert_file,
+            tls_key_file,
+            audience: agent_audience,
+            namespace: agent_namespace.clone(),
+            service_account: agent_service_account,
+            heartbeat,
+        });
+    let leader_election = leader_elect.then(|| LeaseOptions {
+        namespace: agent_namespace.clone(),
+        name: lease_name,
+        identity: identity.unwrap_or_else(|| format!("coordinator-{}", std::process::id())),
+        duration: Duration::from_secs(15),
+        retry: Duration::from_secs(2),
+    });
+    RunOptions {
+        log_filter: Some(kata_coordinator::app::AdminEndpoint {
+            listen: admin_listen,
+            filter: log_control,
+        }),
+        leader_election,
+        agents,
+        metrics_listen,
+        mark_policy: MarkPolicy {
+            grace: heartbeat * 3,
+            join_dwell: Duration::from_secs(eligibility_join_seconds),
+            leave_dwell: Duration::from_secs(eligibility_leave_seconds),
+            ..MarkPolicy::default()
+        },
+    }
+}
+
+/// Runs the coordinator on a runtime of its own until SIGTERM.
+fn serve(options: RunOptions, rollout: app::RolloutWatch) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("coordinator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let shutdown = match app::termination_signal() {
+            Ok(shutdown) => shutdown,
+            Err(e) => {
+                eprintln!("coordinator: cannot handle SIGTERM: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!(
+                    "coordinator: cannot build a Kubernetes client (kubeconfig or in-cluster config): {e}"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        match app::run_until_with(client, options, rollout, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("coordinator: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // Whatever still runs (the gRPC server closing its streams, a
+    // request in flight) gets a moment, not the pod's whole grace.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    outcome
 }

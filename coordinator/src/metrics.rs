@@ -325,6 +325,12 @@ impl Metrics {
 
     fn register(&self, registry: &mut Registry) {
         let prefix = registry.sub_registry_with_prefix("kata_operator");
+        self.register_controller(prefix);
+        self.register_health_channel(prefix);
+    }
+
+    /// The KataConfig controller's families, and the writes of every part.
+    fn register_controller(&self, prefix: &mut Registry) {
         prefix.register(
             "reconciles",
             "KataConfig reconciles",
@@ -346,17 +352,6 @@ impl Metrics {
             self.label_writes.clone(),
         );
         prefix.register(
-            "connected_agents",
-            "node-agents reporting: a stream open, or a check-in within the grace period",
-            self.connected_agents.clone(),
-        );
-        prefix.register(
-            "tls_handshakes",
-            "TLS handshakes on the agents' port; kind=full: the certificate sent, resumed: from a session ticket of an earlier check-in, failed: refused, timed out or broken off",
-            self.tls_handshakes.clone(),
-        );
-        prefix.register("nodes", "Worker nodes by Kata state", self.nodes.clone());
-        prefix.register(
             "kataconfig_condition",
             "1 while the active KataConfig's condition (InProgress, Ready, Degraded) is True",
             self.kataconfig_condition.clone(),
@@ -371,6 +366,27 @@ impl Metrics {
             "1 while this coordinator replica acts (holds the leader lease or runs alone)",
             self.leader.clone(),
         );
+        prefix.register_with_unit(
+            "reconcile_duration",
+            "Time of one KataConfig reconcile: observe, plan, apply, status",
+            Unit::Seconds,
+            self.reconcile_duration.0.histogram.clone(),
+        );
+    }
+
+    /// The agents' health channel: connections, reports, token checks.
+    fn register_health_channel(&self, prefix: &mut Registry) {
+        prefix.register(
+            "connected_agents",
+            "node-agents reporting: a stream open, or a check-in within the grace period",
+            self.connected_agents.clone(),
+        );
+        prefix.register(
+            "tls_handshakes",
+            "TLS handshakes on the agents' port; kind=full: the certificate sent, resumed: from a session ticket of an earlier check-in, failed: refused, timed out or broken off",
+            self.tls_handshakes.clone(),
+        );
+        prefix.register("nodes", "Worker nodes by Kata state", self.nodes.clone());
         prefix.register(
             "reports_received",
             "node-agent health reports accepted; kind=report: the node's first (a stream's first, \
@@ -398,12 +414,6 @@ impl Metrics {
             "Time of the TokenReview API request for a node-agent's token",
             Unit::Seconds,
             self.token_review_duration.0.histogram.clone(),
-        );
-        prefix.register_with_unit(
-            "reconcile_duration",
-            "Time of one KataConfig reconcile: observe, plan, apply, status",
-            Unit::Seconds,
-            self.reconcile_duration.0.histogram.clone(),
         );
     }
 }

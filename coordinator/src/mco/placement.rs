@@ -176,6 +176,73 @@ pub fn machine_pool(node: &ObservedNode, pools: &[ObservedPool]) -> MachinePool 
     }
 }
 
+/// The nodes [`place`] places, in order, with what it reads of each.
+struct Candidates<'a> {
+    nodes: Vec<&'a ObservedNode>,
+    targeted: Vec<bool>,
+    machine_pools: Vec<MachinePool>,
+}
+
+/// Which selected nodes `role`'s pool installs, and whether it refuses them
+/// all: for a pool that would reboot unselected nodes, or whose nodes need
+/// different extensions.
+fn place_role(
+    role: Role,
+    spec: &KataConfigSpec,
+    candidates: &Candidates<'_>,
+    placements: &[NodePlacement],
+) -> RolePlacement {
+    let Candidates {
+        nodes,
+        targeted,
+        machine_pools,
+    } = candidates;
+    let targets: Vec<usize> = placements
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p == NodePlacement::Install(role))
+        .map(|(i, _)| i)
+        .collect();
+    // The nodes its MachineConfig reaches: the labelled ones for our
+    // pool, every member for the master pool.
+    let reached: Vec<usize> = match role {
+        Role::KataPool => targets.clone(),
+        Role::Master => (0..nodes.len())
+            .filter(|i| machine_pools[*i] == MachinePool::Master)
+            .collect(),
+    };
+    let mut refusal = None;
+    if !targets.is_empty() {
+        let unselected: Vec<&str> = reached
+            .iter()
+            .filter(|i| !targeted[**i])
+            .map(|i| nodes[*i].name.as_str())
+            .collect();
+        if !unselected.is_empty() {
+            refusal = Some(format!(
+                "MachineConfigPool {} also holds {}, which would be rebooted without being selected; select every node of that pool or none of them",
+                role.pool(),
+                unselected.join(", ")
+            ));
+        }
+    }
+    let mut extension = names::EXTENSION;
+    if refusal.is_none() && !targets.is_empty() {
+        let reached_os = reached
+            .iter()
+            .map(|i| (nodes[*i].name.as_str(), nodes[*i].os_image.as_deref()));
+        match os::extension_for(spec.extension, reached_os) {
+            Ok(chosen) => extension = chosen,
+            Err(why) => refusal = Some(format!("MachineConfigPool {}: {why}", role.pool())),
+        }
+    }
+    RolePlacement {
+        targets,
+        refusal,
+        extension,
+    }
+}
+
 /// Where each node gets Kata; [`Placement::nodes`] is in the order of
 /// `targets`.
 pub fn place(
@@ -205,55 +272,12 @@ pub fn place(
         })
         .collect();
 
-    let role_targets = |role: Role, placements: &[NodePlacement]| -> Vec<usize> {
-        placements
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| **p == NodePlacement::Install(role))
-            .map(|(i, _)| i)
-            .collect()
+    let candidates = Candidates {
+        nodes,
+        targeted,
+        machine_pools,
     };
-    let roles = Role::ALL.map(|role| {
-        let targets = role_targets(role, &placements);
-        // The nodes its MachineConfig reaches: the labelled ones for our
-        // pool, every member for the master pool.
-        let reached: Vec<usize> = match role {
-            Role::KataPool => targets.clone(),
-            Role::Master => (0..nodes.len())
-                .filter(|i| machine_pools[*i] == MachinePool::Master)
-                .collect(),
-        };
-        let mut refusal = None;
-        if !targets.is_empty() {
-            let unselected: Vec<&str> = reached
-                .iter()
-                .filter(|i| !targeted[**i])
-                .map(|i| nodes[*i].name.as_str())
-                .collect();
-            if !unselected.is_empty() {
-                refusal = Some(format!(
-                    "MachineConfigPool {} also holds {}, which would be rebooted without being selected; select every node of that pool or none of them",
-                    role.pool(),
-                    unselected.join(", ")
-                ));
-            }
-        }
-        let mut extension = names::EXTENSION;
-        if refusal.is_none() && !targets.is_empty() {
-            let reached_os = reached
-                .iter()
-                .map(|i| (nodes[*i].name.as_str(), nodes[*i].os_image.as_deref()));
-            match os::extension_for(spec.extension, reached_os) {
-                Ok(chosen) => extension = chosen,
-                Err(why) => refusal = Some(format!("MachineConfigPool {}: {why}", role.pool())),
-            }
-        }
-        RolePlacement {
-            targets,
-            refusal,
-            extension,
-        }
-    });
+    let roles = Role::ALL.map(|role| place_role(role, spec, &candidates, &placements));
     for role in &roles {
         if let Some(reason) = &role.refusal {
             for i in &role.targets {

@@ -259,10 +259,11 @@ fn log_level_adds_and_removes_the_container_runtime_config() {
     }));
 }
 
-#[test]
-fn node_phases_follow_the_mco_annotations() {
+/// A node in each install phase (done, working, waiting, broken) and two
+/// leaving the pool (leaving, left).
+fn nodes_in_every_phase() -> Vec<ObservedNode> {
     let role = [(mco::KATA_POOL_ROLE_LABEL, "")];
-    let nodes = vec![
+    vec![
         on_config(
             worker("done", &role),
             POOL_CONFIG,
@@ -303,8 +304,12 @@ fn node_phases_follow_the_mco_annotations() {
             "rendered-worker-1",
             mco::STATE_DONE,
         ),
-    ];
-    let (mut observed, rollout) = converged(nodes);
+    ]
+}
+
+#[test]
+fn node_phases_follow_the_mco_annotations() {
+    let (mut observed, rollout) = converged(nodes_in_every_phase());
     observed.spec.kata_config_pool_selector = Some(expression_selector(
         mco::KATA_POOL_ROLE_LABEL,
         SelectorOperator::Exists,
