@@ -42,17 +42,21 @@ use kata_proto::health::v1::node_health_client::NodeHealthClient;
 use kata_proto::health::v1::{
     AgentMessage, CheckInRequest, HealthReport, Hello, ProbeOutcome, ProbeStatus, agent_message,
 };
+use kata_tests::api_objects::create_node;
+use kata_tests::api_objects::pod_bound_token;
 use kata_tests::bench_support::{
     AgentCounts, BoxError, SimulatedAgent, healthy_outcomes, memory, reset_peak,
 };
+use kata_tests::coordinator::CoordinatorProcess;
 use kata_tests::demo_world::{
     AGENT_ACCOUNT, AUDIENCE, NAMESPACE, create_agent_identity, free_addr,
 };
+use kata_tests::eventually;
 use kata_tests::host_root::FakeHost;
-use kata_tests::operator::{
-    CoordinatorProcess, control_plane_with_operator_api, create_node, eventually, http_get,
-    metric_value, pod_bound_token, scrape_metric,
-};
+use kata_tests::http::http_get;
+use kata_tests::http::metric_value;
+use kata_tests::http::scrape_metric;
+use kata_tests::manifests::control_plane_with_operator_api;
 use kata_tests::pki::{TlsFiles, forge};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;

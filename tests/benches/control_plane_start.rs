@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kata_tests::ControlPlane;
-use kata_tests::operator::kata_coordinator_crd;
+use kata_tests::manifests::kata_coordinator_crd;
 
 const RUNS: u32 = 3;
 

@@ -3,7 +3,7 @@
 //!
 //! `make bench-health` (AGENTS=1000 by default; `make bench-health AGENTS=5000`).
 //! The coordinator runs as its own release process
-//! ([`kata_tests::operator::CoordinatorProcess`]), so its RSS and CPU are its
+//! ([`kata_tests::coordinator::CoordinatorProcess`]), so its RSS and CPU are its
 //! own. The agents are
 //! simulated ([`kata_tests::bench_support::SimulatedAgent`]): each checks in
 //! over real TLS with a real pod-bound token, a connection per check-in, at
@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kata_coordinator::names;
+use kata_tests::api_objects::pod_bound_token;
 use kata_tests::bench_support::{AgentCounts, BoxError, SimulatedAgent, cpu_seconds, memory};
 use kata_tests::control_plane::ControlPlane;
-use kata_tests::operator::{
-    CoordinatorProcess, control_plane_with_operator_api, eventually, pod_bound_token, scrape_metric,
-};
+use kata_tests::coordinator::CoordinatorProcess;
+use kata_tests::eventually;
+use kata_tests::http::scrape_metric;
+use kata_tests::manifests::control_plane_with_operator_api;
 use kata_tests::pki::TlsFiles;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;

@@ -21,11 +21,12 @@ use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
 use kata_tests::api_requests::{Requests, api_server_requests, by_verb, entries, made_between};
 use kata_tests::bench_support::{Memory, memory};
+use kata_tests::coordinator::CoordinatorProcess;
 use kata_tests::demo_world::wait_until_adopted;
+use kata_tests::eventually;
+use kata_tests::http::scrape_metric;
+use kata_tests::manifests::control_plane_with_operator_api;
 use kata_tests::mco_simulator::{McoSimulator, SimulatorOptions, model};
-use kata_tests::operator::{
-    CoordinatorProcess, control_plane_with_operator_api, eventually, scrape_metric,
-};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 

@@ -17,9 +17,11 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::ControlPlane;
+use crate::api_objects::create_node;
 use crate::demo_world::wait_until_adopted;
+use crate::eventually;
+use crate::manifests::control_plane_with_operator_api;
 use crate::mco_simulator::{McoSimulator, SimulatorOptions};
-use crate::operator::{control_plane_with_operator_api, create_node, eventually};
 
 pub const CONVERGE: Duration = Duration::from_secs(60);
 pub const WORKER: (&str, &str) = ("node-role.kubernetes.io/worker", "");

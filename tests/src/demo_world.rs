@@ -23,8 +23,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::Error;
+use crate::api_objects::pod_bound_token;
 use crate::host_root::FakeHost;
-use crate::operator::{pod_bound_token, scrape_metric};
+use crate::http::scrape_metric;
 use crate::pki::TlsFiles;
 
 /// The audience the agents' tokens are bound to.
@@ -344,7 +345,7 @@ pub async fn ready_condition(
 /// straight into the kata pool.
 pub async fn wait_until_adopted(client: &Client, timeout: Duration) -> Result<(), Error> {
     let nodes = Api::<Node>::all(client.clone());
-    crate::operator::eventually("the MCO simulator to adopt every node", timeout, || async {
+    crate::eventually("the MCO simulator to adopt every node", timeout, || async {
         let list = nodes
             .list(&Default::default())
             .await

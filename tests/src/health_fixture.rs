@@ -168,7 +168,7 @@ impl HealthFixture {
         node: &str,
         audience: &str,
     ) -> String {
-        crate::operator::pod_bound_token(&self.admin, NAMESPACE, account, pod, node, audience)
+        crate::api_objects::pod_bound_token(&self.admin, NAMESPACE, account, pod, node, audience)
             .await
             .expect("issue a pod-bound token")
     }

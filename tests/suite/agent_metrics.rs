@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use kata_coordinator::health::HealthOptions;
 use kata_node_agent::daemon::{AgentOptions, AgentStatus, Backoff, run_agent_with_status};
+use kata_tests::eventually;
 use kata_tests::health_fixture::{AGENT_SA, AUDIENCE, HealthFixture, NODE_A, SERVER_NAME};
 use kata_tests::host_root::{DROP_IN_DIR, FakeHost, sandbox_id, shim_metrics_page};
-use kata_tests::operator::{eventually, http_get, metric_value};
+use kata_tests::http::http_get;
+use kata_tests::http::metric_value;
 use tokio::sync::{oneshot, watch};
 
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kata_tests::api_requests::{Requests, api_server_requests, made_between, table};
 use kata_tests::cluster::{Cluster, WORKER};
+use kata_tests::coordinator::RunningCoordinator;
 use kata_tests::mco_simulator::{McoSimulator, SimulatorOptions};
-use kata_tests::operator::RunningCoordinator;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 

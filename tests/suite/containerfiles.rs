@@ -10,7 +10,7 @@
 use kata_test_harness::kata_test;
 use std::path::{Path, PathBuf};
 
-use kata_tests::operator::deploy_dir;
+use kata_tests::manifests::deploy_dir;
 use serde::Deserialize;
 use serde_yaml::Value;
 

@@ -134,7 +134,7 @@ async fn pod_bound_token_is_verified_by_token_review_with_node_name() {
         )
         .await
         .unwrap();
-    let token = kata_tests::operator::pod_bound_token(
+    let token = kata_tests::api_objects::pod_bound_token(
         &client,
         ns,
         "node-agent",

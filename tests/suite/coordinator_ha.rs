@@ -14,9 +14,13 @@ use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::leader::LeaseOptions;
 use kata_coordinator::mco::names as mco;
 use kata_node_agent::daemon::{AgentOptions, run_agent};
+use kata_tests::api_objects::create_node;
+use kata_tests::api_objects::pod_bound_token;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
+use kata_tests::eventually;
 use kata_tests::host_root::FakeHost;
-use kata_tests::operator::{create_node, eventually, http_get, pod_bound_token, scrape_metric};
+use kata_tests::http::http_get;
+use kata_tests::http::scrape_metric;
 use kata_tests::pki::TlsFiles;
 use kube::api::Api;
 use serde_json::json;
@@ -197,7 +201,8 @@ async fn standby_takes_over_when_the_leader_stops() {
 async fn sigterm_releases_the_lease_and_exits_cleanly() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Namespace;
-    use kata_tests::operator::{CoordinatorProcess, control_plane_with_operator_api};
+    use kata_tests::coordinator::CoordinatorProcess;
+    use kata_tests::manifests::control_plane_with_operator_api;
 
     let plane = control_plane_with_operator_api().await.unwrap();
     let client = plane.client().await.unwrap();

@@ -14,11 +14,13 @@ use kata_coordinator::api::KataConfig;
 use kata_coordinator::mco::names as mco;
 use kata_coordinator::reconciler::Options;
 use kata_tests::ControlPlane;
+use kata_tests::api_objects::create_node;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER, create_kata_pod};
+use kata_tests::coordinator::CoordinatorProcess;
+use kata_tests::coordinator::RunningCoordinator;
+use kata_tests::eventually;
+use kata_tests::manifests::install_operator_api;
 use kata_tests::mco_simulator::NodeFault;
-use kata_tests::operator::{
-    CoordinatorProcess, RunningCoordinator, create_node, eventually, install_operator_api,
-};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use nix::sys::signal::{Signal, kill};

@@ -32,11 +32,13 @@ use kata_coordinator::rbac::{
 };
 use kata_coordinator::reconciler::Options;
 use kata_tests::ControlPlane;
+use kata_tests::api_objects::pod_bound_token;
 use kata_tests::cluster::{Cluster, WORKER};
 use kata_tests::control_plane::binary_dir;
-use kata_tests::operator::{
-    RunningCoordinator, apply_objects, deploy_dir, pod_bound_token, read_manifests,
-};
+use kata_tests::coordinator::RunningCoordinator;
+use kata_tests::manifests::apply_objects;
+use kata_tests::manifests::deploy_dir;
+use kata_tests::manifests::read_manifests;
 use kata_tests::pki;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};

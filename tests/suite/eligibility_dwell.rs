@@ -26,12 +26,13 @@ use kata_proto::health::v1::node_health_client::NodeHealthClient;
 use kata_proto::health::v1::{
     AgentMessage, HealthReport, Hello, ProbeOutcome, ProbeStatus, Verdicts, agent_message,
 };
+use kata_tests::api_objects::pod_bound_token;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::demo_world::{
     AGENT_ACCOUNT, AUDIENCE, Coordinator, NAMESPACE, create_agent_identity, free_addr, node_states,
     ready_condition,
 };
-use kata_tests::operator::{eventually, pod_bound_token};
+use kata_tests::eventually;
 use kata_tests::pki::TlsFiles;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};

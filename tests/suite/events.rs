@@ -12,11 +12,13 @@ use kata_coordinator::health::marks::{MarkPolicy, RUNTIME_LABEL_REMOVED};
 use kata_coordinator::names;
 use kata_coordinator::plan::events::reason::{NODE_FAILED_TO_INSTALL, NODE_INSTALLED};
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER, create_kata_pod, reconcile_rounds};
+use kata_tests::coordinator::RunningCoordinator;
 use kata_tests::demo_world::{
     Agent, Coordinator, create_agent_identity, free_addr, nodes_labelled, uninstalled_host,
 };
+use kata_tests::eventually;
+use kata_tests::http::http_get;
 use kata_tests::mco_simulator::NodeFault;
-use kata_tests::operator::{RunningCoordinator, eventually, http_get};
 use kata_tests::pki::TlsFiles;
 use kube::Client;
 use kube::api::{Api, DeleteParams};

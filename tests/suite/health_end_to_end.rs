@@ -17,7 +17,7 @@ use kata_tests::demo_world::{
     Agent, Coordinator, create_agent_identity, free_addr, nodes_labelled, ready_condition,
     uninstalled_host,
 };
-use kata_tests::operator::eventually;
+use kata_tests::eventually;
 use kata_tests::pki::TlsFiles;
 use kube::api::Api;
 use kube::{Client, ResourceExt};

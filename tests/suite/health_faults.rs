@@ -12,15 +12,16 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::metrics::REVIEW_ERROR;
 use kata_coordinator::{names, rbac};
+use kata_tests::api_objects::create_node;
+use kata_tests::api_objects::pod_bound_token;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::control_plane::SERVICE_ACCOUNT_ISSUER;
 use kata_tests::demo_world::{
     Agent, Coordinator, NAMESPACE, create_agent_identity, free_addr, nodes_labelled,
 };
+use kata_tests::eventually;
 use kata_tests::host_root::FakeHost;
-use kata_tests::operator::{
-    control_plane_with_operator_api, create_node, eventually, pod_bound_token,
-};
+use kata_tests::manifests::control_plane_with_operator_api;
 use kata_tests::pki::TlsFiles;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kata_coordinator::api::KataConfig;
 use kata_tests::control_plane::binary_dir;
-use kata_tests::operator::control_plane_with_operator_api;
+use kata_tests::manifests::control_plane_with_operator_api;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
 

@@ -5,7 +5,8 @@
 
 use kata_coordinator::metrics::{Metrics, Readiness, serve, serve_admin};
 use kata_test_harness::kata_test;
-use kata_tests::operator::{http_get, http_request};
+use kata_tests::http::http_get;
+use kata_tests::http::http_request;
 
 #[kata_test]
 async fn log_filter_changes_without_a_restart() {

@@ -13,7 +13,8 @@ use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::demo_world::{
     Agent, Coordinator, create_agent_identity, free_addr, uninstalled_host,
 };
-use kata_tests::operator::{eventually, http_get};
+use kata_tests::eventually;
+use kata_tests::http::http_get;
 use kata_tests::pki::TlsFiles;
 use serde_json::json;
 

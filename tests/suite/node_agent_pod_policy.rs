@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kata_tests::control_plane::ControlPlane;
-use kata_tests::operator::{apply_objects, deploy_dir, eventually, read_manifests};
+use kata_tests::eventually;
+use kata_tests::manifests::apply_objects;
+use kata_tests::manifests::deploy_dir;
+use kata_tests::manifests::read_manifests;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 

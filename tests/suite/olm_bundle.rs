@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kata_tests::ControlPlane;
-use kata_tests::operator::deploy_dir;
+use kata_tests::manifests::deploy_dir;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde::Deserialize;
 use serde_yaml::Value;

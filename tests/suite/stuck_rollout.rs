@@ -18,7 +18,8 @@ use kata_coordinator::reconciler::Options;
 use kata_tests::cluster::{
     CONVERGE, Cluster, WORKER, namespace_for_pods, our_warnings, reconcile_rounds,
 };
-use kata_tests::operator::{RunningCoordinator, eventually};
+use kata_tests::coordinator::RunningCoordinator;
+use kata_tests::eventually;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;

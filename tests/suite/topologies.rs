@@ -15,12 +15,13 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 use kata_coordinator::api::KataNodesStatus;
 use kata_coordinator::mco::names as mco;
 use kata_coordinator::reconciler::Options;
+use kata_tests::api_objects::create_node;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
+use kata_tests::coordinator::RunningCoordinator;
 use kata_tests::demo_world::wait_until_adopted;
+use kata_tests::eventually;
+use kata_tests::manifests::control_plane_with_operator_api;
 use kata_tests::mco_simulator::{ClusterOs, McoSimulator, NodeFault, SimulatorOptions, model};
-use kata_tests::operator::{
-    RunningCoordinator, control_plane_with_operator_api, create_node, eventually,
-};
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};

@@ -13,7 +13,8 @@ use kata_coordinator::mco::names as mco;
 use kata_coordinator::reconciler::Options;
 use kata_tests::cluster::{Cluster, WORKER};
 use kata_tests::control_plane::binary_dir;
-use kata_tests::operator::{RunningCoordinator, deploy_dir};
+use kata_tests::coordinator::RunningCoordinator;
+use kata_tests::manifests::deploy_dir;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject};
 use serde_json::json;
 

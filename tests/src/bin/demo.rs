@@ -33,14 +33,16 @@ use kata_coordinator::api::{KataConfig, condition};
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::names;
 use kata_tests::ControlPlane;
+use kata_tests::api_objects::create_node;
 use kata_tests::control_plane::binary_dir;
 use kata_tests::demo_world::{
     Agent, Coordinator, NodeState, copy_tree, create_agent_identity, free_addr, host_dir,
     node_states, uninstalled_host, wait_until_adopted,
 };
+use kata_tests::eventually;
 use kata_tests::host_root::FakeHost;
+use kata_tests::manifests::install_operator_api;
 use kata_tests::mco_simulator::{McoSimulator, SimulatorOptions};
-use kata_tests::operator::{create_node, eventually, install_operator_api};
 use kata_tests::pki::TlsFiles;
 use kube::Client;
 use kube::api::{Api, PostParams};

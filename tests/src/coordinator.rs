@@ -1,0 +1,206 @@
+//! The coordinator under test: in this process, or as the `coordinator`
+//! binary in a child process.
+
+use std::path::{Path, PathBuf};
+
+use crate::http::http_get;
+use crate::{ControlPlane, Error};
+
+/// A coordinator running in this process; aborted when dropped.
+pub struct RunningCoordinator {
+    task: tokio::task::JoinHandle<()>,
+    pub writes: kata_coordinator::metrics::WriteCounter,
+}
+
+impl RunningCoordinator {
+    pub fn start(client: kube::Client, options: kata_coordinator::reconciler::Options) -> Self {
+        let writes = options.metrics.api_writes.clone();
+        let task = tokio::spawn(kata_coordinator::reconciler::run(
+            client,
+            options,
+            kube::runtime::reflector::store::Writer::default(),
+        ));
+        RunningCoordinator { task, writes }
+    }
+
+    /// [`Self::start`] with default options, and the metrics it counts in.
+    pub fn with_metrics(client: kube::Client) -> (Self, kata_coordinator::metrics::Metrics) {
+        let metrics = kata_coordinator::metrics::Metrics::default();
+        let options = kata_coordinator::reconciler::Options {
+            metrics: metrics.clone(),
+            ..kata_coordinator::reconciler::Options::default()
+        };
+        (Self::start(client, options), metrics)
+    }
+
+    /// Whether it stopped by itself (a spent write budget).
+    pub fn has_stopped(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops it and waits until it has, so no write of its lands afterwards.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningCoordinator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `coordinator` binary of this workspace, built (or found up to date)
+/// by cargo once per test binary: `COORDINATOR_BIN` when set, else
+/// `cargo build -p kata-coordinator --bin coordinator` into the target
+/// directory this test binary runs from.
+pub fn coordinator_binary() -> Result<PathBuf, Error> {
+    static BINARY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("COORDINATOR_BIN") {
+                return Ok(PathBuf::from(path));
+            }
+            // target/<profile>/deps/<test>-<hash> → target/<profile>
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or_else(|| format!("{} is not in a target directory", exe.display()))?;
+            let target_dir = profile_dir
+                .parent()
+                .ok_or_else(|| format!("{} has no parent", profile_dir.display()))?;
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = std::process::Command::new(cargo);
+            build
+                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "kata-coordinator",
+                    "--bin",
+                    "coordinator",
+                ])
+                .arg("--target-dir")
+                .arg(target_dir);
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
+            }
+            let status = build
+                .status()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build of the coordinator failed ({status})"));
+            }
+            Ok(profile_dir.join("coordinator"))
+        })
+        .clone()
+        .map_err(Error::Setup)
+}
+
+/// The coordinator binary running as a child process against a control
+/// plane, without the agents' channel, its log kept in a file. Killed when
+/// dropped if still running.
+pub struct CoordinatorProcess {
+    child: std::process::Child,
+    /// Where it serves /metrics, /healthz and /readyz.
+    pub metrics: std::net::SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CoordinatorProcess {
+    /// `coordinator run` with the admin kubeconfig of `plane` and `args`
+    /// added (for example `--leader-elect`).
+    pub fn start(plane: &ControlPlane, args: &[&str]) -> Result<Self, Error> {
+        let binary = coordinator_binary()?;
+        let dir = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
+        let log = dir.path().join("coordinator.log");
+        let file = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
+        let file_err = file.try_clone().map_err(|e| Error::io(&log, e))?;
+        let metrics: std::net::SocketAddr =
+            ([127, 0, 0, 1], crate::control_plane::free_port()?).into();
+        // Ports of their own, so coordinators of tests running at the same
+        // time never meet on the default admin port.
+        let admin: std::net::SocketAddr =
+            ([127, 0, 0, 1], crate::control_plane::free_port()?).into();
+        let mut command = std::process::Command::new(&binary);
+        command
+            .arg("run")
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .args(args)
+            .env("KUBECONFIG", plane.kubeconfig())
+            .env_remove("LOG_FORMAT")
+            .env_remove("LOG_LEVEL")
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(file_err);
+        let child = crate::child_process::spawn_tied_to_process(command)
+            .map_err(|e| Error::Setup(format!("cannot start {}: {e}", binary.display())))?;
+        Ok(CoordinatorProcess {
+            child,
+            metrics,
+            log,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a node failure would: no lease released, nothing
+    /// flushed; returns once it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/readyz`: its status code and body.
+    pub async fn readyz(&self) -> Result<(u16, String), String> {
+        http_get(self.metrics, "/readyz").await
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for it to exit: its exit
+    /// status and how long it took, or (after killing it) what went wrong.
+    pub async fn terminate(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<(std::process::ExitStatus, std::time::Duration), String> {
+        use nix::sys::signal::{Signal, kill};
+        let pid = i32::try_from(self.child.id()).map_err(|e| e.to_string())?;
+        let sent = std::time::Instant::now();
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).map_err(|e| e.to_string())?;
+        while sent.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok((status, sent.elapsed()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(format!(
+            "still running {timeout:?} after SIGTERM; its log:\n{}",
+            self.log()
+        ))
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        crate::child_process::stop(&mut self.child, std::time::Duration::from_secs(1));
+    }
+}
