@@ -1,0 +1,111 @@
+//! The snapshot a reconcile plans from: the caches, the backend's rollout,
+//! and the reads only a deleting or stuck KataConfig needs.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::{Context, Error};
+use crate::api::KataConfig;
+use crate::backend::ObservedRollout;
+use crate::kind;
+use crate::names;
+use crate::node::kata_ready_condition;
+use crate::plan::{self, ConfigId, Observed, ObservedNode};
+use crate::status::ConditionStatus;
+
+impl Context {
+    pub(super) async fn observe(
+        &self,
+        config: &KataConfig,
+    ) -> Result<(Observed, ObservedRollout), Error> {
+        // Plan only from complete caches: an empty node list would unlabel every node.
+        let _ = self.nodes.wait_until_ready().await;
+        self.rollout.wait_until_ready().await;
+        let _ = self.runtime_classes.wait_until_ready().await;
+        let deleting = config.meta().deletion_timestamp.is_some();
+        let mut nodes: Vec<ObservedNode> = self
+            .nodes
+            .state()
+            .iter()
+            .map(|n| observed_node(n))
+            .collect();
+        // The cache has no order; the status lists must, or they would
+        // change (and be written) on every reconcile.
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let rollout = self.rollout.observe(&nodes).await?;
+        let runtime_class = self
+            .runtime_classes
+            .get(&ObjectRef::new(names::RUNTIME_CLASS_NAME))
+            .and_then(|rc| serde_json::to_value(rc.as_ref()).ok());
+        let pods_using_kata = if deleting {
+            self.pods_using_kata(config, runtime_class.is_some())
+                .await?
+        } else {
+            self.forget_kata_pods();
+            Vec::new()
+        };
+        let configs: Vec<ConfigId> = self
+            .configs
+            .state()
+            .iter()
+            .map(|c| ConfigId {
+                name: c.name_any(),
+                created: c.creation_timestamp().map(|t| t.0),
+            })
+            .collect();
+        // Only the active KataConfig watches the rollout's clock.
+        let stuck_nodes = if plan::active_config(&configs) == Some(config.name_any().as_str()) {
+            self.stuck_nodes(rollout.as_ref(), &nodes).await
+        } else {
+            Vec::new()
+        };
+        let mut owned_objects = rollout.owned_objects();
+        if let Some(runtime_class) = &runtime_class {
+            owned_objects.push((kind::RUNTIME_CLASS, runtime_class.clone()));
+        }
+        let observed = Observed {
+            name: config.name_any(),
+            configs,
+            spec: config.spec.clone(),
+            deleting,
+            has_finalizer: config.finalizers().iter().any(|f| f == names::FINALIZER),
+            nodes,
+            runtime_class,
+            pods_using_kata,
+            recorded_nodes: config
+                .status
+                .as_ref()
+                .map(|s| s.kata_nodes.clone())
+                .unwrap_or_default(),
+            last_write: self.last_write(&config.name_any()),
+            owned_objects,
+            stuck_nodes,
+        };
+        Ok((observed, rollout))
+    }
+}
+
+fn observed_node(node: &Node) -> ObservedNode {
+    let condition = kata_ready_condition(node);
+    ObservedNode {
+        name: node.name_any(),
+        labels: node.labels().clone(),
+        annotations: node.annotations().clone(),
+        has_ready_condition: condition.is_some(),
+        os_image: node
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.os_image.clone()),
+        not_ready_reason: condition
+            .filter(|c| ConditionStatus::parse(&c.status) == ConditionStatus::False)
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c.reason.as_deref().unwrap_or_default(),
+                    c.message.as_deref().unwrap_or_default()
+                )
+            }),
+    }
+}

@@ -1,0 +1,97 @@
+//! One step, one applier call; the KataConfig request bodies.
+
+use kube::ResourceExt;
+use serde_json::{Value, json};
+use tracing::{info, instrument};
+
+use super::{Context, Error};
+use crate::api::{KataConfig, KataConfigStatus};
+use crate::applier::Subresource;
+use crate::kind;
+use crate::names;
+use crate::plan::{Desired, Step};
+
+impl Context {
+    /// One step, one applier call.
+    #[instrument(skip_all, fields(step = %step))]
+    pub(super) async fn execute(&self, config: &KataConfig, step: &Step) -> Result<(), Error> {
+        info!(kataconfig = %config.name_any(), "executing step");
+        let applier = &self.applier;
+        let result = match step {
+            // Applying without the finalizer releases our ownership, which removes it.
+            Step::AddFinalizer | Step::RemoveFinalizer => {
+                let name = config.name_any();
+                let body = finalizer_body(&name, matches!(step, Step::AddFinalizer));
+                applier
+                    .apply(
+                        kind::KATA_CONFIG,
+                        &name,
+                        names::MANAGER,
+                        &body,
+                        Subresource::Main,
+                    )
+                    .await
+            }
+            // Objects others may write too: never taken over by force
+            // (plan::ownership decides when to hold them).
+            Step::Apply(desired @ Desired::Untyped { object, .. }) => {
+                applier
+                    .apply_unforced(desired.kind(), desired.name(), names::MANAGER, object)
+                    .await
+            }
+            Step::Apply(desired @ Desired::RuntimeClass(rc)) => {
+                applier
+                    .apply_unforced(desired.kind(), desired.name(), names::MANAGER, rc)
+                    .await
+            }
+            Step::Delete { kind, name } => applier.delete(*kind, name).await,
+            Step::SetNodeLabel {
+                node,
+                label,
+                present,
+            } => applier.label(node, label, *present).await,
+            // Releasing the health manager's fields removes the labels only
+            // it set; the same release on the status subresource removes our
+            // condition.
+            Step::ReleaseNodeLabels { node } => {
+                applier
+                    .apply_node_labels(node, names::MANAGER_HEALTH, None)
+                    .await
+            }
+            Step::RemoveNodeCondition { node } => {
+                applier
+                    .apply_node_conditions(node, names::MANAGER_HEALTH, &[])
+                    .await
+            }
+        };
+        result.map_err(|error| {
+            Error::write(error, |source| Error::Apply {
+                step: step.to_string(),
+                source,
+            })
+        })
+    }
+}
+
+/// The body that applies our finalizer to the KataConfig `name`, or (with
+/// `present` false) claims none, which removes it.
+fn finalizer_body(name: &str, present: bool) -> Value {
+    let mut metadata = json!({ "name": name });
+    if present {
+        metadata["finalizers"] = json!([names::FINALIZER]);
+    }
+    json!({
+        "apiVersion": kind::KATA_CONFIG.api_version(),
+        "kind": kind::KATA_CONFIG.kind,
+        "metadata": metadata,
+    })
+}
+
+/// The body that applies `status` to a KataConfig's status subresource.
+pub(super) fn status_body(status: &KataConfigStatus) -> Value {
+    json!({
+        "apiVersion": kind::KATA_CONFIG.api_version(),
+        "kind": kind::KATA_CONFIG.kind,
+        "status": status,
+    })
+}

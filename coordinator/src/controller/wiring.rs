@@ -1,0 +1,162 @@
+//! The controller's watches and its run loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::node::v1::RuntimeClass;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::{Context, Options, error_policy, reconcile};
+use crate::api::KataConfig;
+use crate::applier::{self, Applier};
+use crate::backend::Backend;
+use crate::names;
+use crate::node::{kata_ready_condition, slim_node};
+
+/// A watch that fires when a node's labels, annotations or
+/// `KataRuntimeReady` condition change (not on status heartbeats), keeping
+/// `writer` up to date.
+fn node_events(
+    client: &Client,
+    writer: reflector::store::Writer<Node>,
+) -> impl Stream<Item = ()> + Send + 'static {
+    let label_or_annotation = |n: &Node| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        predicates::labels(n).hash(&mut hasher);
+        predicates::annotations(n).hash(&mut hasher);
+        if let Some(c) = kata_ready_condition(n) {
+            (&c.status, &c.reason, &c.message).hash(&mut hasher);
+        }
+        Some(hasher.finish())
+    };
+    watcher(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(slim_node)
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(label_or_annotation, Default::default())
+    .filter_map(|r| async move { r.ok().map(|_| ()) })
+}
+
+/// The KataConfig controller, built but not yet running: its KataConfig
+/// cache can be handed to other parts (the labeller) first.
+pub struct KataConfigController {
+    client: Client,
+    options: Options,
+    node_writer: reflector::store::Writer<Node>,
+    backend: Backend,
+    controller: Controller<KataConfig>,
+}
+
+impl KataConfigController {
+    /// Its node watch will keep `node_writer`'s cache, which the node
+    /// labeller reads too: one copy of every Node in memory, not one per
+    /// part. `backend` installs the host configuration.
+    pub fn new(
+        client: Client,
+        options: Options,
+        node_writer: reflector::store::Writer<Node>,
+        backend: Backend,
+    ) -> Self {
+        let configs_api = Api::<KataConfig>::all(client.clone());
+        let controller = Controller::new(configs_api, watcher::Config::default().any_semantic());
+        Self {
+            client,
+            options,
+            node_writer,
+            backend,
+            controller,
+        }
+    }
+
+    /// The controller's KataConfig cache (filled once it runs).
+    pub fn configs(&self) -> Store<KataConfig> {
+        self.controller.store()
+    }
+
+    /// Runs until `shutdown` completes (or, with
+    /// [`Options::stop_after_writes`], until the budget is spent), then lets a reconcile under way
+    /// finish for at most [`SHUTDOWN_GRACE`]: one stuck on an API server
+    /// that does not answer is dropped, which is safe because every step is
+    /// derived from what is observed, so the next coordinator resumes it.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+        let shutdown = shutdown.boxed().shared();
+        let Self {
+            client,
+            options,
+            node_writer,
+            backend,
+            controller,
+        } = self;
+        let runtime_class_writer = reflector::store::Writer::<RuntimeClass>::default();
+        let stopped = Arc::new(Notify::new());
+        let recorder = applier::event_recorder(client.clone());
+        let ctx = Arc::new(Context {
+            applier: Applier::new(
+                client.clone(),
+                options.metrics.api_writes.clone(),
+                options.stop_after_writes,
+                stopped.clone(),
+                recorder,
+            ),
+            client: client.clone(),
+            nodes: node_writer.as_reader(),
+            rollout: backend.source,
+            configs: controller.store(),
+            runtime_classes: runtime_class_writer.as_reader(),
+            kata_pods: std::sync::Mutex::default(),
+            working: std::sync::Mutex::default(),
+            written_from: std::sync::Mutex::default(),
+            options,
+        });
+        let triggers = futures::stream::select(node_events(&client, node_writer), backend.triggers);
+        let runtime_classes = watcher(
+            Api::<RuntimeClass>::all(client.clone()),
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", names::RUNTIME_CLASS_NAME)),
+        )
+        .default_backoff()
+        .reflect(runtime_class_writer)
+        .touched_objects()
+        .filter_map(|r| async move { r.ok().map(|_| ()) });
+        let controller = controller
+            .reconcile_all_on(futures::stream::select(triggers, runtime_classes))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    warn!(%error, "controller");
+                }
+            });
+        let grace_spent = async {
+            shutdown.await;
+            info!("stopping: letting a reconcile under way finish");
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "a reconcile did not finish in time; dropping it (the next coordinator resumes it)"
+            );
+        };
+        tokio::select! {
+            () = controller => {}
+            () = stopped.notified() => info!("write budget spent; stopping"),
+            () = grace_spent => {}
+        }
+    }
+}
+
+/// How long a reconcile under way may take to finish once the coordinator
+/// is asked to stop; well inside a pod's default 30 s termination grace.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
