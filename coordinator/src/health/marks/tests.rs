@@ -1,0 +1,253 @@
+use super::*;
+use kata_proto::health::v1::{ProbeOutcome, Verdicts};
+
+fn report(capable: bool, ready: bool, outcomes: Vec<ProbeOutcome>) -> HealthReport {
+    HealthReport {
+        sequence: 1,
+        outcomes,
+        verdicts: Some(Verdicts {
+            kvm_capable: capable,
+            runtime_ready: ready,
+        }),
+        probed_at_unix_ms: 0,
+    }
+}
+
+fn outcome(name: &str, status: ProbeStatus, reason: &str) -> ProbeOutcome {
+    ProbeOutcome {
+        name: name.into(),
+        status: status as i32,
+        reason: reason.into(),
+        message: format!("{name} says {reason}"),
+    }
+}
+
+fn health(last_seen: Instant, report: Option<HealthReport>) -> NodeHealth {
+    NodeHealth {
+        agent_version: "1".into(),
+        boot_id: "b".into(),
+        last_report: report,
+        last_seen,
+        connected: true,
+        session: 1,
+    }
+}
+
+const POLICY: MarkPolicy = MarkPolicy {
+    grace: Duration::from_secs(30),
+    hold_down: Duration::from_secs(60),
+    join_dwell: Duration::from_secs(120),
+    leave_dwell: Duration::from_secs(300),
+};
+
+#[test]
+fn ready_report_sets_both_labels() {
+    let now = Instant::now();
+    let h = health(now, Some(report(true, true, vec![])));
+    let marks = desired_marks(Some(&h), &CurrentMarks::default(), now, now, POLICY)
+        .unwrap_or_else(|| panic!("marks"));
+    assert!(marks.capable && marks.runtime_ready && marks.condition.ready);
+}
+
+#[test]
+fn failing_probe_names_itself_in_the_condition() {
+    let now = Instant::now();
+    let outcomes = vec![
+        outcome("cpu", ProbeStatus::Warn, "VirtFlagHidden"),
+        outcome("crio-drop-in", ProbeStatus::Fail, "HandlerMissing"),
+    ];
+    let h = health(now, Some(report(true, false, outcomes)));
+    let marks = desired_marks(Some(&h), &CurrentMarks::default(), now, now, POLICY)
+        .unwrap_or_else(|| panic!("marks"));
+    assert!(marks.capable && !marks.runtime_ready);
+    assert_eq!(marks.condition.reason, "HandlerMissing");
+    assert!(marks.condition.message.starts_with("crio-drop-in:"));
+}
+
+#[test]
+fn silence_beyond_grace_takes_the_runtime_label_only() {
+    let start = Instant::now();
+    let later = start + Duration::from_secs(31);
+    let h = health(start, Some(report(true, true, vec![])));
+    let current = CurrentMarks {
+        capable: true,
+        runtime_ready: true,
+        condition: None,
+    };
+    let marks =
+        desired_marks(Some(&h), &current, later, start, POLICY).unwrap_or_else(|| panic!("marks"));
+    assert!(marks.capable && !marks.runtime_ready);
+    assert_eq!(marks.condition.reason, "AgentNotReporting");
+    // Within the grace period nothing changes.
+    let early = desired_marks(
+        Some(&h),
+        &current,
+        start + Duration::from_secs(29),
+        start,
+        POLICY,
+    )
+    .unwrap_or_else(|| panic!("marks"));
+    assert!(early.runtime_ready);
+}
+
+#[test]
+fn unknown_node_is_left_alone_until_grace_after_start() {
+    let start = Instant::now();
+    let current = CurrentMarks {
+        capable: true,
+        runtime_ready: true,
+        condition: None,
+    };
+    assert_eq!(
+        desired_marks(
+            None,
+            &current,
+            start + Duration::from_secs(5),
+            start,
+            POLICY
+        ),
+        None
+    );
+    let late = desired_marks(
+        None,
+        &current,
+        start + Duration::from_secs(31),
+        start,
+        POLICY,
+    )
+    .unwrap_or_else(|| panic!("marks"));
+    assert!(
+        late.capable && !late.runtime_ready,
+        "capability kept, readiness taken"
+    );
+}
+
+#[test]
+fn hold_down_delays_regaining_but_never_losing() {
+    let now = Instant::now();
+    let ready = NodeMarks {
+        capable: true,
+        runtime_ready: true,
+        condition: ReadyCondition {
+            ready: true,
+            reason: "RuntimeReady".into(),
+            message: String::new(),
+        },
+    };
+    let unlabelled = CurrentMarks {
+        capable: true,
+        runtime_ready: false,
+        condition: None,
+    };
+    let held = damped(
+        ready.clone(),
+        &unlabelled,
+        Some(now - Duration::from_secs(10)),
+        now,
+        POLICY,
+    );
+    assert!(!held.runtime_ready);
+    assert_eq!(held.condition.reason, "Stabilizing");
+    let released = damped(
+        ready.clone(),
+        &unlabelled,
+        Some(now - Duration::from_secs(61)),
+        now,
+        POLICY,
+    );
+    assert!(released.runtime_ready);
+    let failing = NodeMarks {
+        runtime_ready: false,
+        ..ready
+    };
+    let labelled = CurrentMarks {
+        capable: true,
+        runtime_ready: true,
+        condition: None,
+    };
+    assert!(!damped(failing, &labelled, Some(now), now, POLICY).runtime_ready);
+}
+
+#[test]
+fn a_dwell_is_explained_only_where_the_label_decides_membership() {
+    let start = Instant::now();
+    let wall = std::time::SystemTime::now();
+    let outcomes = vec![outcome(
+        "extension",
+        ProbeStatus::Fail,
+        "ExtensionNotInstalled",
+    )];
+    let h = health(start, Some(report(true, false, outcomes)));
+    let current = CurrentMarks::default();
+    let desired =
+        desired_marks(Some(&h), &current, start, start, POLICY).unwrap_or_else(|| panic!("marks"));
+    let evidence = capability_evidence(Some(&h), start, POLICY);
+    assert_eq!(evidence, Some(true));
+    let waiting = eligibility::settle(false, evidence, None, start, wall, &POLICY);
+    let explained = settled(desired.clone(), &current, waiting, POLICY, true);
+    assert!(!explained.capable, "the label waits for the dwell");
+    assert_eq!(explained.condition.reason, eligibility::ELIGIBILITY_DWELL);
+    let dwell = waiting.dwell;
+    assert!(dwell.is_some_and(|d| d.toward && d.since == start));
+    let quiet = settled(desired, &current, waiting, POLICY, false);
+    assert!(!quiet.capable);
+    assert_eq!(
+        quiet.condition.reason, "ExtensionNotInstalled",
+        "without checkNodeEligibility the runtime's own reason stays"
+    );
+    // The dwell over, the label follows and the condition is the
+    // runtime's again.
+    let later = start + POLICY.join_dwell;
+    let h = health(later, h.last_report.clone());
+    let desired =
+        desired_marks(Some(&h), &current, later, start, POLICY).unwrap_or_else(|| panic!("marks"));
+    let evidence = capability_evidence(Some(&h), later, POLICY);
+    let due = eligibility::settle(false, evidence, dwell, later, wall, &POLICY);
+    let joined = settled(desired, &current, due, POLICY, true);
+    assert!(joined.capable && due.dwell.is_some(), "kept until written");
+    assert_eq!(joined.condition.reason, "ExtensionNotInstalled");
+}
+
+#[test]
+fn a_silent_agent_is_no_evidence() {
+    let start = Instant::now();
+    let h = health(start, Some(report(true, true, vec![])));
+    assert_eq!(
+        capability_evidence(Some(&h), start + POLICY.grace, POLICY),
+        Some(true)
+    );
+    assert_eq!(
+        capability_evidence(
+            Some(&h),
+            start + POLICY.grace + Duration::from_secs(1),
+            POLICY
+        ),
+        None
+    );
+    assert_eq!(capability_evidence(None, start, POLICY), None);
+}
+
+#[test]
+fn the_removal_note_says_why_with_the_new_condition() {
+    let start = Instant::now();
+    let h = health(start, Some(report(true, true, vec![])));
+    let labelled = CurrentMarks {
+        capable: true,
+        runtime_ready: true,
+        condition: None,
+    };
+    let marks = desired_marks(
+        Some(&h),
+        &labelled,
+        start + Duration::from_secs(31),
+        start,
+        POLICY,
+    )
+    .unwrap_or_else(|| panic!("marks"));
+    let note = runtime_label_removed_note(&marks);
+    assert!(
+        note.starts_with(names::KATA_RUNTIME_LABEL)
+            && note.contains("AgentNotReporting: the node-agent has not reported"),
+        "{note}"
+    );
+}

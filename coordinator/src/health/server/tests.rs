@@ -1,0 +1,68 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn metadata(value: &str) -> MetadataMap {
+    let mut map = MetadataMap::new();
+    map.insert("authorization", value.parse().unwrap());
+    map
+}
+
+#[test]
+fn bearer_token_is_taken_from_the_authorization_header() {
+    assert_eq!(bearer_token(&metadata("Bearer abc")), Some("abc"));
+    assert_eq!(bearer_token(&metadata("bearer  abc ")), Some("abc"));
+    assert_eq!(bearer_token(&metadata("Basic abc")), None);
+    assert_eq!(bearer_token(&metadata("Bearer ")), None);
+    assert_eq!(bearer_token(&metadata("abc")), None);
+    assert_eq!(bearer_token(&MetadataMap::new()), None);
+}
+
+#[test]
+fn streams_end_a_little_before_their_token_does() {
+    let now = SystemTime::now();
+    let before = tokio::time::Instant::now();
+    let deadline = stream_deadline(now + Duration::from_secs(3600), now);
+    let after = tokio::time::Instant::now();
+    assert!(deadline <= after + Duration::from_secs(3600));
+    assert!(
+        deadline >= before + Duration::from_secs(3540),
+        "at most a minute early"
+    );
+    // A token with 100 s left ends within its last 10 s.
+    let short = stream_deadline(now + Duration::from_secs(100), now);
+    assert!(short >= before + Duration::from_secs(90));
+    // An expired token (clock skew) ends the stream at once.
+    assert!(stream_deadline(now - Duration::from_secs(5), now) <= tokio::time::Instant::now());
+}
+
+#[test]
+fn hello_must_name_the_tokens_node() {
+    let identity = AgentIdentity {
+        node_name: "a".into(),
+        pod_name: "p".into(),
+        pod_uid: None,
+    };
+    let hello = |node: &str| Hello {
+        node_name: node.into(),
+        ..Hello::default()
+    };
+    assert!(check_hello(&identity, &hello("a")).is_ok());
+    let refused = check_hello(&identity, &hello("b")).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains('a') && refused.message().contains('b'));
+}
+
+#[test]
+fn expected_config_comes_from_names_and_options() {
+    let config = expected_config(&HealthOptions {
+        heartbeat_interval: Duration::from_millis(10),
+        ..HealthOptions::default()
+    });
+    assert_eq!(config.runtime_handler, contract::RUNTIME_HANDLER);
+    assert_eq!(config.extension_name, mco::names::EXTENSION);
+    assert_eq!(config.drop_in_path, contract::DROP_IN_PATH);
+    assert_eq!(config.extension_packages, vec![contract::EXTENSION_PACKAGE]);
+    assert_eq!(config.heartbeat_interval_seconds, 1);
+    assert_eq!(config.minimum_qemu_version, "6.2.0");
+}
