@@ -86,10 +86,16 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AppError> {
         .map_err(|source| AppError::Listen { addr, source })
 }
 
-/// Runs every part until the process is stopped. Fails at once, naming what
-/// is wrong, when a certificate cannot be read or a port cannot be bound.
+/// [`run_until`] with the rollout watched as in production, until the
+/// future is dropped: how the integration tests start a whole coordinator.
 pub async fn run(client: Client, options: RunOptions) -> Result<(), AppError> {
-    run_until(client, options, std::future::pending()).await
+    run_until(
+        client,
+        options,
+        RolloutWatch::default(),
+        std::future::pending(),
+    )
+    .await
 }
 
 /// Completes on the first SIGTERM or SIGINT. Created before anything else
@@ -106,17 +112,6 @@ pub fn termination_signal() -> std::io::Result<impl Future<Output = ()> + Send +
         };
         info!(signal = name, "stopping");
     })
-}
-
-/// Like [`run`], until `shutdown` completes: then every part stops within
-/// seconds whatever it is doing (waiting for the APIs, waiting for the
-/// lease, reconciling), a held lease is released, and it returns `Ok`.
-pub async fn run_until(
-    client: Client,
-    options: RunOptions,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), AppError> {
-    run_until_with(client, options, RolloutWatch::default(), shutdown).await
 }
 
 /// How the KataConfig controller watches the rollout (`--stuck-rollout-seconds`).
@@ -222,8 +217,12 @@ async fn start_agents(
     Ok(shutdown_guard)
 }
 
-/// [`run_until`] with the rollout watched as `rollout` says.
-pub async fn run_until_with(
+/// Runs every part, the rollout watched as `rollout` says, until `shutdown`
+/// completes: then every part stops within seconds whatever it is doing
+/// (waiting for the APIs, waiting for the lease, reconciling), a held lease
+/// is released, and it returns `Ok`. Fails at once, naming what is wrong,
+/// when a certificate cannot be read or a port cannot be bound.
+pub async fn run_until(
     client: Client,
     options: RunOptions,
     rollout: RolloutWatch,

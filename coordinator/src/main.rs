@@ -233,7 +233,7 @@ fn serve(options: RunOptions, rollout: app::RolloutWatch) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match app::run_until_with(client, options, rollout, shutdown).await {
+        match app::run_until(client, options, rollout, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("coordinator: {e}");
