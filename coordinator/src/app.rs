@@ -238,9 +238,10 @@ pub async fn run_until(
     let mut parts = tokio::task::JoinSet::new();
     serve_endpoints(&mut parts, &options, registry, &readiness).await?;
 
+    let required = crate::prerequisites::required_kinds(&crate::mco::SERVED_KINDS);
     readiness.not_ready("checking that the API server serves the required APIs");
     tokio::select! {
-        () = crate::prerequisites::wait_until_served(&client, &readiness) => {}
+        () = crate::prerequisites::wait_until_served(&client, &readiness, &required) => {}
         () = shutdown.clone() => return Ok(()),
     }
 

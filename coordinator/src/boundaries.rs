@@ -4,12 +4,11 @@
 use std::path::{Path, PathBuf};
 
 /// Files that still name the MCO backend outside `mco/` and the wiring:
-/// each holds a static table (RBAC rules, required kinds, metric label
-/// values, the extension the agents expect) that the generators and the
-/// tests read without a backend instance.
-const MCO_ALLOWED: [&str; 5] = [
+/// each holds a static table (RBAC rules, metric label values, the
+/// extension the agents expect) that the generators and the tests read
+/// through a public constant or `Default` without a backend instance.
+const MCO_ALLOWED: [&str; 4] = [
     "rbac.rs",
-    "prerequisites.rs",
     "metrics.rs",
     "health/server.rs",
     "health/server/tests.rs",

@@ -17,15 +17,12 @@ use tracing::{info, warn};
 
 use crate::endpoints::Readiness;
 use crate::kind::{self, Kind};
-use crate::mco::names::{CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
 
-/// Every kind the coordinator watches or writes that a CRD provides.
-pub const REQUIRED: [Kind; 4] = [
-    MACHINE_CONFIG,
-    POOL,
-    CONTAINER_RUNTIME_CONFIG,
-    kind::KATA_CONFIG,
-];
+/// Every kind the coordinator watches or writes that a CRD provides: the
+/// host-configuration backend's (`backend`), then our KataConfig.
+pub fn required_kinds(backend: &[Kind]) -> Vec<Kind> {
+    backend.iter().copied().chain([kind::KATA_CONFIG]).collect()
+}
 
 /// The name of the CRD that serves `kind`: `<plural>.<group>`.
 pub fn crd_name(kind: &Kind) -> String {
@@ -98,18 +95,19 @@ async fn discover(client: &Client, required: &[Kind]) -> Result<Served, kube::Er
     Ok(served)
 }
 
-/// Returns once the API server serves every [`REQUIRED`] kind. Until then
+/// Returns once the API server serves every `required` kind
+/// ([`required_kinds`]). Until then
 /// `readiness` says what is missing; the log says it when it first finds
 /// something missing and again only when the missing set (or the error
 /// discovery answers with) changes.
-pub async fn wait_until_served(client: &Client, readiness: &Readiness) {
+pub async fn wait_until_served(client: &Client, readiness: &Readiness, required: &[Kind]) {
     let mut reported: Option<Vec<Kind>> = None;
     let mut reported_error = None;
     let mut attempt = 0;
     loop {
-        match discover(client, &REQUIRED).await {
+        match discover(client, required).await {
             Ok(served) => {
-                let missing = missing(&REQUIRED, &served);
+                let missing = missing(required, &served);
                 if missing.is_empty() {
                     if reported.is_some() {
                         info!("every required API is served now; starting");
@@ -141,72 +139,6 @@ pub async fn wait_until_served(client: &Client, readiness: &Readiness) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn served(entries: &[(&str, Option<&[&str]>)]) -> Served {
-        entries
-            .iter()
-            .map(|(version, resources)| {
-                (
-                    version.to_string(),
-                    resources.map(|r| r.iter().map(|s| s.to_string()).collect()),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_bare_api_server_lacks_all_four() {
-        let bare = served(&[
-            ("machineconfiguration.openshift.io/v1", None),
-            ("kataconfiguration.openshift.io/v1", None),
-        ]);
-        assert_eq!(missing(&REQUIRED, &bare), REQUIRED);
-        let message = describe_missing(&REQUIRED);
-        for crd in [
-            "machineconfigs.machineconfiguration.openshift.io",
-            "machineconfigpools.machineconfiguration.openshift.io",
-            "containerruntimeconfigs.machineconfiguration.openshift.io",
-            "kataconfigs.kataconfiguration.openshift.io",
-        ] {
-            assert!(message.contains(crd), "{crd} in: {message}");
-        }
-        assert!(message.contains("Machine Config Operator"), "{message}");
-    }
-
-    #[test]
-    fn only_what_is_not_served_is_missing() {
-        let partial = served(&[
-            (
-                "machineconfiguration.openshift.io/v1",
-                Some(&["machineconfigs", "machineconfigpools"]),
-            ),
-            ("kataconfiguration.openshift.io/v1", Some(&["kataconfigs"])),
-        ]);
-        assert_eq!(
-            missing(&REQUIRED, &partial),
-            [CONTAINER_RUNTIME_CONFIG],
-            "a group served without one of its resources"
-        );
-        let only_ours_missing = served(&[
-            (
-                "machineconfiguration.openshift.io/v1",
-                Some(&[
-                    "machineconfigs",
-                    "machineconfigpools",
-                    "containerruntimeconfigs",
-                ]),
-            ),
-            ("kataconfiguration.openshift.io/v1", None),
-        ]);
-        let missing_ours = missing(&REQUIRED, &only_ours_missing);
-        assert_eq!(missing_ours, [kind::KATA_CONFIG]);
-        let message = describe_missing(&missing_ours);
-        assert!(
-            message.contains("kataconfig-crd.yaml") && !message.contains("Machine Config"),
-            "{message}"
-        );
-        assert!(missing(&REQUIRED, &served(&[])).len() == 4, "nothing asked");
-    }
 
     #[test]
     fn discovery_is_asked_again_within_seconds_but_never_in_a_tight_loop() {

@@ -34,6 +34,8 @@ pub mod os;
 pub mod placement;
 #[cfg(test)]
 mod planner_tests;
+#[cfg(test)]
+mod prerequisites_tests;
 
 use std::collections::BTreeSet;
 
@@ -48,6 +50,14 @@ use crate::plan::{NodeTarget, ObservedNode, Step, apply_if_drifted};
 pub use observe::ObservedPool;
 use observe::RuntimeConfigVerdict;
 use placement::{NodePlacement, Placement, Role};
+
+/// The kinds of the MCO's CRDs the coordinator watches and writes: it waits
+/// until the API server serves them.
+pub const SERVED_KINDS: [crate::kind::Kind; 3] = [
+    names::MACHINE_CONFIG,
+    names::POOL,
+    names::CONTAINER_RUNTIME_CONFIG,
+];
 
 /// What the MCO-side objects look like now, and how to move them: the
 /// Machine Config Operator's [`HostConfigRollout`].
