@@ -18,6 +18,10 @@ pub enum AgentError {
     NotRegularFile { path: String, kind: &'static str },
     #[error("{path}: larger than the {limit}-byte limit for this file")]
     TooLarge { path: String, limit: u64 },
+    #[error(
+        "{path}: with the files read before it, larger than the {limit}-byte limit for them all"
+    )]
+    TotalTooLarge { path: String, limit: u64 },
     #[error("`{command}` did not finish within {seconds:.1}s")]
     CommandTimedOut { command: String, seconds: f64 },
     #[error("`{command}` failed: {detail}")]

@@ -501,7 +501,94 @@ impl FakeHost {
     pub fn crio_socket_path(&self) -> PathBuf {
         self.parent_made(CRIO_SOCKET)
     }
+
+    // ---- processes ---------------------------------------------------------
+    //
+    // A process's `/proc` entry as the crio-process check reads it. On a real
+    // host `ns/mnt` and `exe` are magic links the kernel follows to the
+    // process's namespace and executable; here they are imitated so the same
+    // reads (follow the entry, read the link) give the same answers:
+    // - `ns/mnt` is a regular file, a hard link to host PID 1's for a process
+    //   in the host's mount namespace (same inode), its own file otherwise;
+    // - `exe` is a relative symlink. The host's binary: `../../usr/bin/crio`,
+    //   which leads to the root's `usr/bin/crio` when followed from the
+    //   process's directory and names it as a host path too. A container's
+    //   copy: `usr/bin/crio`, which as a host path names the host's binary,
+    //   but followed from the process's directory leads to a file of its own
+    //   (`proc/<pid>/usr/bin/crio`), as a container's exe shows the path in
+    //   its own filesystem while leading to its own file.
+
+    /// The host's CRI-O running as `pid` with `args` (`args[0]` included).
+    pub fn crio_process(self, pid: u32, args: &[&str]) -> Self {
+        self.process(pid, "crio", args, true, CRIO_BINARY_FROM_PROC)
+    }
+
+    /// A process named crio in a container's mount namespace, running the
+    /// host's binary (as a container with the host's `/usr/bin` mounted can).
+    pub fn crio_process_in_other_mount_namespace(self, pid: u32, args: &[&str]) -> Self {
+        self.process(pid, "crio", args, false, CRIO_BINARY_FROM_PROC)
+    }
+
+    /// A process named crio in the host's mount namespace whose executable
+    /// is its own copy that shows the host binary's path.
+    pub fn crio_process_with_foreign_executable(self, pid: u32, args: &[&str]) -> Self {
+        let copy = format!("proc/{pid}/{CRIO_BINARY}");
+        self.write_executable(&copy, "#!/bin/sh\nexit 0\n").process(
+            pid,
+            "crio",
+            args,
+            true,
+            CRIO_BINARY,
+        )
+    }
+
+    /// Any process: its `comm`, its `cmdline`, `ns/mnt` the host's or its
+    /// own, and `exe` a symlink to `exe_link` (see above); host PID 1 and the
+    /// host's crio binary are made when missing.
+    pub fn process(
+        self,
+        pid: u32,
+        comm: &str,
+        args: &[&str],
+        host_mount_namespace: bool,
+        exe_link: &str,
+    ) -> Self {
+        let dir = format!("proc/{pid}");
+        let mut cmdline = args.join("\0");
+        cmdline.push('\0');
+        let mut host = self
+            .write(&format!("{dir}/comm"), format!("{comm}\n"))
+            .write(&format!("{dir}/cmdline"), cmdline)
+            .symlink(&format!("{dir}/exe"), exe_link);
+        if !host.join(CRIO_BINARY).exists() {
+            host = host.write_executable(CRIO_BINARY, "#!/bin/sh\nexit 0\n");
+        }
+        if !host.join(HOST_MOUNT_NAMESPACE).exists() {
+            host = host
+                .write("proc/1/comm", "systemd\n")
+                .write(HOST_MOUNT_NAMESPACE, "");
+        }
+        let namespace = format!("{dir}/ns/mnt");
+        if host_mount_namespace {
+            let (from, to) = (
+                host.join(HOST_MOUNT_NAMESPACE),
+                host.parent_made(&namespace),
+            );
+            fs::hard_link(&from, &to)
+                .unwrap_or_else(|err| panic!("link {} to {}: {err}", to.display(), from.display()));
+            host
+        } else {
+            host.write(&namespace, "")
+        }
+    }
 }
+
+/// The host's CRI-O binary in a fake root.
+pub const CRIO_BINARY: &str = "usr/bin/crio";
+/// [`CRIO_BINARY`] from a `proc/<pid>` directory.
+const CRIO_BINARY_FROM_PROC: &str = "../../usr/bin/crio";
+/// Host PID 1's mount namespace (see the processes section of [`FakeHost`]).
+const HOST_MOUNT_NAMESPACE: &str = "proc/1/ns/mnt";
 
 /// Whether a mode-000 file actually stops this process: not for root (or
 /// anything with `CAP_DAC_OVERRIDE`), which is how the tests usually run.

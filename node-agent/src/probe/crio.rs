@@ -2,9 +2,11 @@
 //! the way Kata needs it, by CRI-O's own rules (cri-o/cri-o v1.36,
 //! `pkg/config`)?
 //!
-//! - Where: CRI-O's `--config` and `--config-dir`, read from the running
-//!   crio's command line, else from `/etc/sysconfig/crio`, else the defaults
-//!   `/etc/crio/crio.conf` and `/etc/crio/crio.conf.d` ([`crio_paths`]).
+//! - Where: CRI-O's `--config` and `--config-dir`, read from the command
+//!   line of the host's running crio (only a process that is provably the
+//!   host's CRI-O, [`crio_process`]), else from `/etc/sysconfig/crio`, else
+//!   the defaults `/etc/crio/crio.conf` and `/etc/crio/crio.conf.d`
+//!   ([`crio_paths`]). What is read is bounded in bytes and in TOML items.
 //! - Order: the main file, then every file under the directory
 //!   **recursively**, lexical order at each level (`filepath.Walk`). A
 //!   symlink to a directory in there makes CRI-O exit.
@@ -24,24 +26,37 @@ use std::fmt;
 use toml_edit::{DocumentMut, Item, TableLike};
 
 use super::host::{HostRoot, display};
-use super::{ProbeName, ProbeOutcome, reason};
+use super::{ProbeName, ProbeOutcome, crio_process, reason};
 use crate::config::ExpectedConfig;
+use crate::error::AgentError;
 
 pub const CRIO_CONF: &str = "/etc/crio/crio.conf";
 pub const CRIO_CONF_D: &str = "/etc/crio/crio.conf.d";
 pub const CRIO_SYSCONFIG: &str = "/etc/sysconfig/crio";
 /// CRI-O's default runtime when `default_runtime` is not set.
 pub const DEFAULT_RUNTIME: &str = "crun";
-/// CRI-O's full default configuration is about 70 KiB.
-const FILE_LIMIT: u64 = 1024 * 1024;
-/// A command line or sysconfig file is a few KiB.
+// Memory. Every file is held until the merge (the merge cache is keyed by
+// their bytes) and parsed one at a time; toml_edit's document costs about
+// 8 times the bytes of a long string and about 1 KiB per key, table or
+// value (measured with toml_edit 0.25: a 256 KiB file of 2,048 keys peaks
+// at 4 MiB). So the worst case of one read and merge is the total below
+// held plus one file parsed, about 4.5 MiB; the drop-in and kata-shim
+// probes may overlap, about 9 MiB, well under the agent's 32 MiB limit.
+/// One file. CRI-O's full default configuration (`crio config`, v1.36) is
+/// about 37 KiB, mostly comments.
+const FILE_LIMIT: u64 = 256 * 1024;
+/// All the files together.
+const TOTAL_LIMIT: u64 = 512 * 1024;
+/// Keys, tables and values in one file, as counted by [`toml_items`] (an
+/// upper bound): CRI-O's default configuration with every option set
+/// counts 225.
+const MAX_TOML_ITEMS: usize = 2048;
+/// A sysconfig file is a few KiB.
 const SMALL_FILE_LIMIT: u64 = 64 * 1024;
 /// Drop-in files read at most, over the whole tree.
 const MAX_FILES: usize = 512;
 /// Directory levels walked at most.
 const MAX_DEPTH: usize = 8;
-/// Processes looked at, at most, to find crio.
-const MAX_PROCESSES: usize = 65_536;
 
 const NAME: ProbeName = ProbeName::CrioDropIn;
 
@@ -156,7 +171,7 @@ pub fn config_flags<'a>(
 /// defaults. Blocking; bounded reads.
 pub fn crio_paths(root: &HostRoot) -> CrioPaths {
     let mut paths = CrioPaths::default();
-    let found = crio_command_line(root)
+    let found = crio_process::host_crio_arguments(root)
         .map(|args| {
             (
                 config_flags(args.iter().map(String::as_str)),
@@ -192,57 +207,11 @@ pub fn crio_paths(root: &HostRoot) -> CrioPaths {
     paths
 }
 
-/// The arguments of the running `crio`, from the host's `/proc`. The pid
-/// found is remembered per host root, so a steady node costs two small reads
-/// per cycle instead of a scan of every process.
-fn crio_command_line(root: &HostRoot) -> Option<Vec<String>> {
-    static LAST_PID: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> =
-        std::sync::Mutex::new(Vec::new());
-    let remembered = LAST_PID.lock().ok().and_then(|last| {
-        last.iter()
-            .find(|(r, _)| r == root.path())
-            .map(|(_, pid)| pid.clone())
-    });
-    if let Some(args) = remembered.and_then(|pid| crio_arguments(root, &pid)) {
-        return Some(args);
-    }
-    let pids = root.read_dir_sorted("/proc").ok()?;
-    let (pid, args) = pids
-        .iter()
-        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
-        .take(MAX_PROCESSES)
-        .find_map(|pid| crio_arguments(root, pid).map(|args| (pid.clone(), args)))?;
-    if let Ok(mut last) = LAST_PID.lock() {
-        last.retain(|(r, _)| r != root.path());
-        // One root in the agent; tests use many, so keep a few.
-        if last.len() >= 8 {
-            last.remove(0);
-        }
-        last.push((root.path().to_owned(), pid));
-    }
-    Some(args)
-}
-
-/// The arguments of process `pid` if it is `crio`.
-fn crio_arguments(root: &HostRoot, pid: &str) -> Option<Vec<String>> {
-    let comm = root.read_file(&format!("/proc/{pid}/comm"), 256).ok()?;
-    (comm.trim_ascii() == b"crio").then_some(())?;
-    let cmdline = root
-        .read_file(&format!("/proc/{pid}/cmdline"), SMALL_FILE_LIMIT)
-        .ok()?;
-    Some(
-        cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
-}
-
 /// Reads the main file and the drop-in tree at `paths` (see [`crio_paths`])
 /// in CRI-O's order. A missing file or directory is fine; anything present
 /// that cannot be read as a regular file (a FIFO, a symlink to a directory,
-/// a permission error, a huge file) is a failure naming that file. Blocking.
+/// a permission error, a huge file, files together past [`TOTAL_LIMIT`]) is
+/// a failure naming that file. Blocking.
 pub fn read_config_files(
     root: &HostRoot,
     paths: &CrioPaths,
@@ -252,7 +221,7 @@ pub fn read_config_files(
         message,
     };
     let mut files = Vec::new();
-    match root.read_file(&paths.config, FILE_LIMIT) {
+    match read_counted(root, &paths.config, &files) {
         Ok(bytes) => files.push(ConfigFile {
             host_path: display(&paths.config),
             bytes,
@@ -262,6 +231,25 @@ pub fn read_config_files(
     }
     walk(root, &paths.config_dir, 0, &mut files)?;
     Ok(files)
+}
+
+/// One file, within [`FILE_LIMIT`] and what the `files` already read leave
+/// of [`TOTAL_LIMIT`].
+fn read_counted(
+    root: &HostRoot,
+    host_path: &str,
+    files: &[ConfigFile],
+) -> Result<Vec<u8>, AgentError> {
+    let held: u64 = files.iter().map(|file| file.bytes.len() as u64).sum();
+    let left = TOTAL_LIMIT.saturating_sub(held);
+    root.read_file(host_path, FILE_LIMIT.min(left))
+        .map_err(|err| match err {
+            AgentError::TooLarge { path, .. } if left < FILE_LIMIT => AgentError::TotalTooLarge {
+                path,
+                limit: TOTAL_LIMIT,
+            },
+            err => err,
+        })
 }
 
 /// `filepath.Walk` over the drop-in directory: entries in lexical order,
@@ -309,9 +297,8 @@ fn walk(
                 display(dir)
             )));
         }
-        let bytes = root
-            .read_file(&host_path, FILE_LIMIT)
-            .map_err(|err| unreadable(err.to_string()))?;
+        let bytes =
+            read_counted(root, &host_path, files).map_err(|err| unreadable(err.to_string()))?;
         files.push(ConfigFile {
             host_path: display(&host_path),
             bytes,
@@ -556,6 +543,20 @@ pub fn probe(root: &HostRoot, config: &ExpectedConfig) -> ProbeOutcome {
     outcome
 }
 
+/// An upper bound on the keys, tables and values of a TOML text: each one
+/// needs an `=`, `[`, `{`, `,` or, for a table of a dotted key, `.` on a
+/// line that is not a comment.
+fn toml_items(text: &str) -> usize {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| {
+            line.bytes()
+                .filter(|b| matches!(b, b'=' | b'[' | b'{' | b',' | b'.'))
+                .count()
+        })
+        .sum()
+}
+
 fn parse(file: &ConfigFile) -> Result<DocumentMut, MergeFailure> {
     let text = std::str::from_utf8(&file.bytes).map_err(|err| MergeFailure {
         reason: reason::DROP_IN_NOT_TEXT,
@@ -565,6 +566,16 @@ fn parse(file: &ConfigFile) -> Result<DocumentMut, MergeFailure> {
             err.valid_up_to()
         ),
     })?;
+    // Before parsing: the parsed document costs about 1 KiB an item.
+    if toml_items(text) > MAX_TOML_ITEMS {
+        return Err(MergeFailure {
+            reason: reason::DROP_IN_UNREADABLE,
+            message: format!(
+                "{}: more than {MAX_TOML_ITEMS} keys, tables and values, more than the agent parses",
+                file.host_path
+            ),
+        });
+    }
     text.parse::<DocumentMut>().map_err(|err| {
         let (line, column) = err
             .span()
@@ -701,7 +712,9 @@ fn wrong_type(file: &str, key: &str, expected: &str, found: &Item) -> MergeFailu
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::fixtures::{DROP_IN_DIR, FakeHost};
     use crate::probe::ProbeStatus;
+    use crate::probe::host::FileId;
     use proptest::prelude::*;
 
     const KATA: &str = "[crio.runtime.runtimes.kata]\nruntime_path = \"/usr/bin/containerd-shim-kata-v2\"\n\
@@ -881,19 +894,13 @@ mod tests {
 
     #[test]
     fn config_paths_come_from_the_running_crio_then_sysconfig() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = HostRoot::new(dir.path());
-        assert_eq!(crio_paths(&root), CrioPaths::default());
-        let write = |path: &str, bytes: &[u8]| {
-            let path = dir.path().join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, bytes).unwrap();
-        };
-        write(
+        let host = FakeHost::empty();
+        assert_eq!(crio_paths(&host.host_root()), CrioPaths::default());
+        let host = host.write(
             "etc/sysconfig/crio",
             b"# options\nCRIO_CONFIG_OPTIONS=\"--config-dir=/etc/crio/other.d\"\nCRIO_STORAGE_OPTIONS=\n",
         );
-        let from_sysconfig = crio_paths(&root);
+        let from_sysconfig = crio_paths(&host.host_root());
         assert_eq!(
             (
                 from_sysconfig.config_dir.as_str(),
@@ -901,13 +908,10 @@ mod tests {
             ),
             ("/etc/crio/other.d", CRIO_SYSCONFIG)
         );
-        write("proc/4242/comm", b"crio\n");
-        write(
-            "proc/4242/cmdline",
-            b"/usr/bin/crio\0--config\0/x/crio.conf\0",
-        );
-        write("proc/17/comm", b"bash\n");
-        let from_process = crio_paths(&root);
+        let host = host
+            .crio_process(4242, &["/usr/bin/crio", "--config", "/x/crio.conf"])
+            .write("proc/17/comm", b"bash\n");
+        let from_process = crio_paths(&host.host_root());
         assert_eq!(
             (
                 from_process.config.as_str(),
@@ -916,6 +920,142 @@ mod tests {
             ),
             ("/x/crio.conf", CRIO_CONF_D, "crio command line")
         );
+    }
+
+    /// Where a container could point the agent: its own image's files.
+    const FORGED_DIR: &str = "/var/lib/containers/storage/overlay/0f3c/diff/etc/crio.d";
+
+    fn forged_args() -> [String; 2] {
+        ["crio".to_owned(), format!("--config-dir={FORGED_DIR}")]
+    }
+
+    fn paths_of(host: &FakeHost) -> (String, String) {
+        let paths = crio_paths(&host.host_root());
+        (paths.config_dir, paths.source)
+    }
+
+    #[test]
+    fn a_process_named_crio_in_a_container_is_not_trusted() {
+        let args = forged_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let defaults = (CRIO_CONF_D.to_owned(), "defaults".to_owned());
+        let other_namespace = FakeHost::empty().crio_process_in_other_mount_namespace(300, &args);
+        assert_eq!(paths_of(&other_namespace), defaults);
+        let foreign_binary = FakeHost::empty().crio_process_with_foreign_executable(300, &args);
+        assert_eq!(paths_of(&foreign_binary), defaults);
+        // Forged processes before the real one (lower pids) are skipped, not
+        // taken first, and the real one is still found.
+        let both = other_namespace
+            .crio_process_with_foreign_executable(301, &args)
+            .crio_process(4000, &["/usr/bin/crio", "--config-dir", "/etc/crio/real.d"]);
+        assert_eq!(
+            paths_of(&both),
+            (
+                "/etc/crio/real.d".to_owned(),
+                "crio command line".to_owned()
+            )
+        );
+        // Without a reference namespace nothing is trusted.
+        let no_init = FakeHost::empty()
+            .crio_process(4000, &["crio", "--config-dir=/etc/crio/real.d"])
+            .remove("proc/1");
+        assert_eq!(paths_of(&no_init), defaults);
+    }
+
+    #[test]
+    fn a_remembered_pid_taken_over_by_a_forgery_is_judged_again() {
+        let host = FakeHost::empty().crio_process(4100, &["crio", "--config-dir=/etc/crio/real.d"]);
+        assert_eq!(paths_of(&host).0, "/etc/crio/real.d");
+        // CRI-O exits and a container process gets its pid.
+        let args = forged_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let host = host
+            .remove("proc/4100")
+            .crio_process_in_other_mount_namespace(4100, &args);
+        assert_eq!(paths_of(&host).1, "defaults");
+    }
+
+    #[test]
+    fn the_judgement_needs_both_the_namespace_and_the_binary() {
+        let id = |inode| FileId { device: 8, inode };
+        let process = crio_process::ProcessIdentity {
+            mount_namespace: id(1),
+            executable: id(2),
+            executable_path: "/usr/bin/crio".to_owned(),
+        };
+        assert!(crio_process::judge(&process, id(1), Some(id(2))).is_ok());
+        for (namespace, host_file) in [(id(9), Some(id(2))), (id(1), Some(id(3))), (id(1), None)] {
+            assert!(
+                crio_process::judge(&process, namespace, host_file).is_err(),
+                "{namespace:?} {host_file:?}"
+            );
+        }
+        let other_device = FileId {
+            device: 9,
+            inode: 2,
+        };
+        assert!(crio_process::judge(&process, id(1), Some(other_device)).is_err());
+    }
+
+    #[test]
+    fn a_huge_configuration_is_refused_not_held() {
+        let comments = vec![b'#'; 200 * 1024];
+        // A forged crio pointing at a huge directory: never read.
+        let args = forged_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let forged = (0..8).fold(
+            FakeHost::empty().crio_process_in_other_mount_namespace(300, &args),
+            |host, n| host.write(&format!("{FORGED_DIR}/{n:02}"), &comments),
+        );
+        let paths = crio_paths(&forged.host_root());
+        assert_eq!(paths.config_dir, CRIO_CONF_D);
+        // The host's own drop-ins past the total: refused with a message.
+        let huge = (0..8).fold(FakeHost::empty(), |host, n| {
+            host.write(&format!("{}/{n:02}", DROP_IN_DIR), &comments)
+        });
+        let failure = read_config_files(&huge.host_root(), &CrioPaths::default()).unwrap_err();
+        assert_eq!(failure.reason, "DropInUnreadable");
+        assert!(
+            failure.message.contains("/etc/crio/crio.conf.d/02")
+                && failure.message.contains("524288-byte limit for them all"),
+            "{}",
+            failure.message
+        );
+        // Two files fit, and a third one too big alone says so.
+        let two = (0..2).fold(FakeHost::empty(), |host, n| {
+            host.write(&format!("{}/{n:02}", DROP_IN_DIR), &comments)
+        });
+        assert_eq!(
+            read_config_files(&two.host_root(), &CrioPaths::default())
+                .unwrap()
+                .len(),
+            2
+        );
+        let one_big = FakeHost::empty().write("etc/crio/crio.conf", vec![b'#'; 300 * 1024]);
+        let failure = read_config_files(&one_big.host_root(), &CrioPaths::default()).unwrap_err();
+        assert!(
+            failure.message.contains("262144-byte limit for this file"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn a_file_with_too_many_items_is_not_parsed() {
+        let many: String = (0..3000).map(|n| format!("k{n} = 1\n")).collect();
+        let outcome = judge(&[file("50-many", &many)]);
+        assert_eq!(
+            (outcome.status, outcome.reason),
+            (ProbeStatus::Fail, "DropInUnreadable")
+        );
+        assert!(outcome.message.contains("50-many"), "{}", outcome.message);
+        let commented: String = (0..3000).map(|n| format!("# k{n} = 1\n")).collect();
+        assert_eq!(
+            judge(&[file("40-comments", &commented), file("50-kata", KATA)]).status,
+            ProbeStatus::Ok
+        );
+        let ours = file("50-kata", KATA);
+        assert!(toml_items(std::str::from_utf8(&ours.bytes).unwrap()) < 20);
     }
 
     #[test]

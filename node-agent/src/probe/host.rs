@@ -17,14 +17,14 @@ use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, readlinkat};
 use nix::sys::stat::{SFlag, fstatat};
 
 use crate::error::AgentError;
@@ -41,6 +41,13 @@ const COMMAND_STDERR_LIMIT: u64 = 64 << 10;
 /// How often an open is retried when `openat2(RESOLVE_IN_ROOT)` says
 /// `EAGAIN` (a rename elsewhere in the tree raced with the lookup).
 const OPENAT2_RETRIES: usize = 3;
+
+/// A file's identity on the host: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub device: u64,
+    pub inode: u64,
+}
 
 /// The directory under which the host's filesystem is visible.
 #[derive(Debug, Clone)]
@@ -147,6 +154,40 @@ impl HostRoot {
         let file = File::from(self.open(host_path, OFlag::O_PATH)?);
         file.metadata()
             .map_err(|source| io_error(host_path, source))
+    }
+
+    /// Device and inode of `host_path`, following symlinks inside the root.
+    pub fn file_id(&self, host_path: &str) -> Result<FileId, AgentError> {
+        self.metadata(host_path).map(|meta| FileId {
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
+    }
+
+    /// Device and inode of what the entry `name` of the directory `dir`
+    /// leads to. `dir` is resolved inside the root; `name` is followed by the
+    /// kernel even when it is one of procfs's magic links (`exe`, `mnt`),
+    /// which lead to the real file or namespace whatever mount namespace
+    /// it lives in: that is the point, and why only a single entry of a
+    /// directory already inside the root is followed this way.
+    pub fn entry_file_id(&self, dir: &str, name: &str) -> Result<FileId, AgentError> {
+        let host_path = format!("{}/{name}", dir.trim_end_matches('/'));
+        let dir = self.open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+        let stat = fstatat(dir.as_fd(), name, AtFlags::empty())
+            .map_err(|errno| errno_error(&host_path, errno))?;
+        Ok(FileId {
+            device: stat.st_dev,
+            inode: stat.st_ino,
+        })
+    }
+
+    /// The target of the symlink entry `name` of the directory `dir`, as
+    /// the kernel spells it (for a magic link: the path in the mount
+    /// namespace of the process it belongs to).
+    pub fn read_link_entry(&self, dir: &str, name: &str) -> Result<OsString, AgentError> {
+        let host_path = format!("{}/{name}", dir.trim_end_matches('/'));
+        let dir = self.open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+        readlinkat(dir.as_fd(), name).map_err(|errno| errno_error(&host_path, errno))
     }
 
     /// Whether `host_path` exists (any kind of file).

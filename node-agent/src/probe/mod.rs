@@ -11,6 +11,7 @@ pub mod capacity;
 pub mod cpu;
 pub mod cri;
 pub mod crio;
+pub mod crio_process;
 pub mod host;
 pub mod kata_shim;
 pub mod kvm;
