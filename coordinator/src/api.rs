@@ -202,8 +202,8 @@ pub struct KataConfigStatus {
 /// are counted in `omitted`. An object is limited to 1.5 MiB in etcd and
 /// every status write fails once the KataConfig passes it, so the lists
 /// must stay small however many nodes the cluster has. At 100 the worst
-/// case (8 lists of 100 names of 253 bytes, the 3 failure lists each entry
-/// with a 1,100-byte error) is about 0.6 MiB, while a cluster of up to 100
+/// case (8 lists of 100 names of 253 bytes, and the 300 nodes of
+/// `failureReasons` and `notRuntimeReady` each with a 1,100-byte error) is about 0.6 MiB, while a cluster of up to 100
 /// Kata nodes, most clusters, still sees every node listed, as the
 /// OpenShift sandboxed containers operator lists them.
 pub const MAX_LISTED_NODES: usize = 100;
@@ -230,18 +230,30 @@ pub struct KataNodesStatus {
     /// Selected nodes waiting for their turn to install. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_to_install: Vec<String>,
-    /// Nodes whose install failed, with why. At most 100, by name (see `omitted`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_to_install: Vec<FailedNode>,
+    /// Nodes whose install failed, why in `failureReasons`. At most 100, by name (see `omitted`).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "node_names"
+    )]
+    pub failed_to_install: Vec<String>,
     /// Nodes the host configuration is being removed from. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uninstalling: Vec<String>,
     /// Nodes waiting for their turn to uninstall. At most 100, by name (see `omitted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_to_uninstall: Vec<String>,
-    /// Nodes whose uninstall failed, with why. At most 100, by name (see `omitted`).
+    /// Nodes whose uninstall failed, why in `failureReasons`. At most 100, by name (see `omitted`).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "node_names"
+    )]
+    pub failed_to_uninstall: Vec<String>,
+    /// Why each node listed in `failedToInstall` or `failedToUninstall`
+    /// failed, one entry per listed node, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_to_uninstall: Vec<FailedNode>,
+    pub failure_reasons: Vec<FailedNode>,
     /// Selected nodes whose node-agent reports the Kata runtime not ready,
     /// with the reason from the node's `KataRuntimeReady` condition. At most
     /// 100, by name (see `omitted`).
@@ -293,6 +305,27 @@ pub struct OmittedNodes {
     pub not_runtime_ready: Option<i32>,
 }
 
+/// A node list of `kataNodes` as read back: node names, as the OpenShift
+/// sandboxed containers operator writes them and as this version writes
+/// them. Entries of the `{name, error}` shape that earlier builds of this
+/// operator wrote are read as their names, so a status written before an
+/// upgrade never stops the reconcile; the next status write replaces it.
+fn node_names<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Name(String),
+        Named { name: String },
+    }
+    let entries = Vec::<Entry>::deserialize(deserializer)?;
+    Ok(entries
+        .into_iter()
+        .map(|entry| match entry {
+            Entry::Name(name) | Entry::Named { name } => name,
+        })
+        .collect())
+}
+
 /// A node whose install or uninstall failed, with the Machine Config
 /// Operator's reason.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -333,4 +366,25 @@ pub mod reason {
     /// Degraded=True: the Machine Config Operator failed our
     /// ContainerRuntimeConfig, which freezes the pool.
     pub const CONTAINER_RUNTIME_CONFIG_FAILED: &str = "ContainerRuntimeConfigFailed";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KataNodesStatus;
+
+    #[test]
+    fn failed_node_lists_read_names_and_the_shape_earlier_builds_wrote() {
+        let read: KataNodesStatus = serde_json::from_value(serde_json::json!({
+            "nodeCount": 3,
+            "failedToInstall": ["w0", {"name": "w1", "error": "disk full"}],
+            "failedToUninstall": [{"name": "w2"}],
+        }))
+        .unwrap_or_default();
+        assert_eq!(read.failed_to_install, ["w0", "w1"]);
+        assert_eq!(read.failed_to_uninstall, ["w2"]);
+        assert_eq!(read.node_count, 3);
+        let refused =
+            serde_json::from_value::<KataNodesStatus>(serde_json::json!({"failedToInstall": [3]}));
+        assert!(refused.is_err(), "a number is neither shape: {refused:?}");
+    }
 }

@@ -243,15 +243,7 @@ async fn degraded_node_and_log_level() {
         "{message}"
     );
     let status = cluster.configs().get("kc").await.unwrap().status.unwrap();
-    assert_eq!(
-        status
-            .kata_nodes
-            .failed_to_install
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect::<Vec<_>>(),
-        ["w1"]
-    );
+    assert_eq!(status.kata_nodes.failed_to_install, ["w1"]);
     assert_eq!(
         cluster.condition("kc", "InProgress").await.unwrap().1,
         "Failed"

@@ -34,6 +34,7 @@ mod must_gather;
 mod network_policies;
 mod node_agent_pod_policy;
 mod olm_bundle;
+mod osc_compat;
 mod rollout_counts;
 mod status_size;
 mod stuck_rollout;

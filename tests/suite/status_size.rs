@@ -15,6 +15,7 @@ use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
 use kata_coordinator::plan::conditions::NAMED_IN_MESSAGE;
 use kata_coordinator::plan::events::reason::{NODE_FAILED_TO_INSTALL, NODE_INSTALLED};
+use kata_coordinator::plan::nodes::failure_reason;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER, reconcile_rounds};
 use kata_tests::coordinator::RunningCoordinator;
 use kata_tests::eventually;
@@ -135,19 +136,13 @@ async fn a_cluster_past_the_cap_gets_capped_lists_exact_counts_and_every_event()
     .await
     .unwrap();
     let failing = status(&cluster).await.unwrap();
-    let listed: Vec<&str> = failing
-        .kata_nodes
-        .failed_to_install
-        .iter()
-        .map(|f| f.name.as_str())
-        .collect();
-    assert_eq!(listed, first);
+    assert_eq!(failing.kata_nodes.failed_to_install, first);
     assert!(
         failing
             .kata_nodes
             .failed_to_install
             .iter()
-            .all(|f| f.error == reason)
+            .all(|name| failure_reason(&failing.kata_nodes, name) == reason)
     );
     assert_eq!(failing.kata_nodes.node_count, i32::try_from(NODES).unwrap());
     let degraded = failing

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kata_coordinator::api::KataNodesStatus;
 use kata_coordinator::mco::names as mco;
+use kata_coordinator::plan::nodes::failure_reason;
 use kata_coordinator::reconciler::Options;
 use kata_tests::api_objects::create_node;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
@@ -185,11 +186,7 @@ async fn uninstall(cluster: &Cluster) {
 }
 
 fn failed_names(nodes: &KataNodesStatus) -> Vec<&str> {
-    nodes
-        .failed_to_install
-        .iter()
-        .map(|f| f.name.as_str())
-        .collect()
+    nodes.failed_to_install.iter().map(String::as_str).collect()
 }
 
 #[kata_test]
@@ -400,9 +397,7 @@ async fn a_selected_worker_in_an_infra_pool_is_reported_and_left_alone() {
     .unwrap();
     let nodes = kata_nodes(&cluster).await;
     assert!(
-        nodes.failed_to_install[0]
-            .error
-            .contains("node i0 is in MachineConfigPool infra"),
+        failure_reason(&nodes, "i0").contains("node i0 is in MachineConfigPool infra"),
         "{:?}",
         nodes.failed_to_install
     );
@@ -527,7 +522,7 @@ async fn an_unreconcilable_node_fails_with_its_reason_until_fixed() {
         .await;
     let nodes = kata_nodes(&cluster).await;
     assert_eq!(failed_names(&nodes), ["w1"]);
-    assert_eq!(nodes.failed_to_install[0].error, reason);
+    assert_eq!(failure_reason(&nodes, "w1"), reason);
     assert_eq!(cluster.condition("kc", "Ready").await.unwrap().1, "Failed");
     assert!(!has_runtime_class(&cluster).await);
 

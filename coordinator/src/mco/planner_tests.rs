@@ -319,8 +319,9 @@ fn node_phases_follow_the_mco_annotations() {
     assert_eq!(plan.nodes.installed, ["done"]);
     assert_eq!(plan.nodes.installing, ["working"]);
     assert_eq!(plan.nodes.waiting_to_install, ["waiting"]);
+    assert_eq!(plan.nodes.failed_to_install, ["broken"]);
     assert_eq!(
-        plan.nodes.failed_to_install,
+        plan.nodes.failure_reasons,
         [FailedNode {
             name: "broken".into(),
             error: "disk full".into()
@@ -664,13 +665,7 @@ fn part_of_the_master_pool_is_refused_and_nothing_is_applied_for_it() {
     let ready = condition_of(&plan, "Ready");
     assert_eq!(ready.reason, "SelectionRefused");
     assert!(ready.message.contains("also holds m2"), "{}", ready.message);
-    let failed: Vec<&str> = plan
-        .nodes
-        .failed_to_install
-        .iter()
-        .map(|f| f.name.as_str())
-        .collect();
-    assert_eq!(failed, ["m0", "m1"]);
+    assert_eq!(plan.nodes.failed_to_install, ["m0", "m1"]);
     assert_eq!(plan.requeue, Requeue::Resync);
 }
 
@@ -719,11 +714,9 @@ fn a_worker_in_an_infra_pool_is_reported_and_the_others_still_get_the_runtime_cl
             .iter()
             .any(|s| matches!(s, Step::SetNodeLabel { node, .. } if node == "i0"))
     );
-    assert_eq!(plan.nodes.failed_to_install[0].name, "i0");
+    assert_eq!(plan.nodes.failed_to_install, ["i0"]);
     assert!(
-        plan.nodes.failed_to_install[0]
-            .error
-            .contains("MachineConfigPool infra")
+        crate::plan::nodes::failure_reason(&plan.nodes, "i0").contains("MachineConfigPool infra")
     );
     assert!(applies(&plan, crate::kind::RUNTIME_CLASS));
     assert_eq!(condition_of(&plan, "Ready").reason, "SelectionRefused");

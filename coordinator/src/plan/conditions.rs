@@ -334,14 +334,18 @@ mod tests {
     fn degraded_names_every_failed_node_in_install_and_uninstall() {
         assert!(!degraded(&KataNodesStatus::default(), &[]).status);
         let nodes = KataNodesStatus {
-            failed_to_install: vec![FailedNode {
-                name: "a".into(),
-                error: "disk full".into(),
-            }],
-            failed_to_uninstall: vec![FailedNode {
-                name: "b".into(),
-                error: "stuck".into(),
-            }],
+            failed_to_install: vec!["a".into()],
+            failed_to_uninstall: vec!["b".into()],
+            failure_reasons: vec![
+                FailedNode {
+                    name: "a".into(),
+                    error: "disk full".into(),
+                },
+                FailedNode {
+                    name: "b".into(),
+                    error: "stuck".into(),
+                },
+            ],
             ..Default::default()
         };
         let degraded = degraded(&nodes, &[]);
@@ -426,7 +430,8 @@ mod tests {
         assert!(in_progress.message.len() < 1_000, "{}", in_progress.message);
 
         let failing = KataNodesStatus {
-            failed_to_install: names("f")
+            failed_to_install: names("f"),
+            failure_reasons: names("f")
                 .into_iter()
                 .map(|name| FailedNode {
                     name,

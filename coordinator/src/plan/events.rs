@@ -148,7 +148,7 @@ pub fn node_transitions(previous: Previous<'_>, now: &KataNodesStatus) -> Vec<No
         omitted.installed,
     );
     let had_failed = Listed::new(
-        recorded.failed_to_install.iter().map(|f| f.name.as_str()),
+        recorded.failed_to_install.iter().map(String::as_str),
         omitted.failed_to_install,
     );
     let installed = now
@@ -159,10 +159,10 @@ pub fn node_transitions(previous: Previous<'_>, now: &KataNodesStatus) -> Vec<No
     let failed = now
         .failed_to_install
         .iter()
-        .filter(|failed| had_failed.certainly_absent(&failed.name))
-        .map(|failed| NodeTransition::FailedToInstall {
-            node: failed.name.clone(),
-            error: failed.error.clone(),
+        .filter(|node| had_failed.certainly_absent(node))
+        .map(|node| NodeTransition::FailedToInstall {
+            node: node.clone(),
+            error: super::nodes::failure_reason(now, node).to_owned(),
         });
     installed.chain(failed).collect()
 }
@@ -193,7 +193,8 @@ mod tests {
     fn status(installed: &[&str], failed: &[(&str, &str)]) -> KataNodesStatus {
         KataNodesStatus {
             installed: installed.iter().map(|n| n.to_string()).collect(),
-            failed_to_install: failed
+            failed_to_install: failed.iter().map(|(name, _)| name.to_string()).collect(),
+            failure_reasons: failed
                 .iter()
                 .map(|(name, error)| FailedNode {
                     name: name.to_string(),
@@ -264,7 +265,8 @@ mod tests {
         let all = names("w", count);
         // The last node, beyond the written list's cap, fails, then installs.
         let mut failing = installed_nodes(&all[..count - 1]);
-        failing.failed_to_install = vec![FailedNode {
+        failing.failed_to_install = vec![all[count - 1].clone()];
+        failing.failure_reasons = vec![FailedNode {
             name: all[count - 1].clone(),
             error: "drain failed".into(),
         }];
@@ -340,7 +342,8 @@ mod tests {
         );
         // The same holds for failures.
         let failed = |names: &[String]| KataNodesStatus {
-            failed_to_install: names
+            failed_to_install: names.to_vec(),
+            failure_reasons: names
                 .iter()
                 .map(|name| FailedNode {
                     name: name.clone(),

@@ -36,12 +36,18 @@ pub fn node_status(phases: &[NodeAssessment], targets: usize) -> KataNodesStatus
             NodePhase::Installing => status.installing.push(name),
             NodePhase::WaitingToInstall => status.waiting_to_install.push(name),
             NodePhase::FailedToInstall(error) | NodePhase::Refused(error) => {
-                status.failed_to_install.push(failed_node(name, error))
+                status
+                    .failure_reasons
+                    .push(failed_node(name.clone(), error));
+                status.failed_to_install.push(name);
             }
             NodePhase::Uninstalling => status.uninstalling.push(name),
             NodePhase::WaitingToUninstall => status.waiting_to_uninstall.push(name),
             NodePhase::FailedToUninstall(error) => {
-                status.failed_to_uninstall.push(failed_node(name, error))
+                status
+                    .failure_reasons
+                    .push(failed_node(name.clone(), error));
+                status.failed_to_uninstall.push(name);
             }
             NodePhase::Untouched => {}
         }
@@ -118,15 +124,25 @@ pub fn written(full: &KataNodesStatus) -> KataNodesStatus {
         failed_to_uninstall: failed_to_uninstall_omitted,
         not_runtime_ready: not_runtime_ready_omitted,
     };
+    // One reason per failed node the lists hold, so the reasons are capped
+    // with them.
+    let mut failure_reasons: Vec<FailedNode> = full
+        .failure_reasons
+        .iter()
+        .filter(|f| failed_to_install.contains(&f.name) || failed_to_uninstall.contains(&f.name))
+        .cloned()
+        .collect();
+    failure_reasons.sort_by(|a, b| a.name.cmp(&b.name));
     KataNodesStatus {
         node_count: full.node_count,
         ready_node_count: full.ready_node_count,
         installed,
         installing,
         waiting_to_install,
-        failed_to_install,
         uninstalling,
         waiting_to_uninstall,
+        failure_reasons,
+        failed_to_install,
         failed_to_uninstall,
         not_runtime_ready,
         omitted: (omitted != OmittedNodes::default()).then_some(omitted),
@@ -140,13 +156,27 @@ pub fn settled(nodes: &KataNodesStatus) -> bool {
         && nodes.failed_to_uninstall.is_empty()
 }
 
-/// Every node whose install or uninstall failed.
+/// Why `node` failed, as `failureReasons` says (empty when it does not).
+pub fn failure_reason<'a>(nodes: &'a KataNodesStatus, node: &str) -> &'a str {
+    nodes
+        .failure_reasons
+        .iter()
+        .find(|f| f.name == node)
+        .map_or("", |f| f.error.as_str())
+}
+
+/// Every node whose install or uninstall failed, with why: those of
+/// `failedToInstall`, then those of `failedToUninstall`.
 pub fn failed(nodes: &KataNodesStatus) -> Vec<FailedNode> {
-    [
-        nodes.failed_to_install.as_slice(),
-        nodes.failed_to_uninstall.as_slice(),
-    ]
-    .concat()
+    nodes
+        .failed_to_install
+        .iter()
+        .chain(&nodes.failed_to_uninstall)
+        .map(|name| FailedNode {
+            name: name.clone(),
+            error: failure_reason(nodes, name).to_owned(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -185,7 +215,8 @@ mod tests {
         ];
         let status = node_status(&assessed(&nodes, phases), 2);
         assert_eq!(status.installed, ["a"]);
-        assert_eq!(status.failed_to_install[0].name, "b");
+        assert_eq!(status.failed_to_install, ["b"]);
+        assert_eq!(failure_reason(&status, "b"), "disk");
         assert_eq!(status.waiting_to_uninstall, ["d"]);
         assert_eq!((status.node_count, status.ready_node_count), (2, 1));
         assert!(!settled(&status));
@@ -233,17 +264,27 @@ mod tests {
             installed,
             installing: names(3),
             not_runtime_ready: failed.clone(),
-            failed_to_uninstall: failed,
+            failed_to_uninstall: failed.iter().map(|f| f.name.clone()).collect(),
+            failure_reasons: failed,
             ..Default::default()
         };
         let written = written(&full);
         assert_eq!(written.installed, names(MAX_LISTED_NODES));
         assert_eq!(written.installing, names(3), "a short list is whole");
         assert_eq!(written.not_runtime_ready.len(), MAX_LISTED_NODES);
-        assert_eq!(written.failed_to_uninstall[0].name, "w0000");
+        assert_eq!(written.failed_to_uninstall[0], "w0000");
         assert_eq!(
-            written.failed_to_uninstall.last().map(|f| f.name.as_str()),
+            written.failed_to_uninstall.last().map(String::as_str),
             Some(format!("w{:04}", MAX_LISTED_NODES - 1).as_str())
+        );
+        let reasons: Vec<&str> = written
+            .failure_reasons
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(
+            reasons, written.failed_to_uninstall,
+            "one reason for each listed failed node, in the list's order"
         );
         assert_eq!(
             written.omitted,
@@ -284,15 +325,15 @@ mod tests {
             &assessed(&nodes, [NodePhase::FailedToInstall(long.clone())]),
             1,
         );
-        let error = &status.failed_to_install[0].error;
+        let error = failure_reason(&status, "a");
         assert!(error.len() <= MAX_ERROR_BYTES && error.len() >= MAX_ERROR_BYTES - 1);
-        assert!(long.starts_with(error.as_str()));
+        assert!(long.starts_with(error));
         let short = "Reason: message";
         let status = node_status(
             &assessed(&nodes, [NodePhase::FailedToUninstall(short.into())]),
             0,
         );
-        assert_eq!(status.failed_to_uninstall[0].error, short);
+        assert_eq!(failure_reason(&status, "a"), short);
     }
 
     #[test]

@@ -51,7 +51,7 @@ fn reference_documents_every_spec_field_with_its_constraints() {
         "`spec.kataConfigPoolSelector.matchLabels`",
         "`spec.logLevel`",
         "`status.conditions[].observedGeneration`",
-        "`status.kataNodes.failedToInstall[].error`",
+        "`status.kataNodes.failureReasons[].error`",
         "`status.kataNodes.readyNodeCount`",
         "`status.runtimeClasses`",
     ] {

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use kata_coordinator::api::{KataConfig, condition};
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::names;
+use kata_coordinator::plan::nodes::failure_reason;
 use kata_tests::ControlPlane;
 use kata_tests::api_objects::create_node;
 use kata_tests::control_plane::binary_dir;
@@ -454,7 +455,7 @@ impl Snapshot {
             if !list.is_empty() {
                 let failed: Vec<String> = list
                     .iter()
-                    .map(|f| format!("{} ({})", f.name, f.error))
+                    .map(|name| format!("{name} ({})", failure_reason(k, name)))
                     .collect();
                 let _ = write!(nodes_line, "  {phase}: {}", failed.join(", "));
             }
