@@ -9,7 +9,7 @@ use futures::FutureExt;
 use kube::Client;
 use tracing::info;
 
-use crate::controller::{self as reconciler, KataConfigController};
+use crate::controller::{self, KataConfigController};
 use crate::endpoints::Readiness;
 use crate::health::marks::MarkPolicy;
 use crate::health::{AgentAuthenticator, HealthOptions, HealthRegistry, HealthService, ServerTls};
@@ -117,14 +117,14 @@ pub fn termination_signal() -> std::io::Result<impl Future<Output = ()> + Send +
 /// How the KataConfig controller watches the rollout (`--stuck-rollout-seconds`).
 #[derive(Clone, Copy, Debug)]
 pub struct RolloutWatch {
-    /// See [`reconciler::Options::stuck_after`].
+    /// See [`controller::Options::stuck_after`].
     pub stuck_after: Duration,
 }
 
 impl Default for RolloutWatch {
     fn default() -> Self {
         Self {
-            stuck_after: reconciler::DEFAULT_STUCK_AFTER,
+            stuck_after: controller::DEFAULT_STUCK_AFTER,
         }
     }
 }
@@ -188,6 +188,7 @@ async fn start_agents(
     .with_metrics(metrics.clone());
     let health_options = HealthOptions {
         heartbeat_interval: agents.heartbeat,
+        extension_name: crate::mco::names::EXTENSION.into(),
         ..HealthOptions::default()
     };
     let service =
@@ -230,6 +231,7 @@ pub async fn run_until(
 ) -> Result<(), AppError> {
     let shutdown = shutdown.boxed().shared();
     let metrics = Metrics::default();
+    metrics.count_writes_to(&crate::mco::SERVED_KINDS);
     let registry = metrics.registry();
     let leader_gauge = metrics.leader.clone();
     let readiness = Readiness::default();
@@ -267,7 +269,7 @@ pub async fn run_until(
     let nodes = node_writer.as_reader();
     let controller = KataConfigController::new(
         client.clone(),
-        reconciler::Options {
+        controller::Options {
             metrics: metrics.clone(),
             stuck_after: rollout.stuck_after,
             ..Default::default()
@@ -314,11 +316,27 @@ pub async fn run_until(
 /// process ends or its write budget is spent.
 pub async fn run_controller(
     client: Client,
-    options: reconciler::Options,
+    options: controller::Options,
     node_writer: kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Node>,
 ) {
     let backend = crate::mco::cluster::backend(&client);
     KataConfigController::new(client, options, node_writer, backend)
         .run_until(std::future::pending())
         .await
+}
+
+/// The coordinator's ClusterRole rules with the MCO backend: its own and
+/// the backend's (what `coordinator rbac` prints and the bundle carries).
+pub fn cluster_permissions() -> Vec<crate::rbac::Permission> {
+    crate::rbac::cluster_permissions(crate::mco::rbac::PERMISSIONS)
+}
+
+/// The coordinator's ClusterRole with the MCO backend.
+pub fn cluster_role() -> k8s_openapi::api::rbac::v1::ClusterRole {
+    crate::rbac::cluster_role(crate::mco::rbac::PERMISSIONS)
+}
+
+/// The RBAC documents `coordinator rbac` prints.
+pub fn rbac_yaml() -> String {
+    crate::rbac::rbac_yaml(crate::mco::rbac::PERMISSIONS)
 }

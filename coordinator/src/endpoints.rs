@@ -161,7 +161,7 @@ pub async fn serve(
 }
 
 /// Serves `GET`/`PUT /log-level` (the live log filter, e.g. `debug` or
-/// `info,kata_coordinator::reconciler=trace`) on `listener`, which the
+/// `info,kata_coordinator::controller=trace`) on `listener`, which the
 /// coordinator binds to loopback only: reached with `kubectl port-forward`
 /// by someone allowed to, never by whoever reaches the pod's network.
 pub async fn serve_admin(

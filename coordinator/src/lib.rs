@@ -38,12 +38,6 @@ pub mod prerequisites;
 pub mod rbac;
 
 /// The KataConfig controller under the name the integration tests use.
-pub mod reconciler {
-    pub use crate::app::run_controller as run;
-    pub use crate::controller::{
-        DEFAULT_STUCK_AFTER, Error, KataConfigController, Options, SHUTDOWN_GRACE,
-    };
-}
 pub mod selector;
 pub mod status;
 

@@ -99,7 +99,7 @@ struct RunArgs {
     /// Seconds a node may stay updating (Machine Config Operator state
     /// Working) before the KataConfig and a Warning Event say it is stuck
     /// and what holds its drain.
-    #[arg(long, env = "STUCK_ROLLOUT_SECONDS", default_value_t = kata_coordinator::reconciler::DEFAULT_STUCK_AFTER.as_secs())]
+    #[arg(long, env = "STUCK_ROLLOUT_SECONDS", default_value_t = kata_coordinator::controller::DEFAULT_STUCK_AFTER.as_secs())]
     stuck_rollout_seconds: u64,
     /// Run as one of several replicas: act only while holding the Lease
     /// `--lease-name` in the agents' namespace.
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Rbac => {
-            print!("{}", kata_coordinator::rbac::rbac_yaml());
+            print!("{}", kata_coordinator::app::rbac_yaml());
             ExitCode::SUCCESS
         }
         Command::Run(args) => run(*args),

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-/// The categories of [`CategoryLabel`], as `reconciler::Error::category`
+/// The categories of [`CategoryLabel`], as `controller::Error::category`
 /// names them.
 pub const RECONCILE_ERROR_CATEGORIES: [&str; 4] = ["observe", "apply", "status", "stopped"];
 
@@ -279,25 +279,28 @@ impl Metrics {
         registry
     }
 
+    /// Writes to `kinds` are counted from the first scrape on, at 0 until
+    /// the first: the wiring names the kinds its rollout backend writes.
+    pub fn count_writes_to(&self, kinds: &[crate::kind::Kind]) {
+        for kind in kinds {
+            self.api_writes.by_kind.get_or_create_owned(&KindLabel {
+                kind: kind.kind.into(),
+            });
+        }
+    }
+
     /// The counters whose label values are known in advance exist from the
     /// first scrape at 0, so a rate or an alert over them has a series to
     /// work on before the first event (a missing series is not a zero).
     fn create_known_series(&self) {
-        use crate::mco::names::{CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
-        let kinds = [
+        self.count_writes_to(&[
             crate::kind::KATA_CONFIG,
             crate::kind::NODE,
             crate::kind::RUNTIME_CLASS,
-            POOL,
-            MACHINE_CONFIG,
-            CONTAINER_RUNTIME_CONFIG,
-        ]
-        .map(|k| k.kind);
-        for kind in kinds.into_iter().chain([crate::kind::EVENT_KIND]) {
-            self.api_writes
-                .by_kind
-                .get_or_create_owned(&KindLabel { kind: kind.into() });
-        }
+        ]);
+        self.api_writes.by_kind.get_or_create_owned(&KindLabel {
+            kind: crate::kind::EVENT_KIND.into(),
+        });
         for category in RECONCILE_ERROR_CATEGORIES {
             self.reconcile_errors.get_or_create_owned(&CategoryLabel {
                 category: category.into(),

@@ -12,7 +12,6 @@ use k8s_openapi::api::rbac::v1::{
 };
 use kube::api::ObjectMeta;
 
-use crate::mco::names as mco;
 use crate::names;
 use kata_proto::contract;
 
@@ -42,10 +41,9 @@ pub struct Permission {
     pub used_by: &'static str,
 }
 
-const MCO: &str = mco::GROUP;
-
-/// Cluster-wide permissions (the ClusterRole).
-pub const CLUSTER_PERMISSIONS: &[Permission] = &[
+/// The coordinator's own cluster-wide permissions; the ClusterRole holds
+/// these and those of the host-configuration backend ([`cluster_permissions`]).
+pub const OWN_CLUSTER_PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: "kataconfiguration.openshift.io",
         resources: &["kataconfigs"],
@@ -53,14 +51,14 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         // list/watch: the Controller's watcher; patch: server-side apply of
         // metadata.finalizers (Step::AddFinalizer / Step::RemoveFinalizer).
         verbs: &["list", "watch", "patch"],
-        used_by: "reconciler: KataConfig controller, finalizer add/remove",
+        used_by: "controller::wiring (the KataConfig watch), controller::steps (finalizer add/remove)",
     },
     Permission {
         api_group: "kataconfiguration.openshift.io",
         resources: &["kataconfigs/status"],
         resource_names: &[],
         verbs: &["patch"],
-        used_by: "reconciler::Context::write_status (applier: server-side apply of status)",
+        used_by: "controller::report::write_status (applier: server-side apply of status)",
     },
     Permission {
         api_group: "",
@@ -70,7 +68,7 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         // and its removal by JSON merge patch (Applier::label), the health
         // labels by SSA (labeller, Step::ReleaseNodeLabels).
         verbs: &["list", "watch", "patch"],
-        used_by: "reconciler: node cache, node labels",
+        used_by: "controller::wiring (node cache), controller::steps (node labels)",
     },
     Permission {
         api_group: "",
@@ -80,64 +78,20 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         used_by: "health::labeller (node condition KataRuntimeReady), Step::RemoveNodeCondition",
     },
     Permission {
-        api_group: MCO,
-        resources: &["machineconfigpools"],
-        resource_names: &[],
-        // pool_events watches every pool (the reflector needs the full list).
-        verbs: &["list", "watch"],
-        used_by: "mco::cluster::pool_events",
-    },
-    Permission {
-        api_group: MCO,
-        resources: &["machineconfigpools"],
-        resource_names: &[mco::POOL_NAME],
-        verbs: &["create", "patch", "delete"],
-        // create: server-side apply of the absent pool needs it as well as patch.
-        used_by: "reconciler: Step::Apply / Step::Delete of the pool",
-    },
-    Permission {
-        api_group: MCO,
-        resources: &["machineconfigs"],
-        resource_names: &[mco::MACHINE_CONFIG_NAME, mco::MASTER_MACHINE_CONFIG_NAME],
-        // list/watch: mco::cluster::owned_watches selects metadata.name, which
-        // is what lets them be limited by name.
-        verbs: &["list", "watch", "create", "patch", "delete"],
-        used_by: "mco::cluster::owned_watches, Step::Apply / Step::Delete of the MachineConfigs",
-    },
-    Permission {
-        api_group: MCO,
-        resources: &["machineconfigs"],
-        resource_names: &[],
-        // Rendered configs have generated names: reading the ones master-pool
-        // nodes run tells whether they still carry Kata.
-        verbs: &["get"],
-        used_by: "mco::cluster::observe (rendered configs of the master pool's nodes)",
-    },
-    Permission {
-        api_group: MCO,
-        resources: &["containerruntimeconfigs"],
-        resource_names: &[
-            mco::CONTAINER_RUNTIME_CONFIG_NAME,
-            mco::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
-        ],
-        verbs: &["list", "watch", "create", "patch", "delete"],
-        used_by: "mco::cluster::owned_watches, Step::Apply / Step::Delete of the ContainerRuntimeConfig",
-    },
-    Permission {
         api_group: "node.k8s.io",
         resources: &["runtimeclasses"],
         resource_names: &[names::RUNTIME_CLASS_NAME],
         // The watch in KataConfigController::run selects metadata.name=kata, which is
         // what lets list/watch be limited by name.
         verbs: &["get", "list", "watch", "create", "patch", "delete"],
-        used_by: "reconciler: observe, RuntimeClass watch, Step::Apply / Step::Delete of the RuntimeClass",
+        used_by: "controller::observe, the RuntimeClass watch, Step::Apply / Step::Delete of the RuntimeClass",
     },
     Permission {
         api_group: "",
         resources: &["pods"],
         resource_names: &[],
         verbs: &["list"],
-        used_by: "reconciler::Context::pods_using_kata (uninstall guard), Context::drain_blockers (pods on a stuck node)",
+        used_by: "controller::pod_gate::pods_using_kata (uninstall guard), controller::stuck::drain_blockers (pods on a stuck node)",
     },
     Permission {
         api_group: "policy",
@@ -145,7 +99,7 @@ pub const CLUSTER_PERMISSIONS: &[Permission] = &[
         resource_names: &[],
         // Only while a node is stuck updating, in its pods' namespaces.
         verbs: &["list"],
-        used_by: "reconciler::Context::drain_blockers (what holds a stuck node's drain)",
+        used_by: "controller::stuck::drain_blockers (what holds a stuck node's drain)",
     },
     Permission {
         api_group: "events.k8s.io",
@@ -217,6 +171,12 @@ pub const CLUSTER_URL_PERMISSIONS: &[UrlPermission] = &[UrlPermission {
 /// The leader-election Lease: the coordinator's `--lease-name` default.
 pub const LEASE_NAME: &str = "kata-operator-coordinator";
 
+/// Every cluster-wide permission (the ClusterRole): the coordinator's own,
+/// then those of the backend that rolls the host configuration out.
+pub fn cluster_permissions(backend: &[Permission]) -> Vec<Permission> {
+    [OWN_CLUSTER_PERMISSIONS, backend].concat()
+}
+
 fn strings(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| s.to_string()).collect()
 }
@@ -264,7 +224,7 @@ fn subjects() -> Option<Vec<Subject>> {
     }])
 }
 
-pub fn cluster_role() -> ClusterRole {
+pub fn cluster_role(backend: &[Permission]) -> ClusterRole {
     ClusterRole {
         metadata: ObjectMeta {
             name: Some(ROLE_NAME.into()),
@@ -273,7 +233,7 @@ pub fn cluster_role() -> ClusterRole {
         },
         rules: Some(
             [
-                rules(CLUSTER_PERMISSIONS),
+                rules(&cluster_permissions(backend)),
                 url_rules(CLUSTER_URL_PERMISSIONS),
             ]
             .concat(),
@@ -328,9 +288,11 @@ pub fn role_binding() -> RoleBinding {
 }
 
 /// The ClusterRole, Role and their bindings as one multi-document YAML.
-pub fn rbac_yaml() -> String {
+/// The four RBAC documents `coordinator rbac` prints, for a coordinator
+/// with `backend`'s permissions.
+pub fn rbac_yaml(backend: &[Permission]) -> String {
     let documents = [
-        serde_yaml::to_string(&cluster_role()),
+        serde_yaml::to_string(&cluster_role(backend)),
         serde_yaml::to_string(&cluster_role_binding()),
         serde_yaml::to_string(&role()),
         serde_yaml::to_string(&role_binding()),
@@ -345,21 +307,29 @@ pub fn rbac_yaml() -> String {
     )
 }
 
+/// What every rule of a permission table must hold: verbs and the code
+/// path that needs them, and no `update`: every write is a patch (SSA or
+/// merge), so a PUT that could overwrite an admin's spec is refused (the
+/// Lease excepted). The backends' tables are checked with it too.
+#[cfg(test)]
+pub(crate) fn check_rules(permissions: &[Permission]) {
+    for p in permissions {
+        assert!(!p.verbs.is_empty() && !p.used_by.is_empty(), "{p:?}");
+        assert!(
+            !p.verbs.contains(&"update") || p.resources == ["leases"],
+            "{p:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_rule_has_verbs_and_a_reason() {
-        for p in CLUSTER_PERMISSIONS.iter().chain(NAMESPACE_PERMISSIONS) {
-            assert!(!p.verbs.is_empty() && !p.used_by.is_empty(), "{p:?}");
-            // RBAC grants update to no one here: every write is a patch (SSA or
-            // merge), so a PUT that could overwrite an admin's spec is refused.
-            assert!(
-                !p.verbs.contains(&"update") || p.resources == ["leases"],
-                "{p:?}"
-            );
-        }
+        check_rules(&cluster_permissions(&[]));
+        check_rules(NAMESPACE_PERMISSIONS);
         for p in CLUSTER_URL_PERMISSIONS {
             assert!(p.verbs == ["get"] && !p.used_by.is_empty(), "{p:?}");
         }
@@ -367,7 +337,7 @@ mod tests {
 
     #[test]
     fn yaml_holds_four_documents() {
-        let yaml = rbac_yaml();
+        let yaml = rbac_yaml(&[]);
         assert_eq!(yaml.matches("\n---\n").count(), 3, "{yaml}");
         assert!(yaml.contains("kind: ClusterRoleBinding"));
     }

@@ -13,9 +13,9 @@ pub struct RunningCoordinator {
 }
 
 impl RunningCoordinator {
-    pub fn start(client: kube::Client, options: kata_coordinator::reconciler::Options) -> Self {
+    pub fn start(client: kube::Client, options: kata_coordinator::controller::Options) -> Self {
         let writes = options.metrics.api_writes.clone();
-        let task = tokio::spawn(kata_coordinator::reconciler::run(
+        let task = tokio::spawn(kata_coordinator::app::run_controller(
             client,
             options,
             kube::runtime::reflector::store::Writer::default(),
@@ -26,9 +26,9 @@ impl RunningCoordinator {
     /// [`Self::start`] with default options, and the metrics it counts in.
     pub fn with_metrics(client: kube::Client) -> (Self, kata_coordinator::metrics::Metrics) {
         let metrics = kata_coordinator::metrics::Metrics::default();
-        let options = kata_coordinator::reconciler::Options {
+        let options = kata_coordinator::controller::Options {
             metrics: metrics.clone(),
-            ..kata_coordinator::reconciler::Options::default()
+            ..kata_coordinator::controller::Options::default()
         };
         (Self::start(client, options), metrics)
     }

@@ -54,10 +54,12 @@ struct RunningServer {
 }
 
 impl HealthFixture {
-    /// With a 15 s heartbeat, so tests can tell it from the default.
+    /// With a 15 s heartbeat, so tests can tell it from the default, and
+    /// the extension the MCO backend installs, as the coordinator tells it.
     pub async fn start() -> Self {
         Self::start_with(HealthOptions {
             heartbeat_interval: Duration::from_secs(15),
+            extension_name: kata_coordinator::mco::names::EXTENSION.into(),
             ..HealthOptions::default()
         })
         .await

@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kata_coordinator::controller::Options;
 use kata_coordinator::health::{AgentAuthenticator, AuthError};
 use kata_coordinator::leader::{LeaderElector, LeaseOptions};
 use kata_coordinator::mco::names as mco;
@@ -27,10 +28,9 @@ use kata_coordinator::metrics::{
 };
 use kata_coordinator::names;
 use kata_coordinator::rbac::{
-    AGENT_SERVICE_ACCOUNT, CLUSTER_PERMISSIONS, CLUSTER_URL_PERMISSIONS, LEASE_NAME, NAMESPACE,
-    NAMESPACE_PERMISSIONS, SERVICE_ACCOUNT,
+    AGENT_SERVICE_ACCOUNT, CLUSTER_URL_PERMISSIONS, LEASE_NAME, NAMESPACE, NAMESPACE_PERMISSIONS,
+    SERVICE_ACCOUNT,
 };
-use kata_coordinator::reconciler::Options;
 use kata_tests::ControlPlane;
 use kata_tests::api_objects::pod_bound_token;
 use kata_tests::cluster::{Cluster, WORKER};
@@ -417,8 +417,9 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
 
     // Every grant of the table reaches the coordinator's token through the
     // checked-in bindings (a Role without its binding would not).
+    let cluster_permissions = kata_coordinator::app::cluster_permissions();
     for (permissions, namespace) in [
-        (CLUSTER_PERMISSIONS, ""),
+        (cluster_permissions.as_slice(), ""),
         (NAMESPACE_PERMISSIONS, NAMESPACE),
     ] {
         for p in permissions {

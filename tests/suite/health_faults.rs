@@ -55,7 +55,7 @@ fn apply() -> PatchParams {
 /// tokens: what an administrator's mistake, or an API server that fails
 /// the reviews, looks like to the coordinator.
 async fn grant_token_reviews(admin: &Client, granted: bool) {
-    let mut role = rbac::cluster_role();
+    let mut role = kata_coordinator::app::cluster_role();
     if !granted {
         role.rules
             .get_or_insert_default()

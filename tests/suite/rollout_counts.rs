@@ -18,8 +18,8 @@ use kata_test_harness::kata_test;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kata_coordinator::controller::Options;
 use kata_coordinator::mco::names as mco;
-use kata_coordinator::reconciler::Options;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::coordinator::RunningCoordinator;
 use kata_tests::eventually;

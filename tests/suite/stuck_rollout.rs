@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kata_coordinator::controller::Options;
 use kata_coordinator::metrics::Metrics;
 use kata_coordinator::plan::stuck::REASON_NODE_ROLLOUT_STUCK;
-use kata_coordinator::reconciler::Options;
 use kata_tests::cluster::{
     CONVERGE, Cluster, WORKER, namespace_for_pods, our_warnings, reconcile_rounds,
 };

@@ -9,8 +9,8 @@
 use kata_test_harness::kata_test;
 use std::process::{Command, Stdio};
 
+use kata_coordinator::controller::Options;
 use kata_coordinator::mco::names as mco;
-use kata_coordinator::reconciler::Options;
 use kata_tests::cluster::{Cluster, WORKER};
 use kata_tests::control_plane::binary_dir;
 use kata_tests::coordinator::RunningCoordinator;

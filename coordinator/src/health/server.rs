@@ -30,7 +30,6 @@ use tracing::{debug, info, warn};
 use super::auth::{AgentAuthenticator, AgentIdentity, Authenticated};
 use super::pods::{BoundPods, PodFollower};
 use super::registry::{HealthRegistry, Mailbox};
-use crate::mco;
 use crate::metrics::{Metrics, REPORT_CHANGED, REPORT_HEARTBEAT};
 use kata_proto::contract;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +43,9 @@ pub struct HealthOptions {
     /// How long an authenticated stream may stay open without a Hello, so a
     /// stuck or hostile client cannot hold a task forever.
     pub hello_timeout: Duration,
+    /// The OS extension the rollout backend installs, which agents are told
+    /// to expect (the wiring sets it from the backend; empty names none).
+    pub extension_name: String,
 }
 
 impl Default for HealthOptions {
@@ -52,17 +54,18 @@ impl Default for HealthOptions {
             heartbeat_interval: Duration::from_secs(30),
             minimum_qemu_version: contract::MINIMUM_QEMU_VERSION.into(),
             hello_timeout: Duration::from_secs(30),
+            extension_name: String::new(),
         }
     }
 }
 
 /// What the coordinator tells every agent to expect on its node; it comes
-/// from the [`contract`] and the MCO names, as the MachineConfig does, so
-/// agent and MachineConfig can never disagree.
+/// from the [`contract`] and the rollout backend's extension, as the host
+/// configuration does, so agent and host configuration can never disagree.
 pub fn expected_config(options: &HealthOptions) -> ExpectedConfig {
     ExpectedConfig {
         runtime_handler: contract::RUNTIME_HANDLER.into(),
-        extension_name: mco::names::EXTENSION.into(),
+        extension_name: options.extension_name.clone(),
         drop_in_path: contract::DROP_IN_PATH.into(),
         // At least one second: zero would make an agent report in a busy loop.
         heartbeat_interval_seconds: u32::try_from(options.heartbeat_interval.as_secs())

@@ -36,6 +36,7 @@ pub mod placement;
 mod planner_tests;
 #[cfg(test)]
 mod prerequisites_tests;
+pub mod rbac;
 
 use std::collections::BTreeSet;
 

@@ -32,6 +32,13 @@ async fn scrape(metrics: &Metrics) -> String {
 #[tokio::test]
 async fn every_metric_family_appears_once() {
     let metrics = Metrics::default();
+    // A backend's kind, as the wiring names it.
+    metrics.count_writes_to(&[crate::kind::Kind {
+        group: "machineconfiguration.openshift.io",
+        version: "v1",
+        kind: "MachineConfig",
+        plural: "machineconfigs",
+    }]);
     metrics.api_writes.record("Node");
     metrics.api_writes.record("Event");
     metrics.api_writes.record("Event");

@@ -9,7 +9,7 @@ fn checked_in_rbac_matches_the_permission_table() {
     let checked_in =
         std::fs::read_to_string(path).expect("deploy/base/rbac-coordinator.yaml is readable");
     assert!(
-        checked_in == kata_coordinator::rbac::rbac_yaml(),
+        checked_in == kata_coordinator::app::rbac_yaml(),
         "deploy/base/rbac-coordinator.yaml is stale: run `make generate`"
     );
 }

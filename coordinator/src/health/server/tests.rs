@@ -57,10 +57,11 @@ fn hello_must_name_the_tokens_node() {
 fn expected_config_comes_from_names_and_options() {
     let config = expected_config(&HealthOptions {
         heartbeat_interval: Duration::from_millis(10),
+        extension_name: "sandboxed-containers".into(),
         ..HealthOptions::default()
     });
     assert_eq!(config.runtime_handler, contract::RUNTIME_HANDLER);
-    assert_eq!(config.extension_name, mco::names::EXTENSION);
+    assert_eq!(config.extension_name, "sandboxed-containers");
     assert_eq!(config.drop_in_path, contract::DROP_IN_PATH);
     assert_eq!(config.extension_packages, vec![contract::EXTENSION_PACKAGE]);
     assert_eq!(config.heartbeat_interval_seconds, 1);
