@@ -191,6 +191,47 @@ impl Applier {
         Ok(())
     }
 
+    /// Takes `finalizer` off the object, whichever field manager wrote it: a
+    /// JSON patch that tests the entry is still `finalizer` where it was seen
+    /// (`seen`) and removes it, so no other finalizer is touched. A
+    /// server-side apply without it would release only what our manager
+    /// owns, and one an earlier operator wrote would keep the object forever.
+    pub async fn remove_finalizer(
+        &self,
+        kind: Kind,
+        name: &str,
+        finalizer: &str,
+        seen: &[String],
+    ) -> Result<(), WriteError> {
+        let Some(index) = seen.iter().position(|f| f == finalizer) else {
+            return Ok(());
+        };
+        self.spend(kind.kind)?;
+        let path = || {
+            json_patch::jsonptr::PointerBuf::from_tokens([
+                "metadata".to_owned(),
+                "finalizers".to_owned(),
+                index.to_string(),
+            ])
+        };
+        let patch = json_patch::Patch(vec![
+            json_patch::PatchOperation::Test(json_patch::TestOperation {
+                path: path(),
+                value: finalizer.into(),
+            }),
+            json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path: path() }),
+        ]);
+        match self
+            .api(kind)
+            .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<(), WriteError> {
         self.spend(kind.kind)?;
         match self.api(kind).delete(name, &DeleteParams::default()).await {

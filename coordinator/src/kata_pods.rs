@@ -1,4 +1,5 @@
-//! When the uninstall has to list the cluster's pods. Finding the pods that
+//! When the uninstall (or the guard of a RuntimeClass being deleted) has to
+//! list the cluster's pods. Finding the pods that
 //! use our RuntimeClass means listing every pod (no field selector matches
 //! `spec.runtimeClassName`), so the reconciler lists only when the answer
 //! can change what it does, and otherwise reuses its last answer:

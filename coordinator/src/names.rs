@@ -11,6 +11,11 @@ pub const MANAGER_TARGETING: &str = "kata-operator/targeting";
 pub const MANAGER_HEALTH: &str = "kata-operator/health";
 
 pub const FINALIZER: &str = "kataconfiguration.openshift.io/finalizer";
+/// Holds the deletion of our RuntimeClass while pods use it (without it a
+/// pod using the class could not restart). The name newer releases of the
+/// OpenShift sandboxed containers operator put on theirs, so a RuntimeClass
+/// taken over from it is guarded the same way.
+pub const RUNTIME_CLASS_FINALIZER: &str = "kataconfig.openshift.io/runtime-class-cleanup";
 
 pub const RUNTIME_CLASS_NAME: &str = kata_proto::contract::RUNTIME_CLASS_NAME;
 pub const RUNTIME_HANDLER: &str = kata_proto::contract::RUNTIME_HANDLER;

@@ -77,6 +77,7 @@ pub fn runtime_class() -> RuntimeClass {
         metadata: ObjectMeta {
             name: Some(names::RUNTIME_CLASS_NAME.into()),
             labels: Some(managed_labels(&[])),
+            finalizers: Some(vec![names::RUNTIME_CLASS_FINALIZER.into()]),
             ..Default::default()
         },
         handler: names::RUNTIME_HANDLER.into(),

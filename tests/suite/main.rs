@@ -36,6 +36,7 @@ mod node_agent_pod_policy;
 mod olm_bundle;
 mod osc_compat;
 mod rollout_counts;
+mod runtime_class_guard;
 mod status_size;
 mod stuck_rollout;
 mod topologies;

@@ -38,7 +38,12 @@ impl Context {
             .runtime_classes
             .get(&ObjectRef::new(names::RUNTIME_CLASS_NAME))
             .and_then(|rc| serde_json::to_value(rc.as_ref()).ok());
-        let pods_using_kata = if deleting {
+        // The pods are listed only when something waits on them: the
+        // uninstall, or a deletion of the RuntimeClass its guard holds.
+        let guarding = runtime_class
+            .as_ref()
+            .is_some_and(plan::runtime_class::being_deleted);
+        let pods_using_kata = if deleting || guarding {
             self.pods_using_kata(config, runtime_class.is_some())
                 .await?
         } else {

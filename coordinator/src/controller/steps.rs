@@ -18,10 +18,9 @@ impl Context {
         info!(kataconfig = %config.name_any(), "executing step");
         let applier = &self.applier;
         let result = match step {
-            // Applying without the finalizer releases our ownership, which removes it.
-            Step::AddFinalizer | Step::RemoveFinalizer => {
+            Step::AddFinalizer => {
                 let name = config.name_any();
-                let body = finalizer_body(&name, matches!(step, Step::AddFinalizer));
+                let body = finalizer_body(&name);
                 applier
                     .apply(
                         kind::KATA_CONFIG,
@@ -44,6 +43,23 @@ impl Context {
                     .apply_unforced(desired.kind(), desired.name(), names::MANAGER, rc)
                     .await
             }
+            // Whoever wrote it (an earlier operator's manager may own it).
+            Step::RemoveFinalizer => {
+                applier
+                    .remove_finalizer(
+                        kind::KATA_CONFIG,
+                        &config.name_any(),
+                        names::FINALIZER,
+                        config.finalizers(),
+                    )
+                    .await
+            }
+            Step::ReleaseFinalizer {
+                kind,
+                name,
+                finalizer,
+                seen,
+            } => applier.remove_finalizer(*kind, name, finalizer, seen).await,
             Step::Delete { kind, name } => applier.delete(*kind, name).await,
             Step::SetNodeLabel {
                 node,
@@ -73,17 +89,12 @@ impl Context {
     }
 }
 
-/// The body that applies our finalizer to the KataConfig `name`, or (with
-/// `present` false) claims none, which removes it.
-fn finalizer_body(name: &str, present: bool) -> Value {
-    let mut metadata = json!({ "name": name });
-    if present {
-        metadata["finalizers"] = json!([names::FINALIZER]);
-    }
+/// The body that applies our finalizer to the KataConfig `name`.
+fn finalizer_body(name: &str) -> Value {
     json!({
         "apiVersion": kind::KATA_CONFIG.api_version(),
         "kind": kind::KATA_CONFIG.kind,
-        "metadata": metadata,
+        "metadata": { "name": name, "finalizers": [names::FINALIZER] },
     })
 }
 

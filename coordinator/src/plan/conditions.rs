@@ -8,6 +8,7 @@ use super::ownership::Conflict;
 use super::rollout::Assessment;
 use crate::api::condition::{DEGRADED, IN_PROGRESS, READY};
 use crate::api::{FailedNode, KataNodesStatus, reason};
+use crate::names;
 
 pub fn condition(
     type_: &'static str,
@@ -81,6 +82,27 @@ pub mod own_reason {
     /// Another field manager holds fields the operator sets: it holds its
     /// writes to that object.
     pub const CONFLICTING_MANAGER: &str = "ConflictingManager";
+    /// Someone deleted our RuntimeClass while pods use it: its finalizer
+    /// holds the deletion until they are gone.
+    pub const RUNTIME_CLASS_DELETION_HELD: &str = "RuntimeClassDeletionHeld";
+}
+
+/// Degraded while the deletion of our RuntimeClass is held for the pods
+/// that use it, the first of them named.
+pub fn runtime_class_deletion_held(pods: &[String]) -> ConditionState {
+    let message = format!(
+        "RuntimeClass {} is being deleted and is held while {} pod(s) use it: {}; it goes once \
+         they are gone, and is created again while this KataConfig installs Kata",
+        names::RUNTIME_CLASS_NAME,
+        pods.len(),
+        named(pods, NAMED_IN_MESSAGE, ", "),
+    );
+    condition(
+        DEGRADED,
+        true,
+        own_reason::RUNTIME_CLASS_DELETION_HELD,
+        message,
+    )
 }
 
 /// Degraded while the operator holds its writes because other managers

@@ -161,6 +161,14 @@ pub enum Step {
         node: String,
     },
     RemoveFinalizer,
+    /// Take `finalizer` off an object we own, whichever manager wrote it;
+    /// `seen` is the object's finalizers as observed.
+    ReleaseFinalizer {
+        kind: Kind,
+        name: &'static str,
+        finalizer: &'static str,
+        seen: Vec<String>,
+    },
 }
 
 impl fmt::Display for Step {
@@ -188,6 +196,9 @@ impl fmt::Display for Step {
                 "removing the {} condition of node {node}",
                 names::NODE_CONDITION
             ),
+            Step::ReleaseFinalizer { kind, name, .. } => {
+                write!(f, "removing our finalizer of {} {name}", kind.kind)
+            }
         }
     }
 }
@@ -368,6 +379,15 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
     let all_installed = installable > 0 && nodes.installed.len() == installable;
     let runtime_class = runtime_class::plan(all_installed, observed.runtime_class.as_ref());
     steps.extend(runtime_class.step);
+    let mut degraded = conditions::degraded(&nodes, &assessment.failures);
+    // Pods are not watched: a held deletion looks again as a blocked
+    // uninstall does.
+    let mut held = false;
+    match runtime_class::guard(observed.runtime_class.as_ref(), &observed.pods_using_kata) {
+        runtime_class::Guard::Untouched => {}
+        runtime_class::Guard::Held(condition) => (degraded, held) = (condition, true),
+        runtime_class::Guard::Release(step) => steps.extend(step),
+    }
 
     let [in_progress, ready] = conditions::install(
         &nodes,
@@ -379,14 +399,12 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
     Plan {
         steps,
         runtime_classes: runtime_class.names,
-        conditions: vec![
-            in_progress,
-            ready,
-            conditions::degraded(&nodes, &assessment.failures),
-        ],
+        conditions: vec![in_progress, ready, degraded],
         nodes,
         requeue: if rolling {
             Requeue::After(POLL_WHILE_ROLLING)
+        } else if held {
+            Requeue::After(POLL_WHILE_BLOCKED)
         } else {
             Requeue::Resync
         },
@@ -420,9 +438,13 @@ pub(crate) fn plan_uninstall(
 
     let mut steps = Vec::new();
     // No new Kata pod from here on: without the RuntimeClass the API server
-    // refuses pods that name it.
-    if observed.runtime_class.is_some() {
-        steps.push(runtime_class::delete());
+    // refuses pods that name it. No pod uses it (the gate above), so our
+    // finalizer goes first and the delete takes it at once.
+    if let Some(rc) = &observed.runtime_class {
+        steps.extend(runtime_class::release(rc));
+        if !runtime_class::being_deleted(rc) {
+            steps.push(runtime_class::delete());
+        }
     }
     let progress = rollout.uninstall(&observed.nodes);
     steps.extend(progress.steps);

@@ -260,7 +260,15 @@ fn uninstall_removes_the_runtime_class_first_and_the_pool_last() {
     let (mut observed, rollout) = converged(vec![w0]);
     observed.deleting = true;
     let first = plan(&observed, &rollout);
-    assert_eq!(first.steps[0], runtime_class::delete());
+    // No pod uses it (the gate): its guard goes, then the class itself.
+    assert!(matches!(
+        first.steps[0],
+        Step::ReleaseFinalizer {
+            finalizer: names::RUNTIME_CLASS_FINALIZER,
+            ..
+        }
+    ));
+    assert_eq!(first.steps[1], runtime_class::delete());
     assert!(first.steps.contains(&set_pool_role("w0", false)));
     let delete_mc = Step::Delete {
         kind: MACHINE_CONFIG,
