@@ -784,6 +784,50 @@ kata_guest_meminfo{{item="mem_total"}} 2.061021184e+09
     )
 }
 
+/// Series of [`hostile_shim_page`] past the sandbox's series cap.
+pub const HOSTILE_PAGE_OVER_CAP: usize = 100;
+
+/// What a shim serves when its guest is hostile (the guest agent's part of
+/// the page is the guest's to write): families of other exporters, the
+/// node-agent's own forged, a name over the length bound, series with too
+/// many labels or too long a label name or value, and a flood of series
+/// past the cap. Per scrape the relay must drop 6 series as `family` (3
+/// foreign, 2 forged, 1 long name), 3 as `labels` and
+/// [`HOSTILE_PAGE_OVER_CAP`] as `series_cap`, and relay `kata_shim_threads`
+/// (`threads`) and the first `MAX_SERIES_PER_SANDBOX - 1` of the flood,
+/// `kata_guest_vm_stat{item="flood_<n>"}`.
+pub fn hostile_shim_page(threads: u32) -> String {
+    use crate::sandbox_metrics::{MAX_LABEL_VALUE_LEN, MAX_NAME_LEN, MAX_SERIES_PER_SANDBOX};
+    let many_labels: Vec<String> = (0..7).map(|n| format!("l{n}=\"x\"")).collect();
+    let flood: String = (0..MAX_SERIES_PER_SANDBOX - 1 + HOSTILE_PAGE_OVER_CAP)
+        .map(|n| format!("kata_guest_vm_stat{{item=\"flood_{n}\"}} 1\n"))
+        .collect();
+    format!(
+        r#"# HELP node_cpu_seconds_total Seconds the CPUs spent in each mode.
+# TYPE node_cpu_seconds_total counter
+node_cpu_seconds_total{{cpu="0",mode="idle"}} 1
+kube_pod_info{{namespace="kube-system",pod="etcd"}} 1
+up 0
+# TYPE kata_node_agent_connected gauge
+kata_node_agent_connected 0
+kata_node_agent_reports_sent_total 1e9
+kata_guest_{long_name} 1
+kata_guest_meminfo{{{many_labels}}} 1
+kata_guest_meminfo{{item="{long_value}"}} 1
+kata_guest_meminfo{{{long_label}="x"}} 1
+# HELP kata_shim_threads Kata containerd shim v2 process threads.
+# TYPE kata_shim_threads gauge
+kata_shim_threads {threads}
+# HELP kata_guest_vm_stat Guest virtual memory statistics.
+# TYPE kata_guest_vm_stat gauge
+{flood}"#,
+        long_name = "a".repeat(MAX_NAME_LEN),
+        many_labels = many_labels.join(","),
+        long_value = "v".repeat(MAX_LABEL_VALUE_LEN * 4),
+        long_label = "l".repeat(100),
+    )
+}
+
 /// A fake shim: its sandbox directory under [`SANDBOX_STORE`] and a thread
 /// answering HTTP on the directory's `shim-monitor.sock`, as the shim's
 /// management server does. Stops (and removes the directory) on drop.

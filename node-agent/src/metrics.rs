@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 
 use crate::liveness::Liveness;
 use crate::probe::{ProbeName, ProbeOutcome, ProbeStatus};
-use crate::sandbox_metrics::{SandboxScrape, SandboxScraper};
+use crate::sandbox_metrics::{DropReason, SandboxScrape, SandboxScraper};
 use crate::verdict::Verdicts;
 
 /// Where `node-agent run` serves its metrics unless told otherwise.
@@ -62,6 +62,11 @@ struct ProbeLabels {
     probe: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropReasonLabels {
+    reason: &'static str,
+}
+
 /// The `status` label's values, in this order on the page.
 pub const STATUS_VALUES: [(ProbeStatus, &str); 4] = [
     (ProbeStatus::Ok, "ok"),
@@ -85,6 +90,7 @@ pub struct AgentMetrics {
     sandboxes_running: Gauge,
     sandbox_scrape_errors: Counter,
     sandbox_dropped_lines: Counter,
+    sandbox_dropped_series: Family<DropReasonLabels, Counter>,
     abandoned_probe_work: Gauge,
 }
 
@@ -155,6 +161,15 @@ impl AgentMetrics {
             .set(i64::try_from(scrape.sandboxes).unwrap_or(i64::MAX));
         self.sandbox_scrape_errors.inc_by(scrape.errors);
         self.sandbox_dropped_lines.inc_by(scrape.dropped_lines);
+        // Every reason, 0 included: each series exists from the first page,
+        // so a first drop shows as an increase rather than a new series.
+        for reason in DropReason::ALL {
+            self.sandbox_dropped_series
+                .get_or_create(&DropReasonLabels {
+                    reason: reason.as_str(),
+                })
+                .inc_by(scrape.dropped_series.get(reason));
+        }
     }
 
     /// A registry holding every metric, once.
@@ -220,6 +235,13 @@ impl AgentMetrics {
             "sandbox_malformed_lines",
             "Lines of the Kata shims' metrics dropped as malformed or conflicting",
             self.sandbox_dropped_lines.clone(),
+        );
+        agent.register(
+            "sandbox_series_dropped",
+            "Series of the Kata shims' metrics not relayed, by reason: family \
+             (not one of Kata's), labels (too many or too long), series_cap \
+             (past the sandbox's cap)",
+            self.sandbox_dropped_series.clone(),
         );
         agent.register(
             "abandoned_probe_work",
@@ -461,6 +483,35 @@ mod tests {
             Some(2.0)
         );
         assert_eq!(value(&second, "kata_node_agent_kvm_capable"), Some(0.0));
+    }
+
+    #[tokio::test]
+    async fn sandbox_series_dropped_are_counted_by_reason_from_zero() {
+        use crate::sandbox_metrics::SeriesDrops;
+        let metrics = AgentMetrics::default();
+        let series = |reason: &str| {
+            format!("kata_node_agent_sandbox_series_dropped_total{{reason=\"{reason}\"}}")
+        };
+        let first = page(&metrics).await;
+        for reason in DropReason::ALL {
+            assert_eq!(
+                value(&first, &series(reason.as_str())),
+                Some(0.0),
+                "{first}"
+            );
+        }
+        metrics.observe_sandboxes(&SandboxScrape {
+            dropped_series: SeriesDrops {
+                family: 6,
+                labels: 3,
+                series_cap: 100,
+            },
+            ..SandboxScrape::default()
+        });
+        let second = page(&metrics).await;
+        assert_eq!(value(&second, &series("family")), Some(6.0), "{second}");
+        assert_eq!(value(&second, &series("labels")), Some(3.0));
+        assert_eq!(value(&second, &series("series_cap")), Some(100.0));
     }
 
     #[tokio::test]

@@ -26,6 +26,16 @@
 //!
 //! Every input is bounded: the sandboxes listed, the bytes read from each
 //! socket, the text kept across sandboxes, and the time.
+//!
+//! What is relayed is bounded too, because part of each page comes from
+//! the guest, which its workload controls: only Kata's own families pass
+//! ([`KATA_PREFIXES`]), never the agent's own namespace; a series with more
+//! labels than [`MAX_LABELS`] or a label name or value longer than
+//! [`MAX_LABEL_NAME_LEN`] or [`MAX_LABEL_VALUE_LEN`] is dropped whole (cut
+//! short, two series could collide); and a sandbox relays at most
+//! [`MAX_SERIES_PER_SANDBOX`] series. What is dropped is counted by
+//! [`DropReason`]. The PodMonitor's limits
+//! (`deploy/monitoring/pod-monitor.yaml`) are sized from these.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -59,6 +69,140 @@ pub const SANDBOX_LABEL: &str = "sandbox_id";
 /// Relayed families may not use the agent's own namespace: a shim must not
 /// be able to forge or collide with the agent's metrics.
 const OWN_PREFIX: &str = "kata_node_agent_";
+
+/// The namespaces of the families Kata documents in kata-containers
+/// `docs/design/kata-2-0-metrics.md` (sections "Kata agent metrics",
+/// "Firecracker metrics", "Kata guest OS metrics", "Hypervisor metrics",
+/// "Kata monitor metrics", "Kata containerd shim v2 metrics"; the same
+/// prefixes in `docs/design/data/metrics.yaml`), and `kata_virtiofsd_`,
+/// which the Go shim serves beside the hypervisor's
+/// (`src/runtime/virtcontainers/sandbox_metrics.go`, `namespaceVirtiofsd`)
+/// though that document does not list it. Any other family on a shim's
+/// page is not Kata's to relay.
+pub const KATA_PREFIXES: [&str; 7] = [
+    "kata_agent_",
+    "kata_firecracker_",
+    "kata_guest_",
+    "kata_hypervisor_",
+    "kata_monitor_",
+    "kata_shim_",
+    "kata_virtiofsd_",
+];
+
+/// Longest relayed metric name (Prometheus checks it as the value of
+/// `__name__`). Kata's longest is 60 bytes
+/// (`kata_shim_agent_rpc_durations_histogram_milliseconds_bucket`).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Labels a relayed series may carry besides `sandbox_id`. Kata's series
+/// carry at most 3 (`mount`, `device`, `item` of `kata_guest_filesystem_*`;
+/// a histogram bucket has `action` and `le`; the fixture page of a shim has
+/// at most 2): twice that leaves room for a new Kata release.
+pub const MAX_LABELS: usize = 6;
+
+/// Longest label name. Kata's are at most 9 bytes (`interface`,
+/// `quantile`).
+pub const MAX_LABEL_NAME_LEN: usize = 32;
+
+/// Longest label value, as written (escaped, so never shorter than the
+/// value Prometheus stores). Kata's longest are the guest's mount points
+/// in `kata_guest_filesystem_*` (a container's volume under
+/// `/run/kata-containers/shared/containers/`, about 190 bytes at most);
+/// RPC names are under 32 bytes.
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+
+/// Series relayed from one sandbox; the rest of its page is dropped. From
+/// the label values `kata-2-0-metrics.md` lists, a shim's page holds about
+/// 1,100 series for a guest of 2 vCPUs, 2 disks and 2 interfaces (the
+/// document measures 144 KB a sandbox), most of them the two RPC
+/// histograms (585); about 1,900 for 32 vCPUs, 16 disks, 4 interfaces and
+/// 16 filesystems, since `kata_guest_cpu_time` grows by 10 a vCPU and
+/// `kata_guest_diskstat` by 17 a disk. Twice the large guest's.
+pub const MAX_SERIES_PER_SANDBOX: usize = 4_000;
+
+/// The docstring of a relayed family; Kata's longest is 91 bytes.
+const MAX_HELP_LEN: usize = 1_024;
+
+/// Why a well-formed series of a shim's page is not relayed: the values of
+/// the label `reason` of `kata_node_agent_sandbox_series_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not one of Kata's families ([`KATA_PREFIXES`]), the agent's own
+    /// namespace, or a name over [`MAX_NAME_LEN`].
+    Family,
+    /// Over [`MAX_LABELS`] labels, or a label name or value over its length.
+    Labels,
+    /// Past the sandbox's [`MAX_SERIES_PER_SANDBOX`].
+    SeriesCap,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::Family,
+        DropReason::Labels,
+        DropReason::SeriesCap,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Family => "family",
+            DropReason::Labels => "labels",
+            DropReason::SeriesCap => "series_cap",
+        }
+    }
+}
+
+/// Series dropped, by [`DropReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesDrops {
+    pub family: u64,
+    pub labels: u64,
+    pub series_cap: u64,
+}
+
+impl SeriesDrops {
+    pub fn get(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::Family => self.family,
+            DropReason::Labels => self.labels,
+            DropReason::SeriesCap => self.series_cap,
+        }
+    }
+
+    fn count(&mut self, reason: DropReason) {
+        let slot = match reason {
+            DropReason::Family => &mut self.family,
+            DropReason::Labels => &mut self.labels,
+            DropReason::SeriesCap => &mut self.series_cap,
+        };
+        *slot += 1;
+    }
+
+    fn add(&mut self, other: SeriesDrops) {
+        self.family += other.family;
+        self.labels += other.labels;
+        self.series_cap += other.series_cap;
+    }
+}
+
+/// Whether a family (or a sample's name) is Kata's to relay.
+pub fn is_kata_family(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN
+        && !name.starts_with(OWN_PREFIX)
+        && KATA_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// The most series one scrape can relay under `limits`: the per-sandbox cap
+/// times the sandboxes, or what the text budget holds of the shortest line
+/// a sandbox with a 64-digit id (CRI-O's and containerd's) can have,
+/// `kata_shim_{sandbox_id="<id>"} 0.0` and its newline, whichever is less.
+/// The PodMonitor's `sampleLimit` must stay above it, or hostile guests
+/// could fail the scrape of their node's agent.
+pub fn max_relayed_series(limits: &ScrapeLimits) -> usize {
+    const SHORTEST_LINE: usize = "kata_shim_{sandbox_id=\"\"} 0.0\n".len() + 64;
+    (limits.max_sandboxes.saturating_mul(MAX_SERIES_PER_SANDBOX))
+        .min(limits.max_total_bytes / SHORTEST_LINE)
+}
 
 /// The shim's Go runtime families, renamed as `kata-monitor` renames them.
 const RENAMED_PREFIXES: [&str; 2] = ["go_", "process_"];
@@ -107,6 +251,8 @@ pub struct SandboxScrape {
     pub errors: u64,
     /// Lines of the shims' answers dropped as malformed or conflicting.
     pub dropped_lines: u64,
+    /// Well-formed series of the relayed sandboxes left out, by reason.
+    pub dropped_series: SeriesDrops,
     /// The merged families, ready to append to a classic text page.
     pub text: String,
 }
@@ -182,6 +328,7 @@ impl SandboxScraper {
         }
         scrape.errors += pending as u64;
         scrape.dropped_lines = relay.dropped_lines;
+        scrape.dropped_series = relay.dropped_series;
         scrape.text = relay.render();
         scrape
     }
@@ -423,11 +570,16 @@ pub struct PageFamily {
 pub struct Page {
     pub families: Vec<PageFamily>,
     pub dropped_lines: u64,
+    pub dropped_series: SeriesDrops,
 }
 
 impl Page {
+    /// What the page adds to the relayed text, its docstrings included.
     fn text_len(&self) -> usize {
-        self.families.iter().map(|family| family.lines.len()).sum()
+        self.families
+            .iter()
+            .map(|family| family.lines.len() + family.help.as_ref().map_or(0, String::len))
+            .sum()
     }
 }
 
@@ -435,7 +587,10 @@ impl Page {
 /// adding `sandbox_id="<sandbox_id>"` to every sample. Lines that are not
 /// valid — bad names, escapes, numbers or labels, a second `# TYPE` or
 /// `# HELP`, a `# TYPE` after its family's samples, histogram buckets
-/// without `le`, a repeated series — are dropped and counted. Fails when the
+/// without `le`, a repeated series, a `# HELP` over [`MAX_HELP_LEN`] — are
+/// dropped and counted; well-formed series that are not Kata's or exceed the
+/// label or series bounds are dropped and counted by [`DropReason`]; the
+/// `# HELP` and `# TYPE` of families not Kata's are ignored. Fails when the
 /// rendered samples pass `max_output` bytes (the sandbox id on every sample
 /// can make the output much longer than the input).
 pub fn parse_page(sandbox_id: &str, text: &[u8], max_output: usize) -> Result<Page, ScrapeError> {
@@ -444,6 +599,7 @@ pub fn parse_page(sandbox_id: &str, text: &[u8], max_output: usize) -> Result<Pa
         page: Page::default(),
         index: HashMap::new(),
         series: HashSet::new(),
+        kept: 0,
         output: 0,
     };
     for raw in text.split(|&byte| byte == b'\n') {
@@ -469,11 +625,13 @@ struct PageParser<'a> {
     index: HashMap<String, usize>,
     /// Series seen, by name and sorted labels: a repeated one is dropped.
     series: HashSet<String>,
+    /// Series kept, up to [`MAX_SERIES_PER_SANDBOX`].
+    kept: usize,
     output: usize,
 }
 
 impl PageParser<'_> {
-    /// Takes one line; false when it is dropped.
+    /// Takes one line; false when it is dropped as malformed.
     fn line(&mut self, line: &str) -> bool {
         let trimmed = line.trim_start_matches([' ', '\t']);
         if trimmed.trim_end_matches([' ', '\t']).is_empty() {
@@ -501,7 +659,14 @@ impl PageParser<'_> {
         if !is_metric_name(name) || !valid_escapes(docstring, false) {
             return false;
         }
-        let index = self.family(&renamed(name));
+        let name = renamed(name);
+        if !is_kata_family(&name) {
+            return true;
+        }
+        if docstring.len() > MAX_HELP_LEN {
+            return false;
+        }
+        let index = self.family(&name);
         let family = &mut self.page.families[index];
         if family.help.is_some() {
             return false;
@@ -519,7 +684,11 @@ impl PageParser<'_> {
         if !is_metric_name(name) || !rest.is_empty() {
             return false;
         }
-        let index = self.family(&renamed(name));
+        let name = renamed(name);
+        if !is_kata_family(&name) {
+            return true;
+        }
+        let index = self.family(&name);
         let family = &mut self.page.families[index];
         if family.typed || family.samples > 0 {
             return false;
@@ -583,9 +752,11 @@ impl PageParser<'_> {
             return false;
         };
         let name = renamed(sample.name);
-        let Some(index) = self.family_of(&sample, &name) else {
-            return false;
-        };
+        // Before `family_of`, which would start a family for it.
+        if !is_kata_family(&name) {
+            self.page.dropped_series.count(DropReason::Family);
+            return true;
+        }
         let mut labels: Vec<(&str, &str)> = sample
             .labels
             .iter()
@@ -593,6 +764,24 @@ impl PageParser<'_> {
             // Ours replaces any the shim sent.
             .filter(|(key, _)| *key != SANDBOX_LABEL)
             .collect();
+        let oversized = labels.len() > MAX_LABELS
+            || labels.iter().any(|(label, value)| {
+                label.len() > MAX_LABEL_NAME_LEN || value.len() > MAX_LABEL_VALUE_LEN
+            });
+        if oversized {
+            self.page.dropped_series.count(DropReason::Labels);
+            return true;
+        }
+        // Past the cap nothing more is looked at, nor a family started.
+        // Whole series in page order: a histogram cut here loses its last
+        // buckets, which Prometheus reads as a histogram without them.
+        if self.kept >= MAX_SERIES_PER_SANDBOX {
+            self.page.dropped_series.count(DropReason::SeriesCap);
+            return true;
+        }
+        let Some(index) = self.family_of(&sample, &name) else {
+            return false;
+        };
         let mut key = name.clone();
         labels.sort_unstable();
         for (label, value) in &labels {
@@ -601,6 +790,7 @@ impl PageParser<'_> {
         if !self.series.insert(key) {
             return false;
         }
+        self.kept += 1;
         let family = &mut self.page.families[index];
         let before = family.lines.len();
         let out = &mut family.lines;
@@ -812,6 +1002,7 @@ pub struct Relay {
     bytes: usize,
     max_bytes: usize,
     pub dropped_lines: u64,
+    pub dropped_series: SeriesDrops,
 }
 
 #[derive(Debug)]
@@ -829,12 +1020,14 @@ impl Relay {
             bytes: 0,
             max_bytes,
             dropped_lines: 0,
+            dropped_series: SeriesDrops::default(),
         }
     }
 
     /// Adds one sandbox's page, whole or not at all (over the budget). A
-    /// family in the agent's namespace, or of another type than the same
-    /// family from an earlier sandbox (another Kata version), is dropped.
+    /// family of another type than the same family from an earlier sandbox
+    /// (another Kata version) is dropped. ([`parse_page`] left out every
+    /// family not Kata's.)
     pub fn add(&mut self, sandbox_id: &str, page: Page) -> Result<(), ScrapeError> {
         let size = page.text_len();
         if self.bytes.saturating_add(size) > self.max_bytes {
@@ -842,12 +1035,9 @@ impl Relay {
         }
         self.bytes += size;
         self.dropped_lines += page.dropped_lines;
+        self.dropped_series.add(page.dropped_series);
         for family in page.families {
             if family.samples == 0 {
-                continue;
-            }
-            if family.name.starts_with(OWN_PREFIX) {
-                self.dropped_lines += family.samples as u64;
                 continue;
             }
             let merged = self
@@ -936,17 +1126,17 @@ mod tests {
     #[test]
     fn label_values_keep_their_escapes_and_bad_escapes_are_dropped() {
         let page = parse(
-            "# HELP m A \\\\ backslash\\nand a newline.\n\
-             m{path=\"C:\\\\dir\",quote=\"say \\\"hi\\\"\",nl=\"a\\nb\",brace=\"}{,=\"} 1\n\
-             m{tab=\"a\\tb\"} 2\n\
-             m{open=\"never closed} 3\n\
-             # HELP n Bad \\t escape.\n",
+            "# HELP kata_guest_m A \\\\ backslash\\nand a newline.\n\
+             kata_guest_m{path=\"C:\\\\dir\",quote=\"say \\\"hi\\\"\",nl=\"a\\nb\",brace=\"}{,=\"} 1\n\
+             kata_guest_m{tab=\"a\\tb\"} 2\n\
+             kata_guest_m{open=\"never closed} 3\n\
+             # HELP kata_guest_n Bad \\t escape.\n",
         );
         assert_eq!(page.dropped_lines, 3, "{page:#?}");
         assert_eq!(
             lines(&page),
             format!(
-                "m{{path=\"C:\\\\dir\",quote=\"say \\\"hi\\\"\",nl=\"a\\nb\",brace=\"}}{{,=\",sandbox_id=\"{ID}\"}} 1.0\n"
+                "kata_guest_m{{path=\"C:\\\\dir\",quote=\"say \\\"hi\\\"\",nl=\"a\\nb\",brace=\"}}{{,=\",sandbox_id=\"{ID}\"}} 1.0\n"
             )
         );
         assert_eq!(
@@ -959,34 +1149,45 @@ mod tests {
     fn malformed_lines_are_dropped_and_counted() {
         let bad = [
             "9starts_with_a_digit 1",
-            "no_value",
-            "no_value{a=\"b\"}",
-            "m{a=\"b\"}1",
-            "m 1 2 3",
-            "m one",
-            "m 0x1p3",
-            "m 1 notatime",
-            "m{a=\"b\" c=\"d\"} 1",
-            "m{a=\"b\",a=\"c\"} 1",
-            "m{__name__=\"x\"} 1",
-            "m{1a=\"b\"} 1",
-            "m{a=b} 1",
-            "# TYPE m nonsense",
-            "# TYPE m gauge extra",
+            "kata_guest_no_value",
+            "kata_guest_no_value{a=\"b\"}",
+            "kata_guest_m{a=\"b\"}1",
+            "kata_guest_m 1 2 3",
+            "kata_guest_m one",
+            "kata_guest_m 0x1p3",
+            "kata_guest_m 1 notatime",
+            "kata_guest_m{a=\"b\" c=\"d\"} 1",
+            "kata_guest_m{a=\"b\",a=\"c\"} 1",
+            "kata_guest_m{__name__=\"x\"} 1",
+            "kata_guest_m{1a=\"b\"} 1",
+            "kata_guest_m{a=b} 1",
+            "# TYPE kata_guest_m nonsense",
+            "# TYPE kata_guest_m gauge extra",
             "# HELP 1bad text",
         ];
         let mut text = bad.join("\n");
-        text.push_str("\n\u{0}\u{1}binary\n\n   \n# just a comment\ngood 1\n");
+        text.push_str("\n\u{0}\u{1}binary\n\n   \n# just a comment\nkata_guest_good 1\n");
         let mut bytes = text.into_bytes();
         bytes.extend_from_slice(b"bad\xff utf8 1\n");
         let page = parse_page(ID, &bytes, usize::MAX).unwrap();
         assert_eq!(page.dropped_lines, bad.len() as u64 + 2, "{page:#?}");
-        assert_eq!(lines(&page), format!("good{{sandbox_id=\"{ID}\"}} 1.0\n"));
+        assert_eq!(
+            page.dropped_series,
+            SeriesDrops::default(),
+            "malformed, not foreign"
+        );
+        assert_eq!(
+            lines(&page),
+            format!("kata_guest_good{{sandbox_id=\"{ID}\"}} 1.0\n")
+        );
     }
 
     #[test]
     fn values_and_timestamps_come_out_in_a_form_prometheus_reads() {
-        let page = parse("a NaN\nb +Inf\nc -Inf\nd 1e400\ne 0.25 1700000000000\nf 3\ng 1.5e-7\n");
+        let page = parse(
+            "kata_guest_a NaN\nkata_guest_b +Inf\nkata_guest_c -Inf\nkata_guest_d 1e400\n\
+             kata_guest_e 0.25 1700000000000\nkata_guest_f 3\nkata_guest_g 1.5e-7\n",
+        );
         let text = lines(&page);
         let values: Vec<&str> = text
             .lines()
@@ -1009,8 +1210,9 @@ mod tests {
     #[test]
     fn a_second_type_or_help_or_a_type_after_samples_is_dropped() {
         let page = parse(
-            "# HELP a First.\n# HELP a Second.\n# TYPE a gauge\n# TYPE a counter\na 1\n\
-             b 2\n# TYPE b gauge\n",
+            "# HELP kata_guest_a First.\n# HELP kata_guest_a Second.\n\
+             # TYPE kata_guest_a gauge\n# TYPE kata_guest_a counter\nkata_guest_a 1\n\
+             kata_guest_b 2\n# TYPE kata_guest_b gauge\n",
         );
         assert_eq!(page.dropped_lines, 3);
         assert_eq!(page.families[0].help.as_deref(), Some("First."));
@@ -1058,13 +1260,15 @@ mod tests {
     #[test]
     fn a_repeated_series_is_dropped_and_a_shims_own_sandbox_label_replaced() {
         let page = parse(
-            "m{a=\"1\",b=\"2\"} 1\nm{b=\"2\",a=\"1\"} 2\nm{sandbox_id=\"forged\",a=\"3\"} 3\n",
+            "kata_guest_m{a=\"1\",b=\"2\"} 1\nkata_guest_m{b=\"2\",a=\"1\"} 2\n\
+             kata_guest_m{sandbox_id=\"forged\",a=\"3\"} 3\n",
         );
         assert_eq!(page.dropped_lines, 1);
         assert_eq!(
             lines(&page),
             format!(
-                "m{{a=\"1\",b=\"2\",sandbox_id=\"{ID}\"}} 1.0\nm{{a=\"3\",sandbox_id=\"{ID}\"}} 3.0\n"
+                "kata_guest_m{{a=\"1\",b=\"2\",sandbox_id=\"{ID}\"}} 1.0\n\
+                 kata_guest_m{{a=\"3\",sandbox_id=\"{ID}\"}} 3.0\n"
             )
         );
     }
@@ -1072,13 +1276,18 @@ mod tests {
     #[test]
     fn a_huge_page_fails_past_its_output_budget_instead_of_growing() {
         // Short samples grow the most: each gains the 64-digit id.
-        let text: String = (0..100_000).map(|i| format!("x{i} 1\n")).collect();
-        let result = parse_page(ID, text.as_bytes(), 1 << 20);
+        let text: String = (0..100_000)
+            .map(|i| format!("kata_guest_x{i} 1\n"))
+            .collect();
+        // Under the series cap, which bounds the output too.
+        let result = parse_page(ID, text.as_bytes(), 64 << 10);
         assert!(
             matches!(result, Err(ScrapeError::OverBudget(_))),
             "{result:?}"
         );
-        let one_line = "y".repeat(2 << 20) + " 1\n";
+        // Long in its value, which comes out short: no bound on a name or
+        // label refuses it.
+        let one_line = format!("kata_guest_y {}1\n", "0".repeat(2 << 20));
         let page = parse_page(ID, one_line.as_bytes(), 8 << 20).unwrap();
         assert_eq!(page.families[0].samples, 1);
     }
@@ -1114,20 +1323,30 @@ mod tests {
         let mut relay = Relay::new(1 << 20);
         let first = parse_page(
             "a",
-            b"# TYPE m gauge\nm 1\nkata_node_agent_connected 1\n",
+            b"# TYPE kata_guest_m gauge\nkata_guest_m 1\nkata_node_agent_connected 1\n",
             usize::MAX,
         )
         .unwrap();
-        let second = parse_page("b", b"# TYPE m counter\nm 2\n", usize::MAX).unwrap();
+        let second = parse_page(
+            "b",
+            b"# TYPE kata_guest_m counter\nkata_guest_m 2\n",
+            usize::MAX,
+        )
+        .unwrap();
         relay.add("a", first).unwrap();
         relay.add("b", second).unwrap();
-        assert_eq!(relay.dropped_lines, 2);
-        assert_eq!(relay.render(), "# TYPE m gauge\nm{sandbox_id=\"a\"} 1.0\n");
+        assert_eq!(relay.dropped_lines, 1, "the conflicting type");
+        assert_eq!(relay.dropped_series.family, 1, "the agent's namespace");
+        assert_eq!(
+            relay.render(),
+            "# TYPE kata_guest_m gauge\nkata_guest_m{sandbox_id=\"a\"} 1.0\n"
+        );
     }
 
     #[test]
     fn a_page_that_does_not_fit_the_budget_is_left_out_whole() {
-        let page = |id: &str| parse_page(id, b"m 1\nn 2\n", usize::MAX).unwrap();
+        let page =
+            |id: &str| parse_page(id, b"kata_guest_m 1\nkata_guest_n 2\n", usize::MAX).unwrap();
         let one = page("a").text_len();
         let mut relay = Relay::new(one + one / 2);
         relay.add("a", page("a")).unwrap();
@@ -1137,6 +1356,184 @@ mod tests {
         ));
         let text = relay.render();
         assert!(!text.contains("sandbox_id=\"b\""), "{text}");
+    }
+
+    fn names(page: &Page) -> Vec<&str> {
+        page.families
+            .iter()
+            .map(|family| family.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn only_kata_families_pass_and_never_the_agents_own() {
+        let longest = format!("kata_guest_{}", "a".repeat(MAX_NAME_LEN - 11));
+        let page = parse(&format!(
+            "# HELP node_cpu_seconds_total Seconds the CPUs spent in each mode.\n\
+             # TYPE node_cpu_seconds_total counter\n\
+             node_cpu_seconds_total{{cpu=\"0\",mode=\"idle\"}} 1\n\
+             up 1\n\
+             # TYPE kata_node_agent_connected gauge\n\
+             kata_node_agent_connected 0\n\
+             kata_node_agent_reports_sent_total 1e9\n\
+             kata_agentx_threads 1\n\
+             kata_ 1\n\
+             {longest}a 1\n\
+             {longest} 1\n\
+             go_goroutines 38\n\
+             kata_agent_threads 8\n\
+             kata_firecracker_vcpu{{item=\"failures\"}} 0\n\
+             kata_guest_load{{item=\"load1\"}} 0.02\n\
+             kata_hypervisor_fds 127\n\
+             kata_monitor_running_shim_count 1\n\
+             kata_shim_fds 31\n\
+             kata_virtiofsd_threads 3\n"
+        ));
+        assert_eq!(
+            page.dropped_series,
+            SeriesDrops {
+                family: 7,
+                ..SeriesDrops::default()
+            }
+        );
+        assert_eq!(page.dropped_lines, 0);
+        assert_eq!(
+            names(&page),
+            [
+                longest.as_str(),
+                "kata_shim_go_goroutines",
+                "kata_agent_threads",
+                "kata_firecracker_vcpu",
+                "kata_guest_load",
+                "kata_hypervisor_fds",
+                "kata_monitor_running_shim_count",
+                "kata_shim_fds",
+                "kata_virtiofsd_threads",
+            ],
+            "the foreign families' HELP and TYPE start no family"
+        );
+    }
+
+    #[test]
+    fn series_over_the_label_bounds_are_dropped_whole() {
+        let labels = |count: usize| -> String {
+            (0..count)
+                .map(|n| format!("l{n}=\"x\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let name_of = |len: usize| "n".repeat(len);
+        let value_of = |len: usize| "v".repeat(len);
+        let kept = [
+            format!("kata_guest_a{{{}}} 1", labels(MAX_LABELS)),
+            format!(
+                "kata_guest_b{{{},sandbox_id=\"forged\"}} 1",
+                labels(MAX_LABELS)
+            ),
+            format!("kata_guest_c{{{}=\"x\"}} 1", name_of(MAX_LABEL_NAME_LEN)),
+            format!(
+                "kata_guest_d{{item=\"{}\"}} 1",
+                value_of(MAX_LABEL_VALUE_LEN)
+            ),
+        ];
+        let dropped = [
+            format!("kata_guest_a{{{}}} 2", labels(MAX_LABELS + 1)),
+            format!(
+                "kata_guest_c{{{}=\"x\"}} 2",
+                name_of(MAX_LABEL_NAME_LEN + 1)
+            ),
+            format!(
+                "kata_guest_d{{item=\"{}\"}} 2",
+                value_of(MAX_LABEL_VALUE_LEN + 1)
+            ),
+            // Its escapes count: written, it is one byte too long.
+            format!(
+                "kata_guest_d{{item=\"{}\\n\"}} 2",
+                value_of(MAX_LABEL_VALUE_LEN - 1)
+            ),
+        ];
+        let page = parse(&(kept.join("\n") + "\n" + &dropped.join("\n") + "\n"));
+        assert_eq!(
+            page.dropped_series,
+            SeriesDrops {
+                labels: 4,
+                ..SeriesDrops::default()
+            }
+        );
+        assert_eq!(page.dropped_lines, 0);
+        let relayed: String = kept
+            .iter()
+            .map(|line| {
+                let (series, _) = line.split_once("} ").unwrap();
+                let series = series.replace(",sandbox_id=\"forged\"", "");
+                format!("{series},sandbox_id=\"{ID}\"}} 1.0\n")
+            })
+            .collect();
+        assert_eq!(lines(&page), relayed);
+    }
+
+    #[test]
+    fn a_sandbox_relays_at_most_its_series_cap() {
+        let series = |n: usize| format!("kata_guest_vm_stat{{item=\"i{n}\"}}");
+        let mut text = String::from("# TYPE kata_guest_vm_stat gauge\n");
+        for n in 0..MAX_SERIES_PER_SANDBOX + 10 {
+            let _ = writeln!(text, "{} 1", series(n));
+            if n == 5 {
+                // A repeat is malformed and takes no room under the cap.
+                let _ = writeln!(text, "{} 2", series(n));
+            }
+        }
+        text.push_str("up 1\nkata_guest_load{item=\"load1\"} 1\n");
+        let page = parse(&text);
+        assert_eq!(
+            page.dropped_series,
+            SeriesDrops {
+                family: 1,
+                labels: 0,
+                series_cap: 11,
+            }
+        );
+        assert_eq!(page.dropped_lines, 1);
+        assert_eq!(
+            names(&page),
+            ["kata_guest_vm_stat"],
+            "no family past the cap"
+        );
+        let family = &page.families[0];
+        assert_eq!(family.samples, MAX_SERIES_PER_SANDBOX);
+        let item = |n: usize| format!("{{item=\"i{n}\",");
+        assert!(family.lines.contains(&item(MAX_SERIES_PER_SANDBOX - 1)));
+        assert!(!family.lines.contains(&item(MAX_SERIES_PER_SANDBOX)));
+    }
+
+    #[test]
+    fn docstrings_are_bounded_and_count_against_the_relay_budget() {
+        let help = |len: usize| format!("# HELP kata_guest_load {}\n", "h".repeat(len));
+        let page = parse(&(help(MAX_HELP_LEN + 1) + "kata_guest_load 1\n"));
+        assert_eq!(page.dropped_lines, 1);
+        assert_eq!(page.families[0].help, None);
+        let page = parse(&(help(MAX_HELP_LEN) + "kata_guest_load 1\n"));
+        let samples = page.families[0].lines.len();
+        assert_eq!(page.text_len(), samples + MAX_HELP_LEN);
+        let mut relay = Relay::new(samples + MAX_HELP_LEN - 1);
+        assert!(matches!(
+            relay.add(ID, page),
+            Err(ScrapeError::OverBudget(_))
+        ));
+    }
+
+    #[test]
+    fn the_most_series_a_scrape_relays_is_what_the_budget_holds_of_the_shortest_line() {
+        let page = parse("kata_shim_ 0\n");
+        let shortest = page.text_len();
+        assert_eq!(shortest, 94);
+        let limits = ScrapeLimits::default();
+        assert_eq!(max_relayed_series(&limits), (4 << 20) / shortest);
+        let few = ScrapeLimits {
+            max_sandboxes: 2,
+            ..limits
+        };
+        assert_eq!(max_relayed_series(&few), 2 * MAX_SERIES_PER_SANDBOX);
     }
 
     #[test]
@@ -1163,7 +1560,10 @@ mod tests {
 mod scrape_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::fixtures::{FakeHost, SANDBOX_STORE, sandbox_id, shim_metrics_page};
+    use crate::fixtures::{
+        FakeHost, HOSTILE_PAGE_OVER_CAP, SANDBOX_STORE, hostile_shim_page, sandbox_id,
+        shim_metrics_page,
+    };
 
     #[tokio::test]
     async fn every_live_shim_is_relayed_and_a_dead_one_counted() {
@@ -1182,6 +1582,7 @@ mod scrape_tests {
         assert_eq!(scrape.sandboxes, 3, "two live, one dead");
         assert_eq!(scrape.errors, 1, "the dead one");
         assert_eq!(scrape.dropped_lines, 0, "{}", scrape.text);
+        assert_eq!(scrape.dropped_series, SeriesDrops::default(), "all Kata's");
         for (n, threads) in [(1, 11), (2, 12)] {
             let line = format!(
                 "kata_shim_threads{{sandbox_id=\"{}\"}} {threads}.0",
@@ -1209,6 +1610,52 @@ mod scrape_tests {
     }
 
     #[tokio::test]
+    async fn a_hostile_shim_relays_only_kata_families_within_the_bounds() {
+        let host = FakeHost::good();
+        let _good = host.kata_sandbox(&sandbox_id(1), shim_metrics_page(11));
+        let _hostile = host.kata_sandbox(&sandbox_id(2), hostile_shim_page(66));
+        let scrape = SandboxScraper::new(host.host_root(), ScrapeLimits::default())
+            .scrape()
+            .await;
+        assert_eq!((scrape.sandboxes, scrape.errors), (2, 0));
+        assert_eq!(
+            scrape.dropped_series,
+            SeriesDrops {
+                family: 6,
+                labels: 3,
+                series_cap: HOSTILE_PAGE_OVER_CAP as u64,
+            }
+        );
+        assert_eq!(scrape.dropped_lines, 0);
+        let hostile = format!("sandbox_id=\"{}\"", sandbox_id(2));
+        let relayed: Vec<&str> = scrape
+            .text
+            .lines()
+            .filter(|line| line.contains(&hostile))
+            .collect();
+        assert_eq!(relayed.len(), MAX_SERIES_PER_SANDBOX);
+        assert_eq!(
+            relayed[0],
+            format!("kata_guest_vm_stat{{item=\"flood_0\",{hostile}}} 1.0")
+        );
+        assert_eq!(
+            relayed.last().copied(),
+            Some(format!("kata_shim_threads{{{hostile}}} 66.0").as_str())
+        );
+        let good_threads = format!("kata_shim_threads{{sandbox_id=\"{}\"}} 11.0", sandbox_id(1));
+        assert!(
+            scrape.text.contains(&good_threads),
+            "the other sandbox is untouched"
+        );
+        for line in scrape.text.lines().filter(|line| !line.starts_with('#')) {
+            assert!(
+                KATA_PREFIXES.iter().any(|prefix| line.starts_with(prefix)),
+                "not Kata's: {line}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_shim_that_never_answers_costs_one_timeout() {
         let host = FakeHost::good();
         let id = sandbox_id(9);
@@ -1233,7 +1680,7 @@ mod scrape_tests {
     #[tokio::test]
     async fn an_answer_over_the_page_limit_is_refused() {
         let host = FakeHost::good();
-        let _shim = host.kata_sandbox(&sandbox_id(1), "m 1\n".repeat(1000));
+        let _shim = host.kata_sandbox(&sandbox_id(1), "kata_guest_m 1\n".repeat(1000));
         let limits = ScrapeLimits {
             max_page_bytes: 100,
             ..ScrapeLimits::default()

@@ -17,7 +17,9 @@ use kata_coordinator::health::HealthOptions;
 use kata_node_agent::daemon::{AgentOptions, AgentStatus, Backoff, run_agent_with_status};
 use kata_tests::eventually;
 use kata_tests::health_fixture::{AGENT_SA, AUDIENCE, HealthFixture, NODE_A, SERVER_NAME};
-use kata_tests::host_root::{DROP_IN_DIR, FakeHost, sandbox_id, shim_metrics_page};
+use kata_tests::host_root::{
+    DROP_IN_DIR, FakeHost, HOSTILE_PAGE_OVER_CAP, hostile_shim_page, sandbox_id, shim_metrics_page,
+};
 use kata_tests::http::http_get;
 use kata_tests::http::metric_value;
 use tokio::sync::{oneshot, watch};
@@ -133,11 +135,13 @@ async fn the_agents_metrics_follow_the_host_and_relay_the_sandboxes() {
         ..HealthOptions::default()
     })
     .await;
-    // Two live sandboxes and one whose shim is gone.
+    // Two live sandboxes, one whose shim is gone, and one whose guest is
+    // hostile.
     let host = FakeHost::good().dead_kata_sandbox(&sandbox_id(3));
     let shims = [
         host.kata_sandbox(&sandbox_id(1), shim_metrics_page(11)),
         host.kata_sandbox(&sandbox_id(2), shim_metrics_page(12)),
+        host.kata_sandbox(&sandbox_id(4), hostile_shim_page(14)),
     ];
     let files = tempfile::tempdir().unwrap();
     let ca = files.path().join("ca.crt");
@@ -197,13 +201,30 @@ async fn the_agents_metrics_follow_the_host_and_relay_the_sandboxes() {
     );
     assert_eq!(
         value(&first, "kata_node_agent_sandboxes_running"),
-        Some(3.0),
-        "every sandbox directory, the dead one included"
+        Some(4.0),
+        "every sandbox directory, the dead and the hostile one included"
     );
     assert!(value(&first, "kata_node_agent_sandbox_scrape_errors_total").unwrap() >= 1.0);
-    for (n, threads) in [(1, 11), (2, 12)] {
+    for (n, threads) in [(1, 11), (2, 12), (4, 14)] {
         let series = format!("kata_shim_threads{{sandbox_id=\"{}\"}}", sandbox_id(n));
         assert_eq!(value(&first, &series), Some(f64::from(threads)), "{first}");
+    }
+    // The hostile page is the same at every scrape, and each scrape drops
+    // from it 6 series as family, 3 as labels and the flood past the cap
+    // (see `hostile_shim_page`); the fixture shims' pages lose none.
+    let dropped = |reason: &str| {
+        let series = format!("kata_node_agent_sandbox_series_dropped_total{{reason=\"{reason}\"}}");
+        value(&first, &series).unwrap()
+    };
+    let scrapes = dropped("family") / 6.0;
+    assert!(scrapes >= 1.0 && scrapes.fract() == 0.0, "{first}");
+    assert_eq!(dropped("labels"), 3.0 * scrapes);
+    assert_eq!(
+        dropped("series_cap"),
+        HOSTILE_PAGE_OVER_CAP as f64 * scrapes
+    );
+    for line in first.lines().filter(|l| l.starts_with("kata_node_agent_")) {
+        assert!(!line.contains("sandbox_id="), "forged by a shim: {line}");
     }
     let relayed: Vec<&str> = first
         .lines()

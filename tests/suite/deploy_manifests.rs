@@ -745,6 +745,29 @@ fn monitors_select_the_coordinator_service_and_the_agent_pods() {
     );
 }
 
+/// The PodMonitor's limits stay above the most the agent serves
+/// (`kata_node_agent::sandbox_metrics`): past any of them Prometheus fails
+/// the agent's whole scrape, which a hostile guest could then cause.
+#[kata_test]
+fn the_pod_monitors_limits_hold_what_the_agent_relays() {
+    use kata_node_agent::sandbox_metrics::{
+        MAX_LABEL_NAME_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_NAME_LEN, ScrapeLimits,
+        max_relayed_series,
+    };
+    let pod_monitor = one_of_kind(&monitoring("pod-monitor.yaml"), "PodMonitor");
+    let limit = |field: &str| -> usize {
+        let value = pod_monitor.data["spec"][field].as_u64();
+        usize::try_from(value.unwrap_or_else(|| panic!("no spec.{field}"))).unwrap()
+    };
+    let own_series = 1_000;
+    assert!(limit("sampleLimit") >= max_relayed_series(&ScrapeLimits::default()) + own_series);
+    // __name__, 7 target labels (the node's among them), sandbox_id.
+    assert!(limit("labelLimit") >= 1 + 7 + 1 + MAX_LABELS);
+    assert!(limit("labelNameLengthLimit") >= MAX_LABEL_NAME_LEN);
+    // A node's name is a DNS subdomain, up to 253 bytes.
+    assert!(limit("labelValueLengthLimit") >= MAX_LABEL_VALUE_LEN.max(MAX_NAME_LEN).max(253));
+}
+
 /// Platform Prometheus (openshift-monitoring/prometheus-k8s) may discover
 /// targets in the operator's namespace through the Role in
 /// deploy/monitoring, and read nothing more: checked by the API server's
