@@ -134,7 +134,7 @@ impl SimulatedAgent {
             hello: Some(Hello {
                 node_name: self.node.clone(),
                 agent_version: "bench".into(),
-                boot_id: "bench".into(),
+                boot_id: "3b8f1d2c-6a4e-4f0b-9c7d-2e5a8b1f0c6d".into(),
             }),
             report: Some(HealthReport {
                 sequence: self.sequence + 1,

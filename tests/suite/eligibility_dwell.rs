@@ -172,7 +172,7 @@ impl ScriptedAgent {
             message: Some(agent_message::Message::Hello(Hello {
                 node_name: node.into(),
                 agent_version: "scripted".into(),
-                boot_id: "scripted".into(),
+                boot_id: "5e0c2a9b-7d14-4c3f-a8e6-1b9d0f2c4a7e".into(),
             })),
         };
         outbound.send(hello).await.unwrap();

@@ -90,11 +90,13 @@ async fn open(
     })
 }
 
+const BOOT_ID: &str = "0c5a7f3e-9b1d-4e2a-8f6c-3d2b1a0e9f8c";
+
 fn hello_of(node: &str) -> Hello {
     Hello {
         node_name: node.into(),
         agent_version: "0.1.0-test".into(),
-        boot_id: "boot-1".into(),
+        boot_id: BOOT_ID.into(),
     }
 }
 
@@ -217,7 +219,7 @@ async fn agent_bound_to_its_node_gets_expected_config_and_its_reports_are_record
         .await;
     assert!(node.connected);
     assert_eq!(node.agent_version, "0.1.0-test");
-    assert_eq!(node.boot_id, "boot-1");
+    assert_eq!(node.boot_id, BOOT_ID);
     assert_eq!(node.last_report, Some(report(2)));
     assert_eq!(
         fixture.registry.snapshot().keys().collect::<Vec<_>>(),
@@ -350,7 +352,7 @@ async fn a_check_in_is_recorded_and_answered_with_the_expected_config() {
     let node = fixture.registry.get(NODE_A).unwrap();
     assert!(!node.connected, "no stream is left open");
     assert_eq!(node.last_report, Some(report(1)));
-    assert_eq!(node.boot_id, "boot-1");
+    assert_eq!(node.boot_id, BOOT_ID);
 
     // A re-probe asked for between check-ins rides on the next reply, once.
     assert!(

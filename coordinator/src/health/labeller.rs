@@ -173,7 +173,7 @@ impl Labeller {
         let marks = &write.marks;
         match self.write_labels(&name, marks).await {
             Ok(()) => {
-                info!(node = %name, capable = marks.capable, runtime_ready = marks.runtime_ready, reason = %marks.condition.reason, "node labels changed");
+                info!(node = %name, capable = marks.capable, runtime_ready = marks.runtime_ready, reason = ?marks.condition.reason, "node labels changed");
                 if write.removes_runtime_label {
                     self.announce_removal(write).await;
                 }

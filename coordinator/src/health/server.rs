@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::auth::{AgentAuthenticator, AgentIdentity, Authenticated};
+use super::hello::validate_hello;
 use super::pods::{BoundPods, PodFollower};
 use super::registry::{HealthRegistry, Mailbox};
 use crate::metrics::{Metrics, REPORT_CHANGED, REPORT_HEARTBEAT};
@@ -88,14 +89,16 @@ pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
 }
 
 /// The stream is bound to the token's node: an agent may only speak for the
-/// node its Pod runs on, whatever its Hello says.
+/// node its Pod runs on, whatever its Hello says. A Hello whose fields are
+/// out of bounds ([`validate_hello`]) is refused before anything else.
 pub fn check_hello(identity: &AgentIdentity, hello: &Hello) -> Result<(), Status> {
+    validate_hello(hello)?;
     if hello.node_name == identity.node_name {
         return Ok(());
     }
     warn!(
         token_node = %identity.node_name,
-        claimed_node = %hello.node_name,
+        claimed_node = ?hello.node_name,
         pod = %identity.pod_name,
         "agent claims to be a node its token is not bound to; refused"
     );
@@ -280,8 +283,8 @@ impl NodeHealthRpc for HealthService {
         let session = self.registry.connect(&node, &hello, Instant::now());
         info!(
             %node,
-            agent_version = %hello.agent_version,
-            boot_id = %hello.boot_id,
+            agent_version = ?hello.agent_version,
+            boot_id = ?hello.boot_id,
             "agent connected"
         );
         let agent = AgentStream {
@@ -393,7 +396,7 @@ impl AgentStream {
                     Ok(Some(AgentMessage { message: None })) => {}
                     Ok(None) => return None,
                     Err(status) => {
-                        debug!(%node, %status, "agent stream failed");
+                        debug!(%node, ?status, "agent stream failed");
                         return None;
                     }
                 },

@@ -45,12 +45,17 @@ fn hello_must_name_the_tokens_node() {
     };
     let hello = |node: &str| Hello {
         node_name: node.into(),
+        agent_version: "0.1.0".into(),
         ..Hello::default()
     };
     assert!(check_hello(&identity, &hello("a")).is_ok());
     let refused = check_hello(&identity, &hello("b")).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(refused.message().contains('a') && refused.message().contains('b'));
+    // Out of bounds is refused before the node is compared (or logged).
+    let refused = check_hello(&identity, &hello(&"a".repeat(1024 * 1024))).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("node_name") && refused.message().len() < 200);
 }
 
 #[test]
