@@ -7,7 +7,7 @@ CRIO_BUILD := tests/scripts/build-crio.sh
 PROMTOOL_BUILD := tests/scripts/build-promtool.sh
 IGNITION_BUILD := tests/scripts/build-ignition.sh
 
-.PHONY: demo test lint unit-and-integration cluster-up cluster-down control-plane crio promtool ignition packages bench-health bench-attack bench-rollout generate
+.PHONY: demo test lint build-tests tools unit-and-integration run-tests cluster-up cluster-down control-plane crio promtool ignition packages bench-health bench-attack bench-rollout generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -20,7 +20,12 @@ demo: control-plane
 		cargo run --quiet -p kata-tests --bin demo -- --state-dir .cluster $(DEMO_FLAGS)
 
 ## Every check CI runs: formatting, lints, and all tests against a real control plane.
-test: lint unit-and-integration
+## The tools the tests run (Go builds, cached after the first time) build
+## beside the Rust compile, two jobs at a time: on a fresh machine each alone
+## leaves a core idle much of the time.
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target build-tests tools
+	@$(MAKE) --no-print-directory run-tests
 
 lint:
 	cargo fmt --all -- --check
@@ -45,10 +50,23 @@ ignition:
 	@bash $(IGNITION_BUILD) >/dev/null
 
 ## System packages the tests use that no build script brings (shellcheck).
-packages:
+## After crio, which installs conmon and crun: one apt-get at a time.
+packages: crio
 	@bash tests/scripts/install-packages.sh
 
-unit-and-integration: control-plane crio promtool ignition packages
+## Everything the tests run besides our own code.
+tools: control-plane crio promtool ignition packages
+
+## The test binaries, compiled without running them (after the lints, which
+## hold cargo's lock meanwhile).
+build-tests: lint
+	cargo test --workspace --no-run
+
+unit-and-integration: tools
+	@$(MAKE) --no-print-directory run-tests
+
+## Runs every test, the tools built (`make tools`).
+run-tests:
 	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
 		KATA_CRIO_BIN_DIR="$$(bash $(CRIO_BUILD) | tail -n 1)" \
 		KATA_PROMTOOL_BIN_DIR="$$(bash $(PROMTOOL_BUILD) | tail -n 1)" \
