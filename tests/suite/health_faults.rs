@@ -1,13 +1,14 @@
 //! The health channel under faults of the API server it depends on, with the
 //! whole coordinator (reconciler, gRPC server, labeller) and real agents:
 //! TokenReviews failing for half a minute cost no node its label, and an
-//! agent is refused once the Pod its token is bound to is deleted.
+//! agent is refused once the Pod its token is bound to is deleted; a deleted
+//! Node is forgotten.
 #![allow(clippy::unwrap_used)]
 
 use kata_test_harness::kata_test;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::metrics::REVIEW_ERROR;
@@ -200,28 +201,55 @@ async fn token_reviews_failing_for_half_a_minute_cost_no_label() {
     coordinator.stop().await.unwrap();
 }
 
-#[kata_test]
-async fn check_ins_end_when_the_pod_their_token_is_bound_to_is_deleted() {
-    let plane = control_plane_with_operator_api().await.unwrap();
-    let admin = plane.client().await.unwrap();
-    create_agent_identity(&admin).await.unwrap();
-    create_node(&admin, "w0", &[WORKER]).await.unwrap();
-    let host = FakeHost::good();
-    let tls = TlsFiles::generate().unwrap();
-    let tokens = tempfile::tempdir().unwrap();
-    let grpc = free_addr().unwrap();
-    let coordinator = Coordinator::start(admin.clone(), &tls, grpc, policy()).unwrap();
-    let agent = Agent::start(&admin, "w0", host.path(), grpc, &tls, tokens.path())
+async fn connected_agents(coordinator: &Coordinator) -> Result<f64, String> {
+    coordinator.metric("kata_operator_connected_agents").await
+}
+
+/// One worker `w0` with its agent checked in, and a coordinator under
+/// `policy`; the fields keep the control plane and the files alive.
+struct OneAgent {
+    _plane: kata_tests::ControlPlane,
+    admin: Client,
+    coordinator: Coordinator,
+    agent: Agent,
+    _files: (FakeHost, TlsFiles, tempfile::TempDir),
+}
+
+impl OneAgent {
+    async fn start(policy: MarkPolicy) -> Self {
+        let plane = control_plane_with_operator_api().await.unwrap();
+        let admin = plane.client().await.unwrap();
+        create_agent_identity(&admin).await.unwrap();
+        create_node(&admin, "w0", &[WORKER]).await.unwrap();
+        let host = FakeHost::good();
+        let tls = TlsFiles::generate().unwrap();
+        let tokens = tempfile::tempdir().unwrap();
+        let grpc = free_addr().unwrap();
+        let coordinator = Coordinator::start(admin.clone(), &tls, grpc, policy).unwrap();
+        let agent = Agent::start(&admin, "w0", host.path(), grpc, &tls, tokens.path())
+            .await
+            .unwrap();
+        eventually("the agent connects", CONVERGE, || async {
+            Ok(coordinator.metric("kata_operator_connected_agents").await? == 1.0)
+        })
         .await
         .unwrap();
-    eventually("the agent connects", CONVERGE, || async {
-        Ok(coordinator.metric("kata_operator_connected_agents").await? == 1.0)
-    })
-    .await
-    .unwrap();
+        Self {
+            _plane: plane,
+            admin,
+            coordinator,
+            agent,
+            _files: (host, tls, tokens),
+        }
+    }
+}
+
+#[kata_test]
+async fn check_ins_end_when_the_pod_their_token_is_bound_to_is_deleted() {
+    let world = OneAgent::start(policy()).await;
 
     // At once, as the kubelet confirms a deletion (none runs here).
-    Api::<Pod>::namespaced(admin.clone(), NAMESPACE)
+    Api::<Pod>::namespaced(world.admin.clone(), NAMESPACE)
         .delete("node-agent-w0", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
@@ -232,20 +260,46 @@ async fn check_ins_end_when_the_pod_their_token_is_bound_to_is_deleted() {
     eventually(
         "the deleted pod's agent is refused and counts no more",
         GRACE + Duration::from_secs(20),
-        || async { Ok(coordinator.metric("kata_operator_connected_agents").await? == 0.0) },
+        || async { Ok(connected_agents(&world.coordinator).await? == 0.0) },
     )
     .await
     .unwrap();
     // The agent keeps trying with its dead token and is refused each time.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        coordinator
+        world
+            .coordinator
             .metric("kata_operator_connected_agents")
             .await
             .unwrap(),
         0.0,
         "a deleted pod's token must not be let in again"
     );
-    let _ = agent.stop().await;
-    coordinator.stop().await.unwrap();
+    let _ = world.agent.stop().await;
+    world.coordinator.stop().await.unwrap();
+}
+
+#[kata_test]
+async fn a_deleted_node_is_forgotten_before_its_grace_runs_out() {
+    // A grace far longer than the test: only forgetting the node can make
+    // its agent stop counting.
+    let world = OneAgent::start(MarkPolicy {
+        grace: Duration::from_secs(600),
+        ..policy()
+    })
+    .await;
+    world.agent.stop().await.unwrap();
+
+    Api::<Node>::all(world.admin.clone())
+        .delete("w0", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the deleted node's agent counts no more",
+        CONVERGE,
+        || async { Ok(connected_agents(&world.coordinator).await? == 0.0) },
+    )
+    .await
+    .unwrap();
+    world.coordinator.stop().await.unwrap();
 }

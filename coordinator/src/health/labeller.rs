@@ -78,6 +78,8 @@ struct Labeller {
     /// The nodes whose agent's verdict differs from their capable label,
     /// and since when.
     dwells: HashMap<String, Dwell>,
+    /// Every node in the cache at the last scan: one gone since was deleted.
+    nodes_seen: HashSet<String>,
     /// Writes the node marks and publishes the Events of label changes.
     applier: Applier,
 }
@@ -159,6 +161,22 @@ impl Labeller {
     /// Drops the dwells of nodes that are gone (or no longer workers).
     fn forget_departed(&mut self, workers: &HashSet<String>) {
         self.dwells.retain(|node, _| workers.contains(node));
+    }
+
+    /// Forgets what is held of nodes deleted since the last scan, here and
+    /// in the registry, so neither grows with every node the cluster ever
+    /// had. Only a node once seen in the cache counts as deleted: before
+    /// the cache's first list it is empty, and agents checking in then are
+    /// kept.
+    fn forget_deleted(&mut self, present: HashSet<String>) {
+        let deleted = deleted_since(&self.nodes_seen, &present);
+        if !deleted.is_empty() {
+            tracing::debug!(nodes = ?deleted, "forgetting deleted nodes");
+            self.registry.forget(deleted.iter().map(String::as_str));
+        }
+        self.removals.retain(|node, _| present.contains(node));
+        self.configs_seen.retain(|node, _| present.contains(node));
+        self.nodes_seen = present;
     }
 
     /// Starts the hold-down of a node about to lose the runtime label.
@@ -310,6 +328,13 @@ fn finished_update(previous: Option<&str>, current: &str) -> bool {
     previous.is_some_and(|p| p != current)
 }
 
+/// The nodes in `seen` that are not `present`, in order.
+fn deleted_since(seen: &HashSet<String>, present: &HashSet<String>) -> Vec<String> {
+    let mut deleted: Vec<String> = seen.difference(present).cloned().collect();
+    deleted.sort();
+    deleted
+}
+
 /// Whether a KataConfig is in force: present and not being deleted.
 fn kata_config_in_force(configs: &Store<KataConfig>) -> bool {
     configs
@@ -353,6 +378,7 @@ pub async fn run(
         metrics,
         removals: HashMap::new(),
         dwells: HashMap::new(),
+        nodes_seen: HashSet::new(),
         configs_seen: HashMap::new(),
         current_config,
         applier,
@@ -365,6 +391,7 @@ pub async fn run(
             changed = changes.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
         }
+        labeller.forget_deleted(nodes.state().iter().map(|n| n.name_any()).collect());
         labeller.export_gauges(&nodes);
         let now = Instant::now();
         let in_force = kata_config_in_force(&configs);
@@ -406,7 +433,27 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::finished_update;
+    use super::{deleted_since, finished_update};
+    use std::collections::HashSet;
+
+    #[test]
+    fn nodes_gone_from_the_cache_are_deleted() {
+        let set = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| (*n).to_owned())
+                .collect::<HashSet<_>>()
+        };
+        assert_eq!(
+            deleted_since(&set(&["a", "b", "c"]), &set(&["b", "d"])),
+            ["a", "c"]
+        );
+        assert!(
+            deleted_since(&set(&[]), &set(&["a"])).is_empty(),
+            "nothing seen before, nothing deleted"
+        );
+        assert!(deleted_since(&set(&["a"]), &set(&["a"])).is_empty());
+    }
 
     #[test]
     fn only_a_change_of_configuration_is_an_update() {

@@ -365,6 +365,26 @@ impl HealthRegistry {
         }
     }
 
+    /// Forgets `nodes` (deleted from the cluster): their entries, mailboxes
+    /// and waiting re-probes, so the registry holds only nodes that exist.
+    /// A stream still open for one finds its entry gone at its next report
+    /// and ends.
+    pub fn forget<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        let forgot = {
+            let mut state = self.lock();
+            let mut forgot = false;
+            for node in nodes {
+                state.mailboxes.remove(node);
+                state.reprobes.remove(node);
+                forgot |= state.nodes.remove(node).is_some();
+            }
+            forgot
+        };
+        if forgot {
+            self.changed();
+        }
+    }
+
     pub fn get(&self, node: &str) -> Option<NodeHealth> {
         self.lock().nodes.get(node).cloned()
     }

@@ -276,3 +276,31 @@ fn unknown_node_report_is_ignored() {
     assert_eq!(registry.report("ghost", 1, report(1), Instant::now()), None);
     assert!(registry.snapshot().is_empty());
 }
+
+#[test]
+fn a_deleted_node_is_forgotten() {
+    let registry = HealthRegistry::new();
+    let now = Instant::now();
+    let report = HealthReport {
+        sequence: 1,
+        ..HealthReport::default()
+    };
+    registry.check_in("gone", &hello("b"), report.clone(), now);
+    registry.check_in("kept", &hello("b"), report, now);
+    assert!(registry.request_reprobe("gone", "node updated"));
+    let session = registry.connect("gone", &hello("b"), now);
+    let before = *registry.subscribe().borrow();
+
+    registry.forget(["gone"]);
+    assert_eq!(registry.get("gone"), None);
+    assert!(registry.get("kept").is_some());
+    assert_eq!(registry.connected_count(now, Duration::from_secs(60)), 1);
+    assert!(!registry.request_reprobe("gone", "no agent left to ask"));
+    assert_eq!(
+        registry.report("gone", session, HealthReport::default(), now),
+        None,
+        "the deleted node's open stream ends at its next report"
+    );
+    assert_ne!(*registry.subscribe().borrow(), before, "readers are woken");
+    assert_eq!(registry.snapshot().len(), 1);
+}
