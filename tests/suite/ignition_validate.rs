@@ -38,7 +38,13 @@ fn our_configs() -> Vec<(String, Value)> {
             "spec": {}
         }))
         .unwrap();
-        let (generated, _) = crio::plan(&[runtime_config], &[pool], &Default::default());
+        let generated = crio::plan(
+            &[&runtime_config],
+            std::slice::from_ref(&runtime_config),
+            &[pool],
+            &Default::default(),
+        )
+        .generated;
         assert_eq!(generated.len(), 1, "{}", role.container_runtime_config());
         configs.push((generated[0].name.clone(), generated[0].spec.config.clone()));
     }

@@ -20,6 +20,7 @@ mod deploy_manifests;
 mod eligibility_dwell;
 mod events;
 mod field_manager_conflict;
+mod foreign_runtime_configs;
 mod health_channel_auth;
 mod health_channel_hardening;
 mod health_end_to_end;

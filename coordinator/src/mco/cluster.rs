@@ -1,6 +1,6 @@
-//! The MCO backend's I/O: the watches of the pools and of our
-//! MachineConfigs and ContainerRuntimeConfigs (which wake the reconciler
-//! when the MCO, or anyone, changes them), and reading the rendered configs
+//! The MCO backend's I/O: the watches of the pools, of our MachineConfigs
+//! and of every ContainerRuntimeConfig (which wake the reconciler when the
+//! MCO, or anyone, changes them), and reading the rendered configs
 //! master-pool nodes run.
 
 use futures::{Stream, StreamExt};
@@ -34,14 +34,15 @@ async fn get(client: &Client, kind: Kind, name: &str) -> Result<Option<Value>, R
     Ok(object.and_then(|o| serde_json::to_value(o).ok()))
 }
 
-/// The objects we own, each from a watch of its one name: a change by
-/// anyone wakes the reconciler, and no reconcile reads them again.
+/// The objects we own, each MachineConfig from a watch of its one name,
+/// and every ContainerRuntimeConfig (ours and other admins': the MCO
+/// renders no pool while one selecting it fails): a change by anyone wakes
+/// the reconciler, and no reconcile reads them again.
 #[derive(Clone)]
 pub struct OwnedStores {
     pub machine_config: Store<DynamicObject>,
-    pub container_runtime_config: Store<DynamicObject>,
     pub master_machine_config: Store<DynamicObject>,
-    pub master_container_runtime_config: Store<DynamicObject>,
+    pub runtime_configs: Store<DynamicObject>,
 }
 
 impl OwnedStores {
@@ -49,9 +50,8 @@ impl OwnedStores {
     pub async fn wait_until_ready(&self) {
         for store in [
             &self.machine_config,
-            &self.container_runtime_config,
             &self.master_machine_config,
-            &self.master_container_runtime_config,
+            &self.runtime_configs,
         ] {
             let _ = store.wait_until_ready().await;
         }
@@ -66,9 +66,29 @@ fn held(store: &Store<DynamicObject>) -> Option<Value> {
         .and_then(|o| serde_json::to_value(o.as_ref()).ok())
 }
 
+/// A watch of the objects of `kind` that `config` selects, keeping a store
+/// of them, and firing on every change of one.
+fn watch_kind(
+    client: &Client,
+    kind: Kind,
+    config: watcher::Config,
+) -> (
+    Store<DynamicObject>,
+    impl Stream<Item = ()> + Send + 'static,
+) {
+    let writer = reflector::store::Writer::new(kind.api_resource());
+    let store = writer.as_reader();
+    let api = Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource());
+    let events = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .filter_map(|r| async move { r.ok().map(|_| ()) });
+    (store, events)
+}
+
 /// A watch of the one object `name` of `kind` (a `metadata.name` field
-/// selector: the RBAC limits list and watch to our names), keeping a store
-/// of it, and firing on every change of it.
+/// selector: the RBAC limits list and watch to our names).
 fn watch_named(
     client: &Client,
     kind: Kind,
@@ -77,45 +97,49 @@ fn watch_named(
     Store<DynamicObject>,
     impl Stream<Item = ()> + Send + 'static,
 ) {
-    let writer = reflector::store::Writer::new(kind.api_resource());
-    let store = writer.as_reader();
-    let api = Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource());
-    let events = watcher(
-        api,
-        watcher::Config::default().fields(&format!("metadata.name={name}")),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects()
-    .filter_map(|r| async move { r.ok().map(|_| ()) });
-    (store, events)
+    let selected = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watch_kind(client, kind, selected)
 }
 
-/// The watches of our MachineConfigs and ContainerRuntimeConfigs, their
-/// stores, and one stream of their changes.
+/// The watches of our MachineConfigs and of every ContainerRuntimeConfig,
+/// their stores, and one stream of their changes.
 pub fn owned_watches(client: &Client) -> (OwnedStores, impl Stream<Item = ()> + Send + 'static) {
     let (machine_config, a) = watch_named(client, MACHINE_CONFIG, names::MACHINE_CONFIG_NAME);
-    let (container_runtime_config, b) = watch_named(
-        client,
-        CONTAINER_RUNTIME_CONFIG,
-        names::CONTAINER_RUNTIME_CONFIG_NAME,
-    );
-    let (master_machine_config, c) =
+    let (master_machine_config, b) =
         watch_named(client, MACHINE_CONFIG, names::MASTER_MACHINE_CONFIG_NAME);
-    let (master_container_runtime_config, d) = watch_named(
-        client,
-        CONTAINER_RUNTIME_CONFIG,
-        names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
-    );
+    let (runtime_configs, c) =
+        watch_kind(client, CONTAINER_RUNTIME_CONFIG, watcher::Config::default());
     let stores = OwnedStores {
         machine_config,
-        container_runtime_config,
         master_machine_config,
-        master_container_runtime_config,
+        runtime_configs,
     };
-    let events =
-        futures::stream::select(futures::stream::select(a, b), futures::stream::select(c, d));
+    let events = futures::stream::select(futures::stream::select(a, b), c);
     (stores, events)
+}
+
+/// Our ContainerRuntimeConfig `name`, and every other one, as the API
+/// server returned them.
+fn runtime_configs(store: &Store<DynamicObject>) -> (Option<Value>, Option<Value>, Vec<Value>) {
+    let mut ours = None;
+    let mut master = None;
+    let mut foreign = Vec::new();
+    for crc in store.state() {
+        let Ok(value) = serde_json::to_value(crc.as_ref()) else {
+            continue;
+        };
+        match crc.metadata.name.as_deref() {
+            Some(names::CONTAINER_RUNTIME_CONFIG_NAME) => ours = Some(value),
+            Some(names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME) => master = Some(value),
+            _ => foreign.push(value),
+        }
+    }
+    foreign.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
+    (ours, master, foreign)
 }
 
 /// The MCO side of the snapshot: the pools and our MachineConfigs and
@@ -154,13 +178,16 @@ pub async fn observe(
             rendered_with_kata.insert(config.to_string());
         }
     }
+    let (container_runtime_config, master_container_runtime_config, foreign_runtime_configs) =
+        runtime_configs(&owned.runtime_configs);
     Ok(MachineConfigRollout {
         pools: observed_pools,
         pool_object,
         machine_config: held(&owned.machine_config),
-        container_runtime_config: held(&owned.container_runtime_config),
+        container_runtime_config,
         master_machine_config: held(&owned.master_machine_config),
-        master_container_runtime_config: held(&owned.master_container_runtime_config),
+        master_container_runtime_config,
+        foreign_runtime_configs,
         rendered_with_kata,
     })
 }

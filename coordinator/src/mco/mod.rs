@@ -74,6 +74,9 @@ pub struct MachineConfigRollout {
     /// The same for the master pool.
     pub master_machine_config: Option<Value>,
     pub master_container_runtime_config: Option<Value>,
+    /// Every other ContainerRuntimeConfig (other admins'): the MCO renders
+    /// no pool one of them selects while it has failed or has no verdict.
+    pub foreign_runtime_configs: Vec<Value>,
     /// Rendered configs some node runs that carry our drop-in, where the
     /// name does not say (the master pool's).
     pub rendered_with_kata: BTreeSet<String>,
@@ -117,12 +120,16 @@ impl MachineConfigRollout {
     /// The rendered config the nodes of `role` must reach: the pool's, once
     /// the MCO rendered our MachineConfig into it, and the
     /// ContainerRuntimeConfig's generated one when we asked for a log level.
+    /// That one's name depends on the other ContainerRuntimeConfigs selecting
+    /// the pool (`-1` beside an admin's), so it is read from what the
+    /// controller recorded on ours; until it has, the pool cannot hold it.
     fn target_config(&self, spec: &KataConfigSpec, role: Role) -> Option<&str> {
-        let generated = names::generated_runtime_config(role.pool());
-        let mut inputs = vec![role.machine_config()];
+        let mut inputs = vec![role.machine_config().to_owned()];
         if spec.log_level != LogLevel::Info {
-            inputs.push(&generated);
+            let ours = self.runtime_config_of(role)?;
+            inputs.push(observe::generated_config(ours, role.pool())?);
         }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         self.pool(role.pool())?.config_with(&inputs)
     }
 
@@ -186,37 +193,60 @@ impl MachineConfigRollout {
         }
     }
 
-    /// What the ContainerRuntimeConfig of each pool we install through says.
+    /// What the ContainerRuntimeConfigs selecting each pool we install
+    /// through say: ours, and other admins' while the pool has still to
+    /// render what we need (once it has, its nodes move onto that config
+    /// whatever the render does next). A failure holds the pool until a
+    /// person acts; a verdict still to come is a wait of seconds.
     fn runtime_config_news(
         &self,
         spec: &KataConfigSpec,
         placement: &Placement,
         assessment: &mut Assessment,
     ) {
-        if spec.log_level == LogLevel::Info {
-            return;
-        }
         for role in Role::ALL {
             if !placement.role(role).wanted() {
                 continue;
             }
-            let name = role.container_runtime_config();
-            let verdict = self.runtime_config_of(role).map_or(
-                RuntimeConfigVerdict::Pending,
-                observe::runtime_config_verdict,
-            );
-            match verdict {
-                RuntimeConfigVerdict::Failed(message) => assessment.failures.push(format!(
-                    "ContainerRuntimeConfig {name} failed, which keeps pool {} from rendering: {message}",
-                    role.pool()
-                )),
-                RuntimeConfigVerdict::Pending => assessment.waiting_on.push(format!(
-                    "pool {} waits for the Machine Config Operator to accept ContainerRuntimeConfig {name}",
-                    role.pool()
-                )),
-                RuntimeConfigVerdict::Succeeded => {}
+            if spec.log_level != LogLevel::Info {
+                let verdict = self.runtime_config_of(role).map_or(
+                    RuntimeConfigVerdict::Pending,
+                    observe::runtime_config_verdict,
+                );
+                let what = format!("ContainerRuntimeConfig {}", role.container_runtime_config());
+                report_verdict(assessment, role.pool(), &what, verdict);
+            }
+            if self.target_config(spec, role).is_some() {
+                continue;
+            }
+            let pool = self.pool(role.pool());
+            for crc in &self.foreign_runtime_configs {
+                if pool.is_some_and(|p| observe::selects_pool(crc, p)) {
+                    let name = crc["metadata"]["name"].as_str().unwrap_or_default();
+                    let what = format!("ContainerRuntimeConfig {name} (not the operator's)");
+                    let verdict = observe::runtime_config_verdict(crc);
+                    report_verdict(assessment, role.pool(), &what, verdict);
+                }
             }
         }
+    }
+}
+
+/// A ContainerRuntimeConfig's verdict, as what holds `pool`.
+fn report_verdict(
+    assessment: &mut Assessment,
+    pool: &str,
+    what: &str,
+    verdict: RuntimeConfigVerdict,
+) {
+    match verdict {
+        RuntimeConfigVerdict::Failed(message) => assessment.failures.push(format!(
+            "{what} failed, which keeps pool {pool} from rendering: {message}"
+        )),
+        RuntimeConfigVerdict::Pending => assessment.waiting_on.push(format!(
+            "pool {pool} waits for the Machine Config Operator to accept {what}"
+        )),
+        RuntimeConfigVerdict::Succeeded => {}
     }
 }
 
@@ -279,6 +309,7 @@ impl HostConfigRollout for MachineConfigRollout {
                         observe::install_phase(node, self.target_config(spec, *role))
                     }
                     NodePlacement::Refused { reason, .. } => NodePhase::Refused(reason.clone()),
+                    NodePlacement::Held => NodePhase::Untouched,
                     NodePlacement::NotTargeted => {
                         observe::uninstall_phase(node, self.runs_kata(node))
                     }

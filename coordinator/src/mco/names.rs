@@ -48,10 +48,24 @@ pub const EXTENSION: &str = "sandboxed-containers";
 /// The same extension's name on Fedora CoreOS and CentOS Stream CoreOS (OKD);
 /// it installs the same package.
 pub const EXTENSION_FCOS: &str = "kata-containers";
+/// Where the container-runtime-config controller records, on a
+/// ContainerRuntimeConfig, the suffix of the MachineConfig it generates from
+/// it (`MCNameSuffixAnnotationKey`, `pkg/controller/common/constants.go`):
+/// `""` for the plain name, `"1"` … `"9"` beside other
+/// ContainerRuntimeConfigs selecting the same pool. Absent until the
+/// controller has processed it.
+pub const MC_NAME_SUFFIX: &str = "machineconfiguration.openshift.io/mc-name-suffix";
+
 /// The MachineConfig the MCO's container-runtime-config controller generates
-/// for the first ContainerRuntimeConfig selecting `pool`.
-pub fn generated_runtime_config(pool: &str) -> String {
-    format!("99-{pool}-generated-containerruntime")
+/// for `pool` from a ContainerRuntimeConfig whose [`MC_NAME_SUFFIX`] is
+/// `suffix` (`getManagedKeyCtrCfg`,
+/// `pkg/controller/container-runtime-config/helpers.go`).
+pub fn generated_runtime_config(pool: &str, suffix: &str) -> String {
+    if suffix.is_empty() {
+        format!("99-{pool}-generated-containerruntime")
+    } else {
+        format!("99-{pool}-generated-containerruntime-{suffix}")
+    }
 }
 
 /// Marks a node as targeted: the `kata-oc` pool's nodeSelector (defined

@@ -6,9 +6,12 @@
 use serde_json::Value;
 
 use super::names::{self, CURRENT_CONFIG, DESIRED_CONFIG, REASON, STATE};
+use std::collections::BTreeMap;
+
 use crate::api::PoolSelector;
 use crate::plan::ObservedNode;
 use crate::plan::rollout::NodePhase;
+use crate::selector;
 
 /// What the MCO says about a pool.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -17,6 +20,8 @@ pub struct ObservedPool {
     /// `spec.nodeSelector` (None when absent or not a selector we can read:
     /// either way the MCO selects no node with it).
     pub node_selector: Option<PoolSelector>,
+    /// `metadata.labels`: a ContainerRuntimeConfig selects the pool by them.
+    pub labels: BTreeMap<String, String>,
     /// `spec.configuration.name`: the rendered config nodes should reach.
     pub rendered_config: Option<String>,
     /// `spec.configuration.source[].name`: the MachineConfigs rendered into it.
@@ -32,6 +37,7 @@ impl ObservedPool {
                 .unwrap_or_default()
                 .to_string(),
             node_selector: serde_json::from_value(pool["spec"]["nodeSelector"].clone()).ok(),
+            labels: serde_json::from_value(pool["metadata"]["labels"].clone()).unwrap_or_default(),
             rendered_config: pool["spec"]["configuration"]["name"]
                 .as_str()
                 .map(str::to_string),
@@ -91,6 +97,25 @@ pub fn runtime_config_verdict(crc: &Value) -> RuntimeConfigVerdict {
         }
         _ => RuntimeConfigVerdict::Pending,
     }
+}
+
+/// Whether ContainerRuntimeConfig `crc` selects `pool`, as the MCO reads
+/// its `machineConfigPoolSelector`: an absent, empty or unreadable one
+/// selects none (`getManagedKeyCtrCfg`,
+/// `pkg/controller/container-runtime-config/helpers.go`).
+pub fn selects_pool(crc: &Value, pool: &ObservedPool) -> bool {
+    let selector: Option<PoolSelector> =
+        serde_json::from_value(crc["spec"]["machineConfigPoolSelector"].clone()).ok();
+    selector::pool_selects(selector.as_ref(), &pool.labels)
+}
+
+/// The MachineConfig the controller generates for `pool` from `crc`, once
+/// it has recorded its name on it (None before: nothing to wait for by name
+/// yet).
+pub fn generated_config(crc: &Value, pool: &str) -> Option<String> {
+    crc["metadata"]["annotations"][names::MC_NAME_SUFFIX]
+        .as_str()
+        .map(|suffix| names::generated_runtime_config(pool, suffix))
 }
 
 /// The configuration the node runs, by the MCO daemon's word.

@@ -78,6 +78,10 @@ pub enum NodePlacement {
         reason: String,
         frozen: bool,
     },
+    /// Not selected, but in a pool whose selection is refused: nothing is
+    /// applied to that pool, so the node keeps what it runs (Kata or not)
+    /// and is not being uninstalled either.
+    Held,
 }
 
 /// What is done for one pool.
@@ -289,6 +293,15 @@ pub fn place(
         }
     }
     let [kata_pool, master] = roles;
+    // The unselected nodes a refused master pool holds (our pool holds only
+    // the selected ones) stay as they are with the rest of it.
+    if master.refusal.is_some() {
+        for (placed, pool) in placements.iter_mut().zip(&candidates.machine_pools) {
+            if *placed == NodePlacement::NotTargeted && *pool == MachinePool::Master {
+                *placed = NodePlacement::Held;
+            }
+        }
+    }
     Placement {
         nodes: placements,
         kata_pool,

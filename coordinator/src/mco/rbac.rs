@@ -47,12 +47,22 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: names::GROUP,
         resources: &["containerruntimeconfigs"],
+        resource_names: &[],
+        // Every one, not only ours: the MCO renders no pool while a
+        // ContainerRuntimeConfig selecting it has failed, and an admin's
+        // holding kata-oc (or master) is reported. Read only.
+        verbs: &["list", "watch"],
+        used_by: "mco::cluster::owned_watches (every ContainerRuntimeConfig)",
+    },
+    Permission {
+        api_group: names::GROUP,
+        resources: &["containerruntimeconfigs"],
         resource_names: &[
             names::CONTAINER_RUNTIME_CONFIG_NAME,
             names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
         ],
-        verbs: &["list", "watch", "create", "patch", "delete"],
-        used_by: "mco::cluster::owned_watches, Step::Apply / Step::Delete of the ContainerRuntimeConfig",
+        verbs: &["create", "patch", "delete"],
+        used_by: "Step::Apply / Step::Delete of the ContainerRuntimeConfig",
     },
 ];
 

@@ -5,6 +5,8 @@
 use base64::Engine as _;
 use serde_json::json;
 
+use std::collections::BTreeMap;
+
 use super::model::{Condition, MachineConfigSpec, Pool, RuntimeConfig, RuntimeConfigStatus};
 use super::render::{IGNITION_VERSION, selects};
 
@@ -23,82 +25,98 @@ pub struct GeneratedConfig {
 /// (`pkg/controller/container-runtime-config/helpers.go`).
 const LOG_LEVELS: [&str; 7] = ["error", "fatal", "panic", "warn", "info", "debug", "trace"];
 
-/// The generated configs of every ContainerRuntimeConfig, and the status
-/// each one must have. The first config for a pool is named
-/// `99-<pool>-generated-containerruntime`, later ones get `-1`, `-2`, ... by
-/// name order of the ContainerRuntimeConfigs. `faults` (name → error) makes
-/// the controller fail one, as an invalid setting would.
+/// Where [`MC_NAME_SUFFIX`] says a ContainerRuntimeConfig's generated
+/// config is named (`MCNameSuffixAnnotationKey`,
+/// `pkg/controller/common/constants.go`).
+pub const MC_NAME_SUFFIX: &str = "machineconfiguration.openshift.io/mc-name-suffix";
+/// The highest suffix the controller hands out (`MaxMCNameSuffix`,
+/// `pkg/controller/common/constants.go`).
+const MAX_SUFFIX: u32 = 9;
+
+/// What the container-runtime-config controller does in one pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ControllerPass {
+    pub generated: Vec<GeneratedConfig>,
+    /// The status each ContainerRuntimeConfig it synced must have.
+    pub statuses: Vec<(String, RuntimeConfigStatus)>,
+    /// The [`MC_NAME_SUFFIX`] to write on each ContainerRuntimeConfig that
+    /// has none yet.
+    pub suffixes: Vec<(String, String)>,
+}
+
+/// The generated configs of every ContainerRuntimeConfig in `due` (those the
+/// controller syncs now), and the status each one must have; `all` is every
+/// ContainerRuntimeConfig, deleted ones too, which the naming counts.
+/// `faults` (name → error) makes the controller fail one, as an invalid
+/// setting would.
 ///
 /// A failure is condition `Failure`, status `True`, message `Error: …`, and
 /// the conditions are a history: a new message is appended, the same one
 /// replaces the last (`container_runtime_config_controller.go`,
 /// `wrapErrorWithCondition` in `helpers.go`). A failed config generates
 /// nothing (its earlier generated configs stay).
+///
+/// A failed sync is retried rate-limited (`handleErr` in
+/// `container_runtime_config_controller.go`), so one whose last verdict is a
+/// failure is synced after the others; otherwise the queue holds them in
+/// creation order. The order decides the names ([`managed_suffix`]).
 pub fn plan(
-    runtime_configs: &[RuntimeConfig],
+    due: &[&RuntimeConfig],
+    all: &[RuntimeConfig],
     pools: &[Pool],
-    faults: &std::collections::BTreeMap<String, String>,
-) -> (Vec<GeneratedConfig>, Vec<(String, RuntimeConfigStatus)>) {
-    let mut sorted: Vec<&RuntimeConfig> = runtime_configs.iter().collect();
-    sorted.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut generated: Vec<GeneratedConfig> = Vec::new();
-    let mut statuses = Vec::new();
+    faults: &BTreeMap<String, String>,
+) -> ControllerPass {
+    let mut sorted: Vec<&RuntimeConfig> = due.to_vec();
+    sorted.sort_by_key(|rc| {
+        (
+            failed(rc),
+            rc.metadata.creation_timestamp.clone(),
+            rc.name(),
+        )
+    });
+    let mut suffixes: BTreeMap<String, String> = all
+        .iter()
+        .filter_map(|rc| Some((rc.name().to_owned(), suffix_of(rc)?.to_owned())))
+        .collect();
+    let mut pass = ControllerPass::default();
     for runtime_config in sorted {
         let selected: Vec<&Pool> = pools
             .iter()
-            .filter(|pool| {
-                selects(
-                    runtime_config.spec.machine_config_pool_selector.as_ref(),
-                    pool.labels(),
-                )
-            })
+            .filter(|pool| selects_pool(runtime_config, pool))
             .collect();
-        let level = runtime_config
-            .spec
-            .container_runtime_config
-            .log_level
-            .as_deref();
-        let error = if let Some(fault) = faults.get(runtime_config.name()) {
-            Some(fault.clone())
-        } else if selected.is_empty() {
-            Some(format!(
-                "could not find any MachineConfigPool set for ContainerRuntimeConfig {}",
-                runtime_config.name()
-            ))
-        } else {
-            level.filter(|l| !LOG_LEVELS.contains(l)).map(|l| {
-                format!(
-                    "invalid LogLevel {l:?}, must be one of error, fatal, panic, warn, info, debug, or trace"
-                )
-            })
-        };
-        let condition = match &error {
-            Some(error) => Condition::new("Failure", true, "", format!("Error: {error}")),
-            None => Condition::new("Success", true, "", "Success"),
-        };
-        let mut conditions = runtime_config.status.conditions.clone();
-        match conditions.last_mut() {
-            Some(last) if last.message == condition.message => *last = condition,
-            _ => conditions.push(condition),
+        let mut names = Vec::new();
+        let mut error = sync_error(runtime_config, &selected, faults);
+        for pool in &selected {
+            if error.is_some() {
+                break;
+            }
+            match managed_suffix(runtime_config, pool, all, &suffixes) {
+                Ok(suffix) => {
+                    if suffix_of(runtime_config).is_none()
+                        && !suffixes.contains_key(runtime_config.name())
+                    {
+                        pass.suffixes
+                            .push((runtime_config.name().to_owned(), suffix.clone()));
+                    }
+                    suffixes.insert(runtime_config.name().to_owned(), suffix.clone());
+                    names.push((pool, generated_name(pool.name(), &suffix)));
+                }
+                // `syncStatusOnly(cfg, err, "could not get ctrcfg key: %v", err)`:
+                // the format replaces the `Error: ` message.
+                Err(why) => error = Some(format!("could not get ctrcfg key: {why}")),
+            }
         }
-        let status = RuntimeConfigStatus {
-            observed_generation: runtime_config.metadata.generation.unwrap_or_default(),
-            conditions,
-        };
-        statuses.push((runtime_config.name().to_owned(), status));
+        pass.statuses.push((
+            runtime_config.name().to_owned(),
+            status(runtime_config, error.as_deref()),
+        ));
         if error.is_some() {
             // What it generated before stays until it succeeds again.
             continue;
         }
-        for pool in &selected {
-            let earlier = generated.iter().filter(|g| g.role == pool.name()).count();
-            let suffix = if earlier == 0 {
-                String::new()
-            } else {
-                format!("-{earlier}")
-            };
-            generated.push(GeneratedConfig {
-                name: format!("99-{}-generated-containerruntime{suffix}", pool.name()),
+        for (pool, name) in names {
+            pass.generated.push(GeneratedConfig {
+                name,
                 role: pool.name().to_owned(),
                 owner_name: runtime_config.name().to_owned(),
                 owner_uid: runtime_config.metadata.uid.clone().unwrap_or_default(),
@@ -106,7 +124,123 @@ pub fn plan(
             });
         }
     }
-    (generated, statuses)
+    pass
+}
+
+fn selects_pool(runtime_config: &RuntimeConfig, pool: &Pool) -> bool {
+    selects(
+        runtime_config.spec.machine_config_pool_selector.as_ref(),
+        pool.labels(),
+    )
+}
+
+fn suffix_of(runtime_config: &RuntimeConfig) -> Option<&str> {
+    runtime_config
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(MC_NAME_SUFFIX)
+        .map(String::as_str)
+}
+
+/// Whether the controller's last verdict on the current generation is a
+/// failure.
+fn failed(runtime_config: &RuntimeConfig) -> bool {
+    runtime_config.status.observed_generation >= runtime_config.metadata.generation.unwrap_or(0)
+        && runtime_config
+            .status
+            .conditions
+            .last()
+            .is_some_and(|c| c.type_ == "Failure")
+}
+
+/// Why the sync fails before any name is chosen: a fault, no pool, a bad
+/// setting (`validateUserContainerRuntimeConfig`, `helpers.go`).
+fn sync_error(
+    runtime_config: &RuntimeConfig,
+    selected: &[&Pool],
+    faults: &BTreeMap<String, String>,
+) -> Option<String> {
+    let level = runtime_config
+        .spec
+        .container_runtime_config
+        .log_level
+        .as_deref();
+    if let Some(fault) = faults.get(runtime_config.name()) {
+        Some(format!("Error: {fault}"))
+    } else if let Some(l) = level.filter(|l| !LOG_LEVELS.contains(l)) {
+        Some(format!(
+            "Error: invalid LogLevel {l:?}, must be one of error, fatal, panic, warn, info, debug, or trace"
+        ))
+    } else if selected.is_empty() {
+        Some(format!(
+            "Error: could not find any MachineConfigPool set for ContainerRuntimeConfig {}",
+            runtime_config.name()
+        ))
+    } else {
+        None
+    }
+}
+
+/// The status after a sync that failed with `error` (the condition's
+/// message) or succeeded.
+fn status(runtime_config: &RuntimeConfig, error: Option<&str>) -> RuntimeConfigStatus {
+    let condition = match error {
+        Some(error) => Condition::new("Failure", true, "", error),
+        None => Condition::new("Success", true, "", "Success"),
+    };
+    let mut conditions = runtime_config.status.conditions.clone();
+    match conditions.last_mut() {
+        Some(last) if last.message == condition.message => *last = condition,
+        _ => conditions.push(condition),
+    }
+    RuntimeConfigStatus {
+        observed_generation: runtime_config.metadata.generation.unwrap_or_default(),
+        conditions,
+    }
+}
+
+/// `99-<pool>-generated-containerruntime`, then `-<suffix>`.
+pub fn generated_name(pool: &str, suffix: &str) -> String {
+    if suffix.is_empty() {
+        format!("99-{pool}-generated-containerruntime")
+    } else {
+        format!("99-{pool}-generated-containerruntime-{suffix}")
+    }
+}
+
+/// The suffix of the config `runtime_config` generates for `pool`
+/// (`getManagedKeyCtrCfg`, `pkg/controller/container-runtime-config/helpers.go`):
+/// the one recorded on it; else none when it is the only
+/// ContainerRuntimeConfig selecting the pool; else one more than the highest
+/// recorded among those selecting it, at most [`MAX_SUFFIX`]. `recorded`
+/// holds the annotations as the controller has written them so far.
+fn managed_suffix(
+    runtime_config: &RuntimeConfig,
+    pool: &Pool,
+    all: &[RuntimeConfig],
+    recorded: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    if let Some(suffix) = recorded.get(runtime_config.name()) {
+        return Ok(suffix.clone());
+    }
+    let selecting: Vec<&RuntimeConfig> = all.iter().filter(|rc| selects_pool(rc, pool)).collect();
+    if selecting.len() == 1 {
+        return Ok(String::new());
+    }
+    let mut highest = 0;
+    for rc in selecting {
+        if let Some(value) = recorded.get(rc.name()).filter(|v| !v.is_empty()) {
+            let value: u32 = value
+                .parse()
+                .map_err(|e| format!("error converting {value} to int: {e}"))?;
+            highest = highest.max(value);
+        }
+    }
+    if highest + 1 > MAX_SUFFIX {
+        return Err("max number of supported ctrcfgs (10) has been reached. Please delete old ctrcfgs before retrying".to_owned());
+    }
+    Ok((highest + 1).to_string())
 }
 
 /// Whether a pool may be rendered now: the render controller renders no pool
@@ -165,6 +299,8 @@ mod tests {
     use crate::mco_simulator::fixtures::pool;
     use crate::mco_simulator::render::files_of;
 
+    const KATA_SELECTOR_LABEL: &str = "pools.operator.machineconfiguration.openshift.io/kata-oc";
+
     fn runtime_config(name: &str, selector: serde_json::Value) -> RuntimeConfig {
         serde_json::from_value(json!({
             "metadata": { "name": name, "uid": format!("uid-{name}"), "generation": 2 },
@@ -173,58 +309,141 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_config_per_selected_pool_carries_the_log_level() {
+    fn kata_pool() -> Pool {
         let mut kata = pool("kata-oc", json!({}), json!({}));
-        kata.metadata.labels = Some(
-            [(
-                "pools.operator.machineconfiguration.openshift.io/kata-oc".to_owned(),
-                String::new(),
-            )]
-            .into(),
-        );
-        let pools = [pool("worker", json!({}), json!({})), kata];
-        let selector = json!({ "matchLabels": { "pools.operator.machineconfiguration.openshift.io/kata-oc": "" } });
-        let (generated, statuses) = plan(
-            &[
-                runtime_config("b", selector.clone()),
-                runtime_config("a", selector),
-            ],
-            &pools,
-            &Default::default(),
-        );
+        kata.metadata.labels = Some([(KATA_SELECTOR_LABEL.to_owned(), String::new())].into());
+        kata
+    }
 
-        let names: Vec<(&str, &str)> = generated
+    fn selecting_kata(name: &str, suffix: Option<&str>) -> RuntimeConfig {
+        let mut rc = runtime_config(name, json!({ "matchLabels": { KATA_SELECTOR_LABEL: "" } }));
+        if let Some(suffix) = suffix {
+            rc.metadata.annotations = Some([(MC_NAME_SUFFIX.to_owned(), suffix.to_owned())].into());
+        }
+        rc
+    }
+
+    /// One pass over all of `configs`.
+    fn pass(configs: &[RuntimeConfig], pools: &[Pool]) -> ControllerPass {
+        let due: Vec<&RuntimeConfig> = configs.iter().collect();
+        plan(&due, configs, pools, &Default::default())
+    }
+
+    fn names(pass: &ControllerPass) -> Vec<(&str, &str)> {
+        pass.generated
             .iter()
             .map(|g| (g.name.as_str(), g.owner_name.as_str()))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_only_config_selecting_a_pool_gets_the_plain_name_and_carries_the_log_level() {
+        let pools = [pool("worker", json!({}), json!({})), kata_pool()];
+        let pass = pass(&[selecting_kata("a", None)], &pools);
         assert_eq!(
-            names,
-            [
-                ("99-kata-oc-generated-containerruntime", "a"),
-                ("99-kata-oc-generated-containerruntime-1", "b")
-            ]
+            names(&pass),
+            [("99-kata-oc-generated-containerruntime", "a")]
         );
-        let files = files_of(&generated[0].spec).unwrap();
+        assert_eq!(pass.suffixes, [("a".to_owned(), String::new())]);
+        let files = files_of(&pass.generated[0].spec).unwrap();
         assert_eq!(files[0].path, "/etc/crio/crio.conf.d/01-ctrcfg-logLevel");
         assert!(
             String::from_utf8(files[0].contents.clone())
                 .unwrap()
                 .contains("log_level = \"debug\"")
         );
-        assert_eq!(statuses[0].1.conditions[0].type_, "Success");
-        assert_eq!(statuses[0].1.observed_generation, 2);
+        assert_eq!(pass.statuses[0].1.conditions[0].type_, "Success");
+        assert_eq!(pass.statuses[0].1.observed_generation, 2);
+    }
+
+    #[test]
+    fn beside_another_config_the_name_takes_the_next_suffix_and_keeps_it() {
+        let pools = [kata_pool()];
+        // An admin's config named first; ours is then one more.
+        let first = pass(
+            &[
+                selecting_kata("admin", Some("")),
+                selecting_kata("ours", None),
+            ],
+            &pools,
+        );
+        assert_eq!(
+            names(&first),
+            [
+                ("99-kata-oc-generated-containerruntime", "admin"),
+                ("99-kata-oc-generated-containerruntime-1", "ours")
+            ]
+        );
+        assert_eq!(first.suffixes, [("ours".to_owned(), "1".to_owned())]);
+        // Two new ones in one pass: neither is the only one, so neither gets
+        // the plain name; the one synced first gets -1, the next -2.
+        let both = pass(
+            &[selecting_kata("b", None), selecting_kata("a", None)],
+            &pools,
+        );
+        assert_eq!(
+            names(&both),
+            [
+                ("99-kata-oc-generated-containerruntime-1", "a"),
+                ("99-kata-oc-generated-containerruntime-2", "b")
+            ]
+        );
+        // A recorded suffix stands, whoever else selects the pool.
+        let kept = pass(&[selecting_kata("ours", Some("3"))], &pools);
+        assert_eq!(
+            names(&kept),
+            [("99-kata-oc-generated-containerruntime-3", "ours")]
+        );
+        assert!(kept.suffixes.is_empty());
+    }
+
+    #[test]
+    fn a_failed_config_is_retried_after_the_others() {
+        let pools = [kata_pool()];
+        let mut admin = selecting_kata("admin", None);
+        admin.status = status(&admin, Some("Error: could not find any MachineConfigPool"));
+        let pass = pass(&[admin, selecting_kata("ours", None)], &pools);
+        assert_eq!(
+            names(&pass),
+            [
+                ("99-kata-oc-generated-containerruntime-1", "ours"),
+                ("99-kata-oc-generated-containerruntime-2", "admin")
+            ]
+        );
+    }
+
+    #[test]
+    fn past_nine_suffixes_the_config_fails() {
+        let pools = [kata_pool()];
+        let full = pass(
+            &[
+                selecting_kata("old", Some("9")),
+                selecting_kata("new", None),
+            ],
+            &pools,
+        );
+        assert_eq!(
+            names(&full),
+            [("99-kata-oc-generated-containerruntime-9", "old")]
+        );
+        let (_, status) = full.statuses.iter().find(|(n, _)| n == "new").unwrap();
+        let failure = status.conditions.last().unwrap();
+        assert_eq!(failure.type_, "Failure");
+        assert_eq!(
+            failure.message,
+            "could not get ctrcfg key: max number of supported ctrcfgs (10) has been reached. Please delete old ctrcfgs before retrying"
+        );
+        assert!(full.suffixes.is_empty());
     }
 
     #[test]
     fn a_config_selecting_no_pool_reports_failure() {
-        let (generated, statuses) = plan(
+        let pass = pass(
             &[runtime_config("a", json!({ "matchLabels": { "x": "y" } }))],
             &[pool("worker", json!({}), json!({}))],
-            &Default::default(),
         );
-        assert!(generated.is_empty());
-        let failure = &statuses[0].1.conditions[0];
+        assert!(pass.generated.is_empty());
+        let failure = &pass.statuses[0].1.conditions[0];
         assert_eq!(
             (failure.type_.as_str(), failure.status.as_str()),
             ("Failure", "True")
@@ -238,40 +457,31 @@ mod tests {
 
     #[test]
     fn a_bad_log_level_fails_and_blocks_the_render_until_fixed() {
-        let mut kata = pool("kata-oc", json!({}), json!({}));
-        kata.metadata.labels = Some([("p".to_owned(), String::new())].into());
-        let mut rc = runtime_config("a", json!({ "matchLabels": { "p": "" } }));
+        let kata = kata_pool();
+        let mut rc = selecting_kata("a", None);
         rc.spec.container_runtime_config.log_level = Some("warning".into());
         assert_eq!(
             blocks_render(std::slice::from_ref(&rc), &kata),
             Some("a".into()),
             "no verdict yet"
         );
-        let (generated, statuses) = plan(
-            std::slice::from_ref(&rc),
-            std::slice::from_ref(&kata),
-            &Default::default(),
-        );
-        assert!(generated.is_empty());
+        let failed = pass(std::slice::from_ref(&rc), std::slice::from_ref(&kata));
+        assert!(failed.generated.is_empty());
         assert!(
-            statuses[0].1.conditions[0]
+            failed.statuses[0].1.conditions[0]
                 .message
                 .contains("invalid LogLevel \"warning\"")
         );
-        rc.status = statuses[0].1.clone();
+        rc.status = failed.statuses[0].1.clone();
         assert_eq!(
             blocks_render(std::slice::from_ref(&rc), &kata),
             Some("a".into())
         );
 
         rc.spec.container_runtime_config.log_level = Some("warn".into());
-        let (generated, statuses) = plan(
-            std::slice::from_ref(&rc),
-            std::slice::from_ref(&kata),
-            &Default::default(),
-        );
-        assert_eq!(generated.len(), 1);
-        let history: Vec<&str> = statuses[0]
+        let fixed = pass(std::slice::from_ref(&rc), std::slice::from_ref(&kata));
+        assert_eq!(fixed.generated.len(), 1);
+        let history: Vec<&str> = fixed.statuses[0]
             .1
             .conditions
             .iter()
@@ -282,7 +492,13 @@ mod tests {
             ["Failure", "Success"],
             "the conditions are a history"
         );
-        rc.status = statuses[0].1.clone();
-        assert_eq!(blocks_render(&[rc], &kata), None);
+        rc.status = fixed.statuses[0].1.clone();
+        assert_eq!(blocks_render(std::slice::from_ref(&rc), &kata), None);
+        rc.metadata.generation = Some(3);
+        assert_eq!(
+            blocks_render(&[rc], &kata),
+            Some("a".into()),
+            "a generation without a verdict blocks too"
+        );
     }
 }

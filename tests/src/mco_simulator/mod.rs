@@ -312,9 +312,12 @@ impl Simulation {
         ] {
             self.count("LIST", resource, "");
         }
+        // ContainerRuntimeConfigs before pools: one created after the pool it
+        // selects (as ours are) is never seen without that pool, as the real
+        // controller's informers, fed in the order of the writes, never see it.
+        let runtime_configs: Vec<RuntimeConfig> = list(&self.runtime_configs).await?;
         let pools: Vec<Pool> = list(&self.pools).await?;
         let mut configs: Vec<MachineConfig> = list(&self.configs).await?;
-        let runtime_configs: Vec<RuntimeConfig> = list(&self.runtime_configs).await?;
         let mut nodes: Vec<NodeView> = self
             .nodes
             .list(&ListParams::default())
@@ -632,7 +635,14 @@ impl Simulation {
             }
         }
         let faults = lock(&self.shared.runtime_config_faults).clone();
-        let (generated, statuses) = crio::plan(&live, pools, &faults);
+        let due: Vec<&RuntimeConfig> = live.iter().collect();
+        let pass = crio::plan(&due, runtime_configs, pools, &faults);
+        self.record_suffixes(&pass.suffixes).await?;
+        let crio::ControllerPass {
+            generated,
+            statuses,
+            ..
+        } = pass;
         for wanted in &generated {
             let existing = configs.iter().find(|mc| mc.name() == wanted.name);
             let up_to_date = existing.is_some_and(|mc| {
@@ -756,6 +766,23 @@ impl Simulation {
                 seen.1.elapsed() >= delay
             })
             .collect()
+    }
+
+    /// Records on each ContainerRuntimeConfig the suffix of the config it
+    /// generates (`addAnnotation` in `container_runtime_config_controller.go`,
+    /// before the config is written). The real controller replaces the
+    /// object's annotations with this one; a merge keeps the others, which
+    /// nothing here reads.
+    async fn record_suffixes(&self, suffixes: &[(String, String)]) -> Result<(), Error> {
+        for (name, suffix) in suffixes {
+            self.count("PATCH", "containerruntimeconfigs", "");
+            let patch = json!({ "metadata": { "annotations": { crio::MC_NAME_SUFFIX: suffix } } });
+            self.runtime_configs
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(Error::Kube)?;
+        }
+        Ok(())
     }
 
     /// Each ContainerRuntimeConfig carries the names of the configs it

@@ -111,7 +111,11 @@ fn part_of_a_shared_pool_is_refused_naming_the_unselected_nodes() {
         &placement.nodes[0],
         NodePlacement::Refused { frozen: true, reason } if *reason == refusal
     ));
-    assert_eq!(placement.nodes[2], NodePlacement::NotTargeted);
+    assert_eq!(
+        placement.nodes[2],
+        NodePlacement::Held,
+        "nothing is applied to the pool, so m2 is not being uninstalled"
+    );
     assert_eq!(placement.refusals(), [refusal]);
 }
 

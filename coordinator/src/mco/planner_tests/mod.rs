@@ -1,7 +1,8 @@
 //! The planner with the Machine Config Operator backend, end to end: from an
 //! observed snapshot to steps, node lists and conditions. Here: install,
 //! drift, other managers, stuck nodes and the log level; the node phases and
-//! the uninstall in [`phases`], the cluster topologies in [`topologies`].
+//! the uninstall in [`phases`], the cluster topologies in [`topologies`],
+//! ContainerRuntimeConfigs, ours and others', in [`runtime_configs`].
 
 use super::names::{self as mco, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
 use super::{MachineConfigRollout, ObservedPool};
@@ -15,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
 
 mod phases;
+mod runtime_configs;
 mod topologies;
 
 const POOL_CONFIG: &str = "rendered-kata-oc-abc";
@@ -42,6 +44,7 @@ fn rendered_pool(machines: i64) -> ObservedPool {
     ObservedPool {
         name: mco::POOL_NAME.into(),
         node_selector: None,
+        labels: [(mco::POOL_SELECTOR_LABEL.to_owned(), String::new())].into(),
         rendered_config: Some(POOL_CONFIG.into()),
         sources: vec!["00-worker".into(), mco::MACHINE_CONFIG_NAME.into()],
         machine_count: machines,

@@ -10,9 +10,23 @@ fn master_pool(machines: i64) -> ObservedPool {
     ObservedPool {
         name: mco::MASTER_POOL.into(),
         node_selector: None,
+        labels: [(mco::MASTER_POOL_SELECTOR_LABEL.to_owned(), String::new())].into(),
         rendered_config: Some(MASTER_CONFIG.into()),
         sources: vec!["00-master".into(), mco::MASTER_MACHINE_CONFIG_NAME.into()],
         machine_count: machines,
+    }
+}
+
+/// The master pool of three rendered with our master MachineConfig.
+fn master_rollout() -> MachineConfigRollout {
+    MachineConfigRollout {
+        pools: vec![master_pool(3)],
+        master_machine_config: Some(crate::mco::objects::machine_config_for(
+            crate::mco::placement::Role::Master,
+            mco::EXTENSION,
+            &objects::CrioRuntimeHandler::default(),
+        )),
+        ..Default::default()
     }
 }
 
@@ -63,15 +77,7 @@ fn a_compact_cluster_installs_through_the_master_pool_without_labels() {
         nodes: vec![done("m0"), done("m1"), done("m2")],
         ..Default::default()
     };
-    let rollout = MachineConfigRollout {
-        pools: vec![master_pool(3)],
-        master_machine_config: Some(crate::mco::objects::machine_config_for(
-            crate::mco::placement::Role::Master,
-            mco::EXTENSION,
-            &objects::CrioRuntimeHandler::default(),
-        )),
-        ..Default::default()
-    };
+    let rollout = master_rollout();
     let rolled = crate::plan::plan(&observed, &rollout);
     assert_eq!(rolled.nodes.installed, ["m0", "m1", "m2"]);
     assert_eq!(
@@ -159,4 +165,52 @@ fn a_worker_in_an_infra_pool_is_reported_and_the_others_still_get_the_runtime_cl
     );
     assert!(applies(&plan, crate::kind::RUNTIME_CLASS));
     assert_eq!(condition_of(&plan, "Ready").reason, "SelectionRefused");
+}
+
+#[test]
+fn narrowing_an_installed_master_pool_is_refused_and_uninstalls_nothing() {
+    let done = |name| {
+        let mut node = on_config(
+            compact_node(name),
+            MASTER_CONFIG,
+            MASTER_CONFIG,
+            mco::STATE_DONE,
+        );
+        node.labels.insert("kata".into(), "yes".into());
+        node
+    };
+    let mut m2 = done("m2");
+    m2.labels.remove("kata");
+    let observed = Observed {
+        has_finalizer: true,
+        spec: KataConfigSpec {
+            kata_config_pool_selector: Some(expression_selector(
+                "kata",
+                SelectorOperator::Exists,
+                &[],
+            )),
+            ..Default::default()
+        },
+        runtime_class: Some(serde_json::to_value(objects::runtime_class()).unwrap_or_default()),
+        nodes: vec![done("m0"), done("m1"), m2],
+        ..Default::default()
+    };
+    let rollout = MachineConfigRollout {
+        rendered_with_kata: [MASTER_CONFIG.to_owned()].into(),
+        ..master_rollout()
+    };
+    let plan = plan(&observed, &rollout);
+    assert_eq!(plan.steps, Vec::<Step>::new(), "nothing removed");
+    assert!(plan.nodes.waiting_to_uninstall.is_empty() && plan.nodes.uninstalling.is_empty());
+    let in_progress = condition_of(&plan, "InProgress");
+    assert_eq!(
+        (in_progress.status, in_progress.reason.as_str()),
+        (false, "SelectionRefused")
+    );
+    assert!(
+        in_progress.message.contains("also holds m2")
+            && !in_progress.message.contains("uninstalling: [m2]"),
+        "{}",
+        in_progress.message
+    );
 }
