@@ -182,6 +182,9 @@ pub struct Metrics {
     pub api_writes: WriteCounter,
     pub label_writes: Counter,
     pub connected_agents: Gauge,
+    /// The coordinator's clock minus the API server's, as far as the
+    /// times of the last agent token a review admitted tell.
+    pub clock_skew: Gauge,
     pub nodes: Family<StateLabel, Gauge>,
     /// 1 while the active KataConfig's condition is True.
     pub kataconfig_condition: Family<ConditionLabel, Gauge>,
@@ -383,6 +386,12 @@ impl Metrics {
             "connected_agents",
             "node-agents reporting: a stream open, or a check-in within the grace period",
             self.connected_agents.clone(),
+        );
+        prefix.register_with_unit(
+            "clock_skew",
+            "the coordinator's clock minus the API server's, as far as the iat and exp of the last agent token a TokenReview admitted tell: negative when behind its iat, positive when past its exp, else 0",
+            Unit::Seconds,
+            self.clock_skew.clone(),
         );
         prefix.register(
             "tls_handshakes",

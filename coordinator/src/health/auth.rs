@@ -15,12 +15,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::{Api, PostParams};
 use tokio::sync::Semaphore;
 
+use super::clock::{TokenTimes, remember_for, skew_seconds, token_times};
 use super::issuer_keys::{IssuerKeySource, Signature};
 use super::jose::{base64url, json_segment};
 use crate::metrics::{
@@ -231,7 +232,7 @@ impl AgentAuthenticator {
             self.metrics.token_not_reviewed(TOKEN_REFUSED_UNREVIEWED);
         })?;
         let key = token_key(token);
-        if let Some(identity) = self.cached(&key, now) {
+        if let Some(identity) = self.cached(&key, Instant::now()) {
             self.metrics.token_not_reviewed(TOKEN_CACHED);
             return Ok(Authenticated {
                 identity,
@@ -264,9 +265,13 @@ impl AgentAuthenticator {
             .token_reviewed(review_outcome(&result), started.elapsed());
         self.note_review_health(&result);
         let identity = result?;
-        let remember_until = claims.expires_at.min(SystemTime::now() + REVIEW_CACHE_TTL);
+        // The review vouched for the token's times: they tell the API
+        // server's clock.
+        let (times, now) = (claims.times(), SystemTime::now());
+        self.metrics.clock_skew.set(skew_seconds(times, now));
+        let remember_until = Instant::now() + remember_for(times, now, REVIEW_CACHE_TTL);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key, identity.clone(), remember_until, SystemTime::now());
+            cache.insert(key, identity.clone(), remember_until, Instant::now());
         }
         Ok(Authenticated {
             identity,
@@ -305,7 +310,7 @@ impl AgentAuthenticator {
         (&self.client, namespace, name)
     }
 
-    fn cached(&self, key: &TokenKey, now: SystemTime) -> Option<AgentIdentity> {
+    fn cached(&self, key: &TokenKey, now: Instant) -> Option<AgentIdentity> {
         self.cache.lock().ok()?.get(key, now)
     }
 
@@ -389,12 +394,23 @@ pub fn identity_from_review(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenClaims {
     pub expires_at: SystemTime,
+    pub issued_at: Option<SystemTime>,
+}
+
+impl TokenClaims {
+    fn times(&self) -> TokenTimes {
+        TokenTimes {
+            expires_at: self.expires_at,
+            issued_at: self.issued_at,
+        }
+    }
 }
 
 /// Refuses a bearer that cannot be a live projected token for `audience`
 /// without asking anyone: not three base64url JWT segments, a header
-/// without a signing algorithm (or `none`), no `exp` or an `exp` already
-/// past, no `aud` naming `audience`, or longer than [`MAX_TOKEN_BYTES`].
+/// without a signing algorithm (or `none`), no `exp`, an `exp` past or an
+/// `iat` or `nbf` to come (allowing [`super::clock::CLOCK_SKEW_LEEWAY`]), no
+/// `aud` naming `audience`, or longer than [`MAX_TOKEN_BYTES`].
 /// Pure.
 pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<TokenClaims, AuthError> {
     let refuse = |why: &str| {
@@ -429,14 +445,13 @@ pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<TokenCla
     if !names_audience {
         return refuse("not for this audience");
     }
-    let Some(exp) = payload.get("exp").and_then(serde_json::Value::as_u64) else {
-        return refuse("no expiry");
-    };
-    let expires_at = UNIX_EPOCH + Duration::from_secs(exp);
-    if expires_at <= now {
-        return refuse("expired");
+    match token_times(&payload, now) {
+        Ok(times) => Ok(TokenClaims {
+            expires_at: times.expires_at,
+            issued_at: times.issued_at,
+        }),
+        Err(why) => refuse(why),
     }
-    Ok(TokenClaims { expires_at })
 }
 
 /// One place in the review queue, given back when dropped.

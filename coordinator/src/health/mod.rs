@@ -7,6 +7,7 @@
 //! the node named in its token, and a Hello for any other node is refused.
 
 pub mod auth;
+pub mod clock;
 pub mod hello;
 pub mod issuer_keys;
 mod jose;

@@ -1,7 +1,7 @@
 //! The review cache: agents' tokens already admitted by a TokenReview.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::Instant;
 
 use super::AgentIdentity;
 
@@ -16,9 +16,10 @@ pub(super) fn token_key(token: &str) -> TokenKey {
 
 /// Admitted tokens by SHA-256 (the tokens themselves are never kept),
 /// each until its token's expiry or [`super::REVIEW_CACHE_TTL`], whichever is
-/// first; bounded in size.
+/// first; bounded in size. Monotonic deadlines: a wall clock set while a
+/// token is remembered neither drops it nor keeps it longer.
 pub(super) struct ReviewCache {
-    pub(super) entries: HashMap<TokenKey, (AgentIdentity, SystemTime)>,
+    pub(super) entries: HashMap<TokenKey, (AgentIdentity, Instant)>,
     capacity: usize,
 }
 
@@ -30,7 +31,7 @@ impl ReviewCache {
         }
     }
 
-    pub(super) fn get(&self, key: &TokenKey, now: SystemTime) -> Option<AgentIdentity> {
+    pub(super) fn get(&self, key: &TokenKey, now: Instant) -> Option<AgentIdentity> {
         self.entries
             .get(key)
             .filter(|(_, until)| *until > now)
@@ -41,8 +42,8 @@ impl ReviewCache {
         &mut self,
         key: TokenKey,
         identity: AgentIdentity,
-        until: SystemTime,
-        now: SystemTime,
+        until: Instant,
+        now: Instant,
     ) {
         if self.entries.len() >= self.capacity {
             self.entries.retain(|_, (_, until)| *until > now);

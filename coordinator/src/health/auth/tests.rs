@@ -4,6 +4,7 @@ use super::*;
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::UserInfo;
 use std::collections::BTreeMap;
+use std::time::UNIX_EPOCH;
 
 const SA: &str = "system:serviceaccount:kata:node-agent";
 const AUD: &str = "kata-operator/agent";
@@ -172,7 +173,8 @@ fn precheck_refuses_what_cannot_be_a_live_token_for_the_audience() {
         )
         .unwrap(),
         TokenClaims {
-            expires_at: unix(2_000)
+            expires_at: unix(2_000),
+            issued_at: None,
         }
     );
     assert!(
@@ -187,7 +189,22 @@ fn precheck_refuses_what_cannot_be_a_live_token_for_the_audience() {
         Err(AuthError::Unauthenticated(why)) => why,
         other => panic!("{bearer:?} was not refused: {other:?}"),
     };
-    assert!(refused(&token(serde_json::json!({"aud": [AUD], "exp": 999}))).ends_with("expired"));
+    assert!(refused(&token(serde_json::json!({"aud": [AUD], "exp": 900}))).ends_with("expired"));
+    assert!(
+        refused(&token(
+            serde_json::json!({"aud": [AUD], "exp": 2_000, "iat": 1_600})
+        ))
+        .ends_with("issued in the future")
+    );
+    // A clock half a minute behind the issuer's admits its fresh token.
+    assert!(
+        precheck(
+            &token(serde_json::json!({"aud": [AUD], "exp": 2_000, "iat": 1_030})),
+            AUD,
+            now
+        )
+        .is_ok()
+    );
     assert!(refused(&token(serde_json::json!({"aud": [AUD]}))).ends_with("no expiry"));
     assert!(
         refused(&token(serde_json::json!({"aud": ["other"], "exp": 2_000})))
@@ -214,21 +231,23 @@ fn the_cache_forgets_at_expiry_and_stays_bounded() {
         pod_name: format!("agent-{node}"),
         pod_uid: None,
     };
+    let start = Instant::now();
+    let at = |seconds: u64| start + Duration::from_secs(seconds);
     let mut cache = ReviewCache::new(2);
-    cache.insert(token_key("a"), identity("w0"), unix(100), unix(0));
-    cache.insert(token_key("b"), identity("w1"), unix(50), unix(0));
-    assert_eq!(cache.get(&token_key("a"), unix(99)), Some(identity("w0")));
+    cache.insert(token_key("a"), identity("w0"), at(100), at(0));
+    cache.insert(token_key("b"), identity("w1"), at(50), at(0));
+    assert_eq!(cache.get(&token_key("a"), at(99)), Some(identity("w0")));
     assert_eq!(
-        cache.get(&token_key("a"), unix(100)),
+        cache.get(&token_key("a"), at(100)),
         None,
         "not past its expiry"
     );
-    assert_eq!(cache.get(&token_key("c"), unix(0)), None);
+    assert_eq!(cache.get(&token_key("c"), at(0)), None);
     // Full: a new entry only fits once an old one has expired.
-    cache.insert(token_key("c"), identity("w2"), unix(200), unix(10));
-    assert_eq!(cache.get(&token_key("c"), unix(11)), None);
-    cache.insert(token_key("c"), identity("w2"), unix(200), unix(60));
-    assert_eq!(cache.get(&token_key("c"), unix(61)), Some(identity("w2")));
+    cache.insert(token_key("c"), identity("w2"), at(200), at(10));
+    assert_eq!(cache.get(&token_key("c"), at(11)), None);
+    cache.insert(token_key("c"), identity("w2"), at(200), at(60));
+    assert_eq!(cache.get(&token_key("c"), at(61)), Some(identity("w2")));
     assert_eq!(cache.entries.len(), 2);
 }
 
@@ -331,7 +350,7 @@ async fn while_reviews_fail_an_admitted_token_still_gets_in_and_a_new_one_waits(
         pod_name: "agent-x".into(),
         pod_uid: Some("uid-x".into()),
     };
-    let now = SystemTime::now();
+    let now = Instant::now();
     auth.cache.lock().unwrap().insert(
         token_key(&admitted),
         identity.clone(),
