@@ -318,6 +318,14 @@ impl Simulation {
         let runtime_configs: Vec<RuntimeConfig> = list(&self.runtime_configs).await?;
         let pools: Vec<Pool> = list(&self.pools).await?;
         let mut configs: Vec<MachineConfig> = list(&self.configs).await?;
+        // The render's freeze check reads them again after the
+        // MachineConfigs: one written before a config (the coordinator writes
+        // its ContainerRuntimeConfig, then its MachineConfig) is then always
+        // seen, so no pool renders that config without waiting for it, as
+        // the real render controller, whose informers are fed in the order
+        // of the writes, never does (`render_controller.go`).
+        self.count("LIST", "containerruntimeconfigs", "");
+        let render_view: Vec<RuntimeConfig> = list(&self.runtime_configs).await?;
         let mut nodes: Vec<NodeView> = self
             .nodes
             .list(&ListParams::default())
@@ -340,7 +348,7 @@ impl Simulation {
         let membership = rollout::membership(&pools, &nodes);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         for pool in &pools {
-            let (target, render_error) = match crio::blocks_render(&runtime_configs, pool) {
+            let (target, render_error) = match crio::blocks_render(&render_view, pool) {
                 // Frozen at its current target, and no pool condition says
                 // why (`render_controller.go`).
                 Some(runtime_config) => {
