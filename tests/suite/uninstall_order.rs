@@ -11,9 +11,10 @@ use std::process::{Command, Stdio};
 
 use kata_coordinator::controller::Options;
 use kata_coordinator::mco::names as mco;
-use kata_tests::cluster::{Cluster, WORKER};
+use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::control_plane::binary_dir;
 use kata_tests::coordinator::RunningCoordinator;
+use kata_tests::eventually;
 use kata_tests::manifests::deploy_dir;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject};
 use serde_json::json;
@@ -199,6 +200,24 @@ async fn installed() -> (Cluster, RunningCoordinator) {
     for node in NODES {
         assert_eq!(cluster.simulator.rollouts(node), 1, "{node} installed once");
     }
+    // The API server enforces a new admission policy, with the params it
+    // reads (the KataConfigs), a moment after they are written; on a loaded
+    // machine the first refusal asserted could come before it. A dry run is
+    // judged by the same policy and deletes nothing.
+    let first = &NEEDED[0];
+    let dry_run = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    eventually("the uninstall-order policy in force", CONVERGE, || async {
+        Ok(first
+            .api(&cluster.client)
+            .delete(first.name, &dry_run)
+            .await
+            .is_err())
+    })
+    .await
+    .unwrap();
     (cluster, coordinator)
 }
 
