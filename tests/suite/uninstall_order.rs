@@ -6,6 +6,8 @@
 //! and the MCO simulator rolling the nodes.
 #![allow(clippy::unwrap_used)]
 
+mod olm;
+
 use kata_test_harness::kata_test;
 use std::process::{Command, Stdio};
 
@@ -200,25 +202,26 @@ async fn installed() -> (Cluster, RunningCoordinator) {
     for node in NODES {
         assert_eq!(cluster.simulator.rollouts(node), 1, "{node} installed once");
     }
-    // The API server enforces a new admission policy, with the params it
-    // reads (the KataConfigs), a moment after they are written; on a loaded
-    // machine the first refusal asserted could come before it. A dry run is
-    // judged by the same policy and deletes nothing.
     let first = &NEEDED[0];
+    wait_in_force(&first.api(&cluster.client), first.name).await;
+    (cluster, coordinator)
+}
+
+/// Waits until deleting `name`, which the policy refuses, is refused. The
+/// API server enforces a new admission policy, with the params it reads
+/// (the KataConfigs), a moment after they are written; on a loaded machine
+/// the first refusal asserted could come before it. A dry run is judged by
+/// the same policy and deletes nothing.
+async fn wait_in_force(api: &Api<DynamicObject>, name: &str) {
     let dry_run = DeleteParams {
         dry_run: true,
         ..DeleteParams::default()
     };
     eventually("the uninstall-order policy in force", CONVERGE, || async {
-        Ok(first
-            .api(&cluster.client)
-            .delete(first.name, &dry_run)
-            .await
-            .is_err())
+        Ok(api.delete(name, &dry_run).await.is_err())
     })
     .await
     .unwrap();
-    (cluster, coordinator)
 }
 
 /// Whether the KataConfig is there and no deletion of it has begun.
