@@ -24,6 +24,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kata_coordinator::app::{self, AgentServerOptions, RunOptions};
 use kata_coordinator::health::marks::MarkPolicy;
+use kata_coordinator::health::marks::brake::BrakePolicy;
 use kata_coordinator::leader::LeaseOptions;
 use kata_coordinator::{logging, manifests};
 use kata_proto::contract;
@@ -96,6 +97,18 @@ struct RunArgs {
     /// `checkNodeEligibility`: before it leaves the Kata pool, a reboot).
     #[arg(long, env = "ELIGIBILITY_LEAVE_SECONDS", default_value_t = MarkPolicy::default().leave_dwell.as_secs())]
     eligibility_leave_seconds: u64,
+    /// The fleet-wide brake: when more than this percentage of the
+    /// KVM-capable nodes would leave the Kata pool within the window, none
+    /// does (KataConfig `Degraded=True/FleetBrakeEngaged`); 100 disables it.
+    #[arg(long, env = "FLEET_BRAKE_PERCENT", default_value_t = BrakePolicy::DEFAULT.max_share_percent, value_parser = clap::value_parser!(u32).range(0..=100))]
+    fleet_brake_percent: u32,
+    /// The brake's window, in seconds.
+    #[arg(long, env = "FLEET_BRAKE_WINDOW_SECONDS", default_value_t = BrakePolicy::DEFAULT.window.as_secs())]
+    fleet_brake_window_seconds: u64,
+    /// The brake engages only when at least this many nodes would leave:
+    /// with 2, one broken node of a small cluster still leaves.
+    #[arg(long, env = "FLEET_BRAKE_MIN_NODES", default_value_t = BrakePolicy::DEFAULT.min_nodes)]
+    fleet_brake_min_nodes: usize,
     /// Seconds a node may stay updating (Machine Config Operator state
     /// Working) before the KataConfig and a Warning Event say it is stuck
     /// and what holds its drain.
@@ -166,6 +179,9 @@ fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
         heartbeat_seconds,
         eligibility_join_seconds,
         eligibility_leave_seconds,
+        fleet_brake_percent,
+        fleet_brake_window_seconds,
+        fleet_brake_min_nodes,
         stuck_rollout_seconds: _,
         leader_elect,
         lease_name,
@@ -202,6 +218,11 @@ fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
             grace: heartbeat * 3,
             join_dwell: Duration::from_secs(eligibility_join_seconds),
             leave_dwell: Duration::from_secs(eligibility_leave_seconds),
+            brake: BrakePolicy {
+                max_share_percent: fleet_brake_percent,
+                window: Duration::from_secs(fleet_brake_window_seconds),
+                min_nodes: fleet_brake_min_nodes,
+            },
             ..MarkPolicy::default()
         },
     }

@@ -186,6 +186,8 @@ pub struct Metrics {
     /// times of the last agent token a review admitted tell.
     pub clock_skew: Gauge,
     pub nodes: Family<StateLabel, Gauge>,
+    /// The fleet-wide brake on pool removals, as the labeller decided it.
+    pub fleet_brake: crate::health::marks::brake::FleetBrake,
     /// 1 while the active KataConfig's condition is True.
     pub kataconfig_condition: Family<ConditionLabel, Gauge>,
     /// The active KataConfig's nodes, by phase.
@@ -382,6 +384,17 @@ impl Metrics {
 
     /// The agents' health channel: connections, reports, token checks.
     fn register_health_channel(&self, prefix: &mut Registry) {
+        prefix.register(
+            "fleet_brake_engaged",
+            "1 while the fleet-wide brake holds pool removals: more than the configured share \
+             of the KVM-capable nodes would leave the Kata pool within the window",
+            self.fleet_brake.engaged.clone(),
+        );
+        prefix.register(
+            "fleet_brake_held_nodes",
+            "nodes whose leave of the Kata pool the fleet-wide brake holds",
+            self.fleet_brake.held_nodes.clone(),
+        );
         prefix.register(
             "connected_agents",
             "node-agents reporting: a stream open, or a check-in within the grace period",

@@ -412,6 +412,7 @@ mod tests {
         let verdicts = Verdicts {
             kvm_capable: true,
             runtime_ready: true,
+            kvm_failure: None,
         };
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let stuck =
@@ -435,6 +436,7 @@ mod tests {
         let verdicts = Verdicts {
             kvm_capable: true,
             runtime_ready: true,
+            kvm_failure: None,
         };
         let durations = [(ProbeName::Kvm, Duration::from_millis(3))];
         metrics.observe_cycle(&outcomes(ProbeStatus::Ok, "KvmWorks"), verdicts, &durations);
@@ -461,6 +463,7 @@ mod tests {
         let failed = Verdicts {
             kvm_capable: false,
             runtime_ready: false,
+            kvm_failure: Some(crate::probe::Evidence::Definitive),
         };
         for _ in 0..2 {
             metrics.observe_cycle(

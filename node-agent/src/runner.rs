@@ -137,10 +137,14 @@ impl ProbeRunner {
         let guest_plan = self.kvm_guest.plan();
         let in_flight = self.kvm_guest.start(guest_plan);
         let kvm_root = root.clone();
-        let kvm = run_blocking(ProbeName::Kvm, budgets.filesystem, move || {
-            let _in_flight = in_flight;
-            kvm::probe_with(&kvm_root, guest_plan)
-        });
+        let kvm = run_blocking(
+            ProbeName::Kvm,
+            budgets.filesystem,
+            move || match &in_flight {
+                Some(run) => kvm::probe_kickable(&kvm_root, guest_plan, run.kick()),
+                None => kvm::probe_with(&kvm_root, guest_plan),
+            },
+        );
         let crio_root = root.clone();
         let crio_config = config.clone();
         let crio = run_blocking(ProbeName::CrioDropIn, budgets.filesystem, move || {

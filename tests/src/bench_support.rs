@@ -142,6 +142,7 @@ impl SimulatedAgent {
                 verdicts: Some(Verdicts {
                     kvm_capable: true,
                     runtime_ready: true,
+                    ..Default::default()
                 }),
                 probed_at_unix_ms: 0,
             }),

@@ -2,7 +2,8 @@
 //! only, on the real control plane with the MCO simulator: a node whose
 //! agent flaps is never labelled capable nor rolled; a node reported capable
 //! for the join dwell joins once (one rollout), survives a flapping loss, and
-//! leaves once after a sustained one. And a pool selector naming the
+//! leaves once after a sustained one; a loss of every node at once is held
+//! by the fleet-wide brake. And a pool selector naming the
 //! operator's own node labels is refused at admission.
 //!
 //! The agents are scripted streams on the real health channel, so each
@@ -59,6 +60,7 @@ fn policy() -> MarkPolicy {
         hold_down: Duration::from_secs(5),
         join_dwell: JOIN,
         leave_dwell: LEAVE,
+        brake: kata_coordinator::health::marks::brake::BrakePolicy::DEFAULT,
     }
 }
 
@@ -98,6 +100,7 @@ fn report(sequence: u64, capable: bool) -> AgentMessage {
             verdicts: Some(Verdicts {
                 kvm_capable: capable,
                 runtime_ready: false,
+                ..Default::default()
             }),
             probed_at_unix_ms: 0,
         })),
@@ -287,18 +290,26 @@ async fn dwell_message(client: &Client, node: &str) -> Option<String> {
         .map(|(_, _, message)| message)
 }
 
+/// A coordinator with the agents' identity, and KataConfig `kc` checking
+/// node eligibility: the health channel's address and TLS files with it.
+async fn start_checking_eligibility(cluster: &Cluster) -> (Coordinator, SocketAddr, TlsFiles) {
+    let client = cluster.client.clone();
+    create_agent_identity(&client).await.unwrap();
+    let tls = TlsFiles::generate().unwrap();
+    let grpc = free_addr().unwrap();
+    let coordinator = Coordinator::start(client, &tls, grpc, policy()).unwrap();
+    cluster
+        .create_kataconfig("kc", json!({"checkNodeEligibility": true}))
+        .await;
+    (coordinator, grpc, tls)
+}
+
 #[kata_test]
 async fn membership_follows_only_a_sustained_verdict() {
     let cluster = Cluster::start(&[("w-flap", &[WORKER]), ("w-steady", &[WORKER])]).await;
     let client = cluster.client.clone();
-    create_agent_identity(&client).await.unwrap();
     let (history, recorder) = CapableHistory::record(&client);
-    let tls = TlsFiles::generate().unwrap();
-    let grpc = free_addr().unwrap();
-    let coordinator = Coordinator::start(client.clone(), &tls, grpc, policy()).unwrap();
-    cluster
-        .create_kataconfig("kc", json!({"checkNodeEligibility": true}))
-        .await;
+    let (coordinator, grpc, tls) = start_checking_eligibility(&cluster).await;
 
     let flapper = ScriptedAgent::start(&client, "w-flap", grpc, &tls, false).await;
     let steady = ScriptedAgent::start(&client, "w-steady", grpc, &tls, true).await;
@@ -459,4 +470,77 @@ async fn selectors_naming_the_operators_own_labels_are_refused() {
             .await
             .unwrap_or_else(|refusal| panic!("{selector} refused: {refusal}"));
     }
+}
+
+/// Every node of a 2-node pool reported incapable at once looks like a
+/// fault of the agents, not of the nodes: the fleet-wide brake keeps both in
+/// the pool and says so on the KataConfig. One node recovering leaves the
+/// other alone in its loss, and it leaves.
+#[kata_test]
+async fn the_fleet_brake_holds_a_pool_wide_loss() {
+    let cluster = Cluster::start(&[("w-a", &[WORKER]), ("w-b", &[WORKER])]).await;
+    let client = cluster.client.clone();
+    let (coordinator, grpc, tls) = start_checking_eligibility(&cluster).await;
+    let a = ScriptedAgent::start(&client, "w-a", grpc, &tls, true).await;
+    let b = ScriptedAgent::start(&client, "w-b", grpc, &tls, true).await;
+    eventually("both join the pool", CONVERGE, || async {
+        let targeted = cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await;
+        Ok::<_, String>(targeted == ["w-a", "w-b"])
+    })
+    .await
+    .unwrap();
+
+    a.say(false);
+    b.say(false);
+    let (_, _, message) = found("the brake engages", || async {
+        match cluster.condition("kc", "Degraded").await {
+            Some((status, reason, message))
+                if status == "True" && reason == "FleetBrakeEngaged" =>
+            {
+                Ok((status, reason, message))
+            }
+            other => Err(format!("Degraded {other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        message.starts_with("2 of 2 KVM-capable nodes would leave the Kata pool")
+            && message.contains("w-a, w-b"),
+        "{message}"
+    );
+    // Held well past the leave dwell: no label comes off, no node rolls.
+    tokio::time::sleep(LEAVE * 2).await;
+    assert!(has_label(&client, "w-a", names::KATA_CAPABLE_LABEL).await);
+    assert!(has_label(&client, "w-b", names::KATA_CAPABLE_LABEL).await);
+    assert_eq!(
+        cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await,
+        ["w-a", "w-b"]
+    );
+    assert_eq!(cluster.simulator.rollouts("w-a"), 1);
+
+    // w-a recovers: one node alone leaves, and the brake lets go.
+    a.say(true);
+    eventually("w-b leaves and the brake releases", CONVERGE, || async {
+        let targeted = cluster.nodes_with(mco::KATA_POOL_ROLE_LABEL).await;
+        let degraded = cluster.condition("kc", "Degraded").await;
+        let released = degraded
+            .as_ref()
+            .is_some_and(|(_, reason, _)| reason != "FleetBrakeEngaged");
+        if targeted == ["w-a"] && released {
+            Ok(true)
+        } else {
+            Err(format!("targeted {targeted:?}, Degraded {degraded:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        cluster.simulator.rollouts("w-a"),
+        1,
+        "w-a never rolled again"
+    );
+
+    a.stop();
+    b.stop();
+    coordinator.stop().await.unwrap();
 }

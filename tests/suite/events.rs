@@ -237,6 +237,7 @@ async fn a_node_losing_the_runtime_label_is_announced_once_with_why() {
         // The capable label lands before the steady state this test watches.
         join_dwell: Duration::from_secs(1),
         leave_dwell: Duration::from_secs(1),
+        brake: kata_coordinator::health::marks::brake::BrakePolicy::DEFAULT,
     };
     let coordinator = Coordinator::start(client.clone(), &files, grpc, policy).unwrap();
     let tokens = tempfile::tempdir().unwrap();

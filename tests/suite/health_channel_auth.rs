@@ -132,6 +132,7 @@ fn report(sequence: u64) -> HealthReport {
         verdicts: Some(Verdicts {
             kvm_capable: true,
             runtime_ready: false,
+            ..Default::default()
         }),
         probed_at_unix_ms: 1_700_000_000_000,
     }

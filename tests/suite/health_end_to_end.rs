@@ -33,6 +33,7 @@ fn start_coordinator(client: &Client, files: &TlsFiles, grpc: std::net::SocketAd
         // not about how long a verdict must hold (eligibility_dwell is).
         join_dwell: Duration::from_secs(2),
         leave_dwell: Duration::from_secs(2),
+        brake: kata_coordinator::health::marks::brake::BrakePolicy::DEFAULT,
     };
     Coordinator::start(client.clone(), files, grpc, policy).unwrap()
 }

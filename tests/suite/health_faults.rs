@@ -39,6 +39,7 @@ fn policy() -> MarkPolicy {
         hold_down: Duration::from_secs(5),
         join_dwell: Duration::from_secs(2),
         leave_dwell: Duration::from_secs(2),
+        brake: kata_coordinator::health::marks::brake::BrakePolicy::DEFAULT,
     }
 }
 

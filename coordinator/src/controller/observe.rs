@@ -86,6 +86,12 @@ impl Context {
             last_write: self.last_write(&config.name_any()),
             owned_objects,
             stuck_nodes,
+            fleet_brake: self
+                .options
+                .metrics
+                .fleet_brake
+                .engaged()
+                .map(|brake| brake.message()),
         };
         Ok((observed, rollout))
     }

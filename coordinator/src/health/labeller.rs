@@ -7,6 +7,10 @@
 //! dwell time ([`super::marks::eligibility`]); the dwells are timed here, in
 //! memory, from the reports each scan sees. A restarted coordinator starts
 //! them again, which can only delay a change, never make one.
+//!
+//! Before any capable label comes off, the fleet-wide brake
+//! ([`super::marks::brake`]) looks at every leave due at the scan together,
+//! and holds them all when too many nodes would leave at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,10 +24,11 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::marks::eligibility::{self, Dwell};
+use super::marks::brake::RecentRemovals;
+use super::marks::eligibility::Dwell;
 use super::marks::{
-    CurrentMarks, MarkPolicy, NodeMarks, RUNTIME_LABEL_REMOVED, ReadyCondition,
-    capability_evidence, damped, desired_marks, runtime_label_removed_note, settled,
+    CurrentMarks, MarkPolicy, NodeMarks, RUNTIME_LABEL_REMOVED, ReadyCondition, damped,
+    runtime_label_removed_note, settled,
 };
 use super::registry::HealthRegistry;
 use crate::api::KataConfig;
@@ -33,6 +38,8 @@ use crate::metrics::{Metrics, StateLabel};
 use crate::node::kata_ready_condition;
 use crate::status::ConditionStatus;
 use crate::{names, status};
+
+mod fleet;
 
 /// How often marks are re-evaluated without a report (silence is noticed by
 /// the clock, not by an event).
@@ -52,6 +59,8 @@ struct NodeWrite {
     node: Arc<Node>,
     /// The write takes the runtime-ready label away.
     removes_runtime_label: bool,
+    /// The write takes the capable label away: the node leaves the pool.
+    removes_capable_label: bool,
     labels: bool,
     condition: bool,
     marks: NodeMarks,
@@ -80,6 +89,10 @@ struct Labeller {
     dwells: HashMap<String, Dwell>,
     /// Every node in the cache at the last scan: one gone since was deleted.
     nodes_seen: HashSet<String>,
+    /// When capable labels came off, for the brake's window.
+    capable_removals: RecentRemovals,
+    /// The brake's decision at the last scan, to log when it changes.
+    brake_engaged: bool,
     /// Writes the node marks and publishes the Events of label changes.
     applier: Applier,
 }
@@ -90,29 +103,31 @@ impl Labeller {
     /// (every scan must, or a contrary report could go unseen); writes
     /// nothing: [`Self::note_removal`] records what the write will do.
     /// `explain`: a KataConfig in force checks node eligibility, so the
-    /// capable label decides pool membership.
+    /// capable label decides pool membership. `held`: nodes whose leave the
+    /// brake holds; they keep the label, and their dwell.
     fn plan_node(
         &mut self,
         node: &Arc<Node>,
         now: Instant,
         wall: SystemTime,
         explain: bool,
+        held: &[String],
     ) -> Option<NodeWrite> {
         let name = node.name_any();
         let current = CurrentMarks::from_labels(node.labels(), current_condition(node));
-        let health = self.registry.get(&name);
-        let desired = desired_marks(health.as_ref(), &current, now, self.started, self.policy)?;
+        let (desired, mut capability) = self.capability(&name, &current, now, wall)?;
         let previous = self.dwells.get(&name).copied();
-        let capability = eligibility::settle(
-            current.capable,
-            capability_evidence(health.as_ref(), now, self.policy),
-            previous,
-            now,
-            wall,
-            &self.policy,
-        );
         self.track_dwell(&name, previous, capability.dwell);
-        let desired = settled(desired, &current, capability, self.policy, explain);
+        let braked = held.binary_search(&name).is_ok();
+        if braked {
+            capability.capable = true;
+        }
+        let mut desired = settled(desired, &current, capability, self.policy, explain);
+        if braked && explain && !desired.condition.ready {
+            desired.condition.message.push_str(
+                "; held by the fleet-wide brake: too many nodes would leave at once (see the KataConfig's Degraded condition)",
+            );
+        }
         let desired = damped(
             desired,
             &current,
@@ -126,6 +141,7 @@ impl Labeller {
         (labels_change || condition_change).then(|| NodeWrite {
             node: node.clone(),
             removes_runtime_label: current.runtime_ready && !desired.runtime_ready,
+            removes_capable_label: current.capable && !desired.capable,
             labels: labels_change,
             condition: condition_change,
             marks: desired,
@@ -179,10 +195,14 @@ impl Labeller {
         self.nodes_seen = present;
     }
 
-    /// Starts the hold-down of a node about to lose the runtime label.
+    /// Starts the hold-down of a node about to lose the runtime label, and
+    /// counts a capable label coming off for the brake.
     fn note_removal(&mut self, write: &NodeWrite, now: Instant) {
         if write.removes_runtime_label {
             self.removals.insert(write.node.name_any(), now);
+        }
+        if write.removes_capable_label {
+            self.capable_removals.record(now);
         }
     }
 
@@ -379,6 +399,8 @@ pub async fn run(
         removals: HashMap::new(),
         dwells: HashMap::new(),
         nodes_seen: HashSet::new(),
+        capable_removals: RecentRemovals::default(),
+        brake_engaged: false,
         configs_seen: HashMap::new(),
         current_config,
         applier,
@@ -408,9 +430,10 @@ pub async fn run(
             .collect();
         let explain = eligibility_checked(&configs);
         let wall = SystemTime::now();
+        let held = labeller.brake(&workers, now, wall).held;
         let writes: Vec<NodeWrite> = workers
             .iter()
-            .filter_map(|n| labeller.plan_node(n, now, wall, explain))
+            .filter_map(|n| labeller.plan_node(n, now, wall, explain, &held))
             .collect();
         labeller.forget_departed(&workers.iter().map(|n| n.name_any()).collect());
         if in_force {

@@ -4,12 +4,13 @@
 //! and the dwell that keeps pool membership from following one report
 //! ([`eligibility`]).
 
+pub mod brake;
 pub mod eligibility;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kata_proto::health::v1::{HealthReport, ProbeStatus};
+use kata_proto::health::v1::{FailureClass, HealthReport, ProbeStatus, Verdicts};
 
 use super::registry::NodeHealth;
 use crate::names;
@@ -84,6 +85,8 @@ pub struct MarkPolicy {
     /// How long the agent must report the node incapable (or stay silent
     /// after saying so) before the capable label comes off.
     pub leave_dwell: Duration,
+    /// When leaves that are due are held fleet-wide ([`brake`]).
+    pub brake: brake::BrakePolicy,
 }
 
 impl Default for MarkPolicy {
@@ -98,6 +101,7 @@ impl Default for MarkPolicy {
             // well as a reboot, and a node already in the pool is worth
             // keeping through a passing fault.
             leave_dwell: Duration::from_secs(300),
+            brake: brake::BrakePolicy::DEFAULT,
         }
     }
 }
@@ -189,9 +193,22 @@ pub fn capability_evidence(
     health: Option<&NodeHealth>,
     now: Instant,
     policy: MarkPolicy,
-) -> Option<bool> {
+) -> Option<eligibility::Evidence> {
     let health = health.filter(|h| now.saturating_duration_since(h.last_seen) <= policy.grace)?;
-    Some(health.last_report.as_ref()?.verdicts?.kvm_capable)
+    let verdicts = health.last_report.as_ref()?.verdicts?;
+    Some(evidence_of(&verdicts))
+}
+
+/// A report's verdict as evidence. An agent that does not classify its
+/// failures (`FailureClass` unspecified) is read as proving them: that is
+/// how every report was read before the class existed.
+pub fn evidence_of(verdicts: &Verdicts) -> eligibility::Evidence {
+    use eligibility::Evidence;
+    match (verdicts.kvm_capable, verdicts.kvm_failure()) {
+        (true, _) => Evidence::Capable,
+        (false, FailureClass::Transient) => Evidence::Unproven,
+        (false, FailureClass::Definitive | FailureClass::Unspecified) => Evidence::Incapable,
+    }
 }
 
 /// Gives `desired` the capable label `capability` settled on (what

@@ -85,6 +85,9 @@ pub mod own_reason {
     /// Someone deleted our RuntimeClass while pods use it: its finalizer
     /// holds the deletion until they are gone.
     pub const RUNTIME_CLASS_DELETION_HELD: &str = "RuntimeClassDeletionHeld";
+    /// More of the KVM-capable nodes would leave the Kata pool at once than
+    /// the fleet-wide brake allows: their capable labels are kept.
+    pub const FLEET_BRAKE_ENGAGED: &str = "FleetBrakeEngaged";
 }
 
 /// Degraded while the deletion of our RuntimeClass is held for the pods
@@ -103,6 +106,12 @@ pub fn runtime_class_deletion_held(pods: &[String]) -> ConditionState {
         own_reason::RUNTIME_CLASS_DELETION_HELD,
         message,
     )
+}
+
+/// Degraded while the fleet-wide brake holds pool removals; `message`
+/// names how many nodes would leave, the threshold and the nodes held.
+pub fn fleet_brake_engaged(message: &str) -> ConditionState {
+    condition(DEGRADED, true, own_reason::FLEET_BRAKE_ENGAGED, message)
 }
 
 /// Degraded while the operator holds its writes because other managers

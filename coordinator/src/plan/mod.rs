@@ -105,6 +105,9 @@ pub struct Observed {
     /// Nodes the MCO has kept updating longer than the threshold, and what
     /// holds their drain ([`stuck`]).
     pub stuck_nodes: Vec<stuck::StuckNode>,
+    /// While the fleet-wide brake holds pool removals, what it says
+    /// ([`crate::health::marks::brake`]).
+    pub fleet_brake: Option<String>,
 }
 
 /// An object to apply with server-side apply.
@@ -380,6 +383,12 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
     let runtime_class = runtime_class::plan(all_installed, observed.runtime_class.as_ref());
     steps.extend(runtime_class.step);
     let mut degraded = conditions::degraded(&nodes, &assessment.failures);
+    // Nodes kept in the pool against their own evidence outrank what the
+    // rollout reports; a held RuntimeClass deletion and a conflicting
+    // manager, which stop the operator's own writes, outrank it in turn.
+    if let Some(brake) = &observed.fleet_brake {
+        degraded = conditions::fleet_brake_engaged(brake);
+    }
     // Pods are not watched: a held deletion looks again as a blocked
     // uninstall does.
     let mut held = false;

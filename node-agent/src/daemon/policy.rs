@@ -388,7 +388,8 @@ mod tests {
             report.verdicts,
             Some(proto::Verdicts {
                 kvm_capable: true,
-                runtime_ready: true
+                runtime_ready: true,
+                kvm_failure: proto::FailureClass::Unspecified.into(),
             })
         );
         assert_eq!(report.probed_at_unix_ms, 1_700_000_000_123);

@@ -20,12 +20,16 @@
 //! every cycle until it passes. The OK message is the same whichever steps
 //! ran, so an unchanged node gives an unchanged outcome.
 //!
-//! A vCPU stuck in `KVM_RUN` keeps its thread in the kernel: the probe's
-//! budget ends the wait, not the run (a signal to that thread would
-//! interrupt it, but that needs a process-wide handler the agent does not
-//! otherwise install). The program is three instructions and all other guest
-//! memory is `hlt`, so a working KVM exits at once; a run that has not come
-//! back by the next cycle is a FAIL, and no second one is started beside it.
+//! A vCPU stuck in `KVM_RUN` keeps its thread in the kernel until it is
+//! kicked out: the probe's budget ends the wait, and the next cycle ends the
+//! run ([`RunKick`]: `immediate_exit` and a signal to that
+//! thread), so a hung guest holds a thread for one cycle, not for good. The
+//! program is three instructions and all other guest memory is `hlt`, so a
+//! working KVM exits at once; a run that has not come back by the next cycle
+//! is a FAIL, transient (a loaded host can be that slow; a run that never
+//! returns again and again persists, and the coordinator then treats it as
+//! proof), and no second run is started beside it: at most one run is ever
+//! abandoned at a time.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -36,8 +40,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::errno::Errno;
 
 use super::host::{HostRoot, display, file_kind};
-use super::{ProbeName, ProbeOutcome, ProbeStatus, kvm_ioctl, reason};
+use super::{Evidence, ProbeName, ProbeOutcome, ProbeStatus, kvm_ioctl, reason};
 use crate::error::AgentError;
+
+pub use super::kvm_ioctl::RunKick;
 
 pub const KVM_DEVICE: &str = "/dev/kvm";
 /// Every KVM since Linux 2.6.22 answers this; anything else is not KVM as
@@ -104,16 +110,28 @@ pub struct GuestSchedule {
     vm_runs: u64,
     /// Set while a run is on its blocking thread.
     in_flight: Arc<AtomicBool>,
+    /// Ends the latest run started, should it not come back.
+    kick: Arc<RunKick>,
 }
 
 /// Held by the blocking work of a cycle that runs guest code; dropping it
 /// (when that work returns or unwinds) tells the schedule the run is over.
 #[derive(Debug)]
-pub struct GuestRunInFlight(Arc<AtomicBool>);
+pub struct GuestRunInFlight {
+    done: Arc<AtomicBool>,
+    kick: Arc<RunKick>,
+}
+
+impl GuestRunInFlight {
+    /// What ends this run from another thread.
+    pub fn kick(&self) -> &RunKick {
+        &self.kick
+    }
+}
 
 impl Drop for GuestRunInFlight {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.done.store(false, Ordering::Release);
     }
 }
 
@@ -131,6 +149,7 @@ impl GuestSchedule {
             runs: 0,
             vm_runs: 0,
             in_flight: Arc::new(AtomicBool::new(false)),
+            kick: Arc::default(),
         }
         .create_vm_every(if every == 1 {
             1
@@ -151,11 +170,15 @@ impl GuestSchedule {
         Self::every(0)
     }
 
-    /// What this cycle's probe should do.
+    /// What this cycle's probe should do. A run still out from an earlier
+    /// cycle is ended now (see the module docs).
     pub fn plan(&self) -> KvmPlan {
         let guest = match self.since_pass {
             _ if self.every == 0 => GuestCode::Disabled,
-            _ if self.in_flight.load(Ordering::Acquire) => GuestCode::StillRunning,
+            _ if self.in_flight.load(Ordering::Acquire) => {
+                self.kick.kick();
+                GuestCode::StillRunning
+            }
             Some(since) if since.saturating_add(1) < self.every => GuestCode::Skip {
                 passed_cycles_ago: since.saturating_add(1),
             },
@@ -173,10 +196,14 @@ impl GuestSchedule {
 
     /// For a cycle whose plan runs guest code: move it into the blocking
     /// work that runs the probe.
-    pub fn start(&self, plan: KvmPlan) -> Option<GuestRunInFlight> {
+    pub fn start(&mut self, plan: KvmPlan) -> Option<GuestRunInFlight> {
         (plan.guest == GuestCode::Run).then(|| {
             self.in_flight.store(true, Ordering::Release);
-            GuestRunInFlight(Arc::clone(&self.in_flight))
+            self.kick = Arc::default();
+            GuestRunInFlight {
+                done: Arc::clone(&self.in_flight),
+                kick: Arc::clone(&self.kick),
+            }
         })
     }
 
@@ -228,6 +255,12 @@ pub fn probe(root: &HostRoot) -> ProbeOutcome {
 
 /// [`probe`], with the VM and guest-code steps as `plan` says. Blocking.
 pub fn probe_with(root: &HostRoot, plan: KvmPlan) -> ProbeOutcome {
+    probe_kickable(root, plan, &RunKick::default())
+}
+
+/// [`probe_with`], its guest run ended by `kick` should it not come back
+/// ([`GuestRunInFlight::kick`]). Blocking.
+pub fn probe_kickable(root: &HostRoot, plan: KvmPlan, kick: &RunKick) -> ProbeOutcome {
     let guest = plan.guest;
     let shown = display(KVM_DEVICE);
     // stat first: nothing that is not a character device is ever opened, so
@@ -290,7 +323,8 @@ pub fn probe_with(root: &HostRoot, plan: KvmPlan) -> ProbeOutcome {
                 NAME,
                 reason::KVM_IOCTL_FAILED,
                 format!("KVM_GET_API_VERSION on {shown} failed: {}", errno.desc()),
-            );
+            )
+            .with_evidence(errno_evidence(errno));
         }
     }
     // The guest-code step creates a VM of its own (and reports its failure
@@ -303,7 +337,7 @@ pub fn probe_with(root: &HostRoot, plan: KvmPlan) -> ProbeOutcome {
         return create_vm_failed(&shown, errno);
     }
     let guest = match guest {
-        GuestCode::Run => match run_guest_code(device.as_fd(), &shown) {
+        GuestCode::Run => match run_guest_code(device.as_fd(), &shown, kick) {
             Ok(done) => done,
             Err(outcome) => return outcome,
         },
@@ -316,7 +350,8 @@ pub fn probe_with(root: &HostRoot, plan: KvmPlan) -> ProbeOutcome {
                     "the guest code started on {shown} in an earlier cycle has not come back \
                      from KVM_RUN; a 3-instruction guest that never exits"
                 ),
-            );
+            )
+            .transient();
         }
         // The same words as the run that passed: an unchanged node must give
         // an unchanged outcome, or every cycle would count as a change to
@@ -348,7 +383,34 @@ fn guest_code_passed() -> String {
     )
 }
 
+/// What an errno from `/dev/kvm` (its open or an ioctl) proves.
+///
+/// Definitive: the device or its driver is not there (ENOENT, ENODEV,
+/// ENXIO), or the agent may not use it (EACCES, EPERM). A permission error
+/// is not a property of the CPU, but it does not pass by itself either: the
+/// device's mode or SELinux label, or the pod's security context, must be
+/// changed, and waiting longer proves nothing more. When it is the pod's
+/// configuration it is the same on every node, and the coordinator's
+/// fleet-wide brake keeps the pool as it is.
+///
+/// Transient: everything else. ENOMEM and EAGAIN (the kernel could not
+/// allocate a VM now), EBUSY (another hypervisor holds VMX/SVM for now),
+/// EINTR past its retries, and any errno not named here: an unknown answer
+/// is not proof that the node cannot run Kata.
+pub fn errno_evidence(errno: Errno) -> Evidence {
+    match errno {
+        Errno::ENOENT | Errno::ENODEV | Errno::ENXIO | Errno::EACCES | Errno::EPERM => {
+            Evidence::Definitive
+        }
+        _ => Evidence::Transient,
+    }
+}
+
 fn create_vm_failed(shown: &str, errno: Errno) -> ProbeOutcome {
+    create_vm_outcome(shown, errno).with_evidence(errno_evidence(errno))
+}
+
+fn create_vm_outcome(shown: &str, errno: Errno) -> ProbeOutcome {
     match errno {
         Errno::EBUSY => ProbeOutcome::fail(
             NAME,
@@ -373,7 +435,11 @@ fn create_vm_failed(shown: &str, errno: Errno) -> ProbeOutcome {
 
 /// The guest-code step: `Ok` with a phrase for the OK message.
 #[cfg(target_arch = "x86_64")]
-fn run_guest_code(kvm: BorrowedFd<'_>, shown: &str) -> Result<String, ProbeOutcome> {
+fn run_guest_code(
+    kvm: BorrowedFd<'_>,
+    shown: &str,
+    kick: &RunKick,
+) -> Result<String, ProbeOutcome> {
     use kvm_ioctl::{GuestExit, GuestRunError};
     let describe = |exit: &GuestExit| match exit {
         GuestExit::Io(io) => format!(
@@ -390,7 +456,7 @@ fn run_guest_code(kvm: BorrowedFd<'_>, shown: &str) -> Result<String, ProbeOutco
         GuestExit::Hlt => "KVM_EXIT_HLT".to_owned(),
         GuestExit::Other(code) => format!("{} ({code})", exit_name(*code)),
     };
-    match kvm_ioctl::run_guest_program(kvm) {
+    match kvm_ioctl::run_guest_program(kvm, kick) {
         Ok(()) => Ok(guest_code_passed()),
         Err(GuestRunError::Setup {
             step: kvm_ioctl::CREATE_VM_STEP,
@@ -403,7 +469,8 @@ fn run_guest_code(kvm: BorrowedFd<'_>, shown: &str) -> Result<String, ProbeOutco
                 "{step} failed on a VM of {shown}: {}; cannot run guest code",
                 errno.desc()
             ),
-        )),
+        )
+        .with_evidence(errno_evidence(errno))),
         Err(GuestRunError::UnexpectedExits(exits)) => {
             let seen: Vec<String> = exits.iter().map(describe).collect();
             Err(ProbeOutcome::fail(
@@ -422,7 +489,11 @@ fn run_guest_code(kvm: BorrowedFd<'_>, shown: &str) -> Result<String, ProbeOutco
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn run_guest_code(_kvm: BorrowedFd<'_>, _shown: &str) -> Result<String, ProbeOutcome> {
+fn run_guest_code(
+    _kvm: BorrowedFd<'_>,
+    _shown: &str,
+    _kick: &RunKick,
+) -> Result<String, ProbeOutcome> {
     Ok(format!(
         "guest code not run: the probe's guest program is x86-64 real mode, this is {}",
         std::env::consts::ARCH
@@ -474,7 +545,10 @@ fn open_failed(err: &AgentError) -> ProbeOutcome {
         }
         _ => "",
     };
-    ProbeOutcome::fail(NAME, reason, format!("{err}{hint}"))
+    // An error without an errno (a path that cannot be resolved under the
+    // host root) says nothing about the device: not proof.
+    let evidence = errno.map_or(Evidence::Transient, errno_evidence);
+    ProbeOutcome::fail(NAME, reason, format!("{err}{hint}")).with_evidence(evidence)
 }
 
 #[cfg(test)]
@@ -571,13 +645,102 @@ mod tests {
         assert!(in_flight.is_some());
         // The cycle's budget ran out while the run is still on its thread.
         schedule.record(plan, &ProbeOutcome::timed_out(NAME, Duration::from_secs(2)));
+        assert!(
+            !in_flight.as_ref().is_some_and(|run| run.kick().is_kicked()),
+            "a run is not ended within its own cycle"
+        );
         let still = schedule.plan();
         assert_eq!(still.guest, GuestCode::StillRunning);
+        assert!(
+            in_flight.as_ref().is_some_and(|run| run.kick().is_kicked()),
+            "the next cycle ends the run still out"
+        );
         assert!(schedule.start(still).is_none());
         let outcome = probe_with(&HostRoot::new("/nonexistent"), still);
         assert_eq!(outcome.status, ProbeStatus::Fail);
         drop(in_flight);
         assert_eq!(schedule.plan().guest, GuestCode::Run);
+        // Where a KVM device opens, the run still out is reported as a
+        // failure that may pass.
+        if let Some(host) = FakeHost::empty().with_real_kvm_or_skip("a run still out") {
+            let outcome = probe_with(&host.host_root(), still);
+            assert_eq!(
+                (outcome.status, outcome.reason, outcome.evidence),
+                (
+                    ProbeStatus::Fail,
+                    reason::GUEST_CODE_DID_NOT_RUN,
+                    Evidence::Transient
+                ),
+                "{}",
+                outcome.message
+            );
+        }
+    }
+
+    #[test]
+    fn errnos_are_classed_by_what_they_prove() {
+        use Errno::*;
+        for errno in [ENOENT, ENODEV, ENXIO, EACCES, EPERM] {
+            assert_eq!(errno_evidence(errno), Evidence::Definitive, "{errno}");
+        }
+        for errno in [ENOMEM, EINTR, EBUSY, EAGAIN, EIO, EMFILE, EINVAL] {
+            assert_eq!(errno_evidence(errno), Evidence::Transient, "{errno}");
+        }
+    }
+
+    #[test]
+    fn kvm_failures_carry_their_evidence() {
+        use Errno::*;
+        for (errno, reason, evidence) in [
+            (ENOMEM, reason::KVM_CREATE_VM_FAILED, Evidence::Transient),
+            (EAGAIN, reason::KVM_CREATE_VM_FAILED, Evidence::Transient),
+            (EINTR, reason::KVM_CREATE_VM_FAILED, Evidence::Transient),
+            (EBUSY, reason::KVM_BUSY, Evidence::Transient),
+            (EACCES, reason::KVM_PERMISSION_DENIED, Evidence::Definitive),
+            (ENODEV, reason::KVM_CREATE_VM_FAILED, Evidence::Definitive),
+        ] {
+            let outcome = create_vm_failed("/dev/kvm", errno);
+            assert_eq!(
+                (outcome.status, outcome.reason, outcome.evidence),
+                (ProbeStatus::Fail, reason, evidence),
+                "KVM_CREATE_VM {errno}"
+            );
+        }
+        let open = |errno: Errno| {
+            open_failed(&AgentError::Io {
+                path: KVM_DEVICE.into(),
+                source: std::io::Error::from_raw_os_error(errno as i32),
+            })
+        };
+        for (errno, reason, evidence) in [
+            (ENOENT, reason::KVM_DEVICE_MISSING, Evidence::Definitive),
+            (ENODEV, reason::KVM_DEVICE_UNAVAILABLE, Evidence::Definitive),
+            (ENXIO, reason::KVM_DEVICE_UNAVAILABLE, Evidence::Definitive),
+            (EPERM, reason::KVM_PERMISSION_DENIED, Evidence::Definitive),
+            (EACCES, reason::KVM_PERMISSION_DENIED, Evidence::Definitive),
+            (ENOMEM, reason::KVM_DEVICE_UNREADABLE, Evidence::Transient),
+            (EINTR, reason::KVM_DEVICE_UNREADABLE, Evidence::Transient),
+            (EBUSY, reason::KVM_DEVICE_UNREADABLE, Evidence::Transient),
+            (EAGAIN, reason::KVM_DEVICE_UNREADABLE, Evidence::Transient),
+        ] {
+            let outcome = open(errno);
+            assert_eq!(
+                (outcome.reason, outcome.evidence),
+                (reason, evidence),
+                "open {errno}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_device_is_definitive() {
+        let missing = probe_with(&HostRoot::new("/nonexistent"), KvmPlan::FULL);
+        assert_eq!(
+            (missing.reason, missing.evidence),
+            (reason::KVM_DEVICE_MISSING, Evidence::Definitive),
+            "{}",
+            missing.message
+        );
     }
 
     #[test]

@@ -83,9 +83,21 @@ fn create_vm(kvm: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub use guest::RunKick;
+#[cfg(target_arch = "x86_64")]
 pub(super) use guest::{
     CREATE_VM_STEP, GUEST_BYTE, GUEST_PORT, GuestExit, GuestRunError, run_guest_program,
 };
+
+/// Without guest code there is no run to end.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug, Default)]
+pub struct RunKick;
+
+#[cfg(not(target_arch = "x86_64"))]
+impl RunKick {
+    pub fn kick(&self) {}
+}
 
 /// Running a few bytes of real-mode code in a fresh VM (x86-64 only: the
 /// register and segment layouts below are x86's).
@@ -100,6 +112,9 @@ mod guest {
     use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap};
 
     use super::*;
+
+    mod kick;
+    pub use kick::RunKick;
 
     // The layouts of `<linux/kvm.h>` and `<asm/kvm.h>` on x86-64; the sizes
     // are asserted in the tests below.
@@ -437,17 +452,21 @@ mod guest {
             Ok(())
         }
 
-        /// One `KVM_RUN`, and why it came back.
-        ///
-        /// No watchdog: a guest that never exits keeps this thread in the
-        /// kernel (see the `kvm` module's docs for why that is accepted).
-        fn run(&mut self) -> Result<GuestExit, GuestRunError> {
-            // SAFETY: an `_IO` request on the open vCPU descriptor, argument
-            // 0. The kernel writes only the `kvm_run` mapping (owned by `self`, no
-            // reference into it alive) and guest memory (which outlives
-            // `self`, and to which no Rust reference exists after `Vm::new`).
-            unsafe { ioctl_value(self.fd.as_fd(), KVM_RUN, 0) }
-                .map_err(GuestRunError::step("KVM_RUN"))?;
+        /// One `KVM_RUN`, and why it came back. `kick` can end it from
+        /// another thread ([`RunKick`]): it then fails with EINTR.
+        fn run(&mut self, kick: &RunKick) -> Result<GuestExit, GuestRunError> {
+            let result = match kick.enter(self.run.ptr) {
+                // SAFETY: an `_IO` request on the open vCPU descriptor,
+                // argument 0. The kernel writes only the `kvm_run` mapping
+                // (owned by `self`; the kick writes one byte of it, under its
+                // lock, which `leave` below takes before the mapping can go)
+                // and guest memory (which outlives `self`, and to which no
+                // Rust reference exists after `Vm::new`).
+                true => unsafe { ioctl_value(self.fd.as_fd(), KVM_RUN, 0) },
+                false => Err(Errno::EINTR),
+            };
+            kick.leave();
+            result.map_err(GuestRunError::step("KVM_RUN"))?;
             let bytes = self.run.as_mut_slice();
             // SAFETY: the mapping is at least `size_of::<KvmRunHeader>()`
             // bytes (checked in `new`) and page-aligned, and every bit pattern
@@ -514,14 +533,21 @@ mod guest {
     /// Creates a VM with the program in its memory and one vCPU, and runs it:
     /// `Ok` only when the first exit is the program's `out` (port and byte
     /// as written) and the second its `hlt`. Everything is released on
-    /// return, whatever happened.
-    pub(in crate::probe) fn run_guest_program(kvm: BorrowedFd<'_>) -> Result<(), GuestRunError> {
-        run_program(kvm, &GUEST_PROGRAM)
+    /// return, whatever happened. `kick` ends a run that does not come back.
+    pub(in crate::probe) fn run_guest_program(
+        kvm: BorrowedFd<'_>,
+        kick: &RunKick,
+    ) -> Result<(), GuestRunError> {
+        run_program(kvm, &GUEST_PROGRAM, kick)
     }
 
     /// [`run_guest_program`] with another program (the tests' wrong ones),
     /// still expecting the `out` and `hlt` of the real one.
-    fn run_program(kvm: BorrowedFd<'_>, program: &[u8]) -> Result<(), GuestRunError> {
+    fn run_program(
+        kvm: BorrowedFd<'_>,
+        program: &[u8],
+        kick: &RunKick,
+    ) -> Result<(), GuestRunError> {
         let vm = Vm::new(kvm, program)?;
         let mut vcpu = Vcpu::new(kvm, &vm)?;
         vcpu.set_up_registers()?;
@@ -534,7 +560,7 @@ mod guest {
             data: Some(vec![GUEST_BYTE]),
         };
         for expected in [GuestExit::Io(expected_io), GuestExit::Hlt] {
-            let exit = vcpu.run()?;
+            let exit = vcpu.run(kick)?;
             let matches = exit == expected;
             exits.push(exit);
             if !matches {
@@ -590,7 +616,7 @@ mod guest {
                 return;
             };
             let started = std::time::Instant::now();
-            let result = run_guest_program(kvm.as_fd());
+            let result = run_guest_program(kvm.as_fd(), &RunKick::default());
             eprintln!(
                 "real /dev/kvm: VM + vCPU + 2 x KVM_RUN of the guest program took {:.3} ms: {result:?}",
                 started.elapsed().as_secs_f64() * 1000.0
@@ -601,7 +627,8 @@ mod guest {
             let mut vcpu = Vcpu::new(kvm.as_fd(), &vm).expect("a vCPU");
             vcpu.set_up_registers().expect("registers");
             let started = std::time::Instant::now();
-            let exits = [vcpu.run(), vcpu.run()];
+            let kick = RunKick::default();
+            let exits = [vcpu.run(&kick), vcpu.run(&kick)];
             eprintln!(
                 "real /dev/kvm: the 2 x KVM_RUN alone took {:.1} us: {exits:?}",
                 started.elapsed().as_secs_f64() * 1e6
@@ -609,7 +636,7 @@ mod guest {
             assert!(matches!(exits, [Ok(GuestExit::Io(_)), Ok(GuestExit::Hlt)]));
             let wrong_byte = [0xb0, 0x43, 0xe6, GUEST_PORT as u8, HLT];
             assert_eq!(
-                run_program(kvm.as_fd(), &wrong_byte),
+                run_program(kvm.as_fd(), &wrong_byte, &RunKick::default()),
                 Err(GuestRunError::UnexpectedExits(vec![GuestExit::Io(
                     GuestIo {
                         out: true,
@@ -621,12 +648,16 @@ mod guest {
                 )]))
             );
             assert_eq!(
-                run_program(kvm.as_fd(), &[HLT]),
+                run_program(kvm.as_fd(), &[HLT], &RunKick::default()),
                 Err(GuestRunError::UnexpectedExits(vec![GuestExit::Hlt]))
             );
             // `out` then `out` again instead of `hlt`.
             let twice = [0xe6, GUEST_PORT as u8, 0xe6, GUEST_PORT as u8, HLT];
-            match run_program(kvm.as_fd(), &[&[0xb0, GUEST_BYTE][..], &twice].concat()) {
+            match run_program(
+                kvm.as_fd(),
+                &[&[0xb0, GUEST_BYTE][..], &twice].concat(),
+                &RunKick::default(),
+            ) {
                 Err(GuestRunError::UnexpectedExits(exits)) => {
                     assert_eq!(exits.len(), 2, "{exits:?}");
                     assert!(matches!(exits[1], GuestExit::Io(_)), "{exits:?}");
@@ -634,12 +665,55 @@ mod guest {
                 other => panic!("{other:?}"),
             }
             assert!(matches!(
-                run_program(kvm.as_fd(), &[HLT; GUEST_MEMORY_SIZE]),
+                run_program(kvm.as_fd(), &[HLT; GUEST_MEMORY_SIZE], &RunKick::default()),
                 Err(GuestRunError::Setup {
                     errno: Errno::E2BIG,
                     ..
                 })
             ));
+        }
+
+        /// `jmp $`: a guest that never exits by itself.
+        const SPIN: [u8; 2] = [0xeb, 0xfe];
+
+        #[test]
+        fn a_guest_that_never_exits_is_kicked_out() {
+            use std::sync::{Arc, mpsc};
+            use std::time::Duration;
+            let Some(kvm) = real_kvm("a_guest_that_never_exits_is_kicked_out") else {
+                return;
+            };
+            let kick = Arc::new(RunKick::default());
+            let (done, result) = mpsc::channel();
+            let runner = std::thread::spawn({
+                let kick = Arc::clone(&kick);
+                let kvm = kvm.try_clone().expect("a second descriptor of /dev/kvm");
+                move || {
+                    let _ = done.send(run_program(kvm.as_fd(), &SPIN, &kick));
+                }
+            });
+            assert!(
+                result.recv_timeout(Duration::from_millis(300)).is_err(),
+                "the spinning guest came back by itself"
+            );
+            let kicked = std::time::Instant::now();
+            kick.kick();
+            let ended = result
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the kick ends the run");
+            eprintln!(
+                "a spinning guest was kicked out in {:.3} ms",
+                kicked.elapsed().as_secs_f64() * 1000.0
+            );
+            let interrupted = Err(GuestRunError::Setup {
+                step: "KVM_RUN",
+                errno: Errno::EINTR,
+            });
+            assert_eq!(ended, interrupted);
+            runner.join().expect("the run's thread returned");
+            // Once kicked, no further run starts on it; a fresh kick runs.
+            assert_eq!(run_program(kvm.as_fd(), &GUEST_PROGRAM, &kick), interrupted);
+            assert_eq!(run_guest_program(kvm.as_fd(), &RunKick::default()), Ok(()));
         }
 
         static SIGNALS_HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -682,7 +756,9 @@ mod guest {
             });
             let before = SIGNALS_HANDLED.load(Ordering::Relaxed);
             let creates: Vec<_> = (0..300).map(|_| create_and_close_vm(kvm.as_fd())).collect();
-            let runs: Vec<_> = (0..20).map(|_| run_guest_program(kvm.as_fd())).collect();
+            let runs: Vec<_> = (0..20)
+                .map(|_| run_guest_program(kvm.as_fd(), &RunKick::default()))
+                .collect();
             done.store(true, Ordering::Relaxed);
             signaller.join().expect("the signaller");
             let handled = SIGNALS_HANDLED.load(Ordering::Relaxed) - before;

@@ -109,6 +109,27 @@ impl fmt::Display for ProbeStatus {
     }
 }
 
+/// How much an outcome that is not OK proves. The coordinator takes a node
+/// out of the Kata pool (a drain and a reboot) only on definitive evidence,
+/// or on transient evidence that persisted through its whole leave dwell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Evidence {
+    /// The node is as the outcome says until someone changes it.
+    #[default]
+    Definitive,
+    /// The probe could not tell, or hit a condition that may pass (an
+    /// errno such as ENOMEM or EBUSY, a guest run that did not come back,
+    /// a deadline).
+    Transient,
+}
+
+impl Evidence {
+    fn is_definitive(&self) -> bool {
+        *self == Evidence::Definitive
+    }
+}
+
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbeOutcome {
@@ -118,6 +139,9 @@ pub struct ProbeOutcome {
     pub reason: &'static str,
     /// For a person: names the file, key or command involved.
     pub message: String,
+    /// What a WARN or FAIL proves; shown only when transient.
+    #[serde(skip_serializing_if = "Evidence::is_definitive")]
+    pub evidence: Evidence,
 }
 
 impl ProbeOutcome {
@@ -132,7 +156,17 @@ impl ProbeOutcome {
             status,
             reason,
             message: message.into(),
+            evidence: Evidence::Definitive,
         }
+    }
+
+    /// The same outcome, as evidence of a condition that may pass.
+    pub fn transient(self) -> Self {
+        self.with_evidence(Evidence::Transient)
+    }
+
+    pub fn with_evidence(self, evidence: Evidence) -> Self {
+        Self { evidence, ..self }
     }
 
     pub fn ok(name: ProbeName, reason: &'static str, message: impl Into<String>) -> Self {
@@ -161,6 +195,7 @@ impl ProbeOutcome {
                 budget.as_secs_f64()
             ),
         )
+        .transient()
     }
 }
 
@@ -251,7 +286,8 @@ where
             name,
             reason::PROBE_CRASHED,
             format!("the probe stopped unexpectedly: {join_error}"),
-        )),
+        )
+        .transient()),
         Err(_) => {
             // Still on its thread (or still queued for one): counted until
             // it returns, as it holds one of the pool's few threads.

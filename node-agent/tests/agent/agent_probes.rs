@@ -9,7 +9,7 @@ use kata_node_agent::fixtures::{FakeHost, KATA_CONFIG, QEMU, unreadable_files_ar
 use kata_node_agent::probe::cri::CRIO_SOCKETS;
 use kata_node_agent::{
     Budgets, ExpectedConfig, HostRoot, ProbeName, ProbeOutcome, ProbeRunner, ProbeStatus,
-    RunnerOptions, Verdicts, verdicts,
+    RunnerOptions, Verdicts, probe::Evidence, verdicts,
 };
 use kata_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use kata_proto::cri::v1::{
@@ -108,7 +108,8 @@ async fn a_good_root_passes_everything_but_kvm() {
         verdicts(&outcomes),
         Verdicts {
             kvm_capable: false,
-            runtime_ready: false
+            runtime_ready: false,
+            kvm_failure: Some(Evidence::Definitive),
         }
     );
 }
@@ -122,7 +123,8 @@ async fn a_good_root_with_real_kvm_is_ready() {
         verdicts(&outcomes),
         Verdicts {
             kvm_capable: true,
-            runtime_ready: true
+            runtime_ready: true,
+            kvm_failure: None,
         }
     );
     let staged = cycle(&host.staged_only_extension()).await;
@@ -130,7 +132,8 @@ async fn a_good_root_with_real_kvm_is_ready() {
         verdicts(&staged),
         Verdicts {
             kvm_capable: true,
-            runtime_ready: false
+            runtime_ready: false,
+            kvm_failure: None,
         },
         "a pending reboot is not ready"
     );

@@ -374,6 +374,7 @@ async fn start_world(state_dir: &Path, kvm: bool, ci: bool) -> Result<World, Box
         // A demo shows the dwell without waiting minutes for it.
         join_dwell: Duration::from_secs(5),
         leave_dwell: Duration::from_secs(5),
+        brake: kata_coordinator::health::marks::brake::BrakePolicy::DEFAULT,
     };
     let coordinator = Coordinator::start(client.clone(), &tls, grpc, policy)?;
     step(&format!(

@@ -5,6 +5,15 @@
 //! join dwell, and `false` only after it has reported it incapable (or said
 //! nothing since) for the whole leave dwell. A verdict that changes back
 //! within the dwell changes nothing. Pure: the clock is passed in.
+//!
+//! Only proof takes a node out. A definitive failure (no KVM device, a
+//! wrong API version, guest code that gave a wrong result) runs the leave
+//! dwell as it always has: silence after it does not stop the leave. A
+//! transient one (ENOMEM, EBUSY, a guest run that did not come back) counts
+//! only once it has persisted through the whole leave dwell, every report
+//! of it seen: silence cancels its leave, as it cancels a join, and once
+//! it has lasted the dwell it is treated as definitive. The fleet-wide
+//! [`super::brake`] may still hold a leave that is due.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,11 +23,32 @@ use crate::names;
 /// The `KataRuntimeReady` reason while a node waits out a dwell.
 pub const ELIGIBILITY_DWELL: &str = "EligibilityDwell";
 
+/// What a report within the grace period says of the hardware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    Capable,
+    /// Not capable, and the agent says that is proven (or, an agent that
+    /// does not classify, says nothing of it).
+    Incapable,
+    /// Not capable as far as the probes could tell: a condition that may
+    /// pass.
+    Unproven,
+}
+
+impl Evidence {
+    fn capable(self) -> bool {
+        self == Evidence::Capable
+    }
+}
+
 /// A verdict that differs from the label, and since when it has held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dwell {
     /// The label value the reports argue for.
     pub toward: bool,
+    /// A leave: whether a report since `since` proved the node incapable.
+    /// Only a proven leave survives the agent's silence.
+    pub proven: bool,
     pub since: Instant,
     /// `since` on the wall clock: the condition names a time a person can
     /// read, which stays the same from scan to scan (a countdown would
@@ -69,23 +99,32 @@ impl Capability {
 /// change because the agent went quiet.
 pub fn settle(
     labelled: bool,
-    evidence: Option<bool>,
+    evidence: Option<Evidence>,
     dwell: Option<Dwell>,
     now: Instant,
     wall: SystemTime,
     policy: &MarkPolicy,
 ) -> Capability {
     let pending = match evidence {
-        Some(verdict) if verdict == labelled => None,
-        Some(verdict) => Some(match dwell {
-            Some(running) if running.toward == verdict => running,
-            _ => Dwell {
-                toward: verdict,
-                since: now,
-                since_wall: wall,
-            },
-        }),
-        None => dwell.filter(|running| !running.toward && labelled),
+        Some(seen) if seen.capable() == labelled => None,
+        Some(seen) => {
+            let proven = seen == Evidence::Incapable;
+            Some(match dwell {
+                Some(running) if running.toward == seen.capable() => Dwell {
+                    proven: running.proven || proven,
+                    ..running
+                },
+                _ => Dwell {
+                    toward: seen.capable(),
+                    proven,
+                    since: now,
+                    since_wall: wall,
+                },
+            })
+        }
+        // Silence carries on only a proven leave: an unproven one must be
+        // seen to persist.
+        None => dwell.filter(|running| !running.toward && running.proven && labelled),
     };
     let capable = match pending {
         Some(running) if now.saturating_duration_since(running.since) >= running.length(policy) => {
@@ -124,8 +163,13 @@ pub fn dwell_condition(
             names::KATA_CAPABLE_LABEL,
         )
     } else {
+        let unless = if dwell.proven {
+            "unless the node-agent reports it KVM-capable again before then"
+        } else {
+            "if the node-agent, which reports this as a transient failure, keeps reporting it until then"
+        };
         format!(
-            "{}: {}; the node loses {} and leaves the Kata pool at {deadline} unless the node-agent reports it KVM-capable again before then ({length}s leave dwell)",
+            "{}: {}; the node loses {} and leaves the Kata pool at {deadline} {unless} ({length}s leave dwell)",
             underlying.reason,
             underlying.message,
             names::KATA_CAPABLE_LABEL,
@@ -147,12 +191,29 @@ mod tests {
         hold_down: Duration::from_secs(60),
         join_dwell: Duration::from_secs(120),
         leave_dwell: Duration::from_secs(300),
+        brake: super::super::brake::BrakePolicy::DEFAULT,
     };
 
     /// Feeds `reports` (seconds after the start, verdict; `None`: silent) to
     /// a node labelled `labelled`, one scan each, applying each decision to
     /// the label as the labeller would; returns the label changes.
     fn label_changes(labelled: bool, reports: &[(u64, Option<bool>)]) -> Vec<(u64, bool)> {
+        let as_evidence = |verdict: bool| {
+            if verdict {
+                Evidence::Capable
+            } else {
+                Evidence::Incapable
+            }
+        };
+        let reports: Vec<(u64, Option<Evidence>)> = reports
+            .iter()
+            .map(|&(at, verdict)| (at, verdict.map(as_evidence)))
+            .collect();
+        evidence_changes(labelled, &reports)
+    }
+
+    /// [`label_changes`] with the class of each report.
+    fn evidence_changes(labelled: bool, reports: &[(u64, Option<Evidence>)]) -> Vec<(u64, bool)> {
         let start = Instant::now();
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let (mut label, mut dwell, mut changes) = (labelled, None, Vec::new());
@@ -224,6 +285,57 @@ mod tests {
         assert_eq!(label_changes(true, &leaving), [(300, false)]);
     }
 
+    /// Reports every `step` seconds from `from` to `to`, all of `evidence`.
+    fn seen(
+        from: u64,
+        to: u64,
+        step: u64,
+        evidence: Option<Evidence>,
+    ) -> Vec<(u64, Option<Evidence>)> {
+        steady(from, to, step, None)
+            .into_iter()
+            .map(|(at, _)| (at, evidence))
+            .collect()
+    }
+
+    #[test]
+    fn a_transient_failure_leaves_only_once_it_lasted_the_whole_dwell() {
+        let unproven = Some(Evidence::Unproven);
+        // Persisting through the dwell: treated as definitive, at the same time.
+        assert_eq!(
+            evidence_changes(true, &seen(0, 1000, 10, unproven)),
+            [(300, false)]
+        );
+        // Gone before the dwell ends: nothing happens.
+        let mut passing = seen(0, 290, 10, unproven);
+        passing.extend(seen(300, 1000, 10, Some(Evidence::Capable)));
+        assert_eq!(evidence_changes(true, &passing), []);
+        // The agent falls silent after it: the failure was not seen to
+        // persist, so the leave is off; reported again, it starts over.
+        let mut silent = seen(0, 100, 10, unproven);
+        silent.extend(seen(110, 400, 10, None));
+        assert_eq!(
+            evidence_changes(true, &silent),
+            [],
+            "silence is not persistence"
+        );
+        silent.extend(seen(410, 1000, 10, unproven));
+        assert_eq!(evidence_changes(true, &silent), [(710, false)]);
+        // A definitive failure keeps today's rule: silence after it carries
+        // the leave.
+        let mut proven = seen(0, 100, 10, Some(Evidence::Incapable));
+        proven.extend(seen(110, 400, 10, None));
+        assert_eq!(evidence_changes(true, &proven), [(300, false)]);
+        // Transient, then proof, then silence: the proof counts from the
+        // first failure.
+        let mut mixed = seen(0, 100, 10, unproven);
+        mixed.extend(seen(110, 150, 10, Some(Evidence::Incapable)));
+        mixed.extend(seen(160, 400, 10, None));
+        assert_eq!(evidence_changes(true, &mixed), [(300, false)]);
+        // A transient failure never helps a node join.
+        assert_eq!(evidence_changes(false, &seen(0, 1000, 10, unproven)), []);
+    }
+
     #[test]
     fn silence_alone_keeps_the_label() {
         assert_eq!(label_changes(true, &steady(0, 2000, 10, None)), []);
@@ -234,16 +346,38 @@ mod tests {
     fn a_change_not_written_is_not_timed_again() {
         let start = Instant::now();
         let wall = SystemTime::now();
-        let first = settle(false, Some(true), None, start, wall, &POLICY);
+        let first = settle(false, Some(Evidence::Capable), None, start, wall, &POLICY);
         let over = start + POLICY.join_dwell;
-        let due = settle(false, Some(true), first.dwell, over, wall, &POLICY);
+        let due = settle(
+            false,
+            Some(Evidence::Capable),
+            first.dwell,
+            over,
+            wall,
+            &POLICY,
+        );
         assert!(due.capable && due.waiting(false).is_none());
         // The label was not written: the next scan still calls for it.
-        let again = settle(false, Some(true), due.dwell, over, wall, &POLICY);
+        let again = settle(
+            false,
+            Some(Evidence::Capable),
+            due.dwell,
+            over,
+            wall,
+            &POLICY,
+        );
         assert!(again.capable);
         // Written, the dwell is done with.
         assert_eq!(
-            settle(true, Some(true), again.dwell, over, wall, &POLICY).dwell,
+            settle(
+                true,
+                Some(Evidence::Capable),
+                again.dwell,
+                over,
+                wall,
+                &POLICY
+            )
+            .dwell,
             None
         );
     }
@@ -257,8 +391,8 @@ mod tests {
         };
         let now = Instant::now();
         let wall = SystemTime::now();
-        assert!(settle(false, Some(true), None, now, wall, &policy).capable);
-        assert!(!settle(true, Some(false), None, now, wall, &policy).capable);
+        assert!(settle(false, Some(Evidence::Capable), None, now, wall, &policy).capable);
+        assert!(!settle(true, Some(Evidence::Incapable), None, now, wall, &policy).capable);
     }
 
     #[test]
@@ -266,6 +400,7 @@ mod tests {
         let since_wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let joining = Dwell {
             toward: true,
+            proven: true,
             since: Instant::now(),
             since_wall,
         };
@@ -298,6 +433,22 @@ mod tests {
                 && leave.message.contains("at 2027-01-15T08:05:00Z"),
             "{}",
             leave.message
+        );
+        let unproven = dwell_condition(
+            &Dwell {
+                toward: false,
+                proven: false,
+                ..joining
+            },
+            &underlying,
+            &POLICY,
+        );
+        assert!(
+            unproven
+                .message
+                .contains("transient failure, keeps reporting it until then"),
+            "{}",
+            unproven.message
         );
     }
 }

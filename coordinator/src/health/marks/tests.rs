@@ -8,6 +8,7 @@ fn report(capable: bool, ready: bool, outcomes: Vec<ProbeOutcome>) -> HealthRepo
         verdicts: Some(Verdicts {
             kvm_capable: capable,
             runtime_ready: ready,
+            ..Default::default()
         }),
         probed_at_unix_ms: 0,
     }
@@ -38,6 +39,7 @@ const POLICY: MarkPolicy = MarkPolicy {
     hold_down: Duration::from_secs(60),
     join_dwell: Duration::from_secs(120),
     leave_dwell: Duration::from_secs(300),
+    brake: brake::BrakePolicy::DEFAULT,
 };
 
 #[test]
@@ -182,7 +184,7 @@ fn a_dwell_is_explained_only_where_the_label_decides_membership() {
     let desired =
         desired_marks(Some(&h), &current, start, start, POLICY).unwrap_or_else(|| panic!("marks"));
     let evidence = capability_evidence(Some(&h), start, POLICY);
-    assert_eq!(evidence, Some(true));
+    assert_eq!(evidence, Some(eligibility::Evidence::Capable));
     let waiting = eligibility::settle(false, evidence, None, start, wall, &POLICY);
     let explained = settled(desired.clone(), &current, waiting, POLICY, true);
     assert!(!explained.capable, "the label waits for the dwell");
@@ -214,7 +216,7 @@ fn a_silent_agent_is_no_evidence() {
     let h = health(start, Some(report(true, true, vec![])));
     assert_eq!(
         capability_evidence(Some(&h), start + POLICY.grace, POLICY),
-        Some(true)
+        Some(eligibility::Evidence::Capable)
     );
     assert_eq!(
         capability_evidence(
@@ -249,5 +251,32 @@ fn the_removal_note_says_why_with_the_new_condition() {
         note.starts_with(names::KATA_RUNTIME_LABEL)
             && note.contains("AgentNotReporting: the node-agent has not reported"),
         "{note}"
+    );
+}
+
+#[test]
+fn a_report_says_how_much_its_failure_proves() {
+    use eligibility::Evidence;
+    let with = |capable: bool, class: FailureClass| Verdicts {
+        kvm_capable: capable,
+        runtime_ready: false,
+        kvm_failure: class.into(),
+    };
+    assert_eq!(
+        evidence_of(&with(false, FailureClass::Transient)),
+        Evidence::Unproven
+    );
+    assert_eq!(
+        evidence_of(&with(false, FailureClass::Definitive)),
+        Evidence::Incapable
+    );
+    assert_eq!(
+        evidence_of(&with(false, FailureClass::Unspecified)),
+        Evidence::Incapable,
+        "an agent that does not classify is read as before"
+    );
+    assert_eq!(
+        evidence_of(&with(true, FailureClass::Transient)),
+        Evidence::Capable
     );
 }

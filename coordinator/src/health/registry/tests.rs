@@ -228,6 +228,7 @@ fn full_report(sequence: u64, outcomes: Vec<ProbeOutcome>, ready: bool) -> Healt
         verdicts: Some(Verdicts {
             kvm_capable: true,
             runtime_ready: ready,
+            ..Default::default()
         }),
         probed_at_unix_ms: i64::try_from(sequence).unwrap(),
     }

@@ -266,3 +266,17 @@ fn log_level_adds_and_removes_the_container_runtime_config() {
         name: mco::CONTAINER_RUNTIME_CONFIG_NAME
     }));
 }
+
+#[test]
+fn an_engaged_fleet_brake_makes_the_kataconfig_degraded() {
+    let (mut observed, rollout) = converged(vec![installed_worker("w0")]);
+    assert!(!condition_of(&plan(&observed, &rollout), "Degraded").status);
+    observed.fleet_brake = Some("2 of 2 KVM-capable nodes would leave".into());
+    let braked = plan(&observed, &rollout);
+    let degraded = condition_of(&braked, "Degraded");
+    assert_eq!(
+        (degraded.status, degraded.reason.as_str()),
+        (true, conditions::own_reason::FLEET_BRAKE_ENGAGED)
+    );
+    assert_eq!(degraded.message, "2 of 2 KVM-capable nodes would leave");
+}
