@@ -27,6 +27,8 @@ pub struct AgentServerOptions {
     pub namespace: String,
     pub service_account: String,
     pub heartbeat: Duration,
+    /// How many connections the server holds, and for how long.
+    pub limits: crate::health::tls::Limits,
 }
 
 #[derive(Clone, Debug)]
@@ -189,6 +191,7 @@ async fn start_agents(
     let health_options = HealthOptions {
         heartbeat_interval: agents.heartbeat,
         extension_name: crate::mco::names::EXTENSION.into(),
+        limits: agents.limits,
         ..HealthOptions::default()
     };
     let service =

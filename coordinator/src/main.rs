@@ -23,8 +23,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kata_coordinator::app::{self, AgentServerOptions, RunOptions};
+use kata_coordinator::health::connection::{ConnectionBounds, cgroup_memory_limit, connection_cap};
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::health::marks::brake::BrakePolicy;
+use kata_coordinator::health::tls;
 use kata_coordinator::leader::LeaseOptions;
 use kata_coordinator::{logging, manifests};
 use kata_proto::contract;
@@ -124,6 +126,54 @@ struct RunArgs {
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    #[command(flatten)]
+    agent_connections: AgentConnectionArgs,
+}
+
+/// How many connections the agents' port holds, and for how long.
+#[derive(Args)]
+struct AgentConnectionArgs {
+    /// Connections held at once on the agents' port; 0: sized from the
+    /// cgroup memory limit (/sys/fs/cgroup/memory.max) at 256 KiB a
+    /// connection after 128 MiB for the rest, 12,000 without a limit.
+    #[arg(long, env = "AGENT_MAX_CONNECTIONS", default_value_t = 0)]
+    agent_max_connections: usize,
+    /// Connections held at once from one address.
+    #[arg(long, env = "AGENT_MAX_CONNECTIONS_PER_PEER", default_value_t = tls::MAX_CONNECTIONS_PER_PEER)]
+    agent_max_connections_per_peer: usize,
+    /// Seconds a connection may carry no call before it is closed.
+    #[arg(long, env = "AGENT_IDLE_TIMEOUT_SECONDS", default_value_t = ConnectionBounds::default().idle_timeout.as_secs())]
+    agent_idle_timeout_seconds: u64,
+    /// Seconds after which a connection is asked to go (GOAWAY).
+    #[arg(long, env = "AGENT_MAX_CONNECTION_AGE_SECONDS", default_value_t = ConnectionBounds::default().max_age.as_secs())]
+    agent_max_connection_age_seconds: u64,
+    /// Seconds a connection asked to go may stay before it is closed.
+    #[arg(long, env = "AGENT_MAX_CONNECTION_AGE_GRACE_SECONDS", default_value_t = ConnectionBounds::default().max_age_grace.as_secs())]
+    agent_max_connection_age_grace_seconds: u64,
+    /// Seconds a call has, from its headers to its answer, authentication
+    /// included.
+    #[arg(long, env = "AGENT_REQUEST_DEADLINE_SECONDS", default_value_t = ConnectionBounds::default().request_deadline.as_secs())]
+    agent_request_deadline_seconds: u64,
+}
+
+impl AgentConnectionArgs {
+    fn limits(&self) -> tls::Limits {
+        let max_connections = match self.agent_max_connections {
+            0 => connection_cap(cgroup_memory_limit(), tls::MAX_CONNECTIONS),
+            cap => cap,
+        };
+        tls::Limits {
+            max_connections,
+            max_connections_per_peer: self.agent_max_connections_per_peer.max(1),
+            bounds: ConnectionBounds {
+                idle_timeout: Duration::from_secs(self.agent_idle_timeout_seconds.max(1)),
+                max_age: Duration::from_secs(self.agent_max_connection_age_seconds.max(1)),
+                max_age_grace: Duration::from_secs(self.agent_max_connection_age_grace_seconds),
+                request_deadline: Duration::from_secs(self.agent_request_deadline_seconds.max(1)),
+            },
+            ..tls::Limits::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -186,6 +236,7 @@ fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
         leader_elect,
         lease_name,
         identity,
+        agent_connections,
     } = args;
     let heartbeat = Duration::from_secs(heartbeat_seconds.max(1));
     let agents = tls_cert_file
@@ -198,6 +249,7 @@ fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
             namespace: agent_namespace.clone(),
             service_account: agent_service_account,
             heartbeat,
+            limits: agent_connections.limits(),
         });
     let leader_election = leader_elect.then(|| LeaseOptions {
         namespace: agent_namespace.clone(),

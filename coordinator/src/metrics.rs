@@ -79,6 +79,41 @@ pub const HANDSHAKE_RESUMED: &str = "resumed";
 /// A TLS handshake refused, timed out or broken off.
 pub const HANDSHAKE_FAILED: &str = "failed";
 
+/// Why the agents' port turned a peer away, as
+/// `kata_operator_health_refused_total{reason}` counts it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Every reason [`ReasonLabel`] takes; a series each from the first scrape.
+pub const REFUSAL_REASONS: [&str; 8] = [
+    REFUSED_CONNECTION_LIMIT,
+    REFUSED_PEER_LIMIT,
+    REFUSED_IDLE,
+    REFUSED_MAX_AGE,
+    REFUSED_UNAUTHENTICATED,
+    REFUSED_PERMISSION_DENIED,
+    REFUSED_UNAVAILABLE,
+    REFUSED_DEADLINE,
+];
+/// A connection closed at accept: the coordinator holds as many as it may.
+pub const REFUSED_CONNECTION_LIMIT: &str = "connection_limit";
+/// A connection closed at accept: its address holds as many as one may.
+pub const REFUSED_PEER_LIMIT: &str = "peer_connection_limit";
+/// A connection closed after carrying no call for the idle timeout.
+pub const REFUSED_IDLE: &str = "idle";
+/// A connection closed by force at its maximum age plus grace.
+pub const REFUSED_MAX_AGE: &str = "max_age";
+/// A call whose bearer was missing or not a live agent token.
+pub const REFUSED_UNAUTHENTICATED: &str = "unauthenticated";
+/// A call with a live token that may not speak for a node here.
+pub const REFUSED_PERMISSION_DENIED: &str = "permission_denied";
+/// A call whose token could not be checked now (review failed or queue full).
+pub const REFUSED_UNAVAILABLE: &str = "unavailable";
+/// A call not answered within the request deadline.
+pub const REFUSED_DEADLINE: &str = "deadline";
+
 /// The node phases exported, in the status's words.
 pub const NODE_PHASES: [&str; 7] = [
     "installed",
@@ -205,6 +240,9 @@ pub struct Metrics {
     /// Agents' tokens settled without a TokenReview, by outcome
     /// ([`TOKEN_REFUSED_UNREVIEWED`], [`TOKEN_CACHED`], [`TOKEN_QUEUE_FULL`]).
     pub tokens_not_reviewed: Family<OutcomeLabel, Counter>,
+    /// Connections and calls the agents' port turned away, by reason
+    /// ([`REFUSAL_REASONS`]).
+    pub health_refused: Family<ReasonLabel, Counter>,
     pub reconcile_duration: ReconcileDurations,
 }
 
@@ -329,6 +367,11 @@ impl Metrics {
                 outcome: outcome.into(),
             });
         }
+        for reason in REFUSAL_REASONS {
+            self.health_refused.get_or_create_owned(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
     }
 
     fn register(&self, registry: &mut Registry) {
@@ -433,6 +476,16 @@ impl Metrics {
              cached: admitted by an earlier review of the same token, queue_full: too many \
              reviews waiting",
             self.tokens_not_reviewed.clone(),
+        );
+        prefix.register(
+            "health_refused",
+            "connections and calls the agents' port turned away; reason=connection_limit or \
+             peer_connection_limit: closed at accept (all connections, or one address's, at \
+             their cap), idle: no call for the idle timeout, max_age: still open at the \
+             maximum age plus grace, unauthenticated or permission_denied: the bearer refused \
+             before the body was read, unavailable: the token could not be checked now, \
+             deadline: not answered within the request deadline",
+            self.health_refused.clone(),
         );
         prefix.register_with_unit(
             "token_review_duration",

@@ -138,6 +138,8 @@ impl CoordinatorProcess {
             .arg(admin.to_string())
             .args(args)
             .env("KUBECONFIG", plane.kubeconfig())
+            // Every simulated agent connects from 127.0.0.1.
+            .env("AGENT_MAX_CONNECTIONS_PER_PEER", "100000")
             .env_remove("LOG_FORMAT")
             .env_remove("LOG_LEVEL")
             .stdin(std::process::Stdio::null())

@@ -139,6 +139,11 @@ pub fn agent_server_options(grpc: SocketAddr, tls: &TlsFiles) -> AgentServerOpti
         namespace: NAMESPACE.into(),
         service_account: AGENT_ACCOUNT.into(),
         heartbeat: Duration::from_millis(500),
+        // Every agent of a test connects from 127.0.0.1.
+        limits: kata_coordinator::health::tls::Limits {
+            max_connections_per_peer: kata_coordinator::health::tls::MAX_CONNECTIONS,
+            ..Default::default()
+        },
     }
 }
 

@@ -19,11 +19,11 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-const SERVER_NAME: &str = "kata-coordinator.test";
+pub(crate) const SERVER_NAME: &str = "kata-coordinator.test";
 /// Generous: every wait here ends much sooner unless the code is wrong.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn connector(ca: &TestCa) -> TlsConnector {
+pub(crate) fn connector(ca: &TestCa) -> TlsConnector {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -96,6 +96,8 @@ async fn silent_peers_cannot_keep_an_agent_from_its_handshake() {
     let limits = Limits {
         handshake_concurrency: 4,
         client_hello_timeout: Duration::from_secs(60),
+        // The silent peers stand for many addresses: all are 127.0.0.1 here.
+        max_connections_per_peer: 1000,
         ..Limits::default()
     };
     let port = serve(acceptor, limits).await;
@@ -116,9 +118,10 @@ async fn silent_peers_cannot_keep_an_agent_from_its_handshake() {
     drop(silent);
 }
 
-#[kata_test]
-async fn a_peer_without_a_client_hello_is_dropped_and_the_cap_holds() {
-    let ca = TestCa::new("hardening-ca").unwrap();
+/// A fresh CA, and an acceptor serving a certificate it signed for
+/// [`SERVER_NAME`].
+pub(crate) fn ca_and_acceptor(ca_name: &str) -> (TestCa, tokio_rustls::TlsAcceptor) {
+    let ca = TestCa::new(ca_name).unwrap();
     let cert = ca.server_cert(&[SERVER_NAME]).unwrap();
     let acceptor = ServerTls {
         cert_pem: cert.cert_pem,
@@ -126,6 +129,12 @@ async fn a_peer_without_a_client_hello_is_dropped_and_the_cap_holds() {
     }
     .acceptor()
     .unwrap();
+    (ca, acceptor)
+}
+
+#[kata_test]
+async fn a_peer_without_a_client_hello_is_dropped_and_the_cap_holds() {
+    let (ca, acceptor) = ca_and_acceptor("hardening-ca");
     let limits = Limits {
         max_connections: 2,
         client_hello_timeout: Duration::from_millis(300),

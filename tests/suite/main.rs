@@ -21,6 +21,7 @@ mod eligibility_dwell;
 mod events;
 mod field_manager_conflict;
 mod foreign_runtime_configs;
+mod health_after_handshake;
 mod health_channel_auth;
 mod health_channel_hardening;
 mod health_end_to_end;

@@ -8,12 +8,15 @@
 
 pub mod auth;
 pub mod clock;
+pub mod connection;
+pub mod gate;
 pub mod hello;
 pub mod issuer_keys;
 mod jose;
 pub mod labeller;
 pub mod marks;
 pub mod pods;
+pub mod refusals;
 pub mod registry;
 pub mod server;
 pub mod tls;

@@ -1,7 +1,9 @@
 //! The `NodeHealth` gRPC service and the TLS server that carries it.
 //!
 //! A check-in (the agents' channel) or a stream (older agents') is accepted
-//! only after (1) its bearer token passes [`AgentAuthenticator`], (2) the
+//! only after (1) its bearer token passes [`AgentAuthenticator`], in the
+//! gate in front of the service ([`super::gate`]), from the call's headers
+//! before any of its body is read, (2) the
 //! Pod the token is bound to is not known to be deleted, and (3) its Hello
 //! names the node the token is bound to. A refusal is the call's status, so
 //! an agent sees exactly why. A check-in is answered with the expected
@@ -22,15 +24,17 @@ use kata_proto::health::v1::{
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tonic::metadata::MetadataMap;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::auth::{AgentAuthenticator, AgentIdentity, Authenticated};
+use super::gate::GateLayer;
 use super::hello::validate_hello;
 use super::pods::{BoundPods, PodFollower};
+use super::refusals::Refusals;
 use super::registry::{HealthRegistry, Mailbox};
+use super::tls::{AcceptCounters, Limits};
 use crate::metrics::{Metrics, REPORT_CHANGED, REPORT_HEARTBEAT};
 use kata_proto::contract;
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +51,8 @@ pub struct HealthOptions {
     /// The OS extension the rollout backend installs, which agents are told
     /// to expect (the wiring sets it from the backend; empty names none).
     pub extension_name: String,
+    /// How many connections may exist, and for how long.
+    pub limits: Limits,
 }
 
 impl Default for HealthOptions {
@@ -56,6 +62,7 @@ impl Default for HealthOptions {
             minimum_qemu_version: contract::MINIMUM_QEMU_VERSION.into(),
             hello_timeout: Duration::from_secs(30),
             extension_name: String::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -75,17 +82,6 @@ pub fn expected_config(options: &HealthOptions) -> ExpectedConfig {
         minimum_qemu_version: options.minimum_qemu_version.clone(),
         extension_packages: vec![contract::EXTENSION_PACKAGE.into()],
     }
-}
-
-/// The token from an `authorization: Bearer <token>` header, if any.
-pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    // RFC 7235: the scheme is case-insensitive.
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|token| !token.is_empty())
 }
 
 /// The stream is bound to the token's node: an agent may only speak for the
@@ -145,6 +141,7 @@ pub struct HealthService {
     options: HealthOptions,
     reports: Arc<ReportCounters>,
     handshakes: super::tls::HandshakeCounters,
+    refusals: Refusals,
     /// Set to true on shutdown so open streams end and the graceful shutdown
     /// of the transport (which waits for them) can complete.
     stopping: Arc<watch::Sender<bool>>,
@@ -165,6 +162,7 @@ impl HealthService {
             options,
             reports: Arc::default(),
             handshakes: super::tls::HandshakeCounters::default(),
+            refusals: Refusals::default(),
             stopping: Arc::new(watch::Sender::new(false)),
             pods: std::sync::OnceLock::new(),
         }
@@ -177,12 +175,14 @@ impl HealthService {
         })
     }
 
-    /// Counts the agents' reports and the TLS handshakes in `metrics` (the
-    /// authenticator counts the TokenReviews: give it the same metrics).
+    /// Counts the agents' reports, the TLS handshakes and the refusals in
+    /// `metrics` (the authenticator counts the TokenReviews: give it the
+    /// same metrics).
     #[must_use]
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         self.reports = Arc::new(ReportCounters::of(metrics));
         self.handshakes = super::tls::HandshakeCounters::of(metrics);
+        self.refusals = Refusals::of(metrics);
         self
     }
 
@@ -191,18 +191,16 @@ impl HealthService {
     fn stopper(&self) -> Arc<watch::Sender<bool>> {
         Arc::clone(&self.stopping)
     }
+}
 
-    async fn authenticate(
-        &self,
-        metadata: &MetadataMap,
-        call: &str,
-    ) -> Result<Authenticated, Status> {
-        Ok(self
-            .authenticator
-            .authenticate(bearer_token(metadata))
-            .await
-            .inspect_err(|error| info!(%error, "agent {call} refused"))?)
-    }
+/// What the gate in front of the service ([`super::gate`]) found the call's
+/// bearer to be, from its headers, before any of its body was read.
+fn admitted<T>(request: &Request<T>) -> Result<Authenticated, Status> {
+    request
+        .extensions()
+        .get::<Authenticated>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
 }
 
 /// Refuses the token of a Pod that is gone.
@@ -221,10 +219,7 @@ impl NodeHealthRpc for HealthService {
         &self,
         request: Request<CheckInRequest>,
     ) -> Result<Response<CheckInResponse>, Status> {
-        let identity = self
-            .authenticate(request.metadata(), "check-in")
-            .await?
-            .identity;
+        let identity = admitted(&request)?.identity;
         if identity
             .pod_uid
             .as_deref()
@@ -254,7 +249,7 @@ impl NodeHealthRpc for HealthService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        let authenticated = self.authenticate(request.metadata(), "stream").await?;
+        let authenticated = admitted(&request)?;
         let token_expires = stream_deadline(authenticated.expires_at, SystemTime::now());
         let identity = authenticated.identity;
         // Followed from before the Hello: a deletion meanwhile is not missed.
@@ -462,8 +457,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let stopper = service.stopper();
-    let handshakes = service.handshakes.clone();
+    let limits = service.options.limits;
+    let counters = AcceptCounters {
+        handshakes: service.handshakes.clone(),
+        refusals: service.refusals.clone(),
+    };
+    let gate = GateLayer::new(
+        service.authenticator.clone(),
+        service.refusals.clone(),
+        limits.bounds.request_deadline,
+    );
     Server::builder()
+        // At the maximum age the connection is asked to go (GOAWAY); the
+        // connection itself closes if still open after the grace
+        // (`super::connection`). tonic's own grace would skip the GOAWAY.
+        .max_connection_age(limits.bounds.max_age)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -474,9 +482,10 @@ pub async fn serve(
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
         .accept_http1(false)
+        .layer(gate)
         .add_service(NodeHealthServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(
-            super::tls::incoming(listener, acceptor, handshakes),
+            super::tls::incoming_with(listener, acceptor, limits, counters),
             async move {
                 shutdown.await;
                 stopper.send_replace(true);

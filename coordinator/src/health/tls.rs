@@ -3,7 +3,8 @@
 //! bounded share of the coordinator.
 //!
 //! - The accept loop never stops: each connection gets its own task.
-//! - At most [`Limits::max_connections`] connections exist at once, counted
+//! - At most [`Limits::max_connections`] connections exist at once, and at
+//!   most [`Limits::max_connections_per_peer`] from one address, counted
 //!   from accept to close; past that, new ones are closed at once.
 //! - A peer has [`Limits::client_hello_timeout`] to send its ClientHello,
 //!   holding nothing but its socket meanwhile; only then does it wait for one
@@ -13,20 +14,19 @@
 //!   whole handshake must end within [`Limits::handshake_timeout`].
 //! - Accepted sockets get TCP keepalive, so a peer that vanished without a
 //!   FIN is noticed by the kernel even if HTTP/2 pings are not answered.
+//! - After the handshake, [`ConnectionBounds`] end idle and old connections
+//!   ([`super::connection`]).
 //! - The certificate is re-read when its files change (service-ca rotates
 //!   it under a running coordinator): see [`ReloadingCert`].
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
@@ -35,10 +35,14 @@ use tokio_rustls::rustls::{self, HandshakeKind, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
-use crate::metrics::{HANDSHAKE_FAILED, HANDSHAKE_FULL, HANDSHAKE_RESUMED, KindLabel, Metrics};
+use super::connection::{AgentConnection, ConnectionBounds, PeerSlots, Places};
+use super::refusals::Refusals;
+use crate::metrics::{
+    HANDSHAKE_FAILED, HANDSHAKE_FULL, HANDSHAKE_RESUMED, KindLabel, Metrics,
+    REFUSED_CONNECTION_LIMIT, REFUSED_PEER_LIMIT,
+};
 use prometheus_client::metrics::counter::Counter;
 
 /// Handshakes in progress at once.
@@ -47,31 +51,41 @@ pub const HANDSHAKE_CONCURRENCY: usize = 64;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to send its ClientHello.
 pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Connections at once: every agent of a 5,000-node cluster, twice over
-/// (a reconnect overlaps the old connection), with room to spare.
+/// Connections at once, at most: every agent of a 5,000-node cluster, twice
+/// over (a reconnect overlaps the old connection), with room to spare. The
+/// coordinator's cap is lower under a memory limit
+/// ([`super::connection::connection_cap`]).
 pub const MAX_CONNECTIONS: usize = 12_000;
+/// Connections at once from one address. An agent holds one (two while a
+/// retry overlaps); every agent Pod has an address of its own.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 16;
 
 /// What the accept loop allows a peer; [`Limits::default`] is what the
 /// coordinator uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    pub max_connections_per_peer: usize,
     pub handshake_concurrency: usize,
     pub client_hello_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Idle time before the first TCP keepalive probe; probes then go
     /// every `tcp_keepalive / 3`, three times.
     pub tcp_keepalive: Duration,
+    /// What bounds a connection after its handshake.
+    pub bounds: ConnectionBounds,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: MAX_CONNECTIONS,
+            max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
             handshake_concurrency: HANDSHAKE_CONCURRENCY,
             client_hello_timeout: CLIENT_HELLO_TIMEOUT,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             tcp_keepalive: Duration::from_secs(60),
+            bounds: ConnectionBounds::default(),
         }
     }
 }
@@ -269,69 +283,12 @@ fn read_pair(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, Tls
     certified_key(&read(cert_file)?, &read(key_file)?)
 }
 
-/// An accepted agent connection with TLS established; holds its place
-/// among [`Limits::max_connections`] until dropped.
-pub struct AgentConnection {
-    stream: TlsStream<TcpStream>,
-    _counted: OwnedSemaphorePermit,
-}
-
-impl Connected for AgentConnection {
-    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for AgentConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AgentConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-/// The connections accepted on `listener`, TLS established, under
-/// [`Limits::default`], their handshakes counted in `handshakes`.
-pub fn incoming(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    handshakes: HandshakeCounters,
-) -> impl Stream<Item = Result<AgentConnection, io::Error>> + Send + 'static {
-    incoming_with(listener, acceptor, Limits::default(), handshakes)
+/// What the accept loop counts: handshakes, and the connections it
+/// refuses or ends. [`Default`] counts into counters nobody exports.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptCounters {
+    pub handshakes: HandshakeCounters,
+    pub refusals: Refusals,
 }
 
 /// Handshakes by how they went; [`Default`] counts into counters nobody
@@ -376,21 +333,67 @@ pub fn incoming_with(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: Limits,
-    handshakes: HandshakeCounters,
+    counters: AcceptCounters,
 ) -> impl Stream<Item = Result<AgentConnection, io::Error>> + Send + 'static {
     let (ready, established) = mpsc::channel(limits.handshake_concurrency.max(1));
-    tokio::spawn(accept_loop(listener, acceptor, limits, handshakes, ready));
+    tokio::spawn(accept_loop(listener, acceptor, limits, counters, ready));
     ReceiverStream::new(established)
+}
+
+/// The places a new connection from `tcp` needs: one among all and one
+/// among its address's; None, counted as a refusal, when either is full.
+fn places_for(
+    tcp: &TcpStream,
+    connections: &Arc<Semaphore>,
+    peers: &PeerSlots,
+    limits: &Limits,
+    refusals: &Refusals,
+) -> Option<Places> {
+    let peer = tcp.peer_addr().ok();
+    let Ok(connection) = Arc::clone(connections).try_acquire_owned() else {
+        refusals.refuse(
+            REFUSED_CONNECTION_LIMIT,
+            peer,
+            "connection limit reached; closed",
+        );
+        return None;
+    };
+    let Some(peer_slot) =
+        peer.and_then(|peer| peers.take(peer.ip(), limits.max_connections_per_peer))
+    else {
+        refusals.refuse(
+            REFUSED_PEER_LIMIT,
+            peer,
+            "the address holds its limit of connections; closed",
+        );
+        return None;
+    };
+    Some(Places {
+        connection,
+        peer: peer_slot,
+    })
+}
+
+fn set_keepalive(tcp: &TcpStream, limits: &Limits) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(limits.tcp_keepalive)
+        .with_interval(limits.tcp_keepalive / 3)
+        .with_retries(3);
+    if let Err(error) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        debug!(%error, "cannot set TCP keepalive");
+    }
+    let _ = tcp.set_nodelay(true);
 }
 
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: Limits,
-    counters: HandshakeCounters,
+    counters: AcceptCounters,
     ready: mpsc::Sender<Result<AgentConnection, io::Error>>,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = PeerSlots::default();
     let handshakes = Arc::new(Semaphore::new(limits.handshake_concurrency.max(1)));
     let config = Arc::clone(acceptor.config());
     loop {
@@ -408,18 +411,11 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(counted) = Arc::clone(&connections).try_acquire_owned() else {
-            debug!(peer = ?tcp.peer_addr().ok(), "connection limit reached; closed");
+        let Some(places) = places_for(&tcp, &connections, &peers, &limits, &counters.refusals)
+        else {
             continue;
         };
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(limits.tcp_keepalive)
-            .with_interval(limits.tcp_keepalive / 3)
-            .with_retries(3);
-        if let Err(error) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
-            debug!(%error, "cannot set TCP keepalive");
-        }
-        let _ = tcp.set_nodelay(true);
+        set_keepalive(&tcp, &limits);
         let (config, handshakes, ready, counters) = (
             Arc::clone(&config),
             Arc::clone(&handshakes),
@@ -429,13 +425,11 @@ async fn accept_loop(
         tokio::spawn(async move {
             let peer = tcp.peer_addr().ok();
             let handshake = handshake(tcp, config, &handshakes, &limits).await;
-            counters.count(&handshake);
+            counters.handshakes.count(&handshake);
             match handshake {
                 Ok(stream) => {
-                    let connection = AgentConnection {
-                        stream,
-                        _counted: counted,
-                    };
+                    let connection =
+                        AgentConnection::new(stream, places, &limits.bounds, counters.refusals);
                     let _ = ready.send(Ok(connection)).await;
                 }
                 Err(why) => debug!(?peer, why = %why, "TLS handshake failed"),

@@ -2,22 +2,6 @@
 
 use super::*;
 
-fn metadata(value: &str) -> MetadataMap {
-    let mut map = MetadataMap::new();
-    map.insert("authorization", value.parse().unwrap());
-    map
-}
-
-#[test]
-fn bearer_token_is_taken_from_the_authorization_header() {
-    assert_eq!(bearer_token(&metadata("Bearer abc")), Some("abc"));
-    assert_eq!(bearer_token(&metadata("bearer  abc ")), Some("abc"));
-    assert_eq!(bearer_token(&metadata("Basic abc")), None);
-    assert_eq!(bearer_token(&metadata("Bearer ")), None);
-    assert_eq!(bearer_token(&metadata("abc")), None);
-    assert_eq!(bearer_token(&MetadataMap::new()), None);
-}
-
 #[test]
 fn streams_end_a_little_before_their_token_does() {
     let now = SystemTime::now();

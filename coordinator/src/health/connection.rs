@@ -1,0 +1,408 @@
+//! One accepted agent connection after its TLS handshake, and what bounds
+//! it in time and number.
+//!
+//! - A connection holds a place among all connections and one among its
+//!   address's ([`PeerSlots`]) from accept to close.
+//! - A connection that carries no call (no open HTTP/2 stream) for
+//!   [`ConnectionBounds::idle_timeout`] is closed; so is one still open at
+//!   [`ConnectionBounds::max_age`] plus [`ConnectionBounds::max_age_grace`]
+//!   (at the age itself the server sends GOAWAY, so a well-behaved client
+//!   finishes its calls and leaves). Both close the socket from below
+//!   HTTP/2: the reads see end of file, which ends the connection whatever
+//!   the peer does.
+//! - Open streams are counted by the call gate ([`super::gate`]) through the
+//!   connection's [`StreamActivity`], which every request carries in its
+//!   extensions ([`AgentConnectInfo`]).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+use super::refusals::Refusals;
+use crate::metrics::{REFUSED_IDLE, REFUSED_MAX_AGE};
+
+/// How long a connection and a call may last; [`Default`] is what the
+/// coordinator uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBounds {
+    /// A connection with no open stream for this long is closed. An agent
+    /// opens its one call right after the handshake and closes the
+    /// connection after the reply, so it is never idle for long.
+    pub idle_timeout: Duration,
+    /// At this age the server asks the client to leave (GOAWAY).
+    pub max_age: Duration,
+    /// ... and closes the connection this long after, if still open.
+    pub max_age_grace: Duration,
+    /// From a call's headers to its response headers (authentication
+    /// included): past it the call is answered DEADLINE_EXCEEDED. An
+    /// agent gives up on a check-in after 15 s.
+    pub request_deadline: Duration,
+}
+
+impl Default for ConnectionBounds {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(10),
+            // Agents' streams end before their token expires (an hour at
+            // most for a projected token's default): an hour plus a minute
+            // only ends what outlives its purpose.
+            max_age: Duration::from_secs(3600),
+            max_age_grace: Duration::from_secs(60),
+            request_deadline: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The open streams of one connection, and when it last had none.
+#[derive(Debug)]
+pub struct StreamActivity {
+    open: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    /// The connection's reader, woken when the last stream closes so its
+    /// idle timer starts.
+    reader: AtomicWaker,
+}
+
+impl StreamActivity {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            reader: AtomicWaker::new(),
+        }
+    }
+
+    /// Marks a stream open until the guard is dropped.
+    pub fn stream_opened(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenStream(Arc::clone(self))
+    }
+
+    /// When the connection became idle; None while a stream is open.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        self.idle_since.lock().ok().map(|since| *since)
+    }
+}
+
+/// One open stream of a connection (see [`StreamActivity::stream_opened`]).
+#[derive(Debug)]
+pub struct OpenStream(Arc<StreamActivity>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if let Ok(mut since) = self.0.idle_since.lock() {
+            *since = Instant::now();
+        }
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
+    }
+}
+
+/// What every request on an agent connection carries in its extensions
+/// (tonic puts a connection's [`Connected::connect_info`] there).
+#[derive(Debug, Clone)]
+pub struct AgentConnectInfo {
+    pub peer: Option<SocketAddr>,
+    pub activity: Arc<StreamActivity>,
+}
+
+/// Connections per peer address; a [`PeerSlot`] holds one until dropped.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSlots {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PeerSlots {
+    /// A place for one more connection from `peer`, unless it holds `limit`.
+    pub fn take(&self, peer: IpAddr, limit: usize) -> Option<PeerSlot> {
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let peer = peer.to_canonical();
+        let mut held = self.held.lock().ok()?;
+        let count = held.entry(peer).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            slots: self.clone(),
+            peer,
+        })
+    }
+
+    /// The connections `peer` holds.
+    pub fn held_by(&self, peer: IpAddr) -> usize {
+        let held = self.held.lock();
+        held.map_or(0, |held| {
+            held.get(&peer.to_canonical()).copied().unwrap_or(0)
+        })
+    }
+}
+
+/// One connection's place among its address's.
+#[derive(Debug)]
+pub struct PeerSlot {
+    slots: PeerSlots,
+    peer: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.slots.held.lock()
+            && let Some(count) = held.get_mut(&self.peer)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The places a connection holds from accept to close.
+pub struct Places {
+    pub connection: OwnedSemaphorePermit,
+    pub peer: PeerSlot,
+}
+
+/// An accepted agent connection with TLS established; holds its
+/// [`Places`] until dropped and ends itself when idle or too old.
+pub struct AgentConnection {
+    stream: TlsStream<TcpStream>,
+    _places: Places,
+    info: AgentConnectInfo,
+    idle_timeout: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    /// The forced close: max age plus grace after accept.
+    too_old: Pin<Box<Sleep>>,
+    refusals: Refusals,
+    /// Set once the connection ended itself: reads see end of file, writes
+    /// fail, and the refusal is counted once.
+    ended: bool,
+}
+
+impl AgentConnection {
+    pub fn new(
+        stream: TlsStream<TcpStream>,
+        places: Places,
+        bounds: &ConnectionBounds,
+        refusals: Refusals,
+    ) -> Self {
+        let peer = stream.get_ref().0.peer_addr().ok();
+        let now = Instant::now();
+        Self {
+            stream,
+            _places: places,
+            info: AgentConnectInfo {
+                peer,
+                activity: Arc::new(StreamActivity::new()),
+            },
+            idle_timeout: bounds.idle_timeout,
+            idle_timer: Box::pin(tokio::time::sleep_until(now + bounds.idle_timeout)),
+            too_old: Box::pin(tokio::time::sleep_until(
+                now + bounds.max_age + bounds.max_age_grace,
+            )),
+            refusals,
+            ended: false,
+        }
+    }
+
+    /// Whether the connection must end now; if not, the task is woken when
+    /// that may change.
+    fn must_end(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.ended {
+            return true;
+        }
+        let reason = if self.too_old.as_mut().poll(cx).is_ready() {
+            Some(REFUSED_MAX_AGE)
+        } else {
+            self.info.activity.reader.register(cx.waker());
+            match self.info.activity.idle_since() {
+                Some(since) => {
+                    let deadline = since + self.idle_timeout;
+                    if self.idle_timer.deadline() != deadline {
+                        self.idle_timer.as_mut().reset(deadline);
+                    }
+                    self.idle_timer
+                        .as_mut()
+                        .poll(cx)
+                        .is_ready()
+                        .then_some(REFUSED_IDLE)
+                }
+                None => None,
+            }
+        };
+        if let Some(reason) = reason {
+            self.ended = true;
+            self.refusals
+                .refuse(reason, self.info.peer, "connection closed by the server");
+        }
+        self.ended
+    }
+}
+
+impl Connected for AgentConnection {
+    type ConnectInfo = AgentConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for AgentConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.must_end(cx) {
+            // End of file: HTTP/2 ends the connection, and with it the socket.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+fn ended() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection ended by the server",
+    )
+}
+
+impl AsyncWrite for AgentConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.ended {
+            return Poll::Ready(Err(ended()));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ended {
+            return Poll::Ready(Err(ended()));
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.ended {
+            return Poll::Ready(Err(ended()));
+        }
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// What one connection may cost the coordinator at most, for sizing the
+/// connection cap from the memory limit. A connection holds its TLS and
+/// HTTP/2 state (about 30 KiB idle: rustls' buffers, h2's and hyper's) and
+/// whatever the peer sends that is not read yet, up to the 128 KiB
+/// connection flow-control window, plus the message buffers of its two
+/// streams once admitted. Measured: 2,000 connections each holding two
+/// streams of 64 KiB messages missing their last byte grew a release
+/// coordinator from 33 to 441 MB, 204 KiB a connection; 256 KiB leaves room.
+pub const CONNECTION_COST_BYTES: u64 = 256 * 1024;
+/// What the rest of the coordinator is given before connections are
+/// counted: caches of Nodes and Pods, the registry of 5,000 nodes, the
+/// TokenReview cache, the runtime. The release coordinator idles at about
+/// 35 MB with 1,000 agents.
+pub const RESERVED_BYTES: u64 = 128 * 1024 * 1024;
+/// The fewest connections the cap allows, however small the memory limit.
+pub const MIN_CONNECTIONS: usize = 256;
+
+/// The connection cap for a memory limit: what is left after
+/// [`RESERVED_BYTES`] in [`CONNECTION_COST_BYTES`] steps, between
+/// [`MIN_CONNECTIONS`] and `most`; `most` without a limit. Pure.
+pub fn connection_cap(memory_limit: Option<u64>, most: usize) -> usize {
+    let Some(limit) = memory_limit else {
+        return most;
+    };
+    let affordable = limit.saturating_sub(RESERVED_BYTES) / CONNECTION_COST_BYTES;
+    usize::try_from(affordable)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_CONNECTIONS.min(most), most)
+}
+
+/// The cgroup v2 memory limit of this process's cgroup, as seen from inside
+/// its container (`/sys/fs/cgroup/memory.max`); None when unlimited
+/// (`max`) or unreadable (cgroup v1, no cgroup mount).
+pub fn cgroup_memory_limit() -> Option<u64> {
+    parse_memory_max(&std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?)
+}
+
+/// `memory.max`'s contents: bytes, or `max`. Pure.
+pub fn parse_memory_max(contents: &str) -> Option<u64> {
+    contents.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_follows_the_memory_limit() {
+        const MIB: u64 = 1024 * 1024;
+        // The deployment's 512 MiB: (512 - 128) MiB in 256 KiB steps.
+        assert_eq!(connection_cap(Some(512 * MIB), 12_000), 1_536);
+        assert_eq!(connection_cap(Some(64 * MIB), 12_000), MIN_CONNECTIONS);
+        assert_eq!(connection_cap(Some(64 * 1024 * MIB), 12_000), 12_000);
+        assert_eq!(connection_cap(None, 12_000), 12_000);
+        assert_eq!(connection_cap(Some(64 * MIB), 10), 10);
+        assert_eq!(parse_memory_max("536870912\n"), Some(512 * MIB));
+        assert_eq!(parse_memory_max("max\n"), None);
+    }
+
+    #[test]
+    fn a_peer_holds_at_most_its_limit_until_it_lets_go() {
+        let slots = PeerSlots::default();
+        let one: IpAddr = [127, 0, 0, 1].into();
+        let two: IpAddr = [127, 0, 0, 2].into();
+        let first = slots.take(one, 2).expect("first");
+        let second = slots.take(one, 2).expect("second");
+        assert!(
+            slots.take(one, 2).is_none(),
+            "a third from the same address"
+        );
+        // The same address over IPv6's IPv4-mapped form is the same peer.
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("mapped address");
+        assert!(slots.take(mapped, 2).is_none());
+        assert!(slots.take(two, 2).is_some(), "another address");
+        drop(first);
+        assert_eq!(slots.held_by(one), 1);
+        let third = slots.take(one, 2).expect("a place freed");
+        drop((second, third));
+        assert_eq!(slots.held_by(one), 0);
+    }
+}
