@@ -1,7 +1,8 @@
 //! The health channel under attack: 1,000 simulated agents checked in with
 //! one coordinator process against the real control plane, their nodes
-//! labelled runtime-ready, and then, one after another, four attacks by a
-//! client holding no valid token (but, for the last, a stolen one). Prints
+//! labelled runtime-ready, and then, one after another, seven attacks by a
+//! client holding no valid token (but, for (d), a stolen one); (e) to (g),
+//! past the TLS handshake, are in `attack/after_handshake.rs`. Prints
 //! figures; asserts nothing.
 //!
 //! `make bench-attack`. The coordinator is the release binary, as its own
@@ -18,7 +19,9 @@
 //!   TokenReview) takes from its start to its first accepted check-in, and
 //!   the same for a fresh simulated agent;
 //! - the fewest of the 1,000 nodes carrying the runtime label, polled every
-//!   second, and the connected agents' failed check-ins.
+//!   second, and the connected agents' failed check-ins;
+//! - the coordinator's log lines about refusals per second (it logs at
+//!   info, the production default).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -67,6 +70,9 @@ use tokio_rustls::rustls;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+#[path = "attack/after_handshake.rs"]
+mod after_handshake;
+
 const AGENTS: usize = 1000;
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// How long each attack (and the baseline) lasts, at least.
@@ -93,6 +99,13 @@ const IDLE_SOCKETS: usize = 64;
 /// Attack (d): the size of each message, and senders at once per bearer.
 const HUGE_MESSAGE: usize = 16 * 1024 * 1024;
 const HUGE_SENDERS: usize = 2;
+
+/// How long each attack past the handshake ((e) to (g)) lasts, at least.
+const LONG_WINDOW: Duration = Duration::from_secs(120);
+/// Connections one address may hold: above the 1,000 agents' (all on
+/// 127.0.0.1, and all at once when they start), below what attack (g)
+/// opens from its one address.
+const PER_PEER_CAP: usize = 1100;
 
 const TARGET_RSS_MIB: f64 = 200.0;
 const TARGET_REAL_AGENT: Duration = Duration::from_secs(2);
@@ -123,6 +136,8 @@ struct Figures {
     simulated_agent: Result<Duration, String>,
     fewest_labelled: usize,
     failed_check_ins: u64,
+    /// Lines the coordinator logged about refusals, per second of the window.
+    refusal_lines_per_second: f64,
 }
 
 #[tokio::main]
@@ -148,7 +163,9 @@ async fn main() -> Result<(), BoxError> {
     let coordinator = CoordinatorProcess::start(
         &plane,
         &[
-            "--log-level=warn",
+            // The production default, so refusals are logged as they would be.
+            "--log-level=info",
+            &format!("--agent-max-connections-per-peer={PER_PEER_CAP}"),
             &format!("--grpc-listen={grpc}"),
             &format!("--tls-cert-file={}", tls.cert.display()),
             &format!("--tls-key-file={}", tls.key.display()),
@@ -186,28 +203,66 @@ async fn run(world: &World, tokens: Vec<(String, String)>) -> Result<(), BoxErro
     let (endpoint, grpc) = (world.endpoint.clone(), world.grpc);
     let stolen = bearer(&world.stolen_token)?;
     let table = vec![
-        phase(world, 0, "baseline (no attack)", no_attack).await?,
-        phase(world, 1, "(a) junk bearers", {
+        phase(world, 0, ("baseline (no attack)", WINDOW), no_attack).await?,
+        phase(world, 1, ("(a) junk bearers", WINDOW), {
             let (endpoint, template) = (endpoint.clone(), world.stolen_token.clone());
             move |stop| junk_bearer_calls(endpoint, template, stop)
         })
         .await?,
-        phase(world, 2, "(b) handshakes never finished", move |stop| {
-            stalled_handshakes(grpc, stop)
-        })
+        phase(
+            world,
+            2,
+            ("(b) handshakes never finished", WINDOW),
+            move |stop| stalled_handshakes(grpc, stop),
+        )
         .await?,
-        phase(world, 3, "(c) idle sockets renewed", move |stop| {
-            idle_sockets(grpc, stop)
-        })
+        phase(
+            world,
+            3,
+            ("(c) idle sockets renewed", WINDOW),
+            move |stop| idle_sockets(grpc, stop),
+        )
         .await?,
-        phase(world, 4, "(d) 16 MiB messages", {
+        phase(world, 4, ("(d) 16 MiB messages", WINDOW), {
             let template = world.stolen_token.clone();
             move |stop| huge_messages(endpoint, stolen, template, stop)
         })
         .await?,
     ];
+    let mut table = table;
+    table.extend(past_the_handshake(world).await?);
     print_table(&table);
     Ok(())
+}
+
+/// Attacks (e) to (g), each for [`LONG_WINDOW`].
+async fn past_the_handshake(world: &World) -> Result<Vec<Figures>, BoxError> {
+    let (grpc, tls) = (world.grpc, after_handshake::connector(&world.tls.ca)?);
+    Ok(vec![
+        phase(world, 5, ("(e) idle TLS connections", LONG_WINDOW), {
+            let tls = tls.clone();
+            move |stop| after_handshake::idle_connections(grpc, tls, stop)
+        })
+        .await?,
+        phase(world, 6, ("(f) unfinished junk streams", LONG_WINDOW), {
+            let tls = tls.clone();
+            move |stop| after_handshake::unfinished_streams(grpc, tls, stop)
+        })
+        .await?,
+        phase(
+            world,
+            7,
+            ("(g) one address floods", LONG_WINDOW),
+            move |stop| after_handshake::connection_flood(grpc, tls, stop),
+        )
+        .await?,
+    ])
+}
+
+/// The coordinator's log lines about refused peers: the agents' port's
+/// summaries, and any other line that says refused.
+fn refusal_lines(log: &str) -> usize {
+    log.lines().filter(|line| line.contains("refused")).count()
 }
 
 /// Creates a worker Node, a Pod of the agents' ServiceAccount on it and a
@@ -293,7 +348,7 @@ async fn labelled_agents(world: &World) -> Result<usize, kube::Error> {
 async fn phase<F, Fut>(
     world: &World,
     index: usize,
-    name: &'static str,
+    (name, window): (&'static str, Duration),
     attack: F,
 ) -> Result<Figures, BoxError>
 where
@@ -315,6 +370,7 @@ where
         Outcomes::scrape(metrics, NOT_REVIEWED, &NOT_REVIEWED_OUTCOMES).await?,
     );
     let failed = world.counts.failed();
+    let lines_before = refusal_lines(&world.coordinator.log());
     let started = Instant::now();
     let attacker = Attacker::launch(attack);
     let measured = async {
@@ -323,7 +379,7 @@ where
             fresh_real_agent(world, &fresh[0]),
             fresh_simulated_agent(world, &fresh[1])
         );
-        tokio::time::sleep_until((started + WINDOW).into()).await;
+        tokio::time::sleep_until((started + window).into()).await;
         (agents, attacker.finish().await)
     };
     let (fewest_labelled, ((real_agent, simulated_agent), attack)) =
@@ -343,6 +399,8 @@ where
         simulated_agent,
         fewest_labelled,
         failed_check_ins: world.counts.failed() - failed,
+        refusal_lines_per_second: (refusal_lines(&world.coordinator.log()) - lines_before) as f64
+            / started.elapsed().as_secs_f64(),
     };
     print_figures(&figures);
     Ok(figures)
@@ -768,6 +826,11 @@ impl Tally {
         self.0.values().sum()
     }
 
+    /// One more answer described as `answer`.
+    fn count(&mut self, answer: String) {
+        *self.0.entry(answer).or_default() += 1;
+    }
+
     fn merge(mut self, other: Tally) -> Tally {
         for (code, n) in other.0 {
             *self.0.entry(code).or_default() += n;
@@ -894,6 +957,10 @@ fn print_figures(figures: &Figures) {
         seconds(&figures.simulated_agent)
     );
     println!(
+        "  coordinator log lines about refusals: {:.2}/s",
+        figures.refusal_lines_per_second
+    );
+    println!(
         "  fewest of the {AGENTS} nodes labelled runtime-ready: {} (target {AGENTS}: {}); connected agents' failed check-ins: {}",
         figures.fewest_labelled,
         verdict(figures.fewest_labelled == AGENTS),
@@ -903,13 +970,13 @@ fn print_figures(figures: &Figures) {
 
 fn print_table(table: &[Figures]) {
     println!(
-        "\n| phase | window | peak RSS (target < 200 MiB) | TokenReviews authenticated / rejected / error (target: 2 / 0 / 0) | not reviewed: refused / cached / queue full | real agent's first check-in (target < 2 s) | simulated agent's first check-in | fewest labelled of {AGENTS} (target {AGENTS}) | agents' failed check-ins |"
+        "\n| phase | window | peak RSS (target < 200 MiB) | TokenReviews authenticated / rejected / error (target: 2 / 0 / 0) | not reviewed: refused / cached / queue full | real agent's first check-in (target < 2 s) | simulated agent's first check-in | fewest labelled of {AGENTS} (target {AGENTS}) | agents' failed check-ins | refusal log lines/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for f in table {
         let outcome = |o: &Outcomes, name| format!("{:.0}", o.get(name));
         println!(
-            "| {} | {:.0} s | {:.1} MiB | {} / {} / {} | {} / {} / {} | {} | {} | {} | {} |",
+            "| {} | {:.0} s | {:.1} MiB | {} / {} / {} | {} / {} / {} | {} | {} | {} | {} | {:.2} |",
             f.phase,
             f.window.as_secs_f64(),
             f.peak_rss,
@@ -922,7 +989,8 @@ fn print_table(table: &[Figures]) {
             seconds(&f.real_agent),
             seconds(&f.simulated_agent),
             f.fewest_labelled,
-            f.failed_check_ins
+            f.failed_check_ins,
+            f.refusal_lines_per_second
         );
     }
 }
