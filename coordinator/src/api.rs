@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "kataconfiguration.openshift.io";
+pub const KIND: &str = "KataConfig";
 
 /// Desired state of Kata Containers in the cluster. Create one KataConfig per
 /// cluster; the operator installs the Kata runtime on the selected workers and
@@ -64,6 +65,33 @@ pub struct KataConfigSpec {
     /// not recognize.
     #[serde(default)]
     pub extension: ExtensionChoice,
+
+    /// What becomes of a MachineConfig an earlier operator (the OpenShift
+    /// sandboxed containers operator) left installed, which carries the
+    /// extension without the operator's CRI-O drop-in. `keep` (the default)
+    /// leaves it as it is, so taking the cluster over reboots no node; its
+    /// nodes run Kata from the extension's own drop-in, and the
+    /// `AdoptedConfiguration` condition says so. `replace` writes the
+    /// operator's MachineConfig over it: one drain and reboot per node.
+    #[serde(default, skip_serializing_if = "AdoptedMachineConfig::is_keep")]
+    pub adopted_machine_config: AdoptedMachineConfig,
+}
+
+/// What becomes of an earlier operator's MachineConfig.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdoptedMachineConfig {
+    /// Left as it is: no reboot.
+    #[default]
+    Keep,
+    /// Replaced by the operator's: one reboot per node.
+    Replace,
+}
+
+impl AdoptedMachineConfig {
+    fn is_keep(&self) -> bool {
+        *self == AdoptedMachineConfig::Keep
+    }
 }
 
 /// Which OS extension installs Kata on the nodes.

@@ -206,18 +206,33 @@ impl Applier {
         let Some(index) = seen.iter().position(|f| f == finalizer) else {
             return Ok(());
         };
+        self.remove_list_entry(kind, name, "finalizers", index, finalizer.into())
+            .await
+    }
+
+    /// Takes entry `index` of the list `metadata.<list>` off the object,
+    /// provided it is still `entry` (a JSON patch test, then remove):
+    /// whichever field manager wrote it, and nothing else of the list.
+    pub async fn remove_list_entry(
+        &self,
+        kind: Kind,
+        name: &str,
+        list: &str,
+        index: usize,
+        entry: Value,
+    ) -> Result<(), WriteError> {
         self.spend(kind.kind)?;
         let path = || {
             json_patch::jsonptr::PointerBuf::from_tokens([
                 "metadata".to_owned(),
-                "finalizers".to_owned(),
+                list.to_owned(),
                 index.to_string(),
             ])
         };
         let patch = json_patch::Patch(vec![
             json_patch::PatchOperation::Test(json_patch::TestOperation {
                 path: path(),
-                value: finalizer.into(),
+                value: entry,
             }),
             json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path: path() }),
         ]);

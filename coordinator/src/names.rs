@@ -9,6 +9,12 @@
 pub const MANAGER: &str = "kata-operator";
 pub const MANAGER_TARGETING: &str = "kata-operator/targeting";
 pub const MANAGER_HEALTH: &str = "kata-operator/health";
+/// The field manager of the OpenShift sandboxed containers operator (OSC),
+/// which this operator takes over from: OSC's controller-runtime client
+/// writes with `Update` and sets no field owner, so the API server records
+/// its binary's name. Its fields on objects with our names are taken over
+/// rather than held as a conflict (the migration guide removes OSC first).
+pub const PREDECESSOR_MANAGER: &str = "manager";
 
 pub const FINALIZER: &str = "kataconfiguration.openshift.io/finalizer";
 /// Holds the deletion of our RuntimeClass while pods use it (without it a

@@ -168,14 +168,14 @@ impl Cluster {
     /// annotations-driven configs. Empty after a complete uninstall.
     pub async fn operator_leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
-        for (resource, name) in [
-            (mco::POOL.api_resource(), mco::POOL_NAME),
-            (mco::MACHINE_CONFIG.api_resource(), mco::MACHINE_CONFIG_NAME),
-            (
-                mco::CONTAINER_RUNTIME_CONFIG.api_resource(),
-                mco::CONTAINER_RUNTIME_CONFIG_NAME,
-            ),
-        ] {
+        let ours = std::iter::once((mco::POOL, mco::POOL_NAME))
+            .chain(mco::OUR_MACHINE_CONFIG_NAMES.map(|name| (mco::MACHINE_CONFIG, name)))
+            .chain(
+                mco::OUR_CONTAINER_RUNTIME_CONFIG_NAMES
+                    .map(|name| (mco::CONTAINER_RUNTIME_CONFIG, name)),
+            );
+        for (kind, name) in ours {
+            let resource = kind.api_resource();
             if self.get_dynamic(&resource, name).await.is_some() {
                 left.push(format!("{} {name}", resource.kind));
             }
@@ -218,20 +218,22 @@ impl Cluster {
 }
 
 /// Runs `rounds` more complete reconciles of the coordinator whose metrics
-/// are `metrics`, each started by an annotation on node `w0`: a change that
-/// wakes a reconcile and that it decides nothing on. The reconcile-duration
-/// histogram counts finished reconciles.
+/// are `metrics`, each started by an annotation on the first node: a
+/// change that wakes a reconcile and that it decides nothing on. The
+/// reconcile-duration histogram counts finished reconciles.
 pub async fn reconcile_rounds(
     client: &Client,
     metrics: &kata_coordinator::metrics::Metrics,
     rounds: usize,
 ) {
+    let nodes = Api::<Node>::all(client.clone());
+    let first = nodes.list(&Default::default()).await.unwrap().items[0].name_any();
     for round in 0..rounds {
         let finished = metrics.reconcile_duration.0.count();
         let patch =
             json!({"metadata": {"annotations": {"example.com/touched": round.to_string()}}});
-        Api::<Node>::all(client.clone())
-            .patch("w0", &PatchParams::default(), &Patch::Merge(&patch))
+        nodes
+            .patch(&first, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
         eventually("another reconcile to finish", CONVERGE, || async {

@@ -21,17 +21,18 @@ use serde_json::{Value, json};
 /// Every MachineConfig spec.config the coordinator renders, named.
 fn our_configs() -> Vec<(String, Value)> {
     let mut configs = Vec::new();
+    let naming = mco::RoleNames::default();
     for role in Role::ALL {
         for extension in [mco::EXTENSION, mco::EXTENSION_FCOS] {
-            let mc = machine_config_for(role, extension, &CrioRuntimeHandler::default());
+            let mc = machine_config_for(role, &naming, extension, &CrioRuntimeHandler::default());
             configs.push((
-                format!("{} ({extension})", role.machine_config()),
+                format!("{} ({extension})", role.objects(&naming).machine_config),
                 mc["spec"]["config"].clone(),
             ));
         }
         // With a log level, the MCO generates one more MachineConfig from our
         // ContainerRuntimeConfig; the simulator's rendering of it is checked too.
-        let crc = container_runtime_config_for(role, LogLevel::Debug).unwrap();
+        let crc = container_runtime_config_for(role, &naming, LogLevel::Debug).unwrap();
         let runtime_config: RuntimeConfig = serde_json::from_value(crc).unwrap();
         let pool: Pool = serde_json::from_value(json!({
             "metadata": { "name": role.pool(), "labels": { role.pool_selector_label(): "" } },
@@ -45,7 +46,12 @@ fn our_configs() -> Vec<(String, Value)> {
             &Default::default(),
         )
         .generated;
-        assert_eq!(generated.len(), 1, "{}", role.container_runtime_config());
+        assert_eq!(
+            generated.len(),
+            1,
+            "{}",
+            role.objects(&naming).runtime_config
+        );
         configs.push((generated[0].name.clone(), generated[0].spec.config.clone()));
     }
     configs

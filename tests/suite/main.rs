@@ -37,6 +37,7 @@ mod network_policies;
 mod node_agent_pod_policy;
 mod olm_bundle;
 mod osc_compat;
+mod osc_takeover;
 mod rollout_counts;
 mod runtime_class_guard;
 mod status_size;

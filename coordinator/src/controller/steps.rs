@@ -32,17 +32,10 @@ impl Context {
                     .await
             }
             // Objects others may write too: never taken over by force
-            // (plan::ownership decides when to hold them).
-            Step::Apply(desired @ Desired::Untyped { object, .. }) => {
-                applier
-                    .apply_unforced(desired.kind(), desired.name(), names::MANAGER, object)
-                    .await
-            }
-            Step::Apply(desired @ Desired::RuntimeClass(rc)) => {
-                applier
-                    .apply_unforced(desired.kind(), desired.name(), names::MANAGER, rc)
-                    .await
-            }
+            // (plan::ownership decides when to hold them), but for the
+            // fields the earlier operator wrote.
+            Step::Apply(desired) => apply_desired(applier, desired, false).await,
+            Step::TakeOver(desired) => apply_desired(applier, desired, true).await,
             // Whoever wrote it (an earlier operator's manager may own it).
             Step::RemoveFinalizer => {
                 applier
@@ -60,6 +53,16 @@ impl Context {
                 finalizer,
                 seen,
             } => applier.remove_finalizer(*kind, name, finalizer, seen).await,
+            Step::ReleaseOwnerReference {
+                kind,
+                name,
+                index,
+                reference,
+            } => {
+                applier
+                    .remove_list_entry(*kind, name, "ownerReferences", *index, reference.clone())
+                    .await
+            }
             Step::Delete { kind, name } => applier.delete(*kind, name).await,
             Step::SetNodeLabel {
                 node,
@@ -86,6 +89,36 @@ impl Context {
                 source,
             })
         })
+    }
+}
+
+/// Applies `desired` as our manager; forced only to take over the
+/// earlier operator's fields.
+async fn apply_desired(
+    applier: &crate::applier::Applier,
+    desired: &Desired,
+    take_over: bool,
+) -> Result<(), crate::applier::WriteError> {
+    let (kind, name) = (desired.kind(), desired.name());
+    match (desired, take_over) {
+        (Desired::Untyped { object, .. }, false) => {
+            applier
+                .apply_unforced(kind, name, names::MANAGER, object)
+                .await
+        }
+        (Desired::RuntimeClass(rc), false) => {
+            applier.apply_unforced(kind, name, names::MANAGER, rc).await
+        }
+        (Desired::Untyped { object, .. }, true) => {
+            applier
+                .apply(kind, name, names::MANAGER, object, Subresource::Main)
+                .await
+        }
+        (Desired::RuntimeClass(rc), true) => {
+            applier
+                .apply(kind, name, names::MANAGER, rc, Subresource::Main)
+                .await
+        }
     }
 }
 

@@ -40,21 +40,27 @@ async fn get(client: &Client, kind: Kind, name: &str) -> Result<Option<Value>, R
 /// the reconciler, and no reconcile reads them again.
 #[derive(Clone)]
 pub struct OwnedStores {
-    pub machine_config: Store<DynamicObject>,
-    pub master_machine_config: Store<DynamicObject>,
+    /// One per name a MachineConfig of ours may have
+    /// ([`names::OUR_MACHINE_CONFIG_NAMES`], in that order).
+    pub machine_configs: Vec<Store<DynamicObject>>,
     pub runtime_configs: Store<DynamicObject>,
 }
 
 impl OwnedStores {
     /// Resolves once every watch has listed.
     pub async fn wait_until_ready(&self) {
-        for store in [
-            &self.machine_config,
-            &self.master_machine_config,
-            &self.runtime_configs,
-        ] {
+        for store in self.machine_configs.iter().chain([&self.runtime_configs]) {
             let _ = store.wait_until_ready().await;
         }
+    }
+
+    /// Our MachineConfigs that exist, by name.
+    fn machine_configs(&self) -> Vec<(&'static str, Value)> {
+        names::OUR_MACHINE_CONFIG_NAMES
+            .into_iter()
+            .zip(&self.machine_configs)
+            .filter_map(|(name, store)| held(store).map(|mc| (name, mc)))
+            .collect()
     }
 }
 
@@ -104,34 +110,39 @@ fn watch_named(
 /// The watches of our MachineConfigs and of every ContainerRuntimeConfig,
 /// their stores, and one stream of their changes.
 pub fn owned_watches(client: &Client) -> (OwnedStores, impl Stream<Item = ()> + Send + 'static) {
-    let (machine_config, a) = watch_named(client, MACHINE_CONFIG, names::MACHINE_CONFIG_NAME);
-    let (master_machine_config, b) =
-        watch_named(client, MACHINE_CONFIG, names::MASTER_MACHINE_CONFIG_NAME);
+    let (machine_configs, events): (Vec<_>, Vec<_>) = names::OUR_MACHINE_CONFIG_NAMES
+        .into_iter()
+        .map(|name| {
+            let (store, events) = watch_named(client, MACHINE_CONFIG, name);
+            (store, events.boxed())
+        })
+        .unzip();
     let (runtime_configs, c) =
         watch_kind(client, CONTAINER_RUNTIME_CONFIG, watcher::Config::default());
     let stores = OwnedStores {
-        machine_config,
-        master_machine_config,
+        machine_configs,
         runtime_configs,
     };
-    let events = futures::stream::select(futures::stream::select(a, b), c);
+    let events = futures::stream::select(futures::stream::select_all(events), c);
     (stores, events)
 }
 
-/// Our ContainerRuntimeConfig `name`, and every other one, as the API
-/// server returned them.
-fn runtime_configs(store: &Store<DynamicObject>) -> (Option<Value>, Option<Value>, Vec<Value>) {
-    let mut ours = None;
-    let mut master = None;
+/// Every ContainerRuntimeConfig, ours (any of our names) apart from the
+/// others, as the API server returned them.
+fn runtime_configs(store: &Store<DynamicObject>) -> (Vec<(&'static str, Value)>, Vec<Value>) {
+    let mut ours = Vec::new();
     let mut foreign = Vec::new();
     for crc in store.state() {
         let Ok(value) = serde_json::to_value(crc.as_ref()) else {
             continue;
         };
-        match crc.metadata.name.as_deref() {
-            Some(names::CONTAINER_RUNTIME_CONFIG_NAME) => ours = Some(value),
-            Some(names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME) => master = Some(value),
-            _ => foreign.push(value),
+        let name = crc.metadata.name.as_deref().unwrap_or_default();
+        match names::OUR_CONTAINER_RUNTIME_CONFIG_NAMES
+            .into_iter()
+            .find(|n| *n == name)
+        {
+            Some(ours_named) => ours.push((ours_named, value)),
+            None => foreign.push(value),
         }
     }
     foreign.sort_by(|a, b| {
@@ -139,7 +150,7 @@ fn runtime_configs(store: &Store<DynamicObject>) -> (Option<Value>, Option<Value
             .as_str()
             .cmp(&b["metadata"]["name"].as_str())
     });
-    (ours, master, foreign)
+    (ours, foreign)
 }
 
 /// The MCO side of the snapshot: the pools and our MachineConfigs and
@@ -178,18 +189,16 @@ pub async fn observe(
             rendered_with_kata.insert(config.to_string());
         }
     }
-    let (container_runtime_config, master_container_runtime_config, foreign_runtime_configs) =
-        runtime_configs(&owned.runtime_configs);
-    Ok(MachineConfigRollout {
+    let (our_runtime_configs, foreign_runtime_configs) = runtime_configs(&owned.runtime_configs);
+    let mut rollout = MachineConfigRollout {
         pools: observed_pools,
         pool_object,
-        machine_config: held(&owned.machine_config),
-        container_runtime_config,
-        master_machine_config: held(&owned.master_machine_config),
-        master_container_runtime_config,
         foreign_runtime_configs,
         rendered_with_kata,
-    })
+        ..Default::default()
+    };
+    rollout.hold_ours(owned.machine_configs(), our_runtime_configs);
+    Ok(rollout)
 }
 
 /// A store for the pool watch.

@@ -37,17 +37,19 @@ mod planner_tests;
 #[cfg(test)]
 mod prerequisites_tests;
 pub mod rbac;
+pub mod takeover;
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::api::{KataConfigSpec, LogLevel};
+use crate::api::{AdoptedMachineConfig, KataConfigSpec, LogLevel};
 use crate::objects::CrioRuntimeHandler;
 use crate::plan::rollout::{
     Assessment, HostConfigRollout, NodeAssessment, NodePhase, UninstallProgress, UpdatingNode,
 };
 use crate::plan::{NodeTarget, ObservedNode, Step, apply_if_drifted};
+use names::{ObjectNames, RoleNames};
 pub use observe::ObservedPool;
 use observe::RuntimeConfigVerdict;
 use placement::{NodePlacement, Placement, Role};
@@ -80,6 +82,8 @@ pub struct MachineConfigRollout {
     /// Rendered configs some node runs that carry our drop-in, where the
     /// name does not say (the master pool's).
     pub rendered_with_kata: BTreeSet<String>,
+    /// Which name each pool's objects have here.
+    pub naming: RoleNames,
 }
 
 fn delete(kind: crate::kind::Kind, name: &'static str) -> Step {
@@ -95,6 +99,38 @@ fn set_pool_role(node: &ObservedNode, present: bool) -> Step {
 }
 
 impl MachineConfigRollout {
+    /// Takes our MachineConfigs and ContainerRuntimeConfigs, found under
+    /// any of our names: settles which name each pool's objects have
+    /// ([`RoleNames`]) and holds each pool's. An object under a name
+    /// neither pool has is not held (no plan makes one).
+    pub fn hold_ours(
+        &mut self,
+        machine_configs: Vec<(&'static str, Value)>,
+        runtime_configs: Vec<(&'static str, Value)>,
+    ) {
+        let plain = |objects: &[(&str, Value)], plain: &str| {
+            objects
+                .iter()
+                .find(|(name, _)| *name == plain)
+                .map(|(_, o)| o.clone())
+        };
+        let mc_on_master = plain(&machine_configs, names::MACHINE_CONFIG_NAME)
+            .is_some_and(|mc| mc["metadata"]["labels"][names::ROLE_LABEL] == names::MASTER_POOL);
+        let crc_on_master = plain(&runtime_configs, names::CONTAINER_RUNTIME_CONFIG_NAME)
+            .is_some_and(|crc| {
+                !crc["spec"]["machineConfigPoolSelector"]["matchLabels"]
+                    [names::MASTER_POOL_SELECTOR_LABEL]
+                    .is_null()
+            });
+        self.naming = RoleNames::settle(mc_on_master, crc_on_master);
+        let naming = self.naming;
+        self.machine_config = plain(&machine_configs, naming.kata_pool.machine_config);
+        self.master_machine_config = plain(&machine_configs, naming.master.machine_config);
+        self.container_runtime_config = plain(&runtime_configs, naming.kata_pool.runtime_config);
+        self.master_container_runtime_config =
+            plain(&runtime_configs, naming.master.runtime_config);
+    }
+
     pub fn pool(&self, name: &str) -> Option<&ObservedPool> {
         self.pools.iter().find(|p| p.name == name)
     }
@@ -104,6 +140,10 @@ impl MachineConfigRollout {
             Role::KataPool => self.machine_config.as_ref(),
             Role::Master => self.master_machine_config.as_ref(),
         }
+    }
+
+    fn names_of(&self, role: Role) -> ObjectNames {
+        role.objects(&self.naming)
     }
 
     fn runtime_config_of(&self, role: Role) -> Option<&Value> {
@@ -124,7 +164,7 @@ impl MachineConfigRollout {
     /// the pool (`-1` beside an admin's), so it is read from what the
     /// controller recorded on ours; until it has, the pool cannot hold it.
     fn target_config(&self, spec: &KataConfigSpec, role: Role) -> Option<&str> {
-        let mut inputs = vec![role.machine_config().to_owned()];
+        let mut inputs = vec![self.names_of(role).machine_config.to_owned()];
         if spec.log_level != LogLevel::Info {
             let ours = self.runtime_config_of(role)?;
             inputs.push(observe::generated_config(ours, role.pool())?);
@@ -160,7 +200,8 @@ impl MachineConfigRollout {
         extension: &str,
         steps: &mut Vec<Step>,
     ) {
-        match objects::container_runtime_config_for(role, spec.log_level) {
+        let naming = &self.naming;
+        match objects::container_runtime_config_for(role, naming, spec.log_level) {
             Some(crc) => steps.extend(apply_if_drifted(
                 names::CONTAINER_RUNTIME_CONFIG,
                 crc,
@@ -168,15 +209,28 @@ impl MachineConfigRollout {
             )),
             None if self.runtime_config_of(role).is_some() => steps.push(delete(
                 names::CONTAINER_RUNTIME_CONFIG,
-                role.container_runtime_config(),
+                self.names_of(role).runtime_config,
             )),
             None => {}
         }
+        if self.adopted(spec, role).is_some() {
+            // Kept as the earlier operator wrote it: the nodes run it now,
+            // and writing ours would reboot every one of them.
+            return;
+        }
         steps.extend(apply_if_drifted(
             names::MACHINE_CONFIG,
-            objects::machine_config_for(role, extension, &CrioRuntimeHandler::default()),
+            objects::machine_config_for(role, naming, extension, &CrioRuntimeHandler::default()),
             self.machine_config_of(role),
         ));
+    }
+
+    /// The role's MachineConfig, when it is an earlier operator's that is
+    /// kept as it is (see [`takeover`]).
+    fn adopted(&self, spec: &KataConfigSpec, role: Role) -> Option<&Value> {
+        self.machine_config_of(role)
+            .filter(|mc| takeover::is_predecessors(mc))
+            .filter(|_| spec.adopted_machine_config == AdoptedMachineConfig::Keep)
     }
 
     /// Deletes the role's ContainerRuntimeConfig and MachineConfig, the
@@ -185,11 +239,14 @@ impl MachineConfigRollout {
         if self.runtime_config_of(role).is_some() {
             steps.push(delete(
                 names::CONTAINER_RUNTIME_CONFIG,
-                role.container_runtime_config(),
+                self.names_of(role).runtime_config,
             ));
         }
         if self.machine_config_of(role).is_some() {
-            steps.push(delete(names::MACHINE_CONFIG, role.machine_config()));
+            steps.push(delete(
+                names::MACHINE_CONFIG,
+                self.names_of(role).machine_config,
+            ));
         }
     }
 
@@ -213,7 +270,10 @@ impl MachineConfigRollout {
                     RuntimeConfigVerdict::Pending,
                     observe::runtime_config_verdict,
                 );
-                let what = format!("ContainerRuntimeConfig {}", role.container_runtime_config());
+                let what = format!(
+                    "ContainerRuntimeConfig {}",
+                    self.names_of(role).runtime_config
+                );
                 report_verdict(assessment, role.pool(), &what, verdict);
             }
             if self.target_config(spec, role).is_some() {
@@ -322,6 +382,17 @@ impl HostConfigRollout for MachineConfigRollout {
             ..Default::default()
         };
         self.runtime_config_news(spec, &placement, &mut assessment);
+        for role in Role::ALL
+            .into_iter()
+            .filter(|r| placement.role(*r).wanted())
+        {
+            if self.adopted(spec, role).is_some() {
+                let name = self.names_of(role).machine_config;
+                assessment
+                    .adopted
+                    .push(takeover::kept_message(name, role.pool()));
+            }
+        }
         assessment
     }
 
@@ -334,7 +405,7 @@ impl HostConfigRollout for MachineConfigRollout {
         self.delete_role_objects(Role::Master, &mut steps);
         let master_rendered_without_ours = self
             .pool(names::MASTER_POOL)
-            .is_none_or(|p| !p.renders(names::MASTER_MACHINE_CONFIG_NAME));
+            .is_none_or(|p| !p.renders(self.naming.master.machine_config));
         let nodes_back = self.kata_pool_empty(nodes.iter())
             && nodes.iter().all(|n| !self.runs_kata(n))
             && self.master_machine_config.is_none()
@@ -347,7 +418,7 @@ impl HostConfigRollout for MachineConfigRollout {
         if nodes_back && self.container_runtime_config.is_some() {
             steps.push(delete(
                 names::CONTAINER_RUNTIME_CONFIG,
-                Role::KataPool.container_runtime_config(),
+                self.naming.kata_pool.runtime_config,
             ));
         }
         let rolled_back = nodes_back

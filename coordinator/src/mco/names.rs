@@ -39,6 +39,87 @@ pub const MASTER_POOL: &str = "master";
 pub const MASTER_ROLE_LABEL: &str = "node-role.kubernetes.io/master";
 pub const MASTER_MACHINE_CONFIG_NAME: &str = "50-enable-sandboxed-containers-extension-master";
 pub const MASTER_CONTAINER_RUNTIME_CONFIG_NAME: &str = "kata-crio-config-master";
+/// Our `kata-oc` pool's objects on a cluster where OSC's names
+/// ([`MACHINE_CONFIG_NAME`], [`CONTAINER_RUNTIME_CONFIG_NAME`]) already hold
+/// the master pool's: OSC installs a compact or single-node cluster through
+/// the master pool under those names, and a taken-over cluster keeps them
+/// there (see [`RoleNames`]).
+pub const KATA_POOL_MACHINE_CONFIG_ALT_NAME: &str =
+    "50-enable-sandboxed-containers-extension-kata-oc";
+pub const KATA_POOL_CONTAINER_RUNTIME_CONFIG_ALT_NAME: &str = "kata-crio-config-kata-oc";
+/// Every name a MachineConfig of ours may have.
+pub const OUR_MACHINE_CONFIG_NAMES: [&str; 3] = [
+    MACHINE_CONFIG_NAME,
+    MASTER_MACHINE_CONFIG_NAME,
+    KATA_POOL_MACHINE_CONFIG_ALT_NAME,
+];
+/// Every name a ContainerRuntimeConfig of ours may have.
+pub const OUR_CONTAINER_RUNTIME_CONFIG_NAMES: [&str; 3] = [
+    CONTAINER_RUNTIME_CONFIG_NAME,
+    MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
+    KATA_POOL_CONTAINER_RUNTIME_CONFIG_ALT_NAME,
+];
+
+/// The names of one pool's objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectNames {
+    pub machine_config: &'static str,
+    pub runtime_config: &'static str,
+}
+
+/// Which name each pool's objects have on this cluster. By default OSC's
+/// names are the `kata-oc` pool's and the master pool's carry `-master`.
+/// Where OSC's name already holds an object for the master pool (OSC's
+/// install of a compact or single-node cluster, taken over), that object
+/// keeps its name, so the nodes keep its rendered configuration: renaming
+/// it would be two renders (the MCO's merge appends extensions, so two
+/// copies render differently from one) and two reboots for nothing. The
+/// `kata-oc` pool's object then takes the `-kata-oc` name. Pure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleNames {
+    pub kata_pool: ObjectNames,
+    pub master: ObjectNames,
+}
+
+impl Default for RoleNames {
+    fn default() -> Self {
+        RoleNames::settle(false, false)
+    }
+}
+
+impl RoleNames {
+    /// `machine_config_on_master` / `runtime_config_on_master`: OSC's
+    /// MachineConfig name holds a `master`-role config, OSC's
+    /// ContainerRuntimeConfig name one that selects the master pool.
+    pub fn settle(machine_config_on_master: bool, runtime_config_on_master: bool) -> Self {
+        let (kata_mc, master_mc) = if machine_config_on_master {
+            (KATA_POOL_MACHINE_CONFIG_ALT_NAME, MACHINE_CONFIG_NAME)
+        } else {
+            (MACHINE_CONFIG_NAME, MASTER_MACHINE_CONFIG_NAME)
+        };
+        let (kata_crc, master_crc) = if runtime_config_on_master {
+            (
+                KATA_POOL_CONTAINER_RUNTIME_CONFIG_ALT_NAME,
+                CONTAINER_RUNTIME_CONFIG_NAME,
+            )
+        } else {
+            (
+                CONTAINER_RUNTIME_CONFIG_NAME,
+                MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
+            )
+        };
+        RoleNames {
+            kata_pool: ObjectNames {
+                machine_config: kata_mc,
+                runtime_config: kata_crc,
+            },
+            master: ObjectNames {
+                machine_config: master_mc,
+                runtime_config: master_crc,
+            },
+        }
+    }
+}
 /// The label the stock master pool carries, by which a
 /// ContainerRuntimeConfig selects it.
 pub const MASTER_POOL_SELECTOR_LABEL: &str =

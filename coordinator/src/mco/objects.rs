@@ -4,7 +4,7 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::names::{self, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL};
+use super::names::{self, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL, RoleNames};
 use super::placement::Role;
 use crate::api::LogLevel;
 use crate::objects::{CrioRuntimeHandler, managed_labels};
@@ -45,17 +45,28 @@ pub fn data_url(contents: &str) -> String {
 /// `50-enable-sandboxed-containers-extension`: the RHCOS extension and the
 /// CRI-O drop-in that registers the `kata` handler, for our pool.
 pub fn machine_config(handler: &CrioRuntimeHandler) -> Value {
-    machine_config_for(Role::KataPool, names::EXTENSION, handler)
+    machine_config_for(
+        Role::KataPool,
+        &RoleNames::default(),
+        names::EXTENSION,
+        handler,
+    )
 }
 
-/// Our MachineConfig for the pool of `role`, installing `extension` (the
-/// name the nodes' OS knows) and the CRI-O drop-in.
-pub fn machine_config_for(role: Role, extension: &str, handler: &CrioRuntimeHandler) -> Value {
+/// Our MachineConfig for the pool of `role` (named as `naming` says),
+/// installing `extension` (the name the nodes' OS knows) and the CRI-O
+/// drop-in.
+pub fn machine_config_for(
+    role: Role,
+    naming: &RoleNames,
+    extension: &str,
+    handler: &CrioRuntimeHandler,
+) -> Value {
     json!({
         "apiVersion": MACHINE_CONFIG.api_version(),
         "kind": MACHINE_CONFIG.kind,
         "metadata": {
-            "name": role.machine_config(),
+            "name": role.objects(naming).machine_config,
             "labels": managed_labels(&[(names::ROLE_LABEL, role.pool())]),
         },
         "spec": {
@@ -77,17 +88,22 @@ pub fn machine_config_for(role: Role, extension: &str, handler: &CrioRuntimeHand
 
 /// `kata-crio-config`: CRI-O's log level on our pool, only when not `info`.
 pub fn container_runtime_config(level: LogLevel) -> Option<Value> {
-    container_runtime_config_for(Role::KataPool, level)
+    container_runtime_config_for(Role::KataPool, &RoleNames::default(), level)
 }
 
-/// CRI-O's log level on the pool of `role`, only when not `info`.
-pub fn container_runtime_config_for(role: Role, level: LogLevel) -> Option<Value> {
+/// CRI-O's log level on the pool of `role` (named as `naming` says), only
+/// when not `info`.
+pub fn container_runtime_config_for(
+    role: Role,
+    naming: &RoleNames,
+    level: LogLevel,
+) -> Option<Value> {
     (level != LogLevel::Info).then(|| {
         json!({
             "apiVersion": CONTAINER_RUNTIME_CONFIG.api_version(),
             "kind": CONTAINER_RUNTIME_CONFIG.kind,
             "metadata": {
-                "name": role.container_runtime_config(),
+                "name": role.objects(naming).runtime_config,
                 "labels": managed_labels(&[]),
             },
             "spec": {
@@ -126,6 +142,7 @@ mod tests {
     fn the_master_pool_gets_its_own_objects_with_the_nodes_extension() {
         let mc = machine_config_for(
             Role::Master,
+            &RoleNames::default(),
             names::EXTENSION_FCOS,
             &CrioRuntimeHandler::default(),
         );
@@ -135,7 +152,8 @@ mod tests {
         );
         assert_eq!(mc["metadata"]["labels"][names::ROLE_LABEL], "master");
         assert_eq!(mc["spec"]["extensions"], json!(["kata-containers"]));
-        let crc = container_runtime_config_for(Role::Master, LogLevel::Warn).unwrap_or_default();
+        let crc = container_runtime_config_for(Role::Master, &RoleNames::default(), LogLevel::Warn)
+            .unwrap_or_default();
         assert_eq!(
             crc["spec"]["machineConfigPoolSelector"]["matchLabels"],
             json!({"pools.operator.machineconfiguration.openshift.io/master": ""})

@@ -181,10 +181,25 @@ pub fn uninstall_phase(node: &ObservedNode, runs_kata: bool) -> NodePhase {
     }
 }
 
-/// Whether a rendered config (as the API server returns it) carries our
-/// CRI-O drop-in: the master pool's rendered names do not say.
+/// Whether a rendered config (as the API server returns it) installs Kata:
+/// our CRI-O drop-in, or Kata's extension alone (as an earlier operator's
+/// MachineConfig does). The master pool's rendered names do not say.
 pub fn carries_kata(rendered: &Value) -> bool {
-    rendered["spec"]["config"]["storage"]["files"]
+    installs_extension(rendered) || carries_drop_in(rendered)
+}
+
+/// Whether a MachineConfig installs Kata's extension (by either OS's name).
+pub fn installs_extension(machine_config: &Value) -> bool {
+    machine_config["spec"]["extensions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e == names::EXTENSION || e == names::EXTENSION_FCOS)
+}
+
+/// Whether a MachineConfig writes our CRI-O drop-in.
+pub fn carries_drop_in(machine_config: &Value) -> bool {
+    machine_config["spec"]["config"]["storage"]["files"]
         .as_array()
         .into_iter()
         .flatten()

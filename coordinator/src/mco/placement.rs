@@ -42,17 +42,11 @@ impl Role {
         }
     }
 
-    pub fn machine_config(self) -> &'static str {
+    /// The names of this pool's objects on a cluster named as `naming` says.
+    pub fn objects(self, naming: &names::RoleNames) -> names::ObjectNames {
         match self {
-            Role::KataPool => names::MACHINE_CONFIG_NAME,
-            Role::Master => names::MASTER_MACHINE_CONFIG_NAME,
-        }
-    }
-
-    pub fn container_runtime_config(self) -> &'static str {
-        match self {
-            Role::KataPool => names::CONTAINER_RUNTIME_CONFIG_NAME,
-            Role::Master => names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
+            Role::KataPool => naming.kata_pool,
+            Role::Master => naming.master,
         }
     }
 

@@ -26,10 +26,7 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: names::GROUP,
         resources: &["machineconfigs"],
-        resource_names: &[
-            names::MACHINE_CONFIG_NAME,
-            names::MASTER_MACHINE_CONFIG_NAME,
-        ],
+        resource_names: &names::OUR_MACHINE_CONFIG_NAMES,
         // list/watch: mco::cluster::owned_watches selects metadata.name, which
         // is what lets them be limited by name.
         verbs: &["list", "watch", "create", "patch", "delete"],
@@ -57,10 +54,7 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: names::GROUP,
         resources: &["containerruntimeconfigs"],
-        resource_names: &[
-            names::CONTAINER_RUNTIME_CONFIG_NAME,
-            names::MASTER_CONTAINER_RUNTIME_CONFIG_NAME,
-        ],
+        resource_names: &names::OUR_CONTAINER_RUNTIME_CONFIG_NAMES,
         verbs: &["create", "patch", "delete"],
         used_by: "Step::Apply / Step::Delete of the ContainerRuntimeConfig",
     },

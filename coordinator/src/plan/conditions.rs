@@ -88,6 +88,25 @@ pub mod own_reason {
     /// More of the KVM-capable nodes would leave the Kata pool at once than
     /// the fleet-wide brake allows: their capable labels are kept.
     pub const FLEET_BRAKE_ENGAGED: &str = "FleetBrakeEngaged";
+    /// AdoptedConfiguration=True: the nodes run a MachineConfig an earlier
+    /// operator wrote, kept as it is.
+    pub const KEPT_AS_WRITTEN: &str = "KeptAsWritten";
+}
+
+/// The condition type that says the nodes run configuration an earlier
+/// operator wrote (present only while they do).
+pub const ADOPTED_CONFIGURATION: &str = "AdoptedConfiguration";
+
+/// `AdoptedConfiguration=True` naming what is kept, when anything is.
+pub fn adopted(kept: &[String]) -> Option<ConditionState> {
+    (!kept.is_empty()).then(|| {
+        condition(
+            ADOPTED_CONFIGURATION,
+            true,
+            own_reason::KEPT_AS_WRITTEN,
+            kept.join("; "),
+        )
+    })
 }
 
 /// Degraded while the deletion of our RuntimeClass is held for the pods

@@ -145,6 +145,9 @@ impl Desired {
 pub enum Step {
     AddFinalizer,
     Apply(Desired),
+    /// Apply, taking over the fields the earlier operator wrote (a forced
+    /// apply): they differ from ours and would otherwise be a conflict.
+    TakeOver(Desired),
     Delete {
         kind: Kind,
         name: &'static str,
@@ -172,6 +175,14 @@ pub enum Step {
         finalizer: &'static str,
         seen: Vec<String>,
     },
+    /// Take ownerReference `index` off an object we own, provided it is
+    /// still `reference` (as observed): one an earlier operator set.
+    ReleaseOwnerReference {
+        kind: Kind,
+        name: &'static str,
+        index: usize,
+        reference: serde_json::Value,
+    },
 }
 
 impl fmt::Display for Step {
@@ -182,6 +193,12 @@ impl fmt::Display for Step {
             Step::Apply(desired) => {
                 write!(f, "applying {} {}", desired.kind().kind, desired.name())
             }
+            Step::TakeOver(desired) => write!(
+                f,
+                "taking over {} {} from the earlier operator",
+                desired.kind().kind,
+                desired.name()
+            ),
             Step::Delete { kind, name } => write!(f, "deleting {} {name}", kind.kind),
             Step::SetNodeLabel {
                 node,
@@ -202,6 +219,18 @@ impl fmt::Display for Step {
             Step::ReleaseFinalizer { kind, name, .. } => {
                 write!(f, "removing our finalizer of {} {name}", kind.kind)
             }
+            Step::ReleaseOwnerReference {
+                kind,
+                name,
+                reference,
+                ..
+            } => write!(
+                f,
+                "removing the ownerReference to {} {} from {} {name}",
+                reference["kind"].as_str().unwrap_or_default(),
+                reference["name"].as_str().unwrap_or_default(),
+                kind.kind
+            ),
         }
     }
 }
@@ -299,6 +328,7 @@ pub fn plan(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)) ->
 /// that is not ours, and again once ours is back.
 fn hold_conflicting_writes(plan: &mut Plan, owned: &[(Kind, Value)]) {
     let mut found = Vec::new();
+    let mut take_over = Vec::new();
     plan.steps.retain(|step| {
         let Step::Apply(desired) = step else {
             return true;
@@ -315,13 +345,27 @@ fn hold_conflicting_writes(plan: &mut Plan, owned: &[(Kind, Value)]) {
             Desired::RuntimeClass(rc) => serde_json::to_value(rc).ok(),
         };
         let conflicts = observed
-            .zip(wanted)
-            .map(|(o, w)| ownership::conflicts(desired.kind().kind, &w, o))
+            .zip(wanted.as_ref())
+            .map(|(o, w)| ownership::conflicts(desired.kind().kind, w, o))
             .unwrap_or_default();
         let held = !conflicts.is_empty();
         found.extend(conflicts);
+        if !held
+            && observed
+                .zip(wanted.as_ref())
+                .is_some_and(|(o, w)| ownership::held_by_predecessor(desired.kind().kind, w, o))
+        {
+            take_over.push(desired.name().to_owned());
+        }
         !held
     });
+    for step in &mut plan.steps {
+        if let Step::Apply(desired) = step
+            && take_over.iter().any(|name| name == desired.name())
+        {
+            *step = Step::TakeOver(desired.clone());
+        }
+    }
     if found.is_empty() {
         return;
     }
@@ -405,10 +449,12 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
         &assessment,
     );
     let rolling = in_progress.status;
+    let mut conditions = vec![in_progress, ready, degraded];
+    conditions.extend(conditions::adopted(&assessment.adopted));
     Plan {
         steps,
         runtime_classes: runtime_class.names,
-        conditions: vec![in_progress, ready, degraded],
+        conditions,
         nodes,
         requeue: if rolling {
             Requeue::After(POLL_WHILE_ROLLING)

@@ -63,6 +63,13 @@ fn is_ours(manager: &str) -> bool {
     .contains(&manager)
 }
 
+/// The operator this one takes over from: what it wrote is ours to
+/// change, not a fight (our forced apply takes those fields over once, and
+/// it writes no more).
+fn is_predecessor(manager: &str, operation: &str) -> bool {
+    manager == names::PREDECESSOR_MANAGER && operation == "Update"
+}
+
 /// The leaves of what we apply, each with its value: objects are walked,
 /// anything else (lists included: ours are atomic) is one field. The
 /// identity (`apiVersion`, `kind`, `metadata.name`) is no field anyone owns.
@@ -126,6 +133,26 @@ fn covers(owned: &(Path, bool), ours: &[String]) -> bool {
 /// apply) in `observed` (the object as read, with its managedFields) at
 /// values other than ours, in the order of the managedFields.
 pub fn conflicts(kind: &str, desired: &Value, observed: &Value) -> Vec<Conflict> {
+    held_by(kind, desired, observed, |manager, operation| {
+        !is_ours(manager) && !is_predecessor(manager, operation)
+    })
+}
+
+/// Whether the earlier operator ([`is_predecessor`]) holds fields of
+/// `desired` at other values in `observed`: an apply must take them over
+/// (force), since the API server refuses it as a conflict otherwise.
+pub fn held_by_predecessor(kind: &str, desired: &Value, observed: &Value) -> bool {
+    !held_by(kind, desired, observed, is_predecessor).is_empty()
+}
+
+/// The managers `counts` picks that own fields of `desired` in `observed`
+/// at values other than ours.
+fn held_by(
+    kind: &str,
+    desired: &Value,
+    observed: &Value,
+    counts: impl Fn(&str, &str) -> bool,
+) -> Vec<Conflict> {
     let mut ours = Vec::new();
     our_fields(desired, &mut Vec::new(), &mut ours);
     // Only the fields whose value differs can be fought over.
@@ -147,7 +174,7 @@ pub fn conflicts(kind: &str, desired: &Value, observed: &Value) -> Vec<Conflict>
         let manager = entry["manager"].as_str().unwrap_or_default();
         let operation = entry["operation"].as_str().unwrap_or_default();
         let on_main = entry["subresource"].as_str().is_none_or(str::is_empty);
-        if is_ours(manager) || !on_main || !matches!(operation, "Apply" | "Update") {
+        if !counts(manager, operation) || !on_main || !matches!(operation, "Apply" | "Update") {
             continue;
         }
         let mut owned = Vec::new();
@@ -322,5 +349,34 @@ mod tests {
             .map(|c| c.manager)
             .collect();
         assert_eq!(managers, ["whole", "element"]);
+    }
+
+    #[test]
+    fn the_predecessors_updates_are_taken_over_but_its_applies_are_not() {
+        let drifted = json!({"extensions": [], "config": {"ignition": {"version": "3.2.0"}}});
+        let fields = json!({"f:spec": {"f:extensions": {}}});
+        let update = entry(names::PREDECESSOR_MANAGER, "Update", fields.clone());
+        assert_eq!(
+            conflicts(
+                "MachineConfig",
+                &desired(),
+                &observed(drifted.clone(), vec![update])
+            ),
+            []
+        );
+        assert!(held_by_predecessor(
+            "MachineConfig",
+            &desired(),
+            &observed(
+                drifted.clone(),
+                vec![entry(names::PREDECESSOR_MANAGER, "Update", fields.clone())]
+            )
+        ));
+        // Something else that applies under that name is not OSC.
+        let apply = entry(names::PREDECESSOR_MANAGER, "Apply", fields);
+        assert_eq!(
+            conflicts("MachineConfig", &desired(), &observed(drifted, vec![apply])).len(),
+            1
+        );
     }
 }

@@ -41,6 +41,9 @@ pub struct Assessment {
     pub failures: Vec<String>,
     /// What the rollout waits on besides the nodes.
     pub waiting_on: Vec<String>,
+    /// Configuration an earlier operator wrote that the nodes run and that
+    /// is kept as it is, each said once.
+    pub adopted: Vec<String>,
 }
 
 /// Where one node stands.

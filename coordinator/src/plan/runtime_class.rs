@@ -31,11 +31,34 @@ pub fn plan(all_installed: bool, observed: Option<&serde_json::Value>) -> Runtim
         .ok()
         .zip(observed)
         .is_some_and(|(d, o)| objects::is_subset(&d, o));
+    let apply = (applicable && !up_to_date)
+        .then_some(Step::Apply(Desired::RuntimeClass(Box::new(desired))));
     RuntimeClassPlan {
-        step: (applicable && !up_to_date)
-            .then_some(Step::Apply(Desired::RuntimeClass(Box::new(desired)))),
+        step: apply.or_else(|| observed.filter(|_| applicable).and_then(release_owner)),
         names: vec![names::RUNTIME_CLASS_NAME.into()],
     }
+}
+
+/// An ownerReference to a KataConfig taken off the RuntimeClass: older
+/// releases of the OpenShift sandboxed containers operator made theirs a
+/// dependent of the KataConfig (`createRuntimeClass`,
+/// `controllers/openshift_controller.go`), which would let the garbage
+/// collector delete it on its own; here the uninstall removes it, after
+/// the pods are gone. One per reconcile, as observed.
+fn release_owner(observed: &serde_json::Value) -> Option<Step> {
+    let references = observed["metadata"]["ownerReferences"].as_array()?;
+    let (index, reference) = references.iter().enumerate().find(|(_, r)| {
+        r["kind"] == crate::api::KIND
+            && r["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with(crate::api::GROUP))
+    })?;
+    Some(Step::ReleaseOwnerReference {
+        kind: kind::RUNTIME_CLASS,
+        name: names::RUNTIME_CLASS_NAME,
+        index,
+        reference: reference.clone(),
+    })
 }
 
 /// Taking the RuntimeClass away.
@@ -124,6 +147,27 @@ mod tests {
             None,
             "a RuntimeClass being deleted is not applied again"
         );
+    }
+
+    #[test]
+    fn an_ownerreference_to_a_kataconfig_is_released_as_seen() {
+        let mut observed = serde_json::to_value(objects::runtime_class()).unwrap_or_default();
+        let keep =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "1"});
+        let osc = serde_json::json!({"apiVersion": "kataconfiguration.openshift.io/v1",
+            "kind": "KataConfig", "name": "example-kataconfig", "uid": "2", "controller": true});
+        observed["metadata"]["ownerReferences"] = serde_json::json!([keep, osc]);
+        assert_eq!(
+            plan(true, Some(&observed)).step,
+            Some(Step::ReleaseOwnerReference {
+                kind: kind::RUNTIME_CLASS,
+                name: names::RUNTIME_CLASS_NAME,
+                index: 1,
+                reference: osc,
+            })
+        );
+        observed["metadata"]["ownerReferences"] = serde_json::json!([keep]);
+        assert_eq!(plan(true, Some(&observed)).step, None);
     }
 
     #[test]

@@ -78,7 +78,8 @@ pub struct IgnitionFile {
 /// `role=worker` config first, then the others, each group by name — so a
 /// pool's own config overrides a worker one whatever the names. A later
 /// config's file (by path) or unit (by name) replaces an earlier one,
-/// extensions and kernel arguments are the union. Rendered configs of any
+/// extensions and kernel arguments are appended in that order, duplicates
+/// kept. Rendered configs of any
 /// pool are never inputs. Each input is validated as Ignition first. Errors
 /// are what the MCO reports as `RenderDegraded`.
 pub fn render_pool(
@@ -128,8 +129,10 @@ pub fn render_pool(
             })?;
             units.insert(name.to_owned(), unit.clone());
         }
-        union_into(&mut extensions, &mc.spec.extensions);
-        union_into(&mut kernel_arguments, &mc.spec.kernel_arguments);
+        // Appended, duplicates kept: two configs that carry one extension
+        // render differently from one that does.
+        extensions.extend(mc.spec.extensions.iter().cloned());
+        kernel_arguments.extend(mc.spec.kernel_arguments.iter().cloned());
     }
     packages_for(os, &extensions)?;
 
@@ -145,7 +148,13 @@ pub fn render_pool(
         extensions,
         kernel_arguments,
     };
-    // serde_json's maps are sorted, so equal content serializes identically.
+    // The name hashes the merged spec and nothing else, as the render
+    // controller's does (`pkg/controller/render/hash.go`,
+    // getMachineConfigHashedName: a salted MD5 of the spec's YAML): the
+    // names of the MachineConfigs merged into it do not count, so renaming
+    // one, or another with the same content replacing it, renders the same
+    // config and reboots no node. serde_json's maps are sorted, so equal
+    // content serializes identically.
     let canonical =
         serde_json::to_vec(&spec).map_err(|e| format!("cannot serialize rendered config: {e}"))?;
     Ok(Rendered {
@@ -388,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn later_config_wins_per_path_and_extensions_are_a_union() {
+    fn later_config_wins_per_path_and_extensions_are_appended() {
         let pool = pool(
             "kata-oc",
             json!({ "matchExpressions": [{ "key": ROLE, "operator": "In", "values": ["kata-oc", "worker"] }] }),
@@ -442,6 +451,27 @@ mod tests {
             render_pool(&pool, &changed, ClusterOs::Rhcos).unwrap().name,
             rendered.name
         );
+    }
+
+    #[test]
+    fn names_are_not_hashed_but_a_second_copy_of_an_extension_is() {
+        let pool = pool(
+            "master",
+            json!({ "matchLabels": { ROLE: "master" } }),
+            json!({}),
+        );
+        let kata = |name: &str| machine_config(name, "master", &[], &["sandboxed-containers"]);
+        let base = machine_config("00-master", "master", &[], &[]);
+        let one = render_pool(&pool, &[base.clone(), kata("50-a")], ClusterOs::Rhcos).unwrap();
+        let renamed = render_pool(&pool, &[base.clone(), kata("50-b")], ClusterOs::Rhcos).unwrap();
+        assert_eq!(one.name, renamed.name, "a rename renders the same config");
+        let both =
+            render_pool(&pool, &[base, kata("50-a"), kata("50-b")], ClusterOs::Rhcos).unwrap();
+        assert_eq!(
+            both.spec.extensions,
+            ["sandboxed-containers", "sandboxed-containers"]
+        );
+        assert_ne!(both.name, one.name, "two copies are another config");
     }
 
     #[test]

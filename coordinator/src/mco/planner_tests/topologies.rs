@@ -23,6 +23,7 @@ fn master_rollout() -> MachineConfigRollout {
         pools: vec![master_pool(3)],
         master_machine_config: Some(crate::mco::objects::machine_config_for(
             crate::mco::placement::Role::Master,
+            &mco::RoleNames::default(),
             mco::EXTENSION,
             &objects::CrioRuntimeHandler::default(),
         )),
