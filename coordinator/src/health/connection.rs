@@ -355,11 +355,19 @@ pub fn connection_cap(memory_limit: Option<u64>, most: usize) -> usize {
         .clamp(MIN_CONNECTIONS.min(most), most)
 }
 
-/// The cgroup v2 memory limit of this process's cgroup, as seen from inside
-/// its container (`/sys/fs/cgroup/memory.max`); None when unlimited
-/// (`max`) or unreadable (cgroup v1, no cgroup mount).
+/// The memory limit of this process's cgroup, as seen from inside its
+/// container: cgroup v2's `/sys/fs/cgroup/memory.max`, else cgroup v1's
+/// `/sys/fs/cgroup/memory/memory.limit_in_bytes` (whose "unlimited" is a
+/// huge number, which the cap's upper bound absorbs); None when unlimited
+/// (`max`) or neither is readable.
 pub fn cgroup_memory_limit() -> Option<u64> {
-    parse_memory_max(&std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?)
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .into_iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .and_then(|contents| parse_memory_max(&contents))
 }
 
 /// `memory.max`'s contents: bytes, or `max`. Pure.
