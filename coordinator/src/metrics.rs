@@ -64,6 +64,8 @@ pub const TOKEN_REFUSED_UNREVIEWED: &str = "refused";
 pub const TOKEN_CACHED: &str = "cached";
 /// A token turned away because too many reviews were already waiting.
 pub const TOKEN_QUEUE_FULL: &str = "queue_full";
+/// A token turned away by its Pod's or node's review limits.
+pub const TOKEN_LIMITED: &str = "limited";
 
 /// A report whose probe statuses, reasons or verdicts differ from the
 /// node's previous report, or the node's first (a stream's first, or an
@@ -87,7 +89,7 @@ pub struct ReasonLabel {
 }
 
 /// Every reason [`ReasonLabel`] takes; a series each from the first scrape.
-pub const REFUSAL_REASONS: [&str; 8] = [
+pub const REFUSAL_REASONS: [&str; 10] = [
     REFUSED_CONNECTION_LIMIT,
     REFUSED_PEER_LIMIT,
     REFUSED_IDLE,
@@ -96,6 +98,8 @@ pub const REFUSAL_REASONS: [&str; 8] = [
     REFUSED_PERMISSION_DENIED,
     REFUSED_UNAVAILABLE,
     REFUSED_DEADLINE,
+    REFUSED_REVIEW_RATE,
+    REFUSED_REVIEW_IN_FLIGHT,
 ];
 /// A connection closed at accept: the coordinator holds as many as it may.
 pub const REFUSED_CONNECTION_LIMIT: &str = "connection_limit";
@@ -113,6 +117,10 @@ pub const REFUSED_PERMISSION_DENIED: &str = "permission_denied";
 pub const REFUSED_UNAVAILABLE: &str = "unavailable";
 /// A call not answered within the request deadline.
 pub const REFUSED_DEADLINE: &str = "deadline";
+/// A call whose token's node used up its TokenReview rate.
+pub const REFUSED_REVIEW_RATE: &str = "review_rate";
+/// A call whose token's Pod had another token under review.
+pub const REFUSED_REVIEW_IN_FLIGHT: &str = "review_in_flight";
 
 /// The node phases exported, in the status's words.
 pub const NODE_PHASES: [&str; 7] = [
@@ -208,6 +216,11 @@ impl Default for ReviewDurations {
     }
 }
 
+/// A label another manager co-owned, taken off with a JSON patch.
+pub const CONTEST_REMOVED: &str = "removed";
+/// A label put back after repeated removals, left in place and reported.
+pub const CONTEST_HELD: &str = "held";
+
 /// Everything the coordinator counts. Cheap to clone: clones count together.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -216,6 +229,9 @@ pub struct Metrics {
     /// Every write, the reconciler's and the labeller's.
     pub api_writes: WriteCounter,
     pub label_writes: Counter,
+    /// Kata node labels another field manager also owned, by what the
+    /// labeller did: [`CONTEST_REMOVED`] or [`CONTEST_HELD`].
+    pub label_contests: Family<OutcomeLabel, Counter>,
     pub connected_agents: Gauge,
     /// The coordinator's clock minus the API server's, as far as the
     /// times of the last agent token a review admitted tell.
@@ -238,7 +254,8 @@ pub struct Metrics {
     pub token_reviews: Family<OutcomeLabel, Counter>,
     pub token_review_duration: ReviewDurations,
     /// Agents' tokens settled without a TokenReview, by outcome
-    /// ([`TOKEN_REFUSED_UNREVIEWED`], [`TOKEN_CACHED`], [`TOKEN_QUEUE_FULL`]).
+    /// ([`TOKEN_REFUSED_UNREVIEWED`], [`TOKEN_CACHED`], [`TOKEN_QUEUE_FULL`],
+    /// [`TOKEN_LIMITED`]).
     pub tokens_not_reviewed: Family<OutcomeLabel, Counter>,
     /// Connections and calls the agents' port turned away, by reason
     /// ([`REFUSAL_REASONS`]).
@@ -362,8 +379,18 @@ impl Metrics {
                 outcome: outcome.into(),
             });
         }
-        for outcome in [TOKEN_REFUSED_UNREVIEWED, TOKEN_CACHED, TOKEN_QUEUE_FULL] {
+        for outcome in [
+            TOKEN_REFUSED_UNREVIEWED,
+            TOKEN_CACHED,
+            TOKEN_QUEUE_FULL,
+            TOKEN_LIMITED,
+        ] {
             self.tokens_not_reviewed.get_or_create_owned(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
+        for outcome in [CONTEST_REMOVED, CONTEST_HELD] {
+            self.label_contests.get_or_create_owned(&OutcomeLabel {
                 outcome: outcome.into(),
             });
         }
@@ -437,6 +464,12 @@ impl Metrics {
             "fleet_brake_held_nodes",
             "nodes whose leave of the Kata pool the fleet-wide brake holds",
             self.fleet_brake.held_nodes.clone(),
+        );
+        prefix.register(
+            "node_label_contests",
+            "Kata node labels another field manager also owned, which an apply cannot remove: \
+             removed with a JSON patch, or held (put back after repeated removals; reported)",
+            self.label_contests.clone(),
         );
         prefix.register(
             "connected_agents",

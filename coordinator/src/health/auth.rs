@@ -10,25 +10,36 @@
 //! read from the unverified JWT) before any review, and so does a signature
 //! none of the cluster's issuer keys made ([`super::issuer_keys`]); reviews
 //! run a bounded number at a time with a bounded queue; and a review that
-//! admitted a token is remembered (by the token's SHA-256, never past the token's expiry) so
-//! an agent reconnecting with the same token costs none.
+//! admitted a token is remembered (by the token's SHA-256, never past the token's expiry,
+//! one token per Pod) so an agent reconnecting with the same token costs
+//! none. A node's tokens cannot crowd out the others' ([`fairness`]): one
+//! review in flight per Pod, a review rate per node.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use tokio::sync::Semaphore;
 
-use super::clock::{TokenTimes, remember_for, skew_seconds, token_times};
+use super::clock::{remember_for, skew_seconds};
 use super::issuer_keys::{IssuerKeySource, Signature};
-use super::jose::{base64url, json_segment};
 use crate::metrics::{
-    Metrics, REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED, TOKEN_QUEUE_FULL,
-    TOKEN_REFUSED_UNREVIEWED,
+    Metrics, REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED, TOKEN_LIMITED,
+    TOKEN_QUEUE_FULL, TOKEN_REFUSED_UNREVIEWED,
 };
+use fairness::{BoundClaims, Flight, FlightEnd, InFlight, NodeBuckets, bound_claims, shared};
+pub use fairness::{Limit, ReviewFairness};
+pub use identity::identity_from_review;
+pub use precheck::{TokenClaims, precheck};
 use review_cache::{ReviewCache, TokenKey, token_key};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update leaves these whole: a panic elsewhere cannot break them.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The key the API server puts in a pod-bound token's user.extra with the
 /// name of the node the Pod is bound to.
@@ -77,6 +88,13 @@ pub enum AuthError {
     /// Too many reviews are waiting: the agent should come back later.
     #[error("too many token reviews waiting")]
     Busy,
+    /// Turned away before any review by a limit of its Pod or node
+    /// ([`fairness`]): the agent should come back later.
+    #[error("token review refused: {0}")]
+    Limited(Limit),
+    /// The review of the same token this call waited for failed.
+    #[error("the token review this call waited for failed")]
+    SharedReviewFailed,
 }
 
 impl From<AuthError> for tonic::Status {
@@ -86,12 +104,17 @@ impl From<AuthError> for tonic::Status {
             AuthError::PermissionDenied(reason) => tonic::Status::permission_denied(reason),
             // The kube error may carry API server details; the agent only
             // needs to know it is worth retrying.
-            AuthError::Review(_) | AuthError::ReviewTimedOut(_) => tonic::Status::unavailable(
-                "cannot verify the token now: the TokenReview failed; retry later",
-            ),
+            AuthError::Review(_) | AuthError::ReviewTimedOut(_) | AuthError::SharedReviewFailed => {
+                tonic::Status::unavailable(
+                    "cannot verify the token now: the TokenReview failed; retry later",
+                )
+            }
             AuthError::Busy => tonic::Status::unavailable(
                 "cannot verify the token now: too many waiting; retry later",
             ),
+            AuthError::Limited(limit) => tonic::Status::unavailable(format!(
+                "cannot verify the token now: {limit}; retry later"
+            )),
         }
     }
 }
@@ -131,7 +154,8 @@ pub const REVIEW_CACHE_ENTRIES: usize = 16_384;
 /// token: a review per check-in would be 170 TokenReviews a second at 5,000
 /// nodes, and even this hour is one every 0.7 s. The bound Pod's deletion
 /// does not wait for it: the watch of the agents' Pods refuses a deleted
-/// Pod's token at once (`super::pods`). What is left to it is the rare
+/// Pod's token at once, and its relists forget the admissions of Pods gone
+/// meanwhile (`super::pods`). What is left to it is the rare
 /// deletion of the agents' ServiceAccount, noticed within the hour.
 pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(3600);
 
@@ -142,7 +166,13 @@ pub fn review_outcome(result: &Result<AgentIdentity, AuthError>) -> &'static str
     match result {
         Ok(_) => REVIEW_AUTHENTICATED,
         Err(AuthError::Unauthenticated(_) | AuthError::PermissionDenied(_)) => REVIEW_REJECTED,
-        Err(AuthError::Review(_) | AuthError::ReviewTimedOut(_) | AuthError::Busy) => REVIEW_ERROR,
+        Err(
+            AuthError::Review(_)
+            | AuthError::ReviewTimedOut(_)
+            | AuthError::Busy
+            | AuthError::Limited(_)
+            | AuthError::SharedReviewFailed,
+        ) => REVIEW_ERROR,
     }
 }
 
@@ -165,6 +195,10 @@ pub struct AgentAuthenticator {
     /// when reviews start failing and once when they work again, not for
     /// every agent turned away meanwhile.
     reviews_failing: Arc<AtomicBool>,
+    /// The review rate left to each node ([`fairness`]).
+    buckets: Arc<Mutex<NodeBuckets>>,
+    /// The review in flight for each Pod ([`fairness`]).
+    in_flight: Arc<Mutex<InFlight>>,
 }
 
 impl AgentAuthenticator {
@@ -186,7 +220,17 @@ impl AgentAuthenticator {
             metrics: Metrics::default(),
             cache: Arc::new(Mutex::new(ReviewCache::new(REVIEW_CACHE_ENTRIES))),
             reviews_failing: Arc::new(AtomicBool::new(false)),
+            buckets: Arc::new(Mutex::new(NodeBuckets::new(ReviewFairness::default()))),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// Limits each node's reviews as `fairness` says instead of
+    /// [`ReviewFairness::default`].
+    #[must_use]
+    pub fn with_fairness(mut self, fairness: ReviewFairness) -> Self {
+        self.buckets = Arc::new(Mutex::new(NodeBuckets::new(fairness)));
+        self
     }
 
     /// At most `limit` reviews waiting or running; more are turned away.
@@ -239,12 +283,74 @@ impl AgentAuthenticator {
                 expires_at: claims.expires_at,
             });
         }
-        if let Some(Signature::Forged | Signature::UnknownKey) = self.issuer.check(token).await {
+        let signature = self.issuer.check(token).await;
+        if let Some(Signature::Forged | Signature::UnknownKey) = signature {
             self.metrics.token_not_reviewed(TOKEN_REFUSED_UNREVIEWED);
             return Err(AuthError::Unauthenticated(
                 "not an agent token: not signed by the cluster's service-account issuer".into(),
             ));
         }
+        // The claims are the issuer's only when its key verified them.
+        let bound = match signature {
+            Some(Signature::Verified) => bound_claims(token),
+            _ => None,
+        };
+        let identity = match bound {
+            Some(bound) => self.review_fairly(token, key, &bound, &claims).await?,
+            None => self.review_queued(token, key, &claims).await?,
+        };
+        Ok(Authenticated {
+            identity,
+            expires_at: claims.expires_at,
+        })
+    }
+
+    /// Reviews a token of the Pod `bound` names within its Pod's and node's
+    /// limits ([`fairness`]), or shares the review of the same token in
+    /// flight.
+    async fn review_fairly(
+        &self,
+        token: &str,
+        key: TokenKey,
+        bound: &BoundClaims,
+        claims: &TokenClaims,
+    ) -> Result<AgentIdentity, AuthError> {
+        let flight = lock(&self.in_flight).join(&bound.pod_uid, &key);
+        let answer = match flight {
+            Flight::Lead(answer) => answer,
+            Flight::Follow(mut answer) => {
+                return match answer.wait_for(Option::is_some).await {
+                    Ok(result) => result
+                        .as_ref()
+                        .map_or(Err(AuthError::SharedReviewFailed), shared),
+                    // The leader's call ended (its deadline) before the review.
+                    Err(_) => Err(AuthError::SharedReviewFailed),
+                };
+            }
+            Flight::Refuse => return Err(self.limited(Limit::PodInFlight)),
+        };
+        let _end = FlightEnd::new(&self.in_flight, &bound.pod_uid, key);
+        let result = if lock(&self.buckets).try_take(&bound.rate_key(), Instant::now()) {
+            self.review_queued(token, key, claims).await
+        } else {
+            Err(self.limited(Limit::NodeRate))
+        };
+        answer.send_replace(Some(shared(&result)));
+        result
+    }
+
+    fn limited(&self, limit: Limit) -> AuthError {
+        self.metrics.token_not_reviewed(TOKEN_LIMITED);
+        AuthError::Limited(limit)
+    }
+
+    /// Reviews a token in the shared queue, and remembers it if admitted.
+    async fn review_queued(
+        &self,
+        token: &str,
+        key: TokenKey,
+        claims: &TokenClaims,
+    ) -> Result<AgentIdentity, AuthError> {
         let _queued = QueueSlot::take(&self.queued, self.queue_limit).ok_or_else(|| {
             self.metrics.token_not_reviewed(TOKEN_QUEUE_FULL);
             AuthError::Busy
@@ -270,13 +376,15 @@ impl AgentAuthenticator {
         let (times, now) = (claims.times(), SystemTime::now());
         self.metrics.clock_skew.set(skew_seconds(times, now));
         let remember_until = Instant::now() + remember_for(times, now, REVIEW_CACHE_TTL);
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key, identity.clone(), remember_until, Instant::now());
-        }
-        Ok(Authenticated {
-            identity,
-            expires_at: claims.expires_at,
-        })
+        lock(&self.cache).insert(key, identity.clone(), remember_until, Instant::now());
+        Ok(identity)
+    }
+
+    /// Forgets the admissions of Pods not in `live` (the agents' Pods just
+    /// listed): a Pod deleted while its deletion could not be watched must
+    /// not stay admitted by its cached review.
+    pub(crate) fn forget_pods_except(&self, live: &HashSet<String>) {
+        lock(&self.cache).retain_pods(live);
     }
 
     /// Logs the moment TokenReviews start failing and the moment they work
@@ -311,7 +419,7 @@ impl AgentAuthenticator {
     }
 
     fn cached(&self, key: &TokenKey, now: Instant) -> Option<AgentIdentity> {
-        self.cache.lock().ok()?.get(key, now)
+        lock(&self.cache).get(key, now)
     }
 
     async fn review(&self, token: &str) -> Result<AgentIdentity, AuthError> {
@@ -335,125 +443,6 @@ impl AgentAuthenticator {
     }
 }
 
-/// Decides, from a TokenReview's status, whether the token belongs to the
-/// agents' ServiceAccount, was issued for `audience`, and is bound to a Pod on
-/// a node. Pure, so every refusal is unit-tested without an API server.
-pub fn identity_from_review(
-    status: &TokenReviewStatus,
-    expected_username: &str,
-    audience: &str,
-) -> Result<AgentIdentity, AuthError> {
-    if status.authenticated != Some(true) {
-        let reason = status
-            .error
-            .as_deref()
-            .filter(|e| !e.is_empty())
-            .unwrap_or("token not accepted");
-        return Err(AuthError::Unauthenticated(reason.to_owned()));
-    }
-    // The API server only authenticates a token for the audiences it was
-    // issued for, but check ourselves: a review without our audience in the
-    // answer means it was validated against some other (default) audience.
-    let audiences = status.audiences.as_deref().unwrap_or_default();
-    if !audiences.iter().any(|a| a == audience) {
-        return Err(AuthError::Unauthenticated(format!(
-            "token is not for audience {audience}"
-        )));
-    }
-    let user = status.user.as_ref();
-    let username = user.and_then(|u| u.username.as_deref()).unwrap_or_default();
-    if username != expected_username {
-        return Err(AuthError::PermissionDenied(format!(
-            "{username} is not the node-agent's service account"
-        )));
-    }
-    let extra = |key: &str| {
-        user.and_then(|u| u.extra.as_ref())
-            .and_then(|extra| extra.get(key))
-            .and_then(|values| values.first())
-            .filter(|value| !value.is_empty())
-            .cloned()
-    };
-    // A token bound only to a Secret or to a Node (not a Pod) would let one
-    // credential outlive the agent's Pod: require both.
-    match (extra(NODE_NAME_EXTRA), extra(POD_NAME_EXTRA)) {
-        (Some(node_name), Some(pod_name)) => Ok(AgentIdentity {
-            node_name,
-            pod_name,
-            pod_uid: extra(POD_UID_EXTRA),
-        }),
-        _ => Err(AuthError::PermissionDenied(
-            "token is not bound to a pod on a node".into(),
-        )),
-    }
-}
-
-/// What [`precheck`] read from a bearer. Unverified: it only serves to
-/// refuse early and to end the stream at the token's expiry; the review
-/// decides whether the token is genuine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenClaims {
-    pub expires_at: SystemTime,
-    pub issued_at: Option<SystemTime>,
-}
-
-impl TokenClaims {
-    fn times(&self) -> TokenTimes {
-        TokenTimes {
-            expires_at: self.expires_at,
-            issued_at: self.issued_at,
-        }
-    }
-}
-
-/// Refuses a bearer that cannot be a live projected token for `audience`
-/// without asking anyone: not three base64url JWT segments, a header
-/// without a signing algorithm (or `none`), no `exp`, an `exp` past or an
-/// `iat` or `nbf` to come (allowing [`super::clock::CLOCK_SKEW_LEEWAY`]), no
-/// `aud` naming `audience`, or longer than [`MAX_TOKEN_BYTES`].
-/// Pure.
-pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<TokenClaims, AuthError> {
-    let refuse = |why: &str| {
-        Err(AuthError::Unauthenticated(format!(
-            "not an agent token: {why}"
-        )))
-    };
-    if token.len() > MAX_TOKEN_BYTES {
-        return refuse("too long");
-    }
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return refuse("not a JWT");
-    };
-    if signature.is_empty() || base64url(signature).is_none() {
-        return refuse("no signature");
-    }
-    let (Some(header), Some(payload)) = (json_segment(header), json_segment(payload)) else {
-        return refuse("not a JWT");
-    };
-    match header.get("alg").and_then(serde_json::Value::as_str) {
-        Some(alg) if !alg.eq_ignore_ascii_case("none") => {}
-        _ => return refuse("unsigned"),
-    }
-    let names_audience = match payload.get("aud") {
-        Some(serde_json::Value::String(aud)) => aud == audience,
-        Some(serde_json::Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
-        _ => false,
-    };
-    if !names_audience {
-        return refuse("not for this audience");
-    }
-    match token_times(&payload, now) {
-        Ok(times) => Ok(TokenClaims {
-            expires_at: times.expires_at,
-            issued_at: times.issued_at,
-        }),
-        Err(why) => refuse(why),
-    }
-}
-
 /// One place in the review queue, given back when dropped.
 struct QueueSlot(Arc<AtomicUsize>);
 
@@ -474,6 +463,9 @@ impl Drop for QueueSlot {
     }
 }
 
+mod fairness;
+mod identity;
+mod precheck;
 mod review_cache;
 #[cfg(test)]
 mod tests;

@@ -51,9 +51,11 @@ pub fn refusal_reason(error: &AuthError) -> &'static str {
     match error {
         AuthError::Unauthenticated(_) => REFUSED_UNAUTHENTICATED,
         AuthError::PermissionDenied(_) => REFUSED_PERMISSION_DENIED,
-        AuthError::Review(_) | AuthError::ReviewTimedOut(_) | AuthError::Busy => {
-            REFUSED_UNAVAILABLE
-        }
+        AuthError::Review(_)
+        | AuthError::ReviewTimedOut(_)
+        | AuthError::Busy
+        | AuthError::SharedReviewFailed => REFUSED_UNAVAILABLE,
+        AuthError::Limited(limit) => limit.reason(),
     }
 }
 
@@ -198,6 +200,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::health::auth::Limit;
 
     fn headers(value: &str) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -227,6 +230,14 @@ mod tests {
             REFUSED_PERMISSION_DENIED
         );
         assert_eq!(reason(AuthError::Busy), REFUSED_UNAVAILABLE);
+        assert_eq!(
+            reason(AuthError::Limited(Limit::NodeRate)),
+            crate::metrics::REFUSED_REVIEW_RATE
+        );
+        assert_eq!(
+            reason(AuthError::Limited(Limit::PodInFlight)),
+            crate::metrics::REFUSED_REVIEW_IN_FLIGHT
+        );
         assert_eq!(
             reason(AuthError::ReviewTimedOut(Duration::from_secs(1))),
             REFUSED_UNAVAILABLE

@@ -13,7 +13,10 @@
 //!
 //! Fail open: while the watch cannot reach the API server no stream is
 //! ended for it (the token's expiry still ends them); the list it makes when
-//! it is back ends the streams whose Pods went meanwhile.
+//! it is back ends the streams whose Pods went meanwhile, and every (re)list
+//! makes the authenticator forget the cached admissions of Pods it did not
+//! find, so a deletion missed meanwhile does not stay admitted for the
+//! cache's hour.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -44,6 +47,44 @@ struct State {
 }
 
 impl State {
+    /// Follows one event of the watch; after a (re)list, the uids of the
+    /// Pods it listed.
+    fn apply(&mut self, event: Event<PartialObjectMeta<Pod>>) -> Option<HashSet<String>> {
+        match event {
+            Event::Init => self.listing.clear(),
+            Event::InitApply(pod) => {
+                if let Some(uid) = uid(&pod) {
+                    self.listing.insert(uid);
+                }
+            }
+            Event::InitDone => {
+                let listed = std::mem::take(&mut self.listing);
+                // Pods deleted while the watch was down end their streams
+                // too. Not remembered as deleted: a Pod created after the
+                // list's snapshot is missing from it as well, and its agent
+                // must be let back in.
+                let missing: Vec<String> = self
+                    .watched
+                    .keys()
+                    .filter(|uid| !listed.contains(*uid))
+                    .cloned()
+                    .collect();
+                debug!(pods = listed.len(), "listed the agents' pods");
+                for uid in missing {
+                    self.gone(&uid, false);
+                }
+                return Some(listed);
+            }
+            Event::Apply(_) => {}
+            Event::Delete(pod) => {
+                if let Some(uid) = uid(&pod) {
+                    self.gone(&uid, true);
+                }
+            }
+        }
+        None
+    }
+
     /// Ends the streams of the Pod `uid`; with `deleted`, refuses it from
     /// now on too.
     fn gone(&mut self, uid: &str, deleted: bool) {
@@ -78,8 +119,16 @@ fn uid(pod: &PartialObjectMeta<Pod>) -> Option<String> {
 }
 
 impl BoundPods {
-    /// Starts watching the Pods of `service_account` in `namespace`.
-    pub fn start(client: kube::Client, namespace: &str, service_account: &str) -> Self {
+    /// Starts watching the Pods of `service_account` in `namespace`,
+    /// telling `on_relist` the uids of the Pods every (re)list finds: what
+    /// was admitted for any other Pod must go, its deletion may have been
+    /// missed while the watch was down.
+    pub fn start(
+        client: kube::Client,
+        namespace: &str,
+        service_account: &str,
+        on_relist: impl Fn(&HashSet<String>) + Send + 'static,
+    ) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
         // Metadata only: the uid is all we read.
         let api: Api<PartialObjectMeta<Pod>> = Api::namespaced(client, namespace);
@@ -96,37 +145,9 @@ impl BoundPods {
                         continue;
                     }
                 };
-                let mut state = lock(&writer);
-                match event {
-                    Event::Init => state.listing.clear(),
-                    Event::InitApply(pod) => {
-                        if let Some(uid) = uid(&pod) {
-                            state.listing.insert(uid);
-                        }
-                    }
-                    Event::InitDone => {
-                        let listed = std::mem::take(&mut state.listing);
-                        // Pods deleted while the watch was down end their
-                        // streams too. Not remembered as deleted: a Pod
-                        // created after the list's snapshot is missing from
-                        // it as well, and its agent must be let back in.
-                        let missing: Vec<String> = state
-                            .watched
-                            .keys()
-                            .filter(|uid| !listed.contains(*uid))
-                            .cloned()
-                            .collect();
-                        debug!(pods = listed.len(), "listed the agents' pods");
-                        for uid in missing {
-                            state.gone(&uid, false);
-                        }
-                    }
-                    Event::Apply(_) => {}
-                    Event::Delete(pod) => {
-                        if let Some(uid) = uid(&pod) {
-                            state.gone(&uid, true);
-                        }
-                    }
+                let listed = lock(&writer).apply(event);
+                if let Some(listed) = listed {
+                    on_relist(&listed);
                 }
             }
         })
@@ -238,6 +259,30 @@ mod tests {
         let state = lock(&pods.state);
         assert_eq!(state.deleted.len(), TOMBSTONES);
         assert!(!state.deleted.contains("0"), "the oldest is forgotten");
+    }
+
+    fn pod(uid: &str) -> PartialObjectMeta<Pod> {
+        let mut pod = PartialObjectMeta::<Pod>::default();
+        pod.metadata.uid = Some(uid.to_owned());
+        pod
+    }
+
+    #[tokio::test]
+    async fn a_relist_tells_the_pods_it_found_and_ends_the_others_streams() {
+        let pods = pods();
+        let mut gone = pods.follow("gone").unwrap();
+        let kept = pods.follow("kept").unwrap();
+        {
+            let mut state = lock(&pods.state);
+            assert_eq!(state.apply(Event::Init), None);
+            assert_eq!(state.apply(Event::InitApply(pod("kept"))), None);
+            assert_eq!(state.apply(Event::InitApply(pod("new"))), None);
+            let listed = state.apply(Event::InitDone).unwrap();
+            assert_eq!(listed, HashSet::from(["kept".to_owned(), "new".to_owned()]));
+            assert_eq!(state.apply(Event::Delete(pod("new"))), None);
+        }
+        gone.deleted().await;
+        assert!(!*kept.gone.borrow());
     }
 
     #[tokio::test]

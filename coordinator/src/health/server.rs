@@ -171,7 +171,10 @@ impl HealthService {
     fn bound_pods(&self) -> &BoundPods {
         self.pods.get_or_init(|| {
             let (client, namespace, service_account) = self.authenticator.agents();
-            BoundPods::start(client.clone(), namespace, service_account)
+            let admissions = self.authenticator.clone();
+            BoundPods::start(client.clone(), namespace, service_account, move |live| {
+                admissions.forget_pods_except(live);
+            })
         })
     }
 

@@ -1,6 +1,6 @@
 //! The review cache: agents' tokens already admitted by a TokenReview.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::AgentIdentity;
@@ -16,10 +16,14 @@ pub(super) fn token_key(token: &str) -> TokenKey {
 
 /// Admitted tokens by SHA-256 (the tokens themselves are never kept),
 /// each until its token's expiry or [`super::REVIEW_CACHE_TTL`], whichever is
-/// first; bounded in size. Monotonic deadlines: a wall clock set while a
-/// token is remembered neither drops it nor keeps it longer.
+/// first; bounded in size. One entry per Pod: a new token admitted for a
+/// Pod replaces its last one, so minting tokens for a Pod cannot grow the
+/// cache. Monotonic deadlines: a wall clock set while a token is
+/// remembered neither drops it nor keeps it longer.
 pub(super) struct ReviewCache {
     pub(super) entries: HashMap<TokenKey, (AgentIdentity, Instant)>,
+    /// The token admitted last for each Pod uid.
+    by_pod: HashMap<String, TokenKey>,
     capacity: usize,
 }
 
@@ -27,6 +31,7 @@ impl ReviewCache {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::new(),
+            by_pod: HashMap::new(),
             capacity,
         }
     }
@@ -45,11 +50,33 @@ impl ReviewCache {
         until: Instant,
         now: Instant,
     ) {
+        if let Some(uid) = &identity.pod_uid
+            && let Some(replaced) = self.by_pod.remove(uid)
+        {
+            self.entries.remove(&replaced);
+        }
         if self.entries.len() >= self.capacity {
             self.entries.retain(|_, (_, until)| *until > now);
+            let entries = &self.entries;
+            self.by_pod.retain(|_, key| entries.contains_key(key));
         }
         if self.entries.len() < self.capacity {
+            if let Some(uid) = &identity.pod_uid {
+                self.by_pod.insert(uid.clone(), key);
+            }
             self.entries.insert(key, (identity, until));
         }
+    }
+
+    /// Forgets the tokens of Pods not in `live`. Tokens of no known Pod
+    /// stay: nothing says they are gone.
+    pub(super) fn retain_pods(&mut self, live: &HashSet<String>) {
+        self.entries.retain(|_, (identity, _)| {
+            identity
+                .pod_uid
+                .as_ref()
+                .is_none_or(|uid| live.contains(uid))
+        });
+        self.by_pod.retain(|uid, _| live.contains(uid));
     }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use base64::Engine as _;
-use k8s_openapi::api::authentication::v1::UserInfo;
+use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
 
@@ -136,7 +136,7 @@ fn errors_map_to_grpc_codes() {
 
 /// A JWT with `payload`, shaped like a projected token but signed by
 /// nobody: what a client can send without any credential.
-fn unsigned_jwt(payload: &serde_json::Value) -> String {
+pub(super) fn unsigned_jwt(payload: &serde_json::Value) -> String {
     let encode = |value: &serde_json::Value| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
     };
@@ -301,24 +301,24 @@ async fn a_full_queue_turns_reviews_away_at_once() {
 }
 
 /// A client of an API server at `addr`, over plain HTTP.
-fn client_at(addr: std::net::SocketAddr) -> kube::Client {
+pub(super) fn client_at(addr: std::net::SocketAddr) -> kube::Client {
     let url = format!("http://{addr}").parse().unwrap();
     kube::Client::try_from(kube::Config::new(url)).unwrap()
 }
 
 /// A port that was just free: nothing listens there.
-fn nothing_listens() -> std::net::SocketAddr {
+pub(super) fn nothing_listens() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
 }
 
-fn authenticator(client: kube::Client, metrics: &Metrics) -> AgentAuthenticator {
+pub(super) fn authenticator(client: kube::Client, metrics: &Metrics) -> AgentAuthenticator {
     AgentAuthenticator::new(client, AUD, "kata", "node-agent").with_metrics(metrics.clone())
 }
 
-fn reviews(metrics: &Metrics, outcome: &str) -> u64 {
+pub(super) fn reviews(metrics: &Metrics, outcome: &str) -> u64 {
     metrics
         .token_reviews
         .get_or_create(&crate::metrics::OutcomeLabel {
@@ -374,17 +374,23 @@ async fn while_reviews_fail_an_admitted_token_still_gets_in_and_a_new_one_waits(
     assert!(auth.reviews_failing.load(Ordering::Acquire));
 }
 
-#[tokio::test]
-async fn an_api_server_that_never_answers_times_out_as_an_error() {
+/// An API server that accepts connections and holds them, never
+/// answering; it stops when the handle is aborted.
+pub(super) async fn silent_api_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    // Accepts and holds the connection, never answering.
     let silent = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = listener.accept().await {
             held.push(stream);
         }
     });
+    (addr, silent)
+}
+
+#[tokio::test]
+async fn an_api_server_that_never_answers_times_out_as_an_error() {
+    let (addr, silent) = silent_api_server().await;
     let metrics = Metrics::default();
     let result = authenticator(client_at(addr), &metrics)
         .with_timeout(Duration::from_millis(200))
@@ -429,4 +435,37 @@ fn outcomes_split_refused_tokens_from_failed_reviews() {
         review_outcome(&Err(AuthError::ReviewTimedOut(REVIEW_TIMEOUT))),
         REVIEW_ERROR
     );
+}
+
+#[test]
+fn a_new_token_of_a_pod_replaces_its_last_one() {
+    let identity = AgentIdentity {
+        node_name: "worker-1".into(),
+        pod_name: "agent-x".into(),
+        pod_uid: Some("uid-x".into()),
+    };
+    let now = Instant::now();
+    let until = now + REVIEW_CACHE_TTL;
+    let mut cache = ReviewCache::new(16);
+    for n in 0..10 {
+        cache.insert(
+            token_key(&format!("minted-{n}")),
+            identity.clone(),
+            until,
+            now,
+        );
+    }
+    assert_eq!(cache.entries.len(), 1, "minting cannot grow the cache");
+    assert_eq!(
+        cache.get(&token_key("minted-9"), now),
+        Some(identity.clone())
+    );
+    assert_eq!(cache.get(&token_key("minted-8"), now), None);
+    let other = AgentIdentity {
+        pod_uid: Some("uid-y".into()),
+        ..identity
+    };
+    cache.insert(token_key("y"), other.clone(), until, now);
+    assert_eq!(cache.get(&token_key("y"), now), Some(other));
+    assert_eq!(cache.entries.len(), 2);
 }
