@@ -29,6 +29,8 @@ pub struct AgentServerOptions {
     pub heartbeat: Duration,
     /// How many connections the server holds, and for how long.
     pub limits: crate::health::tls::Limits,
+    /// How many TokenReviews one node's agent tokens may cost.
+    pub review_fairness: crate::health::ReviewFairness,
 }
 
 #[derive(Clone, Debug)]
@@ -187,7 +189,8 @@ async fn start_agents(
         agents.namespace,
         agents.service_account,
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_fairness(agents.review_fairness);
     let health_options = HealthOptions {
         heartbeat_interval: agents.heartbeat,
         extension_name: crate::mco::names::EXTENSION.into(),

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kata_coordinator::app::{self, AgentServerOptions, RunOptions};
+use kata_coordinator::health::ReviewFairness;
 use kata_coordinator::health::connection::{ConnectionBounds, cgroup_memory_limit, connection_cap};
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::health::marks::brake::BrakePolicy;
@@ -154,9 +155,27 @@ struct AgentConnectionArgs {
     /// included.
     #[arg(long, env = "AGENT_REQUEST_DEADLINE_SECONDS", default_value_t = ConnectionBounds::default().request_deadline.as_secs())]
     agent_request_deadline_seconds: u64,
+    /// TokenReviews a second one node's agent tokens may cost, sustained.
+    #[arg(long, env = "AGENT_REVIEW_RATE", default_value_t = ReviewFairness::default().per_node_rate)]
+    agent_review_rate: f64,
+    /// TokenReviews one node's agent tokens may cost at once.
+    #[arg(long, env = "AGENT_REVIEW_BURST", default_value_t = ReviewFairness::default().per_node_burst)]
+    agent_review_burst: u32,
 }
 
 impl AgentConnectionArgs {
+    fn review_fairness(&self) -> ReviewFairness {
+        ReviewFairness {
+            // A rate of 0 (or junk) would lock a node out for good.
+            per_node_rate: if self.agent_review_rate.is_finite() && self.agent_review_rate > 0.0 {
+                self.agent_review_rate
+            } else {
+                ReviewFairness::default().per_node_rate
+            },
+            per_node_burst: self.agent_review_burst.max(1),
+        }
+    }
+
     fn limits(&self) -> tls::Limits {
         let max_connections = match self.agent_max_connections {
             0 => connection_cap(cgroup_memory_limit(), tls::MAX_CONNECTIONS),
@@ -250,6 +269,7 @@ fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
             service_account: agent_service_account,
             heartbeat,
             limits: agent_connections.limits(),
+            review_fairness: agent_connections.review_fairness(),
         });
     let leader_election = leader_elect.then(|| LeaseOptions {
         namespace: agent_namespace.clone(),

@@ -144,6 +144,7 @@ pub fn agent_server_options(grpc: SocketAddr, tls: &TlsFiles) -> AgentServerOpti
             max_connections_per_peer: kata_coordinator::health::tls::MAX_CONNECTIONS,
             ..Default::default()
         },
+        review_fairness: kata_coordinator::health::ReviewFairness::default(),
     }
 }
 

@@ -21,7 +21,9 @@ pub mod registry;
 pub mod server;
 pub mod tls;
 
-pub use auth::{AgentAuthenticator, AgentIdentity, AuthError, identity_from_review};
+pub use auth::{
+    AgentAuthenticator, AgentIdentity, AuthError, ReviewFairness, identity_from_review,
+};
 pub use registry::{HealthRegistry, NodeHealth};
 pub use server::{HealthOptions, HealthService, expected_config, serve};
 pub use tls::{ServerTls, TlsError};
