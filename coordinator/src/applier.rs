@@ -221,18 +221,28 @@ impl Applier {
         index: usize,
         entry: Value,
     ) -> Result<(), WriteError> {
+        let index = index.to_string();
+        self.json_patch_remove(kind, name, &["metadata", list, &index], entry)
+            .await
+    }
+
+    /// JSON patch: test that `path` holds `value`, then remove it. A 404 (the
+    /// object is gone) has done the job; a failed test is an error (the
+    /// value changed since it was seen).
+    async fn json_patch_remove(
+        &self,
+        kind: Kind,
+        name: &str,
+        path: &[&str],
+        value: Value,
+    ) -> Result<(), WriteError> {
         self.spend(kind.kind)?;
-        let path = || {
-            json_patch::jsonptr::PointerBuf::from_tokens([
-                "metadata".to_owned(),
-                list.to_owned(),
-                index.to_string(),
-            ])
-        };
+        // The pointer escapes `/` and `~` in a token (`~1`, `~0`).
+        let path = || json_patch::jsonptr::PointerBuf::from_tokens(path.iter().copied());
         let patch = json_patch::Patch(vec![
             json_patch::PatchOperation::Test(json_patch::TestOperation {
                 path: path(),
-                value: entry,
+                value,
             }),
             json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path: path() }),
         ]);
@@ -245,6 +255,25 @@ impl Applier {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Takes the label `label` off the node, provided it is still `value`
+    /// (a JSON patch test, then remove): whichever field managers own it,
+    /// where an apply without it only releases our share. A node-mark write.
+    pub async fn remove_node_label(
+        &self,
+        node: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<(), WriteError> {
+        self.count_mark_write();
+        self.json_patch_remove(
+            kind::NODE,
+            node,
+            &["metadata", "labels", label],
+            value.into(),
+        )
+        .await
     }
 
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<(), WriteError> {

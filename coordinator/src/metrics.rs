@@ -216,6 +216,11 @@ impl Default for ReviewDurations {
     }
 }
 
+/// A label another manager co-owned, taken off with a JSON patch.
+pub const CONTEST_REMOVED: &str = "removed";
+/// A label put back after repeated removals, left in place and reported.
+pub const CONTEST_HELD: &str = "held";
+
 /// Everything the coordinator counts. Cheap to clone: clones count together.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -224,6 +229,9 @@ pub struct Metrics {
     /// Every write, the reconciler's and the labeller's.
     pub api_writes: WriteCounter,
     pub label_writes: Counter,
+    /// Kata node labels another field manager also owned, by what the
+    /// labeller did: [`CONTEST_REMOVED`] or [`CONTEST_HELD`].
+    pub label_contests: Family<OutcomeLabel, Counter>,
     pub connected_agents: Gauge,
     /// The coordinator's clock minus the API server's, as far as the
     /// times of the last agent token a review admitted tell.
@@ -381,6 +389,11 @@ impl Metrics {
                 outcome: outcome.into(),
             });
         }
+        for outcome in [CONTEST_REMOVED, CONTEST_HELD] {
+            self.label_contests.get_or_create_owned(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
         for reason in REFUSAL_REASONS {
             self.health_refused.get_or_create_owned(&ReasonLabel {
                 reason: reason.into(),
@@ -451,6 +464,12 @@ impl Metrics {
             "fleet_brake_held_nodes",
             "nodes whose leave of the Kata pool the fleet-wide brake holds",
             self.fleet_brake.held_nodes.clone(),
+        );
+        prefix.register(
+            "node_label_contests",
+            "Kata node labels another field manager also owned, which an apply cannot remove: \
+             removed with a JSON patch, or held (put back after repeated removals; reported)",
+            self.label_contests.clone(),
         );
         prefix.register(
             "connected_agents",

@@ -25,6 +25,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::marks::brake::RecentRemovals;
+use super::marks::contest::ContestPolicy;
 use super::marks::eligibility::Dwell;
 use super::marks::{
     CurrentMarks, MarkPolicy, NodeMarks, RUNTIME_LABEL_REMOVED, ReadyCondition, damped,
@@ -39,7 +40,10 @@ use crate::node::kata_ready_condition;
 use crate::status::ConditionStatus;
 use crate::{names, status};
 
+mod contest;
 mod fleet;
+
+pub use contest::{LABEL_CO_OWNED, LABEL_HELD};
 
 /// How often marks are re-evaluated without a report (silence is noticed by
 /// the clock, not by an event).
@@ -64,6 +68,10 @@ struct NodeWrite {
     labels: bool,
     condition: bool,
     marks: NodeMarks,
+    /// Labels another field manager also owns, taken off by JSON patch
+    /// ([`contest`]).
+    patched: Vec<&'static str>,
+    notices: Vec<contest::LabelNotice>,
 }
 
 /// Nodes written at once: a large cluster converges in a fraction of the
@@ -95,6 +103,8 @@ struct Labeller {
     brake_engaged: bool,
     /// Writes the node marks and publishes the Events of label changes.
     applier: Applier,
+    /// Labels another field manager also owns.
+    contests: contest::Contests,
 }
 
 impl Labeller {
@@ -145,6 +155,8 @@ impl Labeller {
             labels: labels_change,
             condition: condition_change,
             marks: desired,
+            patched: Vec::new(),
+            notices: Vec::new(),
         })
     }
 
@@ -209,14 +221,20 @@ impl Labeller {
     async fn apply_labels(&self, write: &NodeWrite) {
         let name = write.node.name_any();
         let marks = &write.marks;
-        match self.write_labels(&name, marks).await {
-            Ok(()) => {
-                info!(node = %name, capable = marks.capable, runtime_ready = marks.runtime_ready, reason = ?marks.condition.reason, "node labels changed");
-                if write.removes_runtime_label {
-                    self.announce_removal(write).await;
+        let mut written = self.remove_co_owned(write).await;
+        if write.labels {
+            match self.write_labels(&name, marks).await {
+                Ok(()) => {
+                    info!(node = %name, capable = marks.capable, runtime_ready = marks.runtime_ready, reason = ?marks.condition.reason, "node labels changed");
+                }
+                Err(error) => {
+                    written = false;
+                    warn!(node = %name, %error, "could not write the node's Kata labels");
                 }
             }
-            Err(error) => warn!(node = %name, %error, "could not write the node's Kata labels"),
+        }
+        if written && write.removes_runtime_label {
+            self.announce_removal(write).await;
         }
     }
 
@@ -404,6 +422,7 @@ pub async fn run(
         configs_seen: HashMap::new(),
         current_config,
         applier,
+        contests: contest::Contests::new(ContestPolicy::DEFAULT),
     };
     let mut changes = registry.subscribe();
     let mut tick = tokio::time::interval(TICK);
@@ -431,20 +450,26 @@ pub async fn run(
         let explain = eligibility_checked(&configs);
         let wall = SystemTime::now();
         let held = labeller.brake(&workers, now, wall).held;
-        let writes: Vec<NodeWrite> = workers
+        let mut writes: Vec<NodeWrite> = workers
             .iter()
             .filter_map(|n| labeller.plan_node(n, now, wall, explain, &held))
             .collect();
         labeller.forget_departed(&workers.iter().map(|n| n.name_any()).collect());
+        labeller.contests.observe(&workers, now);
         if in_force {
-            for write in &writes {
+            for write in &mut writes {
+                labeller.contests.settle(write, now);
                 labeller.note_removal(write, now);
             }
+            writes.retain(NodeWrite::any);
             // Labels first, for every node: they decide where pods go. The
             // conditions, for people, follow.
             let labeller = &labeller;
-            futures::stream::iter(writes.iter().filter(|w| w.labels))
+            futures::stream::iter(writes.iter().filter(|w| w.labels || !w.patched.is_empty()))
                 .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_labels(write))
+                .await;
+            futures::stream::iter(writes.iter().filter(|w| !w.notices.is_empty()))
+                .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.announce_contests(write))
                 .await;
             futures::stream::iter(writes.iter().filter(|w| w.condition))
                 .for_each_concurrent(WRITE_CONCURRENCY, |write| labeller.apply_condition(write))
@@ -455,39 +480,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{deleted_since, finished_update};
-    use std::collections::HashSet;
-
-    #[test]
-    fn nodes_gone_from_the_cache_are_deleted() {
-        let set = |names: &[&str]| {
-            names
-                .iter()
-                .map(|n| (*n).to_owned())
-                .collect::<HashSet<_>>()
-        };
-        assert_eq!(
-            deleted_since(&set(&["a", "b", "c"]), &set(&["b", "d"])),
-            ["a", "c"]
-        );
-        assert!(
-            deleted_since(&set(&[]), &set(&["a"])).is_empty(),
-            "nothing seen before, nothing deleted"
-        );
-        assert!(deleted_since(&set(&["a"]), &set(&["a"])).is_empty());
-    }
-
-    #[test]
-    fn only_a_change_of_configuration_is_an_update() {
-        assert!(!finished_update(None, "rendered-worker-1"), "first sight");
-        assert!(!finished_update(
-            Some("rendered-worker-1"),
-            "rendered-worker-1"
-        ));
-        assert!(finished_update(
-            Some("rendered-worker-1"),
-            "rendered-kata-oc-2"
-        ));
-    }
-}
+mod tests;

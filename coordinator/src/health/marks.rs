@@ -5,6 +5,7 @@
 //! ([`eligibility`]).
 
 pub mod brake;
+pub mod contest;
 pub mod eligibility;
 
 use std::collections::BTreeMap;

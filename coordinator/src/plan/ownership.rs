@@ -54,7 +54,7 @@ impl Conflict {
 }
 
 /// The managers that are ours: never a conflict.
-fn is_ours(manager: &str) -> bool {
+pub fn is_ours(manager: &str) -> bool {
     [
         names::MANAGER,
         names::MANAGER_TARGETING,
@@ -164,6 +164,25 @@ fn held_by(
     if differing.is_empty() {
         return Vec::new();
     }
+    owners(kind, &differing, observed, counts)
+}
+
+/// The managers other than ours that own any of `fields` (each the
+/// segments of a path, `metadata.labels.<key>`) in `observed`, whatever
+/// their values: an apply of ours without such a field releases only our
+/// share of it, and the field stays.
+pub fn other_owners(kind: &str, fields: &[Vec<String>], observed: &Value) -> Vec<Conflict> {
+    let fields: Vec<&Path> = fields.iter().collect();
+    owners(kind, &fields, observed, |manager, _| !is_ours(manager))
+}
+
+/// The managers `counts` picks that own any of `fields` in `observed`.
+fn owners(
+    kind: &str,
+    wanted: &[&Path],
+    observed: &Value,
+    counts: impl Fn(&str, &str) -> bool,
+) -> Vec<Conflict> {
     let object = format!(
         "{kind}/{}",
         observed["metadata"]["name"].as_str().unwrap_or_default()
@@ -179,7 +198,7 @@ fn held_by(
         }
         let mut owned = Vec::new();
         owned_fields(&entry["fieldsV1"], &mut Vec::new(), &mut owned);
-        let fields: Vec<String> = differing
+        let fields: Vec<String> = wanted
             .iter()
             .filter(|path| owned.iter().any(|o| covers(o, path)))
             .map(|path| path.join("."))
