@@ -7,7 +7,7 @@ CRIO_BUILD := tests/scripts/build-crio.sh
 PROMTOOL_BUILD := tests/scripts/build-promtool.sh
 IGNITION_BUILD := tests/scripts/build-ignition.sh
 
-.PHONY: demo test lint build-tests tools unit-and-integration run-tests cluster-up cluster-down control-plane crio promtool ignition packages bench-health bench-attack bench-rollout generate
+.PHONY: release-fixture demo test lint build-tests tools unit-and-integration run-tests cluster-up cluster-down control-plane crio promtool ignition packages bench-health bench-attack bench-rollout generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -89,6 +89,12 @@ generate:
 	awk -v n=0 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/base/network-policy.yaml > bundle/manifests/kata-coordinator_networking.k8s.io_v1_networkpolicy.yaml
 	awk -v n=1 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/base/network-policy.yaml > bundle/manifests/kata-node-agent_networking.k8s.io_v1_networkpolicy.yaml
 	UPDATE_DOCS=1 cargo test --quiet -p kata-coordinator --test generated api_reference
+
+## What this build's coordinator leaves in a cluster, as the fixture later
+## versions' upgrade tests load (run at a release's commit; RELEASE=vX.Y.Z).
+release-fixture: control-plane
+	@KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
+		cargo run --quiet -p kata-tests --bin release-fixture -- $(RELEASE)
 
 ## Benchmarks (print figures; not part of `make test`).
 AGENTS ?= 1000

@@ -44,6 +44,7 @@ mod status_size;
 mod stuck_rollout;
 mod topologies;
 mod uninstall_order;
+mod upgrade_from_release;
 
 fn main() -> std::process::ExitCode {
     kata_test_harness::main()

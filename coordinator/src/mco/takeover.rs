@@ -16,8 +16,6 @@
 
 use serde_json::Value;
 
-use super::names;
-
 /// Whether `machine_config` (one of ours by name) is an earlier operator's:
 /// it installs Kata's extension without our CRI-O drop-in.
 pub fn is_predecessors(machine_config: &Value) -> bool {
@@ -39,7 +37,7 @@ pub fn kept_message(machine_config: &str, pool: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mco::objects;
+    use crate::mco::{names, objects};
     use crate::objects::CrioRuntimeHandler;
     use serde_json::json;
 
