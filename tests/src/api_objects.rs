@@ -43,10 +43,7 @@ pub async fn pod_bound_token(
     node: &str,
     audience: &str,
 ) -> Result<String, Error> {
-    use k8s_openapi::api::authentication::v1::{
-        BoundObjectReference, TokenRequest, TokenRequestSpec,
-    };
-    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ServiceAccount};
+    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
     let pod = Pod {
         metadata: kube::api::ObjectMeta {
             name: Some(pod.into()),
@@ -68,6 +65,22 @@ pub async fn pod_bound_token(
         .create(&Default::default(), &pod)
         .await
         .map_err(Error::Kube)?;
+    bound_token(client, namespace, account, &pod.metadata, audience).await
+}
+
+/// Another token for `audience` bound to the Pod `pod` (its name and uid),
+/// as a kubelet may request for any Pod bound to its node.
+pub async fn bound_token(
+    client: &kube::Client,
+    namespace: &str,
+    account: &str,
+    pod: &kube::api::ObjectMeta,
+    audience: &str,
+) -> Result<String, Error> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![audience.into()],
@@ -76,8 +89,8 @@ pub async fn pod_bound_token(
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
             }),
         },
         ..Default::default()

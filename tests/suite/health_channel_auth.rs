@@ -405,3 +405,75 @@ async fn a_check_in_must_carry_both_parts_and_name_the_tokens_node() {
     check_in_as(&fixture, &token, NODE_A, 1).await.unwrap();
     assert!(fixture.registry.get(NODE_B).is_none());
 }
+
+/// A node's kubelet may mint any number of valid tokens for its agent's
+/// Pod: each costs a review, so the node is held to its review rate (a
+/// burst of 5 by default) while another node's agent still gets in, and
+/// the Pod's tokens keep one admission between them.
+#[kata_test]
+async fn a_node_minting_tokens_is_held_to_its_review_rate_and_others_get_in() {
+    let fixture = Fixture::start().await;
+    let first = fixture
+        .pod_bound_token(AGENT_SA, "agent-a", NODE_A, AUDIENCE)
+        .await;
+    let pod = Api::<Pod>::namespaced(fixture.admin.clone(), NAMESPACE)
+        .get("agent-a")
+        .await
+        .unwrap();
+    let mut minted = vec![first];
+    for _ in 0..9 {
+        minted.push(
+            kata_tests::api_objects::bound_token(
+                &fixture.admin,
+                NAMESPACE,
+                AGENT_SA,
+                &pod.metadata,
+                AUDIENCE,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let mut refused = Vec::new();
+    for (sequence, token) in (1..).zip(&minted) {
+        match check_in(
+            &fixture,
+            Some(token),
+            Some(hello_of(NODE_A)),
+            Some(report(sequence)),
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(status) => refused.push(status),
+        }
+    }
+    // Ten reviews asked within far less than the five seconds the rate
+    // would need to refill: at least four turned away, each told to retry.
+    assert!(refused.len() >= 4, "refused: {refused:?}");
+    for status in &refused {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("too often"), "{status:?}");
+    }
+    let other = fixture
+        .pod_bound_token(AGENT_SA, "agent-b", NODE_B, AUDIENCE)
+        .await;
+    check_in(
+        &fixture,
+        Some(&other),
+        Some(hello_of(NODE_B)),
+        Some(report(1)),
+    )
+    .await
+    .expect("another node's agent is not held by the first node's rate");
+    // The first tokens admitted were replaced by later ones of the same
+    // Pod: the first costs a review again, refused while the rate is spent.
+    let again = check_in(
+        &fixture,
+        Some(&minted[0]),
+        Some(hello_of(NODE_A)),
+        Some(report(20)),
+    )
+    .await;
+    assert_eq!(code(again), Code::Unavailable);
+}
