@@ -2,8 +2,9 @@
 //! one coordinator process against the real control plane, their nodes
 //! labelled runtime-ready, and then, one after another, seven attacks by a
 //! client holding no valid token (but, for (d), a stolen one); (e) to (g),
-//! past the TLS handshake, are in `attack/after_handshake.rs`. Prints
-//! figures; asserts nothing.
+//! past the TLS handshake, are in `attack/after_handshake.rs`; and (h), one
+//! node's kubelet minting genuine tokens for its agent's Pod at 50 a second,
+//! in `attack/minted_tokens.rs`. Prints figures; asserts nothing.
 //!
 //! `make bench-attack`. The coordinator is the release binary, as its own
 //! process (so its RSS is its own); the attacker runs on its own thread and
@@ -36,8 +37,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kata_coordinator::api::KataConfig;
 use kata_coordinator::metrics::{
-    REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED, TOKEN_QUEUE_FULL,
-    TOKEN_REFUSED_UNREVIEWED,
+    REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED, TOKEN_LIMITED,
+    TOKEN_QUEUE_FULL, TOKEN_REFUSED_UNREVIEWED,
 };
 use kata_coordinator::names;
 use kata_node_agent::daemon::{AgentOptions, AgentStatus, run_agent_with_status};
@@ -72,6 +73,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 #[path = "attack/after_handshake.rs"]
 mod after_handshake;
+#[path = "attack/minted_tokens.rs"]
+mod minted_tokens;
 
 const AGENTS: usize = 1000;
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -100,7 +103,7 @@ const IDLE_SOCKETS: usize = 64;
 const HUGE_MESSAGE: usize = 16 * 1024 * 1024;
 const HUGE_SENDERS: usize = 2;
 
-/// How long each attack past the handshake ((e) to (g)) lasts, at least.
+/// How long each attack past the handshake ((e) to (h)) lasts, at least.
 const LONG_WINDOW: Duration = Duration::from_secs(120);
 /// Connections one address may hold: above the 1,000 agents' (all on
 /// 127.0.0.1, and all at once when they start), below what attack (g)
@@ -119,6 +122,8 @@ struct World {
     endpoint: Endpoint,
     /// A token of one of the 1,000 nodes, as an attacker who stole one has.
     stolen_token: String,
+    /// The node of [`Self::stolen_token`]: (h) mints tokens for its agent's Pod.
+    stolen_node: String,
     counts: Arc<AgentCounts>,
     runtime_label: String,
 }
@@ -186,6 +191,7 @@ async fn main() -> Result<(), BoxError> {
         grpc,
         endpoint,
         stolen_token: tokens[0].1.clone(),
+        stolen_node: tokens[0].0.clone(),
         counts: Arc::new(AgentCounts::default()),
         runtime_label: format!("{}=true", names::KATA_RUNTIME_LABEL),
         coordinator,
@@ -235,7 +241,7 @@ async fn run(world: &World, tokens: Vec<(String, String)>) -> Result<(), BoxErro
     Ok(())
 }
 
-/// Attacks (e) to (g), each for [`LONG_WINDOW`].
+/// Attacks (e) to (h), each for [`LONG_WINDOW`].
 async fn past_the_handshake(world: &World) -> Result<Vec<Figures>, BoxError> {
     let (grpc, tls) = (world.grpc, after_handshake::connector(&world.tls.ca)?);
     Ok(vec![
@@ -255,6 +261,12 @@ async fn past_the_handshake(world: &World) -> Result<Vec<Figures>, BoxError> {
             ("(g) one address floods", LONG_WINDOW),
             move |stop| after_handshake::connection_flood(grpc, tls, stop),
         )
+        .await?,
+        phase(world, 8, ("(h) one node mints tokens", LONG_WINDOW), {
+            let (client, endpoint) = (world.client.clone(), world.endpoint.clone());
+            let node = world.stolen_node.clone();
+            move |stop| minted_tokens::minted_tokens(client, endpoint, node, stop)
+        })
         .await?,
     ])
 }
@@ -859,7 +871,12 @@ impl std::fmt::Display for Tally {
 }
 
 const REVIEW_OUTCOMES: [&str; 3] = [REVIEW_AUTHENTICATED, REVIEW_REJECTED, REVIEW_ERROR];
-const NOT_REVIEWED_OUTCOMES: [&str; 3] = [TOKEN_REFUSED_UNREVIEWED, TOKEN_CACHED, TOKEN_QUEUE_FULL];
+const NOT_REVIEWED_OUTCOMES: [&str; 4] = [
+    TOKEN_REFUSED_UNREVIEWED,
+    TOKEN_CACHED,
+    TOKEN_QUEUE_FULL,
+    TOKEN_LIMITED,
+];
 
 /// A counter family's series by outcome.
 struct Outcomes(Vec<(&'static str, f64)>);
@@ -970,13 +987,13 @@ fn print_figures(figures: &Figures) {
 
 fn print_table(table: &[Figures]) {
     println!(
-        "\n| phase | window | peak RSS (target < 200 MiB) | TokenReviews authenticated / rejected / error (target: 2 / 0 / 0) | not reviewed: refused / cached / queue full | real agent's first check-in (target < 2 s) | simulated agent's first check-in | fewest labelled of {AGENTS} (target {AGENTS}) | agents' failed check-ins | refusal log lines/s |"
+        "\n| phase | window | peak RSS (target < 200 MiB) | TokenReviews authenticated / rejected / error (target: 2 / 0 / 0) | not reviewed: refused / cached / queue full / limited | real agent's first check-in (target < 2 s) | simulated agent's first check-in | fewest labelled of {AGENTS} (target {AGENTS}) | agents' failed check-ins | refusal log lines/s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for f in table {
         let outcome = |o: &Outcomes, name| format!("{:.0}", o.get(name));
         println!(
-            "| {} | {:.0} s | {:.1} MiB | {} / {} / {} | {} / {} / {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {:.0} s | {:.1} MiB | {} / {} / {} | {} / {} / {} / {} | {} | {} | {} | {} | {:.2} |",
             f.phase,
             f.window.as_secs_f64(),
             f.peak_rss,
@@ -986,6 +1003,7 @@ fn print_table(table: &[Figures]) {
             outcome(&f.not_reviewed, TOKEN_REFUSED_UNREVIEWED),
             outcome(&f.not_reviewed, TOKEN_CACHED),
             outcome(&f.not_reviewed, TOKEN_QUEUE_FULL),
+            outcome(&f.not_reviewed, TOKEN_LIMITED),
             seconds(&f.real_agent),
             seconds(&f.simulated_agent),
             f.fewest_labelled,
