@@ -28,6 +28,7 @@ mod health_end_to_end;
 mod health_faults;
 mod ignition_validate;
 mod kataconfig_api;
+mod label_contest;
 mod leader_fencing;
 mod log_level;
 mod mco_simulator;
