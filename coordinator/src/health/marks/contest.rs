@@ -16,6 +16,13 @@
 //! the node's `KataRuntimeReady` condition, in one Event and in a metric,
 //! rather than fighting. It tries again only once the set of other owners
 //! changes, or the label was gone in between.
+//!
+//! The report goes in the node's `KataRuntimeReady` condition rather than
+//! in the KataConfig's Degraded condition: the fault is one node's, the
+//! labeller writes only node marks and owns that condition (the
+//! KataConfig's status is the reconciler's), it sits next to the label for
+//! whoever looks at the node, and the KataConfig's status already lists a
+//! targeted node whose condition is False, with its message.
 
 use std::time::{Duration, Instant};
 
