@@ -11,6 +11,10 @@
 //! Before any capable label comes off, the fleet-wide brake
 //! ([`super::marks::brake`]) looks at every leave due at the scan together,
 //! and holds them all when too many nodes would leave at once.
+//!
+//! A label that must come off but another field manager also owns is
+//! removed by JSON patch, and left (and reported) when that manager keeps
+//! putting it back ([`super::marks::contest`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
