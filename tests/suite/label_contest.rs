@@ -154,10 +154,26 @@ async fn a_co_owned_runtime_label_is_removed_by_patch_and_a_flip_flop_stops() {
 
     // Several scans later (one a second): nothing more written or said.
     let label_writes = "kata_operator_node_label_writes_total";
+    let node_writes = "kata_operator_api_writes_total{kind=\"Node\"}";
     let before = metric(&coordinator, label_writes).await;
+    let node_before = metric(&coordinator, node_writes).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let after = metric(&coordinator, label_writes).await;
-    println!("node-mark writes: {before} when held, {after} six seconds later");
+    let node_after = metric(&coordinator, node_writes).await;
+    println!(
+        "node-mark writes: {before} when held, {after} six seconds later; \
+         Node writes of every part: {node_before}, then {node_after}"
+    );
+    // The removals, and the condition twice: not ready, then held.
+    let expected = f64::from(u32::try_from(bound).unwrap() + 2);
+    assert!(
+        before <= expected,
+        "{before} node-mark writes, {expected} expected at most"
+    );
+    assert_eq!(
+        node_after, node_before,
+        "no Node write while the label is held"
+    );
     assert_eq!(after, before, "no write while the label is held");
     let removed = metric(
         &coordinator,
