@@ -445,7 +445,19 @@ async fn fresh_real_agent(
 ) -> Result<Duration, String> {
     let host = FakeHost::good().write(
         "proc/sys/kernel/random/boot_id",
-        format!("{}\n", rand::random::<u64>()),
+        // A fresh boot id, shaped as the kernel's (a UUID): the coordinator
+        // refuses any other.
+        {
+            let id = rand::random::<u128>();
+            format!(
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}\n",
+                id >> 96,
+                (id >> 80) & 0xffff,
+                (id >> 64) & 0xffff,
+                (id >> 48) & 0xffff,
+                id & 0xffff_ffff_ffff
+            )
+        },
     );
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let token_file = dir.path().join("token");
