@@ -66,6 +66,12 @@ impl Cluster {
         }
     }
 
+    /// The rendered configs each of `nodes` was sent to, so far: its
+    /// drains and reboots.
+    pub fn rollouts(&self, nodes: &[&str]) -> Vec<usize> {
+        nodes.iter().map(|n| self.simulator.rollouts(n)).collect()
+    }
+
     pub fn root(&self, node: &str) -> std::path::PathBuf {
         self.roots.path().join(node)
     }

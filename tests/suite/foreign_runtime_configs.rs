@@ -75,13 +75,6 @@ async fn install(cluster: &Cluster, spec: Value) -> RunningCoordinator {
     coordinator
 }
 
-fn rollouts(cluster: &Cluster, nodes: &[&str]) -> Vec<usize> {
-    nodes
-        .iter()
-        .map(|n| cluster.simulator.rollouts(n))
-        .collect()
-}
-
 /// The file CRI-O reads a ContainerRuntimeConfig's setting from, on `node`.
 fn drop_in(cluster: &Cluster, node: &str, setting: &str) -> Option<String> {
     std::fs::read_to_string(
@@ -128,10 +121,10 @@ async fn beside_an_admins_runtime_config_ours_is_followed_under_its_suffixed_nam
         drop_in(&cluster, "w0", "pidsLimit").is_some_and(|t| t.contains("2048")),
         "so did the admin's setting"
     );
-    assert_eq!(rollouts(&cluster, &["m0", "w0"]), [0, 1]);
+    assert_eq!(cluster.rollouts(&["m0", "w0"]), [0, 1]);
     cluster.uninstall("kc").await;
     assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
-    assert_eq!(rollouts(&cluster, &["m0", "w0"]), [0, 2]);
+    assert_eq!(cluster.rollouts(&["m0", "w0"]), [0, 2]);
     assert!(
         runtime_configs(&cluster)
             .get_opt(ADMINS)
@@ -179,7 +172,7 @@ async fn a_failing_foreign_runtime_config_on_our_pool_degrades_naming_it_until_f
             .is_empty(),
         "no node joins a pool the MCO will not render"
     );
-    assert_eq!(rollouts(&cluster, &["m0", "w0"]), [0, 0]);
+    assert_eq!(cluster.rollouts(&["m0", "w0"]), [0, 0]);
 
     // The admin fixes it: the pool renders their setting and ours at once.
     runtime_configs(&cluster)
@@ -198,10 +191,10 @@ async fn a_failing_foreign_runtime_config_on_our_pool_degrades_naming_it_until_f
         "False"
     );
     assert!(drop_in(&cluster, "w0", "logLevel").is_some_and(|t| t.contains("\"warn\"")));
-    assert_eq!(rollouts(&cluster, &["m0", "w0"]), [0, 1]);
+    assert_eq!(cluster.rollouts(&["m0", "w0"]), [0, 1]);
     cluster.uninstall("kc").await;
     assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
-    assert_eq!(rollouts(&cluster, &["m0", "w0"]), [0, 2]);
+    assert_eq!(cluster.rollouts(&["m0", "w0"]), [0, 2]);
 }
 
 #[kata_test]
@@ -216,7 +209,7 @@ async fn narrowing_the_selection_to_part_of_the_masters_is_refused_and_removes_n
     .await;
     let selector = json!({ "kataConfigPoolSelector": { "matchLabels": { "kata": "true" } } });
     let _coordinator = install(&cluster, selector).await;
-    assert_eq!(rollouts(&cluster, &masters), [1, 1, 1]);
+    assert_eq!(cluster.rollouts(&masters), [1, 1, 1]);
 
     Api::<Node>::all(cluster.client.clone())
         .patch(
@@ -262,8 +255,8 @@ async fn narrowing_the_selection_to_part_of_the_masters_is_refused_and_removes_n
             .is_some(),
         "nothing applied to the master pool, nothing taken from it"
     );
-    assert_eq!(rollouts(&cluster, &masters), [1, 1, 1]);
+    assert_eq!(cluster.rollouts(&masters), [1, 1, 1]);
 
     cluster.uninstall("kc").await;
-    assert_eq!(rollouts(&cluster, &masters), [2, 2, 2]);
+    assert_eq!(cluster.rollouts(&masters), [2, 2, 2]);
 }

@@ -180,13 +180,6 @@ async fn wait_rolled_out(cluster: &Cluster, pool: &str, nodes: &[&str]) {
     .unwrap();
 }
 
-fn rollouts(cluster: &Cluster, nodes: &[&str]) -> Vec<usize> {
-    nodes
-        .iter()
-        .map(|n| cluster.simulator.rollouts(n))
-        .collect()
-}
-
 async fn kata_config(cluster: &Cluster) -> KataConfig {
     cluster.configs().get("kc").await.unwrap()
 }
@@ -196,7 +189,7 @@ async fn kata_config(cluster: &Cluster) -> KataConfig {
 /// RuntimeClass ours and no longer the KataConfig's dependent, the status
 /// ours and saying what the nodes run.
 async fn take_over(cluster: &Cluster, nodes: &[&str]) -> RunningCoordinator {
-    let before = rollouts(cluster, nodes);
+    let before = cluster.rollouts(nodes);
     assert_eq!(before, vec![1; nodes.len()], "OSC's install, one each");
     let osc_config = machine_configs(cluster)
         .get(mco::MACHINE_CONFIG_NAME)
@@ -249,7 +242,7 @@ async fn take_over(cluster: &Cluster, nodes: &[&str]) -> RunningCoordinator {
         .unwrap();
     assert_eq!(kept.resource_version(), osc_config.resource_version());
     assert_eq!(metrics.api_writes.get_kind(mco::MACHINE_CONFIG.kind), 0);
-    assert_eq!(rollouts(cluster, nodes), before, "no node sent anywhere");
+    assert_eq!(cluster.rollouts(nodes), before, "no node sent anywhere");
     coordinator
 }
 
@@ -258,7 +251,7 @@ async fn take_over(cluster: &Cluster, nodes: &[&str]) -> RunningCoordinator {
 /// nothing left behind.
 async fn uninstall_after_takeover(cluster: &Cluster, nodes: &[&str], rollouts_then: usize) {
     cluster.uninstall("kc").await;
-    assert_eq!(rollouts(cluster, nodes), vec![rollouts_then; nodes.len()]);
+    assert_eq!(cluster.rollouts(nodes), vec![rollouts_then; nodes.len()]);
     assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
 }
 
@@ -340,7 +333,7 @@ async fn an_adopted_machine_config_is_replaced_on_request_with_one_reboot_per_no
     )
     .await
     .unwrap();
-    assert_eq!(rollouts(&cluster, &workers), [2, 2]);
+    assert_eq!(cluster.rollouts(&workers), [2, 2]);
     let ours = machine_configs(&cluster)
         .get(mco::MACHINE_CONFIG_NAME)
         .await

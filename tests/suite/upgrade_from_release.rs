@@ -95,7 +95,7 @@ async fn takes_over(release: &str) {
     load(&cluster, &fixture).await;
     let config = fixture.of(kind::KATA_CONFIG)[0].name.clone();
     let all = ["m0", "w0", "w1"];
-    let before: Vec<usize> = all.iter().map(|n| cluster.simulator.rollouts(n)).collect();
+    let before = cluster.rollouts(&all);
 
     let (_coordinator, metrics) = RunningCoordinator::with_metrics(cluster.client.clone());
     cluster
@@ -118,7 +118,7 @@ async fn takes_over(release: &str) {
         "{release}: the status migrated in at most one write, not {}",
         writes(kind::KATA_CONFIG.kind)
     );
-    let after: Vec<usize> = all.iter().map(|n| cluster.simulator.rollouts(n)).collect();
+    let after = cluster.rollouts(&all);
     assert_eq!(after, before, "{release}: no node sent anywhere");
     let installed = cluster
         .configs()
