@@ -328,8 +328,7 @@ pub fn plan(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)) ->
 /// that is not ours, and again once ours is back.
 fn hold_conflicting_writes(plan: &mut Plan, owned: &[(Kind, Value)]) {
     let mut found = Vec::new();
-    let mut take_over = Vec::new();
-    plan.steps.retain(|step| {
+    plan.steps.retain_mut(|step| {
         let Step::Apply(desired) = step else {
             return true;
         };
@@ -344,28 +343,20 @@ fn hold_conflicting_writes(plan: &mut Plan, owned: &[(Kind, Value)]) {
             Desired::Untyped { object, .. } => Some(object.clone()),
             Desired::RuntimeClass(rc) => serde_json::to_value(rc).ok(),
         };
-        let conflicts = observed
-            .zip(wanted.as_ref())
-            .map(|(o, w)| ownership::conflicts(desired.kind().kind, w, o))
-            .unwrap_or_default();
-        let held = !conflicts.is_empty();
-        found.extend(conflicts);
-        if !held
-            && observed
-                .zip(wanted.as_ref())
-                .is_some_and(|(o, w)| ownership::held_by_predecessor(desired.kind().kind, w, o))
-        {
-            take_over.push(desired.name().to_owned());
+        let Some((observed, wanted)) = observed.zip(wanted) else {
+            return true;
+        };
+        let kind = desired.kind().kind;
+        let conflicts = ownership::conflicts(kind, &wanted, observed);
+        if !conflicts.is_empty() {
+            found.extend(conflicts);
+            return false;
         }
-        !held
-    });
-    for step in &mut plan.steps {
-        if let Step::Apply(desired) = step
-            && take_over.iter().any(|name| name == desired.name())
-        {
+        if ownership::held_by_predecessor(kind, &wanted, observed) {
             *step = Step::TakeOver(desired.clone());
         }
-    }
+        true
+    });
     if found.is_empty() {
         return;
     }
