@@ -134,8 +134,16 @@ async fn base_and_openshift_overlay_pass_a_server_side_dry_run() {
             ok,
             "dry run of deploy/{overlay} refused:\n{stdout}\n{stderr}"
         );
+        // The coordinator's node affinity names the deprecated master role
+        // on purpose: OpenShift clusters installed before 4.12 label their
+        // control-plane nodes with it alone.
+        let master_role = "node-role.kubernetes.io/master is use \"node-role.kubernetes.io/control-plane\" instead";
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("Warning") && !l.contains(master_role))
+            .collect();
         assert!(
-            !stderr.contains("Warning"),
+            warnings.is_empty(),
             "deploy/{overlay} draws warnings:\n{stderr}"
         );
         println!("deploy/{overlay}:\n{stdout}");

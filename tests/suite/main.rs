@@ -11,6 +11,7 @@ mod alert_rules;
 mod api_load;
 mod containerfiles;
 mod control_plane;
+mod coordinator_fence;
 mod coordinator_ha;
 mod coordinator_lifecycle;
 mod crio_differential;
