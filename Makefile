@@ -6,8 +6,9 @@ CONTROL_PLANE_BUILD := tests/scripts/build-control-plane.sh
 CRIO_BUILD := tests/scripts/build-crio.sh
 PROMTOOL_BUILD := tests/scripts/build-promtool.sh
 IGNITION_BUILD := tests/scripts/build-ignition.sh
+NODE_BUILD := tests/scripts/build-node.sh
 
-.PHONY: release-fixture demo test lint build-tests tools unit-and-integration run-tests cluster-up cluster-down control-plane crio promtool ignition packages bench-health bench-attack bench-rollout generate
+.PHONY: release-fixture demo test lint build-tests tools unit-and-integration run-tests cluster-up cluster-down control-plane crio promtool ignition packages node bench-health bench-attack bench-rollout generate
 
 ## The whole system on this machine (see README): a local control plane in
 ## .cluster/, the MCO simulator, the coordinator and three node-agents; a
@@ -49,13 +50,20 @@ promtool:
 ignition:
 	@bash $(IGNITION_BUILD) >/dev/null
 
-## System packages the tests use that no build script brings (shellcheck).
+## System packages the tests use that no build script brings (shellcheck;
+## buildah, jq and the CNI plugins for the real node).
 ## After crio, which installs conmon and crun: one apt-get at a time.
 packages: crio
 	@bash tests/scripts/install-packages.sh
 
+## A real node's binaries: the kubelet, kube-scheduler and
+## kube-controller-manager at the control plane's version (Go module proxy),
+## a static pause (the system packages a node needs come with packages).
+node:
+	@bash $(NODE_BUILD) >/dev/null
+
 ## Everything the tests run besides our own code.
-tools: control-plane crio promtool ignition packages
+tools: control-plane crio promtool ignition packages node
 
 ## The test binaries, compiled without running them (after the lints, which
 ## hold cargo's lock meanwhile).
@@ -71,6 +79,7 @@ run-tests:
 		KATA_CRIO_BIN_DIR="$$(bash $(CRIO_BUILD) | tail -n 1)" \
 		KATA_PROMTOOL_BIN_DIR="$$(bash $(PROMTOOL_BUILD) | tail -n 1)" \
 		KATA_IGNITION_BIN_DIR="$$(bash $(IGNITION_BUILD) | tail -n 1)" \
+		KATA_NODE_BIN_DIR="$$(bash $(NODE_BUILD) | tail -n 1)" \
 		cargo test --workspace --no-fail-fast
 
 ## Regenerates every checked-in artifact made from the code: the CRD, the

@@ -65,29 +65,11 @@ build_kubernetes() {
 echo "build-control-plane: building kube-apiserver and kubectl $KUBE_VERSION (first run only, several minutes)" >&2
 mkdir -p "$work/apiserver"
 cd "$work/apiserver"
-# k8s.io/kubernetes points its staging modules at ./staging; as a dependency
-# each needs a replace to the published v0.x of the same release. The list
-# comes from that release's own go.mod.
-kube_gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
-[[ -f "$kube_gomod" ]] || fail "could not download go.mod of k8s.io/kubernetes@$KUBE_VERSION"
-staging_version="v0.${KUBE_VERSION#v1.}"
-{
-  echo "module kataoperator.local/kube-apiserver"
-  echo
-  echo "go 1.24"
-  echo
-  echo "require k8s.io/kubernetes $KUBE_VERSION"
-  echo
-  grep -E '^\s*k8s.io/[a-z0-9-]+ => ./staging/' "$kube_gomod" |
-    awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
-} >go.mod
-grep -q '^replace k8s.io/api ' go.mod || fail "no staging replace lines found in $kube_gomod"
+kube_scratch_module kube-apiserver
 go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" >&2
-minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
 go get "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION" >&2
 for cmd in kube-apiserver kubectl; do
-  go build -trimpath -ldflags "$ldflags" -o "$work/$cmd.bin" "k8s.io/kubernetes/cmd/$cmd" >&2
+  go build -trimpath -ldflags "$(kube_ldflags)" -o "$work/$cmd.bin" "k8s.io/kubernetes/cmd/$cmd" >&2
 done
 mv "$work/kube-apiserver.bin" "$OUT/kube-apiserver"
 mv "$work/kubectl.bin" "$OUT/kubectl"

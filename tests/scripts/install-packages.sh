@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests use that no build script brings:
-# shellcheck, which lints the must-gather script. As root, with apt-get;
+# the linter shellcheck, which checks the must-gather script; for the real node's tests
+# buildah (which builds the node's images straight into CRI-O's storage: no
+# registry is reachable from the tests), jq (which mends the container specs
+# Debian 12's crun refuses) and the CNI plugins. As root, with apt-get;
 # without root the tests that need them are reported skipped.
 set -euo pipefail
 
@@ -9,3 +12,5 @@ SCRIPT=install-packages
 source "$(dirname "$0")/lib.sh"
 
 install_packages "the shellcheck lint of the must-gather script" shellcheck:shellcheck
+install_packages "the real-node tests" buildah:buildah jq:jq \
+  /usr/lib/cni/bridge:containernetworking-plugins

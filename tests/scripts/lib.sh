@@ -43,3 +43,36 @@ install_packages() {
       fail "could not install the package(s) ${missing[*]} (apt-get install ${missing[*]})"
   fi
 }
+
+# kube_scratch_module NAME: writes, in the current directory, the go.mod of a
+# scratch module requiring k8s.io/kubernetes $KUBE_VERSION, from which
+# `go build k8s.io/kubernetes/cmd/<x>` builds that release's commands.
+# k8s.io/kubernetes points its staging modules at ./staging; as a dependency
+# each needs a replace to the published v0.x of the same release. The list
+# comes from that release's own go.mod.
+kube_scratch_module() {
+  local kube_gomod staging_version
+  kube_gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  [[ -f "$kube_gomod" ]] || fail "could not download go.mod of k8s.io/kubernetes@$KUBE_VERSION"
+  staging_version="v0.${KUBE_VERSION#v1.}"
+  {
+    echo "module kataoperator.local/$1"
+    echo
+    echo "go 1.24"
+    echo
+    echo "require k8s.io/kubernetes $KUBE_VERSION"
+    echo
+    grep -E '^\s*k8s.io/[a-z0-9-]+ => ./staging/' "$kube_gomod" |
+      awk -v v="$staging_version" '{print "replace " $1 " => " $1 " " v}'
+  } >go.mod
+  grep -q '^replace k8s.io/api ' go.mod || fail "no staging replace lines found in $kube_gomod"
+}
+
+# kube_ldflags: the link flags that stamp $KUBE_VERSION into a Kubernetes
+# command, as its own release build does (the kubelet reports it on its Node;
+# the API server's version skew checks read it).
+kube_ldflags() {
+  local minor="${KUBE_VERSION#v1.}"
+  minor="${minor%%.*}"
+  echo "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+}

@@ -94,6 +94,19 @@ pub fn free_port() -> Result<u16, Error> {
     )))
 }
 
+/// What a control plane serves beyond what every test gets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Fit for a real kubelet (see [`crate::real_node`]): Node authorization
+    /// and the NodeRestriction admission beside RBAC, the API server's client
+    /// certificate for the kubelets' logs and exec, and a serving certificate
+    /// for the `kubernetes` Service IP pods are told about.
+    pub for_node: bool,
+}
+
+/// The `kubernetes` Service's IP: the first of `--service-cluster-ip-range`.
+pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
 pub struct ControlPlane {
     dir: PathBuf,
     /// Removes `dir` on drop, unless the caller chose a directory of its own.
@@ -109,13 +122,18 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver in a temporary directory and waits
     /// until the API server is ready.
     pub async fn start() -> Result<Self, Error> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Like [`ControlPlane::start`], with `options`.
+    pub async fn start_with(options: Options) -> Result<Self, Error> {
         let mut attempt = 1;
         loop {
             let dir = tempfile::Builder::new()
                 .prefix("kata-control-plane-")
                 .tempdir()
                 .map_err(|e| Error::Setup(format!("cannot create a temporary directory: {e}")))?;
-            match Self::start_in(dir.path().to_path_buf(), Some(dir)).await {
+            match Self::start_in(dir.path().to_path_buf(), Some(dir), options).await {
                 // A port found free can be taken by a parallel test before
                 // etcd or the API server binds it: start again on new ports.
                 Err(error) if attempt < PORT_RACE_ATTEMPTS && lost_port_race(&error) => {
@@ -130,10 +148,14 @@ impl ControlPlane {
     /// in `dir`, which outlives the control plane (for `make cluster-up`).
     pub async fn start_in_dir(dir: PathBuf) -> Result<Self, Error> {
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        Self::start_in(dir, None).await
+        Self::start_in(dir, None, Options::default()).await
     }
 
-    async fn start_in(root: PathBuf, temp_dir: Option<tempfile::TempDir>) -> Result<Self, Error> {
+    async fn start_in(
+        root: PathBuf,
+        temp_dir: Option<tempfile::TempDir>,
+        options: Options,
+    ) -> Result<Self, Error> {
         let bin = binary_dir()?;
         for name in ["etcd", "kube-apiserver"] {
             if !bin.join(name).is_file() {
@@ -147,9 +169,12 @@ impl ControlPlane {
         let ca = TestCa::new("kata-test-ca")?;
         let ca_file = root.join("ca.crt");
         fs::write(&ca_file, ca.cert_pem()).map_err(|e| Error::io(&ca_file, e))?;
-        let (serving_cert, serving_key) = ca
-            .server_cert(&["localhost", "127.0.0.1", "kubernetes.default.svc"])?
-            .write(&root, "apiserver")?;
+        let mut serving_names = vec!["localhost", "127.0.0.1", "kubernetes.default.svc"];
+        if options.for_node {
+            serving_names.extend(["kubernetes", "kubernetes.default", KUBERNETES_SERVICE_IP]);
+        }
+        let (serving_cert, serving_key) =
+            ca.server_cert(&serving_names)?.write(&root, "apiserver")?;
         let (admin_cert, admin_key) = ca
             .client_cert("kata-test-admin", &["system:masters"])?
             .write(&root, "admin")?;
@@ -204,23 +229,47 @@ impl ControlPlane {
             &format!("--service-account-key-file={}", sa_pub.display()),
             &format!("--service-account-signing-key-file={}", sa_key.display()),
             "--service-cluster-ip-range=10.96.0.0/24",
-            "--authorization-mode=RBAC",
             "--allow-privileged=true",
-            // No controllers run here, so no endpoint reconciling is needed.
+            // The `kubernetes` Service's endpoints would name 127.0.0.1,
+            // which pods cannot reach; nothing here uses them.
             "--endpoint-reconciler-type=none",
             "--v=0",
         ]);
+        if options.for_node {
+            api.args(node_flags(&root, &plane.ca, &ca_file)?);
+        } else {
+            api.arg("--authorization-mode=RBAC");
+        }
         plane.api_server = Some(plane.spawn_logged(api, "kube-apiserver")?);
 
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: kata-test\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: kata-test\n  context:\n    cluster: kata-test\n    user: admin\ncurrent-context: kata-test\n",
-            ca = ca_file.display(),
-            cert = admin_cert.display(),
-            key = admin_key.display(),
-        );
-        fs::write(&plane.kubeconfig, kubeconfig).map_err(|e| Error::io(&plane.kubeconfig, e))?;
+        let kubeconfig = plane.kubeconfig.clone();
+        plane.write_kubeconfig(&kubeconfig, &admin_cert, &admin_key)?;
         plane.wait_ready().await?;
         Ok(plane)
+    }
+
+    /// Writes a kubeconfig for this API server that authenticates with the
+    /// client certificate `cert` and its key (signed by [`ControlPlane::ca`]).
+    pub fn write_kubeconfig(&self, path: &Path, cert: &Path, key: &Path) -> Result<(), Error> {
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kata-test\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\nusers:\n- name: user\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: kata-test\n  context:\n    cluster: kata-test\n    user: user\ncurrent-context: kata-test\n",
+            port = self.api_port,
+            ca = self.ca_file().display(),
+            cert = cert.display(),
+            key = key.display(),
+        );
+        fs::write(path, kubeconfig).map_err(|e| Error::io(path, e))
+    }
+
+    /// The CA certificate every certificate here is signed by.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The private key the API server signs service-account tokens with,
+    /// which kube-controller-manager signs them with too.
+    pub fn service_account_key_file(&self) -> PathBuf {
+        self.dir.join("service-account.key")
     }
 
     fn spawn_logged(&self, mut command: Command, name: &str) -> Result<Child, Error> {
@@ -356,6 +405,26 @@ impl ControlPlane {
     pub async fn install_openshift_crds(&self) -> Result<(), Error> {
         self.install_crds(&openshift_crds()?).await
     }
+}
+
+/// The API server's flags for serving a kubelet: Node authorization (a
+/// kubelet may only touch its own Node and its pods' objects) and the
+/// NodeRestriction admission that enforces it, on top of the defaults
+/// (RuntimeClass and ServiceAccount admission among them); a client
+/// certificate in `system:masters` for the kubelet's logs and exec, whose
+/// serving certificate the test CA signs.
+fn node_flags(root: &Path, ca: &TestCa, ca_file: &Path) -> Result<Vec<String>, Error> {
+    let (cert, key) = ca
+        .client_cert("kube-apiserver-kubelet-client", &["system:masters"])?
+        .write(root, "apiserver-kubelet-client")?;
+    Ok(vec![
+        "--authorization-mode=Node,RBAC".into(),
+        "--enable-admission-plugins=NodeRestriction".into(),
+        format!("--kubelet-client-certificate={}", cert.display()),
+        format!("--kubelet-client-key={}", key.display()),
+        format!("--kubelet-certificate-authority={}", ca_file.display()),
+        "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+    ])
 }
 
 /// The OpenShift Machine Config Operator CRDs, as published upstream.

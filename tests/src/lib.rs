@@ -19,6 +19,7 @@ pub mod manifests;
 pub mod mco_simulator;
 pub mod pki;
 pub mod promtool;
+pub mod real_node;
 pub mod release_fixture;
 pub mod stalling_proxy;
 

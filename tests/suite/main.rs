@@ -40,6 +40,7 @@ mod node_agent_pod_policy;
 mod olm_bundle;
 mod osc_compat;
 mod osc_takeover;
+mod real_node;
 mod rollout_counts;
 mod runtime_class_guard;
 mod status_size;

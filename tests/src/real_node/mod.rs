@@ -1,0 +1,272 @@
+//! A real Kubernetes node for the tests: a control plane fit for a kubelet
+//! ([`crate::control_plane::Options::for_node`]), kube-controller-manager,
+//! kube-scheduler, a CRI-O set up for a kubelet and the kubelet itself, all
+//! built by `tests/scripts/build-node.sh` (its directory in
+//! `KATA_NODE_BIN_DIR`) and the other build scripts.
+//!
+//! What it covers: scheduling (RuntimeClass nodeSelector, overhead set by
+//! admission), the kubelet creating sandboxes through CRI-O's runtime
+//! handlers, pod cgroups, volumes and tokens as a kubelet mounts them. What it
+//! does not: Kata's shim (it cannot be built here; the `kata` handler's
+//! `runtime_path` is a stand-in that refuses, see [`runtime`]), kube-proxy,
+//! cluster DNS, any registry (images are built locally with buildah).
+//!
+//! The node is machine-global (the kubelet's `/kubepods` cgroups, its
+//! device-plugin socket, CRI-O's fixed socket), so one runs at a time: a test
+//! holds `exclusive(crio_socket)` and keeps its checks in one function.
+//! Dropping a [`RealNode`], also while unwinding from a panic, tears it down
+//! leaving no process, mount, bridge or cgroup ([`cleanup`]); the same
+//! clean-up runs before a start, for what a killed run left behind.
+
+mod cleanup;
+mod components;
+mod runtime;
+
+pub use runtime::SHIM_STAND_IN_ERROR;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use kube::Client;
+use kube::api::Api;
+
+use crate::child_process::{spawn_tied_to_process, stop};
+use crate::control_plane::{ControlPlane, Options};
+use crate::crio::Crio;
+use crate::{Error, eventually};
+
+/// The node's name: neither the machine's hostname nor a name the other
+/// tests give their Node objects.
+pub const NODE_NAME: &str = "kata-tests-real-node";
+/// The image every sandbox's storage is prepared from (and which test pods
+/// may run): the static `pause`, built into CRI-O's storage at start.
+pub const PAUSE_IMAGE: &str = "localhost/kata-tests/pause:v1";
+/// Node Ready is seen about 7 s after the kubelet starts here; a loaded CI
+/// machine gets more.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a real node cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if let Some(reason) = crate::crio::unavailable() {
+        return Some(reason);
+    }
+    let Some(dir) = std::env::var_os("KATA_NODE_BIN_DIR") else {
+        return Some(
+            "KATA_NODE_BIN_DIR is not set (make test sets it from tests/scripts/build-node.sh)"
+                .into(),
+        );
+    };
+    let dir = PathBuf::from(dir);
+    let binaries = [
+        "kubelet",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "pause",
+    ];
+    let system = ["/usr/bin/buildah", "/usr/bin/jq", "/usr/lib/cni/bridge"];
+    binaries
+        .iter()
+        .map(|name| dir.join(name))
+        .chain(system.iter().map(PathBuf::from))
+        .find(|path| !path.is_file())
+        .map(|path| {
+            format!(
+                "{} is missing (tests/scripts/build-node.sh)",
+                path.display()
+            )
+        })
+}
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("KATA_NODE_BIN_DIR").unwrap_or_default())
+}
+
+/// A running node; torn down when dropped. Fields drop in order: the
+/// kubelet and CRI-O are stopped in [`Drop`] before the rest goes.
+pub struct RealNode {
+    kubelet: Option<Child>,
+    crio: Option<Crio>,
+    scheduler: Option<Child>,
+    controller_manager: Option<Child>,
+    plane: Option<ControlPlane>,
+    host: cleanup::HostChanges,
+    dir: PathBuf,
+    _temp_dir: tempfile::TempDir,
+}
+
+impl RealNode {
+    /// Starts the control plane, its controllers, CRI-O and the kubelet, and
+    /// waits until the Node is Ready.
+    pub async fn start() -> Result<Self, Error> {
+        let temp_dir = tempfile::Builder::new()
+            .prefix("kata-real-node-")
+            .tempdir()
+            .map_err(|e| Error::Setup(format!("cannot create a temporary directory: {e}")))?;
+        let dir = temp_dir.path().to_path_buf();
+        // What a run killed before its teardown left behind.
+        cleanup::leftovers();
+        let host = cleanup::HostChanges::before_start();
+        let mut node = RealNode {
+            kubelet: None,
+            crio: None,
+            scheduler: None,
+            controller_manager: None,
+            plane: None,
+            host,
+            dir: dir.clone(),
+            _temp_dir: temp_dir,
+        };
+        let plane = ControlPlane::start_with(Options { for_node: true }).await?;
+        let plane = node.plane.insert(plane);
+        let (controller_manager, scheduler) = components::start_controllers(plane, &dir)?;
+        node.controller_manager = Some(controller_manager);
+        node.scheduler = Some(scheduler);
+        node.host.hugetlb_mounted = runtime::mount_hugetlb_v1()?;
+        node.crio = Some(runtime::start_crio(&dir.join("crio"), &bin_dir())?);
+        let kubelet = components::start_kubelet(node.plane()?, &dir, &bin_dir())?;
+        node.kubelet = Some(kubelet);
+        node.wait_ready().await?;
+        Ok(node)
+    }
+
+    fn plane(&self) -> Result<&ControlPlane, Error> {
+        self.plane
+            .as_ref()
+            .ok_or_else(|| Error::Setup("the real node's control plane is gone".into()))
+    }
+
+    /// The control plane the node is registered with.
+    pub fn control_plane(&self) -> &ControlPlane {
+        // Set in `start` before a RealNode is handed out; taken only on drop.
+        #[allow(clippy::expect_used)]
+        self.plane.as_ref().expect("a started node's control plane")
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> Result<Client, Error> {
+        self.plane()?.client().await
+    }
+
+    /// The last lines of a component's log (`kubelet`, `kube-scheduler`,
+    /// `kube-controller-manager`, `crio`), for failure messages.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let path = match name {
+            "crio" => self.dir.join("crio").join("crio.log"),
+            other => self.dir.join(format!("{other}.log")),
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), Error> {
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        let ready = eventually(
+            "the real node to be Ready and untainted",
+            READY_TIMEOUT,
+            || {
+                let nodes = nodes.clone();
+                async move {
+                    let node = nodes.get_opt(NODE_NAME).await.map_err(|e| e.to_string())?;
+                    node.as_ref()
+                        .ok_or_else(|| "not registered yet".to_owned())
+                        .and_then(schedulable)
+                }
+            },
+        )
+        .await;
+        ready.map_err(|e| {
+            Error::Setup(format!(
+                "{e}\n--- kubelet log (tail) ---\n{}\n--- crio log (tail) ---\n{}",
+                self.log_tail("kubelet", 30),
+                self.log_tail("crio", 15)
+            ))
+        })
+    }
+
+    /// Waits until `namespace`'s `default` ServiceAccount exists (the
+    /// controller-manager makes it); pods are refused until then.
+    pub async fn wait_default_service_account(&self, namespace: &str) -> Result<(), Error> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
+        eventually(
+            "the default ServiceAccount",
+            Duration::from_secs(60),
+            || {
+                let accounts = accounts.clone();
+                async move {
+                    let found = accounts
+                        .get_opt("default")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(found.is_some())
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// Whether pods can be scheduled to `node`: Ready, and without the
+/// not-ready taint, which the controller-manager takes off a moment after
+/// Ready (a pod created before then is unschedulable for that taint).
+fn schedulable(node: &Node) -> Result<bool, String> {
+    let status = node.status.as_ref();
+    let conditions = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    match conditions.iter().find(|c| c.type_ == "Ready") {
+        Some(c) if c.status == "True" => {}
+        Some(c) => {
+            return Err(format!(
+                "Ready={}: {}",
+                c.status,
+                c.message.clone().unwrap_or_default()
+            ));
+        }
+        None => return Err("no Ready condition yet".into()),
+    }
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default();
+    match taints.iter().find(|t| t.effect == "NoSchedule") {
+        Some(taint) => Err(format!("tainted {}", taint.key)),
+        None => Ok(true),
+    }
+}
+
+/// Starts `command` with its output in `<dir>/<name>.log`, tied to the test
+/// process.
+fn spawn_logged(dir: &Path, name: &str, mut command: Command) -> Result<Child, Error> {
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let log_err = log.try_clone().map_err(|e| Error::io(&log_path, e))?;
+    command.stdin(Stdio::null()).stdout(log).stderr(log_err);
+    spawn_tied_to_process(command).map_err(|e| Error::Setup(format!("cannot start {name}: {e}")))
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        // The kubelet first, so that nothing starts the pods again; then the
+        // pods through CRI-O (timeout 0: a test pod's PID 1 may ignore
+        // SIGTERM), then CRI-O. The controllers before their API server.
+        if let Some(mut kubelet) = self.kubelet.take() {
+            stop(&mut kubelet, Duration::from_secs(10));
+        }
+        if let Some(crio) = self.crio.take() {
+            runtime::remove_all_pods(&crio);
+            drop(crio);
+        }
+        for mut child in [self.scheduler.take(), self.controller_manager.take()]
+            .into_iter()
+            .flatten()
+        {
+            stop(&mut child, Duration::from_secs(10));
+        }
+        drop(self.plane.take());
+        cleanup::host(&self.dir, &self.host);
+    }
+}

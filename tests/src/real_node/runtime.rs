@@ -1,0 +1,368 @@
+//! CRI-O set up for a kubelet on this kind of machine (Debian 12's crun
+//! 1.8.1, cgroup v1 hybrid, a VM that withholds a capability, no registry),
+//! with the `kata` handler the coordinator renders pointed at a stand-in
+//! shim. Each workaround says what it works around.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::process::Command;
+
+use kata_coordinator::objects::CrioRuntimeHandler;
+
+use super::PAUSE_IMAGE;
+use crate::Error;
+use crate::crio::{Crio, Started, main_config};
+
+/// The CNI network's name; CNI's result cache files start with it.
+pub(super) const NETWORK: &str = "kata-real-node";
+/// The bridge the network's pods hang on.
+pub(super) const BRIDGE: &str = "kata-rn0";
+/// What the stand-in for Kata's shim says when CRI-O starts it: the text the
+/// kubelet reports in its FailedCreatePodSandBox event.
+pub const SHIM_STAND_IN_ERROR: &str =
+    "containerd-shim-kata-v2 stand-in: the Kata shim is not built on this test node";
+
+/// Starts CRI-O in `dir` for the kubelet, its storage holding [`PAUSE_IMAGE`].
+pub(super) fn start_crio(dir: &Path, node_bin: &Path) -> Result<Crio, Error> {
+    let config_dir = dir.join("crio.conf.d");
+    for sub in [&config_dir, &dir.join("cni/net.d"), &dir.join("cni/bin")] {
+        std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
+    }
+    let main = dir.join("crio.conf");
+    // cgroupfs and conmon in the pod's cgroup come with main_config already.
+    // drop_infra_ctr: no pause process per pod, the kubelet does not need one.
+    // pids_limit = 0: crun 1.8.1 writes CRI-O's default of -1 literally into
+    // pids.max, which the kernel refuses (`Invalid argument`).
+    let runtime_extra = "default_runtime = \"crun\"\ndrop_infra_ctr = true\npids_limit = 0";
+    write(&main, &main_config(dir, runtime_extra))?;
+    write(&config_dir.join("10-node.conf"), &node_drop_in(dir)?)?;
+    write(&config_dir.join("50-kata.conf"), &kata_drop_in(dir)?)?;
+    write_cni(dir)?;
+    build_pause_image(dir, node_bin)?;
+    match Crio::start(dir, &main, &config_dir)? {
+        Started::Serving(crio) => Ok(crio),
+        Started::Exited(log) => Err(Error::Setup(format!(
+            "CRI-O refused the node's configuration:\n{log}"
+        ))),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+fn write_executable(path: &Path, text: &str) -> Result<(), Error> {
+    write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The pause image for every sandbox (CRI-O prepares the infra container's
+/// storage from it even with drop_infra_ctr, and registry.k8s.io cannot be
+/// reached), and crun behind a wrapper.
+fn node_drop_in(dir: &Path) -> Result<String, Error> {
+    let wrapper = dir.join("crun-for-debian-12");
+    write_executable(&wrapper, &crun_wrapper(&withheld_capabilities()?))?;
+    Ok(format!(
+        r#"[crio.image]
+pause_image = "{PAUSE_IMAGE}"
+pause_command = "/pause"
+
+[crio.runtime.runtimes.crun]
+runtime_path = "{wrapper}"
+runtime_root = "{root}"
+monitor_path = "/usr/bin/conmon"
+"#,
+        wrapper = wrapper.display(),
+        root = dir.join("crun").display(),
+    ))
+}
+
+/// crun with the container's spec mended first, for two things of this
+/// machine:
+/// - Debian 12's crun 1.8.1 accepts only `ociVersion` 1.0.x and CRI-O 1.36
+///   writes 1.3.0 (`unknown version specified`); the fields CRI-O sets are
+///   all 1.0 ones, so the spec is marked 1.0.2. A newer crun would not need it.
+/// - The VM withholds capabilities from every process's bounding set
+///   (`CAP_SYS_RESOURCE` here); CRI-O gives a privileged container every
+///   capability and crun's capset then fails (`Operation not permitted`), so
+///   the withheld ones are dropped from the spec.
+///
+/// conmon passes the bundle as `--bundle <dir>` to `create`; every other
+/// call goes to crun unchanged.
+fn crun_wrapper(withheld: &[&str]) -> String {
+    let withheld = serde_json::to_string(withheld).unwrap_or_else(|_| "[]".into());
+    format!(
+        r#"#!/bin/sh
+bundle=""
+previous=""
+for arg in "$@"; do
+  case "$previous" in --bundle|-b) bundle="$arg" ;; esac
+  case "$arg" in --bundle=*) bundle="${{arg#--bundle=}}" ;; esac
+  previous="$arg"
+done
+if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
+  /usr/bin/jq --argjson withheld '{withheld}' '
+    .ociVersion = "1.0.2"
+    | if .process.capabilities then
+        .process.capabilities |= map_values(map(select(. as $c | $withheld | index($c) | not)))
+      else . end' "$bundle/config.json" >"$bundle/config.json.mended" || exit 1
+  mv "$bundle/config.json.mended" "$bundle/config.json"
+fi
+exec /usr/bin/crun "$@"
+"#
+    )
+}
+
+/// Linux's capabilities by number (capability.h, up to CAP_CHECKPOINT_RESTORE).
+const CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The capabilities missing from this process's bounding set: no process
+/// started from here, crun included, can hand them on.
+fn withheld_capabilities() -> Result<Vec<&'static str>, Error> {
+    let status_path = Path::new("/proc/self/status");
+    let status = std::fs::read_to_string(status_path).map_err(|e| Error::io(status_path, e))?;
+    let bounding = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| Error::Setup("no CapBnd in /proc/self/status".into()))?;
+    Ok(withheld_from(bounding))
+}
+
+fn withheld_from(bounding: u64) -> Vec<&'static str> {
+    CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// The `kata` handler exactly as the coordinator renders it for CRI-O, but
+/// for its paths: Kata's shim cannot be built here, so `runtime_path` is a
+/// stand-in that fails the way a broken shim does, with a message of its
+/// own. CRI-O keeps a `vm` handler only when its shim is named
+/// `containerd-shim-<x>-v2`, and runs the shim's `start` at RunPodSandbox.
+fn kata_drop_in(dir: &Path) -> Result<String, Error> {
+    let shim_dir = dir.join("kata-shim");
+    std::fs::create_dir_all(&shim_dir).map_err(|e| Error::io(&shim_dir, e))?;
+    let shim = shim_dir.join("containerd-shim-kata-v2");
+    write_executable(
+        &shim,
+        &format!("#!/bin/sh\necho '{SHIM_STAND_IN_ERROR}' >&2\nexit 1\n"),
+    )?;
+    // CRI-O drops a handler whose runtime_config_path does not exist; the
+    // stand-in reads nothing from it.
+    let shim_config = shim_dir.join("configuration.toml");
+    write(&shim_config, "")?;
+    let handler = CrioRuntimeHandler {
+        runtime_path: shim.display().to_string(),
+        runtime_root: dir.join("kata-root").display().to_string(),
+        runtime_config_path: shim_config.display().to_string(),
+        ..CrioRuntimeHandler::default()
+    };
+    Ok(handler.to_toml())
+}
+
+/// A bridge network (without one CRI-O reports NetworkReady=false and the
+/// node never gets Ready). No gateway and no masquerading: either would
+/// change the machine (ip_forward, iptables) for networking no test here
+/// uses; host-local keeps its leases in `dir`.
+fn write_cni(dir: &Path) -> Result<(), Error> {
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": BRIDGE,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": "10.244.77.0/24" }]],
+                "dataDir": dir.join("cni/ipam").display().to_string(),
+            },
+        }],
+    });
+    write(
+        &dir.join("cni/net.d/10-kata-real-node.conflist"),
+        &conflist.to_string(),
+    )?;
+    for plugin in ["bridge", "host-local", "loopback"] {
+        let link = dir.join("cni/bin").join(plugin);
+        let _ = std::fs::remove_file(&link);
+        symlink(Path::new("/usr/lib/cni").join(plugin), &link).map_err(|e| Error::io(&link, e))?;
+    }
+    Ok(())
+}
+
+/// Builds [`PAUSE_IMAGE`] (the static `pause`, FROM scratch) straight into
+/// the storage CRI-O will use: buildah and CRI-O share containers/storage.
+fn build_pause_image(dir: &Path, node_bin: &Path) -> Result<(), Error> {
+    let policy = dir.join("policy.json");
+    write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )?;
+    let store = [
+        format!("--root={}", dir.join("storage").display()),
+        format!("--runroot={}", dir.join("runroot").display()),
+        "--storage-driver=vfs".to_owned(),
+    ];
+    let container = "kata-tests-pause";
+    let pause = node_bin.join("pause");
+    let steps: [Vec<String>; 4] = [
+        vec![
+            "from".into(),
+            "--name".into(),
+            container.into(),
+            "scratch".into(),
+        ],
+        vec![
+            "copy".into(),
+            container.into(),
+            pause.display().to_string(),
+            "/pause".into(),
+        ],
+        vec![
+            "config".into(),
+            "--entrypoint".into(),
+            r#"["/pause"]"#.into(),
+            container.into(),
+        ],
+        vec![
+            "commit".into(),
+            format!("--signature-policy={}", policy.display()),
+            "--rm".into(),
+            container.into(),
+            PAUSE_IMAGE.into(),
+        ],
+    ];
+    for step in steps {
+        buildah(&store, &step)?;
+    }
+    Ok(())
+}
+
+fn buildah(store: &[String], args: &[String]) -> Result<(), Error> {
+    let output = Command::new("/usr/bin/buildah")
+        .args(store)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Setup(format!("buildah: {e}")))?;
+    if !output.status.success() {
+        return Err(Error::Setup(format!(
+            "buildah {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// crun refuses to run on a hybrid hierarchy while a controller (hugetlb
+/// here) sits on the cgroup v2 side, and looks for it only at
+/// `/sys/fs/cgroup/<name>`: mounts it there as v1 unless something is
+/// mounted there already. Once mounted as v1 the kernel may keep it bound to
+/// v1 after the unmount, so whether it is on v2 now says nothing. Whether it
+/// mounted, for the teardown.
+pub(super) fn mount_hugetlb_v1() -> Result<bool, Error> {
+    let enabled = std::fs::read_to_string("/proc/cgroups").is_ok_and(|table| {
+        table.lines().any(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            columns.first() == Some(&"hugetlb") && columns.get(3) == Some(&"1")
+        })
+    });
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|table| {
+        table
+            .lines()
+            .any(|line| line.split(' ').nth(4) == Some(HUGETLB_V1))
+    });
+    if !enabled || mounted {
+        return Ok(false);
+    }
+    let mount_point = Path::new(HUGETLB_V1);
+    std::fs::create_dir_all(mount_point).map_err(|e| Error::io(mount_point, e))?;
+    let status = Command::new("mount")
+        .args(["-t", "cgroup", "-o", "hugetlb", "cgroup", HUGETLB_V1])
+        .status()
+        .map_err(|e| Error::Setup(format!("mount: {e}")))?;
+    if !status.success() {
+        let _ = std::fs::remove_dir(mount_point);
+        return Err(Error::Setup(format!(
+            "cannot mount the hugetlb cgroup controller at {HUGETLB_V1} ({status})"
+        )));
+    }
+    Ok(true)
+}
+
+pub(super) const HUGETLB_V1: &str = "/sys/fs/cgroup/hugetlb";
+
+/// Stops and removes every pod of this CRI-O (only the node's run in it),
+/// containers killed at once.
+pub(super) fn remove_all_pods(crio: &Crio) {
+    let Ok(pods) = crio.crictl(&["pods", "-q"]) else {
+        return;
+    };
+    for pod in pods.split_whitespace() {
+        let _ = crio.crictl(&["stopp", pod]);
+        let _ = crio.crictl(&["rmp", "-f", pod]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounding_set_without_sys_resource_withholds_only_it() {
+        assert_eq!(
+            withheld_from(0x0000_01ff_feff_ffff),
+            vec!["CAP_SYS_RESOURCE"]
+        );
+        assert!(withheld_from(u64::MAX).is_empty());
+    }
+}
