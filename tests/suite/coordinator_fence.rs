@@ -10,7 +10,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod refusals;
-use refusals::{changed, machine_config_refusals, pool_and_runtime_config_refusals};
+use refusals::{
+    changed, machine_config, machine_config_refusals, pool_and_runtime_config_refusals,
+};
 
 use kata_test_harness::kata_test;
 use std::time::Duration;
@@ -73,7 +75,7 @@ async fn as_coordinator(plane: &ControlPlane) -> Client {
 }
 
 /// Why the API server refused a write, or `None` if it admitted it.
-fn refusal<T>(result: Result<T, kube::Error>) -> Option<String> {
+pub(super) fn refusal<T>(result: Result<T, kube::Error>) -> Option<String> {
     match result {
         Ok(_) => None,
         Err(kube::Error::Api(status)) => Some(status.message),
@@ -311,12 +313,29 @@ async fn machine_config_operator_writes_are_held_to_kata_shape() {
             verdict => assert_eq!(verdict, None, "{object}"),
         }
     }
+    an_admins_addition_holds_our_writes(&plane.client().await.unwrap(), &configs).await;
     // And deleted by their names.
     configs
         .delete(mco::MACHINE_CONFIG_NAME, &DeleteParams::default())
         .await
         .unwrap();
     fence_is_out_of_reach(&coordinator).await;
+}
+
+/// A field the fence forbids, added to our MachineConfig by an admin, is
+/// kept by the coordinator's apply (it owns no such field), so its writes to
+/// that object are refused from then on (docs/security.md).
+async fn an_admins_addition_holds_our_writes(admin: &Client, configs: &Api<DynamicObject>) {
+    let addition = Patch::Merge(json!({"spec": {"kernelArguments": ["nosmt"]}}));
+    api(admin, MACHINE_CONFIG)
+        .patch(mco::MACHINE_CONFIG_NAME, &PatchParams::default(), &addition)
+        .await
+        .unwrap();
+    assert_fenced(
+        "our apply over an admin's kernel argument",
+        apply(configs, &machine_config(), true).await,
+        "may carry only Kata's extension",
+    );
 }
 
 /// The coordinator can neither change nor remove the fence: RBAC gives it

@@ -8,10 +8,10 @@ use kata_coordinator::mco::placement::Role;
 use kata_coordinator::objects::CrioRuntimeHandler;
 use kata_tests::cluster::WORKER;
 use kube::Client;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DeleteParams, DynamicObject};
 use serde_json::{Value, json};
 
-use super::{api, apply, assert_fenced};
+use super::{api, apply, assert_fenced, refusal};
 
 /// Our kata-oc MachineConfig as the planner writes it.
 pub(super) fn machine_config() -> Value {
@@ -118,6 +118,9 @@ pub(super) async fn machine_config_refusals(configs: &Api<DynamicObject>) {
     // A foreign name is RBAC's to refuse, before admission.
     let foreign = changed(|mc| mc["metadata"]["name"] = json!("99-worker-ssh"));
     let refused = apply(configs, &foreign, true).await.unwrap();
+    assert!(refused.contains("forbidden"), "{refused}");
+    let params = DeleteParams::default().dry_run();
+    let refused = refusal(configs.delete("99-worker-ssh", &params).await).unwrap();
     assert!(refused.contains("forbidden"), "{refused}");
 }
 
