@@ -111,17 +111,25 @@ async fn only_the_workload_controllers_create_pods_as_the_operators_accounts() {
     }
 }
 
+/// Creates `pod` (really, not a dry run) as `user`; returns its name.
+async fn create_as(plane: &ControlPlane, user: &str, pod: Value) -> String {
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    pods_as(plane, user)
+        .await
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .name
+        .unwrap()
+}
+
 #[kata_test]
 async fn a_running_pod_can_still_be_updated_within_its_shape() {
     let plane = policy_in_force().await;
     let admin = pods_as_admin(&plane).await;
-    let pod: Pod = serde_json::from_value(coordinator_pod()).unwrap();
-    let name = pod.metadata.name.clone().unwrap();
-    pods_as(&plane, REPLICA_SET_CONTROLLER)
-        .await
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
+    let coordinator = create_as(&plane, REPLICA_SET_CONTROLLER, coordinator_pod()).await;
+    let agent = create_as(&plane, DAEMON_SET_CONTROLLER, agent_pod()).await;
 
     // As the kubelet, a controller or an admin changes a pod it did not
     // create: a label, and the ownerReferences the garbage collector drops
@@ -131,32 +139,46 @@ async fn a_running_pod_can_still_be_updated_within_its_shape() {
         json!({"metadata": {"ownerReferences": null}}),
     ] {
         let patched = admin
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&change))
+            .patch(
+                &coordinator,
+                &PatchParams::default(),
+                &Patch::Merge(&change),
+            )
             .await;
         assert!(patched.is_ok(), "{change}: {patched:?}");
     }
 
-    for (what, security_context, message) in [
+    for (what, pod, security_context, message) in [
         (
             "an ephemeral container adding SYS_ADMIN",
+            &coordinator,
             json!({"capabilities": {"add": ["SYS_ADMIN"]}}),
             NO_CAPABILITIES,
         ),
         (
             "an ephemeral container with seccomp Unconfined",
+            &coordinator,
             json!({"seccompProfile": {"type": "Unconfined"}}),
             NO_UNCONFINED_SECCOMP,
         ),
+        (
+            "a privileged ephemeral container in the agent's pod",
+            &agent,
+            json!({"privileged": true}),
+            "ephemeral containers in the operator's namespace may not be privileged",
+        ),
     ] {
-        let refused = debug_container_refusal(&admin, &name, security_context).await;
+        let refused = debug_container_refusal(&admin, pod, security_context).await;
         assert_refused(what, refused, message);
     }
-    let within_the_rules = json!({"capabilities": {"drop": ["ALL"]}});
-    assert_eq!(
-        debug_container_refusal(&admin, &name, within_the_rules).await,
-        None,
-        "an ephemeral container within the rules"
-    );
+    for pod in [&coordinator, &agent] {
+        let within_the_rules = json!({"capabilities": {"drop": ["ALL"]}});
+        let refused = debug_container_refusal(&admin, pod, within_the_rules).await;
+        assert_eq!(
+            refused, None,
+            "an ephemeral container within the rules in {pod}"
+        );
+    }
 }
 
 /// Why the API server refused adding an ephemeral container with
