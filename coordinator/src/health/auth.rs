@@ -283,12 +283,12 @@ impl AgentAuthenticator {
                 expires_at: claims.expires_at,
             });
         }
-        let signature = self.issuer.check(token).await;
-        if let Some(Signature::Forged | Signature::UnknownKey) = signature {
+        let signature = self.issuer.check(token, &self.audience).await;
+        if let Some(why) = signature.and_then(Signature::refusal) {
             self.metrics.token_not_reviewed(TOKEN_REFUSED_UNREVIEWED);
-            return Err(AuthError::Unauthenticated(
-                "not an agent token: not signed by the cluster's service-account issuer".into(),
-            ));
+            return Err(AuthError::Unauthenticated(format!(
+                "not an agent token: {why}"
+            )));
         }
         // The claims are the issuer's only when its key verified them.
         let bound = match signature {

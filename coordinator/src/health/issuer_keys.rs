@@ -6,17 +6,25 @@
 //! signature verifies still goes to the review, which alone knows that the
 //! bound Pod still exists and the ServiceAccount is not gone. When the keys
 //! cannot be read (the endpoint refused, the API server down) or the issuer
-//! signs with an algorithm this cannot verify (ES512: ring has no P-521),
-//! every well-shaped token goes to the review, as it would without the
-//! filter.
+//! signs with an algorithm this cannot verify (ES512: neither ring nor
+//! jsonwebtoken has P-521), every well-shaped token goes to the review, as
+//! it would without the filter.
+//!
+//! The set and the tokens are read and checked by `jsonwebtoken`, with the
+//! algorithm pinned by the key the token names, never by its header alone
+//! (signatures by ring, [`super::jose`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ring::signature::{self, RsaParameters, RsaPublicKeyComponents, UnparsedPublicKey};
-use serde::Deserialize;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind, Validation};
 
-use super::jose::{base64url, json_segment};
+use super::clock::CLOCK_SKEW_LEEWAY;
+use super::jose;
 
 /// Where kube-apiserver serves its verification keys.
 pub const JWKS_PATH: &str = "/openid/v1/jwks";
@@ -29,8 +37,12 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// What the issuer's keys say of a token's signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signature {
-    /// Made by one of the issuer's keys.
+    /// Made by one of the issuer's keys, for the audience, within its times.
     Verified,
+    /// Made by one of the issuer's keys, but its claims refuse it: expired
+    /// or not yet valid (beyond [`CLOCK_SKEW_LEEWAY`]), or for another
+    /// audience.
+    Refused,
     /// Not made by any key the issuer publishes for the token's algorithm
     /// and key id: a forgery, or a token of another cluster.
     Forged,
@@ -39,6 +51,19 @@ pub enum Signature {
     /// Made with an algorithm a published key signs with but this cannot
     /// verify: the review decides.
     Unverifiable,
+}
+
+impl Signature {
+    /// Why a token is refused without a review, if it is.
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            Self::Forged | Self::UnknownKey => {
+                Some("not signed by the cluster's service-account issuer")
+            }
+            Self::Refused => Some("expired, not yet valid or for another audience, as signed"),
+            Self::Verified | Self::Unverifiable => None,
+        }
+    }
 }
 
 /// The issuer's published keys. Pure: parsed from the JWK set's bytes.
@@ -50,126 +75,103 @@ pub struct IssuerKeys {
 #[derive(Debug)]
 struct Key {
     kid: Option<String>,
-    /// The JWS algorithm the key verifies (`RS256`, `ES256`, ...).
+    /// The JWS algorithm the key verifies (`RS256`, `ES256`, ...), as a
+    /// token's header names it.
     alg: String,
     /// `None` for a key this cannot verify with.
-    verifier: Option<Verifier>,
-}
-
-#[derive(Debug)]
-enum Verifier {
-    Rsa {
-        params: &'static RsaParameters,
-        n: Vec<u8>,
-        e: Vec<u8>,
-    },
-    Ec {
-        alg: &'static signature::EcdsaVerificationAlgorithm,
-        /// The uncompressed point: 0x04, x, y.
-        point: Vec<u8>,
-    },
-}
-
-impl Verifier {
-    fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        match self {
-            Self::Rsa { params, n, e } => RsaPublicKeyComponents { n, e }
-                .verify(params, message, signature)
-                .is_ok(),
-            Self::Ec { alg, point } => UnparsedPublicKey::new(*alg, point)
-                .verify(message, signature)
-                .is_ok(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct JwkSet {
-    keys: Vec<Jwk>,
-}
-
-/// The members of a JWK (RFC 7517, 7518) that say how to verify.
-#[derive(Deserialize)]
-struct Jwk {
-    kty: String,
-    kid: Option<String>,
-    alg: Option<String>,
-    #[serde(rename = "use")]
-    usage: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-    crv: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
-}
-
-fn rsa_parameters(alg: &str) -> Option<&'static RsaParameters> {
-    Some(match alg {
-        "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
-        "RS384" => &signature::RSA_PKCS1_2048_8192_SHA384,
-        "RS512" => &signature::RSA_PKCS1_2048_8192_SHA512,
-        "PS256" => &signature::RSA_PSS_2048_8192_SHA256,
-        "PS384" => &signature::RSA_PSS_2048_8192_SHA384,
-        "PS512" => &signature::RSA_PSS_2048_8192_SHA512,
-        _ => return None,
-    })
+    verifier: Option<(Algorithm, DecodingKey)>,
 }
 
 impl Key {
     /// The key a JWK describes; `None` for one that cannot sign tokens
-    /// (another use, an unknown type or curve). Without an `alg`, the one
-    /// kube-apiserver signs with for the key's type: RS256 for RSA, ES256,
-    /// ES384 or ES512 by curve.
+    /// (another use, a symmetric key, an unknown type or curve, an
+    /// algorithm of another type). Without an `alg`, the one kube-apiserver
+    /// signs with for the key's type: RS256 for RSA, ES256, ES384 or ES512
+    /// by curve.
     fn from_jwk(jwk: &Jwk) -> Option<Self> {
-        if jwk.usage.as_deref().is_some_and(|usage| usage != "sig") {
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|usage| *usage != PublicKeyUse::Signature)
+        {
             return None;
         }
-        let bytes = |member: &Option<String>| member.as_deref().and_then(base64url);
-        let kid = jwk.kid.clone();
-        match jwk.kty.as_str() {
-            "RSA" => {
-                let alg = jwk.alg.clone().unwrap_or_else(|| "RS256".into());
-                let verifier = match (rsa_parameters(&alg), bytes(&jwk.n), bytes(&jwk.e)) {
-                    (Some(params), Some(n), Some(e)) => Some(Verifier::Rsa { params, n, e }),
-                    _ => None,
-                };
-                Some(Self { kid, alg, verifier })
-            }
-            "EC" => {
-                let (curve_alg, ring_alg, size): (_, Option<&'static _>, _) =
-                    match jwk.crv.as_deref()? {
-                        "P-256" => ("ES256", Some(&signature::ECDSA_P256_SHA256_FIXED), 32),
-                        "P-384" => ("ES384", Some(&signature::ECDSA_P384_SHA384_FIXED), 48),
-                        "P-521" => ("ES512", None, 66),
-                        _ => return None,
-                    };
-                // A curve signs with one algorithm only; a JWK claiming
-                // another is not a key any token could verify against.
-                if jwk.alg.as_deref().is_some_and(|alg| alg != curve_alg) {
-                    return None;
-                }
-                let verifier = match (ring_alg, bytes(&jwk.x), bytes(&jwk.y)) {
-                    (Some(alg), Some(x), Some(y)) if x.len() == size && y.len() == size => {
-                        let point = [&[4u8][..], &x, &y].concat();
-                        Some(Verifier::Ec { alg, point })
-                    }
-                    _ => None,
-                };
+        let kid = jwk.common.key_id.clone();
+        let declared = jwk.common.key_algorithm;
+        match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => {
+                let alg = rsa_algorithm(declared.unwrap_or(KeyAlgorithm::RS256))?;
                 Some(Self {
                     kid,
-                    alg: curve_alg.into(),
+                    alg: format!("{alg:?}"),
+                    verifier: DecodingKey::from_jwk(jwk).ok().map(|key| (alg, key)),
+                })
+            }
+            AlgorithmParameters::EllipticCurve(params) => {
+                let (name, alg, size) = match params.curve {
+                    EllipticCurve::P256 => ("ES256", Some(Algorithm::ES256), 32),
+                    EllipticCurve::P384 => ("ES384", Some(Algorithm::ES384), 48),
+                    // The library reads any `alg` it lacks (ES512) as unknown.
+                    EllipticCurve::P521 => ("ES512", None, 66),
+                    _ => return None,
+                };
+                // A curve signs with one algorithm only; a JWK claiming
+                // another is not a key any token could verify against.
+                if declared.is_some_and(|declared| {
+                    alg.map_or(declared != KeyAlgorithm::UNKNOWN_ALGORITHM, |alg| {
+                        declared != KeyAlgorithm::from(alg)
+                    })
+                }) {
+                    return None;
+                }
+                let verifier = alg.zip(DecodingKey::from_jwk(jwk).ok()).filter(|(_, key)| {
+                    matches!(key.kind(), DecodingKeyKind::SecretOrDer(point) if point.len() == 1 + 2 * size)
+                });
+                Some(Self {
+                    kid,
+                    alg: name.into(),
                     verifier,
                 })
             }
+            // A symmetric key is nobody's public key: never one to check with.
+            AlgorithmParameters::OctetKey(_) => None,
             // Another type (Ed25519, say) that names its algorithm: tokens
             // signed with it go to the review.
-            _ => jwk.alg.clone().map(|alg| Self {
-                kid,
-                alg,
-                verifier: None,
-            }),
+            _ => declared
+                .filter(|alg| *alg != KeyAlgorithm::UNKNOWN_ALGORITHM)
+                .map(|alg| Self {
+                    kid,
+                    alg: alg.to_string(),
+                    verifier: None,
+                }),
         }
     }
+}
+
+/// The signing algorithm an RSA key declares, if it is one.
+fn rsa_algorithm(declared: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match declared {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        _ => return None,
+    })
+}
+
+/// What a token verified with `alg` must also say of itself: `audience` in
+/// `aud`, an `exp`, and its `exp` and `nbf` against the clock with the same
+/// leeway as [`super::auth::precheck`].
+fn validation(alg: Algorithm, audience: &str) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = CLOCK_SKEW_LEEWAY.as_secs();
+    validation.validate_nbf = true;
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "aud"]);
+    validation
 }
 
 /// Why the issuer's keys could not be read.
@@ -190,6 +192,7 @@ pub enum IssuerKeysError {
 impl IssuerKeys {
     /// Reads a JWK set; an error when it is not one or holds no signing key.
     pub fn parse(jwks: &[u8]) -> Result<Self, IssuerKeysError> {
+        jose::install_ring_provider();
         let set: JwkSet = serde_json::from_slice(jwks).map_err(IssuerKeysError::NotAKeySet)?;
         let keys: Vec<Key> = set.keys.iter().filter_map(Key::from_jwk).collect();
         if keys.is_empty() {
@@ -204,24 +207,14 @@ impl IssuerKeys {
     }
 
     /// Whether one of the keys made the JWS `token`'s signature, by the
-    /// algorithm and key id its header names. A token naming an algorithm
-    /// no key signs with is forged: the issuer cannot have made it.
-    pub fn check(&self, token: &str) -> Signature {
-        let Some((signed, signature)) = token.rsplit_once('.') else {
+    /// algorithm and key id its header names, and its claims hold for
+    /// `audience` now. A token naming an algorithm no key signs with is
+    /// forged: the issuer cannot have made it.
+    pub fn check(&self, token: &str, audience: &str) -> Signature {
+        let Some(header) = jose::header(token) else {
             return Signature::Forged;
         };
-        let header = signed.split('.').next().and_then(json_segment);
-        let alg = header
-            .as_ref()
-            .and_then(|h| h.get("alg"))
-            .and_then(serde_json::Value::as_str);
-        let (Some(alg), Some(signature)) = (alg, base64url(signature)) else {
-            return Signature::Forged;
-        };
-        let kid = header
-            .as_ref()
-            .and_then(|h| h.get("kid"))
-            .and_then(serde_json::Value::as_str);
+        let kid = header.kid.as_deref();
         if let Some(kid) = kid
             && !self.keys.iter().any(|key| key.kid.as_deref() == Some(kid))
         {
@@ -231,14 +224,28 @@ impl IssuerKeys {
         let candidates = self
             .keys
             .iter()
-            .filter(|key| key.alg == alg && (kid.is_none() || key.kid.as_deref() == kid));
+            .filter(|key| key.alg == header.alg && (kid.is_none() || key.kid.as_deref() == kid));
         for key in candidates {
-            match &key.verifier {
-                Some(verifier) if verifier.verifies(signed.as_bytes(), &signature) => {
-                    return Signature::Verified;
-                }
-                Some(_) => {}
-                None => unverifiable = true,
+            let Some((alg, decoding)) = &key.verifier else {
+                unverifiable = true;
+                continue;
+            };
+            let decoded = jsonwebtoken::decode::<serde::de::IgnoredAny>(
+                token,
+                decoding,
+                &validation(*alg, audience),
+            );
+            match decoded.map_err(|error| error.into_kind()) {
+                Ok(_) => return Signature::Verified,
+                // Claims are looked at only once the signature verified.
+                Err(
+                    ErrorKind::ExpiredSignature
+                    | ErrorKind::ImmatureSignature
+                    | ErrorKind::InvalidAudience
+                    | ErrorKind::MissingRequiredClaim(_)
+                    | ErrorKind::InvalidClaimFormat(_),
+                ) => return Signature::Refused,
+                Err(_) => {}
             }
         }
         if unverifiable {
@@ -289,12 +296,12 @@ impl IssuerKeySource {
     /// What the keys say of `token`, reading them first when none are held
     /// or the token names one not held (at most once every
     /// [`REFRESH_INTERVAL`]). `None` when no keys could ever be read.
-    pub async fn check(&self, token: &str) -> Option<Signature> {
-        let verdict = self.held().map(|keys| keys.check(token));
+    pub async fn check(&self, token: &str, audience: &str) -> Option<Signature> {
+        let verdict = self.held().map(|keys| keys.check(token, audience));
         match verdict {
             None | Some(Signature::UnknownKey) => {
                 let keys = self.read_if_due().await?;
-                Some(keys.check(token))
+                Some(keys.check(token, audience))
             }
             known => known,
         }

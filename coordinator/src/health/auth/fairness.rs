@@ -21,7 +21,6 @@ use tokio::sync::watch;
 
 use super::review_cache::TokenKey;
 use super::{AgentIdentity, AuthError};
-use crate::health::jose::json_segment;
 use crate::metrics::{REFUSED_REVIEW_IN_FLIGHT, REFUSED_REVIEW_RATE};
 
 /// How many reviews one node's tokens may cost.
@@ -96,20 +95,34 @@ impl BoundClaims {
 /// The `kubernetes.io` claims of a JWT's payload. Only meaningful for a
 /// token whose signature was verified. Pure.
 pub fn bound_claims(token: &str) -> Option<BoundClaims> {
-    let payload = json_segment(token.split('.').nth(1)?)?;
-    let bound = payload.get("kubernetes.io")?;
-    let text = |object: &str, field: &str| {
-        bound
-            .get(object)?
-            .get(field)?
-            .as_str()
-            .filter(|value| !value.is_empty())
-            .map(str::to_owned)
+    let claims: KubernetesClaims = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+    let bound = claims.bound?;
+    let text = |object: Option<NamedObject>, field: fn(NamedObject) -> Option<String>| {
+        object.and_then(field).filter(|value| !value.is_empty())
     };
     Some(BoundClaims {
-        pod_uid: text("pod", "uid")?,
-        node_name: text("node", "name"),
+        pod_uid: text(bound.pod, |pod| pod.uid)?,
+        node_name: text(bound.node, |node| node.name),
     })
+}
+
+/// The claims the API server writes of what a token is bound to.
+#[derive(serde::Deserialize)]
+struct KubernetesClaims {
+    #[serde(rename = "kubernetes.io")]
+    bound: Option<BoundObjects>,
+}
+
+#[derive(serde::Deserialize)]
+struct BoundObjects {
+    pod: Option<NamedObject>,
+    node: Option<NamedObject>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamedObject {
+    name: Option<String>,
+    uid: Option<String>,
 }
 
 /// Node buckets kept at most; past this, full ones (the same as none) go.
