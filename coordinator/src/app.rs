@@ -37,6 +37,9 @@ pub struct AgentServerOptions {
 pub struct RunOptions {
     /// `None`: no agents (the KataConfig lifecycle alone).
     pub agents: Option<AgentServerOptions>,
+    /// `None`: the node-agent DaemonSet and the admission policies are
+    /// left to whoever installs them.
+    pub operands: Option<crate::operands::OperandSettings>,
     pub metrics_listen: SocketAddr,
     pub mark_policy: MarkPolicy,
     /// With several replicas: the lease that decides which one acts. The
@@ -294,6 +297,11 @@ pub async fn run_until(
         grpc_shutdown = Some(start_agents(&mut parts, &client, agents, &metrics, labeller).await?);
     }
 
+    if let Some(settings) = options.operands {
+        let applier =
+            crate::applier::Applier::unbudgeted(client.clone(), metrics.api_writes.clone());
+        parts.spawn(crate::operands::run(client.clone(), applier, settings));
+    }
     readiness.set(true);
     leader_gauge.set(1);
     let outcome = match &elector {

@@ -172,6 +172,53 @@ impl Applier {
             .await
     }
 
+    /// Creates the object `body` (a POST, as `manager`) unless it exists:
+    /// for objects the coordinator may create and never change, which RBAC
+    /// cannot grant by name (a POST carries none) and a server-side apply
+    /// cannot do without `patch`. `Ok(false)`: it already existed.
+    pub async fn create(
+        &self,
+        kind: Kind,
+        manager: &str,
+        body: &Value,
+    ) -> Result<bool, WriteError> {
+        self.spend(kind.kind)?;
+        let object: DynamicObject = serde_json::from_value(body.clone())
+            .map_err(|e| WriteError::Api(kube::Error::SerdeError(e)))?;
+        let params = kube::api::PostParams {
+            field_manager: Some(manager.into()),
+            ..Default::default()
+        };
+        match self.api(kind).create(&params, &object).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Server-side apply of `body` to the namespaced object `name` in
+    /// `namespace`, as `manager`, taking over fields another manager set:
+    /// the operands the coordinator keeps in its own namespace.
+    pub async fn apply_in_namespace(
+        &self,
+        namespace: &str,
+        kind: Kind,
+        name: &str,
+        manager: &str,
+        body: &(impl Serialize + std::fmt::Debug),
+    ) -> Result<(), WriteError> {
+        self.spend(kind.kind)?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &kind.api_resource());
+        api.patch(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn apply_with(
         &self,
         kind: Kind,

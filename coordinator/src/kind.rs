@@ -3,7 +3,7 @@
 
 use kube::api::ApiResource;
 
-/// A cluster-scoped API kind.
+/// An API kind: cluster-scoped, except where its constant says otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kind {
     /// Empty for the core group.
@@ -52,6 +52,37 @@ pub const KATA_CONFIG: Kind = Kind {
     version: "v1",
     kind: "KataConfig",
     plural: "kataconfigs",
+};
+
+/// Namespaced: the node-agent's, in the operator's namespace.
+pub const DAEMON_SET: Kind = Kind {
+    group: "apps",
+    version: "v1",
+    kind: "DaemonSet",
+    plural: "daemonsets",
+};
+
+/// Namespaced: the coordinator's own Deployment, read for its uid.
+pub const DEPLOYMENT: Kind = Kind {
+    group: "apps",
+    version: "v1",
+    kind: "Deployment",
+    plural: "deployments",
+};
+
+/// The admission policies the coordinator creates (never changes).
+pub const VALIDATING_ADMISSION_POLICY: Kind = Kind {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    kind: "ValidatingAdmissionPolicy",
+    plural: "validatingadmissionpolicies",
+};
+
+pub const POLICY_BINDING: Kind = Kind {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    kind: "ValidatingAdmissionPolicyBinding",
+    plural: "validatingadmissionpolicybindings",
 };
 
 /// The kind Events are counted under (they are written through the

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod objects;
+pub mod operands;
 pub mod plan;
 pub mod prerequisites;
 pub mod rbac;

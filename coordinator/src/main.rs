@@ -29,6 +29,7 @@ use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::health::marks::brake::BrakePolicy;
 use kata_coordinator::health::tls;
 use kata_coordinator::leader::LeaseOptions;
+use kata_coordinator::operands::{self, OperandSettings};
 use kata_coordinator::{logging, manifests};
 use kata_proto::contract;
 
@@ -129,6 +130,46 @@ struct RunArgs {
     identity: Option<String>,
     #[command(flatten)]
     agent_connections: AgentConnectionArgs,
+    #[command(flatten)]
+    operands: OperandArgs,
+}
+
+/// The operands the coordinator creates (the node-agent DaemonSet, the
+/// admission policies), from its own Deployment's settings.
+#[derive(Args)]
+struct OperandArgs {
+    /// Create and keep the node-agent DaemonSet and the admission policies.
+    #[arg(long, env = "MANAGE_OPERANDS", default_value_t = true, action = clap::ArgAction::Set)]
+    manage_operands: bool,
+    /// The node-agent's image; OLM sets it from the CSV's relatedImages.
+    #[arg(long, env = operands::NODE_AGENT_IMAGE_ENV)]
+    node_agent_image: Option<String>,
+    /// Where the agents reach the health channel; default: the Service
+    /// `kata-coordinator` in the operator's namespace, port 8443.
+    #[arg(long, env = "AGENT_COORDINATOR_URL")]
+    agent_coordinator_url: Option<String>,
+    /// The host directory the agents mount read-only as the host's root.
+    #[arg(long, env = "AGENT_HOST_ROOT", default_value = "/")]
+    agent_host_root: String,
+    /// The coordinator's Deployment, owner of the DaemonSet (so removing
+    /// the operator removes it).
+    #[arg(long, env = "OWNER_DEPLOYMENT", default_value = operands::OWNER_DEPLOYMENT)]
+    owner_deployment: String,
+}
+
+impl OperandArgs {
+    fn settings(self, namespace: &str) -> Option<OperandSettings> {
+        self.manage_operands.then(|| OperandSettings {
+            namespace: namespace.to_owned(),
+            node_agent_image: self.node_agent_image.filter(|image| !image.is_empty()),
+            coordinator_url: self
+                .agent_coordinator_url
+                .unwrap_or_else(|| format!("https://kata-coordinator.{namespace}.svc:8443")),
+            host_root: self.agent_host_root,
+            owner_deployment: Some(self.owner_deployment),
+            resync: Duration::from_secs(30),
+        })
+    }
 }
 
 /// How many connections the agents' port holds, and for how long.
@@ -256,7 +297,9 @@ fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
         lease_name,
         identity,
         agent_connections,
+        operands,
     } = args;
+    let operands = operands.settings(&agent_namespace);
     let heartbeat = Duration::from_secs(heartbeat_seconds.max(1));
     let agents = tls_cert_file
         .zip(tls_key_file)
@@ -285,6 +328,7 @@ fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
         }),
         leader_election,
         agents,
+        operands,
         metrics_listen,
         mark_policy: MarkPolicy {
             grace: heartbeat * 3,

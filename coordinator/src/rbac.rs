@@ -50,7 +50,9 @@ pub const OWN_CLUSTER_PERMISSIONS: &[Permission] = &[
         resource_names: &[],
         // list/watch: the Controller's watcher; patch: server-side apply of
         // metadata.finalizers (Step::AddFinalizer / Step::RemoveFinalizer).
-        verbs: &["list", "watch", "patch"],
+        // get (and list): the API server requires them of whoever creates
+        // an admission policy whose params are KataConfigs (operands).
+        verbs: &["get", "list", "watch", "patch"],
         used_by: "controller::wiring (the KataConfig watch), controller::steps (finalizer add/remove)",
     },
     Permission {
@@ -118,6 +120,30 @@ pub const OWN_CLUSTER_PERMISSIONS: &[Permission] = &[
         verbs: &["create"],
         used_by: "health::auth::AgentAuthenticator::authenticate",
     },
+    Permission {
+        api_group: "admissionregistration.k8s.io",
+        resources: &[
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicybindings",
+        ],
+        resource_names: crate::operands::policies::NAMES,
+        verbs: &["get"],
+        used_by: "operands::Operands::create_policy (is the policy there, as shipped?)",
+    },
+    Permission {
+        api_group: "admissionregistration.k8s.io",
+        resources: &[
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicybindings",
+        ],
+        // Create only: a policy fences what these very grants could do, so
+        // the coordinator can neither change nor delete one
+        // (operands::policies). A POST carries no name, so RBAC cannot
+        // narrow create to ours; a server-side apply would need patch.
+        resource_names: &[],
+        verbs: &["create"],
+        used_by: "operands::Operands::create_policy (the admission policies OLM cannot install)",
+    },
 ];
 
 /// Permissions in the operator's namespace only (the Role): a ClusterRole
@@ -148,6 +174,22 @@ pub const NAMESPACE_PERMISSIONS: &[Permission] = &[
         // end the streams their tokens opened.
         verbs: &["list", "watch"],
         used_by: "health::pods::BoundPods (agent Pods, by ServiceAccount)",
+    },
+    Permission {
+        api_group: "apps",
+        resources: &["daemonsets"],
+        resource_names: &[crate::operands::node_agent::NAME],
+        // The watch selects metadata.name, which lets list/watch be
+        // limited by name; create is a server-side apply to the name.
+        verbs: &["get", "list", "watch", "create", "patch"],
+        used_by: "operands::run (the node-agent DaemonSet: watched, created, kept in shape)",
+    },
+    Permission {
+        api_group: "apps",
+        resources: &["deployments"],
+        resource_names: &[crate::operands::OWNER_DEPLOYMENT],
+        verbs: &["get"],
+        used_by: "operands::Operands::owner (the coordinator's Deployment, owner of the DaemonSet)",
     },
 ];
 

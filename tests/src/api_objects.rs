@@ -104,3 +104,29 @@ pub async fn bound_token(
         .map(|s| s.token)
         .ok_or_else(|| Error::Setup("TokenRequest returned no token".into()))
 }
+
+/// An API token of the ServiceAccount `account` in `namespace`, bound to
+/// nothing (an hour): a client on it has exactly that account's RBAC.
+pub async fn service_account_token(
+    client: &kube::Client,
+    namespace: &str,
+    account: &str,
+) -> Result<String, Error> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(account, &Default::default(), &request)
+        .await
+        .map_err(Error::Kube)?
+        .status
+        .map(|status| status.token)
+        .ok_or_else(|| Error::Setup(format!("no token in the TokenRequest for {account}")))
+}

@@ -138,6 +138,9 @@ impl CoordinatorProcess {
             .arg(admin.to_string())
             .args(args)
             .env("KUBECONFIG", plane.kubeconfig())
+            // The operands (a DaemonSet, cluster-wide admission policies)
+            // only where a test asks for them.
+            .env("MANAGE_OPERANDS", "false")
             // Every simulated agent connects from 127.0.0.1.
             .env("AGENT_MAX_CONNECTIONS_PER_PEER", "100000")
             .env_remove("LOG_FORMAT")

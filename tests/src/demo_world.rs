@@ -166,6 +166,7 @@ impl Coordinator {
             leader_election: None,
             agents: Some(agent_server_options(grpc, tls)),
             metrics_listen: metrics,
+            operands: None,
             mark_policy,
             log_filter: None,
         };

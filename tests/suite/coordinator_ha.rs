@@ -44,6 +44,7 @@ fn start_replica(client: kube::Client, identity: &str, tls: &TlsFiles) -> Replic
         log_filter: None,
         agents: Some(demo_world::agent_server_options(grpc, tls)),
         metrics_listen: metrics,
+        operands: None,
         mark_policy: MarkPolicy::default(),
         leader_election: Some(LeaseOptions {
             namespace: NAMESPACE.into(),

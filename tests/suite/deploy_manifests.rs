@@ -9,13 +9,12 @@ use kata_test_harness::kata_test;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SelfSubjectAccessReview,
     SelfSubjectAccessReviewSpec, SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -32,7 +31,7 @@ use kata_coordinator::rbac::{
     SERVICE_ACCOUNT,
 };
 use kata_tests::ControlPlane;
-use kata_tests::api_objects::pod_bound_token;
+use kata_tests::api_objects::{pod_bound_token, service_account_token};
 use kata_tests::cluster::{Cluster, WORKER};
 use kata_tests::control_plane::binary_dir;
 use kata_tests::coordinator::RunningCoordinator;
@@ -234,24 +233,6 @@ fn api_code(error: &kube::Error) -> Option<u16> {
 
 /// A token for a ServiceAccount with the API server's own audience, as the
 /// kubelet mounts for a pod (no pod binding needed here).
-async fn api_token(admin: &Client, account: &str) -> String {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: Vec::new(),
-            expiration_seconds: Some(3600),
-            bound_object_ref: None,
-        },
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(admin.clone(), NAMESPACE)
-        .create_token_request(account, &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Access<'a> {
     verb: &'a str,
@@ -363,7 +344,6 @@ const DENIED: &[Access<'static>] = &[
     access("update", "kataconfiguration.openshift.io", "kataconfigs"),
     access("create", "kataconfiguration.openshift.io", "kataconfigs"),
     access("delete", "kataconfiguration.openshift.io", "kataconfigs"),
-    access("get", "kataconfiguration.openshift.io", "kataconfigs"),
     // Owned objects are created by server-side apply, which the API server
     // authorizes as `create` of that name: a POST (no name yet) is refused.
     access("create", MCO, "machineconfigs"),
@@ -390,7 +370,29 @@ const DENIED: &[Access<'static>] = &[
     access("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
     access("escalate", "rbac.authorization.k8s.io", "clusterroles"),
     access("bind", "rbac.authorization.k8s.io", "clusterroles"),
+    // Only the node-agent's DaemonSet, by name.
     access("patch", "apps", "daemonsets").in_namespace(NAMESPACE),
+    // Its admission policies are created, never changed or deleted.
+    access(
+        "patch",
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicies",
+    ),
+    access(
+        "delete",
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicies",
+    ),
+    access(
+        "update",
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicybindings",
+    ),
+    access(
+        "delete",
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicybindings",
+    ),
     access(
         "create",
         "certificates.k8s.io",
@@ -419,7 +421,11 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
     }
     let coordinator = cluster
         .plane
-        .client_with_token(&api_token(&admin, SERVICE_ACCOUNT).await)
+        .client_with_token(
+            &service_account_token(&admin, NAMESPACE, SERVICE_ACCOUNT)
+                .await
+                .unwrap(),
+        )
         .await
         .unwrap();
 
@@ -613,7 +619,11 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
     // The agent's token, even one made for the API server, opens nothing.
     let agent = cluster
         .plane
-        .client_with_token(&api_token(&admin, AGENT_SERVICE_ACCOUNT).await)
+        .client_with_token(
+            &service_account_token(&admin, NAMESPACE, AGENT_SERVICE_ACCOUNT)
+                .await
+                .unwrap(),
+        )
         .await
         .unwrap();
     let refused = Api::<Node>::all(agent.clone())

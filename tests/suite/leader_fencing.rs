@@ -53,6 +53,7 @@ fn start_replica(client: Client, identity: &str) -> Replica {
         log_filter: None,
         agents: None,
         metrics_listen: metrics,
+        operands: None,
         mark_policy: MarkPolicy::default(),
         leader_election: Some(lease_options(identity)),
     };

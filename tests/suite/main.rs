@@ -38,6 +38,7 @@ mod must_gather;
 mod network_policies;
 mod node_agent_pod_policy;
 mod olm_bundle;
+mod operands;
 mod osc_compat;
 mod osc_takeover;
 mod real_node;

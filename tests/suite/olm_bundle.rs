@@ -540,17 +540,32 @@ fn install_strategy_is_deploy_base_deployment_and_generated_rbac() {
         ("permissions", &role["rules"], "RoleBinding"),
     ] {
         let permissions = install["spec"][field].as_sequence().unwrap();
-        assert_eq!(permissions.len(), 1, "{field}: one ServiceAccount");
+        let coordinator = permissions
+            .iter()
+            .find(|p| p["serviceAccountName"] == service_account(binding))
+            .unwrap_or_else(|| panic!("{field}: no entry for the coordinator"));
         assert_eq!(
-            permissions[0]["serviceAccountName"],
-            service_account(binding),
-            "{field}"
-        );
-        assert_eq!(
-            &permissions[0]["rules"], rules,
+            &coordinator["rules"], rules,
             "the CSV's {field} differ from deploy/base/rbac-coordinator.yaml (`coordinator rbac`): copy them over"
         );
     }
+    // Besides the coordinator's, only the agent's use of the built-in
+    // privileged SCC (OpenShift; an inert rule elsewhere).
+    assert_eq!(
+        install["spec"]["permissions"].as_sequence().unwrap().len(),
+        1
+    );
+    let cluster = install["spec"]["clusterPermissions"].as_sequence().unwrap();
+    assert_eq!(cluster.len(), 2, "{cluster:?}");
+    let agent = cluster
+        .iter()
+        .find(|p| p["serviceAccountName"] == kata_coordinator::rbac::AGENT_SERVICE_ACCOUNT)
+        .unwrap();
+    let expected: serde_yaml::Value = serde_yaml::from_str(
+        "- apiGroups: [security.openshift.io]\n  resourceNames: [privileged]\n  resources: [securitycontextconstraints]\n  verbs: [use]\n",
+    )
+    .unwrap();
+    assert_eq!(agent["rules"], expected);
 }
 
 /// The bundle's extra manifests are deploy/'s, minus the namespace OLM

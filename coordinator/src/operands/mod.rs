@@ -1,0 +1,326 @@
+//! The operands OLM cannot carry in a bundle, created and kept in shape by
+//! the coordinator: the node-agent DaemonSet ([`node_agent`]) and the
+//! admission policies ([`policies`]). What they are is decided in those
+//! two modules, pure; this one reads the cluster, writes through the
+//! [`Applier`] and says what it found.
+//!
+//! Runs on the leader only, after every change to the DaemonSet (a watch)
+//! and every [`OperandSettings::resync`]: a policy deleted by hand comes
+//! back within one resync.
+
+pub mod node_agent;
+pub mod policies;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
+use serde_json::Value;
+use tracing::{error, info, warn};
+
+use crate::applier::Applier;
+pub use crate::kind::{DAEMON_SET, DEPLOYMENT};
+use crate::names;
+use node_agent::{AgentSettings, Owner};
+
+/// The coordinator's Deployment's name in the shipped manifests and the
+/// CSV (`--owner-deployment`'s default; the Role names it).
+pub const OWNER_DEPLOYMENT: &str = "kata-coordinator";
+
+/// The environment variable OLM fills from the CSV's `relatedImages`.
+pub const NODE_AGENT_IMAGE_ENV: &str = "RELATED_IMAGE_NODE_AGENT";
+
+/// What the operands are made from: the coordinator's own settings (its
+/// Deployment's flags and env).
+#[derive(Clone, Debug)]
+pub struct OperandSettings {
+    pub namespace: String,
+    /// `None` when the Deployment does not set [`NODE_AGENT_IMAGE_ENV`]:
+    /// the DaemonSet is then neither created nor changed, and that is said.
+    pub node_agent_image: Option<String>,
+    pub coordinator_url: String,
+    pub host_root: String,
+    /// The coordinator's Deployment, the DaemonSet's owner. `None`: no
+    /// owner (a coordinator run outside a Deployment).
+    pub owner_deployment: Option<String>,
+    pub resync: Duration,
+}
+
+/// The last thing said about each object, so a state that lasts is said
+/// once, not once a resync.
+#[derive(Default)]
+struct Said(BTreeMap<String, String>);
+
+impl Said {
+    /// Whether `message` about `object` is news.
+    fn news(&mut self, object: &str, message: &str) -> bool {
+        self.0
+            .insert(object.to_owned(), message.to_owned())
+            .as_deref()
+            != Some(message)
+    }
+
+    fn forget(&mut self, object: &str) {
+        self.0.remove(object);
+    }
+}
+
+/// What [`Said`] keys a policy or binding under (the two share names).
+fn said_key(desired: &policies::Desired) -> String {
+    format!("{}/{}", desired.kind.kind, desired.name)
+}
+
+struct Operands {
+    client: Client,
+    applier: Applier,
+    settings: OperandSettings,
+    said: Said,
+}
+
+/// Keeps the operands in shape until the future is dropped.
+pub async fn run(client: Client, applier: Applier, settings: OperandSettings) {
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), &settings.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", node_agent::NAME));
+    let mut changes = watcher(api, config).boxed();
+    let resync = settings.resync;
+    let mut operands = Operands {
+        client,
+        applier,
+        settings,
+        said: Said::default(),
+    };
+    loop {
+        operands.reconcile().await;
+        tokio::select! {
+            _ = changes.next() => {}
+            () = tokio::time::sleep(resync) => {}
+        }
+    }
+}
+
+impl Operands {
+    async fn reconcile(&mut self) {
+        for desired in policies::desired(&self.settings.namespace) {
+            if let Err(e) = self.create_policy(&desired).await {
+                self.problem(
+                    &said_key(&desired),
+                    format!("{} {}: {e}", desired.kind.kind, desired.name),
+                );
+            }
+        }
+        if let Err(e) = self.keep_daemon_set().await {
+            self.problem(
+                node_agent::NAME,
+                format!("DaemonSet {}: {e}", node_agent::NAME),
+            );
+        }
+    }
+
+    fn problem(&mut self, object: &str, message: String) {
+        if self.said.news(object, &message) {
+            error!(%message, "could not keep an operand in shape");
+        }
+    }
+
+    /// Creates the policy when it is missing; reports one that differs.
+    async fn create_policy(
+        &mut self,
+        desired: &policies::Desired,
+    ) -> Result<(), crate::applier::WriteError> {
+        let api: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &desired.kind.api_resource());
+        let Some(live) = api.get_opt(&desired.name).await? else {
+            if self
+                .applier
+                .create(desired.kind, names::MANAGER, &desired.body)
+                .await?
+            {
+                info!(kind = desired.kind.kind, name = %desired.name, "created");
+            }
+            self.said.forget(&said_key(desired));
+            return Ok(());
+        };
+        let live = serde_json::to_value(&live).unwrap_or_default();
+        let drift = node_agent::drifted(&desired.body["spec"], &live["spec"]);
+        if drift.is_empty() {
+            self.said.forget(&said_key(desired));
+            return Ok(());
+        }
+        let note = format!(
+            "{} {} differs from what this version ships ({}: {}): kept as found, since the \
+             operator only creates its admission policies; delete it to have it created again",
+            desired.kind.kind,
+            desired.name,
+            desired.source,
+            drift.join(", ")
+        );
+        if self.said.news(&said_key(desired), &note) {
+            warn!(%note, "admission policy changed");
+            let reference = ObjectReference {
+                api_version: Some(desired.kind.api_version()),
+                kind: Some(desired.kind.kind.into()),
+                name: Some(desired.name.clone()),
+                uid: live["metadata"]["uid"].as_str().map(str::to_owned),
+                ..ObjectReference::default()
+            };
+            self.publish(EventType::Warning, "OperandDiffers", note, &reference)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        regarding: &ObjectReference,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        self.applier.publish(event, regarding).await;
+    }
+
+    fn owner_reference(&self) -> Option<ObjectReference> {
+        let name = self.settings.owner_deployment.clone()?;
+        Some(ObjectReference {
+            api_version: Some(DEPLOYMENT.api_version()),
+            kind: Some(DEPLOYMENT.kind.into()),
+            name: Some(name),
+            namespace: Some(self.settings.namespace.clone()),
+            ..ObjectReference::default()
+        })
+    }
+
+    async fn owner(&mut self) -> Result<Option<Owner>, kube::Error> {
+        let Some(name) = self.settings.owner_deployment.clone() else {
+            return Ok(None);
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.settings.namespace,
+            &DEPLOYMENT.api_resource(),
+        );
+        let uid = api.get_opt(&name).await?.and_then(|d| d.metadata.uid);
+        if uid.is_none() {
+            let message = format!(
+                "Deployment {}/{name} (--owner-deployment) not found: the node-agent DaemonSet is kept without an owner, so removing the operator will not remove it",
+                self.settings.namespace
+            );
+            if self.said.news("owner", &message) {
+                warn!(%message, "no owner for the DaemonSet");
+            }
+        }
+        Ok(uid.map(|uid| Owner { name, uid }))
+    }
+
+    async fn keep_daemon_set(&mut self) -> Result<(), crate::applier::WriteError> {
+        let Some(image) = self.settings.node_agent_image.clone() else {
+            let message = format!(
+                "{NODE_AGENT_IMAGE_ENV} is not set on the coordinator's Deployment{}: the node-agent \
+                 DaemonSet {}/{} is neither created nor updated (the CSV's install strategy must \
+                 set it from relatedImages)",
+                self.settings
+                    .owner_deployment
+                    .as_deref()
+                    .map(|d| format!(" {}/{d}", self.settings.namespace))
+                    .unwrap_or_default(),
+                self.settings.namespace,
+                node_agent::NAME,
+            );
+            if self.said.news(node_agent::NAME, &message) {
+                error!(%message, "no node-agent image");
+                if let Some(owner) = self.owner_reference() {
+                    self.publish(EventType::Warning, "NodeAgentImageMissing", message, &owner)
+                        .await;
+                }
+            }
+            return Ok(());
+        };
+        let settings = AgentSettings {
+            namespace: self.settings.namespace.clone(),
+            image,
+            coordinator_url: self.settings.coordinator_url.clone(),
+            host_root: self.settings.host_root.clone(),
+        };
+        let owner = self.owner().await?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &settings.namespace,
+            &DAEMON_SET.api_resource(),
+        );
+        let live = api
+            .get_opt(node_agent::NAME)
+            .await?
+            .map(|o| serde_json::to_value(o).unwrap_or_default());
+        let desired = node_agent::daemon_set(&settings, owner.as_ref(), live.as_ref());
+        if live
+            .as_ref()
+            .is_some_and(|live| node_agent::holds(&desired, live))
+        {
+            return Ok(());
+        }
+        self.applier
+            .apply_in_namespace(
+                &settings.namespace,
+                DAEMON_SET,
+                node_agent::NAME,
+                names::MANAGER,
+                &desired,
+            )
+            .await?;
+        self.said.forget(node_agent::NAME);
+        match &live {
+            None => {
+                info!(namespace = %settings.namespace, name = node_agent::NAME, image = %settings.image, "created the node-agent DaemonSet")
+            }
+            Some(live) => self.report_reasserted(&desired, live).await,
+        }
+        Ok(())
+    }
+
+    /// Says what changed: a roll to this version's agent, or fields an
+    /// edit changed set back.
+    async fn report_reasserted(&self, desired: &Value, live: &Value) {
+        let drift = node_agent::drifted(desired, live);
+        let (type_, reason, note) = if node_agent::written_by_another_version(live) {
+            let image = &desired["spec"]["template"]["spec"]["containers"][0]["image"];
+            let note = format!(
+                "rolling the node-agents to operator version {}, image {} ({})",
+                node_agent::VERSION,
+                image.as_str().unwrap_or_default(),
+                drift.join(", ")
+            );
+            (EventType::Normal, "NodeAgentUpdated", note)
+        } else {
+            let note = format!(
+                "set {} back to what the operator runs: it keeps the agent's image, arguments, \
+                 security context and mounts, and leaves nodeSelector, tolerations, \
+                 priorityClassName and updateStrategy to whoever edits them",
+                drift.join(", ")
+            );
+            (EventType::Warning, "NodeAgentReasserted", note)
+        };
+        warn!(namespace = %self.settings.namespace, name = node_agent::NAME, %note, "node-agent DaemonSet written");
+        let reference = ObjectReference {
+            api_version: Some(DAEMON_SET.api_version()),
+            kind: Some(DAEMON_SET.kind.into()),
+            name: Some(node_agent::NAME.into()),
+            namespace: Some(self.settings.namespace.clone()),
+            uid: live["metadata"]["uid"].as_str().map(str::to_owned),
+            ..ObjectReference::default()
+        };
+        self.publish(type_, reason, note, &reference).await;
+    }
+}
