@@ -66,9 +66,11 @@ node:
 tools: control-plane crio promtool ignition packages node
 
 ## The test binaries, compiled without running them (after the lints, which
-## hold cargo's lock meanwhile).
+## hold cargo's lock meanwhile), and the release node-agent the real node's
+## test builds its image from.
 build-tests: lint
 	cargo test --workspace --no-run
+	cargo build --release -p kata-node-agent --bin node-agent
 
 unit-and-integration: tools
 	@$(MAKE) --no-print-directory run-tests

@@ -36,6 +36,8 @@ const HOST_DIRS: [&str; 6] = [
 pub(super) struct HostChanges {
     /// The node mounted the hugetlb controller (see `runtime::mount_hugetlb_v1`).
     pub hugetlb_mounted: bool,
+    /// The node made `/` a shared mount (see `runtime::share_root_mount`).
+    pub root_shared: bool,
     /// Of [`HOST_DIRS`], those that did not exist before the start.
     created_dirs: Vec<PathBuf>,
 }
@@ -44,6 +46,7 @@ impl HostChanges {
     pub(super) fn before_start() -> Self {
         HostChanges {
             hugetlb_mounted: false,
+            root_shared: false,
             created_dirs: HOST_DIRS
                 .iter()
                 .map(PathBuf::from)
@@ -63,6 +66,9 @@ pub(super) fn host(dir: &Path, changes: &HostChanges) {
     for created in &changes.created_dirs {
         // Only if empty: something else may have come to use it meanwhile.
         let _ = std::fs::remove_dir(created);
+    }
+    if changes.root_shared {
+        let _ = Command::new("mount").args(["--make-private", "/"]).status();
     }
     if changes.hugetlb_mounted {
         // The kernel may keep the hierarchy (and hugetlb bound to v1) after

@@ -20,6 +20,7 @@
 
 mod cleanup;
 mod components;
+pub mod images;
 mod runtime;
 
 pub use runtime::SHIM_STAND_IN_ERROR;
@@ -124,6 +125,7 @@ impl RealNode {
         node.controller_manager = Some(controller_manager);
         node.scheduler = Some(scheduler);
         node.host.hugetlb_mounted = runtime::mount_hugetlb_v1()?;
+        node.host.root_shared = runtime::share_root_mount()?;
         node.crio = Some(runtime::start_crio(&dir.join("crio"), &bin_dir())?);
         let kubelet = components::start_kubelet(node.plane()?, &dir, &bin_dir())?;
         node.kubelet = Some(kubelet);
@@ -142,6 +144,11 @@ impl RealNode {
         // Set in `start` before a RealNode is handed out; taken only on drop.
         #[allow(clippy::expect_used)]
         self.plane.as_ref().expect("a started node's control plane")
+    }
+
+    /// Builds an image into the node's CRI-O storage, for pods to run.
+    pub fn build_image(&self, spec: &images::ImageSpec) -> Result<(), Error> {
+        images::build(&self.dir.join("crio"), spec)
     }
 
     /// An admin client.

@@ -10,6 +10,7 @@ use std::process::Command;
 use kata_coordinator::objects::CrioRuntimeHandler;
 
 use super::PAUSE_IMAGE;
+use super::images::{self, ImageSpec};
 use crate::Error;
 use crate::crio::{Crio, Started, main_config};
 
@@ -86,7 +87,10 @@ monitor_path = "/usr/bin/conmon"
 /// - The VM withholds capabilities from every process's bounding set
 ///   (`CAP_SYS_RESOURCE` here); CRI-O gives a privileged container every
 ///   capability and crun's capset then fails (`Operation not permitted`), so
-///   the withheld ones are dropped from the spec.
+///   the withheld ones are dropped from the spec. Without CAP_SYS_RESOURCE
+///   no process may lower its `oom_score_adj` either (the kubelet asks -997
+///   for a system-node-critical pod: `write to /proc/self/oom_score_adj:
+///   Permission denied`), so the spec's is raised to crun's own when lower.
 ///
 /// conmon passes the bundle as `--bundle <dir>` to `create`; every other
 /// call goes to crun unchanged.
@@ -102,10 +106,14 @@ for arg in "$@"; do
   previous="$arg"
 done
 if [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
-  /usr/bin/jq --argjson withheld '{withheld}' '
+  floor="$(cat /proc/self/oom_score_adj)"
+  /usr/bin/jq --argjson withheld '{withheld}' --argjson floor "$floor" '
     .ociVersion = "1.0.2"
     | if .process.capabilities then
         .process.capabilities |= map_values(map(select(. as $c | $withheld | index($c) | not)))
+      else . end
+    | if ($withheld | index("CAP_SYS_RESOURCE")) and (.process.oomScoreAdj // $floor) < $floor then
+        .process.oomScoreAdj = $floor
       else . end' "$bundle/config.json" >"$bundle/config.json.mended" || exit 1
   mv "$bundle/config.json.mended" "$bundle/config.json"
 fi
@@ -239,68 +247,15 @@ fn write_cni(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Builds [`PAUSE_IMAGE`] (the static `pause`, FROM scratch) straight into
-/// the storage CRI-O will use: buildah and CRI-O share containers/storage.
+/// Builds [`PAUSE_IMAGE`] (the static `pause`, FROM scratch) into the
+/// storage CRI-O will use.
 fn build_pause_image(dir: &Path, node_bin: &Path) -> Result<(), Error> {
-    let policy = dir.join("policy.json");
-    write(
-        &policy,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )?;
-    let store = [
-        format!("--root={}", dir.join("storage").display()),
-        format!("--runroot={}", dir.join("runroot").display()),
-        "--storage-driver=vfs".to_owned(),
-    ];
-    let container = "kata-tests-pause";
-    let pause = node_bin.join("pause");
-    let steps: [Vec<String>; 4] = [
-        vec![
-            "from".into(),
-            "--name".into(),
-            container.into(),
-            "scratch".into(),
-        ],
-        vec![
-            "copy".into(),
-            container.into(),
-            pause.display().to_string(),
-            "/pause".into(),
-        ],
-        vec![
-            "config".into(),
-            "--entrypoint".into(),
-            r#"["/pause"]"#.into(),
-            container.into(),
-        ],
-        vec![
-            "commit".into(),
-            format!("--signature-policy={}", policy.display()),
-            "--rm".into(),
-            container.into(),
-            PAUSE_IMAGE.into(),
-        ],
-    ];
-    for step in steps {
-        buildah(&store, &step)?;
-    }
-    Ok(())
-}
-
-fn buildah(store: &[String], args: &[String]) -> Result<(), Error> {
-    let output = Command::new("/usr/bin/buildah")
-        .args(store)
-        .args(args)
-        .output()
-        .map_err(|e| Error::Setup(format!("buildah: {e}")))?;
-    if !output.status.success() {
-        return Err(Error::Setup(format!(
-            "buildah {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    Ok(())
+    let spec = ImageSpec {
+        reference: PAUSE_IMAGE,
+        files: vec![(node_bin.join("pause"), "/pause".into())],
+        entrypoint: "/pause",
+    };
+    images::build(dir, &spec)
 }
 
 /// crun refuses to run on a hybrid hierarchy while a controller (hugetlb
@@ -339,6 +294,43 @@ pub(super) fn mount_hugetlb_v1() -> Result<bool, Error> {
     Ok(true)
 }
 
+/// CRI-O gives a hostPath that holds its storage root (the node-agent's
+/// `/`) HostToContainer propagation, which needs the host's mount to be
+/// shared or a slave. systemd makes `/` shared at boot; without systemd as
+/// PID 1 it is private here, so it is made shared for the node's lifetime.
+/// Whether it changed it, for the teardown.
+pub(super) fn share_root_mount() -> Result<bool, Error> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io(Path::new("/proc/self/mountinfo"), e))?;
+    let propagates = mountinfo
+        .lines()
+        .find(|line| line.split(' ').nth(4) == Some("/"))
+        .is_some_and(propagation_set);
+    if propagates {
+        return Ok(false);
+    }
+    let status = Command::new("mount")
+        .args(["--make-shared", "/"])
+        .status()
+        .map_err(|e| Error::Setup(format!("mount --make-shared /: {e}")))?;
+    if !status.success() {
+        return Err(Error::Setup(format!(
+            "mount --make-shared / failed ({status})"
+        )));
+    }
+    Ok(true)
+}
+
+/// Whether a mountinfo line's optional fields (between the mount options
+/// and ` - `) make the mount shared or a slave.
+fn propagation_set(line: &str) -> bool {
+    let before_separator = line.split(" - ").next().unwrap_or_default();
+    before_separator
+        .split(' ')
+        .skip(6)
+        .any(|field| field.starts_with("shared:") || field.starts_with("master:"))
+}
+
 pub(super) const HUGETLB_V1: &str = "/sys/fs/cgroup/hugetlb";
 
 /// Stops and removes every pod of this CRI-O (only the node's run in it),
@@ -356,6 +348,16 @@ pub(super) fn remove_all_pods(crio: &Crio) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_root_mount_has_no_propagation_and_a_shared_one_has() {
+        let private = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw";
+        let shared = "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw";
+        let slave = "27 1 254:0 / / rw,relatime master:3 - ext4 /dev/vda rw";
+        assert!(!propagation_set(private));
+        assert!(propagation_set(shared));
+        assert!(propagation_set(slave));
+    }
 
     #[test]
     fn a_bounding_set_without_sys_resource_withholds_only_it() {
