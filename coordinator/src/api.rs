@@ -86,6 +86,12 @@ pub enum AdoptedMachineConfig {
     Keep,
     /// Replaced by the operator's: one reboot per node.
     Replace,
+    /// A value this version does not know (written by a newer one): read
+    /// rather than refused, so one field cannot stop the reconcile; the
+    /// planner holds the KataConfig and says which field (plan::validate).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 impl AdoptedMachineConfig {
@@ -105,6 +111,12 @@ pub enum ExtensionChoice {
     SandboxedContainers,
     /// The FCOS / SCOS (OKD) extension name.
     KataContainers,
+    /// A value this version does not know (written by a newer one): read
+    /// rather than refused, so one field cannot stop the reconcile; the
+    /// planner holds the KataConfig and says which field (plan::validate).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// The labels the operator itself sets on nodes. A pool selector naming one
@@ -177,6 +189,12 @@ pub enum SelectorOperator {
     NotIn,
     Exists,
     DoesNotExist,
+    /// A value this version does not know (written by a newer one): read
+    /// rather than refused, so one field cannot stop the reconcile; the
+    /// planner holds the KataConfig and says which field (plan::validate).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// CRI-O log levels.
@@ -191,6 +209,12 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+    /// A value this version does not know (written by a newer one): read
+    /// rather than refused, so one field cannot stop the reconcile; the
+    /// planner holds the KataConfig and says which field (plan::validate).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 impl LogLevel {
@@ -203,6 +227,8 @@ impl LogLevel {
             LogLevel::Info => "info",
             LogLevel::Debug => "debug",
             LogLevel::Trace => "trace",
+            // Never written: the planner holds a spec holding it.
+            LogLevel::Unknown => "unknown",
         }
     }
 }

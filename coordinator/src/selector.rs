@@ -22,6 +22,8 @@ pub fn matches(selector: Option<&PoolSelector>, labels: &BTreeMap<String, String
             SelectorOperator::NotIn => labels.get(&req.key).is_none_or(|v| !values.contains(v)),
             SelectorOperator::Exists => labels.contains_key(&req.key),
             SelectorOperator::DoesNotExist => !labels.contains_key(&req.key),
+            // Selects nothing; the planner holds such a spec anyway.
+            SelectorOperator::Unknown => false,
         }
     });
     labels_ok && expressions_ok

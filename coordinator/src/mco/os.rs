@@ -84,7 +84,8 @@ pub fn extension_for<'a>(
     match choice {
         ExtensionChoice::SandboxedContainers => return Ok(names::EXTENSION),
         ExtensionChoice::KataContainers => return Ok(names::EXTENSION_FCOS),
-        ExtensionChoice::Auto => {}
+        // Unknown: the planner holds such a spec before asking.
+        ExtensionChoice::Auto | ExtensionChoice::Unknown => {}
     }
     let mut chosen: Option<(&'static str, &str)> = None;
     for (node, os_image) in nodes {

@@ -1,6 +1,8 @@
 //! What admission cannot refuse: pure.
 
-use crate::api::{KataConfigSpec, SelectorOperator};
+use crate::api::{
+    AdoptedMachineConfig, ExtensionChoice, KataConfigSpec, LogLevel, SelectorOperator,
+};
 
 /// Why the spec cannot be acted on; the message goes into the status.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -19,11 +21,46 @@ pub enum SpecError {
         operator: SelectorOperator,
         key: String,
     },
+    #[error(
+        "{field} holds a value this operator version ({}) does not know, written by a newer \
+         version or by hand: nothing is changed until it holds a known value (see the API \
+         reference) or this operator is upgraded",
+        env!("CARGO_PKG_VERSION")
+    )]
+    UnknownValue { field: &'static str },
+}
+
+/// The first field holding a value this version does not know.
+fn unknown_field(spec: &KataConfigSpec) -> Option<&'static str> {
+    let operators = spec
+        .kata_config_pool_selector
+        .iter()
+        .flat_map(|s| s.match_expressions.iter().flatten())
+        .map(|req| req.operator);
+    [
+        (spec.log_level == LogLevel::Unknown, "logLevel"),
+        (spec.extension == ExtensionChoice::Unknown, "extension"),
+        (
+            spec.adopted_machine_config == AdoptedMachineConfig::Unknown,
+            "adoptedMachineConfig",
+        ),
+        (
+            operators
+                .into_iter()
+                .any(|o| o == SelectorOperator::Unknown),
+            "kataConfigPoolSelector.matchExpressions[].operator",
+        ),
+    ]
+    .into_iter()
+    .find_map(|(unknown, field)| unknown.then_some(field))
 }
 
 /// Why the spec cannot be acted on, for the cases admission cannot refuse
 /// (an older CRD, or a KataConfig stored before validation existed).
 pub fn validate(spec: &KataConfigSpec) -> Result<(), SpecError> {
+    if let Some(field) = unknown_field(spec) {
+        return Err(SpecError::UnknownValue { field });
+    }
     if spec.enable_peer_pods {
         return Err(SpecError::PeerPods);
     }
@@ -54,7 +91,42 @@ pub fn validate(spec: &KataConfigSpec) -> Result<(), SpecError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    #[test]
+    fn a_value_from_a_newer_version_is_read_and_held_naming_its_field() {
+        let spec: KataConfigSpec = serde_json::from_value(serde_json::json!({
+            "logLevel": "verbose",
+            "kataConfigPoolSelector": {"matchExpressions": [
+                {"key": "k", "operator": "Gt", "values": ["1"]}
+            ]},
+        }))
+        .unwrap();
+        assert_eq!(spec.log_level, LogLevel::Unknown);
+        let error = validate(&spec).unwrap_err();
+        assert_eq!(error, SpecError::UnknownValue { field: "logLevel" });
+        assert!(error.to_string().contains("does not know"), "{error}");
+        let spec = KataConfigSpec {
+            log_level: LogLevel::Debug,
+            ..spec
+        };
+        assert!(
+            validate(&spec)
+                .unwrap_err()
+                .to_string()
+                .contains("matchExpressions[].operator"),
+        );
+        for (field, value) in [
+            ("extension", "gpu-containers"),
+            ("adoptedMachineConfig", "merge"),
+        ] {
+            let spec: KataConfigSpec =
+                serde_json::from_value(serde_json::json!({ field: value })).unwrap();
+            assert_eq!(validate(&spec), Err(SpecError::UnknownValue { field }));
+        }
+    }
     use crate::api::{PoolSelector, SelectorRequirement};
 
     fn with_expression(operator: SelectorOperator, values: Option<Vec<String>>) -> KataConfigSpec {
