@@ -242,6 +242,7 @@ fn base_tree() -> BTreeSet<String> {
         "kata-pods.txt".into(),
         "events/namespace.yaml".into(),
         "events/kataconfig.yaml".into(),
+        "admission-policies.yaml".into(),
         "namespace/deployments.yaml".into(),
         "namespace/daemonsets.yaml".into(),
         "namespace/pods.yaml".into(),

@@ -62,6 +62,18 @@ fn the_scripts_names_are_the_codes() {
         !contract::DEFAULT_NAMESPACE.starts_with(get("CHECK_NAMESPACE_PREFIX")),
         "check pods never land in the operator's namespace"
     );
+    // The label the gather selects the admission policies by is on every
+    // policy and binding the coordinator creates.
+    let (key, value) = get("MANAGED_BY_SELECTOR").split_once('=').unwrap();
+    let shipped = kata_coordinator::operands::policies::desired(contract::DEFAULT_NAMESPACE);
+    assert!(!shipped.is_empty());
+    for policy in &shipped {
+        assert_eq!(
+            policy.body["metadata"]["labels"][key], value,
+            "{} {}",
+            policy.kind.kind, policy.name
+        );
+    }
     let text = read(&script());
     assert!(
         text.contains(&format!(

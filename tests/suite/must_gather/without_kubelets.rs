@@ -173,6 +173,25 @@ async fn gather_collects_the_documented_tree_and_records_what_needs_a_kubelet() 
         names_of(&yaml(&out.join("namespace/services.yaml"))),
         BTreeSet::from(["kata-coordinator".to_owned()])
     );
+    // The pod policy the world put in force, policy and binding.
+    let policies = yaml(&out.join("admission-policies.yaml"));
+    let kinds: BTreeSet<(String, String)> = items(&policies)
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str().unwrap().to_owned(),
+                i["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let pod_policy = "kata-operator-node-agent-pods-v2".to_owned();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            ("ValidatingAdmissionPolicy".to_owned(), pod_policy.clone()),
+            ("ValidatingAdmissionPolicyBinding".to_owned(), pod_policy),
+        ])
+    );
     let gathered_pods = names_of(&yaml(&out.join("namespace/pods.yaml")));
     assert!(gathered_pods.contains(COORDINATOR_POD) && gathered_pods.contains(AGENT_POD));
     assert!(items(&yaml(&out.join("namespace/leases.yaml"))).is_empty());
