@@ -106,6 +106,9 @@ generate:
 release-fixture: control-plane
 	@KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
 		cargo run --quiet -p kata-tests --bin release-fixture -- $(RELEASE)
+	@mkdir -p tests/fixtures/releases/$(RELEASE)/proto/kata/health/v1
+	@git show $(RELEASE):proto/proto/kata/health/v1/health.proto \
+		> tests/fixtures/releases/$(RELEASE)/proto/kata/health/v1/health.proto
 
 ## Benchmarks (print figures; not part of `make test`).
 AGENTS ?= 1000

@@ -43,6 +43,7 @@ mod olm_play;
 mod operands;
 mod osc_compat;
 mod osc_takeover;
+mod protocol_compat;
 mod real_node;
 mod rollout_counts;
 mod runtime_class_guard;

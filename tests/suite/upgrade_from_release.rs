@@ -24,7 +24,7 @@ use kube::api::Api;
 
 const MASTER: (&str, &str) = ("node-role.kubernetes.io/master", "");
 /// Every release with a fixture; each later release adds its own.
-const RELEASES: [&str; 1] = ["v0.1.0"];
+pub(crate) const RELEASES: [&str; 1] = ["v0.1.0"];
 
 /// Loads the fixture as its release wrote it: the MCO objects first, then
 /// (once the pool renders them) the node labels that move nodes into the
