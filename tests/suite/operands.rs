@@ -135,3 +135,40 @@ async fn without_the_image_env_nothing_is_half_created_and_the_deployment_is_nam
     assert_eq!(installed.event_count("NodeAgentImageMissing").await, 1);
     installed.stop().await;
 }
+
+#[kata_test]
+async fn once_the_deployment_is_gone_the_daemon_set_is_not_made_again() {
+    let installed = Installed::start(Some(IMAGE)).await;
+    installed
+        .wait_daemon_set(|ds| ds["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE)
+        .await;
+    // OLM's uninstall: the Deployment goes, and the garbage collector
+    // (which a bare API server lacks) takes the DaemonSet it owns.
+    let deployments: Api<DynamicObject> = Api::namespaced_with(
+        installed.cluster.client.clone(),
+        kata_coordinator::rbac::NAMESPACE,
+        &kata_coordinator::operands::DEPLOYMENT.api_resource(),
+    );
+    deployments
+        .delete(
+            kata_coordinator::operands::OWNER_DEPLOYMENT,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let writes = installed.writes("DaemonSet").await;
+    installed
+        .daemon_sets()
+        .delete(node_agent::NAME, &Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(support::RESYNC * 4).await;
+    let left = installed
+        .daemon_sets()
+        .get_opt(node_agent::NAME)
+        .await
+        .unwrap();
+    assert!(left.is_none(), "an orphan DaemonSet was made: {left:?}");
+    assert_eq!(installed.writes("DaemonSet").await, writes);
+    installed.stop().await;
+}

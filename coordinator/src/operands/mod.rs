@@ -203,26 +203,29 @@ impl Operands {
         })
     }
 
-    async fn owner(&mut self) -> Result<Option<Owner>, kube::Error> {
+    /// The owner to set on the DaemonSet: `Ok(None)` with no owner
+    /// configured. `Err(message)` when the configured Deployment is gone or
+    /// being deleted: the operator is being removed, and a DaemonSet made
+    /// now would be one nothing ever removes.
+    async fn owner(&mut self) -> Result<Result<Option<Owner>, String>, kube::Error> {
         let Some(name) = self.settings.owner_deployment.clone() else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &self.settings.namespace,
             &DEPLOYMENT.api_resource(),
         );
-        let uid = api.get_opt(&name).await?.and_then(|d| d.metadata.uid);
-        if uid.is_none() {
-            let message = format!(
-                "Deployment {}/{name} (--owner-deployment) not found: the node-agent DaemonSet is kept without an owner, so removing the operator will not remove it",
+        let deployment = api.get_opt(&name).await?;
+        let live = deployment.filter(|d| d.metadata.deletion_timestamp.is_none());
+        Ok(match live.and_then(|d| d.metadata.uid) {
+            Some(uid) => Ok(Some(Owner { name, uid })),
+            None => Err(format!(
+                "Deployment {}/{name} (--owner-deployment) is gone or being deleted: the \
+                 node-agent DaemonSet is not written, since nothing would remove it",
                 self.settings.namespace
-            );
-            if self.said.news("owner", &message) {
-                warn!(%message, "no owner for the DaemonSet");
-            }
-        }
-        Ok(uid.map(|uid| Owner { name, uid }))
+            )),
+        })
     }
 
     async fn keep_daemon_set(&mut self) -> Result<(), crate::applier::WriteError> {
@@ -254,7 +257,15 @@ impl Operands {
             coordinator_url: self.settings.coordinator_url.clone(),
             host_root: self.settings.host_root.clone(),
         };
-        let owner = self.owner().await?;
+        let owner = match self.owner().await? {
+            Ok(owner) => owner,
+            Err(message) => {
+                if self.said.news(node_agent::NAME, &message) {
+                    warn!(%message, "no owner for the DaemonSet");
+                }
+                return Ok(());
+            }
+        };
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &settings.namespace,
