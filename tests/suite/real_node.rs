@@ -22,7 +22,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kata_coordinator::{names, objects};
 use kata_test_harness::{kata_test, requirement};
 use kata_tests::eventually;
-use kata_tests::manifests::{deploy_dir, read_manifests};
 use kata_tests::real_node::images::{ImageSpec, shared_libraries};
 use kata_tests::real_node::{NODE_NAME, PAUSE_IMAGE, RealNode, SHIM_STAND_IN_ERROR, unavailable};
 use kube::api::{Api, ListParams, LogParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -270,23 +269,30 @@ fn agent_image_files() -> Vec<(PathBuf, String)> {
     files
 }
 
-/// The DaemonSet's pod from deploy/base/node-agent.yaml, as one pod that
-/// runs `node-agent check` once instead of `run` (no coordinator runs here),
-/// from the image built here. Everything else (privileged, the read-only
-/// host root, the projected token with the agent's audience, the service
-/// account, the node selector, tolerations, priority) is the manifest's.
+/// The pod of the DaemonSet the coordinator creates (its own builder, with
+/// the image built here as its `RELATED_IMAGE_NODE_AGENT`), as one pod that
+/// runs `node-agent check` once instead of `run` (no coordinator runs here).
+/// Everything else (privileged, the read-only host root, the projected
+/// token with the agent's audience, the service account, the node
+/// selector, tolerations, priority) is what the coordinator writes.
 fn agent_pod() -> Pod {
-    let manifests = read_manifests(&deploy_dir().join("base/node-agent.yaml")).unwrap();
-    let daemon_set = manifests
-        .into_iter()
-        .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "DaemonSet"))
-        .unwrap();
-    let mut template = daemon_set.data["spec"]["template"].clone();
+    use kata_coordinator::operands::node_agent::{AgentSettings, daemon_set};
+    let settings = AgentSettings {
+        namespace: AGENT_NAMESPACE.into(),
+        image: AGENT_IMAGE.into(),
+        coordinator_url: "https://kata-coordinator.invalid:8443".into(),
+        host_root: "/".into(),
+    };
+    let daemon_set = daemon_set(&settings, None, None);
+    let mut template = daemon_set["spec"]["template"].clone();
     template["metadata"]["name"] = AGENT_POD.into();
     let spec = &mut template["spec"];
     spec["restartPolicy"] = "Never".into();
     let container = &mut spec["containers"][0];
-    container["image"] = AGENT_IMAGE.into();
+    assert_eq!(
+        container["image"], AGENT_IMAGE,
+        "the image the settings name"
+    );
     container["args"] = serde_json::json!(["check", "--host-root=/host", "--json"]);
     // Probes a long-running agent; `check` exits once it has printed.
     container.as_object_mut().unwrap().remove("livenessProbe");
@@ -331,7 +337,7 @@ const AGENT_NAMESPACE: &str = "kata-operator";
     flavor = "multi_thread",
     worker_threads = 2
 )]
-async fn the_node_agent_pod_of_the_manifest_runs_its_probes_on_the_node() {
+async fn the_node_agent_pod_the_coordinator_writes_runs_its_probes_on_the_node() {
     let node = RealNode::start().await.unwrap();
     node.build_image(&ImageSpec {
         reference: AGENT_IMAGE,
