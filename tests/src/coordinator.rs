@@ -118,6 +118,17 @@ impl CoordinatorProcess {
     /// `coordinator run` with the admin kubeconfig of `plane` and `args`
     /// added (for example `--leader-elect`).
     pub fn start(plane: &ControlPlane, args: &[&str]) -> Result<Self, Error> {
+        Self::start_with(plane, args, &PodSettings::default())
+    }
+
+    /// [`Self::start`] as a pod of a Deployment runs it: on `pod`'s token
+    /// rather than the admin's certificate, with its env (and the operands
+    /// managed unless that env says otherwise).
+    pub fn start_with(
+        plane: &ControlPlane,
+        args: &[&str],
+        pod: &PodSettings,
+    ) -> Result<Self, Error> {
         let binary = coordinator_binary()?;
         let dir = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
         let log = dir.path().join("coordinator.log");
@@ -148,6 +159,15 @@ impl CoordinatorProcess {
             .stdin(std::process::Stdio::null())
             .stdout(file)
             .stderr(file_err);
+        if let Some(token) = &pod.token {
+            let kubeconfig = dir.path().join("kubeconfig");
+            write_token_kubeconfig(plane, token, &kubeconfig)?;
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        if !pod.env.is_empty() {
+            command.env_remove("MANAGE_OPERANDS");
+            command.envs(pod.env.iter().map(|(k, v)| (k, v)));
+        }
         let child = crate::child_process::spawn_tied_to_process(command)
             .map_err(|e| Error::Setup(format!("cannot start {}: {e}", binary.display())))?;
         Ok(CoordinatorProcess {
@@ -202,6 +222,31 @@ impl CoordinatorProcess {
             self.log()
         ))
     }
+}
+
+/// How a pod would run the coordinator: its ServiceAccount's token and
+/// its container's env. Empty: the admin's kubeconfig, no operands.
+#[derive(Default)]
+pub struct PodSettings {
+    pub token: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A kubeconfig for `plane` that authenticates with `token` only, as a
+/// pod's mounted ServiceAccount token does.
+fn write_token_kubeconfig(plane: &ControlPlane, token: &str, path: &Path) -> Result<(), Error> {
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "plane", "cluster": {
+            "server": plane.api_server_url(),
+            "certificate-authority": plane.ca_file(),
+        }}],
+        "users": [{"name": "pod", "user": {"token": token}}],
+        "contexts": [{"name": "pod", "context": {"cluster": "plane", "user": "pod"}}],
+        "current-context": "pod",
+    });
+    std::fs::write(path, kubeconfig.to_string()).map_err(|e| Error::io(path, e))
 }
 
 impl Drop for CoordinatorProcess {

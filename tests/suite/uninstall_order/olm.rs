@@ -10,7 +10,7 @@
 use kata_test_harness::kata_test;
 
 use super::{DELETE_FIRST, NAMESPACE, wait_in_force};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use crate::olm_play::csv::{csv_crd, csv_resource};
 use kata_coordinator::api::KataConfig;
 use kata_tests::ControlPlane;
 use kata_tests::cluster::CONVERGE;
@@ -27,53 +27,6 @@ const INSTALLED: &str = "kata-operator.v0.2.0";
 const REPLACED: &str = "kata-operator.v0.1.0";
 /// Another namespace, where OLM copies the CSV (AllNamespaces install mode).
 const TENANT: &str = "tenant";
-
-/// OLM's ClusterServiceVersion CRD as far as the policy reads it: group,
-/// version, names, scope, the status subresource and a string
-/// `status.phase`. The rest of OLM's schema (800 KB) is left open.
-fn csv_crd() -> CustomResourceDefinition {
-    let open = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
-    serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "clusterserviceversions.operators.coreos.com"},
-        "spec": {
-            "group": "operators.coreos.com",
-            "names": {
-                "kind": "ClusterServiceVersion",
-                "listKind": "ClusterServiceVersionList",
-                "plural": "clusterserviceversions",
-                "singular": "clusterserviceversion",
-            },
-            "scope": "Namespaced",
-            "versions": [{
-                "name": "v1alpha1",
-                "served": true,
-                "storage": true,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "spec": open,
-                    "status": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": true,
-                        "properties": {"phase": {"type": "string"}, "reason": {"type": "string"}},
-                    },
-                }}},
-            }],
-        },
-    }))
-    .unwrap()
-}
-
-fn csv_resource() -> ApiResource {
-    ApiResource {
-        group: "operators.coreos.com".into(),
-        version: "v1alpha1".into(),
-        api_version: "operators.coreos.com/v1alpha1".into(),
-        kind: "ClusterServiceVersion".into(),
-        plural: "clusterserviceversions".into(),
-    }
-}
 
 /// A control plane with the KataConfig CRD, OLM's CSV CRD, the namespaces
 /// and the uninstall-order policy, and a KataConfig `kc`; no coordinator
