@@ -109,6 +109,9 @@ release-fixture: control-plane
 	@mkdir -p tests/fixtures/releases/$(RELEASE)/proto/kata/health/v1
 	@git show $(RELEASE):proto/proto/kata/health/v1/health.proto \
 		> tests/fixtures/releases/$(RELEASE)/proto/kata/health/v1/health.proto
+	@mkdir -p tests/fixtures/releases/$(RELEASE)/deploy
+	@for file in node-agent.yaml node-agent-pod-policy.yaml; do \
+		git show $(RELEASE):deploy/base/$$file > tests/fixtures/releases/$(RELEASE)/deploy/$$file; done
 
 ## Benchmarks (print figures; not part of `make test`).
 AGENTS ?= 1000

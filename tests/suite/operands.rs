@@ -172,3 +172,51 @@ async fn once_the_deployment_is_gone_the_daemon_set_is_not_made_again() {
     assert_eq!(installed.writes("DaemonSet").await, writes);
     installed.stop().await;
 }
+
+/// What v0.1.0's install left: the DaemonSet and the pod policy applied by
+/// hand from its deploy/base (kept as release fixtures).
+fn release_objects(release: &str) -> Vec<DynamicObject> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("fixtures/releases/{release}/deploy"));
+    ["node-agent.yaml", "node-agent-pod-policy.yaml"]
+        .iter()
+        .flat_map(|file| kata_tests::manifests::read_manifests(&dir.join(file)).unwrap())
+        .collect()
+}
+
+#[kata_test]
+async fn the_daemon_set_a_release_applied_by_hand_is_taken_over_and_rolled() {
+    for release in crate::upgrade_from_release::RELEASES {
+        let earlier = release_objects(release);
+        let installed = Installed::start_after(Some(NEW_IMAGE), &earlier).await;
+        let ds = installed
+            .wait_daemon_set(|ds| {
+                ds["spec"]["template"]["spec"]["containers"][0]["image"] == NEW_IMAGE
+            })
+            .await;
+        assert_eq!(
+            ds["metadata"]["annotations"][node_agent::VERSION_ANNOTATION],
+            node_agent::VERSION
+        );
+        // One write rolls it; the fields kubectl set where the admin may
+        // change them stay as they were.
+        tokio::time::sleep(support::RESYNC * 4).await;
+        assert_eq!(installed.writes("DaemonSet").await, 1.0, "{release}");
+        let shipped = &earlier[0].data["spec"]["template"]["spec"];
+        for field in ["nodeSelector", "tolerations", "priorityClassName"] {
+            assert_eq!(
+                ds["spec"]["template"]["spec"][field], shipped[field],
+                "{release}: {field}"
+            );
+        }
+        installed.wait_event("NodeAgentUpdated", NEW_IMAGE).await;
+        // The release's weaker pod policy stays; this version's is added.
+        for name in [
+            "kata-operator-node-agent-pods",
+            "kata-operator-node-agent-pods-v2",
+        ] {
+            installed.wait_cluster_object(policies::POLICY, name).await;
+        }
+        installed.stop().await;
+    }
+}

@@ -36,6 +36,13 @@ impl Installed {
     /// The namespace, accounts, RBAC and the coordinator's Deployment as
     /// shipped, then the coordinator on its ServiceAccount's token.
     pub async fn start(image: Option<&str>) -> Installed {
+        Self::start_after(image, &[]).await
+    }
+
+    /// [`Self::start`], with `earlier` created first as `kubectl apply`
+    /// creates objects (field manager `kubectl-client-side-apply`): what an
+    /// earlier release's install left.
+    pub async fn start_after(image: Option<&str>, earlier: &[DynamicObject]) -> Installed {
         let cluster = Cluster::start(&[]).await;
         let base = deploy_dir().join("base");
         for file in [
@@ -47,6 +54,9 @@ impl Installed {
             apply_objects(&cluster.plane, &read_manifests(&base.join(file)).unwrap())
                 .await
                 .unwrap();
+        }
+        for object in earlier {
+            create_as_kubectl(&cluster.client, object).await;
         }
         let deployments: Api<DynamicObject> = Api::namespaced_with(
             cluster.client.clone(),
@@ -224,4 +234,25 @@ async fn run(cluster: &Cluster, image: Option<&str>) -> (SocketAddr, tokio::task
         let _ = kata_coordinator::app::run(client, options).await;
     });
     (metrics, task)
+}
+
+async fn create_as_kubectl(client: &kube::Client, object: &DynamicObject) {
+    let types = object.types.clone().unwrap();
+    let (group, version) = types
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", &types.api_version));
+    let gvk = kube::core::GroupVersionKind::gvk(group, version, &types.kind);
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    let api: Api<DynamicObject> = match caps.scope {
+        kube::discovery::Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), NAMESPACE, &resource)
+        }
+        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    let params = kube::api::PostParams {
+        field_manager: Some("kubectl-client-side-apply".into()),
+        ..Default::default()
+    };
+    api.create(&params, object).await.unwrap();
 }
