@@ -171,6 +171,16 @@ async fn installed() -> (Cluster, CoordinatorPod, Value) {
         "owned by the Deployment"
     );
     wait_policies(&cluster).await;
+    // The coordinator runs on the CSV's generated RBAC alone: deploy/base's
+    // fixed names are nowhere.
+    let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(cluster.client.clone());
+    assert!(
+        roles
+            .get_opt("kata-operator-coordinator")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     cluster.create_kataconfig("kc", json!({})).await;
     cluster
@@ -213,6 +223,15 @@ async fn olm_replaces_the_csv_the_agents_roll_and_no_node_does() {
     assert_eq!(deployment["metadata"]["ownerReferences"][0]["name"], NEXT);
 
     let ds = wait_daemon_set(&cluster, NEXT_NODE_AGENT).await;
+    // It leads under the pod name the downward API gave it, on the Lease
+    // the Deployment's `--leader-elect` asks for.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        cluster.client.clone(),
+        NAMESPACE,
+    );
+    let lease = leases.get("kata-operator-coordinator").await.unwrap();
+    let holder = lease.spec.and_then(|spec| spec.holder_identity);
+    assert_eq!(holder.as_deref(), Some("kata-coordinator-2-a"));
     assert_eq!(ds["metadata"]["ownerReferences"][0]["uid"], uid);
     assert_eq!(related_image(&next, "node-agent"), NEXT_NODE_AGENT);
 
