@@ -145,8 +145,31 @@ struct Figures {
     refusal_lines_per_second: f64,
 }
 
+/// The memory limit of the coordinator's container in deploy/base/coordinator.yaml.
+const SHIPPED_MEMORY_LIMIT: u64 = 512 * 1024 * 1024;
+
+/// The connection cap the shipped coordinator runs with: sized from its
+/// container's memory limit, as inside its cgroup (this machine's process
+/// has none, and would take the 12,000 ceiling). `ATTACK_MAX_CONNECTIONS`
+/// overrides it.
+fn shipped_connection_cap() -> usize {
+    std::env::var("ATTACK_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            kata_coordinator::health::connection::connection_cap(
+                Some(SHIPPED_MEMORY_LIMIT),
+                kata_coordinator::health::tls::MAX_CONNECTIONS,
+            )
+        })
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    println!(
+        "connection cap {} (the shipped 512 Mi memory limit's; ATTACK_MAX_CONNECTIONS overrides)",
+        shipped_connection_cap()
+    );
     println!(
         "health channel under attack: {AGENTS} simulated agents (a check-in every {} s), \
          each attack for at least {} s",
@@ -171,6 +194,7 @@ async fn main() -> Result<(), BoxError> {
             // The production default, so refusals are logged as they would be.
             "--log-level=info",
             &format!("--agent-max-connections-per-peer={PER_PEER_CAP}"),
+            &format!("--agent-max-connections={}", shipped_connection_cap()),
             &format!("--grpc-listen={grpc}"),
             &format!("--tls-cert-file={}", tls.cert.display()),
             &format!("--tls-key-file={}", tls.key.display()),

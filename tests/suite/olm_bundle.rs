@@ -200,7 +200,8 @@ fn bundle_annotations_match_the_bundle_image_labels() {
 /// backport to the release-4.12 and later branches. A PodMonitor passes the
 /// validator but the catalog operator refuses it, and a DaemonSet,
 /// SecurityContextConstraints or ValidatingAdmissionPolicy is not supported
-/// at all: docs/operations.md says how those are applied.
+/// at all: the coordinator creates the DaemonSet and the policies, and
+/// docs/operations.md says how the PodMonitor is applied.
 const SUPPORTED_KINDS: &[&str] = &[
     "ClusterServiceVersion",
     "CustomResourceDefinition",

@@ -281,13 +281,6 @@ async fn what_the_uninstall_needs_cannot_go_before_the_kataconfig() {
             .is_some(),
         "the install untouched"
     );
-    // What the uninstall does not need may go (the agents only add health
-    // labels, which the uninstall removes anyway).
-    Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), NAMESPACE)
-        .delete("kata-node-agent", &DeleteParams::default())
-        .await
-        .unwrap();
-
     uninstall(&cluster).await;
     // The CRD first now, so the policy's params are gone too when the rest
     // goes: it must not stand in the way then.
