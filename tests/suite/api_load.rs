@@ -33,6 +33,14 @@ async fn heartbeat(client: &kube::Client, node: &str) {
 }
 
 const NODES: [&str; 3] = ["w0", "w1", "w2"];
+/// What the coordinator watches besides the Nodes the heartbeats change.
+const WATCHED_QUIET_KINDS: [&str; 5] = [
+    "kataconfigs",
+    "machineconfigs",
+    "machineconfigpools",
+    "containerruntimeconfigs",
+    "runtimeclasses",
+];
 const STEADY: Duration = Duration::from_secs(30);
 const UNRELATED_PODS: usize = 1200;
 /// The coordinator's page size for pods.
@@ -88,7 +96,20 @@ async fn requests_follow_changes_not_heartbeats_or_unrelated_pods() {
         table(&steady)
     );
     assert_eq!(steady_reconciles, 0, "heartbeats wake no reconcile");
-    assert_eq!(steady, Requests::new(), "no request but watches");
+    // A watch the API server ends (kube's watcher asks for 290 s) resumes
+    // from its last resourceVersion, and lists again when that version was
+    // compacted away: part of watching, at most once a window for a kind
+    // the heartbeats do not touch. Nodes, which they do touch, get none.
+    let (relists, other): (Requests, Requests) =
+        steady
+            .into_iter()
+            .partition(|((verb, resource, _), count)| {
+                verb == "LIST" && WATCHED_QUIET_KINDS.contains(&resource.as_str()) && *count <= 1.0
+            });
+    if !relists.is_empty() {
+        println!("watches resumed by a list:\n{}", table(&relists));
+    }
+    assert_eq!(other, Requests::new(), "no request but watches");
 
     let simulator = McoSimulator::start(
         client.clone(),
