@@ -25,6 +25,7 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::applier::Applier;
+use crate::kind::Kind;
 pub use crate::kind::{DAEMON_SET, DEPLOYMENT};
 use crate::names;
 use node_agent::{AgentSettings, Owner};
@@ -68,6 +69,26 @@ impl Said {
 
     fn forget(&mut self, object: &str) {
         self.0.remove(object);
+    }
+}
+
+/// What an Event is about: the object of `kind` named `name` (in
+/// `namespace` when namespaced), with its uid when it was read (`live`).
+fn reference(
+    kind: Kind,
+    name: &str,
+    namespace: Option<&str>,
+    live: Option<&Value>,
+) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(kind.api_version()),
+        kind: Some(kind.kind.into()),
+        name: Some(name.into()),
+        namespace: namespace.map(str::to_owned),
+        uid: live
+            .and_then(|live| live["metadata"]["uid"].as_str())
+            .map(str::to_owned),
+        ..ObjectReference::default()
     }
 }
 
@@ -162,13 +183,7 @@ impl Operands {
         );
         if self.said.news(&said_key(desired), &note) {
             warn!(%note, "admission policy changed");
-            let reference = ObjectReference {
-                api_version: Some(desired.kind.api_version()),
-                kind: Some(desired.kind.kind.into()),
-                name: Some(desired.name.clone()),
-                uid: live["metadata"]["uid"].as_str().map(str::to_owned),
-                ..ObjectReference::default()
-            };
+            let reference = reference(desired.kind, &desired.name, None, Some(&live));
             self.publish(EventType::Warning, "OperandDiffers", note, &reference)
                 .await;
         }
@@ -194,13 +209,12 @@ impl Operands {
 
     fn owner_reference(&self) -> Option<ObjectReference> {
         let name = self.settings.owner_deployment.clone()?;
-        Some(ObjectReference {
-            api_version: Some(DEPLOYMENT.api_version()),
-            kind: Some(DEPLOYMENT.kind.into()),
-            name: Some(name),
-            namespace: Some(self.settings.namespace.clone()),
-            ..ObjectReference::default()
-        })
+        Some(reference(
+            DEPLOYMENT,
+            &name,
+            Some(&self.settings.namespace),
+            None,
+        ))
     }
 
     /// The owner to set on the DaemonSet: `Ok(None)` with no owner
@@ -324,14 +338,12 @@ impl Operands {
             (EventType::Warning, "NodeAgentReasserted", note)
         };
         warn!(namespace = %self.settings.namespace, name = node_agent::NAME, %note, "node-agent DaemonSet written");
-        let reference = ObjectReference {
-            api_version: Some(DAEMON_SET.api_version()),
-            kind: Some(DAEMON_SET.kind.into()),
-            name: Some(node_agent::NAME.into()),
-            namespace: Some(self.settings.namespace.clone()),
-            uid: live["metadata"]["uid"].as_str().map(str::to_owned),
-            ..ObjectReference::default()
-        };
+        let reference = reference(
+            DAEMON_SET,
+            node_agent::NAME,
+            Some(&self.settings.namespace),
+            Some(live),
+        );
         self.publish(type_, reason, note, &reference).await;
     }
 }
