@@ -89,9 +89,10 @@ pub struct ReasonLabel {
 }
 
 /// Every reason [`ReasonLabel`] takes; a series each from the first scrape.
-pub const REFUSAL_REASONS: [&str; 10] = [
+pub const REFUSAL_REASONS: [&str; 11] = [
     REFUSED_CONNECTION_LIMIT,
     REFUSED_PEER_LIMIT,
+    REFUSED_EVICTED,
     REFUSED_IDLE,
     REFUSED_MAX_AGE,
     REFUSED_UNAUTHENTICATED,
@@ -101,10 +102,14 @@ pub const REFUSAL_REASONS: [&str; 10] = [
     REFUSED_REVIEW_RATE,
     REFUSED_REVIEW_IN_FLIGHT,
 ];
-/// A connection closed at accept: the coordinator holds as many as it may.
+/// A connection closed at accept: the coordinator holds as many as it may
+/// and none of them can give way (all authenticated, or many already ending).
 pub const REFUSED_CONNECTION_LIMIT: &str = "connection_limit";
 /// A connection closed at accept: its address holds as many as one may.
 pub const REFUSED_PEER_LIMIT: &str = "peer_connection_limit";
+/// A connection that had not authenticated a call, closed to give its
+/// place to a newer one when all places were taken.
+pub const REFUSED_EVICTED: &str = "evicted";
 /// A connection closed after carrying no call for the idle timeout.
 pub const REFUSED_IDLE: &str = "idle";
 /// A connection closed by force at its maximum age plus grace.

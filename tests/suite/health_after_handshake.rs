@@ -4,7 +4,7 @@
 //! the idle timeout, one address cannot hold more than its share of
 //! connections while another still connects, and a call with a junk bearer
 //! is refused UNAUTHENTICATED from its headers while its body never
-//! completes, each refusal counted.
+//! completes, each refusal counted, and its connection closed after.
 #![allow(clippy::unwrap_used)]
 
 use kata_test_harness::kata_test;
@@ -71,7 +71,7 @@ impl Server {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::from((local, 0)))?;
         let tcp = socket.connect(self.addr).await?;
-        connector(&self.ca)
+        connector(&self.ca.cert_pem())
             .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
             .await
     }
@@ -202,13 +202,12 @@ async fn call_with_an_unfinished_body(
 }
 
 #[kata_test]
-async fn a_junk_bearer_is_refused_before_its_body_is_read() {
+async fn a_junk_bearer_is_refused_before_its_body_is_read_and_its_connection_closed() {
     let server = serve(Limits::default()).await;
-    let tls = server.connect_from([127, 0, 0, 1]).await.unwrap();
-    let (sender, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
-    let mut held = Vec::new();
     for method in ["CheckIn", "Report"] {
+        let tls = server.connect_from([127, 0, 0, 1]).await.unwrap();
+        let (sender, connection) = h2::client::handshake(tls).await.unwrap();
+        let connection = tokio::spawn(connection);
         let (status, took, body) =
             call_with_an_unfinished_body(&sender, method, "junk.not.token").await;
         // 16: UNAUTHENTICATED.
@@ -218,7 +217,19 @@ async fn a_junk_bearer_is_refused_before_its_body_is_read() {
             "{method} answered in {took:?}"
         );
         println!("{method} with a junk bearer and an unfinished body refused in {took:?}");
-        held.push(body);
+        // The peer has nothing more to do here: the server closes the
+        // connection, though the client holds its stream open.
+        let started = Instant::now();
+        tokio::time::timeout(PATIENCE, connection)
+            .await
+            .expect("the server closed the connection of a refused bearer")
+            .unwrap()
+            .ok();
+        println!(
+            "... and its connection closed {:?} later",
+            started.elapsed()
+        );
+        drop(body);
     }
     assert_eq!(server.refused(REFUSED_UNAUTHENTICATED), 2);
 }

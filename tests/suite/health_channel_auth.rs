@@ -32,6 +32,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 
+mod places;
+
 /// Adds `authorization: Bearer <token>` to every call, as the agent does.
 #[derive(Clone)]
 struct Bearer(Option<MetadataValue<Ascii>>);

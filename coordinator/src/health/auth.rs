@@ -97,6 +97,15 @@ pub enum AuthError {
     SharedReviewFailed,
 }
 
+impl AuthError {
+    /// Whether the credentials themselves were refused, for good: the
+    /// caller has nothing more to do on this connection. A check that
+    /// could not be made now, or was limited, says nothing about them.
+    pub fn refuses_credentials(&self) -> bool {
+        matches!(self, Self::Unauthenticated(_) | Self::PermissionDenied(_))
+    }
+}
+
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
         match error {

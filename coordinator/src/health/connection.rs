@@ -1,38 +1,43 @@
 //! One accepted agent connection after its TLS handshake, and what bounds
-//! it in time and number.
+//! it in time.
 //!
-//! - A connection holds a place among all connections and one among its
-//!   address's ([`PeerSlots`]) from accept to close.
+//! - A connection holds its place ([`super::places`]) from accept to close.
 //! - A connection that carries no call (no open HTTP/2 stream) for
 //!   [`ConnectionBounds::idle_timeout`] is closed; so is one still open at
 //!   [`ConnectionBounds::max_age`] plus [`ConnectionBounds::max_age_grace`]
 //!   (at the age itself the server sends GOAWAY, so a well-behaved client
-//!   finishes its calls and leaves). Both close the socket from below
-//!   HTTP/2: the reads see end of file, which ends the connection whatever
-//!   the peer does.
-//! - Open streams are counted by the call gate ([`super::gate`]) through the
-//!   connection's [`StreamActivity`], which every request carries in its
-//!   extensions ([`AgentConnectInfo`]).
+//!   finishes its calls and leaves), one that gives its place to a newer
+//!   connection, and one whose credentials were refused, shortly after the
+//!   refusal is sent ([`CREDENTIALS_REFUSED_GRACE`]). All close the socket
+//!   from below HTTP/2: the reads see end of file, which ends the
+//!   connection whatever the peer does.
+//! - Open streams and authentication are told by the call gate
+//!   ([`super::gate`]) through the connection's [`ConnectionState`], which
+//!   every request carries in its extensions ([`AgentConnectInfo`]).
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use super::connection_state::ConnectionState;
+use super::places::Place;
 use super::refusals::Refusals;
-use crate::metrics::{REFUSED_IDLE, REFUSED_MAX_AGE};
+use crate::metrics::REFUSED_MAX_AGE;
+
+/// How long a connection whose credentials were refused stays open after
+/// the refusal: long enough for the answer to leave, too short to send
+/// much more. A peer without a valid token has nothing else to do here,
+/// and an agent whose token expired reconnects with a fresh one.
+pub const CREDENTIALS_REFUSED_GRACE: Duration = Duration::from_millis(250);
 
 /// How long a connection and a call may last; [`Default`] is what the
 /// coordinator uses.
@@ -66,129 +71,23 @@ impl Default for ConnectionBounds {
     }
 }
 
-/// The open streams of one connection, and when it last had none.
-#[derive(Debug)]
-pub struct StreamActivity {
-    open: AtomicUsize,
-    idle_since: Mutex<Instant>,
-    /// The connection's reader, woken when the last stream closes so its
-    /// idle timer starts.
-    reader: AtomicWaker,
-}
-
-impl StreamActivity {
-    fn new() -> Self {
-        Self {
-            open: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
-            reader: AtomicWaker::new(),
-        }
-    }
-
-    /// Marks a stream open until the guard is dropped.
-    pub fn stream_opened(self: &Arc<Self>) -> OpenStream {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        OpenStream(Arc::clone(self))
-    }
-
-    /// When the connection became idle; None while a stream is open.
-    fn idle_since(&self) -> Option<Instant> {
-        if self.open.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        self.idle_since.lock().ok().map(|since| *since)
-    }
-}
-
-/// One open stream of a connection (see [`StreamActivity::stream_opened`]).
-#[derive(Debug)]
-pub struct OpenStream(Arc<StreamActivity>);
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        if let Ok(mut since) = self.0.idle_since.lock() {
-            *since = Instant::now();
-        }
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.reader.wake();
-        }
-    }
-}
-
 /// What every request on an agent connection carries in its extensions
 /// (tonic puts a connection's [`Connected::connect_info`] there).
 #[derive(Debug, Clone)]
 pub struct AgentConnectInfo {
     pub peer: Option<SocketAddr>,
-    pub activity: Arc<StreamActivity>,
+    pub state: Arc<ConnectionState>,
 }
 
-/// Connections per peer address; a [`PeerSlot`] holds one until dropped.
-#[derive(Debug, Clone, Default)]
-pub struct PeerSlots {
-    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl PeerSlots {
-    /// A place for one more connection from `peer`, unless it holds `limit`.
-    pub fn take(&self, peer: IpAddr, limit: usize) -> Option<PeerSlot> {
-        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
-        let peer = peer.to_canonical();
-        let mut held = self.held.lock().ok()?;
-        let count = held.entry(peer).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(PeerSlot {
-            slots: self.clone(),
-            peer,
-        })
-    }
-
-    /// The connections `peer` holds.
-    pub fn held_by(&self, peer: IpAddr) -> usize {
-        let held = self.held.lock();
-        held.map_or(0, |held| {
-            held.get(&peer.to_canonical()).copied().unwrap_or(0)
-        })
-    }
-}
-
-/// One connection's place among its address's.
-#[derive(Debug)]
-pub struct PeerSlot {
-    slots: PeerSlots,
-    peer: IpAddr,
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        if let Ok(mut held) = self.slots.held.lock()
-            && let Some(count) = held.get_mut(&self.peer)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                held.remove(&self.peer);
-            }
-        }
-    }
-}
-
-/// The places a connection holds from accept to close.
-pub struct Places {
-    pub connection: OwnedSemaphorePermit,
-    pub peer: PeerSlot,
-}
-
-/// An accepted agent connection with TLS established; holds its
-/// [`Places`] until dropped and ends itself when idle or too old.
+/// An accepted agent connection with TLS established; holds its [`Place`]
+/// until dropped and ends itself when idle, too old, or asked to.
 pub struct AgentConnection {
     stream: TlsStream<TcpStream>,
-    _places: Places,
+    place: Place,
     info: AgentConnectInfo,
     idle_timeout: Duration,
-    idle_timer: Pin<Box<Sleep>>,
+    /// The next end of [`ConnectionState::next_end`], when there is one.
+    end_timer: Pin<Box<Sleep>>,
     /// The forced close: max age plus grace after accept.
     too_old: Pin<Box<Sleep>>,
     refusals: Refusals,
@@ -200,21 +99,23 @@ pub struct AgentConnection {
 impl AgentConnection {
     pub fn new(
         stream: TlsStream<TcpStream>,
-        places: Places,
+        place: Place,
         bounds: &ConnectionBounds,
         refusals: Refusals,
     ) -> Self {
-        let peer = stream.get_ref().0.peer_addr().ok();
+        let state = Arc::clone(place.state());
+        // Idle from now: the handshake's time does not count against it.
+        state.restart_idle();
         let now = Instant::now();
         Self {
             stream,
-            _places: places,
             info: AgentConnectInfo {
-                peer,
-                activity: Arc::new(StreamActivity::new()),
+                peer: state.peer(),
+                state,
             },
+            place,
             idle_timeout: bounds.idle_timeout,
-            idle_timer: Box::pin(tokio::time::sleep_until(now + bounds.idle_timeout)),
+            end_timer: Box::pin(tokio::time::sleep_until(now + bounds.idle_timeout)),
             too_old: Box::pin(tokio::time::sleep_until(
                 now + bounds.max_age + bounds.max_age_grace,
             )),
@@ -230,28 +131,29 @@ impl AgentConnection {
             return true;
         }
         let reason = if self.too_old.as_mut().poll(cx).is_ready() {
-            Some(REFUSED_MAX_AGE)
+            Some(Some(REFUSED_MAX_AGE))
         } else {
-            self.info.activity.reader.register(cx.waker());
-            match self.info.activity.idle_since() {
-                Some(since) => {
-                    let deadline = since + self.idle_timeout;
-                    if self.idle_timer.deadline() != deadline {
-                        self.idle_timer.as_mut().reset(deadline);
+            self.place.state().reader.register(cx.waker());
+            match self.place.state().next_end(self.idle_timeout) {
+                Some(end) => {
+                    if self.end_timer.deadline() != end.at {
+                        self.end_timer.as_mut().reset(end.at);
                     }
-                    self.idle_timer
+                    self.end_timer
                         .as_mut()
                         .poll(cx)
                         .is_ready()
-                        .then_some(REFUSED_IDLE)
+                        .then_some(end.reason)
                 }
                 None => None,
             }
         };
         if let Some(reason) = reason {
             self.ended = true;
-            self.refusals
-                .refuse(reason, self.info.peer, "connection closed by the server");
+            if let Some(reason) = reason {
+                self.refusals
+                    .refuse(reason, self.info.peer, "connection closed by the server");
+            }
         }
         self.ended
     }
@@ -390,27 +292,5 @@ mod tests {
         assert_eq!(connection_cap(Some(64 * MIB), 10), 10);
         assert_eq!(parse_memory_max("536870912\n"), Some(512 * MIB));
         assert_eq!(parse_memory_max("max\n"), None);
-    }
-
-    #[test]
-    fn a_peer_holds_at_most_its_limit_until_it_lets_go() {
-        let slots = PeerSlots::default();
-        let one: IpAddr = [127, 0, 0, 1].into();
-        let two: IpAddr = [127, 0, 0, 2].into();
-        let first = slots.take(one, 2).expect("first");
-        let second = slots.take(one, 2).expect("second");
-        assert!(
-            slots.take(one, 2).is_none(),
-            "a third from the same address"
-        );
-        // The same address over IPv6's IPv4-mapped form is the same peer.
-        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("mapped address");
-        assert!(slots.take(mapped, 2).is_none());
-        assert!(slots.take(two, 2).is_some(), "another address");
-        drop(first);
-        assert_eq!(slots.held_by(one), 1);
-        let third = slots.take(one, 2).expect("a place freed");
-        drop((second, third));
-        assert_eq!(slots.held_by(one), 0);
     }
 }

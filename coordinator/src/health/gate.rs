@@ -15,8 +15,13 @@
 //! - The whole of it, authentication included, must answer within the
 //!   request deadline, else DEADLINE_EXCEEDED.
 //! - The call counts as an open stream of its connection
-//!   ([`StreamActivity`]) until its response body is done, so the
-//!   connection's idle timer runs only while it carries nothing.
+//!   ([`ConnectionState`]) until its response body is done, so the
+//!   connection's idle timer runs only while it carries nothing. An
+//!   authenticated call marks its connection an agent's, which keeps its
+//!   place when places run out; a call whose credentials are refused ends
+//!   its connection shortly after the answer
+//!   ([`super::connection::CREDENTIALS_REFUSED_GRACE`]): what a stranger
+//!   holds open, it holds for a round trip at most.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,7 +34,8 @@ use tonic::Status;
 use tonic::body::Body;
 
 use super::auth::{AgentAuthenticator, AuthError, Authenticated};
-use super::connection::{AgentConnectInfo, OpenStream, StreamActivity};
+use super::connection::{AgentConnectInfo, CREDENTIALS_REFUSED_GRACE};
+use super::connection_state::{ConnectionState, OpenStream};
 use super::refusals::Refusals;
 use crate::metrics::{
     REFUSED_DEADLINE, REFUSED_PERMISSION_DENIED, REFUSED_UNAUTHENTICATED, REFUSED_UNAVAILABLE,
@@ -125,13 +131,15 @@ where
         let settings = Arc::clone(&self.settings);
         Box::pin(async move {
             let connection = request.extensions().get::<AgentConnectInfo>().cloned();
-            let stream = connection
-                .as_ref()
-                .map(|info| StreamActivity::stream_opened(&info.activity));
-            let peer = connection.and_then(|info| info.peer);
+            let state = connection.map(|info| info.state);
+            let stream = state.as_ref().map(ConnectionState::stream_opened);
+            let peer = state.as_ref().and_then(|state| state.peer());
             let answer = tokio::time::timeout(settings.deadline, async {
                 let bearer = bearer_token(request.headers());
                 let authenticated = settings.authenticator.authenticate(bearer).await?;
+                if let Some(state) = &state {
+                    state.authenticated();
+                }
                 request
                     .extensions_mut()
                     .insert::<Authenticated>(authenticated);
@@ -145,6 +153,9 @@ where
                 Ok(Ok(Err(error))) => return Err(error),
                 Ok(Err(error)) => {
                     let error: AuthError = error;
+                    if let Some(state) = state.as_ref().filter(|_| error.refuses_credentials()) {
+                        state.end_after(CREDENTIALS_REFUSED_GRACE);
+                    }
                     settings
                         .refusals
                         .refuse(refusal_reason(&error), peer, &error.to_string());

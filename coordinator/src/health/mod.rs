@@ -9,12 +9,14 @@
 pub mod auth;
 pub mod clock;
 pub mod connection;
+pub mod connection_state;
 pub mod gate;
 pub mod hello;
 pub mod issuer_keys;
 mod jose;
 pub mod labeller;
 pub mod marks;
+pub mod places;
 pub mod pods;
 pub mod refusals;
 pub mod registry;

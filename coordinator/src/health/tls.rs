@@ -5,7 +5,10 @@
 //! - The accept loop never stops: each connection gets its own task.
 //! - At most [`Limits::max_connections`] connections exist at once, and at
 //!   most [`Limits::max_connections_per_peer`] from one address, counted
-//!   from accept to close; past that, new ones are closed at once.
+//!   from accept to close. At the first cap the oldest connection that has
+//!   not authenticated a call gives its place to the new one; at the
+//!   second, or when every place is an agent's, the new one is closed at
+//!   once ([`super::places`]).
 //! - A peer has [`Limits::client_hello_timeout`] to send its ClientHello,
 //!   holding nothing but its socket meanwhile; only then does it wait for one
 //!   of [`Limits::handshake_concurrency`] handshake slots (the CPU-bound
@@ -37,11 +40,12 @@ use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
-use super::connection::{AgentConnection, ConnectionBounds, PeerSlots, Places};
+use super::connection::{AgentConnection, ConnectionBounds};
+use super::connection_state::ConnectionState;
+use super::places::{Place, PlaceLimits, Places};
 use super::refusals::Refusals;
 use crate::metrics::{
-    HANDSHAKE_FAILED, HANDSHAKE_FULL, HANDSHAKE_RESUMED, KindLabel, Metrics,
-    REFUSED_CONNECTION_LIMIT, REFUSED_PEER_LIMIT,
+    HANDSHAKE_FAILED, HANDSHAKE_FULL, HANDSHAKE_RESUMED, KindLabel, Metrics, REFUSED_EVICTED,
 };
 use prometheus_client::metrics::counter::Counter;
 
@@ -340,38 +344,26 @@ pub fn incoming_with(
     ReceiverStream::new(established)
 }
 
-/// The places a new connection from `tcp` needs: one among all and one
-/// among its address's; None, counted as a refusal, when either is full.
-fn places_for(
-    tcp: &TcpStream,
-    connections: &Arc<Semaphore>,
-    peers: &PeerSlots,
-    limits: &Limits,
-    refusals: &Refusals,
-) -> Option<Places> {
+/// The place for a new connection from `tcp`, perhaps another's that is
+/// ended for it; None, counted as a refusal, when there is none.
+fn place_for(tcp: &TcpStream, places: &Places, refusals: &Refusals) -> Option<Place> {
     let peer = tcp.peer_addr().ok();
-    let Ok(connection) = Arc::clone(connections).try_acquire_owned() else {
-        refusals.refuse(
-            REFUSED_CONNECTION_LIMIT,
-            peer,
-            "connection limit reached; closed",
-        );
-        return None;
-    };
-    let Some(peer_slot) =
-        peer.and_then(|peer| peers.take(peer.ip(), limits.max_connections_per_peer))
-    else {
-        refusals.refuse(
-            REFUSED_PEER_LIMIT,
-            peer,
-            "the address holds its limit of connections; closed",
-        );
-        return None;
-    };
-    Some(Places {
-        connection,
-        peer: peer_slot,
-    })
+    match places.admit(peer, Arc::new(ConnectionState::new(peer))) {
+        Ok(admitted) => {
+            if let Some(ended) = admitted.ended {
+                refusals.refuse(
+                    REFUSED_EVICTED,
+                    ended,
+                    "all places taken: a connection that had not authenticated gave its place to a newer one",
+                );
+            }
+            Some(admitted.place)
+        }
+        Err(reason) => {
+            refusals.refuse(reason, peer, "no place for the connection; closed");
+            None
+        }
+    }
 }
 
 fn set_keepalive(tcp: &TcpStream, limits: &Limits) {
@@ -392,8 +384,11 @@ async fn accept_loop(
     counters: AcceptCounters,
     ready: mpsc::Sender<Result<AgentConnection, io::Error>>,
 ) {
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let peers = PeerSlots::default();
+    let places = Places::new(PlaceLimits {
+        all: limits.max_connections,
+        per_peer: limits.max_connections_per_peer,
+        ending: limits.handshake_concurrency.max(1),
+    });
     let handshakes = Arc::new(Semaphore::new(limits.handshake_concurrency.max(1)));
     let config = Arc::clone(acceptor.config());
     loop {
@@ -411,8 +406,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(places) = places_for(&tcp, &connections, &peers, &limits, &counters.refusals)
-        else {
+        let Some(place) = place_for(&tcp, &places, &counters.refusals) else {
             continue;
         };
         set_keepalive(&tcp, &limits);
@@ -423,13 +417,17 @@ async fn accept_loop(
             counters.clone(),
         );
         tokio::spawn(async move {
-            let peer = tcp.peer_addr().ok();
-            let handshake = handshake(tcp, config, &handshakes, &limits).await;
+            let peer = place.state().peer();
+            // A connection ended for a newer one stops here, handshake or not.
+            let handshake = tokio::select! {
+                handshake = handshake(tcp, config, &handshakes, &limits) => handshake,
+                () = place.state().ended() => Err(HandshakeError::Ended),
+            };
             counters.handshakes.count(&handshake);
             match handshake {
                 Ok(stream) => {
                     let connection =
-                        AgentConnection::new(stream, places, &limits.bounds, counters.refusals);
+                        AgentConnection::new(stream, place, &limits.bounds, counters.refusals);
                     let _ = ready.send(Ok(connection)).await;
                 }
                 Err(why) => debug!(?peer, why = %why, "TLS handshake failed"),
@@ -447,6 +445,9 @@ pub enum HandshakeError {
     TooSlow,
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The connection gave its place to a newer one.
+    #[error("ended to give its place to a newer connection")]
+    Ended,
     /// The handshake slots were closed: the server is stopping.
     #[error(transparent)]
     Stopping(#[from] tokio::sync::AcquireError),

@@ -1,0 +1,126 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn limits(all: usize, per_peer: usize, ending: usize) -> Places {
+    Places::new(PlaceLimits {
+        all,
+        per_peer,
+        ending,
+    })
+}
+
+fn from(places: &Places, last: u8) -> Result<Admitted, &'static str> {
+    let peer = SocketAddr::from(([127, 0, 1, last], 40_000));
+    places.admit(Some(peer), Arc::new(ConnectionState::new(Some(peer))))
+}
+
+fn ended_now(state: &ConnectionState) -> bool {
+    state
+        .next_end(std::time::Duration::from_secs(3600))
+        .is_some_and(|end| end.reason.is_none())
+}
+
+#[test]
+fn a_peer_holds_at_most_its_limit_until_it_lets_go() {
+    let places = limits(100, 2, 8);
+    let one: IpAddr = [127, 0, 1, 1].into();
+    let first = from(&places, 1).unwrap();
+    let second = from(&places, 1).unwrap();
+    assert_eq!(from(&places, 1).unwrap_err(), REFUSED_PEER_LIMIT);
+    // The same address over IPv6's IPv4-mapped form is the same peer.
+    let mapped: SocketAddr = "[::ffff:127.0.1.1]:1".parse().unwrap();
+    let state = Arc::new(ConnectionState::new(Some(mapped)));
+    assert_eq!(
+        places.admit(Some(mapped), state).unwrap_err(),
+        REFUSED_PEER_LIMIT
+    );
+    let other = from(&places, 2).unwrap();
+    drop(first);
+    assert_eq!(places.held_by(one), 1);
+    let third = from(&places, 1).unwrap();
+    drop((second, third, other));
+    assert_eq!(places.held_by(one), 0);
+    assert_eq!(places.held(), 0);
+}
+
+#[test]
+fn at_the_cap_the_oldest_stranger_gives_way_and_agents_never_do() {
+    let places = limits(3, 10, 8);
+    let agent = from(&places, 1).unwrap().place;
+    agent.state().authenticated();
+    let oldest = from(&places, 2).unwrap().place;
+    let younger = from(&places, 3).unwrap().place;
+
+    let newcomer = from(&places, 4).unwrap();
+    assert_eq!(newcomer.ended, Some(oldest.state().peer()));
+    assert!(ended_now(oldest.state()), "the oldest stranger is ended");
+    assert!(!ended_now(younger.state()) && !ended_now(agent.state()));
+    // Until the ended one closes, four are held: the cap's overshoot is
+    // the connections still closing.
+    assert_eq!(places.held(), 4);
+    drop(oldest);
+    assert_eq!(places.held(), 3);
+
+    // The next newcomer ends the next stranger, never the agent.
+    let next = from(&places, 5).unwrap();
+    assert_eq!(next.ended, Some(younger.state().peer()));
+    drop(younger);
+    // Once every place is an agent's, a newcomer is refused.
+    newcomer.place.state().authenticated();
+    next.place.state().authenticated();
+    assert_eq!(from(&places, 6).unwrap_err(), REFUSED_CONNECTION_LIMIT);
+    assert!(!ended_now(agent.state()));
+}
+
+#[test]
+fn no_more_are_ended_than_may_be_closing_at_once() {
+    let places = limits(2, 10, 1);
+    let first = from(&places, 1).unwrap().place;
+    let _second = from(&places, 2).unwrap().place;
+    let third = from(&places, 3).unwrap();
+    assert!(third.ended.is_some());
+    // The first has not closed yet: no second connection is ended for a
+    // newcomer, which is refused instead.
+    assert_eq!(from(&places, 4).unwrap_err(), REFUSED_CONNECTION_LIMIT);
+    drop(first);
+    assert!(from(&places, 4).unwrap().ended.is_some());
+}
+
+#[test]
+fn a_connection_ends_at_the_first_of_idle_and_asked() {
+    let idle = std::time::Duration::from_secs(10);
+    let state = Arc::new(ConnectionState::new(None));
+    let quiet = state.next_end(idle).unwrap();
+    assert_eq!(quiet.reason, Some(crate::metrics::REFUSED_IDLE));
+    // A stream open: no idle end.
+    let stream = state.stream_opened();
+    assert_eq!(state.next_end(idle), None);
+    // Asked to end after its credentials were refused: that end, uncounted
+    // there (the refused call was).
+    state.end_after(std::time::Duration::from_millis(250));
+    let asked = state.next_end(idle).unwrap();
+    assert_eq!(asked.reason, None);
+    assert!(asked.at < quiet.at);
+    drop(stream);
+    assert_eq!(state.next_end(idle).unwrap(), asked, "the earlier end wins");
+    // A later request does not postpone it.
+    state.end_after(std::time::Duration::from_secs(60));
+    assert_eq!(state.next_end(idle).unwrap(), asked);
+}
+
+#[tokio::test]
+async fn an_end_asked_before_the_handshake_is_seen_by_it() {
+    let state = Arc::new(ConnectionState::new(None));
+    let waiting = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move { state.ended().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    state.end_now();
+    tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+        .await
+        .expect("woken")
+        .unwrap();
+}
