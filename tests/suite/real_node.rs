@@ -1,37 +1,54 @@
-//! A `kata` pod on a real node (kubelet, CRI-O, kube-scheduler and
-//! kube-controller-manager, see `kata_tests::real_node`): the RuntimeClass
-//! the coordinator builds keeps it off a node without the runtime label,
-//! the scheduler places it once the label is there, admission sets its
-//! overhead, and the kubelet asks CRI-O's `kata` handler for its sandbox.
-//! Kata's shim cannot be built here: the handler's shim is a stand-in that
-//! refuses, so the pod's journey ends at sandbox creation, with the shim's
-//! own message in the kubelet's event.
+//! The operator on a real node (kubelet, CRI-O, kube-scheduler and
+//! kube-controller-manager, see `kata_tests::real_node`), the whole chain
+//! with nothing set by the test: the coordinator (in this process, its TLS
+//! health channel on the host's address on the node's bridge) creates the
+//! node-agent DaemonSet from its own builder; the DaemonSet controller
+//! makes the agent's pod, admitted by the operator's pod policy; the kubelet
+//! runs it with its pod-bound token; the agent probes the real host and
+//! checks in; the coordinator admits it (TokenReview, issuer keys, the
+//! pod's existence, all against the real API server) and writes its
+//! verdict onto the real Node. Kata cannot be installed here (see
+//! `docs/testing.md`), so the verdict is negative, the node is not
+//! labelled runtime-ready and a `kata` pod stays Pending. Over a window of
+//! the kubelet's status writes, the coordinator writes nothing to the Node
+//! and its condition survives them.
 //!
 //! One test function, so one node per run: the node is machine-global.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod operator;
+mod window;
 
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Event, Namespace, Node, Pod, PodSpec, ServiceAccount,
-};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kata_coordinator::api::KataConfig;
+use kata_coordinator::operands::node_agent::{self, AgentSettings};
 use kata_coordinator::{names, objects};
 use kata_test_harness::{kata_test, requirement};
-use kata_tests::eventually;
-use kata_tests::real_node::images::{ImageSpec, shared_libraries};
-use kata_tests::real_node::{NODE_NAME, PAUSE_IMAGE, RealNode, SHIM_STAND_IN_ERROR, unavailable};
+use kata_tests::demo_world::node_states;
+use kata_tests::http::{http_get, metric_value};
+use kata_tests::pki::TestCa;
+use kata_tests::real_node::{
+    HOST_ON_BRIDGE, NODE_NAME, PAUSE_IMAGE, RealNode, STATUS_REPORT_FREQUENCY, unavailable,
+};
+use kata_tests::{Error, eventually};
 use kube::api::{Api, ListParams, LogParams, ObjectMeta, Patch, PatchParams, PostParams};
+use operator::{AGENT_IMAGE, InProcessCoordinator, NAMESPACE};
 
-const NAMESPACE: &str = "kata-pods";
+const KATA_NAMESPACE: &str = "kata-pods";
 const POD: &str = "sandboxed";
 /// The scheduler and the kubelet act within seconds; a loaded CI machine
 /// gets more.
 const SETTLE: Duration = Duration::from_secs(90);
-
+/// The coordinator's writes to Nodes.
+const NODE_WRITES: &str = "kata_operator_api_writes_total{kind=\"Node\"}";
+/// Where the agent serves its metrics in its pod (the manifest's port).
+const AGENT_METRICS_PORT: u16 = 8090;
 fn kata_pod() -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -62,7 +79,7 @@ async fn label_node(client: &kube::Client, key: &str, value: &str) {
 }
 
 /// A wait's failure with the kubelet's and CRI-O's last words.
-fn with_node_logs(node: &RealNode, failure: &kata_tests::Error) -> String {
+fn with_node_logs(node: &RealNode, failure: &Error) -> String {
     format!(
         "{failure}\n--- kubelet log (tail) ---\n{}\n--- crio log (tail) ---\n{}",
         node.log_tail("kubelet", 40),
@@ -81,43 +98,202 @@ fn scheduled_condition(pod: &Pod) -> Option<(String, String, String)> {
     ))
 }
 
-#[kata_test(
-    requires(unavailable),
-    exclusive(crio_socket),
-    flavor = "multi_thread",
-    worker_threads = 2
-)]
-async fn a_kata_pod_waits_for_the_runtime_label_and_fails_at_sandbox_creation() {
-    let node = RealNode::start().await.unwrap();
-    let client = node.client().await.unwrap();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NAMESPACE.into()),
-            ..Default::default()
-        },
+/// Waits until the shipped pod policy refuses what it must: a privileged
+/// pod of the agent's ServiceAccount made by hand rather than by the
+/// DaemonSet controller (a dry run: nothing is created). Admission
+/// policies take effect a moment after they are created.
+async fn pod_policy_in_force(client: &kube::Client) {
+    let settings = AgentSettings {
+        namespace: NAMESPACE.into(),
+        image: AGENT_IMAGE.into(),
+        coordinator_url: format!("https://{HOST_ON_BRIDGE}:8443"),
+        host_root: "/".into(),
+    };
+    let template = &node_agent::daemon_set(&settings, None, None)["spec"]["template"];
+    let by_hand = operator::hand_made_agent_pod(template);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let dry_run = PostParams {
+        dry_run: true,
         ..Default::default()
     };
-    namespaces
+    eventually("the pod policy to refuse a hand-made agent pod", SETTLE, || {
+        let (pods, by_hand, dry_run) = (pods.clone(), by_hand.clone(), dry_run.clone());
+        async move {
+            match pods.create(&dry_run, &by_hand).await {
+                Ok(_) => Err("admitted".into()),
+                Err(kube::Error::Api(e)) => Ok(e.message.contains(
+                    "pods running as the kata-node-agent ServiceAccount are created only by the DaemonSet controller",
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits for the agent's pod, made by the DaemonSet controller from the
+/// DaemonSet the coordinator wrote, to be Running and Ready on the node.
+async fn running_agent_pod(node: &RealNode, client: &kube::Client) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let list = ListParams::default().labels("app.kubernetes.io/component=node-agent");
+    let ready = |pod: &Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    };
+    let found = eventually("the node-agent's pod to be Ready", SETTLE, || {
+        let (pods, list) = (pods.clone(), list.clone());
+        async move {
+            let items = pods.list(&list).await.map_err(|e| e.to_string())?.items;
+            Ok(items.len() == 1 && items.iter().all(ready))
+        }
+    })
+    .await;
+    if let Err(e) = found {
+        panic!("{}", with_node_logs(node, &e));
+    }
+    let pod = pods.list(&list).await.unwrap().items.remove(0);
+    let owner = pod
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("DaemonSet", node_agent::NAME)
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some(NODE_NAME));
+    assert_eq!(spec.containers[0].image.as_deref(), Some(AGENT_IMAGE));
+    pod
+}
+
+/// The last lines the agent's container logged, for failure messages.
+async fn agent_log(client: &kube::Client) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let list = ListParams::default().labels("app.kubernetes.io/component=node-agent");
+    let Ok(found) = pods.list(&list).await else {
+        return "(no pods listed)".into();
+    };
+    let mut out = String::new();
+    for pod in found.items {
+        let name = pod.metadata.name.unwrap_or_default();
+        let params = LogParams {
+            tail_lines: Some(30),
+            ..Default::default()
+        };
+        let log = pods.logs(&name, &params).await;
+        out.push_str(&format!(
+            "{name}:\n{}\n",
+            log.unwrap_or_else(|e| e.to_string())
+        ));
+    }
+    out
+}
+
+/// The agent's own metrics page, read over the node's bridge.
+async fn agent_metrics(pod: &Pod) -> String {
+    let ip: std::net::IpAddr = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, body) = http_get(SocketAddr::new(ip, AGENT_METRICS_PORT), "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The agent's metrics page once it has checked in (its first probe cycle
+/// done and reported).
+async fn agent_metrics_once_reported(pod: &Pod) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let page = agent_metrics(pod).await;
+        if metric_value(&page, "kata_node_agent_reports_sent_total").unwrap_or(0.0) >= 1.0 {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never reported:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until the coordinator has written the agent's verdict onto the
+/// Node: the `KataRuntimeReady` condition, and the capable label exactly
+/// when the agent found the node KVM-capable (after the label's dwell).
+/// Returns the condition.
+async fn verdict_on_node(
+    node: &RealNode,
+    client: &kube::Client,
+    coordinator: &InProcessCoordinator,
+    kvm_capable: bool,
+) -> (String, String, String) {
+    let marked = eventually("the coordinator's marks on the node", SETTLE, || async {
+        let states = node_states(client).await.map_err(|e| e.to_string())?;
+        let state = states.into_iter().find(|s| s.name == NODE_NAME);
+        let state = state.ok_or("no node")?;
+        Ok(state.ready.is_some() && state.capable() == kvm_capable)
+    })
+    .await;
+    if let Err(e) = marked {
+        panic!(
+            "{}\n--- node-agent log (tail) ---\n{}\n--- coordinator metrics ---\n{}",
+            with_node_logs(node, &e),
+            agent_log(client).await,
+            coordinator.health_metrics().await
+        );
+    }
+    let states = node_states(client).await.unwrap();
+    let state = states.into_iter().find(|s| s.name == NODE_NAME).unwrap();
+    assert!(!state.runtime_ready(), "{state:?}");
+    state.ready.unwrap()
+}
+
+/// A `kata` pod, its overhead set by admission, held Pending by the
+/// RuntimeClass's node selector: the node lacks the runtime label.
+async fn kata_pod_pending(client: &kube::Client) -> Api<Pod> {
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": KATA_NAMESPACE }
+    }))
+    .unwrap();
+    Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
         .await
         .unwrap();
-    node.wait_default_service_account(NAMESPACE).await.unwrap();
-
-    // The RuntimeClass exactly as the coordinator applies it.
-    let classes: Api<RuntimeClass> = Api::all(client.clone());
-    classes
+    // The RuntimeClass exactly as the coordinator applies it. It creates
+    // one itself only once every node is installed, which no node here
+    // ever is; one that exists it keeps.
+    Api::<RuntimeClass>::all(client.clone())
         .create(&PostParams::default(), &objects::runtime_class())
         .await
         .unwrap();
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let created = pods
-        .create(&PostParams::default(), &kata_pod())
-        .await
-        .unwrap();
-    // RuntimeClass admission copied the class's overhead into the pod.
-    let overhead = created.spec.as_ref().unwrap().overhead.clone().unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), KATA_NAMESPACE);
+    let created = eventually("the namespace's default ServiceAccount", SETTLE, || {
+        let pods = pods.clone();
+        async move {
+            match pods.create(&PostParams::default(), &kata_pod()).await {
+                Ok(_) => Ok(true),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    });
+    created.await.unwrap();
+    let pod = pods.get(POD).await.unwrap();
+    let overhead = pod.spec.as_ref().unwrap().overhead.clone().unwrap();
     assert_eq!(
         overhead,
         BTreeMap::from([
@@ -125,11 +301,8 @@ async fn a_kata_pod_waits_for_the_runtime_label_and_fails_at_sandbox_creation() 
             ("memory".to_owned(), Quantity("350Mi".into())),
         ])
     );
-
-    // Without the runtime label the node does not match the class's
-    // nodeSelector (merged into the pod by the same admission).
     eventually(
-        "the scheduler to find the pod unschedulable",
+        "the scheduler to find the kata pod unschedulable",
         SETTLE,
         || {
             let pods = pods.clone();
@@ -145,267 +318,159 @@ async fn a_kata_pod_waits_for_the_runtime_label_and_fails_at_sandbox_creation() 
     )
     .await
     .unwrap();
-    let pending = pods.get(POD).await.unwrap();
-    let (_, _, message) = scheduled_condition(&pending).unwrap();
+    pods
+}
+
+/// Asserts the kata pod is still Pending, unbound, for the node selector.
+async fn still_pending(pods: &Api<Pod>) {
+    let pod = pods.get(POD).await.unwrap();
+    let (status, _, message) = scheduled_condition(&pod).unwrap();
+    assert_eq!(status, "False");
     assert!(message.contains("node affinity/selector"), "{message}");
-    assert_eq!(pending.spec.as_ref().unwrap().node_name, None);
+    assert_eq!(pod.spec.as_ref().unwrap().node_name, None);
     assert_eq!(
-        pending.status.as_ref().unwrap().phase.as_deref(),
+        pod.status.as_ref().unwrap().phase.as_deref(),
         Some("Pending")
     );
-    assert_eq!(
-        pending.spec.as_ref().unwrap().node_selector,
-        Some(BTreeMap::from([(
-            names::KATA_RUNTIME_LABEL.to_owned(),
-            "true".to_owned()
-        )]))
-    );
+}
 
-    label_node(&client, names::KATA_RUNTIME_LABEL, "true").await;
-
-    eventually("the pod to be bound to the labelled node", SETTLE, || {
-        let pods = pods.clone();
-        async move {
-            let pod = pods.get(POD).await.map_err(|e| e.to_string())?;
-            Ok(pod.spec.and_then(|s| s.node_name).as_deref() == Some(NODE_NAME))
-        }
-    })
-    .await
-    .unwrap();
-
-    // The kubelet asked CRI-O for a sandbox with the `kata` handler, and
-    // CRI-O started that handler's shim, whose refusal the kubelet reports.
-    let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
-    let failure = std::sync::Mutex::new(None::<Event>);
-    let found = eventually("a FailedCreatePodSandBox event for the pod", SETTLE, || {
-        let events = events.clone();
-        let failure = &failure;
-        async move {
-            let list = events
-                .list(&ListParams::default().fields(&format!("involvedObject.name={POD}")))
-                .await
-                .map_err(|e| e.to_string())?;
-            let event = list
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox"));
-            let seen = event.is_some();
-            *failure.lock().unwrap() = event;
-            Ok(seen)
-        }
-    })
-    .await;
-    if let Err(e) = found {
-        panic!("{}", with_node_logs(&node, &e));
+/// Waits until the coordinator's Node writes have stood still for a few
+/// reads, so the window starts after its first marks, not during them.
+async fn writes_settled(coordinator: &InProcessCoordinator) -> f64 {
+    let mut last = coordinator.metric(NODE_WRITES).await.unwrap();
+    let mut unchanged = 0;
+    let deadline = Instant::now() + SETTLE;
+    while unchanged < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator kept writing Nodes: {last}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = coordinator.metric(NODE_WRITES).await.unwrap();
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
     }
-    let event = failure.into_inner().unwrap().unwrap();
-    let message = event.message.unwrap_or_default();
-    assert!(
-        message.contains(SHIM_STAND_IN_ERROR),
-        "{message}\n--- crio log (tail) ---\n{}",
-        node.log_tail("crio", 20)
-    );
-    assert_eq!(
-        event.source.and_then(|s| s.component).as_deref(),
-        Some("kubelet")
-    );
-
-    // Never further than its sandbox: no container of it started.
-    let failed = pods.get(POD).await.unwrap();
-    let status = failed.status.unwrap();
-    assert_eq!(status.phase.as_deref(), Some("Pending"));
-    let waiting = status.container_statuses.unwrap_or_default();
-    assert!(
-        waiting.iter().all(|c| c
-            .state
-            .as_ref()
-            .and_then(|s| s.waiting.as_ref())
-            .and_then(|w| w.reason.as_deref())
-            == Some("ContainerCreating")),
-        "{waiting:?}"
-    );
+    last
 }
 
-/// The node-agent built for release, which the image is made from.
-fn release_agent() -> PathBuf {
-    std::env::var_os("KATA_NODE_AGENT_RELEASE_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/node-agent"),
-        PathBuf::from,
-    )
-}
-
-const BUSYBOX: &str = "/bin/busybox";
-
-/// Why the node-agent's image cannot be built here, if it cannot.
-fn agent_image_unavailable() -> Option<String> {
-    if !release_agent().is_file() {
-        return Some(format!(
-            "{} is missing (cargo build --release -p kata-node-agent)",
-            release_agent().display()
-        ));
-    }
-    (!Path::new(BUSYBOX).is_file())
-        .then(|| format!("{BUSYBOX} is missing (tests/scripts/install-packages.sh)"))
-}
-
-const AGENT_IMAGE: &str = "localhost/kata-tests/node-agent:release";
-const AGENT_POD: &str = "node-agent-check";
-
-/// The node-agent's image, FROM scratch: the release binary where the
-/// Containerfile puts it, the shared libraries it loads as this machine
-/// resolves them, and busybox's `chroot` for the probes that run host
-/// binaries.
-fn agent_image_files() -> Vec<(PathBuf, String)> {
-    let binary = release_agent();
-    let mut files = vec![
-        (binary.clone(), "/usr/local/bin/node-agent".to_owned()),
-        (PathBuf::from(BUSYBOX), "/usr/bin/chroot".to_owned()),
-    ];
-    for library in shared_libraries(&binary).unwrap() {
-        // The loader's path is a link on Debian; the image gets the file.
-        let file = std::fs::canonicalize(&library).unwrap();
-        files.push((file, library.display().to_string()));
-    }
-    files
-}
-
-/// The pod of the DaemonSet the coordinator creates (its own builder, with
-/// the image built here as its `RELATED_IMAGE_NODE_AGENT`), as one pod that
-/// runs `node-agent check` once instead of `run` (no coordinator runs here).
-/// Everything else (privileged, the read-only host root, the projected
-/// token with the agent's audience, the service account, the node
-/// selector, tolerations, priority) is what the coordinator writes.
-fn agent_pod() -> Pod {
-    use kata_coordinator::operands::node_agent::{AgentSettings, daemon_set};
-    let settings = AgentSettings {
-        namespace: AGENT_NAMESPACE.into(),
-        image: AGENT_IMAGE.into(),
-        coordinator_url: "https://kata-coordinator.invalid:8443".into(),
-        host_root: "/".into(),
-    };
-    let daemon_set = daemon_set(&settings, None, None);
-    let mut template = daemon_set["spec"]["template"].clone();
-    template["metadata"]["name"] = AGENT_POD.into();
-    let spec = &mut template["spec"];
-    spec["restartPolicy"] = "Never".into();
-    let container = &mut spec["containers"][0];
-    assert_eq!(
-        container["image"], AGENT_IMAGE,
-        "the image the settings name"
-    );
-    container["args"] = serde_json::json!(["check", "--host-root=/host", "--json"]);
-    // Probes a long-running agent; `check` exits once it has printed.
-    container.as_object_mut().unwrap().remove("livenessProbe");
-    serde_json::from_value(template).unwrap()
-}
-
-/// What the node-agent's pod needs in its namespace besides itself.
-async fn agent_namespace(node: &RealNode) {
-    let client = node.client().await.unwrap();
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": AGENT_NAMESPACE }
+async fn create_kataconfig(client: &kube::Client) {
+    let config: KataConfig = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
+        "metadata": { "name": "cluster-kataconfig" }, "spec": {},
     }))
     .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
-    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "kata-node-agent" }
-    }))
-    .unwrap();
-    Api::<ServiceAccount>::namespaced(client.clone(), AGENT_NAMESPACE)
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
-    let ca: ConfigMap = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "kata-coordinator-ca" },
-        "data": { "service-ca.crt": node.control_plane().ca().cert_pem() },
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(client, AGENT_NAMESPACE)
-        .create(&PostParams::default(), &ca)
+    Api::<KataConfig>::all(client.clone())
+        .create(&PostParams::default(), &config)
         .await
         .unwrap();
 }
-
-const AGENT_NAMESPACE: &str = "kata-operator";
 
 #[kata_test(
-    requires(unavailable, agent_image_unavailable, requirement::kvm),
+    requires(unavailable, operator::image_unavailable, requirement::kvm),
     exclusive(crio_socket),
     flavor = "multi_thread",
     worker_threads = 2
 )]
-async fn the_node_agent_pod_the_coordinator_writes_runs_its_probes_on_the_node() {
+async fn the_agent_pod_checks_in_the_node_gets_its_verdict_and_a_kata_pod_waits() {
+    let started = Instant::now();
     let node = RealNode::start().await.unwrap();
-    node.build_image(&ImageSpec {
-        reference: AGENT_IMAGE,
-        files: agent_image_files(),
-        entrypoint: "/usr/local/bin/node-agent",
-    })
-    .unwrap();
+    operator::build_agent_image(&node).unwrap();
     let client = node.client().await.unwrap();
-    // The manifest selects workers.
+    // Workers carry this role on a real cluster; the DaemonSet and the
+    // coordinator's labeller select them.
     label_node(&client, names::WORKER_ROLE_LABEL, "").await;
-    agent_namespace(&node).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
-    pods.create(&PostParams::default(), &agent_pod())
+    let ca = TestCa::new("kata-coordinator-ca").unwrap();
+    operator::install(&node, &ca).await.unwrap();
+    pod_policy_in_force(&client).await;
+
+    let coordinator = InProcessCoordinator::start(client.clone(), &ca).unwrap();
+    let agent = running_agent_pod(&node, &client).await;
+    create_kataconfig(&client).await;
+    let page = agent_metrics_once_reported(&agent).await;
+    let probes = operator::probe_results(&page);
+    println!(
+        "the agent's probes in its pod (daemon mode, {}):",
+        coordinator.url
+    );
+    for (probe, status, reason) in &probes {
+        println!(
+            "  {probe:16} {status:5} {}",
+            reason.as_deref().unwrap_or("")
+        );
+    }
+    let kvm_capable = metric_value(&page, "kata_node_agent_kvm_capable").unwrap() == 1.0;
+    let (status, reason, message) =
+        verdict_on_node(&node, &client, &coordinator, kvm_capable).await;
+    println!(
+        "KataRuntimeReady on {NODE_NAME}: {status} {reason}: {message}; capable {kvm_capable}"
+    );
+    let status_of = |name: &str| {
+        let found = probes.iter().find(|(p, _, _)| p == name);
+        found.map(|(_, s, _)| s.as_str()).unwrap_or_default()
+    };
+    // Real: /dev/kvm opened through the read-only host root. On the
+    // stand-in shim: CRI-O's `kata` drop-in and the handler CRI-O serves.
+    // Never Kata: the stand-in's shim configuration names no hypervisor.
+    assert_eq!(status_of("kvm"), "ok", "{page}");
+    assert_eq!(status_of("crio-drop-in"), "ok", "{page}");
+    assert_eq!(status_of("cri-handler"), "ok", "{page}");
+    assert_eq!(status_of("kata-shim"), "fail", "{page}");
+    // The condition is the agent's first FAIL, in its probe order, with
+    // the reason it counted.
+    let (probe, _, first_reason) = probes.iter().find(|(_, s, _)| s == "fail").unwrap();
+    assert_eq!(status, "False");
+    assert_eq!(Some(&reason), first_reason.as_ref(), "{message}");
+    assert!(message.starts_with(&format!("{probe}: ")), "{message}");
+
+    let kata_pods = kata_pod_pending(&client).await;
+    let setup = started.elapsed();
+    let writes_before = writes_settled(&coordinator).await;
+    // The counter counts: the condition (and the label, if any) was written.
+    assert!(writes_before >= 1.0, "{writes_before}");
+    let reports_before = metric_value(&page, "kata_node_agent_reports_sent_total").unwrap();
+    let seen = window::watch_node(&client).await.unwrap();
+    let writes_after = coordinator.metric(NODE_WRITES).await.unwrap();
+    let reports_after = metric_value(
+        &agent_metrics(&agent).await,
+        "kata_node_agent_reports_sent_total",
+    )
+    .unwrap();
+    println!(
+        "window {:?}: kubelet Ready heartbeats {}, Lease renewals {}, Node resourceVersions {}; \
+         coordinator Node writes {writes_before} -> {writes_after}; agent reports {reports_before} -> {reports_after}",
+        window::WINDOW,
+        seen.ready_heartbeats.len(),
+        seen.lease_renewals.len(),
+        seen.resource_versions.len(),
+    );
+    // The kubelet wrote all along: about one status a report period.
+    let expected = (window::WINDOW.as_secs() / STATUS_REPORT_FREQUENCY.as_secs()) as usize;
+    assert!(seen.ready_heartbeats.len() >= expected / 2, "{seen:?}");
+    assert!(seen.lease_renewals.len() >= expected / 2, "{seen:?}");
+    assert!(seen.resource_versions.len() >= expected / 2, "{seen:?}");
+    // The agent kept reporting (a heartbeat each 30 s), the coordinator
+    // wrote nothing, and its condition was never lost or changed.
+    assert!(
+        reports_after >= reports_before + 2.0,
+        "{reports_before} -> {reports_after}"
+    );
+    assert_eq!(writes_after, writes_before);
+    assert_eq!(seen.kata_conditions.len(), 1, "{:?}", seen.kata_conditions);
+    let kept = seen.kata_conditions[0].clone().unwrap();
+    assert_eq!(kept.reason.as_deref(), Some(reason.as_str()));
+    still_pending(&kata_pods).await;
+    // The shipped pod shape held on a real kubelet all along: its liveness
+    // probe passed and its memory limit was enough (no restart).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let agent = pods
+        .get(agent.metadata.name.as_deref().unwrap())
         .await
         .unwrap();
-
-    let finished = eventually("the node-agent's check to finish", SETTLE, || {
-        let pods = pods.clone();
-        async move {
-            let pod = pods.get(AGENT_POD).await.map_err(|e| e.to_string())?;
-            let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
-            Ok(phase == "Succeeded" || phase == "Failed")
-        }
-    })
-    .await;
-    if let Err(e) = finished {
-        panic!("{}", with_node_logs(&node, &e));
-    }
-    let pod = pods.get(AGENT_POD).await.unwrap();
-    let status = &pod
-        .status
-        .as_ref()
-        .unwrap()
-        .container_statuses
-        .as_ref()
-        .unwrap()[0];
-    let terminated = status.state.as_ref().unwrap().terminated.as_ref().unwrap();
-    // 0, 1 or 2 is a verdict (ready, capable, not capable); anything else
-    // (64: usage, 127: not found, 139: a crash) is the image or the pod.
-    assert!((0..=2).contains(&terminated.exit_code), "{terminated:?}");
-    assert_eq!(status.image, AGENT_IMAGE);
-
-    // Its output, read back through the API server and the kubelet.
-    let output = pods.logs(AGENT_POD, &LogParams::default()).await.unwrap();
-    let report: serde_json::Value = serde_json::from_str(&output).unwrap();
-    assert_eq!(report["host_root"], "/host", "{output}");
-    let outcome = |name: &str| {
-        report["outcomes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|o| o["name"] == name)
-            .cloned()
-            .unwrap_or_default()
-    };
-    // /dev/kvm opened through the read-only host root, in a privileged
-    // container of crun's.
-    let kvm = outcome("kvm");
-    assert_eq!(
-        (&kvm["status"], &kvm["reason"]),
-        (&"OK".into(), &"KvmUsable".into()),
-        "{output}"
+    let restarts = agent.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    assert_eq!(restarts, 0);
+    coordinator.stop().await;
+    println!(
+        "set-up to the window: {setup:?}; whole test: {:?}",
+        started.elapsed()
     );
-    // And it finds the node's CRI-O, its `kata` drop-in and the handler
-    // CRI-O serves, from inside its pod.
-    let drop_in = outcome("crio-drop-in");
-    let handler = outcome("cri-handler");
-    assert_eq!(drop_in["reason"], "HandlerConfigured", "{output}");
-    assert_eq!(handler["reason"], "HandlerServed", "{output}");
-    println!("node-agent check in its pod on {NODE_NAME}:\n{output}");
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::time::Duration;
 
 use super::{NODE_NAME, spawn_logged};
 use crate::Error;
@@ -23,6 +24,12 @@ fn kubeconfig_for(
     plane.write_kubeconfig(&path, &cert, &key)?;
     Ok(path)
 }
+
+/// How often the kubelet writes its Node's status even when nothing
+/// changed (its default is 5 minutes): each write moves the Ready
+/// condition's heartbeat, so a test sees the kubelet's writes within
+/// seconds.
+pub const STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(10);
 
 /// Starts kube-controller-manager and kube-scheduler, in that order.
 pub(super) fn start_controllers(plane: &ControlPlane, dir: &Path) -> Result<(Child, Child), Error> {
@@ -154,6 +161,11 @@ struct KubeletPaths<'a> {
 /// - podLogsDir and volumePluginDir in the test's directory; what the
 ///   kubelet still writes elsewhere is removed by the teardown.
 /// - A port of its own, the read-only port off, the healthz port on loopback.
+/// - nodeStatusReportFrequency [`STATUS_REPORT_FREQUENCY`] (default 5
+///   minutes when nothing changed), and the status computed as often
+///   (nodeStatusUpdateFrequency, already 10 s by default): the kubelet
+///   writes its Node every 10 s, so a test sees the writes that another
+///   writer of the Node must live with.
 fn kubelet_config(paths: &KubeletPaths) -> Result<String, Error> {
     let config = serde_json::json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -187,6 +199,8 @@ fn kubelet_config(paths: &KubeletPaths) -> Result<String, Error> {
         // No cluster DNS runs here.
         "resolvConf": "",
         "registerNode": true,
+        "nodeStatusReportFrequency": format!("{}s", STATUS_REPORT_FREQUENCY.as_secs()),
+        "nodeStatusUpdateFrequency": format!("{}s", STATUS_REPORT_FREQUENCY.as_secs()),
     });
     serde_yaml::to_string(&config).map_err(|e| Error::Setup(format!("kubelet config: {e}")))
 }

@@ -23,7 +23,8 @@ mod components;
 pub mod images;
 mod runtime;
 
-pub use runtime::SHIM_STAND_IN_ERROR;
+pub use components::STATUS_REPORT_FREQUENCY;
+pub use runtime::{HOST_ON_BRIDGE, SHIM_STAND_IN_ERROR};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -126,6 +127,7 @@ impl RealNode {
         node.scheduler = Some(scheduler);
         node.host.hugetlb_mounted = runtime::mount_hugetlb_v1()?;
         node.host.root_shared = runtime::share_root_mount()?;
+        runtime::bridge_with_host_address()?;
         node.crio = Some(runtime::start_crio(&dir.join("crio"), &bin_dir())?);
         let kubelet = components::start_kubelet(node.plane()?, &dir, &bin_dir())?;
         node.kubelet = Some(kubelet);

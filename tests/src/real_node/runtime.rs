@@ -18,6 +18,14 @@ use crate::crio::{Crio, Started, main_config};
 pub(super) const NETWORK: &str = "kata-real-node";
 /// The bridge the network's pods hang on.
 pub(super) const BRIDGE: &str = "kata-rn0";
+/// The host's own address on [`BRIDGE`], in the pods' subnet: how a pod
+/// reaches a server on this machine (the coordinator's health channel)
+/// with no Service networking, DNS, gateway or forwarding here.
+pub const HOST_ON_BRIDGE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 77, 1);
+/// The pods' subnet, [`HOST_ON_BRIDGE`]'s prefix length.
+const SUBNET: &str = "10.244.77.0/24";
+/// host-local hands out addresses from here on, never the host's.
+const FIRST_POD_ADDRESS: &str = "10.244.77.10";
 /// What the stand-in for Kata's shim says when CRI-O starts it: the text the
 /// kubelet reports in its FailedCreatePodSandBox event.
 pub const SHIM_STAND_IN_ERROR: &str =
@@ -218,7 +226,9 @@ fn kata_drop_in(dir: &Path) -> Result<String, Error> {
 /// A bridge network (without one CRI-O reports NetworkReady=false and the
 /// node never gets Ready). No gateway and no masquerading: either would
 /// change the machine (ip_forward, iptables) for networking no test here
-/// uses; host-local keeps its leases in `dir`.
+/// uses; the host's address on the bridge ([`bridge_with_host_address`]) is
+/// in the pods' subnet, so a pod reaches it on-link. host-local keeps its
+/// leases in `dir`.
 fn write_cni(dir: &Path) -> Result<(), Error> {
     let conflist = serde_json::json!({
         "cniVersion": "1.0.0",
@@ -230,7 +240,7 @@ fn write_cni(dir: &Path) -> Result<(), Error> {
             "ipMasq": false,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[{ "subnet": "10.244.77.0/24" }]],
+                "ranges": [[{ "subnet": SUBNET, "rangeStart": FIRST_POD_ADDRESS }]],
                 "dataDir": dir.join("cni/ipam").display().to_string(),
             },
         }],
@@ -243,6 +253,35 @@ fn write_cni(dir: &Path) -> Result<(), Error> {
         let link = dir.join("cni/bin").join(plugin);
         let _ = std::fs::remove_file(&link);
         symlink(Path::new("/usr/lib/cni").join(plugin), &link).map_err(|e| Error::io(&link, e))?;
+    }
+    Ok(())
+}
+
+/// Creates [`BRIDGE`] with [`HOST_ON_BRIDGE`] on it before CRI-O's bridge
+/// plugin first runs (the plugin takes a bridge that exists as it is, and
+/// with `isGateway: false` gives it no address of its own). The teardown
+/// deletes the bridge, the address with it.
+pub(super) fn bridge_with_host_address() -> Result<(), Error> {
+    let address = format!(
+        "{HOST_ON_BRIDGE}/{}",
+        SUBNET.rsplit('/').next().unwrap_or("24")
+    );
+    let steps: [&[&str]; 3] = [
+        &["link", "add", BRIDGE, "type", "bridge"],
+        &["addr", "add", &address, "dev", BRIDGE],
+        &["link", "set", BRIDGE, "up"],
+    ];
+    for args in steps {
+        let status = Command::new("ip")
+            .args(args)
+            .status()
+            .map_err(|e| Error::Setup(format!("ip {}: {e}", args.join(" "))))?;
+        if !status.success() {
+            return Err(Error::Setup(format!(
+                "ip {} failed ({status})",
+                args.join(" ")
+            )));
+        }
     }
     Ok(())
 }
