@@ -51,56 +51,10 @@ impl Drop for RunningCoordinator {
     }
 }
 
-/// The `coordinator` binary of this workspace, built (or found up to date)
-/// by cargo once per test binary: `COORDINATOR_BIN` when set, else
-/// `cargo build -p kata-coordinator --bin coordinator` into the target
-/// directory this test binary runs from.
+/// The `coordinator` binary of this workspace: `COORDINATOR_BIN` when set,
+/// else built by [`crate::workspace_binary::workspace_binary`].
 pub fn coordinator_binary() -> Result<PathBuf, Error> {
-    static BINARY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("COORDINATOR_BIN") {
-                return Ok(PathBuf::from(path));
-            }
-            // target/<profile>/deps/<test>-<hash> → target/<profile>
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .ok_or_else(|| format!("{} is not in a target directory", exe.display()))?;
-            let target_dir = profile_dir
-                .parent()
-                .ok_or_else(|| format!("{} has no parent", profile_dir.display()))?;
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut build = std::process::Command::new(cargo);
-            build
-                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "kata-coordinator",
-                    "--bin",
-                    "coordinator",
-                ])
-                .arg("--target-dir")
-                .arg(target_dir);
-            if profile_dir
-                .file_name()
-                .is_some_and(|name| name == "release")
-            {
-                build.arg("--release");
-            }
-            let status = build
-                .status()
-                .map_err(|e| format!("cannot run cargo build: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build of the coordinator failed ({status})"));
-            }
-            Ok(profile_dir.join("coordinator"))
-        })
-        .clone()
-        .map_err(Error::Setup)
+    crate::workspace_binary::workspace_binary("kata-coordinator", "coordinator", "COORDINATOR_BIN")
 }
 
 /// The coordinator binary running as a child process against a control

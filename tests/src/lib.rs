@@ -22,6 +22,7 @@ pub mod promtool;
 pub mod real_node;
 pub mod release_fixture;
 pub mod stalling_proxy;
+pub mod workspace_binary;
 
 use std::path::Path;
 

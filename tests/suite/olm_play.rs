@@ -8,25 +8,35 @@
 //! installed; the next version's CSV replaces the first (the Deployment
 //! updated in place, the old CSV Replacing, Deleting, deleted) and the
 //! agents' DaemonSet rolls to the new image with no node rolled again.
+//! With no DaemonSet controller or kubelet here, the test runs the agents
+//! from the DaemonSet's pod template itself (`agents`): a KataConfig that
+//! checks node eligibility installs on their reports, and they roll, pod
+//! by pod, when the template changes, no node losing its runtime label.
 //! What is played and what is not: docs/testing.md, "OLM".
 #![allow(clippy::unwrap_used)]
 
+mod agents;
 pub(crate) mod csv;
 mod install;
 mod pod;
 
 use kata_coordinator::mco::names as mco;
+use kata_coordinator::names;
 use kata_coordinator::operands::{self, NODE_AGENT_IMAGE_ENV, node_agent, policies};
 use kata_test_harness::kata_test;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
+use kata_tests::demo_world::uninstalled_host;
 use kata_tests::eventually;
+use kata_tests::host_root::FakeHost;
 use kata_tests::http::scrape_metric;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject};
 use serde_json::{Value, json};
 
+use agents::{AgentPods, LabelWatch, REVISION_LABEL};
 use csv::{FIRST, NEXT, NEXT_NODE_AGENT, bundle_csv, next_version, related_image};
 use install::{NAMESPACE, csvs, delete_csv, set_phase};
-use pod::{CoordinatorPod, live_deployment};
+use pod::{CoordinatorPod, CoordinatorService, live_deployment};
 
 const NODES: [&str; 2] = ["w0", "w1"];
 /// What the uninstall-order policy says when it refuses.
@@ -139,24 +149,36 @@ async fn reconcile_rounds(cluster: &Cluster, coordinator: &CoordinatorPod, round
             )
             .await
             .unwrap();
-        eventually("another reconcile to finish", CONVERGE, || async {
+        let waited = eventually("another reconcile to finish", CONVERGE, || async {
             Ok(scrape_metric(coordinator.process.metrics, series).await? > finished)
         })
-        .await
-        .unwrap();
+        .await;
+        if let Err(e) = waited {
+            panic!("{e}; the coordinator's log:\n{}", coordinator.process.log());
+        }
     }
 }
 
 /// The bundle installed as OLM installs it, the coordinator running from
-/// its Deployment, the operands it made checked, a KataConfig installed.
-async fn installed() -> (Cluster, CoordinatorPod, Value) {
+/// its Deployment, the operands it made checked, a KataConfig installed;
+/// with `agents`, the DaemonSet's agents running on KVM-capable fake hosts
+/// and the KataConfig checking node eligibility.
+struct Installed {
+    cluster: Cluster,
+    service: CoordinatorService,
+    coordinator: CoordinatorPod,
+    first: Value,
+    agents: Option<(AgentPods, Vec<FakeHost>)>,
+}
+
+async fn installed(agents: bool) -> Installed {
     let cluster = Cluster::start(&[("w0", &[WORKER]), ("w1", &[WORKER])]).await;
     cluster.plane.install_crds(&[csv::csv_crd()]).await.unwrap();
     remove_policies(&cluster).await;
     let first = bundle_csv();
     install::install(&cluster, &first).await;
-    let coordinator =
-        CoordinatorPod::start(&cluster, operands::OWNER_DEPLOYMENT, "kata-coordinator-1-a").await;
+    let service = CoordinatorService::start(&cluster).await;
+    let coordinator = CoordinatorPod::start(&cluster, &service, "kata-coordinator-1-a").await;
 
     // The reference flows CSV → the Deployment's env → the DaemonSet.
     let image = related_image(&first, "node-agent");
@@ -182,7 +204,25 @@ async fn installed() -> (Cluster, CoordinatorPod, Value) {
             .is_none()
     );
 
-    cluster.create_kataconfig("kc", json!({})).await;
+    let agents = if agents {
+        // The KataConfig first: the nodes join as their agents report them
+        // capable, each once its report has held for the dwell.
+        cluster
+            .create_kataconfig(
+                "kc",
+                json!({
+                    "checkNodeEligibility": true,
+                    "kataConfigPoolSelector": {"matchLabels": {WORKER.0: WORKER.1}},
+                }),
+            )
+            .await;
+        let agents = start_agents(&cluster, &service, image).await;
+        wait_installed_on(&cluster, &NODES).await;
+        Some(agents)
+    } else {
+        cluster.create_kataconfig("kc", json!({})).await;
+        None
+    };
     cluster
         .wait_condition("kc", "Ready", "True", "Installed")
         .await;
@@ -191,15 +231,95 @@ async fn installed() -> (Cluster, CoordinatorPod, Value) {
         vec![1, 1],
         "each node installed once"
     );
-    (cluster, coordinator, first)
+    Installed {
+        cluster,
+        service,
+        coordinator,
+        first,
+        agents,
+    }
 }
 
-/// OLM replaces the CSV with a KataConfig installed: the old CSV's
-/// deletion is allowed by the policy the coordinator created, the agents
-/// roll to the next version's image, and no node rolls.
-#[kata_test]
+/// Waits until the KataConfig's status lists exactly `nodes` installed.
+async fn wait_installed_on(cluster: &Cluster, nodes: &[&str]) {
+    eventually(
+        "the KataConfig installed on every worker",
+        CONVERGE,
+        || async {
+            let config = cluster
+                .configs()
+                .get("kc")
+                .await
+                .map_err(|e| e.to_string())?;
+            let installed = config.status.map(|s| s.kata_nodes.installed);
+            match installed {
+                Some(installed) if installed == nodes => Ok(true),
+                other => Err(format!("installed: {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Every worker a KVM-capable host before the extension, its agent run
+/// from the DaemonSet's template on `image`.
+async fn start_agents(
+    cluster: &Cluster,
+    service: &CoordinatorService,
+    image: &str,
+) -> (AgentPods, Vec<FakeHost>) {
+    let hosts: Vec<FakeHost> = NODES
+        .iter()
+        .map(|_| uninstalled_host(true).unwrap())
+        .collect();
+    for (node, host) in NODES.iter().zip(&hosts) {
+        cluster.simulator.register_host_root(node, host.path());
+    }
+    let roots: Vec<(&str, &std::path::Path)> = NODES
+        .iter()
+        .copied()
+        .zip(hosts.iter().map(FakeHost::path))
+        .collect();
+    let agents = AgentPods::start(cluster, service, &roots).await;
+    let nodes: Vec<&String> = agents.running.keys().collect();
+    assert_eq!(nodes, NODES, "one agent pod per worker");
+    assert!(agents.running.values().all(|pod| pod.image == image));
+    (agents, hosts)
+}
+
+/// OLM replaces the CSV with a KataConfig installed on the agents' reports:
+/// the old CSV's deletion is allowed by the policy the coordinator
+/// created, the agents roll to the next version's image, pod by pod, and
+/// no node rolls or loses its runtime label.
+// Without /dev/kvm no simulated node is KVM-capable, and eligibility
+// checking installs on none.
+#[kata_test(requires(kata_test_harness::requirement::kvm))]
 async fn olm_replaces_the_csv_the_agents_roll_and_no_node_does() {
-    let (cluster, mut coordinator, first) = installed().await;
+    let started = std::time::Instant::now();
+    let Installed {
+        cluster,
+        service,
+        coordinator: mut old,
+        first,
+        agents,
+    } = installed(true).await;
+    let (mut agents, _hosts) = agents.unwrap();
+    println!("{:?}: installed", started.elapsed());
+    // Installed once each node is in the pool; the runtime label follows
+    // the agent's next probe of the installed host.
+    for label in [names::KATA_CAPABLE_LABEL, names::KATA_RUNTIME_LABEL] {
+        eventually(&format!("every worker {label}"), CONVERGE, || async {
+            Ok(cluster.nodes_with(label).await == NODES)
+        })
+        .await
+        .unwrap();
+    }
+    println!(
+        "{:?}: the agents' labels on every worker",
+        started.elapsed()
+    );
+    let labels_kept = LabelWatch::start(&cluster.client, &NODES, names::KATA_RUNTIME_LABEL);
     let uid =
         live_deployment(&cluster, operands::OWNER_DEPLOYMENT).await["metadata"]["uid"].clone();
     wait_refused(&cluster, FIRST).await;
@@ -208,13 +328,11 @@ async fn olm_replaces_the_csv_the_agents_roll_and_no_node_does() {
     // its pod replaces the old one (the old releases its lease on SIGTERM).
     let next = next_version(&first);
     install::run_csv(&cluster, &next).await;
-    coordinator
-        .process
+    old.process
         .terminate(std::time::Duration::from_secs(20))
         .await
         .unwrap();
-    let coordinator =
-        CoordinatorPod::start(&cluster, operands::OWNER_DEPLOYMENT, "kata-coordinator-2-a").await;
+    let coordinator = CoordinatorPod::start(&cluster, &service, "kata-coordinator-2-a").await;
     let deployment = live_deployment(&cluster, operands::OWNER_DEPLOYMENT).await;
     assert_eq!(
         deployment["metadata"]["uid"], uid,
@@ -234,6 +352,25 @@ async fn olm_replaces_the_csv_the_agents_roll_and_no_node_does() {
     assert_eq!(holder.as_deref(), Some("kata-coordinator-2-a"));
     assert_eq!(ds["metadata"]["ownerReferences"][0]["uid"], uid);
     assert_eq!(related_image(&next, "node-agent"), NEXT_NODE_AGENT);
+
+    // The agents roll: the template changed, each pod is replaced by one
+    // on the new image, and the new agents are the ones connected.
+    println!("{:?}: the DaemonSet rolled", started.elapsed());
+    let old_pods: Vec<String> = agents.running.values().map(|p| p.name.clone()).collect();
+    assert_eq!(agents.roll(&cluster, &service).await, NODES.len());
+    assert_eq!(agents.roll(&cluster, &service).await, 0, "rolled once");
+    for pod in agents.running.values() {
+        assert_eq!(pod.image, NEXT_NODE_AGENT);
+        assert!(!old_pods.contains(&pod.name), "{} replaced", pod.name);
+    }
+    assert_agent_pods(&cluster, &agents).await;
+    let connected = "kata_operator_connected_agents";
+    eventually("the new agents connected", CONVERGE, || async {
+        Ok(scrape_metric(coordinator.process.metrics, connected).await? == NODES.len() as f64)
+    })
+    .await
+    .unwrap();
+    println!("{:?}: the agents rolled", started.elapsed());
 
     // OLM's end of the upgrade: Replacing, then Deleting, then deleted.
     set_phase(&cluster, FIRST, "Deleting", "Replaced").await;
@@ -269,6 +406,26 @@ async fn olm_replaces_the_csv_the_agents_roll_and_no_node_does() {
         vec![1, 1],
         "no node rolled by the replace"
     );
+    let missing = labels_kept.finish().await;
+    assert!(missing.is_empty(), "runtime labels lost: {missing:?}");
+}
+
+/// The agents' Pods in the namespace are exactly the running ones, each
+/// labelled with the template revision it was made from.
+async fn assert_agent_pods(cluster: &Cluster, agents: &AgentPods) {
+    let pods =
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.client.clone(), NAMESPACE);
+    let listed = pods.list(&Default::default()).await.unwrap();
+    let mut names: Vec<String> = listed
+        .items
+        .iter()
+        .filter(|pod| pod.labels().contains_key(REVISION_LABEL))
+        .map(|pod| pod.name_any())
+        .collect();
+    names.sort();
+    let mut running: Vec<String> = agents.running.values().map(|p| p.name.clone()).collect();
+    running.sort();
+    assert_eq!(names, running);
 }
 
 /// The CSV running the operator cannot be deleted while the KataConfig
@@ -276,7 +433,13 @@ async fn olm_replaces_the_csv_the_agents_roll_and_no_node_does() {
 /// after an upgrade, while the one it replaced goes in phase Replacing.
 #[kata_test]
 async fn an_uninstall_of_the_running_csv_is_refused_while_a_kataconfig_exists() {
-    let (cluster, _coordinator, first) = installed().await;
+    let Installed {
+        cluster,
+        first,
+        coordinator: _coordinator,
+        service: _service,
+        ..
+    } = installed(false).await;
     wait_refused(&cluster, FIRST).await;
     let message = delete_csv(&cluster, FIRST).await.expect_err("refused");
     println!("deleting the running CSV: {message}");
