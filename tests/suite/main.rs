@@ -44,6 +44,7 @@ mod operands;
 mod osc_compat;
 mod osc_takeover;
 mod protocol_compat;
+mod protocol_runtime;
 mod real_node;
 mod rollout_counts;
 mod runtime_class_guard;
