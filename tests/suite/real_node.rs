@@ -427,7 +427,11 @@ async fn the_agent_pod_checks_in_the_node_gets_its_verdict_and_a_kata_pod_waits(
     let writes_before = writes_settled(&coordinator).await;
     // The counter counts: the condition (and the label, if any) was written.
     assert!(writes_before >= 1.0, "{writes_before}");
-    let reports_before = metric_value(&page, "kata_node_agent_reports_sent_total").unwrap();
+    let reports_before = metric_value(
+        &agent_metrics(&agent).await,
+        "kata_node_agent_reports_sent_total",
+    )
+    .unwrap();
     let seen = window::watch_node(&client).await.unwrap();
     let writes_after = coordinator.metric(NODE_WRITES).await.unwrap();
     let reports_after = metric_value(
