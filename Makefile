@@ -114,10 +114,13 @@ release-fixture: control-plane
 		git show $(RELEASE):deploy/base/$$file > tests/fixtures/releases/$(RELEASE)/deploy/$$file; done
 
 ## Benchmarks (print figures; not part of `make test`).
+## NODE_SHAPE: openshift (the default: Nodes shaped like an OpenShift
+## worker's, about 16 KiB, tests/fixtures/nodes) or bare (name and role only).
 AGENTS ?= 1000
+NODE_SHAPE ?= openshift
 bench-health: control-plane
 	cargo build --release -p kata-coordinator
-	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" AGENTS=$(AGENTS) cargo bench -p kata-tests --bench health_scale
+	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" AGENTS=$(AGENTS) NODE_SHAPE=$(NODE_SHAPE) cargo bench -p kata-tests --bench health_scale
 
 ## The health channel under attack, with 1,000 simulated agents checked in:
 ## junk bearers, handshakes never finished, idle sockets, 16 MiB messages;
@@ -133,7 +136,7 @@ bench-attack: control-plane
 NODES ?= 1000
 bench-rollout: control-plane
 	cargo build --release -p kata-coordinator
-	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" NODES=$(NODES) cargo bench -p kata-tests --bench rollout
+	KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" NODES=$(NODES) NODE_SHAPE=$(NODE_SHAPE) cargo bench -p kata-tests --bench rollout
 
 cluster-up:
 	@bash tests/scripts/cluster.sh up

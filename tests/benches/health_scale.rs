@@ -1,7 +1,9 @@
 //! N simulated node-agents checking in with one coordinator process against
 //! the real control plane. Prints figures; asserts nothing.
 //!
-//! `make bench-health` (AGENTS=1000 by default; `make bench-health AGENTS=5000`).
+//! `make bench-health` (AGENTS=1000 by default; `make bench-health AGENTS=5000`;
+//! NODE_SHAPE=bare for the Nodes of earlier figures instead of OpenShift
+//! workers': [`kata_tests::bench_support::NodeShape`]).
 //! The coordinator runs as its own release process
 //! ([`kata_tests::coordinator::CoordinatorProcess`]), so its RSS and CPU are its
 //! own. The agents are
@@ -19,7 +21,9 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kata_coordinator::names;
 use kata_tests::api_objects::pod_bound_token;
-use kata_tests::bench_support::{AgentCounts, BoxError, SimulatedAgent, cpu_seconds, memory};
+use kata_tests::bench_support::{
+    AgentCounts, BoxError, NodeShape, SimulatedAgent, cpu_seconds, memory, stored_size,
+};
 use kata_tests::control_plane::ControlPlane;
 use kata_tests::coordinator::CoordinatorProcess;
 use kata_tests::eventually;
@@ -84,8 +88,10 @@ async fn count_labelled(nodes: &Api<Node>, label: &str) -> Result<usize, BoxErro
 async fn main() -> Result<(), BoxError> {
     let agents = usize::try_from(env_number("AGENTS", 1000))?;
     let heartbeat = env_number("HEARTBEAT_SECONDS", 30);
+    let shape = NodeShape::from_env()?;
     println!(
-        "health-channel scale benchmark: {agents} simulated agents, a check-in every {heartbeat} s"
+        "health-channel scale benchmark: {agents} simulated agents, a check-in every {heartbeat} s, {} Nodes",
+        shape.name()
     );
     let plane = control_plane_with_operator_api().await?;
     let client = plane.client().await?;
@@ -105,13 +111,11 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let names: Vec<String> = (0..agents).map(|i| format!("worker-{i:05}")).collect();
     let setup = Instant::now();
-    let tokens: Vec<(String, String)> = futures::stream::iter(names.clone())
-        .map(|node| {
+    let tokens: Vec<(String, String)> = futures::stream::iter(names.into_iter().enumerate())
+        .map(|(index, node)| {
             let client = client.clone();
             async move {
-                let object: Node = serde_json::from_value(
-                    json!({"metadata": {"name": node, "labels": {names::WORKER_ROLE_LABEL: ""}}}),
-                )?;
+                let object = shape.node(index, &node)?;
                 Api::<Node>::all(client.clone())
                     .create(&PostParams::default(), &object)
                     .await?;
@@ -131,8 +135,9 @@ async fn main() -> Result<(), BoxError> {
         .try_collect()
         .await?;
     println!(
-        "set-up: {agents} nodes, pods and tokens in {:.1} s",
-        setup.elapsed().as_secs_f64()
+        "set-up: {agents} nodes, pods and tokens in {:.1} s; a Node as the API server returns it: {:.1} KiB",
+        setup.elapsed().as_secs_f64(),
+        stored_size(&nodes, &tokens[0].0).await?
     );
 
     let how = Coordinator {

@@ -2,7 +2,9 @@
 //! simulator (fast reboots, every node at once) by the coordinator running
 //! as its own process. Prints figures; asserts nothing.
 //!
-//! `make bench-rollout` (NODES=1000 by default; `make bench-rollout NODES=5000`).
+//! `make bench-rollout` (NODES=1000 by default; `make bench-rollout NODES=5000`;
+//! NODE_SHAPE=bare for the Nodes of earlier figures instead of OpenShift
+//! workers': [`kata_tests::bench_support::NodeShape`]).
 //! Also read from the environment: STEADY_SECONDS (60), CHURN_SECONDS (60),
 //! UNRELATED_PODS (10000).
 //!
@@ -18,9 +20,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kata_coordinator::api::KataConfig;
 use kata_coordinator::mco::names as mco;
-use kata_coordinator::names;
 use kata_tests::api_requests::{Requests, api_server_requests, by_verb, entries, made_between};
-use kata_tests::bench_support::{Memory, memory};
+use kata_tests::bench_support::{Memory, NodeShape, memory, stored_size, unadopted};
 use kata_tests::coordinator::CoordinatorProcess;
 use kata_tests::demo_world::wait_until_adopted;
 use kata_tests::eventually;
@@ -242,7 +243,11 @@ async fn main() -> Result<(), BoxError> {
     let steady = Duration::from_secs(env_or("STEADY_SECONDS", 60));
     let churn = Duration::from_secs(env_or("CHURN_SECONDS", 60));
     let pod_count = usize::try_from(env_or("UNRELATED_PODS", 10_000))?;
-    println!("rollout benchmark: {node_count} workers");
+    let shape = NodeShape::from_env()?;
+    println!(
+        "rollout benchmark: {node_count} workers, {} Nodes",
+        shape.name()
+    );
 
     let plane = control_plane_with_operator_api().await?;
     let client = plane.client().await?;
@@ -253,13 +258,11 @@ async fn main() -> Result<(), BoxError> {
 
     let names: Vec<String> = (0..node_count).map(|i| format!("worker-{i:05}")).collect();
     let setup = Instant::now();
-    futures::stream::iter(names.clone())
-        .map(|node| {
+    futures::stream::iter(names.iter().enumerate())
+        .map(|(index, node)| {
             let nodes = nodes.clone();
             async move {
-                let object: Node = serde_json::from_value(
-                    json!({"metadata": {"name": node, "labels": {names::WORKER_ROLE_LABEL: ""}}}),
-                )?;
+                let object = unadopted(shape.node(index, node)?);
                 nodes.create(&PostParams::default(), &object).await?;
                 Ok::<_, BoxError>(())
             }
@@ -269,8 +272,9 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     wait_until_adopted(&client, PATIENCE).await?;
     println!(
-        "set-up: {node_count} nodes on the worker config in {:.1} s",
-        setup.elapsed().as_secs_f64()
+        "set-up: {node_count} nodes on the worker config in {:.1} s; a Node as the API server returns it: {:.1} KiB",
+        setup.elapsed().as_secs_f64(),
+        stored_size(&nodes, &names[0]).await?
     );
 
     let coordinator = CoordinatorProcess::start(&plane, &["--log-level", "warn"])?;
@@ -281,6 +285,7 @@ async fn main() -> Result<(), BoxError> {
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_start = memory(pid)?;
 
     // Install.
     let mut bench = Requests::new();
@@ -328,6 +333,7 @@ async fn main() -> Result<(), BoxError> {
     tokio::time::sleep(steady).await;
     let steady_requests = window.close(&client, None, &Requests::new(), &[]).await?;
     let steady_reconciles = scrape_metric(metrics, RECONCILES).await? - reconciles_before;
+    let rss_steady = memory(pid)?.now;
 
     // Node-status churn: heartbeats from every node, as fast as the bench
     // can send them.
@@ -437,8 +443,12 @@ async fn main() -> Result<(), BoxError> {
         ("uninstall: API requests by verb", verbs(&uninstall, None)),
         ("uninstall: API requests", resources(&uninstall)),
         (
-            "coordinator memory: VmHWM after install, VmHWM at end, VmRSS at end",
-            format!("{hwm_installed:.1} MiB, {hwm:.1} MiB, {rss:.1} MiB"),
+            "coordinator memory: VmRSS (VmHWM) started with nodes cached, VmHWM after install, VmRSS steady, VmHWM at end, VmRSS at end",
+            format!(
+                "{:.1} ({:.1}) MiB, {hwm_installed:.1} MiB, {rss_steady:.1} MiB, {hwm:.1} MiB, {rss:.1} MiB",
+                at_start.now,
+                at_start.peak
+            ),
         ),
     ]
     .into_iter()

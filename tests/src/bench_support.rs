@@ -1,5 +1,6 @@
-//! What the benchmarks share: a process's CPU and memory from `/proc`, and
-//! simulated node-agents that check in as the real agent does.
+//! What the benchmarks share: a process's CPU and memory from `/proc`,
+//! simulated node-agents that check in as the real agent does, and the
+//! Node objects they create ([`nodes`]).
 //!
 //! A simulated agent speaks the real protocol with a real pod-bound token
 //! over real TLS: each check-in is its own connection (Hello and a report
@@ -19,6 +20,10 @@ use kata_proto::health::v1::{
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
+
+pub mod nodes;
+
+pub use nodes::{NodeShape, unadopted};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -186,4 +191,13 @@ impl SimulatedAgent {
 pub fn reset_peak(pid: u32) -> Result<(), BoxError> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
     Ok(())
+}
+
+/// The size of `node` as the API server returns it (with its managed
+/// fields), in KiB of compact JSON.
+pub async fn stored_size(
+    nodes: &kube::Api<k8s_openapi::api::core::v1::Node>,
+    node: &str,
+) -> Result<f64, BoxError> {
+    Ok(serde_json::to_vec(&nodes.get(node).await?)?.len() as f64 / 1024.0)
 }
