@@ -42,6 +42,9 @@ pub struct Backend {
     pub source: Arc<dyn RolloutSource>,
     /// Yields whenever an object the backend watches changes.
     pub triggers: BoxStream<'static, ()>,
+    /// The node annotations it reads (its [`CurrentHostConfig`] among
+    /// them): the node cache keeps these and drops the others.
+    pub node_annotations: &'static [&'static str],
 }
 
 /// The configuration a node runs, read from its annotations by the

@@ -1,7 +1,7 @@
 //! What the coordinator reads from a Node, for the reconciler and the
 //! labeller alike.
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, NodeSystemInfo};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use serde_json::json;
 
@@ -21,13 +21,18 @@ pub fn kata_ready_condition(node: &Node) -> Option<&NodeCondition> {
         .find(|c| c.type_ == names::NODE_CONDITION)
 }
 
-/// Drops what the coordinator never reads from its cached Nodes: the
-/// managed-fields bookkeeping and the image list are most of a real Node's
-/// size, and the cache holds every node of the cluster. Of the managed
-/// fields only what the labeller needs stays: other managers' ownership of
-/// our labels ([`MARK_LABELS`]), which no apply of ours can remove — on
-/// most nodes, nothing.
-pub fn slim_node(node: &mut Node) {
+/// Drops what the coordinator never reads from its cached Nodes, before
+/// they are stored: the cache holds every node of the cluster, and a real
+/// Node (some 16 KiB on an OpenShift worker) is mostly what others write
+/// for themselves: the image list, capacity, addresses, the kubelet's
+/// conditions, the network plugin's and cloud's annotations, the
+/// managed-fields bookkeeping. What stays is what the controller and the
+/// labeller read: the metadata with every label, the annotations in
+/// `annotations_read` (the backend's), our `KataRuntimeReady` condition,
+/// the OS image, and of the managed fields only other managers' ownership
+/// of our labels ([`MARK_LABELS`]), which no apply of ours can remove — on
+/// most nodes, nothing. Nothing is ever written back from this copy.
+pub fn slim_node(node: &mut Node, annotations_read: &[&str]) {
     node.metadata.managed_fields = node
         .metadata
         .managed_fields
@@ -39,11 +44,25 @@ pub fn slim_node(node: &mut Node) {
                 .collect::<Vec<_>>()
         })
         .filter(|kept| !kept.is_empty());
-    if let Some(status) = node.status.as_mut() {
-        status.images = None;
-        status.volumes_attached = None;
-        status.volumes_in_use = None;
+    if let Some(annotations) = node.metadata.annotations.as_mut() {
+        annotations.retain(|key, _| annotations_read.contains(&key.as_str()));
     }
+    node.spec = None;
+    node.status = node.status.take().map(|status| NodeStatus {
+        conditions: status
+            .conditions
+            .map(|all| {
+                all.into_iter()
+                    .filter(|c| c.type_ == names::NODE_CONDITION)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|ours| !ours.is_empty()),
+        node_info: status.node_info.map(|info| NodeSystemInfo {
+            os_image: info.os_image,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
 }
 
 /// `entry` cut down to the labels of [`MARK_LABELS`] it owns, when it is
@@ -80,7 +99,9 @@ fn foreign_mark_owner(entry: ManagedFieldsEntry) -> Option<ManagedFieldsEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerImage, NodeStatus};
+    use k8s_openapi::api::core::v1::{ContainerImage, NodeSpec};
+
+    const READ: [&str; 1] = ["machineconfiguration.openshift.io/currentConfig"];
 
     #[test]
     fn finds_only_our_condition_and_slims_the_cache_copy() {
@@ -89,20 +110,66 @@ mod tests {
             status: "True".into(),
             ..Default::default()
         };
-        let mut node = Node {
-            status: Some(NodeStatus {
-                conditions: Some(vec![condition("Ready"), condition(names::NODE_CONDITION)]),
-                images: Some(vec![ContainerImage::default()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let mut node: Node = serde_json::from_value(json!({
+            "metadata": {
+                "name": "w0", "uid": "u", "resourceVersion": "7",
+                "labels": {"node-role.kubernetes.io/worker": "", "team": "a"},
+                "annotations": {READ[0]: "rendered-worker-1", "k8s.ovn.org/node-subnets": "{}"},
+            },
+            "spec": {"providerID": "aws:///i-1", "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {
+                "capacity": {"cpu": "16"},
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "nodeInfo": {"osImage": "Red Hat Enterprise Linux CoreOS", "kernelVersion": "5.14",
+                    "architecture": "amd64", "bootID": "b", "containerRuntimeVersion": "cri-o://1.29",
+                    "kubeProxyVersion": "", "kubeletVersion": "v1.29", "machineID": "m",
+                    "operatingSystem": "linux", "systemUUID": "s"},
+            },
+        }))
+        .expect("a node");
+        let status = node.status.get_or_insert_with(Default::default);
+        status.conditions = Some(vec![condition("Ready"), condition(names::NODE_CONDITION)]);
+        status.images = Some(vec![ContainerImage::default()]);
+        let labels = node.metadata.labels.clone();
         assert_eq!(
             kata_ready_condition(&node).map(|c| c.type_.as_str()),
             Some(names::NODE_CONDITION)
         );
-        slim_node(&mut node);
-        assert!(node.status.as_ref().is_some_and(|s| s.images.is_none()));
+        slim_node(&mut node, &READ);
+        assert_eq!(node.metadata.labels, labels);
+        assert_eq!(node.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(node.metadata.uid.as_deref(), Some("u"));
+        let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), [READ[0]]);
+        assert_eq!(node.spec, None::<NodeSpec>);
+        let status = node.status.clone().unwrap_or_default();
+        let kept_types: Vec<_> = status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| &c.type_)
+            .collect();
+        assert_eq!(kept_types, [names::NODE_CONDITION]);
+        assert_eq!(
+            status.node_info.map(|i| (i.os_image, i.kernel_version)),
+            Some(("Red Hat Enterprise Linux CoreOS".into(), String::new()))
+        );
+        assert_eq!(
+            (status.images, status.capacity, status.addresses),
+            (None, None, None)
+        );
+        assert!(kata_ready_condition(&node).is_some());
+
+        let mut kubelets_only = Node {
+            status: Some(NodeStatus {
+                conditions: Some(vec![condition("Ready")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        slim_node(&mut kubelets_only, &READ);
+        assert!(kata_ready_condition(&kubelets_only).is_none());
+        assert_eq!(kubelets_only.status.and_then(|s| s.conditions), None);
         assert!(kata_ready_condition(&Node::default()).is_none());
     }
 
@@ -128,7 +195,7 @@ mod tests {
             entry("admin", labels(&["team", names::KATA_RUNTIME_LABEL])),
             entry("kubelet", labels(&["kubernetes.io/hostname"])),
         ]);
-        slim_node(&mut node);
+        slim_node(&mut node, &READ);
         let kept = node.metadata.managed_fields.unwrap_or_default();
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(kept[0].manager.as_deref(), Some("admin"));
@@ -143,7 +210,7 @@ mod tests {
             names::MANAGER_HEALTH,
             labels(&[names::KATA_RUNTIME_LABEL]),
         )]);
-        slim_node(&mut ours_only);
+        slim_node(&mut ours_only, &READ);
         assert_eq!(ours_only.metadata.managed_fields, None);
     }
 }

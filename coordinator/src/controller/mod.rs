@@ -36,6 +36,8 @@ use crate::plan::stuck::WorkingClock;
 use crate::plan::{self, Requeue, Step};
 use crate::status;
 
+#[cfg(test)]
+pub(crate) use observe::observed_node;
 pub use wiring::{KataConfigController, SHUTDOWN_GRACE};
 
 /// Why a reconcile failed, by the phase that failed.

@@ -97,7 +97,8 @@ impl Context {
     }
 }
 
-fn observed_node(node: &Node) -> ObservedNode {
+/// What the planner reads of a node.
+pub(crate) fn observed_node(node: &Node) -> ObservedNode {
     let condition = kata_ready_condition(node);
     ObservedNode {
         name: node.name_any(),

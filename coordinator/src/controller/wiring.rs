@@ -21,12 +21,14 @@ use crate::backend::Backend;
 use crate::names;
 use crate::node::{kata_ready_condition, slim_node};
 
-/// A watch that fires when a node's labels, annotations or
-/// `KataRuntimeReady` condition change (not on status heartbeats), keeping
-/// `writer` up to date.
+/// A watch that fires when a node's labels, the annotations the backend
+/// reads (`annotations_read`) or its `KataRuntimeReady` condition change
+/// (not on status heartbeats, nor on others' annotations), keeping `writer`
+/// up to date with nodes cut down to what is read ([`slim_node`]).
 fn node_events(
     client: &Client,
     writer: reflector::store::Writer<Node>,
+    annotations_read: &'static [&'static str],
 ) -> impl Stream<Item = ()> + Send + 'static {
     let label_or_annotation = |n: &Node| {
         use std::hash::{Hash, Hasher};
@@ -38,16 +40,29 @@ fn node_events(
         }
         Some(hasher.finish())
     };
-    watcher(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(slim_node)
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(label_or_annotation, Default::default())
-    .filter_map(|r| async move { r.ok().map(|_| ()) })
+    watcher(Api::<Node>::all(client.clone()), node_list_config())
+        .default_backoff()
+        .modify(move |node| slim_node(node, annotations_read))
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(label_or_annotation, Default::default())
+        .filter_map(|r| async move { r.ok().map(|_| ()) })
+}
+
+/// Nodes per page of the node watch's (re)list.
+const NODE_LIST_PAGE: u32 = 100;
+
+/// How the node watch lists: in pages of [`NODE_LIST_PAGE`], read at the
+/// latest version. kube's client reads a whole page into memory, then the
+/// full Nodes of it, before [`slim_node`] cuts each down; at a few tens of
+/// KiB a real Node, a page of 100 is some 2 MiB of text. The "any version"
+/// list would be served from the API server's watch cache, which ignores
+/// the page size and sends every node at once (5,000 nodes: some 90 MiB of
+/// JSON to hold). Streaming lists would avoid pages altogether, but need the
+/// API server's WatchList feature, which the Kubernetes releases OpenShift
+/// 4.x ships do not all enable.
+fn node_list_config() -> watcher::Config {
+    watcher::Config::default().page_size(NODE_LIST_PAGE)
 }
 
 /// The KataConfig controller, built but not yet running: its KataConfig
@@ -121,7 +136,10 @@ impl KataConfigController {
             written_from: std::sync::Mutex::default(),
             options,
         });
-        let triggers = futures::stream::select(node_events(&client, node_writer), backend.triggers);
+        let triggers = futures::stream::select(
+            node_events(&client, node_writer, backend.node_annotations),
+            backend.triggers,
+        );
         let runtime_classes = watcher(
             Api::<RuntimeClass>::all(client.clone()),
             watcher::Config::default()

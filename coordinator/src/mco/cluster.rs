@@ -262,5 +262,6 @@ pub fn backend(client: &Client) -> Backend {
             owned,
         }),
         triggers: triggers.boxed(),
+        node_annotations: &names::NODE_ANNOTATIONS,
     }
 }

@@ -26,6 +26,8 @@
 //! objects to remove last). The planner, the applier, the health channel and
 //! the status do not change.
 
+#[cfg(test)]
+mod cache_tests;
 pub mod cluster;
 pub mod names;
 pub mod objects;

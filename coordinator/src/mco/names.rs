@@ -165,6 +165,8 @@ pub const CURRENT_CONFIG: &str = "machineconfiguration.openshift.io/currentConfi
 pub const DESIRED_CONFIG: &str = "machineconfiguration.openshift.io/desiredConfig";
 pub const STATE: &str = "machineconfiguration.openshift.io/state";
 pub const REASON: &str = "machineconfiguration.openshift.io/reason";
+/// Every node annotation the backend reads.
+pub const NODE_ANNOTATIONS: [&str; 4] = [CURRENT_CONFIG, DESIRED_CONFIG, STATE, REASON];
 pub const STATE_DONE: &str = "Done";
 pub const STATE_WORKING: &str = "Working";
 pub const STATE_DEGRADED: &str = "Degraded";
