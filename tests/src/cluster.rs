@@ -224,8 +224,10 @@ impl Cluster {
 }
 
 /// Runs `rounds` more complete reconciles of the coordinator whose metrics
-/// are `metrics`, each started by an annotation on the first node: a
-/// change that wakes a reconcile and that it decides nothing on. The
+/// are `metrics`, each started by a label on the first node that no
+/// selector reads: a change that wakes a reconcile (the node cache keeps
+/// every label, and only the backend's annotations) and that it decides
+/// nothing on. The
 /// reconcile-duration histogram counts finished reconciles.
 pub async fn reconcile_rounds(
     client: &Client,
@@ -237,7 +239,7 @@ pub async fn reconcile_rounds(
     for round in 0..rounds {
         let finished = metrics.reconcile_duration.0.count();
         let patch =
-            json!({"metadata": {"annotations": {"example.com/touched": round.to_string()}}});
+            json!({"metadata": {"labels": {"example.com/touched": round.to_string()}}});
         nodes
             .patch(&first, &PatchParams::default(), &Patch::Merge(&patch))
             .await

@@ -131,7 +131,7 @@ async fn writes(coordinator: &CoordinatorPod, kind: &str) -> f64 {
 }
 
 /// `rounds` more reconciles of the coordinator pod finished, each woken by
-/// an annotation on a node that decides nothing.
+/// a label on a node that no selector reads, which decides nothing.
 async fn reconcile_rounds(cluster: &Cluster, coordinator: &CoordinatorPod, rounds: usize) {
     let series = "kata_operator_reconcile_duration_seconds_count";
     let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(cluster.client.clone());
@@ -140,7 +140,7 @@ async fn reconcile_rounds(cluster: &Cluster, coordinator: &CoordinatorPod, round
             .await
             .unwrap_or(0.0);
         let patch =
-            json!({"metadata": {"annotations": {"example.com/touched": round.to_string()}}});
+            json!({"metadata": {"labels": {"example.com/touched": round.to_string()}}});
         nodes
             .patch(
                 NODES[0],
