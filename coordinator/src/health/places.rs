@@ -4,10 +4,16 @@
 //! - At most [`PlaceLimits::all`] connections, and at most
 //!   [`PlaceLimits::per_peer`] from one address.
 //! - When all places are taken, a new connection takes the place of the
-//!   oldest connection that has not authenticated a call yet; that one is
-//!   ended at once. A connection that has authenticated (an agent's) never
-//!   gives way. Only when every place is held by an authenticated
-//!   connection is a new one refused.
+//!   oldest connection that has not authenticated a call yet (a stranger);
+//!   that one is ended at once. A connection that has authenticated (an
+//!   agent's) never gives way. Only when no stranger may give way is a new
+//!   one refused.
+//! - Strangers from a *known* address (one whose connection authenticated
+//!   within [`PlaceLimits::known_for`]) give way only to newcomers from
+//!   known addresses, and only once no stranger from an unknown address is
+//!   left. An agent opens a connection for every check-in, so until its
+//!   call is authenticated each one is a stranger; remembering the address
+//!   its last one came from keeps a flood of strangers from ending it.
 //!
 //! Why: a cap that simply refuses the newcomer lets anyone who fills it
 //! first keep it. Measured with the shipped cap (docs/BENCHMARKS.md):
@@ -18,6 +24,11 @@
 //! authenticated, which on one connection takes a round trip and a token
 //! check.
 //!
+//! Measured without known addresses (docs/BENCHMARKS.md): attackers
+//! reopening some 500 connections a second ended honest agents'
+//! connections before their calls were authenticated, and 563 to 1,053 of
+//! their check-ins failed in 135 s.
+//!
 //! Ended connections close promptly but not within the call that ended
 //! them, so up to [`PlaceLimits::ending`] of them may still hold memory
 //! beyond `all`; past that, a newcomer is refused rather than ending more.
@@ -25,9 +36,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::connection_state::ConnectionState;
 use crate::metrics::{REFUSED_CONNECTION_LIMIT, REFUSED_PEER_LIMIT};
+
+/// How long an address stays known: twenty of an agent's 30 s heartbeats,
+/// and longer than any of its backoffs, so a failover or an outage of a
+/// few minutes does not make its agents strangers again.
+pub const KNOWN_FOR: Duration = Duration::from_secs(600);
 
 /// How many places there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +53,23 @@ pub struct PlaceLimits {
     pub per_peer: usize,
     /// Connections ended to make room that may still be closing.
     pub ending: usize,
+    /// Addresses remembered as known at once, at most; past that the one
+    /// known longest ago is forgotten. Only an authenticated call adds one.
+    pub known: usize,
+    /// How long an address stays known after its last authenticated
+    /// connection closed.
+    pub known_for: Duration,
+}
+
+/// Where a stranger from an address whose connection authenticated ranks
+/// when places run out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// No connection from the address has authenticated lately.
+    Unknown,
+    /// A connection from the address authenticated within
+    /// [`PlaceLimits::known_for`].
+    Known,
 }
 
 /// The places of one listener; clones share them.
@@ -57,25 +91,63 @@ pub struct Admitted {
 struct Held {
     all: usize,
     by_peer: HashMap<IpAddr, usize>,
-    /// Connections that may give way, oldest first (by admission number).
-    /// An entry leaves when its connection closes or gives way; one that
-    /// authenticated meanwhile leaves when the search for the oldest
-    /// stranger meets it.
+    /// Connections that may give way, oldest first (by admission number),
+    /// from unknown and from known addresses. An entry leaves when its
+    /// connection closes or gives way; one that authenticated meanwhile
+    /// leaves when the search for the oldest stranger meets it.
     strangers: BTreeMap<u64, Arc<ConnectionState>>,
+    known_strangers: BTreeMap<u64, Arc<ConnectionState>>,
+    /// Addresses whose connection authenticated, and when the last such
+    /// connection closed.
+    known: HashMap<IpAddr, Instant>,
     /// Connections ended to make room and not closed yet.
     ending: BTreeSet<u64>,
     next: u64,
 }
 
 impl Held {
-    /// The oldest connection still a stranger, taken out of the list.
-    fn oldest_stranger(&mut self) -> Option<(u64, Arc<ConnectionState>)> {
-        while let Some((number, state)) = self.strangers.pop_first() {
-            if !state.is_authenticated() {
-                return Some((number, state));
+    /// The oldest connection still a stranger that may give way to a
+    /// newcomer of `standing`, taken out of its list.
+    fn oldest_stranger(&mut self, standing: Standing) -> Option<(u64, Arc<ConnectionState>)> {
+        let mut lists = vec![&mut self.strangers];
+        if standing == Standing::Known {
+            lists.push(&mut self.known_strangers);
+        }
+        for list in lists {
+            while let Some((number, state)) = list.pop_first() {
+                if !state.is_authenticated() {
+                    return Some((number, state));
+                }
             }
         }
         None
+    }
+
+    fn standing(&self, address: Option<IpAddr>, known_for: Duration) -> Standing {
+        match address.and_then(|address| self.known.get(&address)) {
+            Some(since) if since.elapsed() <= known_for => Standing::Known,
+            _ => Standing::Unknown,
+        }
+    }
+
+    /// Remembers `address` as known from now, within `limits`.
+    fn remember(&mut self, address: IpAddr, limits: &PlaceLimits) {
+        if self.known.len() >= limits.known && !self.known.contains_key(&address) {
+            self.known
+                .retain(|_, since| since.elapsed() <= limits.known_for);
+            if self.known.len() >= limits.known
+                && let Some(oldest) = self
+                    .known
+                    .iter()
+                    .min_by_key(|(_, since)| **since)
+                    .map(|(address, _)| *address)
+            {
+                self.known.remove(&oldest);
+            }
+        }
+        if limits.known > 0 {
+            self.known.insert(address, Instant::now());
+        }
     }
 }
 
@@ -102,12 +174,15 @@ impl Places {
         {
             return Err(REFUSED_PEER_LIMIT);
         }
+        let standing = held.standing(address, self.limits.known_for);
         let mut ended = None;
         if held.all >= self.limits.all {
             if held.ending.len() >= self.limits.ending {
                 return Err(REFUSED_CONNECTION_LIMIT);
             }
-            let (number, victim) = held.oldest_stranger().ok_or(REFUSED_CONNECTION_LIMIT)?;
+            let (number, victim) = held
+                .oldest_stranger(standing)
+                .ok_or(REFUSED_CONNECTION_LIMIT)?;
             victim.end_now();
             held.ending.insert(number);
             ended = Some(victim.peer());
@@ -118,12 +193,16 @@ impl Places {
         if let Some(address) = address {
             *held.by_peer.entry(address).or_insert(0) += 1;
         }
-        held.strangers.insert(number, Arc::clone(&state));
+        match standing {
+            Standing::Unknown => held.strangers.insert(number, Arc::clone(&state)),
+            Standing::Known => held.known_strangers.insert(number, Arc::clone(&state)),
+        };
         Ok(Admitted {
             place: Place {
                 places: self.clone(),
                 number,
                 address,
+                standing,
                 state,
             },
             ended,
@@ -149,6 +228,7 @@ pub struct Place {
     places: Places,
     number: u64,
     address: Option<IpAddr>,
+    standing: Standing,
     state: Arc<ConnectionState>,
 }
 
@@ -156,6 +236,11 @@ impl Place {
     /// The state of the connection holding the place.
     pub fn state(&self) -> &Arc<ConnectionState> {
         &self.state
+    }
+
+    /// Whether its address was known when the connection was admitted.
+    pub fn standing(&self) -> Standing {
+        self.standing
     }
 }
 
@@ -166,7 +251,13 @@ impl Drop for Place {
         };
         held.all = held.all.saturating_sub(1);
         held.strangers.remove(&self.number);
+        held.known_strangers.remove(&self.number);
         held.ending.remove(&self.number);
+        if let Some(address) = self.address
+            && self.state.is_authenticated()
+        {
+            held.remember(address, &self.places.limits);
+        }
         if let Some(address) = self.address
             && let Some(count) = held.by_peer.get_mut(&address)
         {

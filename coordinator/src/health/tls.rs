@@ -6,15 +6,18 @@
 //! - At most [`Limits::max_connections`] connections exist at once, and at
 //!   most [`Limits::max_connections_per_peer`] from one address, counted
 //!   from accept to close. At the first cap the oldest connection that has
-//!   not authenticated a call gives its place to the new one; at the
-//!   second, or when every place is an agent's, the new one is closed at
-//!   once ([`super::places`]).
+//!   not authenticated a call gives its place to the new one, strangers
+//!   from addresses no agent used lately first; at the second, or when
+//!   every place is an agent's, the new one is closed at once
+//!   ([`super::places`]).
 //! - A peer has [`Limits::client_hello_timeout`] to send its ClientHello,
 //!   holding nothing but its socket meanwhile; only then does it wait for one
 //!   of [`Limits::handshake_concurrency`] handshake slots (the CPU-bound
 //!   part: a few dozen at a time finish as fast as thousands on two cores and
 //!   keep the heap compact when every agent reconnects together), and the
 //!   whole handshake must end within [`Limits::handshake_timeout`].
+//!   Connections from addresses an agent used lately have slots of their
+//!   own, so a queue of strangers never holds an agent's handshake up.
 //! - Accepted sockets get TCP keepalive, so a peer that vanished without a
 //!   FIN is noticed by the kernel even if HTTP/2 pings are not answered.
 //! - After the handshake, [`ConnectionBounds`] end idle and old connections
@@ -42,7 +45,7 @@ use tracing::{debug, warn};
 
 use super::connection::{AgentConnection, ConnectionBounds};
 use super::connection_state::ConnectionState;
-use super::places::{Place, PlaceLimits, Places};
+use super::places::{KNOWN_FOR, Place, PlaceLimits, Places, Standing};
 use super::refusals::Refusals;
 use crate::metrics::{
     HANDSHAKE_FAILED, HANDSHAKE_FULL, HANDSHAKE_RESUMED, KindLabel, Metrics, REFUSED_EVICTED,
@@ -388,8 +391,10 @@ async fn accept_loop(
         all: limits.max_connections,
         per_peer: limits.max_connections_per_peer,
         ending: limits.handshake_concurrency.max(1),
+        known: limits.max_connections,
+        known_for: KNOWN_FOR,
     });
-    let handshakes = Arc::new(Semaphore::new(limits.handshake_concurrency.max(1)));
+    let handshakes = HandshakeSlots::new(limits.handshake_concurrency.max(1));
     let config = Arc::clone(acceptor.config());
     loop {
         let accepted = tokio::select! {
@@ -412,7 +417,7 @@ async fn accept_loop(
         set_keepalive(&tcp, &limits);
         let (config, handshakes, ready, counters) = (
             Arc::clone(&config),
-            Arc::clone(&handshakes),
+            handshakes.clone(),
             ready.clone(),
             counters.clone(),
         );
@@ -420,7 +425,7 @@ async fn accept_loop(
             let peer = place.state().peer();
             // A connection ended for a newer one stops here, handshake or not.
             let handshake = tokio::select! {
-                handshake = handshake(tcp, config, &handshakes, &limits) => handshake,
+                handshake = handshake(tcp, config, handshakes.of(place.standing()), &limits) => handshake,
                 () = place.state().ended() => Err(HandshakeError::Ended),
             };
             counters.handshakes.count(&handshake);
@@ -433,6 +438,31 @@ async fn accept_loop(
                 Err(why) => debug!(?peer, why = %why, "TLS handshake failed"),
             }
         });
+    }
+}
+
+/// The slots handshakes take turns in: connections from known addresses
+/// have their own, so strangers queued for a slot never hold up an agent's
+/// handshake (at most twice `handshake_concurrency` run at once).
+#[derive(Clone)]
+struct HandshakeSlots {
+    strangers: Arc<Semaphore>,
+    known: Arc<Semaphore>,
+}
+
+impl HandshakeSlots {
+    fn new(each: usize) -> Self {
+        Self {
+            strangers: Arc::new(Semaphore::new(each)),
+            known: Arc::new(Semaphore::new(each)),
+        }
+    }
+
+    fn of(&self, standing: Standing) -> &Semaphore {
+        match standing {
+            Standing::Unknown => &self.strangers,
+            Standing::Known => &self.known,
+        }
     }
 }
 

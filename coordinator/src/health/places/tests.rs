@@ -7,7 +7,16 @@ fn limits(all: usize, per_peer: usize, ending: usize) -> Places {
         all,
         per_peer,
         ending,
+        known: 2,
+        known_for: KNOWN_FOR,
     })
+}
+
+/// An agent's connection from `last`, authenticated and closed: the
+/// address is known from then on.
+fn agent_called_from(places: &Places, last: u8) {
+    let place = from(places, last).unwrap().place;
+    place.state().authenticated();
 }
 
 fn from(places: &Places, last: u8) -> Result<Admitted, &'static str> {
@@ -123,4 +132,70 @@ async fn an_end_asked_before_the_handshake_is_seen_by_it() {
         .await
         .expect("woken")
         .unwrap();
+}
+
+#[test]
+fn strangers_from_known_addresses_give_way_last_and_only_to_known_ones() {
+    let places = limits(3, 10, 8);
+    agent_called_from(&places, 1);
+    let agent_again = from(&places, 1).unwrap().place;
+    assert_eq!(agent_again.standing(), Standing::Known);
+    let stranger = from(&places, 2).unwrap().place;
+    assert_eq!(stranger.standing(), Standing::Unknown);
+    let younger_stranger = from(&places, 3).unwrap().place;
+
+    // A newcomer from an unknown address ends the oldest unknown stranger,
+    // never the older connection from the known address.
+    let newcomer = from(&places, 4).unwrap();
+    assert_eq!(newcomer.ended, Some(stranger.state().peer()));
+    assert!(!ended_now(agent_again.state()));
+    drop(stranger);
+    drop(younger_stranger);
+    drop(newcomer);
+
+    // Known strangers only: an unknown newcomer is refused...
+    agent_called_from(&places, 5);
+    let second = from(&places, 5).unwrap().place;
+    let held_known = from(&places, 1).unwrap().place;
+    assert_eq!(held_known.standing(), Standing::Known);
+    assert_eq!(places.held(), 3);
+    assert_eq!(from(&places, 8).unwrap_err(), REFUSED_CONNECTION_LIMIT);
+    assert!(!ended_now(agent_again.state()) && !ended_now(second.state()));
+    // ...and a known newcomer ends the oldest known stranger.
+    let known_newcomer = from(&places, 5).unwrap();
+    assert_eq!(known_newcomer.ended, Some(agent_again.state().peer()));
+}
+
+#[test]
+fn known_addresses_are_bounded_and_expire() {
+    let places = limits(10, 10, 8);
+    agent_called_from(&places, 1);
+    agent_called_from(&places, 2);
+    // A third pushes out the one known longest ago.
+    agent_called_from(&places, 3);
+    assert_eq!(
+        from(&places, 1).unwrap().place.standing(),
+        Standing::Unknown
+    );
+    assert_eq!(from(&places, 3).unwrap().place.standing(), Standing::Known);
+    // A connection that never authenticated makes nothing known.
+    drop(from(&places, 4));
+    assert_eq!(
+        from(&places, 4).unwrap().place.standing(),
+        Standing::Unknown
+    );
+
+    let forgetful = Places::new(PlaceLimits {
+        all: 10,
+        per_peer: 10,
+        ending: 8,
+        known: 2,
+        known_for: std::time::Duration::ZERO,
+    });
+    agent_called_from(&forgetful, 1);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(
+        from(&forgetful, 1).unwrap().place.standing(),
+        Standing::Unknown
+    );
 }
