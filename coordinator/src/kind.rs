@@ -85,6 +85,31 @@ pub const POLICY_BINDING: Kind = Kind {
     plural: "validatingadmissionpolicybindings",
 };
 
+/// Namespaced: the node-agents' PodMonitor, in the operator's namespace,
+/// where the Prometheus Operator's CRDs are installed.
+pub const POD_MONITOR: Kind = Kind {
+    group: "monitoring.coreos.com",
+    version: "v1",
+    kind: "PodMonitor",
+    plural: "podmonitors",
+};
+
+/// Namespaced: the console dashboard, in `openshift-config-managed`.
+pub const CONFIG_MAP: Kind = Kind {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+};
+
+/// Read only: whether the console's dashboard namespace exists.
+pub const NAMESPACE: Kind = Kind {
+    group: "",
+    version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+};
+
 /// The kind Events are counted under (they are written through the
 /// recorder, not as a [`Kind`]).
 pub const EVENT_KIND: &str = "Event";

@@ -144,6 +144,24 @@ pub const OWN_CLUSTER_PERMISSIONS: &[Permission] = &[
         verbs: &["create"],
         used_by: "operands::Operands::create_policy (the admission policies OLM cannot install)",
     },
+    Permission {
+        api_group: "",
+        resources: &["configmaps"],
+        resource_names: &[crate::operands::monitoring::DASHBOARD_NAME],
+        // The dashboard lives in openshift-config-managed, which neither a
+        // Role in the operator's namespace nor OLM's `permissions` reach;
+        // the name holds the ClusterRole to it, and the fence to that
+        // namespace. create is a server-side apply to the name.
+        verbs: &["get", "create", "patch"],
+        used_by: "operands::Operands::keep_dashboard (the console dashboard OLM cannot install)",
+    },
+    Permission {
+        api_group: "",
+        resources: &["namespaces"],
+        resource_names: &[crate::operands::monitoring::DASHBOARD_NAMESPACE],
+        verbs: &["get"],
+        used_by: "operands::Operands::keep_dashboard (is there a console to show it: OpenShift)",
+    },
 ];
 
 /// Permissions in the operator's namespace only (the Role): a ClusterRole
@@ -189,7 +207,16 @@ pub const NAMESPACE_PERMISSIONS: &[Permission] = &[
         resources: &["deployments"],
         resource_names: &[crate::operands::OWNER_DEPLOYMENT],
         verbs: &["get"],
-        used_by: "operands::Operands::owner (the coordinator's Deployment, owner of the DaemonSet)",
+        used_by: "operands::Operands::owner (the coordinator's Deployment, owner of the DaemonSet and PodMonitor)",
+    },
+    Permission {
+        api_group: "monitoring.coreos.com",
+        resources: &["podmonitors"],
+        resource_names: &[crate::operands::monitoring::POD_MONITOR_NAME],
+        // create is a server-side apply to the name; no watch: a resync
+        // brings a deleted one back.
+        verbs: &["get", "create", "patch"],
+        used_by: "operands::Operands::keep_pod_monitor (the node-agents' PodMonitor, where the Prometheus Operator's API is served)",
     },
 ];
 

@@ -86,3 +86,15 @@ pub fn kata_coordinator_crd()
     use kube::CustomResourceExt;
     kata_coordinator::api::KataConfig::crd()
 }
+
+/// A stand-in for the Prometheus Operator's PodMonitor CRD
+/// (tests/monitoring/podmonitor-crd.yaml): its names and scope, the spec
+/// kept as written.
+pub fn pod_monitor_crd() -> Result<
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    Error,
+> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/podmonitor-crd.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_yaml::from_str(&text).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))
+}

@@ -389,3 +389,172 @@ async fn an_install_and_uninstall_through_both_pools_passes_the_fence() {
     assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
     running.stop().await;
 }
+
+/// The ConfigMap grant reaches every namespace (a ClusterRole, the only
+/// grant OLM can give outside the operator's namespace), limited to the
+/// dashboard's name; the fence holds it to `openshift-config-managed`.
+#[kata_test]
+async fn config_map_writes_are_held_to_the_console_dashboard() {
+    use kata_coordinator::kind::{CONFIG_MAP, NAMESPACE as NAMESPACE_KIND};
+    use kata_coordinator::operands::monitoring::{self, DASHBOARD_NAMESPACE};
+    let plane = ControlPlane::start().await.unwrap();
+    let admin = plane.client().await.unwrap();
+    install_fence(&plane).await;
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": DASHBOARD_NAMESPACE}});
+    api(&admin, NAMESPACE_KIND)
+        .patch(
+            DASHBOARD_NAMESPACE,
+            &PatchParams::apply("kata-tests"),
+            &Patch::Apply(&namespace),
+        )
+        .await
+        .unwrap();
+    let coordinator = as_coordinator(&plane).await;
+    let config_maps = |ns: &str| {
+        Api::<DynamicObject>::namespaced_with(coordinator.clone(), ns, &CONFIG_MAP.api_resource())
+    };
+    let dashboard = monitoring::dashboard().body;
+    let elsewhere = {
+        let mut d = dashboard.clone();
+        d["metadata"]["namespace"] = json!(NAMESPACE);
+        d
+    };
+    let another_name = {
+        let mut d = dashboard.clone();
+        d["metadata"]["name"] = json!("cluster-dashboard");
+        d
+    };
+    let message =
+        "may write only the ConfigMap kata-operator-dashboard in openshift-config-managed";
+    eventually(
+        "the fence to take effect",
+        Duration::from_secs(30),
+        || async {
+            Ok(apply(&config_maps(NAMESPACE), &elsewhere, true)
+                .await
+                .is_some())
+        },
+    )
+    .await
+    .unwrap();
+    assert_fenced(
+        "the dashboard in another namespace",
+        apply(&config_maps(NAMESPACE), &elsewhere, true).await,
+        message,
+    );
+    // Another name: RBAC refuses it first.
+    let refused = apply(&config_maps(DASHBOARD_NAMESPACE), &another_name, true)
+        .await
+        .unwrap();
+    assert!(
+        refused.contains(" cannot ") && !refused.contains(FENCE),
+        "{refused}"
+    );
+    // And the fence too, were the coordinator granted more: a Role in that
+    // namespace giving every ConfigMap.
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "wider", "namespace": DASHBOARD_NAMESPACE},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "wider", "namespace": DASHBOARD_NAMESPACE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "wider"},
+        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]});
+    apply_objects(
+        &plane,
+        &[
+            serde_json::from_value(role).unwrap(),
+            serde_json::from_value(binding).unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the wider grant to take effect",
+        Duration::from_secs(30),
+        || async {
+            let refused = apply(&config_maps(DASHBOARD_NAMESPACE), &another_name, true).await;
+            Ok(refused.is_some_and(|m| m.contains(FENCE)))
+        },
+    )
+    .await
+    .unwrap();
+    assert_fenced(
+        "a ConfigMap of another name",
+        apply(&config_maps(DASHBOARD_NAMESPACE), &another_name, true).await,
+        message,
+    );
+    // The dashboard itself is admitted, for real.
+    assert_eq!(
+        apply(&config_maps(DASHBOARD_NAMESPACE), &dashboard, false).await,
+        None
+    );
+}
+
+/// The PodMonitor as shipped is admitted; one that would have Prometheus
+/// scrape elsewhere or send credentials is refused (a stand-in CRD,
+/// tests/monitoring/podmonitor-crd.yaml, keeps whatever spec is written).
+#[kata_test]
+async fn pod_monitor_writes_are_held_to_its_own_namespace_without_credentials() {
+    use kata_coordinator::kind::POD_MONITOR;
+    use kata_coordinator::operands::monitoring;
+    let plane = ControlPlane::start().await.unwrap();
+    plane
+        .install_crds(&[kata_tests::manifests::pod_monitor_crd().unwrap()])
+        .await
+        .unwrap();
+    install_fence(&plane).await;
+    let coordinator = as_coordinator(&plane).await;
+    let monitors =
+        Api::<DynamicObject>::namespaced_with(coordinator, NAMESPACE, &POD_MONITOR.api_resource());
+    let shipped = monitoring::pod_monitor(NAMESPACE, None).body;
+    let changed = |change: &dyn Fn(&mut Value)| {
+        let mut m = shipped.clone();
+        change(&mut m);
+        m
+    };
+    let every_namespace = changed(&|m| m["spec"]["namespaceSelector"] = json!({"any": true}));
+    eventually(
+        "the fence to take effect",
+        Duration::from_secs(30),
+        || async { Ok(apply(&monitors, &every_namespace, true).await.is_some()) },
+    )
+    .await
+    .unwrap();
+    let message = "may write only the PodMonitor kata-node-agent";
+    let endpoint = |field: &'static str, value: Value| {
+        changed(&move |m| m["spec"]["podMetricsEndpoints"][0][field] = value.clone())
+    };
+    for (what, object) in [
+        ("every namespace", every_namespace.clone()),
+        (
+            "a bearer token from a Secret",
+            endpoint(
+                "bearerTokenSecret",
+                json!({"name": "kata-coordinator-tls", "key": "tls.key"}),
+            ),
+        ),
+        ("another scheme", endpoint("scheme", json!("https"))),
+        (
+            "a rewritten address",
+            changed(&|m| {
+                m["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["targetLabel"] =
+                    json!("__address__")
+            }),
+        ),
+        (
+            "another name",
+            changed(&|m| m["metadata"]["name"] = json!("kata-node-agent-2")),
+        ),
+    ] {
+        let refused = apply(&monitors, &object, true).await;
+        if what == "another name" {
+            // RBAC grants the one name: refused before admission.
+            let refused = refused.unwrap_or_else(|| panic!("{what}: admitted"));
+            assert!(refused.contains(" cannot "), "{what}: {refused}");
+        } else {
+            assert_fenced(what, refused, message);
+        }
+    }
+    assert_eq!(apply(&monitors, &shipped, false).await, None);
+}

@@ -200,8 +200,8 @@ fn bundle_annotations_match_the_bundle_image_labels() {
 /// backport to the release-4.12 and later branches. A PodMonitor passes the
 /// validator but the catalog operator refuses it, and a DaemonSet,
 /// SecurityContextConstraints or ValidatingAdmissionPolicy is not supported
-/// at all: the coordinator creates the DaemonSet and the policies, and
-/// docs/operations.md says how the PodMonitor is applied.
+/// at all: the coordinator creates the DaemonSet, the policies and the
+/// PodMonitor (coordinator/src/operands).
 const SUPPORTED_KINDS: &[&str] = &[
     "ClusterServiceVersion",
     "CustomResourceDefinition",
@@ -716,7 +716,8 @@ fn generated_bundle_copies_are_current() {
         );
     }
     // OLM's InstallPlan refuses a PodMonitor, and the dashboard belongs in
-    // openshift-config-managed, where OLM installs nothing.
+    // openshift-config-managed, where OLM installs nothing: the coordinator
+    // creates both.
     for (_, manifest) in manifests() {
         assert_ne!(manifest["kind"], "PodMonitor");
         assert_ne!(manifest["metadata"]["name"], "kata-operator-dashboard");

@@ -11,6 +11,7 @@
 //! only, and no DaemonSet pod runs (the real roll is the real node's).
 #![allow(clippy::unwrap_used)]
 
+mod monitoring;
 mod support;
 
 use kata_coordinator::operands::{node_agent, policies};

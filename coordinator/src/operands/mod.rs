@@ -1,13 +1,15 @@
 //! The operands OLM cannot carry in a bundle, created and kept in shape by
-//! the coordinator: the node-agent DaemonSet ([`node_agent`]) and the
-//! admission policies ([`policies`]). What they are is decided in those
-//! two modules, pure; this one reads the cluster, writes through the
-//! [`Applier`] and says what it found.
+//! the coordinator: the node-agent DaemonSet ([`node_agent`]), the
+//! admission policies ([`policies`]), and where their APIs exist the
+//! agents' PodMonitor and the console dashboard ([`monitoring`]). What they
+//! are is decided in those modules, pure; this one reads the cluster,
+//! writes through the [`Applier`] and says what it found.
 //!
 //! Runs on the leader only, after every change to the DaemonSet (a watch)
-//! and every [`OperandSettings::resync`]: a policy deleted by hand comes
-//! back within one resync.
+//! and every [`OperandSettings::resync`]: a policy, PodMonitor or dashboard
+//! deleted by hand comes back within one resync.
 
+pub mod monitoring;
 pub mod node_agent;
 pub mod policies;
 
@@ -25,8 +27,8 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::applier::Applier;
-use crate::kind::Kind;
 pub use crate::kind::{DAEMON_SET, DEPLOYMENT};
+use crate::kind::{Kind, NAMESPACE, POD_MONITOR};
 use crate::names;
 use node_agent::{AgentSettings, Owner};
 
@@ -97,6 +99,22 @@ fn said_key(desired: &policies::Desired) -> String {
     format!("{}/{}", desired.kind.kind, desired.name)
 }
 
+/// What [`Said`] keys a monitoring operand under (the PodMonitor shares
+/// the DaemonSet's name).
+fn monitoring_key(desired: &monitoring::Desired) -> String {
+    format!(
+        "{}/{}/{}",
+        desired.kind.kind, desired.namespace, desired.name
+    )
+}
+
+fn monitoring_problem(desired: &monitoring::Desired, e: &crate::applier::WriteError) -> String {
+    format!(
+        "{} {}/{}: {e}",
+        desired.kind.kind, desired.namespace, desired.name
+    )
+}
+
 struct Operands {
     client: Client,
     applier: Applier,
@@ -141,6 +159,7 @@ impl Operands {
                 format!("DaemonSet {}: {e}", node_agent::NAME),
             );
         }
+        self.keep_monitoring().await;
     }
 
     fn problem(&mut self, object: &str, message: String) {
@@ -236,7 +255,8 @@ impl Operands {
             Some(uid) => Ok(Some(Owner { name, uid })),
             None => Err(format!(
                 "Deployment {}/{name} (--owner-deployment) is gone or being deleted: the \
-                 node-agent DaemonSet is not written, since nothing would remove it",
+                 node-agent DaemonSet and PodMonitor are not written, since nothing would \
+                 remove them",
                 self.settings.namespace
             )),
         })
@@ -312,6 +332,149 @@ impl Operands {
             }
             Some(live) => self.report_reasserted(&desired, live).await,
         }
+        Ok(())
+    }
+
+    /// The PodMonitor and the dashboard, each where its API or namespace
+    /// exists. Not written once the coordinator's Deployment is gone or
+    /// being deleted: the operator is being removed.
+    async fn keep_monitoring(&mut self) {
+        let owner = match self.owner().await {
+            Ok(Ok(owner)) => owner,
+            Ok(Err(message)) => {
+                if self.said.news(DEPLOYMENT.kind, &message) {
+                    warn!(%message, "no owner for the operands");
+                }
+                return;
+            }
+            Err(e) => {
+                let message = format!("the coordinator's Deployment: {e}");
+                self.problem(DEPLOYMENT.kind, message);
+                return;
+            }
+        };
+        self.said.forget(DEPLOYMENT.kind);
+        let monitor = monitoring::pod_monitor(&self.settings.namespace, owner.as_ref());
+        if let Err(e) = self.keep_pod_monitor(&monitor).await {
+            self.problem(&monitoring_key(&monitor), monitoring_problem(&monitor, &e));
+        }
+        let dashboard = monitoring::dashboard();
+        if let Err(e) = self.keep_dashboard(&dashboard).await {
+            self.problem(
+                &monitoring_key(&dashboard),
+                monitoring_problem(&dashboard, &e),
+            );
+        }
+    }
+
+    async fn keep_pod_monitor(
+        &mut self,
+        desired: &monitoring::Desired,
+    ) -> Result<(), crate::applier::WriteError> {
+        if !self.serves(POD_MONITOR).await? {
+            let note = format!(
+                "the API server serves no {} {} (the Prometheus Operator's CRDs are not \
+                 installed): PodMonitor {}/{} is not created, and will be once they are",
+                POD_MONITOR.api_version(),
+                POD_MONITOR.plural,
+                desired.namespace,
+                desired.name
+            );
+            if self.said.news(&monitoring_key(desired), &note) {
+                info!(%note, "skipping the PodMonitor");
+            }
+            return Ok(());
+        }
+        self.keep(desired).await
+    }
+
+    async fn keep_dashboard(
+        &mut self,
+        desired: &monitoring::Desired,
+    ) -> Result<(), crate::applier::WriteError> {
+        let namespaces: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &NAMESPACE.api_resource());
+        if namespaces.get_opt(&desired.namespace).await?.is_none() {
+            let note = format!(
+                "there is no namespace {} (not OpenShift): the console dashboard, ConfigMap {}, \
+                 is not created",
+                desired.namespace, desired.name
+            );
+            if self.said.news(&monitoring_key(desired), &note) {
+                info!(%note, "skipping the console dashboard");
+            }
+            return Ok(());
+        }
+        self.keep(desired).await
+    }
+
+    /// Whether the API server serves `kind` (discovery, which every
+    /// authenticated user may read).
+    async fn serves(&self, kind: Kind) -> Result<bool, kube::Error> {
+        match self
+            .client
+            .list_api_group_resources(&kind.api_version())
+            .await
+        {
+            Ok(list) => Ok(list.resources.iter().any(|r| r.name == kind.plural)),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Server-side applies `desired` unless the live object holds it
+    /// already: created when missing, set back after a hand edit (a
+    /// Warning Event naming the fields), and only a read at steady state.
+    async fn keep(
+        &mut self,
+        desired: &monitoring::Desired,
+    ) -> Result<(), crate::applier::WriteError> {
+        let key = monitoring_key(desired);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &desired.namespace,
+            &desired.kind.api_resource(),
+        );
+        let live = api
+            .get_opt(desired.name)
+            .await?
+            .map(|o| serde_json::to_value(o).unwrap_or_default());
+        if live
+            .as_ref()
+            .is_some_and(|live| node_agent::holds(&desired.body, live))
+        {
+            self.said.forget(&key);
+            return Ok(());
+        }
+        self.applier
+            .apply_in_namespace(
+                &desired.namespace,
+                desired.kind,
+                desired.name,
+                names::MANAGER,
+                &desired.body,
+            )
+            .await?;
+        self.said.forget(&key);
+        let Some(live) = live else {
+            info!(kind = desired.kind.kind, namespace = %desired.namespace, name = desired.name, "created");
+            return Ok(());
+        };
+        let note = format!(
+            "set {} back to what the operator ships ({}); fields it does not name are left \
+             to whoever sets them",
+            node_agent::drifted(&desired.body, &live).join(", "),
+            desired.source,
+        );
+        warn!(kind = desired.kind.kind, namespace = %desired.namespace, name = desired.name, %note, "operand written");
+        let reference = reference(
+            desired.kind,
+            desired.name,
+            Some(&desired.namespace),
+            Some(&live),
+        );
+        self.publish(EventType::Warning, "OperandReasserted", note, &reference)
+            .await;
         Ok(())
     }
 

@@ -76,6 +76,17 @@ fn template() -> Value {
     serde_yaml::from_str(TEMPLATE).unwrap_or(Value::Null)
 }
 
+/// The ownerReferences that have the garbage collector delete an operand
+/// in the operator's namespace once `owner` is deleted.
+pub fn owner_references(owner: &Owner) -> Value {
+    json!([{
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": owner.name,
+        "uid": owner.uid,
+    }])
+}
+
 /// The DaemonSet to apply. `live` is the object as read (with its
 /// managedFields), when it exists: the admin fields another manager owns
 /// there are left out.
@@ -84,12 +95,7 @@ pub fn daemon_set(settings: &AgentSettings, owner: Option<&Owner>, live: Option<
     ds["metadata"]["namespace"] = json!(settings.namespace);
     ds["metadata"]["annotations"] = json!({ VERSION_ANNOTATION: VERSION });
     if let Some(owner) = owner {
-        ds["metadata"]["ownerReferences"] = json!([{
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "name": owner.name,
-            "uid": owner.uid,
-        }]);
+        ds["metadata"]["ownerReferences"] = owner_references(owner);
     }
     let pod = &mut ds["spec"]["template"]["spec"];
     if let Some(container) = named_mut(&mut pod["containers"], CONTAINER) {

@@ -110,35 +110,27 @@ impl Installed {
         )
     }
 
+    pub fn namespaced_api(&self, kind: Kind, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.cluster.client.clone(), namespace, &kind.api_resource())
+    }
+
     pub fn cluster_api(&self, kind: Kind) -> Api<DynamicObject> {
         Api::all_with(self.cluster.client.clone(), &kind.api_resource())
     }
 
     /// The DaemonSet, once `ready` holds for it.
     pub async fn wait_daemon_set(&self, ready: impl Fn(&Value) -> bool) -> Value {
-        let api = self.daemon_sets();
-        let seen = std::sync::Mutex::new(Value::Null);
-        let result = eventually("the node-agent DaemonSet as expected", WAIT, || {
-            let api = api.clone();
-            let (seen, ready) = (&seen, &ready);
-            async move {
-                let Some(ds) = api
-                    .get_opt(node_agent::NAME)
-                    .await
-                    .map_err(|e| e.to_string())?
-                else {
-                    return Ok(false);
-                };
-                let ds = serde_json::to_value(ds).map_err(|e| e.to_string())?;
-                let holds = ready(&ds);
-                *seen.lock().unwrap() = ds;
-                Ok(holds)
-            }
-        })
-        .await;
-        let seen = seen.into_inner().unwrap();
-        result.unwrap_or_else(|e| panic!("{e}; last seen: {seen}"));
-        seen
+        wait_object(&self.daemon_sets(), node_agent::NAME, ready).await
+    }
+
+    /// Installs the stand-in PodMonitor CRD: the Prometheus Operator's API
+    /// served from now on.
+    pub async fn install_pod_monitor_api(&self) {
+        self.cluster
+            .plane
+            .install_crds(&[kata_tests::manifests::pod_monitor_crd().unwrap()])
+            .await
+            .unwrap();
     }
 
     pub async fn wait_cluster_object(&self, kind: Kind, name: &str) {
@@ -255,4 +247,80 @@ async fn create_as_kubectl(client: &kube::Client, object: &DynamicObject) {
         ..Default::default()
     };
     api.create(&params, object).await.unwrap();
+}
+
+/// The object `name`, once `ready` holds for it.
+pub async fn wait_object(
+    api: &Api<DynamicObject>,
+    name: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let seen = std::sync::Mutex::new(Value::Null);
+    let result = eventually(&format!("{name} as expected"), WAIT, || {
+        let (api, seen, ready) = (api.clone(), &seen, &ready);
+        async move {
+            let Some(live) = api.get_opt(name).await.map_err(|e| e.to_string())? else {
+                return Ok(false);
+            };
+            let live = serde_json::to_value(live).map_err(|e| e.to_string())?;
+            let holds = ready(&live);
+            *seen.lock().unwrap() = live;
+            Ok(holds)
+        }
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    result.unwrap_or_else(|e| panic!("{e}; last seen: {seen}"));
+    seen
+}
+
+/// The namespace the OpenShift console reads dashboards from.
+pub fn console_dashboards_namespace() -> DynamicObject {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": kata_coordinator::operands::monitoring::DASHBOARD_NAMESPACE},
+    }))
+    .unwrap()
+}
+
+/// Everything logged in this process (each test runs in its own) from the
+/// moment it is installed, as text lines.
+#[derive(Clone, Default)]
+pub struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    pub fn install() -> CapturedLog {
+        let log = CapturedLog::default();
+        tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .try_init()
+            .expect("no other log subscriber in this test's process");
+        log
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
