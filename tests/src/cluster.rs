@@ -238,8 +238,7 @@ pub async fn reconcile_rounds(
     let first = nodes.list(&Default::default()).await.unwrap().items[0].name_any();
     for round in 0..rounds {
         let finished = metrics.reconcile_duration.0.count();
-        let patch =
-            json!({"metadata": {"labels": {"example.com/touched": round.to_string()}}});
+        let patch = json!({"metadata": {"labels": {"example.com/touched": round.to_string()}}});
         nodes
             .patch(&first, &PatchParams::default(), &Patch::Merge(&patch))
             .await

@@ -139,8 +139,7 @@ async fn reconcile_rounds(cluster: &Cluster, coordinator: &CoordinatorPod, round
         let finished = scrape_metric(coordinator.process.metrics, series)
             .await
             .unwrap_or(0.0);
-        let patch =
-            json!({"metadata": {"labels": {"example.com/touched": round.to_string()}}});
+        let patch = json!({"metadata": {"labels": {"example.com/touched": round.to_string()}}});
         nodes
             .patch(
                 NODES[0],
