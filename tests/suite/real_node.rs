@@ -11,11 +11,15 @@
 //! `docs/testing.md`), so the verdict is negative, the node is not
 //! labelled runtime-ready and a `kata` pod stays Pending. Over a window of
 //! the kubelet's status writes, the coordinator writes nothing to the Node
-//! and its condition survives them.
+//! and its condition survives them. Then the node is disrupted as nodes
+//! are (the agent's pod deleted, the kubelet restarted, see
+//! [`disruptions`]): the condition and labels survive both, with no Node
+//! write and no rollout.
 //!
 //! One test function, so one node per run: the node is machine-global.
 #![allow(clippy::unwrap_used)]
 
+mod disruptions;
 mod operator;
 mod window;
 
@@ -133,8 +137,10 @@ async fn pod_policy_in_force(client: &kube::Client) {
 }
 
 /// Waits for the agent's pod, made by the DaemonSet controller from the
-/// DaemonSet the coordinator wrote, to be Running and Ready on the node.
-async fn running_agent_pod(node: &RealNode, client: &kube::Client) -> Pod {
+/// DaemonSet the coordinator wrote, to be Running and Ready on the node;
+/// with `replacing`, a pod other than the one of that uid (which may still
+/// be terminating).
+async fn running_agent_pod(node: &RealNode, client: &kube::Client, replacing: Option<&str>) -> Pod {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let list = ListParams::default().labels("app.kubernetes.io/component=node-agent");
     let ready = |pod: &Pod| {
@@ -145,18 +151,24 @@ async fn running_agent_pod(node: &RealNode, client: &kube::Client) -> Pod {
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True")
     };
-    let found = eventually("the node-agent's pod to be Ready", SETTLE, || {
+    let candidates = || {
         let (pods, list) = (pods.clone(), list.clone());
         async move {
             let items = pods.list(&list).await.map_err(|e| e.to_string())?.items;
-            Ok(items.len() == 1 && items.iter().all(ready))
+            let other =
+                |pod: &Pod| replacing.is_none_or(|old| pod.metadata.uid.as_deref() != Some(old));
+            Ok::<_, String>(items.into_iter().filter(other).collect::<Vec<_>>())
         }
+    };
+    let found = eventually("the node-agent's pod to be Ready", SETTLE, || async {
+        let items = candidates().await?;
+        Ok(items.len() == 1 && items.iter().all(ready))
     })
     .await;
     if let Err(e) = found {
         panic!("{}", with_node_logs(node, &e));
     }
-    let pod = pods.list(&list).await.unwrap().items.remove(0);
+    let pod = candidates().await.unwrap().remove(0);
     let owner = pod
         .metadata
         .owner_references
@@ -373,7 +385,7 @@ async fn create_kataconfig(client: &kube::Client) {
 )]
 async fn the_agent_pod_checks_in_the_node_gets_its_verdict_and_a_kata_pod_waits() {
     let started = Instant::now();
-    let node = RealNode::start().await.unwrap();
+    let mut node = RealNode::start().await.unwrap();
     operator::build_agent_image(&node).unwrap();
     let client = node.client().await.unwrap();
     // Workers carry this role on a real cluster; the DaemonSet and the
@@ -384,7 +396,7 @@ async fn the_agent_pod_checks_in_the_node_gets_its_verdict_and_a_kata_pod_waits(
     pod_policy_in_force(&client).await;
 
     let coordinator = InProcessCoordinator::start(client.clone(), &ca).unwrap();
-    let agent = running_agent_pod(&node, &client).await;
+    let agent = running_agent_pod(&node, &client, None).await;
     create_kataconfig(&client).await;
     let page = agent_metrics_once_reported(&agent).await;
     let probes = operator::probe_results(&page);
@@ -470,8 +482,18 @@ async fn the_agent_pod_checks_in_the_node_gets_its_verdict_and_a_kata_pod_waits(
         .get(agent.metadata.name.as_deref().unwrap())
         .await
         .unwrap();
-    let restarts = agent.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    let statuses = agent
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref());
+    let restarts = statuses.unwrap()[0].restart_count;
     assert_eq!(restarts, 0);
+
+    // Disrupted as nodes are: the pod replaced, the kubelet restarted.
+    let agent =
+        disruptions::agent_pod_killed(&node, &client, &coordinator, &agent, operator::GRACE).await;
+    disruptions::kubelet_restarted(&mut node, &client, &coordinator, &agent).await;
+    still_pending(&kata_pods).await;
     coordinator.stop().await;
     println!(
         "set-up to the window: {setup:?}; whole test: {:?}",

@@ -48,6 +48,9 @@ pub const PAUSE_IMAGE: &str = "localhost/kata-tests/pause:v1";
 /// Node Ready is seen about 7 s after the kubelet starts here; a loaded CI
 /// machine gets more.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a stopped kubelet is given to exit before it is killed; it
+/// exits at once on SIGTERM when nothing holds it.
+const KUBELET_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Why a real node cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -146,6 +149,30 @@ impl RealNode {
         // Set in `start` before a RealNode is handed out; taken only on drop.
         #[allow(clippy::expect_used)]
         self.plane.as_ref().expect("a started node's control plane")
+    }
+
+    /// Stops the kubelet as a node going down stops it (SIGTERM, killed
+    /// after [`KUBELET_STOP_GRACE`]), leaving CRI-O and the containers it
+    /// runs as they are: the pods outlive their kubelet, as they do on a
+    /// node whose kubelet restarts. [`RealNode::start_kubelet`] brings it back.
+    pub fn stop_kubelet(&mut self) {
+        if let Some(mut kubelet) = self.kubelet.take() {
+            stop(&mut kubelet, KUBELET_STOP_GRACE);
+        }
+    }
+
+    /// Starts the kubelet again on the node's directories (its root dir,
+    /// pod logs and checkpoints are those of the kubelet before), as a
+    /// restarted node's kubelet starts: it finds its Node registered and the
+    /// pods CRI-O kept. Does not wait for Ready: when the node comes back
+    /// is what a caller watches.
+    pub fn start_kubelet(&mut self) -> Result<(), Error> {
+        if self.kubelet.is_some() {
+            return Err(Error::Setup("the kubelet is already running".into()));
+        }
+        let kubelet = components::start_kubelet(self.plane()?, &self.dir, &bin_dir())?;
+        self.kubelet = Some(kubelet);
+        Ok(())
     }
 
     /// Builds an image into the node's CRI-O storage, for pods to run.
@@ -247,11 +274,15 @@ fn schedulable(node: &Node) -> Result<bool, String> {
     }
 }
 
-/// Starts `command` with its output in `<dir>/<name>.log`, tied to the test
-/// process.
+/// Starts `command` with its output appended to `<dir>/<name>.log` (a
+/// restarted kubelet's after its first run's), tied to the test process.
 fn spawn_logged(dir: &Path, name: &str, mut command: Command) -> Result<Child, Error> {
     let log_path = dir.join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
     let log_err = log.try_clone().map_err(|e| Error::io(&log_path, e))?;
     command.stdin(Stdio::null()).stdout(log).stderr(log_err);
     spawn_tied_to_process(command).map_err(|e| Error::Setup(format!("cannot start {name}: {e}")))
@@ -262,9 +293,7 @@ impl Drop for RealNode {
         // The kubelet first, so that nothing starts the pods again; then the
         // pods through CRI-O (timeout 0: a test pod's PID 1 may ignore
         // SIGTERM), then CRI-O. The controllers before their API server.
-        if let Some(mut kubelet) = self.kubelet.take() {
-            stop(&mut kubelet, Duration::from_secs(10));
-        }
+        self.stop_kubelet();
         if let Some(crio) = self.crio.take() {
             runtime::remove_all_pods(&crio);
             drop(crio);

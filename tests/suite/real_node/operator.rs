@@ -31,6 +31,9 @@ pub const AGENT_IMAGE: &str = "localhost/kata-tests/node-agent:release";
 /// The agents' heartbeat and grace: the coordinator's defaults
 /// (`--heartbeat-seconds` 30, grace three heartbeats).
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How long an agent may be silent before its node's condition says so:
+/// the coordinator's default, three heartbeats.
+pub const GRACE: Duration = Duration::from_secs(HEARTBEAT.as_secs() * 3);
 /// Short, so the capable label is settled before the window that counts
 /// the coordinator's writes starts; the dwell itself is eligibility_dwell's.
 const JOIN_DWELL: Duration = Duration::from_secs(5);
@@ -161,7 +164,7 @@ impl InProcessCoordinator {
             }),
             metrics_listen: metrics,
             mark_policy: MarkPolicy {
-                grace: HEARTBEAT * 3,
+                grace: GRACE,
                 join_dwell: JOIN_DWELL,
                 ..MarkPolicy::default()
             },

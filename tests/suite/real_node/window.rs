@@ -36,12 +36,7 @@ impl Seen {
         if let Some(version) = &node.metadata.resource_version {
             self.resource_versions.insert(version.clone());
         }
-        let conditions = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_deref())
-            .unwrap_or_default();
-        let find = |type_: &str| conditions.iter().find(|c| c.type_ == type_).cloned();
+        let find = |type_: &str| condition(node, type_);
         if let Some(heartbeat) = find("Ready").and_then(|c| c.last_heartbeat_time) {
             self.ready_heartbeats.insert(heartbeat.0.to_string());
         }
@@ -56,6 +51,16 @@ impl Seen {
             self.kata_conditions.push(kata);
         }
     }
+}
+
+/// The Node's condition of `type_`, if it has one.
+pub fn condition(node: &Node, type_: &str) -> Option<NodeCondition> {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_deref());
+    let found = conditions
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.type_ == type_);
+    found.cloned()
 }
 
 /// Reads the Node and its Lease every [`POLL`] for [`WINDOW`].
