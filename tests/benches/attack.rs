@@ -37,8 +37,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kata_coordinator::api::KataConfig;
 use kata_coordinator::metrics::{
-    REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED, TOKEN_LIMITED,
-    TOKEN_QUEUE_FULL, TOKEN_REFUSED_UNREVIEWED,
+    REFUSAL_REASONS, REVIEW_AUTHENTICATED, REVIEW_ERROR, REVIEW_REJECTED, TOKEN_CACHED,
+    TOKEN_LIMITED, TOKEN_QUEUE_FULL, TOKEN_REFUSED_UNREVIEWED,
 };
 use kata_coordinator::names;
 use kata_node_agent::daemon::{AgentOptions, AgentStatus, run_agent_with_status};
@@ -90,6 +90,7 @@ const SERVER_NAME: &str = "localhost";
 const CONNECTED: &str = "kata_operator_connected_agents";
 const REVIEWS: &str = "kata_operator_token_reviews_total";
 const NOT_REVIEWED: &str = "kata_operator_tokens_not_reviewed_total";
+const REFUSED: &str = "kata_operator_health_refused_total";
 
 /// Attack (a): junk-bearer calls, over few connections, many in flight.
 const JUNK_CALLS: u64 = 50_000;
@@ -137,6 +138,8 @@ struct Figures {
     peak_rss: f64,
     reviews: Outcomes,
     not_reviewed: Outcomes,
+    /// The agents' port's refusals, by reason.
+    refused: Outcomes,
     real_agent: Result<Duration, String>,
     simulated_agent: Result<Duration, String>,
     fewest_labelled: usize,
@@ -405,6 +408,7 @@ where
         Outcomes::scrape(metrics, REVIEWS, &REVIEW_OUTCOMES).await?,
         Outcomes::scrape(metrics, NOT_REVIEWED, &NOT_REVIEWED_OUTCOMES).await?,
     );
+    let refused = Outcomes::scrape_by(metrics, REFUSED, "reason", &REFUSAL_REASONS).await?;
     let failed = world.counts.failed();
     let lines_before = refusal_lines(&world.coordinator.log());
     let started = Instant::now();
@@ -431,6 +435,9 @@ where
         not_reviewed: Outcomes::scrape(metrics, NOT_REVIEWED, &NOT_REVIEWED_OUTCOMES)
             .await?
             .since(&not_reviewed),
+        refused: Outcomes::scrape_by(metrics, REFUSED, "reason", &REFUSAL_REASONS)
+            .await?
+            .since(&refused),
         real_agent,
         simulated_agent,
         fewest_labelled,
@@ -923,12 +930,22 @@ impl Outcomes {
         family: &str,
         outcomes: &[&'static str],
     ) -> Result<Self, BoxError> {
+        Self::scrape_by(metrics, family, "outcome", outcomes).await
+    }
+
+    /// The series of `family` for each of `outcomes` of its label `label`.
+    async fn scrape_by(
+        metrics: SocketAddr,
+        family: &str,
+        label: &str,
+        outcomes: &[&'static str],
+    ) -> Result<Self, BoxError> {
         let (_, body) = http_get(metrics, "/metrics").await?;
         Ok(Self(
             outcomes
                 .iter()
                 .map(|outcome| {
-                    let series = format!("{family}{{outcome=\"{outcome}\"}}");
+                    let series = format!("{family}{{{label}=\"{outcome}\"}}");
                     (*outcome, metric_value(&body, &series).unwrap_or(0.0))
                 })
                 .collect(),
@@ -943,6 +960,21 @@ impl Outcomes {
                 .map(|((outcome, now), (_, then))| (outcome, now - then))
                 .collect(),
         )
+    }
+
+    /// The outcomes seen at least once, or "none".
+    fn nonzero(&self) -> String {
+        let seen: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, count)| *count > 0.0)
+            .map(|(outcome, count)| format!("{outcome} {count:.0}"))
+            .collect();
+        if seen.is_empty() {
+            "none".into()
+        } else {
+            seen.join(", ")
+        }
     }
 
     fn get(&self, outcome: &str) -> f64 {
@@ -1010,8 +1042,9 @@ fn print_figures(figures: &Figures) {
         seconds(&figures.simulated_agent)
     );
     println!(
-        "  coordinator log lines about refusals: {:.2}/s",
-        figures.refusal_lines_per_second
+        "  coordinator log lines about refusals: {:.2}/s; refusals by reason: {}",
+        figures.refusal_lines_per_second,
+        figures.refused.nonzero()
     );
     println!(
         "  fewest of the {AGENTS} nodes labelled runtime-ready: {} (target {AGENTS}: {}); connected agents' failed check-ins: {}",

@@ -32,8 +32,10 @@
 //! Ended connections close promptly but not within the call that ended
 //! them, so up to [`PlaceLimits::ending`] of them may still hold memory
 //! beyond `all`; past that, a newcomer is refused rather than ending more.
+//! Newcomers from known addresses have a budget of their own, so strangers
+//! churning at the cap cannot use it all up and get an agent refused.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,7 +53,8 @@ pub const KNOWN_FOR: Duration = Duration::from_secs(600);
 pub struct PlaceLimits {
     pub all: usize,
     pub per_peer: usize,
-    /// Connections ended to make room that may still be closing.
+    /// Connections ended to make room that may still be closing, for
+    /// newcomers of each standing.
     pub ending: usize,
     /// Addresses remembered as known at once, at most; past that the one
     /// known longest ago is forgotten. Only an authenticated call adds one.
@@ -101,7 +104,8 @@ struct Held {
     /// connection closed.
     known: HashMap<IpAddr, Instant>,
     /// Connections ended to make room and not closed yet.
-    ending: BTreeSet<u64>,
+    /// Each with the standing of the newcomer it was ended for.
+    ending: BTreeMap<u64, Standing>,
     next: u64,
 }
 
@@ -177,14 +181,15 @@ impl Places {
         let standing = held.standing(address, self.limits.known_for);
         let mut ended = None;
         if held.all >= self.limits.all {
-            if held.ending.len() >= self.limits.ending {
+            let ending_for = held.ending.values().filter(|s| **s == standing).count();
+            if ending_for >= self.limits.ending {
                 return Err(REFUSED_CONNECTION_LIMIT);
             }
             let (number, victim) = held
                 .oldest_stranger(standing)
                 .ok_or(REFUSED_CONNECTION_LIMIT)?;
             victim.end_now();
-            held.ending.insert(number);
+            held.ending.insert(number, standing);
             ended = Some(victim.peer());
         }
         let number = held.next;

@@ -199,3 +199,20 @@ fn known_addresses_are_bounded_and_expire() {
         Standing::Unknown
     );
 }
+
+#[test]
+fn strangers_churning_at_the_cap_leave_known_newcomers_a_budget_of_their_own() {
+    let places = limits(2, 10, 1);
+    agent_called_from(&places, 1);
+    let _first = from(&places, 2).unwrap().place;
+    let _second = from(&places, 3).unwrap().place;
+    // A stranger's newcomer ends one; the next stranger finds the budget
+    // for strangers spent and is refused...
+    let third = from(&places, 4).unwrap();
+    assert!(third.ended.is_some());
+    assert_eq!(from(&places, 5).unwrap_err(), REFUSED_CONNECTION_LIMIT);
+    // ...while the agent's address still gets a place.
+    let agent = from(&places, 1).unwrap();
+    assert!(agent.ended.is_some());
+    assert_eq!(agent.place.standing(), Standing::Known);
+}
