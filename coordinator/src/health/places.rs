@@ -64,8 +64,8 @@ pub struct PlaceLimits {
     pub known_for: Duration,
 }
 
-/// Where a stranger from an address whose connection authenticated ranks
-/// when places run out.
+/// How a connection's address ranks when places run out: known when a
+/// connection from it authenticated lately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
     /// No connection from the address has authenticated lately.
@@ -113,18 +113,15 @@ impl Held {
     /// The oldest connection still a stranger that may give way to a
     /// newcomer of `standing`, taken out of its list.
     fn oldest_stranger(&mut self, standing: Standing) -> Option<(u64, Arc<ConnectionState>)> {
-        let mut lists = vec![&mut self.strangers];
-        if standing == Standing::Known {
-            lists.push(&mut self.known_strangers);
+        fn pop(
+            list: &mut BTreeMap<u64, Arc<ConnectionState>>,
+        ) -> Option<(u64, Arc<ConnectionState>)> {
+            std::iter::from_fn(|| list.pop_first()).find(|(_, state)| !state.is_authenticated())
         }
-        for list in lists {
-            while let Some((number, state)) = list.pop_first() {
-                if !state.is_authenticated() {
-                    return Some((number, state));
-                }
-            }
-        }
-        None
+        pop(&mut self.strangers).or_else(|| match standing {
+            Standing::Known => pop(&mut self.known_strangers),
+            Standing::Unknown => None,
+        })
     }
 
     fn standing(&self, address: Option<IpAddr>, known_for: Duration) -> Standing {
