@@ -19,6 +19,7 @@
 //! One test function, so one node per run: the node is machine-global.
 #![allow(clippy::unwrap_used)]
 
+mod delivery;
 mod disruptions;
 mod operator;
 mod window;
@@ -27,7 +28,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kata_coordinator::api::KataConfig;
@@ -38,10 +39,11 @@ use kata_tests::demo_world::node_states;
 use kata_tests::http::{http_get, metric_value};
 use kata_tests::pki::TestCa;
 use kata_tests::real_node::{
-    HOST_ON_BRIDGE, NODE_NAME, PAUSE_IMAGE, RealNode, STATUS_REPORT_FREQUENCY, unavailable,
+    HOST_ON_BRIDGE, NODE_NAME, RealNode, STATUS_REPORT_FREQUENCY, kata_pod, left_behind,
+    unavailable,
 };
 use kata_tests::{Error, eventually};
-use kube::api::{Api, ListParams, LogParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
 use operator::{AGENT_IMAGE, InProcessCoordinator, NAMESPACE};
 
 const KATA_NAMESPACE: &str = "kata-pods";
@@ -53,26 +55,6 @@ const SETTLE: Duration = Duration::from_secs(90);
 const NODE_WRITES: &str = "kata_operator_api_writes_total{kind=\"Node\"}";
 /// Where the agent serves its metrics in its pod (the manifest's port).
 const AGENT_METRICS_PORT: u16 = 8090;
-fn kata_pod() -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(POD.into()),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            runtime_class_name: Some(names::RUNTIME_CLASS_NAME.into()),
-            containers: vec![Container {
-                name: "workload".into(),
-                image: Some(PAUSE_IMAGE.into()),
-                ..Default::default()
-            }],
-            termination_grace_period_seconds: Some(0),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// Labels the real node, as an admin would.
 async fn label_node(client: &kube::Client, key: &str, value: &str) {
     let label = serde_json::json!({ "metadata": { "labels": { key: value } } });
@@ -297,7 +279,7 @@ async fn kata_pod_pending(client: &kube::Client) -> Api<Pod> {
     let created = eventually("the namespace's default ServiceAccount", SETTLE, || {
         let pods = pods.clone();
         async move {
-            match pods.create(&PostParams::default(), &kata_pod()).await {
+            match pods.create(&PostParams::default(), &kata_pod(POD)).await {
                 Ok(_) => Ok(true),
                 Err(e) => Err(e.to_string()),
             }
@@ -365,10 +347,37 @@ async fn writes_settled(coordinator: &InProcessCoordinator) -> f64 {
     last
 }
 
+fn print_probes(title: &str, probes: &[(String, String, Option<String>)]) {
+    println!("{title}");
+    for (probe, status, reason) in probes {
+        println!(
+            "  {probe:16} {status:5} {}",
+            reason.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// A probe's status and, for a FAIL, the reason it counted.
+fn probe<'a>(
+    probes: &'a [(String, String, Option<String>)],
+    name: &str,
+) -> (&'a str, Option<&'a str>) {
+    probes
+        .iter()
+        .find(|(p, _, _)| p == name)
+        .map_or(("", None), |(_, status, reason)| {
+            (status.as_str(), reason.as_deref())
+        })
+}
+
+/// The KataConfig, naming the RHCOS extension: the node's OS is Debian,
+/// which the coordinator maps to no extension (it refuses the pool until
+/// one is named, as it would on any OS it does not know).
 async fn create_kataconfig(client: &kube::Client) {
     let config: KataConfig = serde_json::from_value(serde_json::json!({
         "apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig",
-        "metadata": { "name": "cluster-kataconfig" }, "spec": {},
+        "metadata": { "name": "cluster-kataconfig" },
+        "spec": { "extension": "sandboxed-containers" },
     }))
     .unwrap();
     Api::<KataConfig>::all(client.clone())
@@ -399,27 +408,71 @@ async fn the_agent_pod_checks_in_the_node_gets_its_verdict_and_a_kata_pod_waits(
     let agent = running_agent_pod(&node, &client, None).await;
     create_kataconfig(&client).await;
     let page = agent_metrics_once_reported(&agent).await;
-    let probes = operator::probe_results(&page);
-    println!(
-        "the agent's probes in its pod (daemon mode, {}):",
-        coordinator.url
+    let probes = operator::probe_results(&page, None);
+    print_probes(
+        &format!(
+            "the agent's probes in its pod (daemon mode, {}), CRI-O without the kata drop-in:",
+            coordinator.url
+        ),
+        &probes,
     );
-    for (probe, status, reason) in &probes {
-        println!(
-            "  {probe:16} {status:5} {}",
-            reason.as_deref().unwrap_or("")
-        );
-    }
+    // CRI-O started without the handler: the agent finds no drop-in and no
+    // handler served, each for its own reason.
+    assert_eq!(
+        probe(&probes, "crio-drop-in"),
+        ("fail", Some("HandlerNotConfigured")),
+        "{page}"
+    );
+    assert_eq!(
+        probe(&probes, "cri-handler"),
+        ("fail", Some("HandlerNotServed")),
+        "{page}"
+    );
+    let served = node.served_runtime_handlers().unwrap();
+    assert!(
+        !served.iter().any(|h| h == names::RUNTIME_HANDLER),
+        "{served:?}"
+    );
+
+    // Read just before the delivery: the agent reports a changed probe in
+    // the same turn as the cycle that saw it, so a report after this one
+    // that comes with the probes OK is theirs.
+    let reports_before_delivery = metric_value(
+        &agent_metrics(&agent).await,
+        "kata_node_agent_reports_sent_total",
+    )
+    .unwrap();
+    delivery::kata_drop_in_delivered(&mut node, &client).await;
+    let before_delivery = page;
+    let page = delivery::agent_sees_the_handler(&node, &agent, reports_before_delivery).await;
+    let probes = operator::probe_results(&page, Some(&before_delivery));
+    print_probes(
+        "the agent's probes once the MCO's daemon delivered the drop-in and CRI-O reloaded:",
+        &probes,
+    );
+    let served = node.served_runtime_handlers().unwrap();
+    println!(
+        "runtime handlers the real CRI-O serves: {}",
+        served.join(", ")
+    );
+    assert!(
+        served.iter().any(|h| h == names::RUNTIME_HANDLER),
+        "{served:?}"
+    );
+    println!(
+        "checks on stand-ins: crio-drop-in and cri-handler (the coordinator's drop-in, served \
+         by the real CRI-O, names the stand-in shim), kata-shim (the stand-in shim and a \
+         configuration naming no hypervisor: it fails); every other probe ran on this machine \
+         as it is"
+    );
+
     let kvm_capable = metric_value(&page, "kata_node_agent_kvm_capable").unwrap() == 1.0;
     let (status, reason, message) =
         verdict_on_node(&node, &client, &coordinator, kvm_capable).await;
     println!(
         "KataRuntimeReady on {NODE_NAME}: {status} {reason}: {message}; capable {kvm_capable}"
     );
-    let status_of = |name: &str| {
-        let found = probes.iter().find(|(p, _, _)| p == name);
-        found.map(|(_, s, _)| s.as_str()).unwrap_or_default()
-    };
+    let status_of = |name: &str| probe(&probes, name).0;
     // Real: /dev/kvm opened through the read-only host root. On the
     // stand-in shim: CRI-O's `kata` drop-in and the handler CRI-O serves.
     // Never Kata: the stand-in's shim configuration names no hypervisor.
@@ -499,4 +552,8 @@ async fn the_agent_pod_checks_in_the_node_gets_its_verdict_and_a_kata_pod_waits(
         "set-up to the window: {setup:?}; whole test: {:?}",
         started.elapsed()
     );
+    // The teardown (also run on a panic, unasserted then) leaves nothing:
+    // no process, cgroup, bridge, mount or stand-in.
+    drop(node);
+    assert_eq!(left_behind(), Vec::<String>::new());
 }

@@ -111,12 +111,8 @@ impl SimulatedNodeRoot {
     /// the ones the previous config wrote and this one does not, and boots
     /// the deployment with its packages.
     pub fn boot(&mut self, config: &str, spec: &MachineConfigSpec) -> Result<(), Error> {
-        let files = files_of(spec).map_err(Error::Setup)?;
         let packages = packages_for(self.os, &spec.extensions).map_err(Error::Setup)?;
-        for file in &files {
-            write_atomically(&self.host_path(&file.path), &file.contents, file.mode)?;
-        }
-        let written: BTreeSet<String> = files.into_iter().map(|f| f.path).collect();
+        let written = write_config_files(&self.path, spec)?;
         let previous = self.booted.take();
         for stale in previous.iter().flat_map(|b| b.files.difference(&written)) {
             remove(&self.host_path(stale))?;
@@ -185,6 +181,22 @@ impl SimulatedNodeRoot {
     fn host_path(&self, host_path: &str) -> PathBuf {
         in_root(&self.path, host_path)
     }
+}
+
+/// Writes the files of `spec` (a rendered config) under the node root
+/// `root`, as the daemon writes them before the reboot's end: each through
+/// a temporary file and a rename, with its mode. Their host paths. The real
+/// node's fixture calls it too, so that what lands in its CRI-O's
+/// configuration is what this daemon writes, from the same rendering.
+pub fn write_config_files(
+    root: &Path,
+    spec: &MachineConfigSpec,
+) -> Result<BTreeSet<String>, Error> {
+    let files = files_of(spec).map_err(Error::Setup)?;
+    for file in &files {
+        write_atomically(&in_root(root, &file.path), &file.contents, file.mode)?;
+    }
+    Ok(files.into_iter().map(|f| f.path).collect())
 }
 
 /// `host_path`, absolute on the node or relative to its root, under `root`.

@@ -952,6 +952,43 @@ fn update_view(node: &mut NodeView, annotations: &BTreeMap<&'static str, String>
     }
 }
 
+/// What the render controller would render for `pool` from the pools and
+/// MachineConfigs the API server holds now, without running the
+/// simulation: for a node that is not one of the simulator's (the real
+/// node), whose daemon is played by hand with [`host::write_config_files`].
+/// `None` while the pool does not exist yet.
+pub async fn render_from_api(
+    client: &kube::Client,
+    pool: &str,
+    os: ClusterOs,
+) -> Result<Option<render::Rendered>, Error> {
+    let all = |resource: ApiResource| Api::<DynamicObject>::all_with(client.clone(), &resource);
+    let pools: Vec<Pool> = list(&all(model::pool_resource())).await?;
+    let configs: Vec<MachineConfig> = list(&all(model::machine_config_resource())).await?;
+    let Some(pool) = pools.iter().find(|p| p.name() == pool) else {
+        return Ok(None);
+    };
+    render::render_pool(pool, &configs, os)
+        .map(Some)
+        .map_err(|e| Error::Setup(format!("rendering pool {}: {e}", pool.name())))
+}
+
+/// The spec of the MachineConfig `name` (a rendered config the simulator
+/// wrote), if it exists: what the daemon of a node sent to it writes.
+pub async fn machine_config_spec(
+    client: &kube::Client,
+    name: &str,
+) -> Result<Option<MachineConfigSpec>, Error> {
+    let configs = Api::<DynamicObject>::all_with(client.clone(), &model::machine_config_resource());
+    let Some(object) = configs.get_opt(name).await.map_err(Error::Kube)? else {
+        return Ok(None);
+    };
+    let config: MachineConfig = serde_json::to_value(object)
+        .and_then(serde_json::from_value)
+        .map_err(|e| Error::Setup(format!("cannot read {name}: {e}")))?;
+    Ok(Some(config.spec))
+}
+
 async fn list<T: DeserializeOwned>(api: &Api<DynamicObject>) -> Result<Vec<T>, Error> {
     let objects = api
         .list(&ListParams::default())

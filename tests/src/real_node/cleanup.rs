@@ -31,6 +31,52 @@ const HOST_DIRS: [&str; 6] = [
     "/run/crio",
 ];
 
+/// How the node's temporary directory is named: every process of the node
+/// names it on its command line, and every mount of the node is under it.
+pub(super) const DIR_PREFIX: &str = "kata-real-node-";
+
+/// What a node left on the machine, if anything, each said in a few words:
+/// a process naming a node's directory on its command line (the kubelet,
+/// CRI-O, conmon), a `kubepods` cgroup, the bridge, a mount under a node's
+/// directory, a stand-in for Kata's shim. Empty once a teardown did its work.
+pub fn left_behind() -> Vec<String> {
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let command = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let command = String::from_utf8_lossy(&command).replace('\0', " ");
+        if command.contains(DIR_PREFIX) {
+            left.push(format!("process {pid}: {}", command.trim()));
+        }
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let kubepods = hierarchy.path().join("kubepods");
+        if kubepods.exists() {
+            left.push(format!("cgroup {}", kubepods.display()));
+        }
+    }
+    if Path::new("/sys/class/net").join(BRIDGE).exists() {
+        left.push(format!("bridge {BRIDGE}"));
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for point in mountinfo.lines().filter_map(|line| line.split(' ').nth(4)) {
+        if point.contains(DIR_PREFIX) {
+            left.push(format!("mount {}", unescape_mount_point(point)));
+        }
+    }
+    for path in super::stand_ins::left_behind() {
+        left.push(format!("stand-in {}", path.display()));
+    }
+    left
+}
+
 /// What the node changed on the machine that the teardown must undo.
 #[derive(Debug, Default)]
 pub(super) struct HostChanges {
@@ -81,9 +127,10 @@ pub(super) fn host(dir: &Path, changes: &HostChanges) {
 /// What any node leaves on the machine regardless of its directory, also
 /// after a run killed before its teardown: processes and cgroups under
 /// `/kubepods` (only a kubelet makes those), the bridge, CNI's cached
-/// results for the node's network.
+/// results for the node's network, the stand-ins for Kata's shim.
 pub(super) fn leftovers() {
     remove_kubepods_cgroups();
+    super::stand_ins::leftovers();
     if Path::new("/sys/class/net").join(BRIDGE).exists() {
         let _ = Command::new("ip").args(["link", "delete", BRIDGE]).status();
     }

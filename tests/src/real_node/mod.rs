@@ -8,8 +8,14 @@
 //! admission), the kubelet creating sandboxes through CRI-O's runtime
 //! handlers, pod cgroups, volumes and tokens as a kubelet mounts them. What it
 //! does not: Kata's shim (it cannot be built here; the `kata` handler's
-//! `runtime_path` is a stand-in that refuses, see [`runtime`]), kube-proxy,
+//! `runtime_path` is a stand-in that refuses, see [`stand_ins`]), kube-proxy,
 //! cluster DNS, any registry (images are built locally with buildah).
+//!
+//! CRI-O starts without the `kata` handler. It comes as the MCO delivers it:
+//! [`RealNode::apply_rendered_config`] plays the machine-config daemon on
+//! the node, writing a rendered config's files under the node's root
+//! directory (its `/etc/crio/crio.conf.d` is CRI-O's `--config-dir`), and
+//! reloads CRI-O.
 //!
 //! The node is machine-global (the kubelet's `/kubepods` cgroups, its
 //! device-plugin socket, CRI-O's fixed socket), so one runs at a time: a test
@@ -22,21 +28,29 @@ mod cleanup;
 mod components;
 pub mod images;
 mod runtime;
+mod stand_ins;
 
+pub use cleanup::left_behind;
 pub use components::STATUS_REPORT_FREQUENCY;
-pub use runtime::{HOST_ON_BRIDGE, SHIM_STAND_IN_ERROR};
+pub use runtime::HOST_ON_BRIDGE;
+pub use stand_ins::{SHIM_STAND_IN_ERROR, StandIn};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, ServiceAccount};
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta};
+
+use kata_proto::contract;
 
 use crate::child_process::{spawn_tied_to_process, stop};
 use crate::control_plane::{ControlPlane, Options};
 use crate::crio::Crio;
+use crate::mco_simulator::host::{in_root, write_config_files};
+use crate::mco_simulator::model::MachineConfigSpec;
+use crate::mco_simulator::render::files_of;
 use crate::{Error, eventually};
 
 /// The node's name: neither the machine's hostname nor a name the other
@@ -97,6 +111,7 @@ pub struct RealNode {
     controller_manager: Option<Child>,
     plane: Option<ControlPlane>,
     host: cleanup::HostChanges,
+    stand_ins: stand_ins::StandIns,
     dir: PathBuf,
     _temp_dir: tempfile::TempDir,
 }
@@ -106,7 +121,7 @@ impl RealNode {
     /// waits until the Node is Ready.
     pub async fn start() -> Result<Self, Error> {
         let temp_dir = tempfile::Builder::new()
-            .prefix("kata-real-node-")
+            .prefix(cleanup::DIR_PREFIX)
             .tempdir()
             .map_err(|e| Error::Setup(format!("cannot create a temporary directory: {e}")))?;
         let dir = temp_dir.path().to_path_buf();
@@ -120,6 +135,7 @@ impl RealNode {
             controller_manager: None,
             plane: None,
             host,
+            stand_ins: stand_ins::StandIns::default(),
             dir: dir.clone(),
             _temp_dir: temp_dir,
         };
@@ -131,7 +147,9 @@ impl RealNode {
         node.host.hugetlb_mounted = runtime::mount_hugetlb_v1()?;
         node.host.root_shared = runtime::share_root_mount()?;
         runtime::bridge_with_host_address()?;
-        node.crio = Some(runtime::start_crio(&dir.join("crio"), &bin_dir())?);
+        let crio_dir = dir.join("crio");
+        let config_dir = node.crio_config_dir();
+        node.crio = Some(runtime::start_crio(&crio_dir, &config_dir, &bin_dir())?);
         let kubelet = components::start_kubelet(node.plane()?, &dir, &bin_dir())?;
         node.kubelet = Some(kubelet);
         node.wait_ready().await?;
@@ -173,6 +191,81 @@ impl RealNode {
         let kubelet = components::start_kubelet(self.plane()?, &self.dir, &bin_dir())?;
         self.kubelet = Some(kubelet);
         Ok(())
+    }
+
+    /// The directory that stands for the node's `/` where the
+    /// machine-config daemon writes a rendered config's files.
+    fn node_root(&self) -> PathBuf {
+        self.dir.join("node-root")
+    }
+
+    /// CRI-O's `--config-dir`: the node's `/etc/crio/crio.conf.d`, where
+    /// the coordinator's drop-in goes ([`contract::DROP_IN_PATH`]).
+    pub fn crio_config_dir(&self) -> PathBuf {
+        let drop_ins = Path::new(contract::DROP_IN_PATH)
+            .parent()
+            .unwrap_or(Path::new("/"));
+        in_root(&self.node_root(), &drop_ins.to_string_lossy())
+    }
+
+    /// Plays the machine-config daemon for the rendered config `spec` on
+    /// this node, as far as CRI-O sees it: the stand-ins for what its
+    /// extension would install (Kata's shim and configuration, at the paths
+    /// its `kata` drop-in names, see [`stand_ins`]), then its files written
+    /// under the node's root by the MCO simulator's own daemon code, then
+    /// CRI-O reloaded with SIGHUP, which re-reads its configuration file and
+    /// drop-in directory and takes the new runtime handlers (cri-o v1.36.3
+    /// `server/server.go` `startReloadWatcher`, `pkg/config/reload.go`
+    /// `Reload` and `ReloadRuntimes`). The MCO reboots the node instead,
+    /// and CRI-O reads the same files when it starts; a reload keeps the
+    /// node, its pods and the agent's connection as they are. The rendered
+    /// config's extensions are not installed (no rpm-ostree here). What it
+    /// wrote, and the stand-ins.
+    pub fn apply_rendered_config(
+        &mut self,
+        spec: &MachineConfigSpec,
+    ) -> Result<(Vec<PathBuf>, Vec<StandIn>), Error> {
+        let files = files_of(spec).map_err(Error::Setup)?;
+        let drop_in_dir = self.crio_config_dir();
+        let mut stand_ins = Vec::new();
+        for file in &files {
+            let on_node = in_root(&self.node_root(), &file.path);
+            if on_node.parent() == Some(drop_in_dir.as_path()) {
+                let text = String::from_utf8_lossy(&file.contents);
+                stand_ins.extend(
+                    self.stand_ins
+                        .install_for(&text, contract::RUNTIME_HANDLER)?,
+                );
+            }
+        }
+        let root = self.node_root();
+        let written = write_config_files(&root, spec)?;
+        let crio = self
+            .crio
+            .as_ref()
+            .ok_or_else(|| Error::Setup("the real node's CRI-O is gone".into()))?;
+        crio.reload()
+            .map_err(|e| Error::Setup(format!("cannot send CRI-O SIGHUP: {e}")))?;
+        let written = written.iter().map(|path| in_root(&root, path)).collect();
+        Ok((written, stand_ins))
+    }
+
+    /// The runtime handlers the node's CRI-O serves (CRI `Status`, as
+    /// `crictl info` shows it): each one's name.
+    pub fn served_runtime_handlers(&self) -> Result<Vec<String>, Error> {
+        let crio = self
+            .crio
+            .as_ref()
+            .ok_or_else(|| Error::Setup("the real node's CRI-O is gone".into()))?;
+        let info = crio.info().map_err(Error::Setup)?;
+        let handlers = info["runtimeHandlers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(handlers
+            .iter()
+            .filter_map(|h| h["name"].as_str().map(str::to_owned))
+            .collect())
     }
 
     /// Builds an image into the node's CRI-O storage, for pods to run.
@@ -244,6 +337,29 @@ impl RealNode {
     }
 }
 
+/// A pod named `name` with `runtimeClassName: kata`, running [`PAUSE_IMAGE`]
+/// (which the node has), that ends at once when deleted (its PID 1 may
+/// ignore SIGTERM).
+pub fn kata_pod(name: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            runtime_class_name: Some(kata_coordinator::names::RUNTIME_CLASS_NAME.into()),
+            containers: vec![Container {
+                name: "workload".into(),
+                image: Some(PAUSE_IMAGE.into()),
+                ..Default::default()
+            }],
+            termination_grace_period_seconds: Some(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Whether pods can be scheduled to `node`: Ready, and without the
 /// not-ready taint, which the controller-manager takes off a moment after
 /// Ready (a pod created before then is unschedulable for that taint).
@@ -298,6 +414,7 @@ impl Drop for RealNode {
             runtime::remove_all_pods(&crio);
             drop(crio);
         }
+        self.stand_ins.remove();
         for mut child in [self.scheduler.take(), self.controller_manager.take()]
             .into_iter()
             .flatten()

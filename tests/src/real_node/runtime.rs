@@ -1,13 +1,12 @@
 //! CRI-O set up for a kubelet on this kind of machine (Debian 12's crun
 //! 1.8.1, cgroup v1 hybrid, a VM that withholds a capability, no registry),
-//! with the `kata` handler the coordinator renders pointed at a stand-in
-//! shim. Each workaround says what it works around.
+//! and no `kata` handler: that comes at run time, as the machine-config
+//! daemon delivers it ([`super::RealNode::apply_rendered_config`]). Each
+//! workaround says what it works around.
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::process::Command;
-
-use kata_coordinator::objects::CrioRuntimeHandler;
 
 use super::PAUSE_IMAGE;
 use super::images::{self, ImageSpec};
@@ -26,15 +25,10 @@ pub const HOST_ON_BRIDGE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 
 const SUBNET: &str = "10.244.77.0/24";
 /// host-local hands out addresses from here on, never the host's.
 const FIRST_POD_ADDRESS: &str = "10.244.77.10";
-/// What the stand-in for Kata's shim says when CRI-O starts it: the text the
-/// kubelet reports in its FailedCreatePodSandBox event.
-pub const SHIM_STAND_IN_ERROR: &str =
-    "containerd-shim-kata-v2 stand-in: the Kata shim is not built on this test node";
-
-/// Starts CRI-O in `dir` for the kubelet, its storage holding [`PAUSE_IMAGE`].
-pub(super) fn start_crio(dir: &Path, node_bin: &Path) -> Result<Crio, Error> {
-    let config_dir = dir.join("crio.conf.d");
-    for sub in [&config_dir, &dir.join("cni/net.d"), &dir.join("cni/bin")] {
+/// Starts CRI-O in `dir` for the kubelet, its drop-ins in `config_dir`, its
+/// storage holding [`PAUSE_IMAGE`].
+pub(super) fn start_crio(dir: &Path, config_dir: &Path, node_bin: &Path) -> Result<Crio, Error> {
+    for sub in [config_dir, &dir.join("cni/net.d"), &dir.join("cni/bin")] {
         std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
     }
     let main = dir.join("crio.conf");
@@ -45,10 +39,9 @@ pub(super) fn start_crio(dir: &Path, node_bin: &Path) -> Result<Crio, Error> {
     let runtime_extra = "default_runtime = \"crun\"\ndrop_infra_ctr = true\npids_limit = 0";
     write(&main, &main_config(dir, runtime_extra))?;
     write(&config_dir.join("10-node.conf"), &node_drop_in(dir)?)?;
-    write(&config_dir.join("50-kata.conf"), &kata_drop_in(dir)?)?;
     write_cni(dir)?;
     build_pause_image(dir, node_bin)?;
-    match Crio::start(dir, &main, &config_dir)? {
+    match Crio::start(dir, &main, config_dir)? {
         Started::Serving(crio) => Ok(crio),
         Started::Exited(log) => Err(Error::Setup(format!(
             "CRI-O refused the node's configuration:\n{log}"
@@ -195,32 +188,6 @@ fn withheld_from(bounding: u64) -> Vec<&'static str> {
         .filter(|(bit, _)| bounding & (1 << bit) == 0)
         .map(|(_, name)| *name)
         .collect()
-}
-
-/// The `kata` handler exactly as the coordinator renders it for CRI-O, but
-/// for its paths: Kata's shim cannot be built here, so `runtime_path` is a
-/// stand-in that fails the way a broken shim does, with a message of its
-/// own. CRI-O keeps a `vm` handler only when its shim is named
-/// `containerd-shim-<x>-v2`, and runs the shim's `start` at RunPodSandbox.
-fn kata_drop_in(dir: &Path) -> Result<String, Error> {
-    let shim_dir = dir.join("kata-shim");
-    std::fs::create_dir_all(&shim_dir).map_err(|e| Error::io(&shim_dir, e))?;
-    let shim = shim_dir.join("containerd-shim-kata-v2");
-    write_executable(
-        &shim,
-        &format!("#!/bin/sh\necho '{SHIM_STAND_IN_ERROR}' >&2\nexit 1\n"),
-    )?;
-    // CRI-O drops a handler whose runtime_config_path does not exist; the
-    // stand-in reads nothing from it.
-    let shim_config = shim_dir.join("configuration.toml");
-    write(&shim_config, "")?;
-    let handler = CrioRuntimeHandler {
-        runtime_path: shim.display().to_string(),
-        runtime_root: dir.join("kata-root").display().to_string(),
-        runtime_config_path: shim_config.display().to_string(),
-        ..CrioRuntimeHandler::default()
-    };
-    Ok(handler.to_toml())
 }
 
 /// A bridge network (without one CRI-O reports NetworkReady=false and the

@@ -240,10 +240,21 @@ fn series(page: &str, family: &str) -> Vec<(BTreeMap<String, String>, f64)> {
 
 /// What the agent's metrics say of each probe's last cycle, in the
 /// agent's probe order: its status (`ok`, `warn`, `fail`, `skip`) and, for
-/// a FAIL, the reason it counted.
-pub fn probe_results(page: &str) -> Vec<(String, String, Option<String>)> {
+/// a FAIL, the reason it counted. The failure counters keep every reason a
+/// probe ever failed for, so with an earlier page `since` the reason is the
+/// one whose count grew since (a probe failing now failed in every cycle
+/// between); without one, any it counted.
+pub fn probe_results(page: &str, since: Option<&str>) -> Vec<(String, String, Option<String>)> {
     let statuses = series(page, "kata_node_agent_probe_status");
     let failures = series(page, "kata_node_agent_probe_failures_total");
+    let earlier = since.map(|page| series(page, "kata_node_agent_probe_failures_total"));
+    let before = |labels: &BTreeMap<String, String>| {
+        earlier
+            .iter()
+            .flatten()
+            .find(|(l, _)| l == labels)
+            .map_or(0.0, |(_, value)| *value)
+    };
     ProbeName::ALL
         .iter()
         .map(|probe| {
@@ -256,7 +267,8 @@ pub fn probe_results(page: &str) -> Vec<(String, String, Option<String>)> {
                 .unwrap_or_default();
             let reason = failures
                 .iter()
-                .find(|(labels, value)| of(labels) && *value > 0.0)
+                .filter(|_| status == "fail")
+                .find(|(labels, value)| of(labels) && *value > before(labels))
                 .map(|(labels, _)| labels["reason"].clone());
             (name.to_owned(), status, reason)
         })
