@@ -15,10 +15,30 @@ NODE_BUILD := tests/scripts/build-node.sh
 ## KataConfig rolled out as you watch. In a terminal it runs until Ctrl-C
 ## (which stops every process and keeps .cluster/; `make cluster-down` removes
 ## it); otherwise, or with DEMO_FLAGS=--ci, it exits once the system converged.
+##
+## `make demo REAL_NODE=1` (root and /dev/kvm): a real kubelet and CRI-O are
+## the node instead, with a `kata` pod shown Pending. It changes this machine
+## while it runs (cgroups, a bridge, CRI-O's stand-in shim), so it is never
+## the default; everything is removed when it ends. Only then are the node's
+## binaries built (tests/scripts/build-node.sh, build-crio.sh).
 demo: control-plane
+ifeq ($(REAL_NODE),1)
+	@if [[ "$$(id -u)" != 0 ]]; then \
+		echo "make demo REAL_NODE=1: the real node needs root (it runs a kubelet and CRI-O and changes cgroups, mounts and links)" >&2; exit 2; fi
+	@if [[ ! -e /dev/kvm ]]; then \
+		echo "make demo REAL_NODE=1: this machine has no /dev/kvm" >&2; exit 2; fi
+	@bash $(CRIO_BUILD) >/dev/null
+	@bash tests/scripts/install-packages.sh
+	@bash $(NODE_BUILD) >/dev/null
+	@KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
+		KATA_CRIO_BIN_DIR="$$(bash $(CRIO_BUILD) | tail -n 1)" \
+		KATA_NODE_BIN_DIR="$$(bash $(NODE_BUILD) | tail -n 1)" \
+		cargo run --quiet -p kata-tests --bin demo -- --real-node $(DEMO_FLAGS)
+else
 	@cargo build --quiet -p kata-node-agent --bin node-agent
 	@KATA_CONTROL_PLANE_BIN_DIR="$$(bash $(CONTROL_PLANE_BUILD) | tail -n 1)" \
 		cargo run --quiet -p kata-tests --bin demo -- --state-dir .cluster $(DEMO_FLAGS)
+endif
 
 ## Every check CI runs: formatting, lints, and all tests against a real control plane.
 ## The tools the tests run (Go builds, cached after the first time) build

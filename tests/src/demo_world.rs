@@ -14,6 +14,7 @@ use kata_coordinator::app::{AgentServerOptions, AppError, RunOptions};
 use kata_coordinator::health::marks::MarkPolicy;
 use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
+use kata_node_agent::RunnerOptions;
 use kata_node_agent::daemon::{AgentOptions, run_agent};
 use kata_proto::contract;
 use kube::api::{Api, Patch, PatchParams};
@@ -195,6 +196,23 @@ impl Coordinator {
     }
 }
 
+/// How an [`Agent`] probes its host root.
+pub struct Probing {
+    runner: RunnerOptions,
+    interval: Duration,
+}
+
+impl Probing {
+    /// For a real node on this machine (host root `/`): the agent's own
+    /// defaults (the running CRI-O found from its command line), every 2 s.
+    pub fn this_machine() -> Self {
+        Probing {
+            runner: RunnerOptions::default(),
+            interval: Duration::from_secs(2),
+        }
+    }
+}
+
 /// A node-agent daemon in this process, for one node and its host root.
 pub struct Agent {
     pub node: String,
@@ -209,6 +227,23 @@ impl Agent {
         client: &Client,
         node: &str,
         host_root: &Path,
+        grpc: SocketAddr,
+        tls: &TlsFiles,
+        token_dir: &Path,
+    ) -> Result<Agent, Error> {
+        let probing = Probing {
+            runner: FakeHost::runner_options(),
+            interval: Duration::from_millis(200),
+        };
+        Agent::start_probing(client, node, host_root, probing, grpc, tls, token_dir).await
+    }
+
+    /// [`Agent::start`] probing as `probing` says.
+    pub async fn start_probing(
+        client: &Client,
+        node: &str,
+        host_root: &Path,
+        probing: Probing,
         grpc: SocketAddr,
         tls: &TlsFiles,
         token_dir: &Path,
@@ -232,8 +267,8 @@ impl Agent {
             kata_node_agent::HostRoot::new(host_root),
         );
         options.tls_server_name = Some(SERVER_NAME.into());
-        options.runner = FakeHost::runner_options();
-        options.probe_interval = Duration::from_millis(200);
+        options.runner = probing.runner;
+        options.probe_interval = probing.interval;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             run_agent(options, async {

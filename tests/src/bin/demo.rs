@@ -1,5 +1,6 @@
-//! `demo [--ci] [--state-dir DIR] [--timeout SECONDS] [--without-kvm]`: the
-//! whole system on this machine (`make demo`).
+//! `demo [--ci] [--state-dir DIR] [--timeout SECONDS] [--without-kvm] [--real-node]`:
+//! the whole system on this machine (`make demo`; with `--real-node`, `make
+//! demo REAL_NODE=1`, a real kubelet instead, see [`real_node`]).
 //!
 //! Brings up a local control plane (etcd + kube-apiserver, state in
 //! `DIR`, default `.cluster`), the MCO simulator, the coordinator and a
@@ -21,6 +22,9 @@
 //! directory stays for reading (`make cluster-down` removes it).
 //! Non-interactive: exits 0 at the expected end state, 1 if it is not
 //! reached within the time limit, stopping everything either way.
+
+#[path = "demo/real_node.rs"]
+mod real_node;
 
 use std::error::Error;
 use std::fmt::Write as _;
@@ -64,9 +68,11 @@ struct Options {
     state_dir: PathBuf,
     timeout: Duration,
     without_kvm: bool,
+    real_node: bool,
 }
 
-const USAGE: &str = "usage: demo [--ci] [--state-dir DIR] [--timeout SECONDS] [--without-kvm]
+const USAGE: &str =
+    "usage: demo [--ci] [--state-dir DIR] [--timeout SECONDS] [--without-kvm] [--real-node]
 
   --ci            do not wait for Ctrl-C: exit 0 once the system has converged,
                   1 if it has not within the time limit (the default when
@@ -74,7 +80,10 @@ const USAGE: &str = "usage: demo [--ci] [--state-dir DIR] [--timeout SECONDS] [-
   --state-dir     where the control plane, kubeconfig and fake host roots live
                   (default .cluster, as for `make cluster-up`)
   --timeout       how long the system may take to converge (default 180)
-  --without-kvm   act as if this machine had no /dev/kvm";
+  --without-kvm   act as if this machine had no /dev/kvm
+  --real-node     a real kubelet and CRI-O as the node instead of simulated
+                  ones (root and /dev/kvm; changes this machine until the
+                  demo ends, then removes everything)";
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -83,11 +92,13 @@ impl Options {
             state_dir: PathBuf::from(".cluster"),
             timeout: Duration::from_secs(180),
             without_kvm: false,
+            real_node: false,
         };
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--ci" => options.ci = true,
                 "--without-kvm" => options.without_kvm = true,
+                "--real-node" => options.real_node = true,
                 "--state-dir" => {
                     options.state_dir = args.next().ok_or("--state-dir needs a value")?.into();
                 }
@@ -118,7 +129,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(options).await {
+    let outcome = if options.real_node {
+        real_node::run(options.ci, options.timeout).await
+    } else {
+        run(options).await
+    };
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("demo: {error}");
