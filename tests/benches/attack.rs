@@ -6,7 +6,8 @@
 //! node's kubelet minting genuine tokens for its agent's Pod at 50 a second,
 //! in `attack/minted_tokens.rs`. Prints figures; asserts nothing.
 //!
-//! `make bench-attack`. The coordinator is the release binary, as its own
+//! `make bench-attack`; `ATTACK_PHASES=baseline,e` runs only the phases it
+//! lists. The coordinator is the release binary, as its own
 //! process (so its RSS is its own); the attacker runs on its own thread and
 //! runtime in this process, as another process would compete for the two
 //! cores. For the baseline and each attack, from a reset peak
@@ -144,6 +145,8 @@ struct Figures {
     simulated_agent: Result<Duration, String>,
     fewest_labelled: usize,
     failed_check_ins: u64,
+    /// The connected agents' failed check-ins, by cause.
+    failure_causes: BTreeMap<String, u64>,
     /// Lines the coordinator logged about refusals, per second of the window.
     refusal_lines_per_second: f64,
 }
@@ -264,12 +267,13 @@ async fn run(world: &World, tokens: Vec<(String, String)>) -> Result<(), BoxErro
     ];
     let mut table = table;
     table.extend(past_the_handshake(world).await?);
+    let table: Vec<Figures> = table.into_iter().flatten().collect();
     print_table(&table);
     Ok(())
 }
 
 /// Attacks (e) to (h), each for [`LONG_WINDOW`].
-async fn past_the_handshake(world: &World) -> Result<Vec<Figures>, BoxError> {
+async fn past_the_handshake(world: &World) -> Result<Vec<Option<Figures>>, BoxError> {
     let (grpc, tls) = (world.grpc, after_handshake::connector(&world.tls.ca)?);
     Ok(vec![
         phase(world, 5, ("(e) idle TLS connections", LONG_WINDOW), {
@@ -389,11 +393,14 @@ async fn phase<F, Fut>(
     index: usize,
     (name, window): (&'static str, Duration),
     attack: F,
-) -> Result<Figures, BoxError>
+) -> Result<Option<Figures>, BoxError>
 where
     F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
     Fut: Future<Output = String>,
 {
+    if !selected(index) {
+        return Ok(None);
+    }
     let fresh = nodes_with_tokens(
         &world.client,
         ["agent", "sim"]
@@ -409,7 +416,7 @@ where
         Outcomes::scrape(metrics, NOT_REVIEWED, &NOT_REVIEWED_OUTCOMES).await?,
     );
     let refused = Outcomes::scrape_by(metrics, REFUSED, "reason", &REFUSAL_REASONS).await?;
-    let failed = world.counts.failed();
+    let (failed, causes) = (world.counts.failed(), world.counts.causes());
     let lines_before = refusal_lines(&world.coordinator.log());
     let started = Instant::now();
     let attacker = Attacker::launch(attack);
@@ -442,11 +449,39 @@ where
         simulated_agent,
         fewest_labelled,
         failed_check_ins: world.counts.failed() - failed,
+        failure_causes: causes_since(world.counts.causes(), &causes),
         refusal_lines_per_second: (refusal_lines(&world.coordinator.log()) - lines_before) as f64
             / started.elapsed().as_secs_f64(),
     };
     print_figures(&figures);
-    Ok(figures)
+    Ok(Some(figures))
+}
+
+/// Whether the phase numbered `index` runs: all do, unless `ATTACK_PHASES`
+/// lists some (`baseline`, `a` to `h`, comma-separated).
+fn selected(index: usize) -> bool {
+    let Ok(list) = std::env::var("ATTACK_PHASES") else {
+        return true;
+    };
+    let name = match index {
+        0 => "baseline".to_owned(),
+        _ => char::from(b'a' + u8::try_from(index - 1).unwrap_or(u8::MAX - b'a')).to_string(),
+    };
+    list.split(',').any(|listed| listed.trim() == name)
+}
+
+/// The failures in `now` that were not yet in `before`, by cause.
+fn causes_since(
+    now: BTreeMap<String, u64>,
+    before: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    now.into_iter()
+        .map(|(cause, n)| {
+            let n = n - before.get(&cause).copied().unwrap_or(0);
+            (cause, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 /// Polls the labelled count every second while `work` runs: the fewest
@@ -1052,6 +1087,9 @@ fn print_figures(figures: &Figures) {
         verdict(figures.fewest_labelled == AGENTS),
         figures.failed_check_ins
     );
+    for (cause, n) in &figures.failure_causes {
+        println!("    {n} failed: {cause}");
+    }
 }
 
 fn print_table(table: &[Figures]) {

@@ -9,8 +9,9 @@
 //! again after the real agent's jittered backoff. It does not probe, so a
 //! few thousand fit in one process.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kata_node_agent::daemon::Backoff;
@@ -98,6 +99,8 @@ pub fn healthy_outcomes() -> Vec<ProbeOutcome> {
 pub struct AgentCounts {
     pub accepted: AtomicU64,
     pub failed: AtomicU64,
+    /// The failed check-ins by [`failure_cause`].
+    causes: Mutex<BTreeMap<String, u64>>,
 }
 
 impl AgentCounts {
@@ -108,6 +111,42 @@ impl AgentCounts {
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
     }
+
+    /// Counts a failed check-in and its cause.
+    pub fn fail(&self, error: &BoxError) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut causes = self.causes.lock().unwrap_or_else(|e| e.into_inner());
+        *causes.entry(failure_cause(error)).or_insert(0) += 1;
+    }
+
+    /// The failed check-ins so far, by cause.
+    pub fn causes(&self) -> BTreeMap<String, u64> {
+        self.causes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What made a check-in fail, in a few words that group alike failures:
+/// the gRPC status code, or whether the connection failed, and the
+/// innermost error's text with its numbers (ports, addresses) left out.
+pub fn failure_cause(error: &BoxError) -> String {
+    let stage = match error.downcast_ref::<tonic::Status>() {
+        Some(status) => format!("status {:?}", status.code()),
+        None => "connection".to_owned(),
+    };
+    let mut innermost: &(dyn std::error::Error + 'static) = error.as_ref();
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    let text: String = innermost
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_ascii_digit())
+        .take(80)
+        .collect();
+    format!("{stage}: {text}")
 }
 
 /// One simulated agent of `node`.
@@ -175,8 +214,8 @@ impl SimulatedAgent {
                     failures = 0;
                     tokio::time::sleep(heartbeat).await;
                 }
-                Err(_) => {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                Err(error) => {
+                    counts.fail(&error);
                     failures = failures.saturating_add(1);
                     tokio::time::sleep(backoff.delay(failures, rand::random::<f64>())).await;
                 }
