@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{NodeCondition, ObjectReference};
 use kube::Client;
+use kube::Resource;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, Recorder, Reporter};
 use prometheus_client::metrics::counter::Counter;
@@ -208,15 +209,12 @@ impl Applier {
         body: &(impl Serialize + std::fmt::Debug),
     ) -> Result<(), WriteError> {
         self.spend(kind.kind)?;
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), namespace, &kind.api_resource());
-        api.patch(
+        let request = Self::request(kind, Some(namespace)).patch(
             name,
             &PatchParams::apply(manager).force(),
             &Patch::Apply(body),
-        )
-        .await?;
-        Ok(())
+        );
+        Ok(self.send(request).await?)
     }
 
     async fn apply_with(
@@ -228,14 +226,34 @@ impl Applier {
         subresource: Subresource,
     ) -> Result<(), WriteError> {
         self.spend(kind.kind)?;
-        let api = self.api(kind);
-        let params = params.clone();
+        let request = Self::request(kind, None);
         let patch = Patch::Apply(body);
-        match subresource {
-            Subresource::Main => api.patch(name, &params, &patch).await?,
-            Subresource::Status => api.patch_status(name, &params, &patch).await?,
+        let request = match subresource {
+            Subresource::Main => request.patch(name, params, &patch),
+            Subresource::Status => request.patch_subresource("status", name, params, &patch),
         };
-        Ok(())
+        Ok(self.send(request).await?)
+    }
+
+    /// Requests to objects of `kind` (in `namespace`, when namespaced).
+    fn request(kind: Kind, namespace: Option<&str>) -> kube::core::Request {
+        kube::core::Request::new(DynamicObject::url_path(&kind.api_resource(), namespace))
+    }
+
+    /// Sends a write and drops the object the API server answers with
+    /// unread: the coordinator never reads it, and decoding it would cost a
+    /// whole object's worth of small allocations per write (a Node of an
+    /// OpenShift worker, some 19 KiB of JSON, in every label and condition
+    /// write). An answer that is an error is still read and returned.
+    async fn send(
+        &self,
+        request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<(), kube::Error> {
+        let request = request.map_err(kube::Error::BuildRequest)?;
+        self.client
+            .request::<serde::de::IgnoredAny>(request)
+            .await
+            .map(|_| ())
     }
 
     /// Takes `finalizer` off the object, whichever field manager wrote it: a
@@ -293,11 +311,12 @@ impl Applier {
             }),
             json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path: path() }),
         ]);
-        match self
-            .api(kind)
-            .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-            .await
-        {
+        let request = Self::request(kind, None).patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        );
+        match self.send(request).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
@@ -350,10 +369,12 @@ impl Applier {
         }
         self.spend(kind::NODE.kind)?;
         let patch = json!({ "metadata": { "labels": { label: null } } });
-        self.api(kind::NODE)
-            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        Ok(())
+        let request = Self::request(kind::NODE, None).patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        );
+        Ok(self.send(request).await?)
     }
 
     /// Server-side apply of exactly `labels` to the node as `manager`;

@@ -1,6 +1,8 @@
 //! The snapshot a reconcile plans from: the caches, the backend's rollout,
 //! and the reads only a deleting or stuck KataConfig needs.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -24,12 +26,8 @@ impl Context {
         self.rollout.wait_until_ready().await;
         let _ = self.runtime_classes.wait_until_ready().await;
         let deleting = config.meta().deletion_timestamp.is_some();
-        let mut nodes: Vec<ObservedNode> = self
-            .nodes
-            .state()
-            .iter()
-            .map(|n| observed_node(n))
-            .collect();
+        let mut nodes: Vec<ObservedNode> =
+            self.nodes.state().into_iter().map(observed_node).collect();
         // The cache has no order; the status lists must, or they would
         // change (and be written) on every reconcile.
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -98,11 +96,10 @@ impl Context {
 }
 
 /// What the planner reads of a node.
-pub(crate) fn observed_node(node: &Node) -> ObservedNode {
-    let condition = kata_ready_condition(node);
+pub(crate) fn observed_node(node: Arc<Node>) -> ObservedNode {
+    let condition = kata_ready_condition(&node);
     ObservedNode {
         name: node.name_any(),
-        labels: node.labels().clone(),
         annotations: node.annotations().clone(),
         has_ready_condition: condition.is_some(),
         os_image: node
@@ -119,5 +116,6 @@ pub(crate) fn observed_node(node: &Node) -> ObservedNode {
                     c.message.as_deref().unwrap_or_default()
                 )
             }),
+        labels: node.into(),
     }
 }

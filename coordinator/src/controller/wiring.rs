@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Client;
@@ -19,7 +19,7 @@ use crate::api::KataConfig;
 use crate::applier::{self, Applier};
 use crate::backend::Backend;
 use crate::names;
-use crate::node::{kata_ready_condition, slim_node};
+use crate::node::{NodeAsRead, kata_ready_condition, slim_node};
 
 /// A watch that fires when a node's labels, the annotations the backend
 /// reads (`annotations_read`) or its `KataRuntimeReady` condition change
@@ -40,13 +40,26 @@ fn node_events(
         }
         Some(hasher.finish())
     };
-    watcher(Api::<Node>::all(client.clone()), node_list_config())
+    watcher(Api::<NodeAsRead>::all(client.clone()), node_list_config())
+        .map_ok(as_node)
         .default_backoff()
         .modify(move |node| slim_node(node, annotations_read))
         .reflect(writer)
         .applied_objects()
         .predicate_filter(label_or_annotation, Default::default())
         .filter_map(|r| async move { r.ok().map(|_| ()) })
+}
+
+/// The node watch's event, its Node taken out of [`NodeAsRead`].
+fn as_node(event: watcher::Event<NodeAsRead>) -> watcher::Event<Node> {
+    use watcher::Event;
+    match event {
+        Event::Apply(node) => Event::Apply(node.0),
+        Event::Delete(node) => Event::Delete(node.0),
+        Event::Init => Event::Init,
+        Event::InitApply(node) => Event::InitApply(node.0),
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 /// Nodes per page of the node watch's (re)list.

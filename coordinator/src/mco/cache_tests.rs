@@ -42,7 +42,10 @@ fn a_slim_cache_copy_reads_as_the_whole_node() {
         });
     let mut slim = full.clone();
     slim_node(&mut slim, &NODE_ANNOTATIONS);
-    let (whole, cut) = (observed_node(&full), observed_node(&slim));
+    let (whole, cut) = (
+        observed_node(full.clone().into()),
+        observed_node(slim.clone().into()),
+    );
     assert!(cut.annotations.len() < whole.annotations.len());
     assert_eq!(
         (
