@@ -3,7 +3,9 @@
 // jemalloc rather than the system allocator: the coordinator holds one
 // connection per node, made of many small long-lived allocations, and
 // jemalloc packs them tighter than glibc does (docs/BENCHMARKS.md has the
-// figures).
+// figures). The `system-allocator` feature leaves it out, for heap
+// profilers that hook malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -12,6 +14,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// threads, and per-thread arenas each keep their own partly used pages. A
 /// background thread returns freed pages to the kernel even when the process
 /// is quiet.
+#[cfg(not(feature = "system-allocator"))]
 #[allow(unsafe_code, non_upper_case_globals)]
 // SAFETY: the name is the one jemalloc reads, the value a pointer to a
 // NUL-terminated static string, as the C declaration requires.
