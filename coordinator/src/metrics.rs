@@ -89,8 +89,9 @@ pub struct ReasonLabel {
 }
 
 /// Every reason [`ReasonLabel`] takes; a series each from the first scrape.
-pub const REFUSAL_REASONS: [&str; 11] = [
+pub const REFUSAL_REASONS: [&str; 12] = [
     REFUSED_CONNECTION_LIMIT,
+    REFUSED_KNOWN_CONNECTION_LIMIT,
     REFUSED_PEER_LIMIT,
     REFUSED_EVICTED,
     REFUSED_IDLE,
@@ -105,6 +106,10 @@ pub const REFUSAL_REASONS: [&str; 11] = [
 /// A connection closed at accept: the coordinator holds as many as it may
 /// and none of them can give way (all authenticated, or many already ending).
 pub const REFUSED_CONNECTION_LIMIT: &str = "connection_limit";
+/// The same for a connection from a known address (one whose connection
+/// authenticated lately, an agent's as a rule): agents are being turned
+/// away, which a flood of strangers alone should never cause.
+pub const REFUSED_KNOWN_CONNECTION_LIMIT: &str = "known_connection_limit";
 /// A connection closed at accept: its address holds as many as one may.
 pub const REFUSED_PEER_LIMIT: &str = "peer_connection_limit";
 /// A connection that had not authenticated a call, closed to give its

@@ -41,7 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::connection_state::ConnectionState;
-use crate::metrics::{REFUSED_CONNECTION_LIMIT, REFUSED_PEER_LIMIT};
+use crate::metrics::{
+    REFUSED_CONNECTION_LIMIT, REFUSED_KNOWN_CONNECTION_LIMIT, REFUSED_PEER_LIMIT,
+};
 
 /// How long an address stays known: twenty of an agent's 30 s heartbeats,
 /// and longer than any of its backoffs, so a failover or an outage of a
@@ -178,13 +180,15 @@ impl Places {
         let standing = held.standing(address, self.limits.known_for);
         let mut ended = None;
         if held.all >= self.limits.all {
+            let refused = match standing {
+                Standing::Unknown => REFUSED_CONNECTION_LIMIT,
+                Standing::Known => REFUSED_KNOWN_CONNECTION_LIMIT,
+            };
             let ending_for = held.ending.values().filter(|s| **s == standing).count();
             if ending_for >= self.limits.ending {
-                return Err(REFUSED_CONNECTION_LIMIT);
+                return Err(refused);
             }
-            let (number, victim) = held
-                .oldest_stranger(standing)
-                .ok_or(REFUSED_CONNECTION_LIMIT)?;
+            let (number, victim) = held.oldest_stranger(standing).ok_or(refused)?;
             victim.end_now();
             held.ending.insert(number, standing);
             ended = Some(victim.peer());

@@ -215,4 +215,10 @@ fn strangers_churning_at_the_cap_leave_known_newcomers_a_budget_of_their_own() {
     let agent = from(&places, 1).unwrap();
     assert!(agent.ended.is_some());
     assert_eq!(agent.place.standing(), Standing::Known);
+    // Its budget spent too, the next from a known address is refused, and
+    // the refusal says an agent's address was turned away.
+    assert_eq!(
+        from(&places, 1).unwrap_err(),
+        REFUSED_KNOWN_CONNECTION_LIMIT
+    );
 }
