@@ -398,7 +398,7 @@ where
     F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
     Fut: Future<Output = String>,
 {
-    if !selected(index) {
+    if !selected(name) {
         return Ok(None);
     }
     let fresh = nodes_with_tokens(
@@ -457,17 +457,18 @@ where
     Ok(Some(figures))
 }
 
-/// Whether the phase numbered `index` runs: all do, unless `ATTACK_PHASES`
-/// lists some (`baseline`, `a` to `h`, comma-separated).
-fn selected(index: usize) -> bool {
+/// Whether the phase named `name` runs: all do, unless `ATTACK_PHASES`
+/// lists some (`baseline`, `a` to `h`, comma-separated): a phase is listed
+/// by the letter its name starts with in brackets.
+fn selected(name: &str) -> bool {
     let Ok(list) = std::env::var("ATTACK_PHASES") else {
         return true;
     };
-    let name = match index {
-        0 => "baseline".to_owned(),
-        _ => char::from(b'a' + u8::try_from(index - 1).unwrap_or(u8::MAX - b'a')).to_string(),
-    };
-    list.split(',').any(|listed| listed.trim() == name)
+    let letter = name
+        .strip_prefix('(')
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or("baseline");
+    list.split(',').any(|listed| listed.trim() == letter)
 }
 
 /// The failures in `now` that were not yet in `before`, by cause.

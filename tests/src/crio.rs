@@ -20,14 +20,18 @@ pub const SOCKET: &str = "/run/crio/crio.sock";
 /// CRI-O answers within 2 s here; a loaded CI machine gets more.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why the CRI-O tests cannot run here, if they cannot.
-pub fn unavailable() -> Option<String> {
+/// Whether this process runs as root: CRI-O and a real node need it.
+pub fn running_as_root() -> bool {
     // /proc/self belongs to the process's effective user.
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+    std::fs::metadata("/proc/self").is_ok_and(|m| {
         use std::os::unix::fs::MetadataExt;
         m.uid() == 0
-    });
-    if !root {
+    })
+}
+
+/// Why the CRI-O tests cannot run here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    if !running_as_root() {
         return Some("CRI-O needs root".into());
     }
     let Some(dir) = std::env::var_os("KATA_CRIO_BIN_DIR") else {

@@ -16,7 +16,6 @@
 //! what Kata needs (the agent says what), and Kata's shim is a stand-in.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -47,9 +46,7 @@ const POD_NAMESPACE: &str = "default";
 
 /// Why the real-node demo cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
-    // /proc/self belongs to the process's effective user.
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    if !root {
+    if !kata_tests::crio::running_as_root() {
         return Some(
             "the real node needs root (it runs a kubelet and CRI-O and changes cgroups, \
              mounts and network links)"
