@@ -8,8 +8,9 @@
 //!   from accept to close. At the first cap the oldest connection that has
 //!   not authenticated a call gives its place to the new one, strangers
 //!   from addresses no agent used lately first; at the second, or when
-//!   every place is an agent's, the new one is closed at once
-//!   ([`super::places`]).
+//!   every place is an agent's, the new one is closed at once, unless it
+//!   comes from an address an agent used lately: that one may wait a
+//!   little for a place ([`super::places`]).
 //! - A peer has [`Limits::client_hello_timeout`] to send its ClientHello,
 //!   holding nothing but its socket meanwhile; only then does it wait for one
 //!   of [`Limits::handshake_concurrency`] handshake slots (the CPU-bound
@@ -45,7 +46,9 @@ use tracing::{debug, warn};
 
 use super::connection::{AgentConnection, ConnectionBounds};
 use super::connection_state::ConnectionState;
-use super::places::{KNOWN_FOR, Place, PlaceLimits, Places, Standing};
+use super::places::{
+    Admitted, KNOWN_FOR, KNOWN_WAIT, NoPlace, Place, PlaceLimits, Places, Standing, Waiting,
+};
 use super::refusals::Refusals;
 use crate::metrics::{
     HANDSHAKE_FAILED, HANDSHAKE_FULL, HANDSHAKE_RESUMED, KindLabel, Metrics, REFUSED_EVICTED,
@@ -347,26 +350,61 @@ pub fn incoming_with(
     ReceiverStream::new(established)
 }
 
-/// The place for a new connection from `tcp`, perhaps another's that is
-/// ended for it; None, counted as a refusal, when there is none.
-fn place_for(tcp: &TcpStream, places: &Places, refusals: &Refusals) -> Option<Place> {
+/// What a new connection from `tcp` gets: a place (perhaps another's, ended
+/// for it), a turn to wait for one, or nothing, counted as a refusal.
+fn place_for(tcp: &TcpStream, places: &Places, refusals: &Refusals) -> Option<Admission> {
     let peer = tcp.peer_addr().ok();
     match places.admit(peer, Arc::new(ConnectionState::new(peer))) {
-        Ok(admitted) => {
-            if let Some(ended) = admitted.ended {
-                refusals.refuse(
-                    REFUSED_EVICTED,
-                    ended,
-                    "all places taken: a connection that had not authenticated gave its place to a newer one",
-                );
-            }
-            Some(admitted.place)
-        }
-        Err(reason) => {
+        Ok(admitted) => Some(Admission::Now(taken(admitted, refusals))),
+        Err(NoPlace::Wait(waiting)) => Some(Admission::Wait(waiting)),
+        Err(NoPlace::Refused(reason)) => {
             refusals.refuse(reason, peer, "no place for the connection; closed");
             None
         }
     }
+}
+
+/// A place had now, or to wait for.
+enum Admission {
+    Now(Place),
+    Wait(Waiting),
+}
+
+impl Admission {
+    /// The place, once there is one; None, counted as a refusal, when a
+    /// wait for one ended without.
+    async fn place(self, refusals: &Refusals) -> Option<Place> {
+        match self {
+            Self::Now(place) => Some(place),
+            Self::Wait(waiting) => {
+                let peer = waiting.peer();
+                match waiting.place().await {
+                    Ok(admitted) => Some(taken(admitted, refusals)),
+                    Err(reason) => {
+                        refusals.refuse(
+                            reason,
+                            peer,
+                            "no place for the connection in time; closed",
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The place `admitted` got; the connection that gave it, if any, is
+/// counted as ended.
+fn taken(admitted: Admitted, refusals: &Refusals) -> Place {
+    if let Some(ended) = admitted.ended {
+        refusals.refuse(
+            REFUSED_EVICTED,
+            ended,
+            "all places taken: a connection that had not authenticated gave its place to a newer one",
+        );
+    }
+    admitted.place
 }
 
 fn set_keepalive(tcp: &TcpStream, limits: &Limits) {
@@ -393,6 +431,7 @@ async fn accept_loop(
         ending: limits.handshake_concurrency.max(1),
         known: limits.max_connections,
         known_for: KNOWN_FOR,
+        wait: KNOWN_WAIT,
     });
     let handshakes = HandshakeSlots::new(limits.handshake_concurrency.max(1));
     let config = Arc::clone(acceptor.config());
@@ -411,7 +450,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(place) = place_for(&tcp, &places, &counters.refusals) else {
+        let Some(admission) = place_for(&tcp, &places, &counters.refusals) else {
             continue;
         };
         set_keepalive(&tcp, &limits);
@@ -422,6 +461,9 @@ async fn accept_loop(
             counters.clone(),
         );
         tokio::spawn(async move {
+            let Some(place) = admission.place(&counters.refusals).await else {
+                return;
+            };
             let peer = place.state().peer();
             // A connection ended for a newer one stops here, handshake or not.
             let handshake = tokio::select! {

@@ -9,6 +9,7 @@ fn limits(all: usize, per_peer: usize, ending: usize) -> Places {
         ending,
         known: 2,
         known_for: KNOWN_FOR,
+        wait: Duration::from_millis(200),
     })
 }
 
@@ -19,9 +20,25 @@ fn agent_called_from(places: &Places, last: u8) {
     place.state().authenticated();
 }
 
-fn from(places: &Places, last: u8) -> Result<Admitted, &'static str> {
+fn from(places: &Places, last: u8) -> Result<Admitted, NoPlace> {
     let peer = SocketAddr::from(([127, 0, 1, last], 40_000));
     places.admit(Some(peer), Arc::new(ConnectionState::new(Some(peer))))
+}
+
+/// The reason a refused admission gives.
+fn refused(admission: Result<Admitted, NoPlace>) -> &'static str {
+    match admission {
+        Err(NoPlace::Refused(reason)) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The turn to wait an admission gives.
+fn waits(admission: Result<Admitted, NoPlace>) -> Waiting {
+    match admission {
+        Err(NoPlace::Wait(waiting)) => waiting,
+        other => panic!("expected a wait, got {other:?}"),
+    }
 }
 
 fn ended_now(state: &ConnectionState) -> bool {
@@ -36,12 +53,12 @@ fn a_peer_holds_at_most_its_limit_until_it_lets_go() {
     let one: IpAddr = [127, 0, 1, 1].into();
     let first = from(&places, 1).unwrap();
     let second = from(&places, 1).unwrap();
-    assert_eq!(from(&places, 1).unwrap_err(), REFUSED_PEER_LIMIT);
+    assert_eq!(refused(from(&places, 1)), REFUSED_PEER_LIMIT);
     // The same address over IPv6's IPv4-mapped form is the same peer.
     let mapped: SocketAddr = "[::ffff:127.0.1.1]:1".parse().unwrap();
     let state = Arc::new(ConnectionState::new(Some(mapped)));
     assert_eq!(
-        places.admit(Some(mapped), state).unwrap_err(),
+        refused(places.admit(Some(mapped), state)),
         REFUSED_PEER_LIMIT
     );
     let other = from(&places, 2).unwrap();
@@ -78,7 +95,7 @@ fn at_the_cap_the_oldest_stranger_gives_way_and_agents_never_do() {
     // Once every place is an agent's, a newcomer is refused.
     newcomer.place.state().authenticated();
     next.place.state().authenticated();
-    assert_eq!(from(&places, 6).unwrap_err(), REFUSED_CONNECTION_LIMIT);
+    assert_eq!(refused(from(&places, 6)), REFUSED_CONNECTION_LIMIT);
     assert!(!ended_now(agent.state()));
 }
 
@@ -91,7 +108,7 @@ fn no_more_are_ended_than_may_be_closing_at_once() {
     assert!(third.ended.is_some());
     // The first has not closed yet: no second connection is ended for a
     // newcomer, which is refused instead.
-    assert_eq!(from(&places, 4).unwrap_err(), REFUSED_CONNECTION_LIMIT);
+    assert_eq!(refused(from(&places, 4)), REFUSED_CONNECTION_LIMIT);
     drop(first);
     assert!(from(&places, 4).unwrap().ended.is_some());
 }
@@ -159,7 +176,7 @@ fn strangers_from_known_addresses_give_way_last_and_only_to_known_ones() {
     let held_known = from(&places, 1).unwrap().place;
     assert_eq!(held_known.standing(), Standing::Known);
     assert_eq!(places.held(), 3);
-    assert_eq!(from(&places, 8).unwrap_err(), REFUSED_CONNECTION_LIMIT);
+    assert_eq!(refused(from(&places, 8)), REFUSED_CONNECTION_LIMIT);
     assert!(!ended_now(agent_again.state()) && !ended_now(second.state()));
     // ...and a known newcomer ends the oldest known stranger.
     let known_newcomer = from(&places, 5).unwrap();
@@ -191,6 +208,7 @@ fn known_addresses_are_bounded_and_expire() {
         ending: 8,
         known: 2,
         known_for: std::time::Duration::ZERO,
+        wait: Duration::ZERO,
     });
     agent_called_from(&forgetful, 1);
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -210,15 +228,62 @@ fn strangers_churning_at_the_cap_leave_known_newcomers_a_budget_of_their_own() {
     // for strangers spent and is refused...
     let third = from(&places, 4).unwrap();
     assert!(third.ended.is_some());
-    assert_eq!(from(&places, 5).unwrap_err(), REFUSED_CONNECTION_LIMIT);
+    assert_eq!(refused(from(&places, 5)), REFUSED_CONNECTION_LIMIT);
     // ...while the agent's address still gets a place.
     let agent = from(&places, 1).unwrap();
     assert!(agent.ended.is_some());
     assert_eq!(agent.place.standing(), Standing::Known);
-    // Its budget spent too, the next from a known address is refused, and
-    // the refusal says an agent's address was turned away.
+    // Its budget spent too, the next from a known address waits for a
+    // place instead of being refused.
+    drop(waits(from(&places, 1)));
+}
+
+#[tokio::test]
+async fn a_known_newcomer_without_a_place_waits_for_one_to_close() {
+    let places = limits(2, 10, 1);
+    agent_called_from(&places, 1);
+    let first = from(&places, 2).unwrap().place;
+    let _second = from(&places, 3).unwrap().place;
+    // The agent's first newcomer ends a stranger; its budget is spent until
+    // that one closes.
+    let agent = from(&places, 1).unwrap();
+    assert_eq!(agent.ended, Some(first.state().peer()));
+    let waiting = waits(from(&places, 1));
+    assert_eq!(places.held_by([127, 0, 1, 1].into()), 2, "the wait counts");
+    let admitted = tokio::spawn(waiting.place());
+    tokio::task::yield_now().await;
+    assert!(!admitted.is_finished(), "no place until one closes");
+    drop(first);
+    let admitted = admitted.await.unwrap().unwrap();
+    assert_eq!(admitted.place.standing(), Standing::Known);
+    assert!(admitted.ended.is_some(), "it ended the next stranger");
+    assert_eq!(places.held_by([127, 0, 1, 1].into()), 2);
+    drop((agent, admitted));
+    assert_eq!(places.held_by([127, 0, 1, 1].into()), 0);
+}
+
+#[tokio::test]
+async fn a_wait_is_bounded_in_time_in_number_and_per_address() {
+    let places = limits(1, 3, 1);
+    agent_called_from(&places, 1);
+    agent_called_from(&places, 2);
+    let stranger = from(&places, 3).unwrap().place;
+    let _agent = from(&places, 1).unwrap();
+    assert!(ended_now(stranger.state()));
+    // One may wait at once (the budget's size); a second known newcomer is
+    // refused.
+    let waiting = waits(from(&places, 1));
+    assert_eq!(refused(from(&places, 2)), REFUSED_KNOWN_CONNECTION_LIMIT);
+    // Nothing closes: the wait ends refused, and its count goes.
     assert_eq!(
-        from(&places, 1).unwrap_err(),
+        waiting.place().await.unwrap_err(),
         REFUSED_KNOWN_CONNECTION_LIMIT
     );
+    assert_eq!(places.held_by([127, 0, 1, 1].into()), 1);
+    // An address at its own cap does not wait.
+    let _again = waits(from(&places, 1));
+    assert_eq!(places.held_by([127, 0, 1, 1].into()), 2);
+    drop(stranger);
+    let _third = from(&places, 1).unwrap();
+    assert_eq!(refused(from(&places, 1)), REFUSED_PEER_LIMIT);
 }
