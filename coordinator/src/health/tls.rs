@@ -57,7 +57,8 @@ use prometheus_client::metrics::counter::Counter;
 
 /// Handshakes in progress at once.
 pub const HANDSHAKE_CONCURRENCY: usize = 64;
-/// How long a client may take to complete its handshake, from accept.
+/// How long a client may take to complete its handshake, from accept (or,
+/// for one that waited for a place, from when it got one).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to send its ClientHello.
 pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
