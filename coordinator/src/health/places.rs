@@ -351,20 +351,23 @@ impl Waiting {
     /// A place, as soon as a connection closes and leaves one within
     /// [`PlaceLimits::wait`]; the refusal reason when none does.
     pub async fn place(mut self) -> Result<Admitted, &'static str> {
-        let places = self.places.clone();
-        let deadline = tokio::time::Instant::now() + places.limits.wait;
+        let deadline = tokio::time::Instant::now() + self.places.limits.wait;
         loop {
             // Registered before looking, so a close in between is not missed.
-            let closed = places.closed.notified();
+            let closed = self.places.closed.notified();
             tokio::pin!(closed);
             closed.as_mut().enable();
             {
-                let mut held = places
+                let mut held = self
+                    .places
                     .held
                     .lock()
                     .map_err(|_| REFUSED_KNOWN_CONNECTION_LIMIT)?;
                 let state = self.state.take().ok_or(REFUSED_KNOWN_CONNECTION_LIMIT)?;
-                match places.take(&mut held, self.address, Standing::Known, state) {
+                match self
+                    .places
+                    .take(&mut held, self.address, Standing::Known, state)
+                {
                     Ok(admitted) => {
                         // Its count against the address passes to the place.
                         held.waiting = held.waiting.saturating_sub(1);
