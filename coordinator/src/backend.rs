@@ -35,6 +35,10 @@ pub trait RolloutSource: Send + Sync {
         &'a self,
         nodes: &'a [ObservedNode],
     ) -> BoxFuture<'a, Result<ObservedRollout, ReadError>>;
+
+    /// The node label keys its reads name beyond roles and ours (the
+    /// node cache keeps only those: [`crate::node::LabelKeys`]).
+    fn node_label_keys(&self) -> Vec<String>;
 }
 
 /// A backend with its watches built; they run while `triggers` is polled.

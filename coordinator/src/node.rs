@@ -1,6 +1,9 @@
 //! What the coordinator reads from a Node, for the reconciler and the
 //! labeller alike.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, NodeSystemInfo};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use serde::{Deserialize, Deserializer};
@@ -30,10 +33,15 @@ pub fn kata_ready_condition(node: &Node) -> Option<&NodeCondition> {
 /// managed-fields bookkeeping. What stays is what the controller and the
 /// labeller read: the metadata with every label, the annotations in
 /// `annotations_read` (the backend's), our `KataRuntimeReady` condition,
-/// the OS image, and of the managed fields only other managers' ownership
-/// of our labels ([`MARK_LABELS`]), which no apply of ours can remove — on
-/// most nodes, nothing. Nothing is ever written back from this copy.
-pub fn slim_node(node: &mut Node, annotations_read: &[&str]) {
+/// the OS image, of the labels those [`LabelKeys::keeps`] (an OpenShift
+/// worker carries some 40, nearly all for others), and of the managed
+/// fields only other managers' ownership of our labels ([`MARK_LABELS`]),
+/// which no apply of ours can remove — on most nodes, nothing. Nothing is
+/// ever written back from this copy.
+pub fn slim_node(node: &mut Node, annotations_read: &[&str], labels_read: &LabelKeys) {
+    if let Some(labels) = node.metadata.labels.as_mut() {
+        labels.retain(|key, _| labels_read.keeps(key));
+    }
     node.metadata.managed_fields = node
         .metadata
         .managed_fields
@@ -133,6 +141,125 @@ impl k8s_openapi::Metadata for NodeAsRead {
     }
 }
 
+/// The label keys the node cache keeps of each Node: the roles (the MCO's
+/// pools and the worker role), ours, and the `extra` keys that selectors
+/// name — the KataConfigs' `kataConfigPoolSelector` and the pools'
+/// `nodeSelector`, read from the cluster. A selector naming a key the
+/// cache did not keep would read every node as lacking it, so the
+/// controller plans only once the cache was listed with every key it
+/// needs ([`KeptLabels`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelKeys {
+    pub extra: BTreeSet<String>,
+}
+
+/// The prefixes of the label keys always kept: roles and ours.
+const KEPT_PREFIXES: [&str; 2] = ["node-role.kubernetes.io/", "katacontainers.io/"];
+
+impl LabelKeys {
+    /// Keys that are not always kept, from `keys`.
+    pub fn of<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            extra: keys
+                .into_iter()
+                .filter(|key| !always_kept(key))
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    pub fn keeps(&self, key: &str) -> bool {
+        always_kept(key) || self.extra.contains(key)
+    }
+
+    /// Whether a cache listed with these keys holds every one of `needed`.
+    pub fn covers(&self, needed: &LabelKeys) -> bool {
+        needed.extra.is_subset(&self.extra)
+    }
+}
+
+fn always_kept(key: &str) -> bool {
+    KEPT_PREFIXES.iter().any(|prefix| key.starts_with(prefix)) || MARK_LABELS.contains(&key)
+}
+
+/// The node cache's label keys, shared by the node watch and the
+/// controller. The controller asks for the keys it needs
+/// ([`KeptLabels::ask`]); a change restarts the node watch, which lists
+/// every node again with the new keys, and only once that list is in the
+/// cache ([`KeptLabels::listed`]) does the controller plan from it. Until
+/// then it writes nothing: a pool or selector read on nodes missing its key
+/// would move them between pools, a drain and a reboot each.
+#[derive(Clone, Debug)]
+pub struct KeptLabels {
+    wanted: tokio::sync::watch::Sender<Arc<LabelKeys>>,
+    /// The keys of the watch under way, then of the cache once it listed.
+    started: Arc<std::sync::Mutex<Arc<LabelKeys>>>,
+    listed: tokio::sync::watch::Sender<Arc<LabelKeys>>,
+}
+
+impl Default for KeptLabels {
+    fn default() -> Self {
+        Self {
+            wanted: tokio::sync::watch::Sender::new(Arc::default()),
+            started: Arc::default(),
+            listed: tokio::sync::watch::Sender::new(Arc::default()),
+        }
+    }
+}
+
+impl KeptLabels {
+    /// Asks for `needed` (a change restarts the node watch); answers
+    /// whether the cache already holds every one of its keys.
+    pub fn ask(&self, needed: LabelKeys) -> bool {
+        let covered = self.listed.borrow().covers(&needed);
+        self.wanted.send_if_modified(|wanted| {
+            let changed = **wanted != needed;
+            if changed {
+                *wanted = Arc::new(needed);
+            }
+            changed
+        });
+        covered
+    }
+
+    /// The keys the cache holds.
+    pub fn listed(&self) -> Arc<LabelKeys> {
+        self.listed.borrow().clone()
+    }
+
+    /// For the node watch: the keys wanted now, and what changes them.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<LabelKeys>> {
+        self.wanted.subscribe()
+    }
+
+    /// For the node watch: a list with `keys` has begun.
+    pub fn list_started(&self, keys: Arc<LabelKeys>) {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    /// For the node watch: the cache now holds the last list begun.
+    pub fn list_done(&self) {
+        let keys = self
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.listed.send_if_modified(|listed| {
+            let changed = *listed != keys;
+            *listed = keys;
+            changed
+        });
+    }
+
+    /// Yields each time the cache holds a list with new keys.
+    pub fn lists(&self) -> impl futures::Stream<Item = ()> + Send + use<> {
+        futures::stream::unfold(self.listed.subscribe(), |mut listed| async move {
+            listed.changed().await.ok()?;
+            Some(((), listed))
+        })
+    }
+}
+
 /// `entry` cut down to the labels of [`MARK_LABELS`] it owns, when it is
 /// another manager's entry of the main resource that owns any.
 fn foreign_mark_owner(entry: ManagedFieldsEntry) -> Option<ManagedFieldsEntry> {
@@ -167,7 +294,9 @@ fn foreign_mark_owner(entry: ManagedFieldsEntry) -> Option<ManagedFieldsEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use k8s_openapi::api::core::v1::{ContainerImage, NodeSpec};
+    use kube::ResourceExt;
 
     const READ: [&str; 1] = ["machineconfiguration.openshift.io/currentConfig"];
 
@@ -203,7 +332,7 @@ mod tests {
             kata_ready_condition(&node).map(|c| c.type_.as_str()),
             Some(names::NODE_CONDITION)
         );
-        slim_node(&mut node, &READ);
+        slim_node(&mut node, &READ, &LabelKeys::of(["team"]));
         assert_eq!(node.metadata.labels, labels);
         assert_eq!(node.metadata.resource_version.as_deref(), Some("7"));
         assert_eq!(node.metadata.uid.as_deref(), Some("u"));
@@ -235,7 +364,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        slim_node(&mut kubelets_only, &READ);
+        slim_node(&mut kubelets_only, &READ, &LabelKeys::default());
         assert!(kata_ready_condition(&kubelets_only).is_none());
         assert_eq!(kubelets_only.status.and_then(|s| s.conditions), None);
         assert!(kata_ready_condition(&Node::default()).is_none());
@@ -270,8 +399,8 @@ mod tests {
         let NodeAsRead(mut narrow) = serde_json::from_str(&text).expect("a Node as read");
         assert!(whole.status.as_ref().is_some_and(|s| s.images.is_some()));
         assert_eq!(narrow.spec, None);
-        slim_node(&mut whole, &READ);
-        slim_node(&mut narrow, &READ);
+        slim_node(&mut whole, &READ, &LabelKeys::default());
+        slim_node(&mut narrow, &READ, &LabelKeys::default());
         assert_eq!(narrow, whole);
         assert!(kata_ready_condition(&narrow).is_some());
         assert!(narrow.metadata.managed_fields.is_some());
@@ -305,7 +434,7 @@ mod tests {
             entry("admin", labels(&["team", names::KATA_RUNTIME_LABEL])),
             entry("kubelet", labels(&["kubernetes.io/hostname"])),
         ]);
-        slim_node(&mut node, &READ);
+        slim_node(&mut node, &READ, &LabelKeys::default());
         let kept = node.metadata.managed_fields.unwrap_or_default();
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(kept[0].manager.as_deref(), Some("admin"));
@@ -320,7 +449,76 @@ mod tests {
             names::MANAGER_HEALTH,
             labels(&[names::KATA_RUNTIME_LABEL]),
         )]);
-        slim_node(&mut ours_only, &READ);
+        slim_node(&mut ours_only, &READ, &LabelKeys::default());
         assert_eq!(ours_only.metadata.managed_fields, None);
+    }
+
+    #[test]
+    fn the_cache_keeps_roles_ours_and_the_keys_selectors_name() {
+        let mut node = Node::default();
+        node.metadata.labels = Some(
+            [
+                names::WORKER_ROLE_LABEL,
+                "node-role.kubernetes.io/infra",
+                names::KATA_RUNTIME_LABEL,
+                names::KATA_CAPABLE_LABEL,
+                "custom-kata1",
+                "kubernetes.io/hostname",
+                "topology.kubernetes.io/zone",
+            ]
+            .map(|k| (k.to_owned(), "v".to_owned()))
+            .into(),
+        );
+        let keys = LabelKeys::of(["custom-kata1", names::WORKER_ROLE_LABEL]);
+        assert_eq!(keys.extra, BTreeSet::from(["custom-kata1".to_owned()]));
+        slim_node(&mut node, &READ, &keys);
+        let kept: Vec<&str> = node.labels().keys().map(String::as_str).collect();
+        assert_eq!(
+            kept,
+            [
+                "custom-kata1",
+                names::KATA_CAPABLE_LABEL,
+                names::KATA_RUNTIME_LABEL,
+                "node-role.kubernetes.io/infra",
+                names::WORKER_ROLE_LABEL,
+            ]
+        );
+    }
+
+    /// The controller may plan only from a cache listed with every key it
+    /// needs; asking for new keys restarts the watch, and the cache holds
+    /// them once that watch's list is in.
+    #[tokio::test]
+    async fn new_keys_are_planned_from_only_once_listed() {
+        let kept = KeptLabels::default();
+        let mut wanted = kept.subscribe();
+        let mut lists = Box::pin(kept.lists());
+        assert!(kept.ask(LabelKeys::of([names::WORKER_ROLE_LABEL])));
+        assert!(
+            !wanted.has_changed().expect("the sender lives"),
+            "roles are always kept"
+        );
+
+        let custom = LabelKeys::of(["custom-kata1"]);
+        assert!(!kept.ask(custom.clone()));
+        assert!(
+            wanted.has_changed().expect("the sender lives"),
+            "the watch is restarted"
+        );
+        let keys = wanted.borrow_and_update().clone();
+        kept.list_started(keys);
+        assert!(!kept.ask(custom.clone()), "not while the list is under way");
+        assert!(
+            !wanted.has_changed().expect("the sender lives"),
+            "the same keys: no restart"
+        );
+        kept.list_done();
+        lists.next().await.expect("the new list is announced");
+        assert!(kept.ask(custom.clone()));
+        assert_eq!(*kept.listed(), custom);
+
+        // Fewer keys: planning goes on from the larger cache meanwhile.
+        assert!(kept.ask(LabelKeys::default()));
+        assert!(wanted.has_changed().expect("the sender lives"));
     }
 }

@@ -29,6 +29,18 @@ pub fn matches(selector: Option<&PoolSelector>, labels: &BTreeMap<String, String
     labels_ok && expressions_ok
 }
 
+/// The label keys `selector` reads.
+pub fn keys(selector: Option<&PoolSelector>) -> impl Iterator<Item = &str> {
+    let selector = selector.into_iter();
+    let labels = selector
+        .clone()
+        .flat_map(|s| s.match_labels.iter().flatten());
+    let expressions = selector.flat_map(|s| s.match_expressions.iter().flatten());
+    labels
+        .map(|(key, _)| key.as_str())
+        .chain(expressions.map(|req| req.key.as_str()))
+}
+
 /// Whether a MachineConfigPool's `nodeSelector` picks a node, as the MCO
 /// reads it (`pkg/helpers/helpers.go`): an absent or empty selector selects
 /// **no** node, unlike Kubernetes' usual reading.

@@ -29,12 +29,16 @@ use serde_json::{Value, json};
 
 const MASTER: (&str, &str) = ("node-role.kubernetes.io/master", "");
 const INFRA: (&str, &str) = ("node-role.kubernetes.io/infra", "");
+/// The label the admin's infra pool selects its nodes by: not a role, so
+/// the coordinator's node cache keeps it only because that pool names it.
+const INFRA_POOL: (&str, &str) = ("example.com/machine-pool", "infra");
 const OUR_MACHINE_CONFIGS: [&str; 2] = [mco::MACHINE_CONFIG_NAME, mco::MASTER_MACHINE_CONFIG_NAME];
 
 type NodeSpec<'a> = (&'a str, &'a [(&'a str, &'a str)]);
 
 /// A cluster of `nodes` running `os`, with the MCO simulator and a running
-/// coordinator; `infra_pool` adds an admin's custom pool for the `infra` role.
+/// coordinator; `infra_pool` adds an admin's custom pool for the nodes
+/// labelled [`INFRA_POOL`].
 async fn world(
     nodes: &[NodeSpec<'_>],
     os: ClusterOs,
@@ -55,7 +59,7 @@ async fn world(
             "metadata": { "name": "infra" },
             "spec": {
                 "machineConfigSelector": { "matchExpressions": [{ "key": model::ROLE_LABEL, "operator": "In", "values": ["worker", "infra"] }] },
-                "nodeSelector": { "matchLabels": { INFRA.0: "" } },
+                "nodeSelector": { "matchLabels": { INFRA_POOL.0: INFRA_POOL.1 } },
             }
         });
         Api::<DynamicObject>::all_with(client.clone(), &model::pool_resource())
@@ -383,7 +387,7 @@ async fn compact_plus_workers_uses_both_pools_and_the_runtime_class_follows_both
 #[kata_test]
 async fn a_selected_worker_in_an_infra_pool_is_reported_and_left_alone() {
     let (cluster, _coordinator) = world(
-        &[("w0", &[WORKER]), ("i0", &[WORKER, INFRA])],
+        &[("w0", &[WORKER]), ("i0", &[WORKER, INFRA, INFRA_POOL])],
         ClusterOs::Rhcos,
         true,
     )

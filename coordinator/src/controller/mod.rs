@@ -112,6 +112,8 @@ impl Default for Options {
 struct Context {
     client: Client,
     nodes: Store<Node>,
+    /// Which labels `nodes` holds of each Node.
+    kept_labels: crate::node::KeptLabels,
     /// The host-configuration backend's caches and reads.
     rollout: Arc<dyn RolloutSource>,
     configs: Store<KataConfig>,
@@ -145,7 +147,11 @@ async fn reconcile(config: Arc<KataConfig>, ctx: Arc<Context>) -> Result<Action,
 async fn reconcile_once(config: Arc<KataConfig>, ctx: &Context) -> Result<Action, Error> {
     ctx.options.metrics.reconciles.inc();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let (observed, rollout) = ctx.observe(&config).await?;
+    let Some((observed, rollout)) = ctx.observe(&config).await? else {
+        // The node watch lists again with the keys asked for, and fires
+        // once the cache holds them; the requeue is a fallback.
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    };
     let plan = plan::plan(&observed, rollout.as_ref());
     for step in &plan.steps {
         ctx.execute(&config, step).await?;

@@ -6,25 +6,36 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use tracing::info;
 
 use super::{Context, Error};
 use crate::api::KataConfig;
 use crate::backend::ObservedRollout;
 use crate::kind;
-use crate::names;
-use crate::node::kata_ready_condition;
+use crate::node::{LabelKeys, kata_ready_condition};
 use crate::plan::{self, ConfigId, Observed, ObservedNode};
 use crate::status::ConditionStatus;
+use crate::{names, selector};
 
 impl Context {
     pub(super) async fn observe(
         &self,
         config: &KataConfig,
-    ) -> Result<(Observed, ObservedRollout), Error> {
+    ) -> Result<Option<(Observed, ObservedRollout)>, Error> {
         // Plan only from complete caches: an empty node list would unlabel every node.
         let _ = self.nodes.wait_until_ready().await;
         self.rollout.wait_until_ready().await;
         let _ = self.runtime_classes.wait_until_ready().await;
+        // ...and only from a node cache that kept every label a selector
+        // reads: a node missing one would read as outside its pool.
+        let needed = self.label_keys_needed();
+        if !self.kept_labels.ask(needed.clone()) {
+            info!(
+                keys = ?needed.extra,
+                "listing the nodes again to keep the labels the selectors name; planning once done"
+            );
+            return Ok(None);
+        }
         let deleting = config.meta().deletion_timestamp.is_some();
         let mut nodes: Vec<ObservedNode> =
             self.nodes.state().into_iter().map(observed_node).collect();
@@ -91,7 +102,23 @@ impl Context {
                 .engaged()
                 .map(|brake| brake.message()),
         };
-        Ok((observed, rollout))
+        Ok(Some((observed, rollout)))
+    }
+
+    /// The label keys the plan reads: every KataConfig's selector (the
+    /// union, so that reconciles of different KataConfigs ask for the
+    /// same) and the backend's.
+    fn label_keys_needed(&self) -> LabelKeys {
+        let configs = self.configs.state();
+        let selectors = configs
+            .iter()
+            .map(|c| c.spec.kata_config_pool_selector.as_ref());
+        let backend = self.rollout.node_label_keys();
+        LabelKeys::of(
+            selectors
+                .flat_map(selector::keys)
+                .chain(backend.iter().map(String::as_str)),
+        )
     }
 }
 

@@ -19,16 +19,20 @@ use crate::api::KataConfig;
 use crate::applier::{self, Applier};
 use crate::backend::Backend;
 use crate::names;
-use crate::node::{NodeAsRead, kata_ready_condition, slim_node};
+use crate::node::{KeptLabels, NodeAsRead, kata_ready_condition, slim_node};
 
 /// A watch that fires when a node's labels, the annotations the backend
 /// reads (`annotations_read`) or its `KataRuntimeReady` condition change
-/// (not on status heartbeats, nor on others' annotations), keeping `writer`
-/// up to date with nodes cut down to what is read ([`slim_node`]).
+/// (not on status heartbeats, nor on others' annotations), and when the
+/// cache has been listed again with new label keys, keeping `writer` up to
+/// date with nodes cut down to what is read ([`slim_node`]). Each change of
+/// the keys `kept` wants ends the watch and starts another, which lists
+/// every node with them.
 fn node_events(
     client: &Client,
     writer: reflector::store::Writer<Node>,
     annotations_read: &'static [&'static str],
+    kept: KeptLabels,
 ) -> impl Stream<Item = ()> + Send + 'static {
     let label_or_annotation = |n: &Node| {
         use std::hash::{Hash, Hasher};
@@ -40,14 +44,35 @@ fn node_events(
         }
         Some(hasher.finish())
     };
-    watcher(Api::<NodeAsRead>::all(client.clone()), node_list_config())
-        .map_ok(as_node)
-        .default_backoff()
-        .modify(move |node| slim_node(node, annotations_read))
+    let (client, listing) = (client.clone(), kept.clone());
+    let watches = futures::stream::repeat_with(move || {
+        let mut wanted = listing.subscribe();
+        let keys = wanted.borrow_and_update().clone();
+        listing.list_started(keys.clone());
+        let keys_changed = async move {
+            if wanted.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        watcher(Api::<NodeAsRead>::all(client.clone()), node_list_config())
+            .map_ok(as_node)
+            .default_backoff()
+            .modify(move |node| slim_node(node, annotations_read, &keys))
+            .take_until(keys_changed)
+    })
+    .flatten();
+    let lists = kept.lists();
+    let changes = watches
         .reflect(writer)
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                kept.list_done();
+            }
+        })
         .applied_objects()
         .predicate_filter(label_or_annotation, Default::default())
-        .filter_map(|r| async move { r.ok().map(|_| ()) })
+        .filter_map(|r| async move { r.ok().map(|_| ()) });
+    futures::stream::select(changes, lists)
 }
 
 /// The node watch's event, its Node taken out of [`NodeAsRead`].
@@ -130,6 +155,7 @@ impl KataConfigController {
         } = self;
         let runtime_class_writer = reflector::store::Writer::<RuntimeClass>::default();
         let stopped = Arc::new(Notify::new());
+        let kept_labels = KeptLabels::default();
         let recorder = applier::event_recorder(client.clone());
         let ctx = Arc::new(Context {
             applier: Applier::new(
@@ -141,6 +167,7 @@ impl KataConfigController {
             ),
             client: client.clone(),
             nodes: node_writer.as_reader(),
+            kept_labels: kept_labels.clone(),
             rollout: backend.source,
             configs: controller.store(),
             runtime_classes: runtime_class_writer.as_reader(),
@@ -150,7 +177,12 @@ impl KataConfigController {
             options,
         });
         let triggers = futures::stream::select(
-            node_events(&client, node_writer, backend.node_annotations),
+            node_events(
+                &client,
+                node_writer,
+                backend.node_annotations,
+                kept_labels.clone(),
+            ),
             backend.triggers,
         );
         let runtime_classes = watcher(

@@ -6,7 +6,9 @@ use super::names::{NODE_ANNOTATIONS, REASON, STATE, STATE_DEGRADED};
 use super::observe::{current_config, install_phase, runs_kata_pool_config, uninstall_phase};
 use crate::controller::observed_node;
 use crate::names;
-use crate::node::{kata_ready_condition, slim_node};
+use crate::node::{LabelKeys, kata_ready_condition, slim_node};
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::core::v1::NodeCondition;
 use kube::ResourceExt;
@@ -41,23 +43,30 @@ fn a_slim_cache_copy_reads_as_the_whole_node() {
             ..Default::default()
         });
     let mut slim = full.clone();
-    slim_node(&mut slim, &NODE_ANNOTATIONS);
+    slim_node(&mut slim, &NODE_ANNOTATIONS, &LabelKeys::default());
     let (whole, cut) = (
         observed_node(full.clone().into()),
         observed_node(slim.clone().into()),
     );
     assert!(cut.annotations.len() < whole.annotations.len());
+    // Of the labels, those no selector names are gone (the cache keeps
+    // more when a selector names them); the rest read the same.
+    let read: BTreeMap<&String, &String> = whole
+        .labels
+        .iter()
+        .filter(|(key, _)| LabelKeys::default().keeps(key))
+        .collect();
+    assert!(read.len() < whole.labels.len() && read.len() > 1);
+    assert_eq!(cut.labels.iter().collect::<BTreeMap<_, _>>(), read);
     assert_eq!(
         (
             &cut.name,
-            &cut.labels,
             cut.has_ready_condition,
             &cut.os_image,
             &cut.not_ready_reason
         ),
         (
             &whole.name,
-            &whole.labels,
             whole.has_ready_condition,
             &whole.os_image,
             &whole.not_ready_reason

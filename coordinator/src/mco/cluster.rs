@@ -246,6 +246,21 @@ impl RolloutSource for MachineConfigSource {
         }
         .boxed()
     }
+
+    /// Every pool's `nodeSelector` keys: which pool a node is in.
+    fn node_label_keys(&self) -> Vec<String> {
+        self.pools
+            .state()
+            .iter()
+            .filter_map(|p| serde_json::to_value(p.as_ref()).ok())
+            .map(|p| ObservedPool::from_object(&p))
+            .flat_map(|pool| {
+                crate::selector::keys(pool.node_selector.as_ref())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 /// The MCO backend: the pool watch, the watches of our objects, and the
