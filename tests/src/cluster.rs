@@ -223,11 +223,13 @@ impl Cluster {
     }
 }
 
+/// A node label that wakes a reconcile and decides nothing: the node cache
+/// keeps it (of the labels it keeps only roles, ours and those selectors
+/// name; this one is under our prefix), and nothing reads it.
+pub const TOUCH_LABEL: &str = "katacontainers.io/test-touched";
+
 /// Runs `rounds` more complete reconciles of the coordinator whose metrics
-/// are `metrics`, each started by a label on the first node that no
-/// selector reads: a change that wakes a reconcile (the node cache keeps
-/// every label, and only the backend's annotations) and that it decides
-/// nothing on. The
+/// are `metrics`, each started by [`TOUCH_LABEL`] on the first node. The
 /// reconcile-duration histogram counts finished reconciles.
 pub async fn reconcile_rounds(
     client: &Client,
@@ -238,7 +240,7 @@ pub async fn reconcile_rounds(
     let first = nodes.list(&Default::default()).await.unwrap().items[0].name_any();
     for round in 0..rounds {
         let finished = metrics.reconcile_duration.0.count();
-        let patch = json!({"metadata": {"labels": {"example.com/touched": round.to_string()}}});
+        let patch = json!({"metadata": {"labels": {TOUCH_LABEL: round.to_string()}}});
         nodes
             .patch(&first, &PatchParams::default(), &Patch::Merge(&patch))
             .await

@@ -304,7 +304,7 @@ async fn converged_cluster_resync_makes_no_writes() {
     let second = RunningCoordinator::start(cluster.client.clone(), Options::default());
     // Give it time to list, reconcile and settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let patch = json!({"metadata": {"labels": {"example.com/touched": "yes"}}});
+    let patch = json!({"metadata": {"labels": {kata_tests::cluster::TOUCH_LABEL: "yes"}}});
     Api::<Node>::all(cluster.client.clone())
         .patch("w1", &PatchParams::default(), &Patch::Merge(&patch))
         .await

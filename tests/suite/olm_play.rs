@@ -131,7 +131,7 @@ async fn writes(coordinator: &CoordinatorPod, kind: &str) -> f64 {
 }
 
 /// `rounds` more reconciles of the coordinator pod finished, each woken by
-/// a label on a node that no selector reads, which decides nothing.
+/// [`kata_tests::cluster::TOUCH_LABEL`] on a node, which decides nothing.
 async fn reconcile_rounds(cluster: &Cluster, coordinator: &CoordinatorPod, rounds: usize) {
     let series = "kata_operator_reconcile_duration_seconds_count";
     let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(cluster.client.clone());
@@ -139,7 +139,8 @@ async fn reconcile_rounds(cluster: &Cluster, coordinator: &CoordinatorPod, round
         let finished = scrape_metric(coordinator.process.metrics, series)
             .await
             .unwrap_or(0.0);
-        let patch = json!({"metadata": {"labels": {"example.com/touched": round.to_string()}}});
+        let patch =
+            json!({"metadata": {"labels": {kata_tests::cluster::TOUCH_LABEL: round.to_string()}}});
         nodes
             .patch(
                 NODES[0],
