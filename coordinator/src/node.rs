@@ -210,12 +210,12 @@ impl Default for KeptLabels {
 impl KeptLabels {
     /// Asks for `needed` (a change restarts the node watch); answers
     /// whether the cache already holds every one of its keys.
-    pub fn ask(&self, needed: LabelKeys) -> bool {
-        let covered = self.listed.borrow().covers(&needed);
+    pub fn ask(&self, needed: &LabelKeys) -> bool {
+        let covered = self.listed.borrow().covers(needed);
         self.wanted.send_if_modified(|wanted| {
-            let changed = **wanted != needed;
+            let changed = **wanted != *needed;
             if changed {
-                *wanted = Arc::new(needed);
+                *wanted = Arc::new(needed.clone());
             }
             changed
         });
@@ -493,32 +493,32 @@ mod tests {
         let kept = KeptLabels::default();
         let mut wanted = kept.subscribe();
         let mut lists = Box::pin(kept.lists());
-        assert!(kept.ask(LabelKeys::of([names::WORKER_ROLE_LABEL])));
+        assert!(kept.ask(&LabelKeys::of([names::WORKER_ROLE_LABEL])));
         assert!(
             !wanted.has_changed().expect("the sender lives"),
             "roles are always kept"
         );
 
         let custom = LabelKeys::of(["custom-kata1"]);
-        assert!(!kept.ask(custom.clone()));
+        assert!(!kept.ask(&custom));
         assert!(
             wanted.has_changed().expect("the sender lives"),
             "the watch is restarted"
         );
         let keys = wanted.borrow_and_update().clone();
         kept.list_started(keys);
-        assert!(!kept.ask(custom.clone()), "not while the list is under way");
+        assert!(!kept.ask(&custom), "not while the list is under way");
         assert!(
             !wanted.has_changed().expect("the sender lives"),
             "the same keys: no restart"
         );
         kept.list_done();
         lists.next().await.expect("the new list is announced");
-        assert!(kept.ask(custom.clone()));
+        assert!(kept.ask(&custom));
         assert_eq!(*kept.listed(), custom);
 
         // Fewer keys: planning goes on from the larger cache meanwhile.
-        assert!(kept.ask(LabelKeys::default()));
+        assert!(kept.ask(&LabelKeys::default()));
         assert!(wanted.has_changed().expect("the sender lives"));
     }
 }

@@ -29,7 +29,7 @@ impl Context {
         // ...and only from a node cache that kept every label a selector
         // reads: a node missing one would read as outside its pool.
         let needed = self.label_keys_needed();
-        if !self.kept_labels.ask(needed.clone()) {
+        if !self.kept_labels.ask(&needed) {
             info!(
                 keys = ?needed.extra,
                 "listing the nodes again to keep the labels the selectors name; planning once done"

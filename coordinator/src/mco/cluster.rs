@@ -166,12 +166,7 @@ pub async fn observe(
     let pool_object = pools
         .get(&ObjectRef::new_with(names::POOL_NAME, POOL.api_resource()))
         .and_then(|p| serde_json::to_value(p.as_ref()).ok());
-    let mut observed_pools: Vec<ObservedPool> = pools
-        .state()
-        .iter()
-        .filter_map(|p| serde_json::to_value(p.as_ref()).ok())
-        .map(|p| ObservedPool::from_object(&p))
-        .collect();
+    let mut observed_pools = observed_pools(pools);
     observed_pools.sort_by(|a, b| a.name.cmp(&b.name));
     let master_rendered_prefix = format!("rendered-{}-", names::MASTER_POOL);
     let master_configs: BTreeSet<&str> = nodes
@@ -199,6 +194,16 @@ pub async fn observe(
     };
     rollout.hold_ours(owned.machine_configs(), our_runtime_configs);
     Ok(rollout)
+}
+
+/// Every pool in the pool watch's cache, as the planner reads it.
+fn observed_pools(pools: &Store<DynamicObject>) -> Vec<ObservedPool> {
+    pools
+        .state()
+        .iter()
+        .filter_map(|p| serde_json::to_value(p.as_ref()).ok())
+        .map(|p| ObservedPool::from_object(&p))
+        .collect()
 }
 
 /// A store for the pool watch.
@@ -249,16 +254,10 @@ impl RolloutSource for MachineConfigSource {
 
     /// Every pool's `nodeSelector` keys: which pool a node is in.
     fn node_label_keys(&self) -> Vec<String> {
-        self.pools
-            .state()
+        observed_pools(&self.pools)
             .iter()
-            .filter_map(|p| serde_json::to_value(p.as_ref()).ok())
-            .map(|p| ObservedPool::from_object(&p))
-            .flat_map(|pool| {
-                crate::selector::keys(pool.node_selector.as_ref())
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|pool| crate::selector::keys(pool.node_selector.as_ref()))
+            .map(str::to_owned)
             .collect()
     }
 }
