@@ -48,6 +48,9 @@ pub struct RunOptions {
     /// The live log filter, changeable through `PUT /log-level` on a
     /// loopback address of its own.
     pub log_filter: Option<AdminEndpoint>,
+    /// Reads the allocator's figures for `/metrics`, when the binary's
+    /// allocator keeps them.
+    pub heap: Option<crate::metrics::HeapReader>,
 }
 
 /// Where `PUT /log-level` is served, and the filter it changes.
@@ -168,7 +171,7 @@ async fn serve_endpoints(
 
 /// What the node labeller reads: the controller's caches, and its policy.
 struct LabellerInputs {
-    nodes: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>,
+    nodes: kube::runtime::reflector::Store<crate::node::CachedNode>,
     configs: kube::runtime::reflector::Store<crate::api::KataConfig>,
     policy: MarkPolicy,
 }
@@ -239,7 +242,10 @@ pub async fn run_until(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), AppError> {
     let shutdown = shutdown.boxed().shared();
-    let metrics = Metrics::default();
+    let metrics = Metrics {
+        heap: options.heap,
+        ..Metrics::default()
+    };
     metrics.count_writes_to(&crate::mco::SERVED_KINDS);
     let registry = metrics.registry();
     let leader_gauge = metrics.leader.clone();
@@ -273,8 +279,7 @@ pub async fn run_until(
     }
 
     // Kept by the controller's watches, read by the labeller as well.
-    let node_writer =
-        kube::runtime::reflector::store::Writer::<k8s_openapi::api::core::v1::Node>::default();
+    let node_writer = kube::runtime::reflector::store::Writer::<crate::node::CachedNode>::default();
     let nodes = node_writer.as_reader();
     let controller = KataConfigController::new(
         client.clone(),
@@ -331,7 +336,7 @@ pub async fn run_until(
 pub async fn run_controller(
     client: Client,
     options: controller::Options,
-    node_writer: kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Node>,
+    node_writer: kube::runtime::reflector::store::Writer<crate::node::CachedNode>,
 ) {
     let backend = crate::mco::cluster::backend(&client);
     KataConfigController::new(client, options, node_writer, backend)

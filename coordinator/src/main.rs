@@ -13,13 +13,21 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// C type `const char *`). One arena: the coordinator's work is I/O on a few
 /// threads, and per-thread arenas each keep their own partly used pages. A
 /// background thread returns freed pages to the kernel even when the process
-/// is quiet.
+/// is quiet, within a second of their last use (`dirty_decay_ms`, 10 s by
+/// default) and at once rather than in a second stage (`muzzy_decay_ms`): a
+/// burst of agents arriving together would otherwise hold its pages for
+/// seconds after it passed. No thread caches (`tcache`): each thread keeps
+/// freed objects of every size for itself, and objects of long life then
+/// land among them; without, the same objects sit in fewer pages, for some
+/// CPU (docs/BENCHMARKS.md has the figures of each).
 #[cfg(not(feature = "system-allocator"))]
 #[allow(unsafe_code, non_upper_case_globals)]
 // SAFETY: the name is the one jemalloc reads, the value a pointer to a
 // NUL-terminated static string, as the C declaration requires.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: Option<&'static u8> = Some(&b"narenas:1,background_thread:true\0"[0]);
+pub static malloc_conf: Option<&'static u8> = Some(
+    &b"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,tcache:false\0"[0],
+);
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -325,6 +333,7 @@ fn run_options(args: RunArgs, log_control: logging::LogFilter) -> RunOptions {
         retry: Duration::from_secs(2),
     });
     RunOptions {
+        heap: heap_reader(),
         log_filter: Some(kata_coordinator::app::AdminEndpoint {
             listen: admin_listen,
             filter: log_control,
@@ -385,4 +394,30 @@ fn serve(options: RunOptions, rollout: app::RolloutWatch) -> ExitCode {
     // request in flight) gets a moment, not the pod's whole grace.
     runtime.shutdown_timeout(Duration::from_secs(2));
     outcome
+}
+
+/// jemalloc's figures of the heap, for `/metrics`: what the program holds
+/// against what the process keeps resident tells live objects from room
+/// between them.
+#[cfg(not(feature = "system-allocator"))]
+fn heap_reader() -> Option<kata_coordinator::metrics::HeapReader> {
+    fn read() -> Option<kata_coordinator::metrics::HeapFigures> {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        // The figures are a snapshot, taken anew when the epoch advances.
+        epoch::advance().ok()?;
+        let bytes = |read: tikv_jemalloc_ctl::Result<usize>| read.ok().map(|b| b as u64);
+        Some(kata_coordinator::metrics::HeapFigures {
+            allocated: bytes(stats::allocated::read())?,
+            active: bytes(stats::active::read())?,
+            resident: bytes(stats::resident::read())?,
+            metadata: bytes(stats::metadata::read())?,
+        })
+    }
+    Some(read)
+}
+
+/// The system allocator keeps no figures of its own.
+#[cfg(feature = "system-allocator")]
+fn heap_reader() -> Option<kata_coordinator::metrics::HeapReader> {
+    None
 }

@@ -271,6 +271,63 @@ pub struct Metrics {
     /// ([`REFUSAL_REASONS`]).
     pub health_refused: Family<ReasonLabel, Counter>,
     pub reconcile_duration: ReconcileDurations,
+    /// Where the allocator's figures are read at each scrape, when the
+    /// binary's allocator keeps them.
+    pub heap: Option<HeapReader>,
+}
+
+/// The allocator's own figures of the process heap, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapFigures {
+    /// Bytes the program holds in live allocations.
+    pub allocated: u64,
+    /// Bytes of the pages those allocations sit in: `active - allocated`
+    /// is the room left between live objects.
+    pub active: u64,
+    /// Bytes of heap in physical memory, the allocator's metadata included.
+    pub resident: u64,
+    /// The allocator's own bookkeeping.
+    pub metadata: u64,
+}
+
+/// Reads [`HeapFigures`] from the allocator, `None` when it cannot.
+pub type HeapReader = fn() -> Option<HeapFigures>;
+
+/// Serves [`HeapFigures`] as they are at each scrape.
+#[derive(Debug)]
+struct HeapCollector(HeapReader);
+
+impl prometheus_client::collector::Collector for HeapCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(heap) = (self.0)() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "coordinator_heap",
+            "The coordinator's heap as its allocator counts it, by state: allocated (live \
+             objects), active (the pages they sit in), resident (in physical memory), metadata \
+             (the allocator's own)",
+            Some(&Unit::Bytes),
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, bytes) in [
+            ("allocated", heap.allocated),
+            ("active", heap.active),
+            ("resident", heap.resident),
+            ("metadata", heap.metadata),
+        ] {
+            let label = StateLabel {
+                state: state.into(),
+            };
+            ConstGauge::new(bytes).encode(family.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
@@ -415,6 +472,9 @@ impl Metrics {
         let prefix = registry.sub_registry_with_prefix("kata_operator");
         self.register_controller(prefix);
         self.register_health_channel(prefix);
+        if let Some(read) = self.heap {
+            prefix.register_collector(Box::new(HeapCollector(read)));
+        }
     }
 
     /// The KataConfig controller's families, and the writes of every part.

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
@@ -15,76 +15,100 @@ use crate::plan::ownership;
 /// The labels the labeller writes on nodes.
 pub const MARK_LABELS: [&str; 2] = [names::KATA_RUNTIME_LABEL, names::KATA_CAPABLE_LABEL];
 
-/// The node's `KataRuntimeReady` condition, written by the labeller.
-pub fn kata_ready_condition(node: &Node) -> Option<&NodeCondition> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
+/// A Node as the node cache holds it: what the controller and the labeller
+/// read, and nothing else. The cache holds every node of the cluster, and a
+/// real Node (some 16 KiB on an OpenShift worker) is mostly what others
+/// write for themselves: the image list, capacity, addresses, the kubelet's
+/// conditions, the network plugin's and cloud's annotations, the
+/// managed-fields bookkeeping. k8s-openapi's `Node` would also carry every
+/// optional field of its spec and status inline, set or not: 1.5 KiB per
+/// node before any of its text, where this type is a quarter of that.
+///
+/// The node watch decodes Nodes as this type: its metadata, our
+/// `KataRuntimeReady` condition and the OS image. Every watch event and every
+/// page of the (re)list carries whole Nodes (some 19 KiB on an OpenShift
+/// worker, half of it the image list); serde skips the rest of the text
+/// without allocating. [`slim_node`] then cuts the metadata down before the
+/// node is stored. Nothing is ever written back from it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CachedNode {
+    pub metadata: ObjectMeta,
+    /// Our `KataRuntimeReady` condition, written by the labeller.
+    pub ready: Option<NodeCondition>,
+    /// `status.nodeInfo.osImage`: which OS extension the node needs.
+    pub os_image: Option<String>,
+}
+
+impl From<Node> for CachedNode {
+    fn from(node: Node) -> Self {
+        let (conditions, node_info) = node
+            .status
+            .map(|s| (s.conditions, s.node_info))
+            .unwrap_or_default();
+        Self {
+            metadata: node.metadata,
+            ready: conditions.and_then(ours),
+            os_image: node_info.map(|i| i.os_image),
+        }
+    }
+}
+
+/// Our condition among a node's conditions.
+fn ours(conditions: Vec<NodeCondition>) -> Option<NodeCondition> {
+    conditions
+        .into_iter()
         .find(|c| c.type_ == names::NODE_CONDITION)
 }
 
-/// Drops what the coordinator never reads from its cached Nodes, before
-/// they are stored: the cache holds every node of the cluster, and a real
-/// Node (some 16 KiB on an OpenShift worker) is mostly what others write
-/// for themselves: the image list, capacity, addresses, the kubelet's
-/// conditions, the network plugin's and cloud's annotations, the
-/// managed-fields bookkeeping. What stays is what the controller and the
-/// labeller read: the metadata with every label, the annotations in
-/// `annotations_read` (the backend's), our `KataRuntimeReady` condition,
-/// the OS image, of the labels those [`LabelKeys::keeps`] (an OpenShift
-/// worker carries some 40, nearly all for others), and of the managed
-/// fields only other managers' ownership of our labels ([`MARK_LABELS`]),
-/// which no apply of ours can remove — on most nodes, nothing. Nothing is
-/// ever written back from this copy.
-pub fn slim_node(node: &mut Node, annotations_read: &[&str], labels_read: &LabelKeys) {
-    if let Some(labels) = node.metadata.labels.as_mut() {
-        labels.retain(|key, _| labels_read.keeps(key));
-    }
-    node.metadata.managed_fields = node
-        .metadata
-        .managed_fields
-        .take()
-        .map(|entries| {
-            entries
-                .into_iter()
-                .filter_map(foreign_mark_owner)
-                .collect::<Vec<_>>()
-        })
-        .filter(|kept| !kept.is_empty());
-    if let Some(annotations) = node.metadata.annotations.as_mut() {
-        annotations.retain(|key, _| annotations_read.contains(&key.as_str()));
-    }
-    node.spec = None;
-    node.status = node.status.take().map(|status| NodeStatus {
-        conditions: status
-            .conditions
-            .map(|all| {
-                all.into_iter()
-                    .filter(|c| c.type_ == names::NODE_CONDITION)
-                    .collect::<Vec<_>>()
-            })
-            .filter(|ours| !ours.is_empty()),
-        node_info: status.node_info.map(|info| NodeSystemInfo {
-            os_image: info.os_image,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+/// The node's `KataRuntimeReady` condition, written by the labeller.
+pub fn kata_ready_condition(node: &CachedNode) -> Option<&NodeCondition> {
+    node.ready.as_ref()
 }
 
-/// A Node as the node watch decodes it: its metadata, its conditions and
-/// its OS image, and nothing else. Every watch event and every page of the
-/// (re)list carries whole Nodes (some 19 KiB on an OpenShift worker, half of
-/// it the image list); decoded as a [`Node`], each costs hundreds of small
-/// allocations that [`slim_node`] frees at once. These fields are the
-/// superset of what [`slim_node`] keeps; serde skips the rest of the text
-/// without allocating.
-#[derive(Clone, Debug)]
-pub struct NodeAsRead(pub Node);
+/// Cuts a node down to what the cache keeps, before it is stored: of the
+/// metadata the name, the labels those [`LabelKeys::keeps`] (an OpenShift
+/// worker carries some 40, nearly all for others), the annotations in
+/// `annotations_read` (the backend's), and of the managed fields only other
+/// managers' ownership of our labels ([`MARK_LABELS`]), which no apply of
+/// ours can remove — on most nodes, nothing. The uid and resource version
+/// go too: the watch has read the version before this runs, and nothing
+/// reads them from the cache.
+pub fn slim_node(node: &mut CachedNode, annotations_read: &[&str], labels_read: &LabelKeys) {
+    let metadata = std::mem::take(&mut node.metadata);
+    node.metadata = ObjectMeta {
+        name: metadata.name,
+        labels: metadata
+            .labels
+            .map(|labels| {
+                labels
+                    .into_iter()
+                    .filter(|(key, _)| labels_read.keeps(key))
+                    .collect()
+            })
+            .filter(|kept: &std::collections::BTreeMap<_, _>| !kept.is_empty()),
+        annotations: metadata
+            .annotations
+            .map(|annotations| {
+                annotations
+                    .into_iter()
+                    .filter(|(key, _)| annotations_read.contains(&key.as_str()))
+                    .collect()
+            })
+            .filter(|kept: &std::collections::BTreeMap<_, _>| !kept.is_empty()),
+        managed_fields: metadata
+            .managed_fields
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .filter_map(foreign_mark_owner)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|kept| !kept.is_empty()),
+        ..ObjectMeta::default()
+    };
+}
 
-impl<'de> Deserialize<'de> for NodeAsRead {
+impl<'de> Deserialize<'de> for CachedNode {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Wire {
@@ -105,22 +129,19 @@ impl<'de> Deserialize<'de> for NodeAsRead {
             os_image: String,
         }
         let wire = Wire::deserialize(deserializer)?;
-        Ok(Self(Node {
+        let (conditions, node_info) = wire
+            .status
+            .map(|s| (s.conditions, s.node_info))
+            .unwrap_or_default();
+        Ok(Self {
             metadata: wire.metadata,
-            spec: None,
-            status: wire.status.map(|status| NodeStatus {
-                conditions: status.conditions,
-                node_info: status.node_info.map(|info| NodeSystemInfo {
-                    os_image: info.os_image,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }))
+            ready: conditions.and_then(ours),
+            os_image: node_info.map(|i| i.os_image),
+        })
     }
 }
 
-impl k8s_openapi::Resource for NodeAsRead {
+impl k8s_openapi::Resource for CachedNode {
     const API_VERSION: &'static str = Node::API_VERSION;
     const GROUP: &'static str = Node::GROUP;
     const KIND: &'static str = Node::KIND;
@@ -129,15 +150,15 @@ impl k8s_openapi::Resource for NodeAsRead {
     type Scope = <Node as k8s_openapi::Resource>::Scope;
 }
 
-impl k8s_openapi::Metadata for NodeAsRead {
+impl k8s_openapi::Metadata for CachedNode {
     type Ty = ObjectMeta;
 
     fn metadata(&self) -> &ObjectMeta {
-        &self.0.metadata
+        &self.metadata
     }
 
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
+        &mut self.metadata
     }
 }
 
@@ -295,7 +316,7 @@ fn foreign_mark_owner(entry: ManagedFieldsEntry) -> Option<ManagedFieldsEntry> {
 mod tests {
     use super::*;
     use futures::StreamExt;
-    use k8s_openapi::api::core::v1::{ContainerImage, NodeSpec};
+    use k8s_openapi::api::core::v1::ContainerImage;
     use kube::ResourceExt;
 
     const READ: [&str; 1] = ["machineconfiguration.openshift.io/currentConfig"];
@@ -328,51 +349,40 @@ mod tests {
         status.conditions = Some(vec![condition("Ready"), condition(names::NODE_CONDITION)]);
         status.images = Some(vec![ContainerImage::default()]);
         let labels = node.metadata.labels.clone();
+        let mut node = CachedNode::from(node);
         assert_eq!(
             kata_ready_condition(&node).map(|c| c.type_.as_str()),
             Some(names::NODE_CONDITION)
         );
         slim_node(&mut node, &READ, &LabelKeys::of(["team"]));
         assert_eq!(node.metadata.labels, labels);
-        assert_eq!(node.metadata.resource_version.as_deref(), Some("7"));
-        assert_eq!(node.metadata.uid.as_deref(), Some("u"));
+        assert_eq!(node.metadata.name.as_deref(), Some("w0"));
+        assert_eq!(
+            (&node.metadata.resource_version, &node.metadata.uid),
+            (&None, &None)
+        );
         let annotations = node.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(annotations.keys().collect::<Vec<_>>(), [READ[0]]);
-        assert_eq!(node.spec, None::<NodeSpec>);
-        let status = node.status.clone().unwrap_or_default();
-        let kept_types: Vec<_> = status
-            .conditions
-            .iter()
-            .flatten()
-            .map(|c| &c.type_)
-            .collect();
-        assert_eq!(kept_types, [names::NODE_CONDITION]);
         assert_eq!(
-            status.node_info.map(|i| (i.os_image, i.kernel_version)),
-            Some(("Red Hat Enterprise Linux CoreOS".into(), String::new()))
-        );
-        assert_eq!(
-            (status.images, status.capacity, status.addresses),
-            (None, None, None)
+            node.os_image.as_deref(),
+            Some("Red Hat Enterprise Linux CoreOS")
         );
         assert!(kata_ready_condition(&node).is_some());
 
-        let mut kubelets_only = Node {
-            status: Some(NodeStatus {
+        let kubelets_only = CachedNode::from(Node {
+            status: Some(k8s_openapi::api::core::v1::NodeStatus {
                 conditions: Some(vec![condition("Ready")]),
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        slim_node(&mut kubelets_only, &READ, &LabelKeys::default());
+        });
         assert!(kata_ready_condition(&kubelets_only).is_none());
-        assert_eq!(kubelets_only.status.and_then(|s| s.conditions), None);
-        assert!(kata_ready_condition(&Node::default()).is_none());
+        assert!(kata_ready_condition(&CachedNode::default()).is_none());
     }
 
     /// The watch's narrow decoding loses nothing the cache keeps: an
     /// OpenShift worker's Node, with our condition and another manager
-    /// owning our label, decoded as [`NodeAsRead`] and slimmed is the same
+    /// owning our label, decoded as [`CachedNode`] and slimmed is the same
     /// as decoded whole and slimmed.
     #[test]
     fn the_watchs_narrow_decoding_keeps_what_the_slim_copy_keeps() {
@@ -395,21 +405,16 @@ mod tests {
             "reason": "KvmUnusable", "message": "/dev/kvm: no such file",
         }));
         let text = wire.to_string();
-        let mut whole: Node = serde_json::from_str(&text).expect("a Node");
-        let NodeAsRead(mut narrow) = serde_json::from_str(&text).expect("a Node as read");
+        let whole: Node = serde_json::from_str(&text).expect("a Node");
         assert!(whole.status.as_ref().is_some_and(|s| s.images.is_some()));
-        assert_eq!(narrow.spec, None);
+        let mut whole = CachedNode::from(whole);
+        let mut narrow: CachedNode = serde_json::from_str(&text).expect("a Node as read");
         slim_node(&mut whole, &READ, &LabelKeys::default());
         slim_node(&mut narrow, &READ, &LabelKeys::default());
         assert_eq!(narrow, whole);
         assert!(kata_ready_condition(&narrow).is_some());
         assert!(narrow.metadata.managed_fields.is_some());
-        assert!(
-            narrow
-                .status
-                .and_then(|s| s.node_info)
-                .is_some_and(|i| !i.os_image.is_empty())
-        );
+        assert!(narrow.os_image.is_some_and(|i| !i.is_empty()));
     }
 
     #[test]
@@ -428,7 +433,7 @@ mod tests {
                 keys.iter().map(|k| (format!("f:{k}"), json!({}))).collect();
             json!({ "f:metadata": { "f:labels": keys }, "f:spec": { "f:podCIDR": {} } })
         };
-        let mut node = Node::default();
+        let mut node = CachedNode::default();
         node.metadata.managed_fields = Some(vec![
             entry(names::MANAGER_HEALTH, labels(&[names::KATA_RUNTIME_LABEL])),
             entry("admin", labels(&["team", names::KATA_RUNTIME_LABEL])),
@@ -444,7 +449,7 @@ mod tests {
         } } });
         assert_eq!(kept[0].fields_v1, Some(FieldsV1(runtime_only)));
 
-        let mut ours_only = Node::default();
+        let mut ours_only = CachedNode::default();
         ours_only.metadata.managed_fields = Some(vec![entry(
             names::MANAGER_HEALTH,
             labels(&[names::KATA_RUNTIME_LABEL]),
@@ -455,7 +460,7 @@ mod tests {
 
     #[test]
     fn the_cache_keeps_roles_ours_and_the_keys_selectors_name() {
-        let mut node = Node::default();
+        let mut node = CachedNode::default();
         node.metadata.labels = Some(
             [
                 names::WORKER_ROLE_LABEL,

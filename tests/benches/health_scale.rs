@@ -13,6 +13,7 @@
 //! default of 30 unless set). After the steady window the coordinator is
 //! killed and started again: the failover's check-in storm.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +31,8 @@ use kata_tests::eventually;
 use kata_tests::http::scrape_metric;
 use kata_tests::manifests::control_plane_with_operator_api;
 use kata_tests::pki::TlsFiles;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use serde_json::json;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -76,12 +78,70 @@ impl Coordinator<'_> {
     }
 }
 
+/// Nodes carrying `label`, listed by their metadata alone.
 async fn count_labelled(nodes: &Api<Node>, label: &str) -> Result<usize, BoxError> {
     Ok(nodes
-        .list(&ListParams::default().labels(label))
+        .list_metadata(&ListParams::default().labels(label))
         .await?
         .items
         .len())
+}
+
+/// The nodes carrying `label`, as a watch of their metadata sees them.
+struct LabelledNodes {
+    events: futures::stream::BoxStream<
+        'static,
+        Result<watcher::Event<PartialObjectMeta<Node>>, watcher::Error>,
+    >,
+    names: HashSet<String>,
+}
+
+/// Starts watching the nodes that carry `label`; returns once the watch
+/// has listed them.
+async fn labelled_nodes(nodes: &Api<Node>, label: &str) -> Result<LabelledNodes, BoxError> {
+    let mut watch = LabelledNodes {
+        events: watcher(
+            Api::<PartialObjectMeta<Node>>::all(nodes.clone().into_client()),
+            watcher::Config::default().labels(label),
+        )
+        .boxed(),
+        names: HashSet::new(),
+    };
+    while !watch.next().await? {}
+    Ok(watch)
+}
+
+impl LabelledNodes {
+    /// Follows one event: whether it ended a (re)list.
+    async fn next(&mut self) -> Result<bool, BoxError> {
+        let Some(event) = self.events.try_next().await? else {
+            return Err("the node watch ended".into());
+        };
+        let name = |node: PartialObjectMeta<Node>| node.metadata.name.unwrap_or_default();
+        Ok(match event {
+            watcher::Event::Init => {
+                self.names.clear();
+                false
+            }
+            watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
+                self.names.insert(name(node));
+                false
+            }
+            watcher::Event::Delete(node) => {
+                self.names.remove(&name(node));
+                false
+            }
+            watcher::Event::InitDone => true,
+        })
+    }
+
+    /// Until `count` nodes carry the label.
+    async fn until(&mut self, count: usize) -> Result<(), BoxError> {
+        while self.names.len() < count {
+            self.next().await?;
+        }
+        Ok(())
+    }
 }
 
 #[tokio::main]
@@ -191,9 +251,16 @@ async fn run_measurements(
         counts.failed()
     );
     let checked_in = memory(pid)?;
+    let heap_checked_in = heap(metrics).await;
     let writes_before = scrape_metric(metrics, "kata_operator_api_writes_total").await?;
 
-    // The measured part: from the KataConfig to every node labelled capable.
+    // The measured part: from the KataConfig to every node labelled capable,
+    // seen through a watch of the nodes' metadata started beforehand. (A
+    // poll listing the labelled Nodes would load the API server the
+    // labeller writes to with up to 5,000 whole Nodes a poll.)
+    let capable_label = format!("{}=true", names::KATA_CAPABLE_LABEL);
+    let mut labelled = labelled_nodes(nodes, &capable_label).await?;
+    let reconciles_before = scrape_metric(metrics, "kata_operator_reconciles_total").await?;
     let created = Instant::now();
     let kataconfig: kata_coordinator::api::KataConfig = serde_json::from_value(
         json!({"apiVersion": "kataconfiguration.openshift.io/v1", "kind": "KataConfig", "metadata": {"name": "bench"}, "spec": {"checkNodeEligibility": true}}),
@@ -201,15 +268,12 @@ async fn run_measurements(
     Api::<kata_coordinator::api::KataConfig>::all(client.clone())
         .create(&PostParams::default(), &kataconfig)
         .await?;
-    let capable_label = format!("{}=true", names::KATA_CAPABLE_LABEL);
-    eventually("every node labelled capable", patience, || async {
-        Ok(count_labelled(nodes, &capable_label)
-            .await
-            .map_err(|e| e.to_string())?
-            == agents)
-    })
-    .await?;
+    tokio::time::timeout(patience, labelled.until(agents))
+        .await
+        .map_err(|_| format!("not every node labelled capable within {patience:?}"))??;
     let converged = created.elapsed();
+    let reconciles =
+        scrape_metric(metrics, "kata_operator_reconciles_total").await? - reconciles_before;
 
     // Every node's condition written too: until no write for 5 s. (No MCO
     // runs here: the install waits for a rendered pool, so no node is moved
@@ -234,6 +298,7 @@ async fn run_measurements(
     tokio::time::sleep(STEADY_WINDOW).await;
     let cpu_end = cpu_seconds(pid)?;
     let steady = memory(pid)?;
+    let heap_steady = heap(metrics).await;
     let writes_end = scrape_metric(metrics, "kata_operator_api_writes_total").await?;
     let reviews_steady = scrape_metric(metrics, REVIEWS).await? - reviews_start;
     let check_ins = counts.accepted() - accepted_start;
@@ -260,7 +325,7 @@ async fn run_measurements(
     let reference = bare.elapsed();
 
     println!(
-        "KataConfig created → all {agents} nodes labelled capable: {:.2} s",
+        "KataConfig created → all {agents} nodes labelled capable: {:.2} s ({reconciles} reconciles meanwhile)",
         converged.as_secs_f64()
     );
     println!(
@@ -279,8 +344,25 @@ async fn run_measurements(
         "coordinator RSS: {:.1} MiB before any agent, {:.1} MiB with {agents} checked in (before the KataConfig), {:.1} MiB at steady state (target < 150 at 5,000); peak (VmHWM) {:.1} MiB",
         idle.now, checked_in.now, steady.now, steady.peak
     );
+    println!(
+        "coordinator heap (jemalloc: live objects / the pages they sit in / resident / its metadata): {heap_checked_in} with {agents} checked in; {heap_steady} at steady state"
+    );
 
     failover(nodes, process, coordinator, agents).await
+}
+
+/// The coordinator's heap as jemalloc counts it
+/// (`kata_operator_coordinator_heap_bytes`), in MiB, or why not.
+async fn heap(metrics: SocketAddr) -> String {
+    let mut figures = Vec::new();
+    for state in ["allocated", "active", "resident", "metadata"] {
+        let series = format!("kata_operator_coordinator_heap_bytes{{state=\"{state}\"}}");
+        match scrape_metric(metrics, &series).await {
+            Ok(bytes) => figures.push(format!("{:.1}", bytes / (1024.0 * 1024.0))),
+            Err(e) => return format!("not read ({e})"),
+        }
+    }
+    format!("{} MiB", figures.join(" / "))
 }
 
 /// The leader dies (SIGKILL: no lease released, nothing flushed) and a new

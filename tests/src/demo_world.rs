@@ -170,6 +170,7 @@ impl Coordinator {
             operands: None,
             mark_policy,
             log_filter: None,
+            heap: None,
         };
         let task = tokio::spawn(kata_coordinator::app::run(client, options));
         Ok(Coordinator { task, metrics })

@@ -42,6 +42,7 @@ fn start_replica(client: kube::Client, identity: &str, tls: &TlsFiles) -> Replic
     let (grpc, metrics) = (free_addr(), free_addr());
     let options = RunOptions {
         log_filter: None,
+        heap: None,
         agents: Some(demo_world::agent_server_options(grpc, tls)),
         metrics_listen: metrics,
         operands: None,

@@ -499,6 +499,27 @@ async fn missing_crds_are_named_then_picked_up_and_a_stuck_reconcile_stops_on_si
 
     install_operator_api(&plane).await.unwrap();
     wait_readyz(&coordinator, 200, |b| b == "ok").await;
+    // The binary's allocator serves its figures: live objects sit in
+    // active pages, which are resident.
+    let heap = |state: &'static str| {
+        let metrics = coordinator.metrics;
+        async move {
+            let series = format!("kata_operator_coordinator_heap_bytes{{state=\"{state}\"}}");
+            kata_tests::http::scrape_metric(metrics, &series)
+                .await
+                .unwrap()
+        }
+    };
+    let (allocated, active, resident) = (
+        heap("allocated").await,
+        heap("active").await,
+        heap("resident").await,
+    );
+    println!("coordinator heap: {allocated} bytes allocated, {active} active, {resident} resident");
+    assert!(
+        allocated > 0.0 && allocated <= active && active <= resident,
+        "allocated {allocated}, active {active}, resident {resident}"
+    );
     let client = plane.client().await.unwrap();
     create_node(&client, "w0", &[WORKER]).await.unwrap();
     // Reconciles read the cluster from the watches' caches and write only

@@ -51,6 +51,7 @@ fn start_replica(client: Client, identity: &str) -> Replica {
     let metrics = free_addr().unwrap();
     let options = RunOptions {
         log_filter: None,
+        heap: None,
         agents: None,
         metrics_listen: metrics,
         operands: None,

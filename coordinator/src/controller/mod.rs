@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
+use crate::node::CachedNode;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
@@ -111,7 +111,7 @@ impl Default for Options {
 
 struct Context {
     client: Client,
-    nodes: Store<Node>,
+    nodes: Store<CachedNode>,
     /// Which labels `nodes` holds of each Node.
     kept_labels: crate::node::KeptLabels,
     /// The host-configuration backend's caches and reads.

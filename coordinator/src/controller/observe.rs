@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::info;
@@ -12,7 +11,7 @@ use super::{Context, Error};
 use crate::api::KataConfig;
 use crate::backend::ObservedRollout;
 use crate::kind;
-use crate::node::{LabelKeys, kata_ready_condition};
+use crate::node::{CachedNode, LabelKeys, kata_ready_condition};
 use crate::plan::{self, ConfigId, Observed, ObservedNode};
 use crate::status::ConditionStatus;
 use crate::{names, selector};
@@ -123,17 +122,13 @@ impl Context {
 }
 
 /// What the planner reads of a node.
-pub(crate) fn observed_node(node: Arc<Node>) -> ObservedNode {
+pub(crate) fn observed_node(node: Arc<CachedNode>) -> ObservedNode {
     let condition = kata_ready_condition(&node);
     ObservedNode {
         name: node.name_any(),
         annotations: node.annotations().clone(),
         has_ready_condition: condition.is_some(),
-        os_image: node
-            .status
-            .as_ref()
-            .and_then(|s| s.node_info.as_ref())
-            .map(|i| i.os_image.clone()),
+        os_image: node.os_image.clone(),
         not_ready_reason: condition
             .filter(|c| ConditionStatus::parse(&c.status) == ConditionStatus::False)
             .map(|c| {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Client;
 use kube::api::Api;
@@ -19,7 +18,7 @@ use crate::api::KataConfig;
 use crate::applier::{self, Applier};
 use crate::backend::Backend;
 use crate::names;
-use crate::node::{KeptLabels, NodeAsRead, kata_ready_condition, slim_node};
+use crate::node::{CachedNode, KeptLabels, kata_ready_condition, slim_node};
 
 /// A watch that fires when a node's labels, the annotations the backend
 /// reads (`annotations_read`) or its `KataRuntimeReady` condition change
@@ -30,11 +29,11 @@ use crate::node::{KeptLabels, NodeAsRead, kata_ready_condition, slim_node};
 /// every node with them.
 fn node_events(
     client: &Client,
-    writer: reflector::store::Writer<Node>,
+    writer: reflector::store::Writer<CachedNode>,
     annotations_read: &'static [&'static str],
     kept: KeptLabels,
 ) -> impl Stream<Item = ()> + Send + 'static {
-    let label_or_annotation = |n: &Node| {
+    let label_or_annotation = |n: &CachedNode| {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         predicates::labels(n).hash(&mut hasher);
@@ -54,8 +53,7 @@ fn node_events(
                 std::future::pending::<()>().await;
             }
         };
-        watcher(Api::<NodeAsRead>::all(client.clone()), node_list_config())
-            .map_ok(as_node)
+        watcher(Api::<CachedNode>::all(client.clone()), node_list_config())
             .default_backoff()
             .modify(move |node| slim_node(node, annotations_read, &keys))
             .take_until(keys_changed)
@@ -73,18 +71,6 @@ fn node_events(
         .predicate_filter(label_or_annotation, Default::default())
         .filter_map(|r| async move { r.ok().map(|_| ()) });
     futures::stream::select(changes, lists)
-}
-
-/// The node watch's event, its Node taken out of [`NodeAsRead`].
-fn as_node(event: watcher::Event<NodeAsRead>) -> watcher::Event<Node> {
-    use watcher::Event;
-    match event {
-        Event::Apply(node) => Event::Apply(node.0),
-        Event::Delete(node) => Event::Delete(node.0),
-        Event::Init => Event::Init,
-        Event::InitApply(node) => Event::InitApply(node.0),
-        Event::InitDone => Event::InitDone,
-    }
 }
 
 /// Nodes per page of the node watch's (re)list.
@@ -108,7 +94,7 @@ fn node_list_config() -> watcher::Config {
 pub struct KataConfigController {
     client: Client,
     options: Options,
-    node_writer: reflector::store::Writer<Node>,
+    node_writer: reflector::store::Writer<CachedNode>,
     backend: Backend,
     controller: Controller<KataConfig>,
 }
@@ -120,7 +106,7 @@ impl KataConfigController {
     pub fn new(
         client: Client,
         options: Options,
-        node_writer: reflector::store::Writer<Node>,
+        node_writer: reflector::store::Writer<CachedNode>,
         backend: Backend,
     ) -> Self {
         let configs_api = Api::<KataConfig>::all(client.clone());

@@ -20,8 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::node::CachedNode;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::api::core::v1::NodeCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
@@ -53,7 +54,7 @@ pub use contest::{LABEL_CO_OWNED, LABEL_HELD};
 /// the clock, not by an event).
 const TICK: Duration = Duration::from_secs(1);
 
-fn current_condition(node: &Node) -> Option<ReadyCondition> {
+fn current_condition(node: &CachedNode) -> Option<ReadyCondition> {
     let condition = kata_ready_condition(node)?;
     Some(ReadyCondition {
         ready: ConditionStatus::parse(&condition.status) == ConditionStatus::True,
@@ -64,7 +65,7 @@ fn current_condition(node: &Node) -> Option<ReadyCondition> {
 
 /// The writes one node needs.
 struct NodeWrite {
-    node: Arc<Node>,
+    node: Arc<CachedNode>,
     /// The write takes the runtime-ready label away.
     removes_runtime_label: bool,
     /// The write takes the capable label away: the node leaves the pool.
@@ -121,7 +122,7 @@ impl Labeller {
     /// brake holds; they keep the label, and their dwell.
     fn plan_node(
         &mut self,
-        node: &Arc<Node>,
+        node: &Arc<CachedNode>,
         now: Instant,
         wall: SystemTime,
         explain: bool,
@@ -270,7 +271,7 @@ impl Labeller {
     /// extension, new drop-in)
     /// is probed again at once instead of at the agent's next interval, so
     /// it becomes runtime-ready (or shows why not) without delay.
-    fn reprobe_updated_nodes(&mut self, nodes: &Store<Node>) {
+    fn reprobe_updated_nodes(&mut self, nodes: &Store<CachedNode>) {
         for node in nodes.state() {
             let Some(current) = (self.current_config)(node.annotations()) else {
                 continue;
@@ -286,7 +287,7 @@ impl Labeller {
     }
 
     /// Connected agents, and worker nodes by the labels they carry.
-    fn export_gauges(&self, nodes: &Store<Node>) {
+    fn export_gauges(&self, nodes: &Store<CachedNode>) {
         // Within the grace: the agents whose nodes keep their labels.
         let connected = self
             .registry
@@ -338,7 +339,7 @@ impl Labeller {
 
     async fn write_condition(
         &self,
-        node: &Node,
+        node: &CachedNode,
         condition: &ReadyCondition,
     ) -> Result<(), WriteError> {
         let status = ConditionStatus::from(condition.ready);
@@ -400,7 +401,7 @@ fn eligibility_checked(configs: &Store<KataConfig>) -> bool {
 pub async fn run(
     client: Client,
     registry: HealthRegistry,
-    nodes: Store<Node>,
+    nodes: Store<CachedNode>,
     configs: Store<KataConfig>,
     policy: MarkPolicy,
     metrics: Metrics,
@@ -446,7 +447,7 @@ pub async fn run(
         // Planned with or without a KataConfig: the dwells run all the
         // same, so a node whose agent has long reported it capable is
         // labelled as soon as a KataConfig appears.
-        let workers: Vec<Arc<Node>> = nodes
+        let workers: Vec<Arc<CachedNode>> = nodes
             .state()
             .into_iter()
             .filter(|n| n.labels().contains_key(names::WORKER_ROLE_LABEL))

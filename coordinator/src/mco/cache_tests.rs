@@ -6,7 +6,7 @@ use super::names::{NODE_ANNOTATIONS, REASON, STATE, STATE_DEGRADED};
 use super::observe::{current_config, install_phase, runs_kata_pool_config, uninstall_phase};
 use crate::controller::observed_node;
 use crate::names;
-use crate::node::{LabelKeys, kata_ready_condition, slim_node};
+use crate::node::{CachedNode, LabelKeys, kata_ready_condition, slim_node};
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Node;
@@ -42,6 +42,7 @@ fn a_slim_cache_copy_reads_as_the_whole_node() {
             message: Some("/dev/kvm: no such file".into()),
             ..Default::default()
         });
+    let full = CachedNode::from(full);
     let mut slim = full.clone();
     slim_node(&mut slim, &NODE_ANNOTATIONS, &LabelKeys::default());
     let (whole, cut) = (

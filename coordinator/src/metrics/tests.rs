@@ -160,3 +160,38 @@ fn the_kataconfig_gauges_follow_the_plan_and_clear() {
     prometheus_client::encoding::text::encode(&mut body, &metrics.registry()).unwrap_or_default();
     assert!(!body.contains("phase=\"installed\""), "{body}");
 }
+
+/// The allocator's figures are read at each scrape, and the family is
+/// absent where the binary's allocator keeps none.
+#[tokio::test]
+async fn the_heap_family_serves_the_allocators_figures_at_each_scrape() {
+    static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn read() -> Option<HeapFigures> {
+        let reads = READS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Some(HeapFigures {
+            allocated: reads * 1000,
+            active: 2,
+            resident: 3,
+            metadata: 4,
+        })
+    }
+    let metrics = Metrics {
+        heap: Some(read),
+        ..Metrics::default()
+    };
+    let series = |state: &str| format!("kata_operator_coordinator_heap_bytes{{state=\"{state}\"}}");
+    let first = scrape(&metrics).await;
+    let second = scrape(&metrics).await;
+    let allocated = |body: &str| sample(body, &series("allocated")).expect("allocated bytes");
+    assert!(allocated(&second) > allocated(&first), "{second}");
+    for (state, bytes) in [("active", 2.0), ("resident", 3.0), ("metadata", 4.0)] {
+        assert_eq!(sample(&second, &series(state)), Some(bytes), "{second}");
+    }
+    assert!(
+        second.contains("# TYPE kata_operator_coordinator_heap_bytes gauge"),
+        "{second}"
+    );
+
+    let without = scrape(&Metrics::default()).await;
+    assert!(!without.contains("coordinator_heap"), "{without}");
+}

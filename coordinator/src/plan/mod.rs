@@ -27,7 +27,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
@@ -35,6 +34,7 @@ use serde_json::Value;
 use crate::api::{KataConfigSpec, KataNodesStatus};
 use crate::kind::Kind;
 use crate::names;
+use crate::node::CachedNode;
 use crate::objects;
 use events::NodeTransition;
 use rollout::{HostConfigRollout, NodePhase};
@@ -76,20 +76,20 @@ impl ObservedNode {
 /// and freed on every reconcile while nodes were being labelled. Changing a
 /// label (only tests do) copies the Node first.
 #[derive(Clone, Debug, Default)]
-pub struct NodeLabels(Arc<Node>);
+pub struct NodeLabels(Arc<CachedNode>);
 
 /// The labels of a Node without any.
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
-impl From<Arc<Node>> for NodeLabels {
-    fn from(node: Arc<Node>) -> Self {
+impl From<Arc<CachedNode>> for NodeLabels {
+    fn from(node: Arc<CachedNode>) -> Self {
         Self(node)
     }
 }
 
 impl FromIterator<(String, String)> for NodeLabels {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(labels: I) -> Self {
-        let mut node = Node::default();
+        let mut node = CachedNode::default();
         node.metadata.labels = Some(labels.into_iter().collect());
         Self(Arc::new(node))
     }

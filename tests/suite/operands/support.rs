@@ -221,6 +221,7 @@ async fn run(cluster: &Cluster, image: Option<&str>) -> (SocketAddr, tokio::task
         mark_policy: MarkPolicy::default(),
         leader_election: None,
         log_filter: None,
+        heap: None,
     };
     let task = tokio::spawn(async move {
         let _ = kata_coordinator::app::run(client, options).await;

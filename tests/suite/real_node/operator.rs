@@ -169,6 +169,7 @@ impl InProcessCoordinator {
                 ..MarkPolicy::default()
             },
             log_filter: None,
+            heap: None,
         };
         let task = tokio::spawn(kata_coordinator::app::run(client, options));
         Ok(InProcessCoordinator {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Node;
+use crate::node::CachedNode;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
@@ -48,8 +48,8 @@ impl Contests {
     /// Notes the labels seen gone (the next owners start afresh), and
     /// forgets contests of deleted nodes and those with nothing left to
     /// remember.
-    pub(super) fn observe(&mut self, workers: &[Arc<Node>], now: Instant) {
-        let nodes: HashMap<String, &Arc<Node>> =
+    pub(super) fn observe(&mut self, workers: &[Arc<CachedNode>], now: Instant) {
+        let nodes: HashMap<String, &Arc<CachedNode>> =
             workers.iter().map(|n| (n.name_any(), n)).collect();
         let policy = self.policy;
         self.by_label.retain(|(node, label), contest| {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::Node;
+use crate::node::CachedNode;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
@@ -39,7 +39,7 @@ impl Labeller {
     }
 
     /// The capable nodes at this scan, as the brake counts them.
-    fn leaving(&self, workers: &[Arc<Node>], now: Instant, wall: SystemTime) -> Leaving {
+    fn leaving(&self, workers: &[Arc<CachedNode>], now: Instant, wall: SystemTime) -> Leaving {
         let mut leaving = Leaving::default();
         for node in workers {
             let current = CurrentMarks::from_labels(node.labels(), None);
@@ -65,7 +65,7 @@ impl Labeller {
     /// engages or releases.
     pub(super) fn brake(
         &mut self,
-        workers: &[Arc<Node>],
+        workers: &[Arc<CachedNode>],
         now: Instant,
         wall: SystemTime,
     ) -> BrakeDecision {

@@ -37,7 +37,7 @@ mod contested {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use k8s_openapi::api::core::v1::Node;
+    use crate::node::CachedNode;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
     use serde_json::json;
 
@@ -49,8 +49,8 @@ mod contested {
 
     /// A node labelled runtime-ready and capable, the runtime label also
     /// owned by `admin` (an Update).
-    fn node() -> Arc<Node> {
-        let mut node = Node::default();
+    fn node() -> Arc<CachedNode> {
+        let mut node = CachedNode::default();
         node.metadata.name = Some("w1".into());
         node.metadata.labels = Some(
             [names::KATA_RUNTIME_LABEL, names::KATA_CAPABLE_LABEL]
@@ -118,14 +118,11 @@ mod contested {
 
         // The next scan: the held condition is on the node, nothing to do.
         let mut node = (*node()).clone();
-        node.status = Some(k8s_openapi::api::core::v1::NodeStatus {
-            conditions: Some(vec![k8s_openapi::api::core::v1::NodeCondition {
-                type_: names::NODE_CONDITION.into(),
-                status: "False".into(),
-                reason: Some(write.marks.condition.reason.clone()),
-                message: Some(write.marks.condition.message.clone()),
-                ..Default::default()
-            }]),
+        node.ready = Some(k8s_openapi::api::core::v1::NodeCondition {
+            type_: names::NODE_CONDITION.into(),
+            status: "False".into(),
+            reason: Some(write.marks.condition.reason.clone()),
+            message: Some(write.marks.condition.message.clone()),
             ..Default::default()
         });
         let mut again = not_ready_write();

@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
+use crate::node::CachedNode;
 use serde_json::json;
 
 use super::ReadyCondition;
@@ -43,7 +43,7 @@ pub struct CoOwner {
 /// The managers other than ours that own `label` on `node`, as its
 /// `metadata.managedFields` say (the cached copy keeps exactly these
 /// entries: [`crate::node::slim_node`]).
-pub fn co_owners(node: &Node, label: &str) -> Vec<CoOwner> {
+pub fn co_owners(node: &CachedNode, label: &str) -> Vec<CoOwner> {
     let Some(entries) = node.metadata.managed_fields.as_ref() else {
         return Vec::new();
     };

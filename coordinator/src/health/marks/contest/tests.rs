@@ -15,8 +15,8 @@ fn entry(manager: &str, operation: &str, labels: &[&str]) -> ManagedFieldsEntry 
     }
 }
 
-fn node(entries: Vec<ManagedFieldsEntry>) -> Node {
-    let mut node = Node::default();
+fn node(entries: Vec<ManagedFieldsEntry>) -> CachedNode {
+    let mut node = CachedNode::default();
     node.metadata.managed_fields = Some(entries);
     node
 }
@@ -44,7 +44,7 @@ fn co_owners_are_the_other_managers_of_that_label_only() {
         co_owners(&n, names::KATA_CAPABLE_LABEL),
         [owner("gitops", "Apply")]
     );
-    assert!(co_owners(&Node::default(), names::KATA_RUNTIME_LABEL).is_empty());
+    assert!(co_owners(&CachedNode::default(), names::KATA_RUNTIME_LABEL).is_empty());
     let ours_only = node(vec![
         entry(names::MANAGER_HEALTH, "Apply", &[names::KATA_RUNTIME_LABEL]),
         entry(
