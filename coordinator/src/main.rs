@@ -402,16 +402,32 @@ fn serve(options: RunOptions, rollout: app::RolloutWatch) -> ExitCode {
 #[cfg(not(feature = "system-allocator"))]
 fn heap_reader() -> Option<kata_coordinator::metrics::HeapReader> {
     fn read() -> Option<kata_coordinator::metrics::HeapFigures> {
+        use std::sync::atomic::{AtomicBool, Ordering};
         use tikv_jemalloc_ctl::{epoch, stats};
-        // The figures are a snapshot, taken anew when the epoch advances.
-        epoch::advance().ok()?;
-        let bytes = |read: tikv_jemalloc_ctl::Result<usize>| read.ok().map(|b| b as u64);
-        Some(kata_coordinator::metrics::HeapFigures {
-            allocated: bytes(stats::allocated::read())?,
-            active: bytes(stats::active::read())?,
-            resident: bytes(stats::resident::read())?,
-            metadata: bytes(stats::metadata::read())?,
-        })
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let figures = || -> tikv_jemalloc_ctl::Result<_> {
+            // The figures are a snapshot, taken anew when the epoch advances.
+            epoch::advance()?;
+            Ok(kata_coordinator::metrics::HeapFigures {
+                allocated: stats::allocated::read()? as u64,
+                active: stats::active::read()? as u64,
+                resident: stats::resident::read()? as u64,
+                metadata: stats::metadata::read()? as u64,
+            })
+        };
+        match figures() {
+            Ok(figures) => Some(figures),
+            Err(e) => {
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "jemalloc's heap figures cannot be read; \
+                         kata_operator_coordinator_heap_bytes is left out of /metrics"
+                    );
+                }
+                None
+            }
+        }
     }
     Some(read)
 }

@@ -66,17 +66,19 @@ pub fn kata_ready_condition(node: &CachedNode) -> Option<&NodeCondition> {
 }
 
 /// Cuts a node down to what the cache keeps, before it is stored: of the
-/// metadata the name, the labels those [`LabelKeys::keeps`] (an OpenShift
-/// worker carries some 40, nearly all for others), the annotations in
-/// `annotations_read` (the backend's), and of the managed fields only other
-/// managers' ownership of our labels ([`MARK_LABELS`]), which no apply of
-/// ours can remove — on most nodes, nothing. The uid and resource version
-/// go too: the watch has read the version before this runs, and nothing
-/// reads them from the cache.
+/// metadata the name and uid (Events about the node carry the uid: `kubectl
+/// describe node` finds them by it), the labels those [`LabelKeys::keeps`]
+/// (an OpenShift worker carries some 40, nearly all for others), the
+/// annotations in `annotations_read` (the backend's), and of the managed
+/// fields only other managers' ownership of our labels ([`MARK_LABELS`]),
+/// which no apply of ours can remove — on most nodes, nothing. The resource
+/// version goes: the watch has read it before this runs, and nothing reads
+/// it from the cache.
 pub fn slim_node(node: &mut CachedNode, annotations_read: &[&str], labels_read: &LabelKeys) {
     let metadata = std::mem::take(&mut node.metadata);
     node.metadata = ObjectMeta {
         name: metadata.name,
+        uid: metadata.uid,
         labels: metadata
             .labels
             .map(|labels| {
@@ -357,10 +359,8 @@ mod tests {
         slim_node(&mut node, &READ, &LabelKeys::of(["team"]));
         assert_eq!(node.metadata.labels, labels);
         assert_eq!(node.metadata.name.as_deref(), Some("w0"));
-        assert_eq!(
-            (&node.metadata.resource_version, &node.metadata.uid),
-            (&None, &None)
-        );
+        assert_eq!(node.metadata.uid.as_deref(), Some("u"));
+        assert_eq!(node.metadata.resource_version, None);
         let annotations = node.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(annotations.keys().collect::<Vec<_>>(), [READ[0]]);
         assert_eq!(

@@ -32,7 +32,7 @@ use kata_tests::http::scrape_metric;
 use kata_tests::manifests::control_plane_with_operator_api;
 use kata_tests::pki::TlsFiles;
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -104,6 +104,7 @@ async fn labelled_nodes(nodes: &Api<Node>, label: &str) -> Result<LabelledNodes,
             Api::<PartialObjectMeta<Node>>::all(nodes.clone().into_client()),
             watcher::Config::default().labels(label),
         )
+        .default_backoff()
         .boxed(),
         names: HashSet::new(),
     };
@@ -114,8 +115,14 @@ async fn labelled_nodes(nodes: &Api<Node>, label: &str) -> Result<LabelledNodes,
 impl LabelledNodes {
     /// Follows one event: whether it ended a (re)list.
     async fn next(&mut self) -> Result<bool, BoxError> {
-        let Some(event) = self.events.try_next().await? else {
-            return Err("the node watch ended".into());
+        let event = match self.events.next().await {
+            Some(Ok(event)) => event,
+            // The watch backs off and starts again (listing anew).
+            Some(Err(e)) => {
+                eprintln!("the labelled nodes' watch: {e}; retrying");
+                return Ok(false);
+            }
+            None => return Err("the node watch ended".into()),
         };
         let name = |node: PartialObjectMeta<Node>| node.metadata.name.unwrap_or_default();
         Ok(match event {

@@ -6,7 +6,7 @@
 use kata_test_harness::kata_test;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kata_coordinator::health::marks::{MarkPolicy, RUNTIME_LABEL_REMOVED};
 use kata_coordinator::names;
@@ -66,6 +66,30 @@ async fn our_events(client: &Client) -> Vec<Seen> {
     seen
 }
 
+/// Every Event of ours about a Node carries the Node's uid:
+/// `kubectl describe node` finds a node's Events by it.
+async fn node_events_name_the_nodes_uid(client: &Client) {
+    let events = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let nodes = Api::<Node>::all(client.clone());
+    let mut checked = 0;
+    for regarding in events
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some(names::EVENT_REPORTER))
+        .filter_map(|e| e.regarding)
+        .filter(|r| r.kind.as_deref() == Some("Node"))
+    {
+        let name = regarding.name.clone().unwrap_or_default();
+        let node = nodes.get(&name).await.unwrap();
+        assert_eq!(regarding.uid, node.metadata.uid, "the Event about {name}");
+        checked += 1;
+    }
+    assert!(checked > 0, "no Event about a Node");
+}
+
 fn with_reason<'a>(events: &'a [Seen], reason: &str) -> Vec<&'a Seen> {
     events.iter().filter(|e| e.reason == reason).collect()
 }
@@ -118,6 +142,7 @@ async fn install_failure_and_blocked_uninstall_each_announce_once_and_steady_sta
         ],
         "one install Event per node: {converged:#?}"
     );
+    node_events_name_the_nodes_uid(&client).await;
     let failed = with_reason(&converged, NODE_FAILED_TO_INSTALL);
     assert_eq!(failed.len(), 1, "{converged:#?}");
     assert_eq!(
