@@ -1,7 +1,7 @@
 //! What the coordinator reads from a Node, for the reconciler and the
 //! labeller alike.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
@@ -39,25 +39,33 @@ pub struct CachedNode {
     pub os_image: Option<String>,
 }
 
+impl CachedNode {
+    /// A node of `metadata`, whose status has `conditions` (ours among
+    /// them, or not) and `os_image`.
+    fn from_parts(
+        metadata: ObjectMeta,
+        conditions: Option<Vec<NodeCondition>>,
+        os_image: Option<String>,
+    ) -> Self {
+        Self {
+            metadata,
+            ready: conditions
+                .into_iter()
+                .flatten()
+                .find(|c| c.type_ == names::NODE_CONDITION),
+            os_image,
+        }
+    }
+}
+
 impl From<Node> for CachedNode {
     fn from(node: Node) -> Self {
         let (conditions, node_info) = node
             .status
             .map(|s| (s.conditions, s.node_info))
             .unwrap_or_default();
-        Self {
-            metadata: node.metadata,
-            ready: conditions.and_then(ours),
-            os_image: node_info.map(|i| i.os_image),
-        }
+        Self::from_parts(node.metadata, conditions, node_info.map(|i| i.os_image))
     }
-}
-
-/// Our condition among a node's conditions.
-fn ours(conditions: Vec<NodeCondition>) -> Option<NodeCondition> {
-    conditions
-        .into_iter()
-        .find(|c| c.type_ == names::NODE_CONDITION)
 }
 
 /// The node's `KataRuntimeReady` condition, written by the labeller.
@@ -79,24 +87,8 @@ pub fn slim_node(node: &mut CachedNode, annotations_read: &[&str], labels_read: 
     node.metadata = ObjectMeta {
         name: metadata.name,
         uid: metadata.uid,
-        labels: metadata
-            .labels
-            .map(|labels| {
-                labels
-                    .into_iter()
-                    .filter(|(key, _)| labels_read.keeps(key))
-                    .collect()
-            })
-            .filter(|kept: &std::collections::BTreeMap<_, _>| !kept.is_empty()),
-        annotations: metadata
-            .annotations
-            .map(|annotations| {
-                annotations
-                    .into_iter()
-                    .filter(|(key, _)| annotations_read.contains(&key.as_str()))
-                    .collect()
-            })
-            .filter(|kept: &std::collections::BTreeMap<_, _>| !kept.is_empty()),
+        labels: kept_entries(metadata.labels, |key| labels_read.keeps(key)),
+        annotations: kept_entries(metadata.annotations, |key| annotations_read.contains(&key)),
         managed_fields: metadata
             .managed_fields
             .map(|entries| {
@@ -108,6 +100,16 @@ pub fn slim_node(node: &mut CachedNode, annotations_read: &[&str], labels_read: 
             .filter(|kept| !kept.is_empty()),
         ..ObjectMeta::default()
     };
+}
+
+/// The entries of a label or annotation map whose keys `keep` keeps;
+/// `None` when none is left.
+fn kept_entries(
+    map: Option<BTreeMap<String, String>>,
+    keep: impl Fn(&str) -> bool,
+) -> Option<BTreeMap<String, String>> {
+    let kept: BTreeMap<String, String> = map?.into_iter().filter(|(key, _)| keep(key)).collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 impl<'de> Deserialize<'de> for CachedNode {
@@ -135,11 +137,11 @@ impl<'de> Deserialize<'de> for CachedNode {
             .status
             .map(|s| (s.conditions, s.node_info))
             .unwrap_or_default();
-        Ok(Self {
-            metadata: wire.metadata,
-            ready: conditions.and_then(ours),
-            os_image: node_info.map(|i| i.os_image),
-        })
+        Ok(Self::from_parts(
+            wire.metadata,
+            conditions,
+            node_info.map(|i| i.os_image),
+        ))
     }
 }
 
