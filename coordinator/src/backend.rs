@@ -4,7 +4,6 @@
 //! (`app.rs`) picks the backend; the controller, the labeller and the
 //! health channel only see this interface.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -53,4 +52,4 @@ pub struct Backend {
 
 /// The configuration a node runs, read from its annotations by the
 /// backend's rules; `None` when the backend has not configured it.
-pub type CurrentHostConfig = fn(&BTreeMap<String, String>) -> Option<&str>;
+pub type CurrentHostConfig = fn(&dyn crate::node::Annotations) -> Option<&str>;

@@ -1,6 +1,7 @@
 //! What the coordinator reads from a Node, for the reconciler and the
 //! labeller alike.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -32,7 +33,11 @@ pub const MARK_LABELS: [&str; 2] = [names::KATA_RUNTIME_LABEL, names::KATA_CAPAB
 /// node is stored. Nothing is ever written back from it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CachedNode {
+    /// The name, uid, labels and managed fields; never the annotations,
+    /// which are in `annotations`.
     pub metadata: ObjectMeta,
+    /// The annotations kept of the node.
+    pub annotations: NodeAnnotations,
     /// Our `KataRuntimeReady` condition, written by the labeller.
     pub ready: Option<NodeCondition>,
     /// `status.nodeInfo.osImage`: which OS extension the node needs.
@@ -43,11 +48,12 @@ impl CachedNode {
     /// A node of `metadata`, whose status has `conditions` (ours among
     /// them, or not) and `os_image`.
     fn from_parts(
-        metadata: ObjectMeta,
+        mut metadata: ObjectMeta,
         conditions: Option<Vec<NodeCondition>>,
         os_image: Option<String>,
     ) -> Self {
         Self {
+            annotations: NodeAnnotations::from_map(metadata.annotations.take()),
             metadata,
             ready: conditions
                 .into_iter()
@@ -55,6 +61,75 @@ impl CachedNode {
                 .find(|c| c.type_ == names::NODE_CONDITION),
             os_image,
         }
+    }
+
+    /// The annotations kept of the node (the inherent method, before
+    /// kube's `ResourceExt::annotations`, which would read the metadata).
+    pub fn annotations(&self) -> &NodeAnnotations {
+        &self.annotations
+    }
+}
+
+/// A cached node's annotations: the few the backend reads (four on
+/// OpenShift's MCO, on every node). A short list rather than a map, keyed by
+/// the backend's own static names: at 5,000 nodes a map and its key strings
+/// for four entries cost some 3 MiB more. Sorted by key, as read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeAnnotations(Box<[(Cow<'static, str>, Box<str>)]>);
+
+impl NodeAnnotations {
+    /// The value of the annotation `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| &**v)
+    }
+
+    /// The annotations as a map, for the planner.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        (self.0.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Every annotation of `map`, under its own key.
+    fn from_map(map: Option<BTreeMap<String, String>>) -> Self {
+        (map.into_iter().flatten())
+            .map(|(k, v)| (Cow::Owned(k), v.into_boxed_str()))
+            .collect()
+    }
+
+    /// The annotations named in `read`, under `read`'s names.
+    fn kept(self, read: &[&'static str]) -> Self {
+        (self.0.into_iter())
+            .filter_map(|(k, v)| {
+                read.iter()
+                    .find(|r| **r == k)
+                    .map(|r| (Cow::Borrowed(*r), v))
+            })
+            .collect()
+    }
+}
+
+impl FromIterator<(Cow<'static, str>, Box<str>)> for NodeAnnotations {
+    fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, Box<str>)>>(entries: I) -> Self {
+        Self(entries.into_iter().collect())
+    }
+}
+
+/// Reading one annotation by key, of a cached node or of one the planner
+/// observed.
+pub trait Annotations {
+    fn annotation(&self, key: &str) -> Option<&str>;
+}
+
+impl Annotations for NodeAnnotations {
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+
+impl Annotations for BTreeMap<String, String> {
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
     }
 }
 
@@ -82,13 +157,17 @@ pub fn kata_ready_condition(node: &CachedNode) -> Option<&NodeCondition> {
 /// which no apply of ours can remove — on most nodes, nothing. The resource
 /// version goes: the watch has read it before this runs, and nothing reads
 /// it from the cache.
-pub fn slim_node(node: &mut CachedNode, annotations_read: &[&str], labels_read: &LabelKeys) {
+pub fn slim_node(
+    node: &mut CachedNode,
+    annotations_read: &[&'static str],
+    labels_read: &LabelKeys,
+) {
     let metadata = std::mem::take(&mut node.metadata);
+    node.annotations = std::mem::take(&mut node.annotations).kept(annotations_read);
     node.metadata = ObjectMeta {
         name: metadata.name,
         uid: metadata.uid,
-        labels: kept_entries(metadata.labels, |key| labels_read.keeps(key)),
-        annotations: kept_entries(metadata.annotations, |key| annotations_read.contains(&key)),
+        labels: kept_labels(metadata.labels, labels_read),
         managed_fields: metadata
             .managed_fields
             .map(|entries| {
@@ -102,13 +181,14 @@ pub fn slim_node(node: &mut CachedNode, annotations_read: &[&str], labels_read: 
     };
 }
 
-/// The entries of a label or annotation map whose keys `keep` keeps;
-/// `None` when none is left.
-fn kept_entries(
-    map: Option<BTreeMap<String, String>>,
-    keep: impl Fn(&str) -> bool,
+/// The labels whose keys `read` keeps; `None` when none is left.
+fn kept_labels(
+    labels: Option<BTreeMap<String, String>>,
+    read: &LabelKeys,
 ) -> Option<BTreeMap<String, String>> {
-    let kept: BTreeMap<String, String> = map?.into_iter().filter(|(key, _)| keep(key)).collect();
+    let kept: BTreeMap<String, String> = (labels?.into_iter())
+        .filter(|(key, _)| read.keeps(key))
+        .collect();
     (!kept.is_empty()).then_some(kept)
 }
 
@@ -363,8 +443,13 @@ mod tests {
         assert_eq!(node.metadata.name.as_deref(), Some("w0"));
         assert_eq!(node.metadata.uid.as_deref(), Some("u"));
         assert_eq!(node.metadata.resource_version, None);
-        let annotations = node.metadata.annotations.clone().unwrap_or_default();
-        assert_eq!(annotations.keys().collect::<Vec<_>>(), [READ[0]]);
+        assert_eq!(node.metadata.annotations, None);
+        assert_eq!(
+            node.annotations().to_map(),
+            BTreeMap::from([(READ[0].to_owned(), "rendered-worker-1".to_owned())])
+        );
+        assert_eq!(node.annotations().get(READ[0]), Some("rendered-worker-1"));
+        assert_eq!(node.annotations().get("k8s.ovn.org/node-subnets"), None);
         assert_eq!(
             node.os_image.as_deref(),
             Some("Red Hat Enterprise Linux CoreOS")

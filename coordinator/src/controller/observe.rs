@@ -126,7 +126,7 @@ pub(crate) fn observed_node(node: Arc<CachedNode>) -> ObservedNode {
     let condition = kata_ready_condition(&node);
     ObservedNode {
         name: node.name_any(),
-        annotations: node.annotations().clone(),
+        annotations: node.annotations().to_map(),
         has_ready_condition: condition.is_some(),
         os_image: node.os_image.clone(),
         not_ready_reason: condition

@@ -37,7 +37,7 @@ fn node_events(
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         predicates::labels(n).hash(&mut hasher);
-        predicates::annotations(n).hash(&mut hasher);
+        n.annotations().hash(&mut hasher);
         if let Some(c) = kata_ready_condition(n) {
             (&c.status, &c.reason, &c.message).hash(&mut hasher);
         }

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::core::v1::NodeCondition;
-use kube::ResourceExt;
 
 /// An OpenShift worker's Node (what the scale benchmarks create).
 const OPENSHIFT_WORKER: &str = include_str!("../../../tests/fixtures/nodes/openshift-worker.json");

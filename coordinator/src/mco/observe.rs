@@ -119,8 +119,8 @@ pub fn generated_config(crc: &Value, pool: &str) -> Option<String> {
 }
 
 /// The configuration the node runs, by the MCO daemon's word.
-pub fn current_config(annotations: &std::collections::BTreeMap<String, String>) -> Option<&str> {
-    annotations.get(CURRENT_CONFIG).map(String::as_str)
+pub fn current_config(annotations: &dyn crate::node::Annotations) -> Option<&str> {
+    annotations.annotation(CURRENT_CONFIG)
 }
 
 /// Whether the node runs (or last ran) a configuration rendered for our
