@@ -111,8 +111,10 @@ run-tests:
 ## fail, naming this target, when one is stale.
 generate:
 	cargo run --quiet -p kata-coordinator --bin coordinator -- crd > deploy/base/kataconfig-crd.yaml
+	cargo run --quiet -p kata-coordinator --bin coordinator -- profile-crd > deploy/base/kataruntimeprofile-crd.yaml
 	cargo run --quiet -p kata-coordinator --bin coordinator -- rbac > deploy/base/rbac-coordinator.yaml
 	cp deploy/base/kataconfig-crd.yaml bundle/manifests/kataconfiguration.openshift.io_kataconfigs.yaml
+	cp deploy/base/kataruntimeprofile-crd.yaml bundle/manifests/kataconfiguration.openshift.io_kataruntimeprofiles.yaml
 	awk -v n=0 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/monitoring/service-monitor.yaml > bundle/manifests/kata-coordinator_monitoring.coreos.com_v1_servicemonitor.yaml
 	awk -v n=1 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/monitoring/service-monitor.yaml > bundle/manifests/kata-operator-prometheus_rbac.authorization.k8s.io_v1_role.yaml
 	awk -v n=2 '/^---$$/ { d++; next } d == n && $$0 != "  namespace: kata-operator"' deploy/monitoring/service-monitor.yaml > bundle/manifests/kata-operator-prometheus_rbac.authorization.k8s.io_v1_rolebinding.yaml

@@ -407,6 +407,7 @@ pub mod reason {
     pub const FAILED: &str = "Failed";
     pub const NO_TARGET_NODES: &str = "NoTargetNodes";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const INVALID_RUNTIME_PROFILE: &str = "InvalidRuntimeProfile";
     pub const ANOTHER_KATA_CONFIG_EXISTS: &str = "AnotherKataConfigExists";
     pub const UNINSTALLING: &str = "Uninstalling";
     pub const BLOCKED_BY_EXISTING_KATA_PODS: &str = "BlockedByExistingKataPods";

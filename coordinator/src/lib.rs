@@ -36,6 +36,7 @@ pub mod objects;
 pub mod operands;
 pub mod plan;
 pub mod prerequisites;
+pub mod profiles;
 pub mod rbac;
 
 /// The KataConfig controller under the name the integration tests use.

@@ -57,6 +57,8 @@ struct Cli {
 enum Command {
     /// Print the KataConfig CustomResourceDefinition (YAML).
     Crd,
+    /// Print the KataRuntimeProfile CustomResourceDefinition (YAML).
+    ProfileCrd,
     /// Print the coordinator's ClusterRole, Role and their bindings (YAML).
     Rbac,
     /// Run the controller against the cluster of the current kubeconfig or
@@ -258,6 +260,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crd => {
             print!("{}", manifests::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::ProfileCrd => {
+            print!("{}", manifests::profile_crd_yaml());
             ExitCode::SUCCESS
         }
         Command::Rbac => {

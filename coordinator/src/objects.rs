@@ -47,6 +47,11 @@ impl Default for CrioRuntimeHandler {
 impl CrioRuntimeHandler {
     /// The drop-in's TOML text: `[crio.runtime.runtimes.<name>]` and its keys.
     pub fn to_toml(&self) -> String {
+        handlers_toml(std::slice::from_ref(self))
+    }
+
+    /// The handler's table.
+    fn table(&self) -> toml_edit::Table {
         let mut handler = toml_edit::Table::new();
         handler["runtime_path"] = toml_edit::value(&self.runtime_path);
         handler["runtime_type"] = toml_edit::value(&self.runtime_type);
@@ -54,19 +59,27 @@ impl CrioRuntimeHandler {
         handler["runtime_config_path"] = toml_edit::value(&self.runtime_config_path);
         handler["privileged_without_host_devices"] =
             toml_edit::value(self.privileged_without_host_devices);
-        let mut runtimes = toml_edit::Table::new();
-        runtimes.set_implicit(true);
-        runtimes.insert(&self.name, toml_edit::Item::Table(handler));
-        let mut runtime = toml_edit::Table::new();
-        runtime.set_implicit(true);
-        runtime.insert("runtimes", toml_edit::Item::Table(runtimes));
-        let mut crio = toml_edit::Table::new();
-        crio.set_implicit(true);
-        crio.insert("runtime", toml_edit::Item::Table(runtime));
-        let mut doc = toml_edit::DocumentMut::new();
-        doc.insert("crio", toml_edit::Item::Table(crio));
-        doc.to_string()
+        handler
     }
+}
+
+/// A CRI-O drop-in declaring `handlers`, one `[crio.runtime.runtimes.<name>]`
+/// table each, in their order.
+pub fn handlers_toml(handlers: &[CrioRuntimeHandler]) -> String {
+    let mut runtimes = toml_edit::Table::new();
+    runtimes.set_implicit(true);
+    for handler in handlers {
+        runtimes.insert(&handler.name, toml_edit::Item::Table(handler.table()));
+    }
+    let mut runtime = toml_edit::Table::new();
+    runtime.set_implicit(true);
+    runtime.insert("runtimes", toml_edit::Item::Table(runtimes));
+    let mut crio = toml_edit::Table::new();
+    crio.set_implicit(true);
+    crio.insert("runtime", toml_edit::Item::Table(runtime));
+    let mut doc = toml_edit::DocumentMut::new();
+    doc.insert("crio", toml_edit::Item::Table(crio));
+    doc.to_string()
 }
 
 /// The `kata` RuntimeClass. Its nodeSelector is the runtime-ready label and

@@ -57,6 +57,15 @@ pub const OWN_CLUSTER_PERMISSIONS: &[Permission] = &[
     },
     Permission {
         api_group: "kataconfiguration.openshift.io",
+        resources: &["kataruntimeprofiles"],
+        resource_names: &[],
+        // list: each reconcile reads the profiles; watch: a change of one
+        // triggers a reconcile.
+        verbs: &["list", "watch"],
+        used_by: "controller::observe (the profiles), controller::wiring (their watch)",
+    },
+    Permission {
+        api_group: "kataconfiguration.openshift.io",
         resources: &["kataconfigs/status"],
         resource_names: &[],
         verbs: &["patch"],

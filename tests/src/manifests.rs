@@ -69,11 +69,11 @@ pub async fn control_plane_with_operator_api() -> Result<ControlPlane, Error> {
     Ok(plane)
 }
 
-/// Installs the OpenShift MCO CRDs, the KataConfig CRD and the singleton
+/// Installs the OpenShift MCO CRDs, the operator's CRDs and the singleton
 /// admission policy into a running control plane.
 pub async fn install_operator_api(plane: &ControlPlane) -> Result<(), Error> {
     plane.install_openshift_crds().await?;
-    plane.install_crds(&[kata_coordinator_crd()]).await?;
+    plane.install_crds(&operator_crds()).await?;
     apply_objects(
         plane,
         &read_manifests(&deploy_dir().join("base/kataconfig-singleton.yaml"))?,
@@ -85,6 +85,17 @@ pub fn kata_coordinator_crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     kata_coordinator::api::KataConfig::crd()
+}
+
+/// The operator's CRDs: the KataConfig's and the KataRuntimeProfile's.
+pub fn operator_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![
+        kata_coordinator_crd(),
+        kata_coordinator::profiles::KataRuntimeProfile::crd(),
+    ]
 }
 
 /// A stand-in for the Prometheus Operator's PodMonitor CRD

@@ -281,8 +281,8 @@ async fn machine_config_operator_writes_are_held_to_kata_shape() {
     let naming = mco::RoleNames::default();
     let handler = CrioRuntimeHandler::default();
     for object in [
-        objects::machine_config_for(Role::KataPool, &naming, mco::EXTENSION, &handler),
-        objects::machine_config_for(Role::Master, &naming, mco::EXTENSION_FCOS, &handler),
+        objects::machine_config_for(Role::KataPool, &naming, mco::EXTENSION, &handler, &[]),
+        objects::machine_config_for(Role::Master, &naming, mco::EXTENSION_FCOS, &handler, &[]),
     ] {
         assert_eq!(apply(&configs, &object, false).await, None, "{object}");
     }

@@ -343,3 +343,80 @@ async fn agent_and_crio_agree_on_the_kata_handler() {
         disagreements.join("\n\n")
     );
 }
+
+/// The runtime profiles' drop-in as the coordinator renders it, beside the
+/// `kata` handler, in a real CRI-O: each profile is served as a `vm`
+/// handler of its own name with its own configuration path, and a profile
+/// whose configuration file is missing is dropped while the others stay
+/// (which is why the MachineConfig writes both in one rendered config).
+/// The shim and the configuration files sit in a temporary directory in
+/// place of `/usr/bin` and `/etc/kata-containers`; everything else of the
+/// drop-in is as rendered. The agent's per-profile check is not built yet.
+#[kata_test(
+    requires(unavailable),
+    exclusive(crio_socket),
+    flavor = "multi_thread",
+    worker_threads = 2
+)]
+async fn crio_serves_each_runtime_profile_as_rendered() {
+    use kata_coordinator::objects::handlers_toml;
+    use kata_coordinator::profiles::render;
+
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let shim = dir.join("shim/containerd-shim-kata-v2");
+    write(&shim, "#!/bin/sh\nexit 1\n");
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let moved = |name: &str| {
+        let mut handler = render::handler(name);
+        handler.runtime_path = shim.display().to_string();
+        handler.runtime_config_path = dir
+            .join(render::config_path(name).trim_start_matches('/'))
+            .display()
+            .to_string();
+        handler
+    };
+    let profiles = ["kata-small", "kata-large", "kata-missing"];
+    // The `kata` handler's configuration (the package's) and two of the
+    // profiles' are there.
+    for name in ["kata", "kata-small", "kata-large"] {
+        write(
+            Path::new(&moved(name).runtime_config_path),
+            "[hypervisor.qemu]\n",
+        );
+    }
+    let config = dir.join("crio.conf");
+    let config_dir = dir.join("crio.conf.d");
+    write(&config, &main_config(dir, ""));
+    write(&config_dir.join("50-kata"), &moved("kata").to_toml());
+    let handlers: Vec<CrioRuntimeHandler> = profiles.iter().map(|n| moved(n)).collect();
+    let drop_in = render::HANDLERS_DROP_IN_PATH.rsplit('/').next().unwrap();
+    write(&config_dir.join(drop_in), &handlers_toml(&handlers));
+
+    let Started::Serving(crio) = Crio::start(dir, &config, &config_dir).expect("start crio") else {
+        panic!("CRI-O exited with the profiles' drop-in");
+    };
+    let info = crio.info().expect("crictl info");
+    let served: Vec<&str> = info["runtimeHandlers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    for name in ["kata", "kata-small", "kata-large"] {
+        assert!(served.contains(&name), "{name} not in {served:?}");
+        let loaded = &info["config"]["crio"]["Runtimes"][name];
+        assert_eq!(loaded["RuntimeType"], "vm", "{name}: {loaded}");
+        assert_eq!(
+            loaded["RuntimeConfigPath"].as_str(),
+            Some(moved(name).runtime_config_path.as_str()),
+            "{name}: {loaded}"
+        );
+    }
+    assert!(
+        !served.contains(&"kata-missing"),
+        "a profile without its configuration file is dropped: {served:?}\n{}",
+        crio.log_tail()
+    );
+    eprintln!("CRI-O serves {served:?}");
+}

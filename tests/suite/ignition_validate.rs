@@ -11,6 +11,7 @@ use kata_coordinator::mco::names as mco;
 use kata_coordinator::mco::objects::{container_runtime_config_for, machine_config_for};
 use kata_coordinator::mco::placement::Role;
 use kata_coordinator::objects::CrioRuntimeHandler;
+use kata_coordinator::profiles::{KataRuntimeProfile, TenantAnnotation, render};
 use kata_test_harness::kata_test;
 use kata_tests::ignition;
 use kata_tests::mco_simulator::crio;
@@ -18,18 +19,52 @@ use kata_tests::mco_simulator::model::{Pool, RuntimeConfig};
 use kata_tests::mco_simulator::render::validate_ignition;
 use serde_json::{Value, json};
 
+/// A small, a large and a debug profile, as docs/operations.md shows them.
+fn three_profiles() -> Vec<KataRuntimeProfile> {
+    ["kata-small", "kata-large", "kata-debug"]
+        .into_iter()
+        .zip([(1, 1024, false), (8, 16384, false), (2, 2048, true)])
+        .map(|(name, (vcpus, memory_mib, debug))| {
+            let mut profile = KataRuntimeProfile::of_size(name, vcpus, memory_mib);
+            profile.spec.debug = debug;
+            profile.spec.allowed_annotations = vec![TenantAnnotation::DefaultMemory];
+            profile
+        })
+        .collect()
+}
+
 /// Every MachineConfig spec.config the coordinator renders, named.
 fn our_configs() -> Vec<(String, Value)> {
     let mut configs = Vec::new();
     let naming = mco::RoleNames::default();
     for role in Role::ALL {
         for extension in [mco::EXTENSION, mco::EXTENSION_FCOS] {
-            let mc = machine_config_for(role, &naming, extension, &CrioRuntimeHandler::default());
+            let mc = machine_config_for(
+                role,
+                &naming,
+                extension,
+                &CrioRuntimeHandler::default(),
+                &[],
+            );
             configs.push((
                 format!("{} ({extension})", role.objects(&naming).machine_config),
                 mc["spec"]["config"].clone(),
             ));
         }
+        let with_profiles = machine_config_for(
+            role,
+            &naming,
+            mco::EXTENSION,
+            &CrioRuntimeHandler::default(),
+            &render::files(&three_profiles()),
+        );
+        configs.push((
+            format!(
+                "{} with three runtime profiles",
+                role.objects(&naming).machine_config
+            ),
+            with_profiles["spec"]["config"].clone(),
+        ));
         // With a log level, the MCO generates one more MachineConfig from our
         // ContainerRuntimeConfig; the simulator's rendering of it is checked too.
         let crc = container_runtime_config_for(role, &naming, LogLevel::Debug).unwrap();

@@ -48,6 +48,7 @@ mod protocol_runtime;
 mod real_node;
 mod rollout_counts;
 mod runtime_class_guard;
+mod runtime_profiles;
 mod status_size;
 mod stuck_rollout;
 mod topologies;

@@ -21,6 +21,7 @@ use kata_coordinator::api::KataConfig;
 use kata_coordinator::mco::names as mco;
 use kata_coordinator::names;
 use kata_coordinator::plan::conditions::{ADOPTED_CONFIGURATION, own_reason};
+use kata_coordinator::profiles::KataRuntimeProfile;
 use kata_test_harness::kata_test;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER, reconcile_rounds};
 use kata_tests::coordinator::RunningCoordinator;
@@ -291,6 +292,59 @@ async fn a_compact_cluster_osc_installed_is_taken_over_with_no_reboot_and_uninst
     uninstall_after_takeover(&cluster, &masters, 2).await;
 }
 
+/// Waits until the status no longer says the configuration is OSC's, Kata
+/// is ready, and every one of `nodes` has `file` (one only ours writes).
+async fn wait_on_our_configuration(cluster: &Cluster, nodes: &[&str], file: &str) {
+    eventually(
+        "the nodes on the operator's configuration",
+        CONVERGE,
+        || async {
+            let status = kata_config(cluster).await.status.unwrap_or_default();
+            let adopted = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == ADOPTED_CONFIGURATION);
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let written = nodes
+                .iter()
+                .all(|n| cluster.root(n).join(file.trim_start_matches('/')).exists());
+            Ok(!adopted && ready && written)
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// The first runtime profile is the change that replaces OSC's
+/// MachineConfig with the operator's: profiles are in the operator's
+/// alone, and the one rendered config the profile costs carries both.
+#[kata_test]
+async fn the_first_runtime_profile_replaces_an_adopted_machine_config_in_its_one_rollout() {
+    let workers = ["w0", "w1"];
+    let cluster = Cluster::start(&[("w0", &[WORKER]), ("w1", &[WORKER])]).await;
+    osc_install(&cluster, &workers, false).await;
+    let _coordinator = take_over(&cluster, &workers).await;
+    Api::<KataRuntimeProfile>::all(cluster.client.clone())
+        .create(
+            &PostParams::default(),
+            &KataRuntimeProfile::of_size("kata-large", 4, 8192),
+        )
+        .await
+        .unwrap();
+    let profile_file = kata_coordinator::profiles::render::config_path("kata-large");
+    wait_on_our_configuration(&cluster, &workers, &profile_file).await;
+    wait_on_our_configuration(&cluster, &workers, kata_proto::contract::DROP_IN_PATH).await;
+    assert_eq!(
+        cluster.rollouts(&workers),
+        [2, 2],
+        "OSC's install, then one"
+    );
+    uninstall_after_takeover(&cluster, &workers, 3).await;
+}
+
 /// Asked to, the operator replaces OSC's MachineConfig with its own: one
 /// rendered config more per node, the drop-in on the nodes, and the status
 /// no longer says the configuration is OSC's.
@@ -309,30 +363,7 @@ async fn an_adopted_machine_config_is_replaced_on_request_with_one_reboot_per_no
         )
         .await
         .unwrap();
-    eventually(
-        "the nodes on the operator's configuration",
-        CONVERGE,
-        || async {
-            let status = kata_config(&cluster).await.status.unwrap_or_default();
-            let adopted = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == ADOPTED_CONFIGURATION);
-            let ready = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            let dropped_in = workers.iter().all(|n| {
-                cluster
-                    .root(n)
-                    .join(kata_proto::contract::DROP_IN_PATH.trim_start_matches('/'))
-                    .exists()
-            });
-            Ok(!adopted && ready && dropped_in)
-        },
-    )
-    .await
-    .unwrap();
+    wait_on_our_configuration(&cluster, &workers, kata_proto::contract::DROP_IN_PATH).await;
     assert_eq!(cluster.rollouts(&workers), [2, 2]);
     let ours = machine_configs(&cluster)
         .get(mco::MACHINE_CONFIG_NAME)

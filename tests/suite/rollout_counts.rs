@@ -36,9 +36,9 @@ const SLOW_RUNTIME_CONFIG_CONTROLLER: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_secs(4);
 const LOG_LEVEL_DROP_IN: &str = "etc/crio/crio.conf.d/01-ctrcfg-logLevel";
 
-type Counts = BTreeMap<String, usize>;
+pub(crate) type Counts = BTreeMap<String, usize>;
 
-fn counts(cluster: &Cluster, nodes: &[&str]) -> Counts {
+pub(crate) fn counts(cluster: &Cluster, nodes: &[&str]) -> Counts {
     nodes
         .iter()
         .map(|n| ((*n).to_owned(), cluster.simulator.rollouts(n)))
@@ -46,7 +46,7 @@ fn counts(cluster: &Cluster, nodes: &[&str]) -> Counts {
 }
 
 /// The rollouts each node went through since `before`.
-fn since(cluster: &Cluster, before: &Counts) -> Counts {
+pub(crate) fn since(cluster: &Cluster, before: &Counts) -> Counts {
     before
         .iter()
         .map(|(node, count)| (node.clone(), cluster.simulator.rollouts(node) - count))
@@ -54,14 +54,14 @@ fn since(cluster: &Cluster, before: &Counts) -> Counts {
 }
 
 /// `count` for each of `nodes`, 0 for the other nodes of `all`.
-fn expect(all: &[&str], nodes: &[&str], count: usize) -> Counts {
+pub(crate) fn expect(all: &[&str], nodes: &[&str], count: usize) -> Counts {
     all.iter()
         .map(|n| ((*n).to_owned(), if nodes.contains(n) { count } else { 0 }))
         .collect()
 }
 
 /// Every node at rest: at its desired config, its daemon `Done`.
-async fn nodes_at_rest(cluster: &Cluster) -> Result<bool, String> {
+pub(crate) async fn nodes_at_rest(cluster: &Cluster) -> Result<bool, String> {
     let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(cluster.client.clone())
         .list(&Default::default())
         .await
@@ -81,7 +81,7 @@ async fn nodes_at_rest(cluster: &Cluster) -> Result<bool, String> {
 
 /// The KataConfig says exactly `installed` are installed, Ready, and no
 /// node is moving.
-async fn wait_installed_on(cluster: &Cluster, installed: &[&str]) {
+pub(crate) async fn wait_installed_on(cluster: &Cluster, installed: &[&str]) {
     eventually(&format!("installed on {installed:?}"), CONVERGE, || async {
         let config = cluster
             .configs()

@@ -10,6 +10,7 @@
 
 mod observe;
 mod pod_gate;
+mod profile_settle;
 mod report;
 mod steps;
 mod stuck;
@@ -119,6 +120,8 @@ struct Context {
     configs: Store<KataConfig>,
     /// Our RuntimeClass, from its watch (the only object it holds).
     runtime_classes: Store<RuntimeClass>,
+    /// The runtime profiles planned from, and a change settling.
+    profiles: std::sync::Mutex<profile_settle::ProfileSettle>,
     /// The uninstall's last list of pods using our RuntimeClass.
     kata_pods: std::sync::Mutex<Option<kata_pods::Answer>>,
     /// When each node was first seen updating (see [`plan::stuck`]).

@@ -3,16 +3,18 @@
 
 use std::sync::Arc;
 
+use kube::api::{Api, ListParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::info;
 
 use super::{Context, Error};
 use crate::api::KataConfig;
-use crate::backend::ObservedRollout;
+use crate::backend::{ObservedRollout, ReadError};
 use crate::kind;
 use crate::node::{CachedNode, LabelKeys, kata_ready_condition};
 use crate::plan::{self, ConfigId, Observed, ObservedNode};
+use crate::profiles::KataRuntimeProfile;
 use crate::status::ConditionStatus;
 use crate::{names, selector};
 
@@ -73,6 +75,7 @@ impl Context {
         } else {
             Vec::new()
         };
+        let (profiles, profiles_settling) = self.settled_profiles().await?;
         let mut owned_objects = rollout.owned_objects();
         if let Some(runtime_class) = &runtime_class {
             owned_objects.push((kind::RUNTIME_CLASS, runtime_class.clone()));
@@ -81,6 +84,8 @@ impl Context {
             name: config.name_any(),
             configs,
             spec: config.spec.clone(),
+            profiles,
+            profiles_settling,
             deleting,
             has_finalizer: config.finalizers().iter().any(|f| f == names::FINALIZER),
             nodes,
@@ -102,6 +107,38 @@ impl Context {
                 .map(|brake| brake.message()),
         };
         Ok(Some((observed, rollout)))
+    }
+
+    /// The runtime profiles to plan from ([`super::profile_settle`]), and
+    /// when to look again while a change settles.
+    async fn settled_profiles(
+        &self,
+    ) -> Result<(Vec<KataRuntimeProfile>, Option<std::time::Duration>), ReadError> {
+        let read = self.profiles().await?;
+        Ok(self
+            .profiles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .settle(read, std::time::Instant::now()))
+    }
+
+    /// The runtime profiles, in name order. None where their CRD is not
+    /// installed (a cluster given only the KataConfig's): there can be none
+    /// there, and the KataConfig is still reconciled.
+    async fn profiles(&self) -> Result<Vec<KataRuntimeProfile>, ReadError> {
+        let api = Api::<KataRuntimeProfile>::all(self.client.clone());
+        match api.list(&ListParams::default()).await {
+            Ok(list) => {
+                let mut profiles = list.items;
+                profiles.sort_by(|a, b| a.profile_name().cmp(b.profile_name()));
+                Ok(profiles)
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(Vec::new()),
+            Err(source) => Err(ReadError {
+                what: "listing the KataRuntimeProfiles".into(),
+                source,
+            }),
+        }
     }
 
     /// The label keys the plan reads: every KataConfig's selector (the

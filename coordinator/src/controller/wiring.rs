@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::node::v1::RuntimeClass;
+
+use crate::profiles::KataRuntimeProfile;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
@@ -19,6 +21,18 @@ use crate::applier::{self, Applier};
 use crate::backend::Backend;
 use crate::names;
 use crate::node::{CachedNode, KeptLabels, kata_ready_condition, slim_node};
+
+/// A watch that fires on every change of a runtime profile. Where their CRD
+/// is not installed it only backs off, and the reconcile reads none.
+fn profile_changes(client: &Client) -> impl Stream<Item = ()> + Send + 'static {
+    watcher(
+        Api::<KataRuntimeProfile>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|r| async move { r.ok().map(|_| ()) })
+}
 
 /// A watch that fires when a node's labels, the annotations the backend
 /// reads (`annotations_read`) or its `KataRuntimeReady` condition change
@@ -157,6 +171,7 @@ impl KataConfigController {
             rollout: backend.source,
             configs: controller.store(),
             runtime_classes: runtime_class_writer.as_reader(),
+            profiles: std::sync::Mutex::default(),
             kata_pods: std::sync::Mutex::default(),
             working: std::sync::Mutex::default(),
             written_from: std::sync::Mutex::default(),
@@ -180,8 +195,12 @@ impl KataConfigController {
         .reflect(runtime_class_writer)
         .touched_objects()
         .filter_map(|r| async move { r.ok().map(|_| ()) });
+        let profiles = profile_changes(&client);
         let controller = controller
-            .reconcile_all_on(futures::stream::select(triggers, runtime_classes))
+            .reconcile_all_on(futures::stream::select(
+                triggers,
+                futures::stream::select(runtime_classes, profiles),
+            ))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx)
             .for_each(|result| async move {

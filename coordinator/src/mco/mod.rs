@@ -51,6 +51,7 @@ use crate::plan::rollout::{
     Assessment, HostConfigRollout, NodeAssessment, NodePhase, UninstallProgress, UpdatingNode,
 };
 use crate::plan::{NodeTarget, ObservedNode, Step, apply_if_drifted};
+use crate::profiles::{KataRuntimeProfile, render};
 use names::{ObjectNames, RoleNames};
 pub use observe::ObservedPool;
 use observe::RuntimeConfigVerdict;
@@ -198,6 +199,7 @@ impl MachineConfigRollout {
     fn apply_role_objects(
         &self,
         spec: &KataConfigSpec,
+        profiles: &[KataRuntimeProfile],
         role: Role,
         extension: &str,
         steps: &mut Vec<Step>,
@@ -215,24 +217,38 @@ impl MachineConfigRollout {
             )),
             None => {}
         }
-        if self.adopted(spec, role).is_some() {
+        if self.adopted(spec, profiles, role).is_some() {
             // Kept as the earlier operator wrote it: the nodes run it now,
             // and writing ours would reboot every one of them.
             return;
         }
         steps.extend(apply_if_drifted(
             names::MACHINE_CONFIG,
-            objects::machine_config_for(role, naming, extension, &CrioRuntimeHandler::default()),
+            objects::machine_config_for(
+                role,
+                naming,
+                extension,
+                &CrioRuntimeHandler::default(),
+                &render::files(profiles),
+            ),
             self.machine_config_of(role),
         ));
     }
 
     /// The role's MachineConfig, when it is an earlier operator's that is
-    /// kept as it is (see [`takeover`]).
-    fn adopted(&self, spec: &KataConfigSpec, role: Role) -> Option<&Value> {
+    /// kept as it is (see [`takeover`]). Runtime profiles are in ours only:
+    /// the first one is the change that replaces it, in the one rollout the
+    /// profile costs anyway.
+    fn adopted(
+        &self,
+        spec: &KataConfigSpec,
+        profiles: &[KataRuntimeProfile],
+        role: Role,
+    ) -> Option<&Value> {
         self.machine_config_of(role)
             .filter(|mc| takeover::is_predecessors(mc))
             .filter(|_| spec.adopted_machine_config == AdoptedMachineConfig::Keep)
+            .filter(|_| profiles.is_empty())
     }
 
     /// Deletes the role's ContainerRuntimeConfig and MachineConfig, the
@@ -313,7 +329,12 @@ fn report_verdict(
 }
 
 impl HostConfigRollout for MachineConfigRollout {
-    fn install_steps(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Vec<Step> {
+    fn install_steps(
+        &self,
+        spec: &KataConfigSpec,
+        profiles: &[KataRuntimeProfile],
+        nodes: &[NodeTarget<'_>],
+    ) -> Vec<Step> {
         let placement = self.placement(spec, nodes);
         let mut steps = Vec::new();
         let kata_pool = &placement.kata_pool;
@@ -323,7 +344,13 @@ impl HostConfigRollout for MachineConfigRollout {
                 objects::machine_config_pool(),
                 self.pool_object.as_ref(),
             ));
-            self.apply_role_objects(spec, Role::KataPool, kata_pool.extension, &mut steps);
+            self.apply_role_objects(
+                spec,
+                profiles,
+                Role::KataPool,
+                kata_pool.extension,
+                &mut steps,
+            );
         } else if kata_pool.refusal.is_none() && self.kata_pool_empty(nodes.iter().map(|t| t.node))
         {
             // No node of ours left in it: nothing to render, no pool to
@@ -351,14 +378,19 @@ impl HostConfigRollout for MachineConfigRollout {
         }
         let master = &placement.master;
         if master.wanted() {
-            self.apply_role_objects(spec, Role::Master, master.extension, &mut steps);
+            self.apply_role_objects(spec, profiles, Role::Master, master.extension, &mut steps);
         } else if master.refusal.is_none() {
             self.delete_role_objects(Role::Master, &mut steps);
         }
         steps
     }
 
-    fn assess(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Assessment {
+    fn assess(
+        &self,
+        spec: &KataConfigSpec,
+        profiles: &[KataRuntimeProfile],
+        nodes: &[NodeTarget<'_>],
+    ) -> Assessment {
         let placement = self.placement(spec, nodes);
         let phases = nodes
             .iter()
@@ -388,7 +420,7 @@ impl HostConfigRollout for MachineConfigRollout {
             .into_iter()
             .filter(|r| placement.role(*r).wanted())
         {
-            if self.adopted(spec, role).is_some() {
+            if self.adopted(spec, profiles, role).is_some() {
                 let name = self.names_of(role).machine_config;
                 assessment
                     .adopted

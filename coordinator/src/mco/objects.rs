@@ -8,6 +8,7 @@ use super::names::{self, CONTAINER_RUNTIME_CONFIG, MACHINE_CONFIG, POOL, RoleNam
 use super::placement::Role;
 use crate::api::LogLevel;
 use crate::objects::{CrioRuntimeHandler, managed_labels};
+use crate::profiles::render::HostFile;
 
 const IGNITION_VERSION: &str = "3.2.0";
 
@@ -50,18 +51,36 @@ pub fn machine_config(handler: &CrioRuntimeHandler) -> Value {
         &RoleNames::default(),
         names::EXTENSION,
         handler,
+        &[],
     )
 }
 
 /// Our MachineConfig for the pool of `role` (named as `naming` says),
-/// installing `extension` (the name the nodes' OS knows) and the CRI-O
-/// drop-in.
+/// installing `extension` (the name the nodes' OS knows), the CRI-O
+/// drop-in, and the runtime profiles' files after it, all in one rendered
+/// config: one reboot per node for any change of them.
 pub fn machine_config_for(
     role: Role,
     naming: &RoleNames,
     extension: &str,
     handler: &CrioRuntimeHandler,
+    profile_files: &[HostFile],
 ) -> Value {
+    let drop_in = HostFile {
+        path: kata_proto::contract::DROP_IN_PATH.into(),
+        contents: handler.to_toml(),
+    };
+    let files: Vec<Value> = std::iter::once(&drop_in)
+        .chain(profile_files)
+        .map(|file| {
+            json!({
+                "path": file.path,
+                "mode": 0o644,
+                "overwrite": true,
+                "contents": { "source": data_url(&file.contents) },
+            })
+        })
+        .collect();
     json!({
         "apiVersion": MACHINE_CONFIG.api_version(),
         "kind": MACHINE_CONFIG.kind,
@@ -73,14 +92,7 @@ pub fn machine_config_for(
             "extensions": [extension],
             "config": {
                 "ignition": { "version": IGNITION_VERSION },
-                "storage": {
-                    "files": [{
-                        "path": kata_proto::contract::DROP_IN_PATH,
-                        "mode": 0o644,
-                        "overwrite": true,
-                        "contents": { "source": data_url(&handler.to_toml()) },
-                    }]
-                }
+                "storage": { "files": files }
             }
         }
     })
@@ -145,6 +157,7 @@ mod tests {
             &RoleNames::default(),
             names::EXTENSION_FCOS,
             &CrioRuntimeHandler::default(),
+            &[],
         );
         assert_eq!(
             mc["metadata"]["name"],

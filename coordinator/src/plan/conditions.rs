@@ -170,15 +170,21 @@ pub fn degraded(nodes: &KataNodesStatus, failures: &[String]) -> ConditionState 
 
 /// A spec the operator cannot act on: nothing in progress, not ready, degraded.
 pub fn invalid_spec(message: &str) -> Vec<ConditionState> {
+    held_by_invalid_input(reason::INVALID_SPEC, message)
+}
+
+/// A runtime profile the operator cannot apply: nothing is applied until it
+/// is mended or deleted, so no node gets part of what the profiles ask.
+pub fn invalid_runtime_profile(message: &str) -> Vec<ConditionState> {
+    held_by_invalid_input(reason::INVALID_RUNTIME_PROFILE, message)
+}
+
+/// Nothing in progress, not ready, degraded, for `reason`.
+fn held_by_invalid_input(reason: &'static str, message: &str) -> Vec<ConditionState> {
     [IN_PROGRESS, READY]
         .into_iter()
-        .map(|type_| condition(type_, false, reason::INVALID_SPEC, message))
-        .chain(std::iter::once(condition(
-            DEGRADED,
-            true,
-            reason::INVALID_SPEC,
-            message,
-        )))
+        .map(|type_| condition(type_, false, reason, message))
+        .chain(std::iter::once(condition(DEGRADED, true, reason, message)))
         .collect()
 }
 

@@ -36,6 +36,7 @@ use crate::kind::Kind;
 use crate::names;
 use crate::node::CachedNode;
 use crate::objects;
+use crate::profiles::KataRuntimeProfile;
 use events::NodeTransition;
 use rollout::{HostConfigRollout, NodePhase};
 
@@ -134,6 +135,11 @@ pub struct Observed {
     /// Every KataConfig of the cluster, this one included.
     pub configs: Vec<ConfigId>,
     pub spec: KataConfigSpec,
+    /// The runtime profiles, in name order, as last settled (see
+    /// `controller::profile_settle`).
+    pub profiles: Vec<KataRuntimeProfile>,
+    /// While a change of the profiles settles, when to look again.
+    pub profiles_settling: Option<Duration>,
     pub deleting: bool,
     pub has_finalizer: bool,
     pub nodes: Vec<ObservedNode>,
@@ -366,6 +372,12 @@ pub fn plan(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)) ->
             plan_install(observed, rollout)
         };
     hold_conflicting_writes(&mut plan, &observed.owned_objects);
+    if let Some(settling) = observed.profiles_settling {
+        plan.requeue = match plan.requeue {
+            Requeue::After(after) => Requeue::After(after.min(settling)),
+            Requeue::Resync | Requeue::OnChange => Requeue::After(settling),
+        };
+    }
     let previous = events::Previous::new(&observed.recorded_nodes, observed.last_write.as_ref());
     plan.transitions = events::node_transitions(previous, &plan.nodes);
     plan
@@ -442,6 +454,12 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
             Requeue::Resync,
         );
     }
+    if let Err(invalid) = crate::profiles::check_all(&observed.profiles) {
+        return Plan::conditions_only(
+            conditions::invalid_runtime_profile(&invalid),
+            Requeue::Resync,
+        );
+    }
     let targets = targeting::targets(spec, &observed.nodes);
     let target_count = targets.iter().filter(|t| t.targeted).count();
 
@@ -449,9 +467,9 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
     if !observed.has_finalizer {
         steps.push(Step::AddFinalizer);
     }
-    steps.extend(rollout.install_steps(spec, &targets));
+    steps.extend(rollout.install_steps(spec, &observed.profiles, &targets));
 
-    let mut assessment = rollout.assess(spec, &targets);
+    let mut assessment = rollout.assess(spec, &observed.profiles, &targets);
     assessment.waiting_on.extend(stuck_messages(observed));
     let mut nodes = nodes::node_status(&assessment.phases, target_count);
     nodes.not_runtime_ready = nodes::not_runtime_ready(&targets);
@@ -517,7 +535,7 @@ pub(crate) fn plan_uninstall(
     rollout: &(impl HostConfigRollout + ?Sized),
 ) -> Plan {
     let untargeted = targeting::none_targeted(&observed.nodes);
-    let assessment = rollout.assess(&observed.spec, &untargeted);
+    let assessment = rollout.assess(&observed.spec, &observed.profiles, &untargeted);
     let nodes = nodes::node_status(&assessment.phases, 0);
     let degraded = conditions::degraded(&nodes, &[]);
 

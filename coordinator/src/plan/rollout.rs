@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::{NodeTarget, ObservedNode, Step};
 use crate::api::KataConfigSpec;
 use crate::kind::Kind;
+use crate::profiles::KataRuntimeProfile;
 
 /// Where one node stands in the rollout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,11 +72,21 @@ pub trait HostConfigRollout {
     /// Writes that bring the rollout's own objects to what `spec` asks and
     /// move exactly the targeted nodes onto the configuration, and the
     /// others off it.
-    fn install_steps(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Vec<Step>;
+    fn install_steps(
+        &self,
+        spec: &KataConfigSpec,
+        profiles: &[KataRuntimeProfile],
+        nodes: &[NodeTarget<'_>],
+    ) -> Vec<Step>;
 
     /// Where every node stands, given which are (still) targets, and what
     /// else holds the rollout.
-    fn assess(&self, spec: &KataConfigSpec, nodes: &[NodeTarget<'_>]) -> Assessment;
+    fn assess(
+        &self,
+        spec: &KataConfigSpec,
+        profiles: &[KataRuntimeProfile],
+        nodes: &[NodeTarget<'_>],
+    ) -> Assessment;
 
     /// Writes that take the configuration off every node, and whether that
     /// has finished.

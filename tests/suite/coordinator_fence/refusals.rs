@@ -43,6 +43,7 @@ pub(super) async fn machine_config_refusals(configs: &Api<DynamicObject>) {
         &alternative,
         mco::EXTENSION,
         &CrioRuntimeHandler::default(),
+        &[],
     );
     let cases = [
         (

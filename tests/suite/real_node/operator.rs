@@ -92,7 +92,7 @@ pub async fn install(node: &RealNode, ca: &TestCa) -> Result<(), kata_tests::Err
     let plane = node.control_plane();
     plane.install_openshift_crds().await?;
     plane
-        .install_crds(&[kata_tests::manifests::kata_coordinator_crd()])
+        .install_crds(&kata_tests::manifests::operator_crds())
         .await?;
     for file in [
         "namespace.yaml",

@@ -26,6 +26,7 @@ fn master_rollout() -> MachineConfigRollout {
             &mco::RoleNames::default(),
             mco::EXTENSION,
             &objects::CrioRuntimeHandler::default(),
+            &[],
         )),
         ..Default::default()
     }
