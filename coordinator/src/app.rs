@@ -174,6 +174,7 @@ struct LabellerInputs {
     nodes: kube::runtime::reflector::Store<crate::node::CachedNode>,
     configs: kube::runtime::reflector::Store<crate::api::KataConfig>,
     policy: MarkPolicy,
+    profiles: crate::profiles::InForce,
 }
 
 /// Starts the agents' gRPC server and the node labeller. The server runs
@@ -188,7 +189,7 @@ async fn start_agents(
     // Re-read when service-ca rotates the Secret under a running pod.
     let acceptor = ServerTls::reloading(&agents.tls_cert_file, &agents.tls_key_file)?;
     let listener = bind(agents.listen).await?;
-    let health = HealthRegistry::new();
+    let health = HealthRegistry::with_profiles(labeller.profiles.clone());
     let authenticator = AgentAuthenticator::new(
         client.clone(),
         agents.audience,
@@ -298,6 +299,7 @@ pub async fn run_until(
             nodes,
             configs: controller.configs(),
             policy: options.mark_policy,
+            profiles: controller.profiles_in_force(),
         };
         grpc_shutdown = Some(start_agents(&mut parts, &client, agents, &metrics, labeller).await?);
     }

@@ -91,11 +91,13 @@ pub const OWN_CLUSTER_PERMISSIONS: &[Permission] = &[
     Permission {
         api_group: "node.k8s.io",
         resources: &["runtimeclasses"],
-        resource_names: &[names::RUNTIME_CLASS_NAME],
-        // The watch in KataConfigController::run selects metadata.name=kata, which is
-        // what lets list/watch be limited by name.
+        // Not limited by name: each runtime profile has a RuntimeClass of its
+        // own name, and a profile named like someone else's RuntimeClass is
+        // refused, which takes seeing them all. Only classes carrying our
+        // managed-by label, and `kata`, are ever written or deleted.
+        resource_names: &[],
         verbs: &["get", "list", "watch", "create", "patch", "delete"],
-        used_by: "controller::observe, the RuntimeClass watch, Step::Apply / Step::Delete of the RuntimeClass",
+        used_by: "controller::observe, the RuntimeClass watch, Step::Apply / Step::Delete of the RuntimeClasses",
     },
     Permission {
         api_group: "",

@@ -24,6 +24,33 @@ pub struct ExpectedConfig {
     pub drop_in_path: String,
     /// Lowest QEMU accepted.
     pub minimum_qemu_version: Version,
+    /// The runtime profiles the host configuration carries, checked each
+    /// cycle ([`crate::probe::profiles`]).
+    pub runtime_profiles: Vec<RuntimeProfile>,
+}
+
+/// A runtime profile as the coordinator describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeProfile {
+    /// The CRI-O handler's name.
+    pub name: String,
+    /// SHA-256 of its Kata configuration, lower-case hex.
+    pub config_sha256: String,
+}
+
+impl RuntimeProfile {
+    /// The profile, if its name and digest are well formed.
+    fn from_wire(wire: &proto::RuntimeProfile) -> Option<Self> {
+        let digest = &wire.config_sha256;
+        let hex = digest.len() == 64
+            && digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (contract::is_runtime_profile_name(&wire.name) && hex).then(|| Self {
+            name: wire.name.clone(),
+            config_sha256: digest.clone(),
+        })
+    }
 }
 
 /// [`contract::MINIMUM_QEMU_VERSION`] as a [`Version`]; a test pins the two
@@ -37,6 +64,7 @@ impl Default for ExpectedConfig {
             extension_packages: vec![contract::EXTENSION_PACKAGE.to_owned()],
             drop_in_path: contract::DROP_IN_PATH.to_owned(),
             minimum_qemu_version: MINIMUM_QEMU_VERSION,
+            runtime_profiles: Vec::new(),
         }
     }
 }
@@ -60,6 +88,11 @@ impl TryFrom<&proto::ExpectedConfig> for ExpectedConfig {
         if !wire.minimum_qemu_version.is_empty() {
             config.minimum_qemu_version = wire.minimum_qemu_version.parse()?;
         }
+        // A malformed entry is left out (and so never reported ready).
+        config.runtime_profiles = (wire.runtime_profiles.iter())
+            .filter_map(RuntimeProfile::from_wire)
+            .take(contract::MAX_RUNTIME_PROFILES)
+            .collect();
         Ok(config)
     }
 }
@@ -128,6 +161,41 @@ mod tests {
         assert_eq!(
             contract::MINIMUM_QEMU_VERSION.parse::<Version>().unwrap(),
             MINIMUM_QEMU_VERSION
+        );
+    }
+
+    #[test]
+    fn only_well_formed_runtime_profiles_are_kept() {
+        let profile = |name: &str, digest: &str| proto::RuntimeProfile {
+            name: name.to_owned(),
+            config_sha256: digest.to_owned(),
+        };
+        let good = "a".repeat(64);
+        let wire = proto::ExpectedConfig {
+            runtime_profiles: vec![
+                profile("kata-small", &good),
+                profile("Kata.Big", &good),
+                profile("short-digest", "abc"),
+                profile("upper-digest", &"A".repeat(64)),
+                profile(&"x".repeat(51), &good),
+            ],
+            ..Default::default()
+        };
+        let config = ExpectedConfig::try_from(&wire).unwrap();
+        let names: Vec<&str> = config
+            .runtime_profiles
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["kata-small"]);
+        let many = proto::ExpectedConfig {
+            runtime_profiles: (0..100).map(|i| profile(&format!("p{i}"), &good)).collect(),
+            ..Default::default()
+        };
+        let config = ExpectedConfig::try_from(&many).unwrap();
+        assert_eq!(
+            config.runtime_profiles.len(),
+            contract::MAX_RUNTIME_PROFILES
         );
     }
 

@@ -26,7 +26,7 @@ pub mod sandbox_metrics;
 pub mod verdict;
 
 pub use check::CheckReport;
-pub use config::{ExpectedConfig, Version};
+pub use config::{ExpectedConfig, RuntimeProfile, Version};
 pub use error::AgentError;
 pub use probe::capacity::{Capacity, CapacitySource};
 pub use probe::rpm_ostree::StatusSource;

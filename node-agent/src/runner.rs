@@ -121,6 +121,17 @@ impl ProbeRunner {
         &self.last_durations
     }
 
+    /// The runtime profiles of the expected configuration this node serves
+    /// as rendered ([`crate::probe::profiles`]).
+    pub async fn ready_profiles(&self) -> Vec<String> {
+        crate::probe::profiles::ready(
+            &self.root,
+            &self.config.runtime_profiles,
+            &self.options.budgets,
+        )
+        .await
+    }
+
     /// Runs every probe once; outcomes come in [`ProbeName::ALL`] order.
     pub async fn run_cycle(&mut self) -> Vec<ProbeOutcome> {
         let budgets = self.options.budgets;

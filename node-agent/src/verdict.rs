@@ -60,6 +60,7 @@ impl From<Verdicts> for proto::Verdicts {
             kvm_capable: verdicts.kvm_capable,
             runtime_ready: verdicts.runtime_ready,
             kvm_failure: kvm_failure.into(),
+            ready_profiles: Vec::new(),
         }
     }
 }

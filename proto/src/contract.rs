@@ -12,6 +12,14 @@ pub const RUNTIME_HANDLER: &str = "kata";
 pub const RUNTIME_CLASS_NAME: &str = RUNTIME_HANDLER;
 /// Host path of the CRI-O drop-in that registers [`RUNTIME_HANDLER`].
 pub const DROP_IN_PATH: &str = "/etc/crio/crio.conf.d/50-kata";
+/// The CRI-O drop-in declaring the runtime profiles' handlers: after
+/// [`DROP_IN_PATH`], so it can replace neither that nor the package's.
+pub const PROFILES_DROP_IN_PATH: &str = "/etc/crio/crio.conf.d/51-kata-profiles";
+/// The most runtime profiles an agent is told of, and reports ready.
+pub const MAX_RUNTIME_PROFILES: usize = 32;
+/// The longest runtime profile name (its node label's name part,
+/// `kata-runtime.<name>`, is at most 63 characters).
+pub const RUNTIME_PROFILE_NAME_MAX: usize = 50;
 /// The RPM package the Kata extension installs (RHCOS, FCOS and SCOS alike).
 pub const EXTENSION_PACKAGE: &str = "kata-containers";
 /// Lowest QEMU accepted: Kata 3.x supports QEMU 6.2 and later; RHCOS ships 8.x.
@@ -32,6 +40,25 @@ pub const DEFAULT_NAMESPACE: &str = "kata-operator";
 pub const AGENT_SERVICE_ACCOUNT: &str = "kata-node-agent";
 /// The coordinator's ServiceAccount.
 pub const COORDINATOR_SERVICE_ACCOUNT: &str = "kata-coordinator";
+
+/// Where the host configuration writes a runtime profile's complete Kata
+/// configuration (`/usr` is read-only on RHCOS), which its CRI-O handler's
+/// `runtime_config_path` names.
+pub fn runtime_profile_config_path(profile: &str) -> String {
+    format!("/etc/kata-containers/{profile}/configuration.toml")
+}
+
+/// Whether `name` can be a runtime profile's: a DNS label of at most
+/// [`RUNTIME_PROFILE_NAME_MAX`] characters. Both sides check what the
+/// other sends against it.
+pub fn is_runtime_profile_name(name: &str) -> bool {
+    let label_safe = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    !name.is_empty()
+        && name.len() <= RUNTIME_PROFILE_NAME_MAX
+        && name.bytes().all(label_safe)
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
 
 /// The RuntimeClass overhead in Kubernetes quantity notation.
 pub fn pod_overhead_cpu_quantity() -> String {

@@ -130,3 +130,22 @@ pub async fn service_account_token(
         .map(|status| status.token)
         .ok_or_else(|| Error::Setup(format!("no token in the TokenRequest for {account}")))
 }
+
+/// The names of the objects `api` lists with `params`, sorted.
+pub async fn listed_names<K>(
+    api: &Api<K>,
+    params: &kube::api::ListParams,
+) -> Result<Vec<String>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut names: Vec<String> = api
+        .list(params)
+        .await?
+        .items
+        .iter()
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    names.sort();
+    Ok(names)
+}

@@ -189,7 +189,7 @@ fn outcome(report: &HealthReport, name: ProbeName) -> &ProbeOutcome {
 }
 
 fn runtime_ready(report: &HealthReport) -> bool {
-    report.verdicts.unwrap().runtime_ready
+    report.verdicts.as_ref().unwrap().runtime_ready
 }
 
 #[kata_test]
@@ -209,7 +209,7 @@ async fn agent_says_hello_and_reports_a_ready_node() {
     let names: Vec<&str> = report.outcomes.iter().map(|o| o.name.as_str()).collect();
     let all: Vec<&str> = ProbeName::ALL.iter().map(|name| name.as_str()).collect();
     assert_eq!(names, all, "every probe, in order");
-    let verdicts = report.verdicts.unwrap();
+    let verdicts = report.verdicts.clone().unwrap();
     assert_eq!(verdicts.runtime_ready, ready, "{report:#?}");
     assert_eq!(verdicts.kvm_capable, ready, "{report:#?}");
     assert!(report.probed_at_unix_ms > 0);

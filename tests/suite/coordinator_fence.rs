@@ -27,6 +27,7 @@ use kata_coordinator::mco::objects;
 use kata_coordinator::mco::placement::Role;
 use kata_coordinator::names;
 use kata_coordinator::objects::CrioRuntimeHandler;
+use kata_coordinator::profiles::KataRuntimeProfile;
 use kata_coordinator::rbac::{NAMESPACE, SERVICE_ACCOUNT};
 use kata_tests::ControlPlane;
 use kata_tests::api_objects::create_node;
@@ -300,19 +301,55 @@ async fn machine_config_operator_writes_are_held_to_kata_shape() {
     let runtime_classes: Api<RuntimeClass> = Api::all(coordinator.clone());
     let mut runc = runtime_class.clone();
     runc["handler"] = json!("runc");
-    for (object, refused) in [(&runc, true), (&runtime_class, false)] {
+    // A runtime profile's class, and the same turned to another handler or
+    // selecting every node.
+    let profile = KataRuntimeProfile::of_size("kata-large", 4, 8192);
+    let profiles_class = serde_json::to_value(profile.runtime_class()).unwrap();
+    let mut other_handler = profiles_class.clone();
+    other_handler["handler"] = json!("runc");
+    let mut everywhere = profiles_class.clone();
+    everywhere["scheduling"]["nodeSelector"] = json!({"kubernetes.io/os": "linux"});
+    for (object, refused) in [
+        (&runc, true),
+        (&runtime_class, false),
+        (&other_handler, true),
+        (&everywhere, true),
+        (&profiles_class, false),
+    ] {
+        let name = object["metadata"]["name"].as_str().unwrap();
         let result = runtime_classes
-            .patch(
-                names::RUNTIME_CLASS_NAME,
-                &apply_params(refused),
-                &Patch::Apply(object),
-            )
+            .patch(name, &apply_params(refused), &Patch::Apply(object))
             .await;
         match refusal(result) {
             Some(m) if refused => assert_fenced("another handler", Some(m), "keep Kata's handler"),
             verdict => assert_eq!(verdict, None, "{object}"),
         }
     }
+    // Deleted: Kata's classes, never someone else's.
+    let admins: RuntimeClass =
+        serde_json::from_value(json!({"metadata": {"name": "gvisor"}, "handler": "runsc"}))
+            .unwrap();
+    Api::<RuntimeClass>::all(plane.client().await.unwrap())
+        .create(&Default::default(), &admins)
+        .await
+        .unwrap();
+    let deleted = |name: &'static str| {
+        let runtime_classes = runtime_classes.clone();
+        async move {
+            refusal(
+                runtime_classes
+                    .delete(name, &DeleteParams::default().dry_run())
+                    .await,
+            )
+        }
+    };
+    assert_fenced(
+        "someone else's RuntimeClass deleted",
+        deleted("gvisor").await,
+        "delete only Kata's RuntimeClasses",
+    );
+    assert_eq!(deleted("kata-large").await, None);
+    assert_eq!(deleted(names::RUNTIME_CLASS_NAME).await, None);
     an_admins_addition_holds_our_writes(&plane.client().await.unwrap(), &configs).await;
     // And deleted by their names.
     configs

@@ -14,9 +14,8 @@ use k8s_openapi::api::authorization::v1::{
     SelfSubjectAccessReviewSpec, SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kata_coordinator::controller::Options;
 use kata_coordinator::health::{AgentAuthenticator, AuthError};
@@ -349,15 +348,14 @@ const DENIED: &[Access<'static>] = &[
     access("create", MCO, "machineconfigs"),
     access("create", MCO, "machineconfigpools"),
     access("create", MCO, "containerruntimeconfigs"),
-    access("create", "node.k8s.io", "runtimeclasses"),
-    // Only the objects it owns, by name.
+    // Only the objects it owns, by name. (RuntimeClasses are granted by any
+    // name, for the runtime profiles': the fence holds the writes and
+    // deletions to Kata's, coordinator_fence.rs.)
     access("patch", MCO, "machineconfigs").named("99-worker-ssh"),
     access("delete", MCO, "machineconfigs").named("00-worker"),
     access("list", MCO, "machineconfigs"),
     access("patch", MCO, "machineconfigpools").named("worker"),
     access("delete", MCO, "machineconfigpools").named("master"),
-    access("delete", "node.k8s.io", "runtimeclasses").named("runc"),
-    access("list", "node.k8s.io", "runtimeclasses"),
     // Leases only in its own namespace: not the kubelets' heartbeats.
     access("update", "coordination.k8s.io", "leases").in_namespace("kube-node-lease"),
     access("create", "coordination.k8s.io", "leases").in_namespace("kube-system"),
@@ -589,13 +587,14 @@ async fn coordinator_runs_on_its_own_service_account_and_agent_has_no_rights() {
     // Server-side apply of an absent object is authorized twice, as `patch`
     // and then as `create`, both for the name in the URL (without `create`
     // the API server answers "cannot create"): the role's name-limited rules
-    // let the coordinator create its own RuntimeClass and no other.
-    let other: RuntimeClass =
-        serde_json::from_value(json!({"metadata": {"name": "kata-other"}, "handler": "kata"}))
-            .unwrap();
-    let refused = Api::<RuntimeClass>::all(coordinator.clone())
+    // let the coordinator create its own dashboard ConfigMap and no other.
+    let other: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "kata-operator-other", "namespace": "default"}}),
+    )
+    .unwrap();
+    let refused = Api::<ConfigMap>::namespaced(coordinator.clone(), "default")
         .patch(
-            "kata-other",
+            "kata-operator-other",
             &PatchParams::apply(names::MANAGER).force(),
             &Patch::Apply(&other),
         )

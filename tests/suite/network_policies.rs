@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kata_coordinator::rbac::NAMESPACE;
 use kata_tests::ControlPlane;
+use kata_tests::api_objects::listed_names;
 use kata_tests::manifests::apply_objects;
 use kata_tests::manifests::deploy_dir;
 use kata_tests::manifests::read_manifests;
@@ -61,29 +62,15 @@ fn selector_query(selector: &LabelSelector) -> String {
 
 /// The names of the pods of `namespace` the API server finds for `selector`.
 async fn pods_selected(client: &Client, namespace: &str, selector: &LabelSelector) -> Vec<String> {
-    let mut names: Vec<String> = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&selector_query(selector)))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
-    names.sort();
-    names
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let selected = ListParams::default().labels(&selector_query(selector));
+    listed_names(&pods, &selected).await.unwrap()
 }
 
 async fn namespaces_selected(client: &Client, selector: &LabelSelector) -> Vec<String> {
-    let mut names: Vec<String> = Api::<Namespace>::all(client.clone())
-        .list(&ListParams::default().labels(&selector_query(selector)))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
-    names.sort();
-    names
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let selected = ListParams::default().labels(&selector_query(selector));
+    listed_names(&namespaces, &selected).await.unwrap()
 }
 
 /// The pods of the policy's namespace and the namespaces the peers of a
@@ -200,15 +187,7 @@ async fn network_policies_admit_exactly_the_operators_traffic() {
     let stored = Api::<NetworkPolicy>::namespaced(client.clone(), NAMESPACE);
     let mut names: Vec<String> = policy_objects.iter().map(ResourceExt::name_any).collect();
     names.sort();
-    let mut listed: Vec<String> = stored
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
-    listed.sort();
+    let listed = listed_names(&stored, &Default::default()).await.unwrap();
     assert_eq!(listed, names);
 
     // Pods made from deploy/base's templates, and one that is neither.

@@ -16,13 +16,16 @@
 
 use kata_test_harness::kata_test;
 
+use k8s_openapi::api::node::v1::RuntimeClass;
 use kata_coordinator::controller::Options;
 use kata_coordinator::mco::names as mco;
 use kata_coordinator::profiles::KataRuntimeProfile;
 use kata_coordinator::profiles::render::{HANDLERS_DROP_IN_PATH, config_path};
+use kata_tests::api_objects::listed_names;
 use kata_tests::cluster::{CONVERGE, Cluster, WORKER};
 use kata_tests::coordinator::RunningCoordinator;
 use kata_tests::eventually;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -57,6 +60,60 @@ async fn wait_profiles_on(cluster: &Cluster, nodes: &[&str], profiles: &[(&str, 
         }
         crate::rollout_counts::nodes_at_rest(cluster).await
     })
+    .await
+    .unwrap();
+}
+
+/// Waits until exactly `expected` (name, memory overhead) are the profiles'
+/// RuntimeClasses, each selecting its own profile's nodes, and the
+/// KataConfig's status lists them after `kata`.
+async fn wait_profile_classes(cluster: &Cluster, expected: &[(&str, &str)]) {
+    let classes: Api<RuntimeClass> = Api::all(cluster.client.clone());
+    eventually(
+        &format!("RuntimeClasses {expected:?}"),
+        CONVERGE,
+        || async {
+            let listed = classes
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut found: Vec<(String, String)> = Vec::new();
+            for rc in listed.items.iter().filter(|rc| rc.name_any() != "kata") {
+                let name = rc.name_any();
+                let selector = rc.scheduling.as_ref().and_then(|s| s.node_selector.clone());
+                let label = kata_coordinator::profiles::runtime_label(&name);
+                if rc.handler != name
+                    || selector.unwrap_or_default().get(&label).map(String::as_str) != Some("true")
+                {
+                    return Err(format!("{name}: {rc:?}"));
+                }
+                let fixed = rc.overhead.as_ref().and_then(|o| o.pod_fixed.clone());
+                let memory = fixed.unwrap_or_default().get("memory").map(|q| q.0.clone());
+                found.push((name, memory.unwrap_or_default()));
+            }
+            found.sort();
+            let mut wanted: Vec<(String, String)> = expected
+                .iter()
+                .map(|(n, m)| ((*n).to_owned(), (*m).to_owned()))
+                .collect();
+            wanted.sort();
+            let listed_in_status = cluster
+                .configs()
+                .get("kc")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default()
+                .runtime_classes;
+            // `kata`, then the profiles in name order.
+            let mut status_wanted = vec!["kata".to_owned()];
+            status_wanted.extend(wanted.iter().map(|(n, _)| n.clone()));
+            if found != wanted || listed_in_status != status_wanted {
+                return Err(format!("{found:?}, status {listed_in_status:?}"));
+            }
+            Ok(true)
+        },
+    )
     .await
     .unwrap();
 }
@@ -135,6 +192,11 @@ async fn each_profile_change_rolls_each_kata_node_once_and_the_overhead_none() {
         !cluster.root("w2").join("etc/kata-containers").exists(),
         "a node without Kata has no profile"
     );
+    wait_profile_classes(
+        &cluster,
+        &[("kata-small", "350Mi"), ("kata-large", "6494Mi")],
+    )
+    .await;
 
     // One profile's VM memory.
     let before = counts(&cluster, &all);
@@ -165,6 +227,7 @@ async fn each_profile_change_rolls_each_kata_node_once_and_the_overhead_none() {
         )
         .await
         .unwrap();
+    wait_profile_classes(&cluster, &[("kata-small", "350Mi"), ("kata-large", "1Gi")]).await;
     tokio::time::sleep(SETTLE).await;
     assert_eq!(machine_config_generation(&cluster).await, generation);
     assert_eq!(
@@ -190,6 +253,63 @@ async fn each_profile_change_rolls_each_kata_node_once_and_the_overhead_none() {
         expect(&all, &kata, 1),
         "a profile removed"
     );
+    wait_profile_classes(&cluster, &[("kata-large", "1Gi")]).await;
+
+    // A profile named like an admin's RuntimeClass is refused, and nothing
+    // of it is applied; deleted, the KataConfig is Ready again.
+    let before = counts(&cluster, &all);
+    let generation = machine_config_generation(&cluster).await;
+    let admins: RuntimeClass = serde_json::from_value(json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": "gvisor"}, "handler": "runsc",
+    }))
+    .unwrap();
+    Api::<RuntimeClass>::all(cluster.client.clone())
+        .create(&PostParams::default(), &admins)
+        .await
+        .unwrap();
+    profiles
+        .create(
+            &PostParams::default(),
+            &KataRuntimeProfile::of_size("gvisor", 1, 1024),
+        )
+        .await
+        .unwrap();
+    cluster
+        .wait_condition("kc", "Degraded", "True", "InvalidRuntimeProfile")
+        .await;
+    let (_, _, message) = cluster.condition("kc", "Degraded").await.unwrap();
+    assert!(message.contains("gvisor: metadata.name"), "{message}");
+    profiles
+        .delete("gvisor", &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster
+        .wait_condition("kc", "Ready", "True", "Installed")
+        .await;
+    assert_eq!(machine_config_generation(&cluster).await, generation);
+    assert_eq!(
+        since(&cluster, &before),
+        expect(&all, &[], 0),
+        "a refused profile"
+    );
+    let handler = Api::<RuntimeClass>::all(cluster.client.clone())
+        .get("gvisor")
+        .await
+        .unwrap()
+        .handler;
+    assert_eq!(
+        handler, "runsc",
+        "the admin's RuntimeClass is left as it was"
+    );
+
+    // The uninstall takes the profiles' classes and files away with Kata's.
+    cluster.uninstall("kc").await;
+    assert_eq!(cluster.operator_leftovers().await, Vec::<String>::new());
+    let classes = Api::<RuntimeClass>::all(cluster.client.clone());
+    let left = listed_names(&classes, &Default::default()).await.unwrap();
+    assert_eq!(left, ["gvisor"]);
+    assert_eq!(memory_on(&cluster, "w0", "kata-large"), None);
 }
 
 #[kata_test]

@@ -14,6 +14,7 @@ mod profile_settle;
 mod report;
 mod steps;
 mod stuck;
+mod throttle;
 mod wiring;
 
 use std::collections::BTreeMap;
@@ -94,6 +95,9 @@ pub struct Options {
     /// How long a node may stay updating (MCO state `Working`) before the
     /// KataConfig and an Event say it is stuck, and what holds its drain.
     pub stuck_after: Duration,
+    /// Where the runtime profiles the plan renders are published for the
+    /// health side.
+    pub profiles_in_force: crate::profiles::InForce,
 }
 
 /// A drain and reboot take minutes; a quarter of an hour means something
@@ -106,6 +110,7 @@ impl Default for Options {
             stop_after_writes: None,
             metrics: crate::metrics::Metrics::default(),
             stuck_after: DEFAULT_STUCK_AFTER,
+            profiles_in_force: crate::profiles::InForce::default(),
         }
     }
 }
@@ -156,6 +161,9 @@ async fn reconcile_once(config: Arc<KataConfig>, ctx: &Context) -> Result<Action
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
     let plan = plan::plan(&observed, rollout.as_ref());
+    if crate::profiles::check_all(&observed.profiles).is_ok() {
+        ctx.options.profiles_in_force.set(&observed.profiles);
+    }
     for step in &plan.steps {
         ctx.execute(&config, step).await?;
     }

@@ -44,10 +44,7 @@ impl Context {
         // change (and be written) on every reconcile.
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let rollout = self.rollout.observe(&nodes).await?;
-        let runtime_class = self
-            .runtime_classes
-            .get(&ObjectRef::new(names::RUNTIME_CLASS_NAME))
-            .and_then(|rc| serde_json::to_value(rc.as_ref()).ok());
+        let (runtime_class, other_runtime_classes) = self.observed_runtime_classes();
         // The pods are listed only when something waits on them: the
         // uninstall, or a deletion of the RuntimeClass its guard holds.
         let guarding = runtime_class
@@ -77,9 +74,9 @@ impl Context {
         };
         let (profiles, profiles_settling) = self.settled_profiles().await?;
         let mut owned_objects = rollout.owned_objects();
-        if let Some(runtime_class) = &runtime_class {
-            owned_objects.push((kind::RUNTIME_CLASS, runtime_class.clone()));
-        }
+        let ours = (other_runtime_classes.iter()).filter(|rc| plan::runtime_class::is_ours(rc));
+        owned_objects
+            .extend((runtime_class.iter().chain(ours)).map(|rc| (kind::RUNTIME_CLASS, rc.clone())));
         let observed = Observed {
             name: config.name_any(),
             configs,
@@ -90,6 +87,7 @@ impl Context {
             has_finalizer: config.finalizers().iter().any(|f| f == names::FINALIZER),
             nodes,
             runtime_class,
+            other_runtime_classes,
             pods_using_kata,
             recorded_nodes: config
                 .status
@@ -107,6 +105,20 @@ impl Context {
                 .map(|brake| brake.message()),
         };
         Ok(Some((observed, rollout)))
+    }
+
+    /// The `kata` RuntimeClass (None: absent) and every other one, as the
+    /// API server returns them.
+    fn observed_runtime_classes(&self) -> (Option<serde_json::Value>, Vec<serde_json::Value>) {
+        let kata = self
+            .runtime_classes
+            .get(&ObjectRef::new(names::RUNTIME_CLASS_NAME))
+            .and_then(|rc| serde_json::to_value(rc.as_ref()).ok());
+        let others = (self.runtime_classes.state().iter())
+            .filter(|rc| rc.name_any() != names::RUNTIME_CLASS_NAME)
+            .filter_map(|rc| serde_json::to_value(rc.as_ref()).ok())
+            .collect();
+        (kata, others)
     }
 
     /// The runtime profiles to plan from ([`super::profile_settle`]), and

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::node::v1::RuntimeClass;
 
+use super::throttle;
 use crate::profiles::KataRuntimeProfile;
 use kube::Client;
 use kube::api::Api;
@@ -19,8 +20,24 @@ use super::{Context, Options, error_policy, reconcile};
 use crate::api::KataConfig;
 use crate::applier::{self, Applier};
 use crate::backend::Backend;
-use crate::names;
 use crate::node::{CachedNode, KeptLabels, kata_ready_condition, slim_node};
+
+/// A watch of every RuntimeClass (`kata`, the runtime profiles', and any a
+/// profile's name would collide with: a cluster has a handful), kept in
+/// `writer`, that fires on every change.
+fn runtime_class_changes(
+    client: &Client,
+    writer: reflector::store::Writer<RuntimeClass>,
+) -> impl Stream<Item = ()> + Send + 'static {
+    watcher(
+        Api::<RuntimeClass>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects()
+    .filter_map(|r| async move { r.ok().map(|_| ()) })
+}
 
 /// A watch that fires on every change of a runtime profile. Where their CRD
 /// is not installed it only backs off, and the reconcile reads none.
@@ -139,6 +156,12 @@ impl KataConfigController {
         self.controller.store()
     }
 
+    /// Where the controller publishes the runtime profiles it renders, for
+    /// the agents' side.
+    pub fn profiles_in_force(&self) -> crate::profiles::InForce {
+        self.options.profiles_in_force.clone()
+    }
+
     /// Runs until `shutdown` completes (or, with
     /// [`Options::stop_after_writes`], until the budget is spent), then lets a reconcile under way
     /// finish for at most [`SHUTDOWN_GRACE`]: one stuck on an API server
@@ -186,20 +209,14 @@ impl KataConfigController {
             ),
             backend.triggers,
         );
-        let runtime_classes = watcher(
-            Api::<RuntimeClass>::all(client.clone()),
-            watcher::Config::default()
-                .fields(&format!("metadata.name={}", names::RUNTIME_CLASS_NAME)),
-        )
-        .default_backoff()
-        .reflect(runtime_class_writer)
-        .touched_objects()
-        .filter_map(|r| async move { r.ok().map(|_| ()) });
-        let profiles = profile_changes(&client);
+        let others = futures::stream::select(
+            runtime_class_changes(&client, runtime_class_writer),
+            profile_changes(&client),
+        );
         let controller = controller
-            .reconcile_all_on(futures::stream::select(
-                triggers,
-                futures::stream::select(runtime_classes, profiles),
+            .reconcile_all_on(throttle::throttled(
+                futures::stream::select(triggers, others).boxed(),
+                throttle::PERIOD,
             ))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx)

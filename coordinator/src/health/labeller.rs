@@ -29,6 +29,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::marks;
 use super::marks::brake::RecentRemovals;
 use super::marks::contest::ContestPolicy;
 use super::marks::eligibility::Dwell;
@@ -150,8 +151,10 @@ impl Labeller {
             now,
             self.policy,
         );
-        let labels_change =
-            desired.capable != current.capable || desired.runtime_ready != current.runtime_ready;
+        let desired = marks::profiles_in_force(desired, &self.registry.profiles().get());
+        let labels_change = desired.capable != current.capable
+            || desired.runtime_ready != current.runtime_ready
+            || desired.profiles != current.profiles;
         let condition_change = current.condition.as_ref() != Some(&desired.condition);
         (labels_change || condition_change).then(|| NodeWrite {
             node: node.clone(),
@@ -330,8 +333,12 @@ impl Labeller {
         if marks.runtime_ready {
             labels.insert(names::KATA_RUNTIME_LABEL.into(), "true".into());
         }
+        for profile in &marks.profiles {
+            labels.insert(crate::profiles::runtime_label(profile), "true".into());
+        }
         // Applying without a label releases it: the health manager owns only
-        // these two, so nothing else on the node is touched.
+        // these and the profiles' labels, so nothing else on the node is
+        // touched.
         self.applier
             .apply_node_labels(node, names::MANAGER_HEALTH, Some(labels))
             .await

@@ -37,6 +37,9 @@ pub struct NodeMarks {
     pub capable: bool,
     /// `katacontainers.io/kata-runtime=true`.
     pub runtime_ready: bool,
+    /// `katacontainers.io/kata-runtime.<profile>=true`, sorted: the runtime
+    /// profiles the node serves as rendered; only with `runtime_ready`.
+    pub profiles: Vec<String>,
     pub condition: ReadyCondition,
 }
 
@@ -53,6 +56,8 @@ pub struct ReadyCondition {
 pub struct CurrentMarks {
     pub capable: bool,
     pub runtime_ready: bool,
+    /// The profiles whose label the node carries, sorted.
+    pub profiles: Vec<String>,
     pub condition: Option<ReadyCondition>,
 }
 
@@ -62,9 +67,17 @@ impl CurrentMarks {
         condition: Option<ReadyCondition>,
     ) -> Self {
         let is_true = |key: &str| labels.get(key).is_some_and(|v| v == "true");
+        let prefix = crate::profiles::runtime_label("");
+        let profiles = labels
+            .iter()
+            .filter(|(_, value)| *value == "true")
+            .filter_map(|(key, _)| key.strip_prefix(&prefix))
+            .map(str::to_owned)
+            .collect();
         CurrentMarks {
             capable: is_true(names::KATA_CAPABLE_LABEL),
             runtime_ready: is_true(names::KATA_RUNTIME_LABEL),
+            profiles,
             condition,
         }
     }
@@ -143,6 +156,7 @@ pub fn desired_marks(
             // [`settled`] decides whether a loss reported before goes on.
             capable: current.capable,
             runtime_ready: false,
+            profiles: Vec::new(),
             condition: ReadyCondition {
                 ready: false,
                 reason: "AgentNotReporting".into(),
@@ -154,7 +168,7 @@ pub fn desired_marks(
         }),
         (None, false) => None,
         (Some(report), false) => {
-            let verdicts = report.verdicts.unwrap_or_default();
+            let verdicts = report.verdicts.clone().unwrap_or_default();
             let condition = if verdicts.runtime_ready {
                 ReadyCondition {
                     ready: true,
@@ -179,9 +193,13 @@ pub fn desired_marks(
                     },
                 }
             };
+            let mut profiles = verdicts.ready_profiles;
+            profiles.sort_unstable();
+            profiles.dedup();
             Some(NodeMarks {
                 capable: verdicts.kvm_capable,
                 runtime_ready: verdicts.runtime_ready,
+                profiles,
                 condition,
             })
         }
@@ -196,8 +214,8 @@ pub fn capability_evidence(
     policy: MarkPolicy,
 ) -> Option<eligibility::Evidence> {
     let health = health.filter(|h| now.saturating_duration_since(h.last_seen) <= policy.grace)?;
-    let verdicts = health.last_report.as_ref()?.verdicts?;
-    Some(evidence_of(&verdicts))
+    let verdicts = health.last_report.as_ref()?.verdicts.as_ref()?;
+    Some(evidence_of(verdicts))
 }
 
 /// A report's verdict as evidence. An agent that does not classify its
@@ -256,6 +274,24 @@ pub fn damped(
                 policy.hold_down.as_secs()
             ),
         };
+    }
+    desired
+}
+
+/// Keeps of the profiles `desired` reports those `in_force` (the
+/// coordinator's, which it told the agent of), and none unless the node
+/// keeps the runtime label: a profile label without it would schedule
+/// pods where the runtime is not.
+pub fn profiles_in_force(
+    mut desired: NodeMarks,
+    in_force: &[kata_proto::health::v1::RuntimeProfile],
+) -> NodeMarks {
+    if desired.runtime_ready {
+        desired
+            .profiles
+            .retain(|p| in_force.iter().any(|f| f.name == *p));
+    } else {
+        desired.profiles.clear();
     }
     desired
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use kata_proto::contract;
 use kata_proto::health::v1::{HealthReport, Hello};
 use tokio::sync::{Notify, watch};
 
@@ -56,6 +57,16 @@ pub const INVALID_REASON: &str = "InvalidAgentReason";
 /// size limit. Pure.
 pub fn bound_report(report: &mut HealthReport) {
     report.outcomes.truncate(MAX_OUTCOMES);
+    if let Some(verdicts) = &mut report.verdicts {
+        // Names only, checked again against the profiles in force before
+        // any becomes a label.
+        verdicts
+            .ready_profiles
+            .truncate(contract::MAX_RUNTIME_PROFILES);
+        verdicts
+            .ready_profiles
+            .retain(|name| contract::is_runtime_profile_name(name));
+    }
     for outcome in &mut report.outcomes {
         if !is_short_camel_case(&outcome.reason) {
             outcome.reason = INVALID_REASON.to_owned();
@@ -226,6 +237,8 @@ pub struct HealthRegistry {
     state: Arc<Mutex<State>>,
     /// Bumped on every change, so readers wait instead of polling.
     changes: Arc<watch::Sender<u64>>,
+    /// The runtime profiles agents are told to check and may report ready.
+    profiles: crate::profiles::InForce,
 }
 
 impl Default for HealthRegistry {
@@ -236,10 +249,21 @@ impl Default for HealthRegistry {
 
 impl HealthRegistry {
     pub fn new() -> Self {
+        Self::with_profiles(crate::profiles::InForce::default())
+    }
+
+    /// A registry whose agents check the runtime profiles `profiles` holds.
+    pub fn with_profiles(profiles: crate::profiles::InForce) -> Self {
         Self {
             state: Arc::default(),
             changes: Arc::new(watch::Sender::new(0)),
+            profiles,
         }
+    }
+
+    /// The runtime profiles in force.
+    pub fn profiles(&self) -> &crate::profiles::InForce {
+        &self.profiles
     }
 
     /// The data stays consistent even if a holder panicked (every update is a

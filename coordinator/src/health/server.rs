@@ -68,9 +68,10 @@ impl Default for HealthOptions {
 }
 
 /// What the coordinator tells every agent to expect on its node; it comes
-/// from the [`contract`] and the rollout backend's extension, as the host
-/// configuration does, so agent and host configuration can never disagree.
-pub fn expected_config(options: &HealthOptions) -> ExpectedConfig {
+/// from the [`contract`], the rollout backend's extension and the runtime
+/// profiles in force, as the host configuration does, so agent and host
+/// configuration can never disagree.
+pub fn expected_config(options: &HealthOptions, registry: &HealthRegistry) -> ExpectedConfig {
     ExpectedConfig {
         runtime_handler: contract::RUNTIME_HANDLER.into(),
         extension_name: options.extension_name.clone(),
@@ -81,6 +82,7 @@ pub fn expected_config(options: &HealthOptions) -> ExpectedConfig {
             .max(1),
         minimum_qemu_version: options.minimum_qemu_version.clone(),
         extension_packages: vec![contract::EXTENSION_PACKAGE.into()],
+        runtime_profiles: registry.profiles().get().to_vec(),
     }
 }
 
@@ -243,7 +245,7 @@ impl NodeHealthRpc for HealthService {
             .check_in(&identity.node_name, &hello, report, Instant::now());
         self.reports.count(checked.kind);
         Ok(Response::new(CheckInResponse {
-            expected_config: Some(expected_config(&self.options)),
+            expected_config: Some(expected_config(&self.options, &self.registry)),
             reprobe: checked.reprobe.map(|reason| ReprobeRequest { reason }),
         }))
     }
@@ -293,7 +295,7 @@ impl NodeHealthRpc for HealthService {
             node,
             session,
             stopping: self.stopping.subscribe(),
-            config: Some(expected_config(&self.options)),
+            config: Some(expected_config(&self.options, &self.registry)),
             finished: false,
             token_expires,
             pod,

@@ -90,7 +90,10 @@ pub struct MachineConfigRollout {
 }
 
 fn delete(kind: crate::kind::Kind, name: &'static str) -> Step {
-    Step::Delete { kind, name }
+    Step::Delete {
+        kind,
+        name: name.into(),
+    }
 }
 
 fn set_pool_role(node: &ObservedNode, present: bool) -> Step {

@@ -145,6 +145,9 @@ pub struct Observed {
     pub nodes: Vec<ObservedNode>,
     /// The RuntimeClass, as the API server returns it (None: absent).
     pub runtime_class: Option<Value>,
+    /// Every other RuntimeClass of the cluster: the runtime profiles' (ours)
+    /// and any a profile's name would collide with.
+    pub other_runtime_classes: Vec<Value>,
     /// `namespace/name` of pods using a RuntimeClass we own (only gathered
     /// while deleting).
     pub pods_using_kata: Vec<String>,
@@ -207,7 +210,7 @@ pub enum Step {
     TakeOver(Desired),
     Delete {
         kind: Kind,
-        name: &'static str,
+        name: std::borrow::Cow<'static, str>,
     },
     /// Add or remove one label of ours on a node.
     SetNodeLabel {
@@ -454,7 +457,9 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
             Requeue::Resync,
         );
     }
-    if let Err(invalid) = crate::profiles::check_all(&observed.profiles) {
+    let collisions =
+        runtime_class::profile_collisions(&observed.profiles, &observed.other_runtime_classes);
+    if let Err(invalid) = crate::profiles::check_all(&observed.profiles).and(collisions) {
         return Plan::conditions_only(
             conditions::invalid_runtime_profile(&invalid),
             Requeue::Resync,
@@ -484,8 +489,15 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
         .count();
     let installable = target_count - refused;
     let all_installed = installable > 0 && nodes.installed.len() == installable;
-    let runtime_class = runtime_class::plan(all_installed, observed.runtime_class.as_ref());
+    let mut runtime_class = runtime_class::plan(all_installed, observed.runtime_class.as_ref());
     steps.extend(runtime_class.step);
+    let profile_classes = runtime_class::profile_classes(
+        &observed.profiles,
+        &observed.other_runtime_classes,
+        !runtime_class.names.is_empty(),
+    );
+    steps.extend(profile_classes.steps);
+    runtime_class.names.extend(profile_classes.names);
     let mut degraded = conditions::degraded(&nodes, &assessment.failures);
     // Nodes kept in the pool against their own evidence outrank what the
     // rollout reports; a held RuntimeClass deletion and a conflicting
@@ -561,6 +573,7 @@ pub(crate) fn plan_uninstall(
             steps.push(runtime_class::delete());
         }
     }
+    steps.extend(runtime_class::profile_classes(&[], &observed.other_runtime_classes, false).steps);
     let progress = rollout.uninstall(&observed.nodes);
     steps.extend(progress.steps);
     let mut requeue = Requeue::After(POLL_WHILE_ROLLING);

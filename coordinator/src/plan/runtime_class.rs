@@ -1,6 +1,7 @@
-//! The `kata` RuntimeClass in the plan: pure.
+//! The `kata` RuntimeClass and the runtime profiles' in the plan: pure.
 
 use super::{Desired, Step, conditions};
+use crate::profiles::KataRuntimeProfile;
 use crate::{kind, names, objects};
 
 /// What the plan does about the RuntimeClass.
@@ -65,7 +66,7 @@ fn release_owner(observed: &serde_json::Value) -> Option<Step> {
 pub fn delete() -> Step {
     Step::Delete {
         kind: kind::RUNTIME_CLASS,
-        name: names::RUNTIME_CLASS_NAME,
+        name: names::RUNTIME_CLASS_NAME.into(),
     }
 }
 
@@ -122,6 +123,85 @@ pub fn release(observed: &serde_json::Value) -> Option<Step> {
     })
 }
 
+/// What the plan does about the runtime profiles' RuntimeClasses.
+#[derive(Debug, Default, PartialEq)]
+pub struct ProfileClasses {
+    pub steps: Vec<Step>,
+    /// Their names, for the status's `runtimeClasses`.
+    pub names: Vec<String>,
+}
+
+/// Each profile's RuntimeClass, applied when `wanted` (once the `kata` one
+/// is: every target installed) and drifted from ours; and ours of profiles
+/// that are gone, deleted. `others` is every RuntimeClass but `kata`. A
+/// profile's class selects the nodes that serve that profile
+/// (`katacontainers.io/kata-runtime.<profile>`, which the labeller sets from
+/// the agents' checks). Pods using a class keep the uninstall waiting (the
+/// status lists it); a profile removed while pods use its class is not
+/// held yet.
+pub fn profile_classes(
+    profiles: &[KataRuntimeProfile],
+    others: &[serde_json::Value],
+    wanted: bool,
+) -> ProfileClasses {
+    let observed = |name: &str| others.iter().find(|rc| rc["metadata"]["name"] == name);
+    let mut plan = ProfileClasses::default();
+    for profile in profiles {
+        let name = profile.profile_name();
+        let seen = observed(name);
+        if !wanted && seen.is_none() {
+            continue;
+        }
+        plan.names.push(name.to_owned());
+        let desired = profile.runtime_class();
+        let up_to_date = serde_json::to_value(&desired)
+            .ok()
+            .zip(seen)
+            .is_some_and(|(d, o)| objects::is_subset(&d, o));
+        if !up_to_date && !seen.is_some_and(being_deleted) {
+            plan.steps
+                .push(Step::Apply(Desired::RuntimeClass(Box::new(desired))));
+        }
+    }
+    for rc in others.iter().filter(|rc| is_ours(rc) && !being_deleted(rc)) {
+        let name = rc["metadata"]["name"].as_str().unwrap_or_default();
+        if !profiles.iter().any(|p| p.profile_name() == name) {
+            plan.steps.push(Step::Delete {
+                kind: kind::RUNTIME_CLASS,
+                name: name.to_owned().into(),
+            });
+        }
+    }
+    plan
+}
+
+/// A profile whose RuntimeClass name is taken by a RuntimeClass that is not
+/// ours, named with the field: such a profile is refused, as a bad profile
+/// is.
+pub fn profile_collisions(
+    profiles: &[KataRuntimeProfile],
+    others: &[serde_json::Value],
+) -> Result<(), String> {
+    for profile in profiles {
+        let name = profile.profile_name();
+        let taken = others
+            .iter()
+            .any(|rc| rc["metadata"]["name"] == name && !is_ours(rc));
+        if taken {
+            return Err(format!(
+                "KataRuntimeProfile {name}: metadata.name is the name of a RuntimeClass the \
+                 operator does not own; rename the profile or delete that RuntimeClass"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a RuntimeClass carries our managed-by label.
+pub fn is_ours(rc: &serde_json::Value) -> bool {
+    rc["metadata"]["labels"][names::MANAGED_BY_LABEL] == names::MANAGED_BY_VALUE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +226,66 @@ mod tests {
             plan(true, Some(&drifted)).step,
             None,
             "a RuntimeClass being deleted is not applied again"
+        );
+    }
+
+    #[test]
+    fn each_profile_gets_its_class_with_the_kata_one_and_loses_it_with_the_profile() {
+        let large = KataRuntimeProfile::of_size("kata-large", 4, 8192);
+        let profiles = [large.clone()];
+        assert_eq!(
+            profile_classes(&profiles, &[], false),
+            ProfileClasses::default()
+        );
+        let first = profile_classes(&profiles, &[], true);
+        assert_eq!(first.names, ["kata-large"]);
+        let [Step::Apply(Desired::RuntimeClass(rc))] = first.steps.as_slice() else {
+            panic!("{:?}", first.steps);
+        };
+        assert_eq!(rc.handler, "kata-large");
+        let selector = rc.scheduling.as_ref().and_then(|s| s.node_selector.clone());
+        assert_eq!(
+            selector.unwrap_or_default().into_iter().collect::<Vec<_>>(),
+            [(
+                "katacontainers.io/kata-runtime.kata-large".to_owned(),
+                "true".to_owned()
+            )]
+        );
+        let fixed = rc.overhead.as_ref().and_then(|o| o.pod_fixed.clone());
+        assert_eq!(
+            fixed
+                .unwrap_or_default()
+                .get("memory")
+                .map(|q| q.0.as_str()),
+            Some("6494Mi"),
+            "350Mi plus what 8192 MiB exceeds Kata's 2048"
+        );
+
+        // Applied: nothing to do, even before the kata class is wanted.
+        let applied = serde_json::to_value(rc.as_ref()).unwrap_or_default();
+        let kept = profile_classes(&profiles, std::slice::from_ref(&applied), false);
+        assert_eq!(
+            (kept.steps, kept.names),
+            (Vec::new(), vec!["kata-large".to_owned()])
+        );
+
+        // The profile gone: ours goes; someone else's class stays.
+        let admins = serde_json::json!({"metadata": {"name": "gvisor"}, "handler": "runsc"});
+        let gone = profile_classes(&[], &[applied, admins.clone()], true);
+        assert_eq!(
+            gone.steps,
+            [Step::Delete {
+                kind: kind::RUNTIME_CLASS,
+                name: "kata-large".into()
+            }]
+        );
+
+        // A profile named like someone else's class is refused.
+        let gvisor = KataRuntimeProfile::of_size("gvisor", 1, 1024);
+        let refused = profile_collisions(&[large, gvisor], &[admins]);
+        assert!(
+            refused.is_err_and(|message| message.contains("gvisor: metadata.name")),
+            "a collision names the profile and the field"
         );
     }
 

@@ -12,6 +12,13 @@
 
 pub mod render;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use k8s_openapi::api::node::v1::{Overhead, RuntimeClass, Scheduling};
+use kube::api::ObjectMeta;
+
+use kata_proto::health::v1::RuntimeProfile as WireProfile;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,7 +26,7 @@ use serde::{Deserialize, Serialize};
 /// The longest profile name: its readiness label,
 /// `katacontainers.io/kata-runtime.<name>`, has a name part of at most 63
 /// characters, 13 of them `kata-runtime.`.
-pub const NAME_MAX: usize = 50;
+pub const NAME_MAX: usize = kata_proto::contract::RUNTIME_PROFILE_NAME_MAX;
 
 /// The smallest VM Kata starts (`MinHypervisorMemory`,
 /// kata-containers `src/runtime/virtcontainers/hypervisor.go`).
@@ -174,6 +181,31 @@ impl KataRuntimeProfile {
         )
     }
 
+    /// The profile's RuntimeClass: its handler, its overhead, and the
+    /// nodes that serve it. Like `kata`'s, its nodeSelector is never empty.
+    pub fn runtime_class(&self) -> RuntimeClass {
+        let name = self.profile_name();
+        let (cpu, memory) = render::overhead(&self.spec);
+        RuntimeClass {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(crate::objects::managed_labels(&[])),
+                ..Default::default()
+            },
+            handler: name.into(),
+            overhead: Some(Overhead {
+                pod_fixed: Some(BTreeMap::from([
+                    ("cpu".into(), cpu),
+                    ("memory".into(), memory),
+                ])),
+            }),
+            scheduling: Some(Scheduling {
+                node_selector: Some(BTreeMap::from([(runtime_label(name), "true".into())])),
+                tolerations: None,
+            }),
+        }
+    }
+
     /// The profile's name: its RuntimeClass's and its CRI-O handler's.
     pub fn profile_name(&self) -> &str {
         self.metadata.name.as_deref().unwrap_or_default()
@@ -190,13 +222,7 @@ pub const RESERVED_NAMES: [&str; 4] = ["kata", "kata-remote", "runc", "crun"];
 pub fn check(profile: &KataRuntimeProfile) -> Result<(), String> {
     let name = profile.profile_name();
     let refuse = |field: &str, why: &str| Err(format!("KataRuntimeProfile {name}: {field} {why}"));
-    let label_safe = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
-    if name.is_empty()
-        || name.len() > NAME_MAX
-        || !name.bytes().all(label_safe)
-        || name.starts_with('-')
-        || name.ends_with('-')
-    {
+    if !kata_proto::contract::is_runtime_profile_name(name) {
         return refuse(
             "metadata.name",
             "must be lower-case letters, digits and '-', at most 50 characters, no dots",
@@ -248,6 +274,46 @@ pub fn check(profile: &KataRuntimeProfile) -> Result<(), String> {
 /// The first profile of `profiles` that cannot be applied, and why.
 pub fn check_all(profiles: &[KataRuntimeProfile]) -> Result<(), String> {
     profiles.iter().try_for_each(check)
+}
+
+/// The runtime profiles in force: those the operator's MachineConfig
+/// carries, published by the controller once they are settled and valid.
+/// The health side reads them: the agents are told to check each one (its
+/// name and the digest of its Kata configuration), and the labeller gives a
+/// profile's label only for a profile in force. Shared by handle.
+#[derive(Clone, Debug, Default)]
+pub struct InForce(Arc<RwLock<Arc<[WireProfile]>>>);
+
+impl InForce {
+    /// Publishes `profiles` (valid ones, as the MachineConfig renders them).
+    pub fn set(&self, profiles: &[KataRuntimeProfile]) {
+        let wire: Arc<[WireProfile]> = profiles
+            .iter()
+            .map(|profile| WireProfile {
+                name: profile.profile_name().to_owned(),
+                config_sha256: sha256_hex(render::kata_configuration(&profile.spec).as_bytes()),
+            })
+            .collect();
+        let mut current = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if **current != *wire {
+            *current = wire;
+        }
+    }
+
+    /// The profiles in force, as agents are told of them.
+    pub fn get(&self) -> Arc<[WireProfile]> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// SHA-256 of `bytes`, lower-case hex: the digest agents compare the
+/// profile's file with.
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The readiness label of a profile's nodes, which its RuntimeClass

@@ -17,9 +17,7 @@ use toml_edit::{Array, DocumentMut, value};
 use super::{KataRuntimeProfile, KataRuntimeProfileSpec};
 use crate::objects::{CrioRuntimeHandler, handlers_toml};
 
-/// The CRI-O drop-in declaring the profiles' handlers: after the package's
-/// `50-kata` and the operator's, so it can replace neither.
-pub const HANDLERS_DROP_IN_PATH: &str = "/etc/crio/crio.conf.d/51-kata-profiles";
+pub use kata_proto::contract::PROFILES_DROP_IN_PATH as HANDLERS_DROP_IN_PATH;
 
 /// Kata's QEMU configuration as the `kata-containers` package of RHCOS
 /// ships it, which each profile's file starts from.
@@ -36,10 +34,7 @@ pub struct HostFile {
     pub contents: String,
 }
 
-/// Where a profile's Kata configuration is written.
-pub fn config_path(profile: &str) -> String {
-    format!("/etc/kata-containers/{profile}/configuration.toml")
-}
+pub use kata_proto::contract::runtime_profile_config_path as config_path;
 
 /// The CRI-O handler of a profile: the package's shim and runtime root, and
 /// the profile's own configuration.

@@ -427,8 +427,14 @@ impl Agent {
                 () = &mut shutdown => return,
                 () = sleep_until(probe_at) => {
                     let outcomes = self.runner.run_cycle().await;
-                    self.liveness.progress();
                     let cycle = Cycle::new(outcomes, SystemTime::now());
+                    let ready = if cycle.verdicts.runtime_ready {
+                        self.runner.ready_profiles().await
+                    } else {
+                        Vec::new()
+                    };
+                    let cycle = cycle.with_ready_profiles(ready);
+                    self.liveness.progress();
                     self.metrics.observe_cycle(
                         &cycle.outcomes,
                         cycle.verdicts,

@@ -65,6 +65,8 @@ impl Backoff {
 pub struct Cycle {
     pub outcomes: Vec<ProbeOutcome>,
     pub verdicts: Verdicts,
+    /// The runtime profiles served as rendered; only of a runtime-ready node.
+    pub ready_profiles: Vec<String>,
     pub probed_at: SystemTime,
 }
 
@@ -73,8 +75,18 @@ impl Cycle {
         Self {
             verdicts: verdicts(&outcomes),
             outcomes,
+            ready_profiles: Vec::new(),
             probed_at,
         }
+    }
+
+    /// With the runtime profiles served, kept only if the node is
+    /// runtime-ready.
+    pub fn with_ready_profiles(mut self, ready: Vec<String>) -> Self {
+        if self.verdicts.runtime_ready {
+            self.ready_profiles = ready;
+        }
+        self
     }
 }
 
@@ -97,7 +109,11 @@ pub enum SendReason {
 /// carry live figures (available memory) that move every cycle, and a report
 /// per cycle for them would defeat reporting on change. A new message still
 /// goes out with the next heartbeat.
-type StateKey = (Vec<(ProbeName, ProbeStatus, &'static str)>, Verdicts);
+type StateKey = (
+    Vec<(ProbeName, ProbeStatus, &'static str)>,
+    Verdicts,
+    Vec<String>,
+);
 
 fn state_key(cycle: &Cycle) -> StateKey {
     let outcomes = cycle
@@ -105,7 +121,7 @@ fn state_key(cycle: &Cycle) -> StateKey {
         .iter()
         .map(|outcome| (outcome.name, outcome.status, outcome.reason))
         .collect();
-    (outcomes, cycle.verdicts)
+    (outcomes, cycle.verdicts, cycle.ready_profiles.clone())
 }
 
 /// What the agent has reported: its sequence numbers and the state and time
@@ -172,7 +188,10 @@ pub fn build_report(sequence: u64, cycle: &Cycle) -> proto::HealthReport {
             .iter()
             .map(proto::ProbeOutcome::from)
             .collect(),
-        verdicts: Some(cycle.verdicts.into()),
+        verdicts: Some(proto::Verdicts {
+            ready_profiles: cycle.ready_profiles.clone(),
+            ..cycle.verdicts.into()
+        }),
         probed_at_unix_ms: unix_millis(cycle.probed_at),
     }
 }
@@ -379,7 +398,8 @@ mod tests {
 
     #[test]
     fn report_carries_every_outcome_the_verdicts_and_the_probe_time() {
-        let report = build_report(7, &cycle(all_ok()));
+        let served = cycle(all_ok()).with_ready_profiles(vec!["small".into()]);
+        let report = build_report(7, &served);
         assert_eq!(report.sequence, 7);
         assert_eq!(report.outcomes.len(), ProbeName::ALL.len());
         assert_eq!(report.outcomes[0].name, "kvm");
@@ -390,8 +410,14 @@ mod tests {
                 kvm_capable: true,
                 runtime_ready: true,
                 kvm_failure: proto::FailureClass::Unspecified.into(),
+                ready_profiles: vec!["small".into()],
             })
         );
+        // A node that is not runtime-ready serves no profile, whatever it says.
+        let mut failing = all_ok();
+        failing[0].status = ProbeStatus::Fail;
+        let unready = cycle(failing).with_ready_profiles(vec!["small".into()]);
+        assert!(unready.ready_profiles.is_empty());
         assert_eq!(report.probed_at_unix_ms, 1_700_000_000_123);
         assert_eq!(unix_millis(UNIX_EPOCH - Duration::from_secs(1)), 0);
     }

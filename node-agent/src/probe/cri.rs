@@ -45,15 +45,7 @@ const VALUE_SHOWN: usize = 128;
 const NAME: ProbeName = ProbeName::CriHandler;
 
 pub async fn probe(root: &HostRoot, handler: &str, budgets: &Budgets) -> ProbeOutcome {
-    let lookup_root = root.clone();
-    let found = blocking_within(NAME, budgets.filesystem, move || {
-        Ok(CRIO_SOCKETS.into_iter().find_map(|socket| {
-            let path = lookup_root.resolve(socket).ok()?;
-            path.exists().then_some((socket, path))
-        }))
-    })
-    .await;
-    let (socket, path) = match found {
+    let (socket, path) = match find_socket(root, budgets).await {
         Ok(Some(found)) => found,
         Ok(None) => {
             return ProbeOutcome::skip(
@@ -74,6 +66,31 @@ pub async fn probe(root: &HostRoot, handler: &str, budgets: &Budgets) -> ProbeOu
         ),
         Ok(Ok(reply)) => evaluate(&reply, handler, &shown),
     }
+}
+
+/// CRI-O's socket on the host, and its path from here.
+async fn find_socket(
+    root: &HostRoot,
+    budgets: &Budgets,
+) -> Result<Option<(&'static str, PathBuf)>, ProbeOutcome> {
+    let lookup_root = root.clone();
+    blocking_within(NAME, budgets.filesystem, move || {
+        Ok(CRIO_SOCKETS.into_iter().find_map(|socket| {
+            let path = lookup_root.resolve(socket).ok()?;
+            path.exists().then_some((socket, path))
+        }))
+    })
+    .await
+}
+
+/// CRI-O's verbose status, within the budgets; None when there is no
+/// CRI-O to ask or it did not answer (the probe says why).
+pub async fn status_of(root: &HostRoot, budgets: &Budgets) -> Option<StatusResponse> {
+    let (_, path) = find_socket(root, budgets).await.ok()??;
+    tokio::time::timeout(budgets.rpc, status(path))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Asks CRI-O at `socket` for its verbose status.

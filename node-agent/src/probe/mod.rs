@@ -17,6 +17,7 @@ pub mod kata_shim;
 pub mod kvm;
 mod kvm_ioctl;
 pub mod modules;
+pub mod profiles;
 pub mod qemu;
 pub mod reason;
 pub mod rpm_ostree;

@@ -28,6 +28,15 @@ fn the_scripts_names_are_the_codes() {
     };
     let qualified = |kind: &kata_coordinator::kind::Kind| format!("{}.{}", kind.plural, kind.group);
     assert_eq!(get("KATACONFIG_RESOURCE"), qualified(&KATA_CONFIG));
+    {
+        use kata_coordinator::profiles::KataRuntimeProfile;
+        use kube::Resource;
+        let (plural, group) = (
+            KataRuntimeProfile::plural(&()),
+            KataRuntimeProfile::group(&()),
+        );
+        assert_eq!(get("PROFILE_RESOURCE"), format!("{plural}.{group}"));
+    }
     assert_eq!(
         get("MACHINE_CONFIG_RESOURCE"),
         qualified(&mco::MACHINE_CONFIG)

@@ -40,9 +40,12 @@ fn resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
 /// installed holds, minus the kubelets.
 pub(super) async fn populate(plane: &ControlPlane) -> Client {
     plane.install_openshift_crds().await.unwrap();
-    let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&read(&deploy_dir().join("base/kataconfig-crd.yaml"))).unwrap();
-    plane.install_crds(&[crd]).await.unwrap();
+    let crds: Vec<CustomResourceDefinition> =
+        ["kataconfig-crd.yaml", "kataruntimeprofile-crd.yaml"]
+            .iter()
+            .map(|file| serde_yaml::from_str(&read(&deploy_dir().join("base").join(file))).unwrap())
+            .collect();
+    plane.install_crds(&crds).await.unwrap();
     // The real namespace, ServiceAccounts, Deployment, Service and
     // DaemonSet; no controller runs, so they make no pods.
     for file in [

@@ -80,6 +80,7 @@ mod contested {
             marks: NodeMarks {
                 capable: true,
                 runtime_ready: false,
+                profiles: Vec::new(),
                 condition: ReadyCondition {
                     ready: false,
                     reason: "AgentNotReporting".into(),

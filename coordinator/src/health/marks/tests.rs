@@ -74,6 +74,7 @@ fn silence_beyond_grace_takes_the_runtime_label_only() {
     let current = CurrentMarks {
         capable: true,
         runtime_ready: true,
+        profiles: Vec::new(),
         condition: None,
     };
     let marks =
@@ -98,6 +99,7 @@ fn unknown_node_is_left_alone_until_grace_after_start() {
     let current = CurrentMarks {
         capable: true,
         runtime_ready: true,
+        profiles: Vec::new(),
         condition: None,
     };
     assert_eq!(
@@ -130,6 +132,7 @@ fn hold_down_delays_regaining_but_never_losing() {
     let ready = NodeMarks {
         capable: true,
         runtime_ready: true,
+        profiles: Vec::new(),
         condition: ReadyCondition {
             ready: true,
             reason: "RuntimeReady".into(),
@@ -139,6 +142,7 @@ fn hold_down_delays_regaining_but_never_losing() {
     let unlabelled = CurrentMarks {
         capable: true,
         runtime_ready: false,
+        profiles: Vec::new(),
         condition: None,
     };
     let held = damped(
@@ -160,11 +164,13 @@ fn hold_down_delays_regaining_but_never_losing() {
     assert!(released.runtime_ready);
     let failing = NodeMarks {
         runtime_ready: false,
+        profiles: Vec::new(),
         ..ready
     };
     let labelled = CurrentMarks {
         capable: true,
         runtime_ready: true,
+        profiles: Vec::new(),
         condition: None,
     };
     assert!(!damped(failing, &labelled, Some(now), now, POLICY).runtime_ready);
@@ -236,6 +242,7 @@ fn the_removal_note_says_why_with_the_new_condition() {
     let labelled = CurrentMarks {
         capable: true,
         runtime_ready: true,
+        profiles: Vec::new(),
         condition: None,
     };
     let marks = desired_marks(
@@ -261,6 +268,7 @@ fn a_report_says_how_much_its_failure_proves() {
         kvm_capable: capable,
         runtime_ready: false,
         kvm_failure: class.into(),
+        ..Verdicts::default()
     };
     assert_eq!(
         evidence_of(&with(false, FailureClass::Transient)),
@@ -279,4 +287,68 @@ fn a_report_says_how_much_its_failure_proves() {
         evidence_of(&with(true, FailureClass::Transient)),
         Evidence::Capable
     );
+}
+
+#[test]
+fn profile_labels_follow_the_report_the_profiles_in_force_and_the_runtime_label() {
+    use kata_proto::health::v1::RuntimeProfile;
+    let mut reported = report(true, true, Vec::new());
+    if let Some(verdicts) = &mut reported.verdicts {
+        verdicts.ready_profiles = vec![
+            "small".into(),
+            "gone".into(),
+            "large".into(),
+            "small".into(),
+        ];
+    }
+    let health = NodeHealth {
+        agent_version: String::new(),
+        boot_id: String::new(),
+        last_report: Some(reported),
+        last_seen: Instant::now(),
+        connected: true,
+        session: 1,
+    };
+    let now = Instant::now();
+    let Some(desired) = desired_marks(
+        Some(&health),
+        &CurrentMarks::default(),
+        now,
+        now,
+        MarkPolicy::default(),
+    ) else {
+        panic!("a report gives marks");
+    };
+    assert_eq!(desired.profiles, ["gone", "large", "small"]);
+    let in_force: Vec<RuntimeProfile> = ["large", "small", "unserved"]
+        .into_iter()
+        .map(|name| RuntimeProfile {
+            name: name.into(),
+            config_sha256: String::new(),
+        })
+        .collect();
+    let kept = profiles_in_force(desired.clone(), &in_force);
+    assert_eq!(kept.profiles, ["large", "small"], "only profiles in force");
+    let unready = NodeMarks {
+        runtime_ready: false,
+        ..desired
+    };
+    assert!(
+        profiles_in_force(unready, &in_force).profiles.is_empty(),
+        "no profile label without the runtime label"
+    );
+
+    // What a node carries, read back from its labels.
+    let labels: BTreeMap<String, String> = [
+        ("katacontainers.io/kata-runtime", "true"),
+        ("katacontainers.io/kata-runtime.small", "true"),
+        ("katacontainers.io/kata-runtime.large", "false"),
+        ("example.com/kata-runtime.other", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let current = CurrentMarks::from_labels(&labels, None);
+    assert!(current.runtime_ready);
+    assert_eq!(current.profiles, ["small"]);
 }

@@ -36,6 +36,18 @@ fn reports_are_cut_to_what_the_status_can_carry() {
     assert!(report.outcomes[1].message.ends_with('…'));
     assert_eq!(report.outcomes[2].reason, INVALID_REASON);
     assert_eq!(report.outcomes[3].name, "invalid");
+
+    // Profile names: well formed only, and at most as many as can be in force.
+    let mut ready: Vec<String> = vec!["ok".into(), "Bad.Name".into(), "x".repeat(51)];
+    ready.extend((0..100).map(|i| format!("p{i}")));
+    report.verdicts = Some(Verdicts {
+        ready_profiles: ready,
+        ..Verdicts::default()
+    });
+    bound_report(&mut report);
+    let kept = report.verdicts.unwrap().ready_profiles;
+    assert!(kept.len() <= contract::MAX_RUNTIME_PROFILES);
+    assert_eq!(kept[..2], ["ok", "p0"]);
 }
 
 #[test]

@@ -44,15 +44,29 @@ fn hello_must_name_the_tokens_node() {
 
 #[test]
 fn expected_config_comes_from_names_and_options() {
-    let config = expected_config(&HealthOptions {
+    let options = HealthOptions {
         heartbeat_interval: Duration::from_millis(10),
         extension_name: "sandboxed-containers".into(),
         ..HealthOptions::default()
-    });
+    };
+    let registry = HealthRegistry::new();
+    let config = expected_config(&options, &registry);
     assert_eq!(config.runtime_handler, contract::RUNTIME_HANDLER);
     assert_eq!(config.extension_name, "sandboxed-containers");
     assert_eq!(config.drop_in_path, contract::DROP_IN_PATH);
     assert_eq!(config.extension_packages, vec![contract::EXTENSION_PACKAGE]);
     assert_eq!(config.heartbeat_interval_seconds, 1);
     assert_eq!(config.minimum_qemu_version, "6.2.0");
+    assert!(config.runtime_profiles.is_empty());
+
+    // The profiles in force, each with the digest of its rendered file.
+    let large = crate::profiles::KataRuntimeProfile::of_size("kata-large", 4, 8192);
+    registry.profiles().set(std::slice::from_ref(&large));
+    let config = expected_config(&options, &registry);
+    let rendered = crate::profiles::render::kata_configuration(&large.spec);
+    let digest = ring::digest::digest(&ring::digest::SHA256, rendered.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(config.runtime_profiles.len(), 1);
+    assert_eq!(config.runtime_profiles[0].name, "kata-large");
+    assert_eq!(config.runtime_profiles[0].config_sha256, hex);
 }

@@ -263,7 +263,7 @@ fn log_level_adds_and_removes_the_container_runtime_config() {
     rollout.container_runtime_config = Some(serde_json::json!({}));
     assert!(plan(&observed, &rollout).steps.contains(&Step::Delete {
         kind: CONTAINER_RUNTIME_CONFIG,
-        name: mco::CONTAINER_RUNTIME_CONFIG_NAME
+        name: mco::CONTAINER_RUNTIME_CONFIG_NAME.into()
     }));
 }
 

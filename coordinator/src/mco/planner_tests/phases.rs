@@ -272,11 +272,11 @@ fn uninstall_removes_the_runtime_class_first_and_the_pool_last() {
     assert!(first.steps.contains(&set_pool_role("w0", false)));
     let delete_mc = Step::Delete {
         kind: MACHINE_CONFIG,
-        name: mco::MACHINE_CONFIG_NAME,
+        name: mco::MACHINE_CONFIG_NAME.into(),
     };
     let delete_pool = Step::Delete {
         kind: POOL,
-        name: mco::POOL_NAME,
+        name: mco::POOL_NAME.into(),
     };
     assert!(
         !first.steps.contains(&delete_mc) && !first.steps.contains(&delete_pool),
