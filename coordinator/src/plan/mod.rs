@@ -553,10 +553,21 @@ pub(crate) fn plan_uninstall(
 
     if !observed.pods_using_kata.is_empty() {
         let [in_progress, ready] = conditions::uninstall_blocked(&observed.pods_using_kata);
+        // Every class of ours still there stays listed: the status's list is
+        // what the next reconcile looks for pods of.
+        let mut runtime_classes = runtime_class::plan(false, observed.runtime_class.as_ref()).names;
+        runtime_classes.extend(
+            runtime_class::profile_classes(
+                &observed.profiles,
+                &observed.other_runtime_classes,
+                false,
+            )
+            .names,
+        );
         return Plan {
             steps: Vec::new(),
             nodes,
-            runtime_classes: runtime_class::plan(false, observed.runtime_class.as_ref()).names,
+            runtime_classes,
             conditions: vec![in_progress, ready, degraded],
             requeue: Requeue::After(POLL_WHILE_BLOCKED),
             transitions: Vec::new(),

@@ -232,8 +232,15 @@ fn uninstall_is_blocked_by_kata_pods_and_touches_nothing() {
     let (mut observed, rollout) = converged(vec![worker("w0", &[(mco::KATA_POOL_ROLE_LABEL, "")])]);
     observed.deleting = true;
     observed.pods_using_kata = (0..7).map(|i| format!("ns/pod-{i}")).collect();
+    // A runtime profile's class is there too: it stays listed, so the next
+    // reconcile still looks for the pods that use it.
+    let large = crate::profiles::KataRuntimeProfile::of_size("kata-large", 4, 8192);
+    observed.other_runtime_classes =
+        vec![serde_json::to_value(large.runtime_class()).unwrap_or_default()];
+    observed.profiles = vec![large];
     let plan = plan(&observed, &rollout);
     assert!(plan.steps.is_empty());
+    assert_eq!(plan.runtime_classes, ["kata", "kata-large"]);
     let in_progress = condition_of(&plan, "InProgress");
     assert_eq!(in_progress.reason, "BlockedByExistingKataPods");
     assert!(
