@@ -346,7 +346,27 @@ async fn machine_config_operator_writes_are_held_to_kata_shape() {
     assert_fenced(
         "someone else's RuntimeClass deleted",
         deleted("gvisor").await,
-        "delete only Kata's RuntimeClasses",
+        "change or delete only Kata's RuntimeClasses",
+    );
+    // Nor is someone else's class made ours, even one shaped as a profile's.
+    let nvidia: RuntimeClass =
+        serde_json::from_value(json!({"metadata": {"name": "nvidia"}, "handler": "nvidia"}))
+            .unwrap();
+    Api::<RuntimeClass>::all(plane.client().await.unwrap())
+        .create(&Default::default(), &nvidia)
+        .await
+        .unwrap();
+    let taken_over =
+        serde_json::to_value(KataRuntimeProfile::of_size("nvidia", 1, 1024).runtime_class())
+            .unwrap();
+    assert_fenced(
+        "someone else's RuntimeClass made a profile's",
+        refusal(
+            runtime_classes
+                .patch("nvidia", &apply_params(true), &Patch::Apply(&taken_over))
+                .await,
+        ),
+        "change or delete only Kata's RuntimeClasses",
     );
     assert_eq!(deleted("kata-large").await, None);
     assert_eq!(deleted(names::RUNTIME_CLASS_NAME).await, None);

@@ -379,6 +379,10 @@ async fn the_api_server_refuses_a_bad_profile_naming_its_field() {
             json!({"vm": vm, "allowedAnnotations": ["default_memory", "default_memory"]}),
             "lists an annotation twice",
         ),
+        (
+            json!({"vm": vm, "overhead": {"cpu": "250m", "memory": "banana"}}),
+            "must be plain quantities",
+        ),
     ] {
         refused(json!({"metadata": {"name": "p"}, "spec": spec}), says).await;
     }

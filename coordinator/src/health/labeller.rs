@@ -131,7 +131,7 @@ impl Labeller {
     ) -> Option<NodeWrite> {
         let name = node.name_any();
         let current = CurrentMarks::from_labels(node.labels(), current_condition(node));
-        let (desired, mut capability) = self.capability(&name, &current, now, wall)?;
+        let (desired, mut capability, told) = self.capability(&name, &current, now, wall)?;
         let previous = self.dwells.get(&name).copied();
         self.track_dwell(&name, previous, capability.dwell);
         let braked = held.binary_search(&name).is_ok();
@@ -151,10 +151,12 @@ impl Labeller {
             now,
             self.policy,
         );
-        let desired = marks::profiles_in_force(desired, &self.registry.profiles().get());
+        let in_force = self.registry.profiles().get();
+        let desired =
+            marks::profiles_in_force(desired, &current, in_force.as_deref(), told.as_deref());
         let labels_change = desired.capable != current.capable
             || desired.runtime_ready != current.runtime_ready
-            || desired.profiles != current.profiles;
+            || desired.profiles != marks::current_profiles(&current, in_force.as_deref());
         let condition_change = current.condition.as_ref() != Some(&desired.condition);
         (labels_change || condition_change).then(|| NodeWrite {
             node: node.clone(),

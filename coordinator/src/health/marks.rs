@@ -11,7 +11,9 @@ pub mod eligibility;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kata_proto::health::v1::{FailureClass, HealthReport, ProbeStatus, Verdicts};
+use kata_proto::health::v1::{
+    FailureClass, HealthReport, ProbeStatus, RuntimeProfile as WireProfile, Verdicts,
+};
 
 use super::registry::NodeHealth;
 use crate::names;
@@ -278,22 +280,55 @@ pub fn damped(
     desired
 }
 
-/// Keeps of the profiles `desired` reports those `in_force` (the
-/// coordinator's, which it told the agent of), and none unless the node
-/// keeps the runtime label: a profile label without it would schedule
-/// pods where the runtime is not.
+/// The profile labels a node gets: none unless it keeps the runtime label
+/// (a profile label without it would schedule pods where the runtime is
+/// not); of the profiles `in_force`, those its agent reports served when
+/// the agent had been `told` of them as they are now, and for the others
+/// (told nothing yet, or a profile changed since) the label it has. Before
+/// the profiles in force are known, the labels it has.
 pub fn profiles_in_force(
     mut desired: NodeMarks,
-    in_force: &[kata_proto::health::v1::RuntimeProfile],
+    current: &CurrentMarks,
+    in_force: Option<&[WireProfile]>,
+    told: Option<&[WireProfile]>,
 ) -> NodeMarks {
-    if desired.runtime_ready {
-        desired
-            .profiles
-            .retain(|p| in_force.iter().any(|f| f.name == *p));
-    } else {
-        desired.profiles.clear();
+    let reported = std::mem::take(&mut desired.profiles);
+    if !desired.runtime_ready {
+        return desired;
     }
+    let Some(in_force) = in_force else {
+        desired.profiles.clone_from(&current.profiles);
+        return desired;
+    };
+    let judged = |p: &WireProfile| told.is_some_and(|told| told.contains(p));
+    desired.profiles = in_force
+        .iter()
+        .filter(|p| {
+            let served = if judged(p) {
+                &reported
+            } else {
+                &current.profiles
+            };
+            served.contains(&p.name)
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    desired.profiles.sort_unstable();
     desired
+}
+
+/// The profile labels of `current` that the labeller compares with what it
+/// wants: those of profiles in force (once known). A label of another name
+/// is not the labeller's to keep or remove (an admin's, or one of a profile
+/// gone, which the node's next label write drops).
+pub fn current_profiles(current: &CurrentMarks, in_force: Option<&[WireProfile]>) -> Vec<String> {
+    match in_force {
+        None => current.profiles.clone(),
+        Some(in_force) => (current.profiles.iter())
+            .filter(|name| in_force.iter().any(|p| p.name == **name))
+            .cloned()
+            .collect(),
+    }
 }
 
 #[cfg(test)]

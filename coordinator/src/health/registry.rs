@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use kata_proto::contract;
-use kata_proto::health::v1::{HealthReport, Hello};
+use kata_proto::health::v1::{HealthReport, Hello, RuntimeProfile};
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::{REPORT_CHANGED, REPORT_HEARTBEAT};
@@ -118,6 +118,13 @@ pub struct NodeHealth {
     /// stream is torn down gets a new session, so the old stream's end does
     /// not mark the live one disconnected.
     pub session: u64,
+    /// The runtime profiles the agent had been told of when it probed for
+    /// its last report (the reply to its check-in before): only those can
+    /// its report say anything of. `None`: not known (a first check-in since
+    /// this coordinator started, or a stream).
+    pub told: Option<Arc<[RuntimeProfile]>>,
+    /// What the reply to its last check-in told it.
+    pub telling: Option<Arc<[RuntimeProfile]>>,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +161,8 @@ impl State {
                 last_seen: now,
                 connected,
                 session,
+                told: None,
+                telling: None,
             });
         if entry.boot_id != hello.boot_id {
             entry.boot_id.clone_from(&hello.boot_id);
@@ -323,11 +332,15 @@ impl HealthRegistry {
         now: Instant,
     ) -> CheckedIn {
         let report = compact(report);
+        // The reply tells the agent the profiles in force now.
+        let telling = self.profiles.get();
         let checked = {
             let mut state = self.lock();
             let reprobe = state.reprobes.remove(node);
             state.mailboxes.remove(node);
-            let kind = state.greet(node, hello, now, false).record(report, now);
+            let health = state.greet(node, hello, now, false);
+            health.told = std::mem::replace(&mut health.telling, telling);
+            let kind = health.record(report, now);
             CheckedIn { kind, reprobe }
         };
         // As for a stream's reports: heartbeats only move the silence clock.

@@ -82,7 +82,11 @@ pub fn expected_config(options: &HealthOptions, registry: &HealthRegistry) -> Ex
             .max(1),
         minimum_qemu_version: options.minimum_qemu_version.clone(),
         extension_packages: vec![contract::EXTENSION_PACKAGE.into()],
-        runtime_profiles: registry.profiles().get().to_vec(),
+        runtime_profiles: registry
+            .profiles()
+            .get()
+            .map(|p| p.to_vec())
+            .unwrap_or_default(),
     }
 }
 

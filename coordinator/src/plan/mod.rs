@@ -386,6 +386,19 @@ pub fn plan(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)) ->
     plan
 }
 
+/// Whether a plan of `observed` renders its runtime profiles into the host
+/// configuration: the active KataConfig, not being deleted, its spec and
+/// every profile valid. Only then are they the profiles in force that the
+/// agents check and the labeller labels.
+pub fn renders_profiles(observed: &Observed) -> bool {
+    active_config(&observed.configs) == Some(observed.name.as_str())
+        && !observed.deleting
+        && validate(&observed.spec).is_ok()
+        && crate::profiles::check_all(&observed.profiles).is_ok()
+        && runtime_class::profile_collisions(&observed.profiles, &observed.other_runtime_classes)
+            .is_ok()
+}
+
 /// Drops every apply to an object in which another field manager holds
 /// fields of ours at other values (forcing would take them back, and it
 /// would take them again), and says so in Degraded; the apply comes back
@@ -556,14 +569,7 @@ pub(crate) fn plan_uninstall(
         // Every class of ours still there stays listed: the status's list is
         // what the next reconcile looks for pods of.
         let mut runtime_classes = runtime_class::plan(false, observed.runtime_class.as_ref()).names;
-        runtime_classes.extend(
-            runtime_class::profile_classes(
-                &observed.profiles,
-                &observed.other_runtime_classes,
-                false,
-            )
-            .names,
-        );
+        runtime_classes.extend(runtime_class::ours(&observed.other_runtime_classes));
         return Plan {
             steps: Vec::new(),
             nodes,

@@ -157,7 +157,7 @@ pub fn profile_classes(
         let up_to_date = serde_json::to_value(&desired)
             .ok()
             .zip(seen)
-            .is_some_and(|(d, o)| objects::is_subset(&d, o));
+            .is_some_and(|(d, o)| same_class(d, o));
         if !up_to_date && !seen.is_some_and(being_deleted) {
             plan.steps
                 .push(Step::Apply(Desired::RuntimeClass(Box::new(desired))));
@@ -173,6 +173,39 @@ pub fn profile_classes(
         }
     }
     plan
+}
+
+/// Whether the observed class is the desired one: every field of ours as
+/// we want it, the overhead compared by value (the API server writes
+/// quantities its own way: `1024Mi` as `1Gi`).
+fn same_class(mut desired: serde_json::Value, observed: &serde_json::Value) -> bool {
+    let fixed = |class: &serde_json::Value| -> Option<Vec<(String, Option<u128>)>> {
+        let fixed = class["overhead"]["podFixed"].as_object()?;
+        Some(
+            fixed
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().and_then(crate::profiles::quantity_millis),
+                    )
+                })
+                .collect(),
+        )
+    };
+    let same_overhead = fixed(&desired) == fixed(observed);
+    if let Some(desired) = desired.as_object_mut() {
+        desired.remove("overhead");
+    }
+    same_overhead && objects::is_subset(&desired, observed)
+}
+
+/// Every RuntimeClass of `others` labelled ours, by name: the profiles'.
+pub fn ours(others: &[serde_json::Value]) -> impl Iterator<Item = String> + '_ {
+    others
+        .iter()
+        .filter(|rc| is_ours(rc))
+        .filter_map(|rc| rc["metadata"]["name"].as_str().map(str::to_owned))
 }
 
 /// A profile whose RuntimeClass name is taken by a RuntimeClass that is not
@@ -261,8 +294,10 @@ mod tests {
             "350Mi plus what 8192 MiB exceeds Kata's 2048"
         );
 
-        // Applied: nothing to do, even before the kata class is wanted.
-        let applied = serde_json::to_value(rc.as_ref()).unwrap_or_default();
+        // Applied: nothing to do, even before the kata class is wanted, and
+        // whatever way the API server wrote its quantities.
+        let mut applied = serde_json::to_value(rc.as_ref()).unwrap_or_default();
+        applied["overhead"]["podFixed"]["cpu"] = "0.25".into();
         let kept = profile_classes(&profiles, std::slice::from_ref(&applied), false);
         assert_eq!(
             (kept.steps, kept.names),

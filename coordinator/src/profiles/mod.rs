@@ -113,6 +113,7 @@ pub struct VmShape {
 /// A RuntimeClass's pod overhead.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("string(self.cpu).matches('^[0-9]+([.][0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$') && string(self.memory).matches('^[0-9]+([.][0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$')").message("overhead.cpu and overhead.memory must be plain quantities such as 500m, 2, 512Mi or 1Gi"))]
 pub struct ProfileOverhead {
     /// CPU, as a quantity (`250m`).
     pub cpu: k8s_openapi::apimachinery::pkg::api::resource::Quantity,
@@ -261,6 +262,16 @@ pub fn check(profile: &KataRuntimeProfile) -> Result<(), String> {
             "may hold only letters, digits, spaces and _.,:=/+-",
         );
     }
+    if let Some(overhead) = &profile.spec.overhead {
+        for (field, quantity) in [("cpu", &overhead.cpu), ("memory", &overhead.memory)] {
+            if quantity_millis(&quantity.0).is_none() {
+                return refuse(
+                    &format!("spec.overhead.{field}"),
+                    "must be a plain quantity such as 500m, 2, 512Mi or 1Gi",
+                );
+            }
+        }
+    }
     let allowed = &profile.spec.allowed_annotations;
     if let Some(index) = allowed.iter().position(|a| a.name().is_none()) {
         return refuse(
@@ -271,8 +282,17 @@ pub fn check(profile: &KataRuntimeProfile) -> Result<(), String> {
     Ok(())
 }
 
-/// The first profile of `profiles` that cannot be applied, and why.
+/// The first profile of `profiles` that cannot be applied, and why; more
+/// than an agent checks ([`kata_proto::contract::MAX_RUNTIME_PROFILES`])
+/// are refused together.
 pub fn check_all(profiles: &[KataRuntimeProfile]) -> Result<(), String> {
+    let most = kata_proto::contract::MAX_RUNTIME_PROFILES;
+    if profiles.len() > most {
+        return Err(format!(
+            "{} KataRuntimeProfiles: at most {most} are supported; delete some",
+            profiles.len()
+        ));
+    }
     profiles.iter().try_for_each(check)
 }
 
@@ -282,7 +302,7 @@ pub fn check_all(profiles: &[KataRuntimeProfile]) -> Result<(), String> {
 /// name and the digest of its Kata configuration), and the labeller gives a
 /// profile's label only for a profile in force. Shared by handle.
 #[derive(Clone, Debug, Default)]
-pub struct InForce(Arc<RwLock<Arc<[WireProfile]>>>);
+pub struct InForce(Arc<RwLock<Option<Arc<[WireProfile]>>>>);
 
 impl InForce {
     /// Publishes `profiles` (valid ones, as the MachineConfig renders them).
@@ -295,13 +315,15 @@ impl InForce {
             })
             .collect();
         let mut current = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        if **current != *wire {
-            *current = wire;
+        if current.as_deref() != Some(&*wire) {
+            *current = Some(wire);
         }
     }
 
-    /// The profiles in force, as agents are told of them.
-    pub fn get(&self) -> Arc<[WireProfile]> {
+    /// The profiles in force, as agents are told of them; `None` until the
+    /// controller first published them (the labeller then leaves every
+    /// profile label as it is).
+    pub fn get(&self) -> Option<Arc<[WireProfile]>> {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -314,6 +336,58 @@ impl InForce {
 fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The pattern of the quantities a profile's overhead may take (the CRD's
+/// rule says the same): digits, an optional fraction and one suffix, no
+/// sign or exponent.
+pub const QUANTITY_PATTERN: &str = "^[0-9]+([.][0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$";
+
+/// A quantity's value in thousandths of its unit (a plain one of
+/// [`QUANTITY_PATTERN`]; `None` otherwise): the API server rewrites
+/// quantities to its own spelling (`1024Mi` to `1Gi`), so ours are
+/// compared by value.
+pub fn quantity_millis(text: &str) -> Option<u128> {
+    let suffixes: [(&str, u128); 13] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+        ("m", 0),
+    ];
+    let (number, times) = suffixes
+        .iter()
+        .find_map(|(suffix, times)| text.strip_suffix(suffix).map(|n| (n, *times)))
+        .unwrap_or((text, 1));
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| !s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || (number.contains('.') && !digits(fraction)) {
+        return None;
+    }
+    // In thousandths: `m` is one, no suffix a thousand.
+    let scale: u128 = if times == 0 {
+        1
+    } else {
+        times.checked_mul(1000)?
+    };
+    let whole: u128 = whole.parse().ok()?;
+    let fraction_value: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().ok()?
+    };
+    let denominator = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    whole
+        .checked_mul(scale)?
+        .checked_add(fraction_value.checked_mul(scale)? / denominator)
 }
 
 /// The readiness label of a profile's nodes, which its RuntimeClass
@@ -400,6 +474,35 @@ mod tests {
             break_it(&mut profile.spec);
             refused(profile, field);
         }
+    }
+
+    #[test]
+    fn quantities_are_read_by_value_and_odd_ones_refused() {
+        assert_eq!(quantity_millis("250m"), Some(250));
+        assert_eq!(quantity_millis("1"), Some(1000));
+        assert_eq!(quantity_millis("0.5"), Some(500));
+        assert_eq!(quantity_millis("1Gi"), quantity_millis("1024Mi"));
+        assert_eq!(quantity_millis("1k"), Some(1_000_000));
+        for odd in ["", "banana", "-1", "1e3", "1.", ".5", "1Mi5", "5 Mi"] {
+            assert_eq!(quantity_millis(odd), None, "{odd:?}");
+        }
+        let mut profile = valid("p");
+        profile.spec.overhead = Some(ProfileOverhead {
+            cpu: k8s_openapi::apimachinery::pkg::api::resource::Quantity("250m".into()),
+            memory: k8s_openapi::apimachinery::pkg::api::resource::Quantity("banana".into()),
+        });
+        let refused = check(&profile).err().unwrap_or_default();
+        assert!(refused.contains("spec.overhead.memory"), "{refused}");
+    }
+
+    #[test]
+    fn more_profiles_than_an_agent_checks_are_refused() {
+        let many: Vec<KataRuntimeProfile> = (0..=kata_proto::contract::MAX_RUNTIME_PROFILES)
+            .map(|i| valid(&format!("p{i}")))
+            .collect();
+        let refused = check_all(&many).err().unwrap_or_default();
+        assert!(refused.contains("at most 32"), "{refused}");
+        assert_eq!(check_all(&many[1..]), Ok(()));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::node::CachedNode;
+use kata_proto::health::v1::RuntimeProfile;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
@@ -12,6 +13,10 @@ use super::Labeller;
 use crate::health::marks::brake::{self, BrakeDecision, Leaving};
 use crate::health::marks::eligibility::{self, Capability};
 use crate::health::marks::{CurrentMarks, NodeMarks, capability_evidence, desired_marks};
+
+/// The runtime profiles the node's agent had been told of when it probed
+/// for its last report (`NodeHealth::told`).
+type Told = Option<Arc<[RuntimeProfile]>>;
 
 impl Labeller {
     /// Where `node`'s capable label is headed this scan, from its agent's
@@ -24,7 +29,7 @@ impl Labeller {
         current: &CurrentMarks,
         now: Instant,
         wall: SystemTime,
-    ) -> Option<(NodeMarks, Capability)> {
+    ) -> Option<(NodeMarks, Capability, Told)> {
         let health = self.registry.get(name);
         let desired = desired_marks(health.as_ref(), current, now, self.started, self.policy)?;
         let capability = eligibility::settle(
@@ -35,7 +40,7 @@ impl Labeller {
             wall,
             &self.policy,
         );
-        Some((desired, capability))
+        Some((desired, capability, health.and_then(|h| h.told)))
     }
 
     /// The capable nodes at this scan, as the brake counts them.
@@ -48,7 +53,7 @@ impl Labeller {
             }
             leaving.labelled += 1;
             let name = node.name_any();
-            let Some((_, capability)) = self.capability(&name, &current, now, wall) else {
+            let Some((_, capability, _)) = self.capability(&name, &current, now, wall) else {
                 continue;
             };
             if capability.dwell.is_some_and(|dwell| !dwell.toward) {

@@ -31,6 +31,8 @@ fn health(last_seen: Instant, report: Option<HealthReport>) -> NodeHealth {
         last_seen,
         connected: true,
         session: 1,
+        told: None,
+        telling: None,
     }
 }
 
@@ -289,9 +291,9 @@ fn a_report_says_how_much_its_failure_proves() {
     );
 }
 
-#[test]
-fn profile_labels_follow_the_report_the_profiles_in_force_and_the_runtime_label() {
-    use kata_proto::health::v1::RuntimeProfile;
+/// The marks of a runtime-ready node whose agent reports `small`, `gone`,
+/// `large` and `small` again served.
+fn reporting_profiles() -> NodeMarks {
     let mut reported = report(true, true, Vec::new());
     if let Some(verdicts) = &mut reported.verdicts {
         verdicts.ready_profiles = vec![
@@ -301,14 +303,7 @@ fn profile_labels_follow_the_report_the_profiles_in_force_and_the_runtime_label(
             "small".into(),
         ];
     }
-    let health = NodeHealth {
-        agent_version: String::new(),
-        boot_id: String::new(),
-        last_report: Some(reported),
-        last_seen: Instant::now(),
-        connected: true,
-        session: 1,
-    };
+    let health = health(Instant::now(), Some(reported));
     let now = Instant::now();
     let Some(desired) = desired_marks(
         Some(&health),
@@ -319,7 +314,18 @@ fn profile_labels_follow_the_report_the_profiles_in_force_and_the_runtime_label(
     ) else {
         panic!("a report gives marks");
     };
-    assert_eq!(desired.profiles, ["gone", "large", "small"]);
+    desired
+}
+
+#[test]
+fn a_report_gives_its_served_profiles_sorted_once() {
+    assert_eq!(reporting_profiles().profiles, ["gone", "large", "small"]);
+}
+
+#[test]
+fn profile_labels_follow_the_report_the_profiles_in_force_and_the_runtime_label() {
+    use kata_proto::health::v1::RuntimeProfile;
+    let desired = reporting_profiles();
     let in_force: Vec<RuntimeProfile> = ["large", "small", "unserved"]
         .into_iter()
         .map(|name| RuntimeProfile {
@@ -327,18 +333,80 @@ fn profile_labels_follow_the_report_the_profiles_in_force_and_the_runtime_label(
             config_sha256: String::new(),
         })
         .collect();
-    let kept = profiles_in_force(desired.clone(), &in_force);
+    let labelled_large = CurrentMarks {
+        runtime_ready: true,
+        profiles: vec!["large".into()],
+        ..CurrentMarks::default()
+    };
+    let told = |names: &[&str]| -> Vec<RuntimeProfile> {
+        in_force
+            .iter()
+            .filter(|p| names.contains(&p.name.as_str()))
+            .cloned()
+            .collect()
+    };
+    // Told of them all: the report decides, for the profiles in force only.
+    let kept = profiles_in_force(
+        desired.clone(),
+        &labelled_large,
+        Some(&in_force),
+        Some(&in_force),
+    );
     assert_eq!(kept.profiles, ["large", "small"], "only profiles in force");
+    // Told of `small` only (a profile added since, or a coordinator just
+    // started): `large` and `unserved` keep the labels they have.
+    let unjudged = profiles_in_force(
+        desired.clone(),
+        &CurrentMarks::default(),
+        Some(&in_force),
+        Some(&told(&["small"])),
+    );
+    assert_eq!(unjudged.profiles, ["small"]);
+    let kept = profiles_in_force(desired.clone(), &labelled_large, Some(&in_force), None);
+    assert_eq!(
+        kept.profiles,
+        ["large"],
+        "told nothing known: the labels it has"
+    );
+    // A profile whose file changed since the agent was told of it is not
+    // judged by the report either.
+    let mut changed = in_force.clone();
+    changed[0].config_sha256 = "other".into();
+    let kept = profiles_in_force(
+        desired.clone(),
+        &CurrentMarks::default(),
+        Some(&changed),
+        Some(&in_force),
+    );
+    assert_eq!(
+        kept.profiles,
+        ["small"],
+        "large changed since: not judged, and it had no label"
+    );
+    // Before the profiles in force are known: the labels it has.
+    let kept = profiles_in_force(desired.clone(), &labelled_large, None, Some(&in_force));
+    assert_eq!(kept.profiles, ["large"]);
     let unready = NodeMarks {
         runtime_ready: false,
         ..desired
     };
     assert!(
-        profiles_in_force(unready, &in_force).profiles.is_empty(),
+        profiles_in_force(unready, &labelled_large, Some(&in_force), Some(&in_force))
+            .profiles
+            .is_empty(),
         "no profile label without the runtime label"
     );
+    // What is compared: labels of profiles in force only.
+    let with_foreign = CurrentMarks {
+        profiles: vec!["admins".into(), "large".into()],
+        ..CurrentMarks::default()
+    };
+    assert_eq!(current_profiles(&with_foreign, Some(&in_force)), ["large"]);
+    assert_eq!(current_profiles(&with_foreign, None), ["admins", "large"]);
+}
 
-    // What a node carries, read back from its labels.
+#[test]
+fn profile_labels_are_read_back_from_the_node() {
     let labels: BTreeMap<String, String> = [
         ("katacontainers.io/kata-runtime", "true"),
         ("katacontainers.io/kata-runtime.small", "true"),

@@ -317,3 +317,25 @@ fn a_deleted_node_is_forgotten() {
     assert_ne!(*registry.subscribe().borrow(), before, "readers are woken");
     assert_eq!(registry.snapshot().len(), 1);
 }
+
+#[test]
+fn a_report_is_judged_against_what_the_reply_before_it_told() {
+    let registry = HealthRegistry::new();
+    let report = HealthReport::default();
+    let told = |registry: &HealthRegistry| registry.get("n").and_then(|h| h.told);
+    registry.check_in("n", &hello("b"), report.clone(), Instant::now());
+    assert_eq!(told(&registry), None, "a first check-in: not known");
+    let large = crate::profiles::KataRuntimeProfile::of_size("kata-large", 4, 8192);
+    registry.profiles().set(std::slice::from_ref(&large));
+    registry.check_in("n", &hello("b"), report.clone(), Instant::now());
+    assert_eq!(
+        told(&registry),
+        None,
+        "the reply before told nothing published"
+    );
+    registry.check_in("n", &hello("b"), report, Instant::now());
+    let names: Vec<String> = told(&registry)
+        .map(|t| t.iter().map(|p| p.name.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["kata-large"]);
+}
