@@ -86,31 +86,44 @@ pub fn handlers_toml(handlers: &[CrioRuntimeHandler]) -> String {
 /// never anything derived from the pool selector: an empty selector would let
 /// Kata pods land on nodes without Kata.
 pub fn runtime_class() -> RuntimeClass {
+    kata_runtime_class(
+        names::RUNTIME_CLASS_NAME,
+        names::RUNTIME_HANDLER,
+        (
+            Quantity(contract::pod_overhead_cpu_quantity()),
+            Quantity(contract::pod_overhead_memory_quantity()),
+        ),
+        names::KATA_RUNTIME_LABEL.into(),
+        Some(vec![names::RUNTIME_CLASS_FINALIZER.into()]),
+    )
+}
+
+/// A RuntimeClass of ours named `name`, running pods with `handler` at a
+/// fixed overhead of `cpu` and `memory`, only on nodes labelled
+/// `node_label=true` (`kata`'s and each runtime profile's).
+pub fn kata_runtime_class(
+    name: &str,
+    handler: &str,
+    (cpu, memory): (Quantity, Quantity),
+    node_label: String,
+    finalizers: Option<Vec<String>>,
+) -> RuntimeClass {
     RuntimeClass {
         metadata: ObjectMeta {
-            name: Some(names::RUNTIME_CLASS_NAME.into()),
+            name: Some(name.into()),
             labels: Some(managed_labels(&[])),
-            finalizers: Some(vec![names::RUNTIME_CLASS_FINALIZER.into()]),
+            finalizers,
             ..Default::default()
         },
-        handler: names::RUNTIME_HANDLER.into(),
+        handler: handler.into(),
         overhead: Some(Overhead {
             pod_fixed: Some(BTreeMap::from([
-                (
-                    "cpu".into(),
-                    Quantity(contract::pod_overhead_cpu_quantity()),
-                ),
-                (
-                    "memory".into(),
-                    Quantity(contract::pod_overhead_memory_quantity()),
-                ),
+                ("cpu".into(), cpu),
+                ("memory".into(), memory),
             ])),
         }),
         scheduling: Some(Scheduling {
-            node_selector: Some(BTreeMap::from([(
-                names::KATA_RUNTIME_LABEL.into(),
-                "true".into(),
-            )])),
+            node_selector: Some(BTreeMap::from([(node_label, "true".into())])),
             tolerations: None,
         }),
     }

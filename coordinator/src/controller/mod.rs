@@ -161,7 +161,7 @@ async fn reconcile_once(config: Arc<KataConfig>, ctx: &Context) -> Result<Action
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
     let plan = plan::plan(&observed, rollout.as_ref());
-    if plan::renders_profiles(&observed) {
+    if plan.renders_profiles {
         ctx.options.profiles_in_force.set(&observed.profiles);
     }
     for step in &plan.steps {

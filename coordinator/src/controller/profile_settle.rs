@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::profiles::{KataRuntimeProfile, KataRuntimeProfileSpec};
+use crate::profiles::KataRuntimeProfile;
 
 /// How long the profiles must stay unchanged before they are planned from.
 pub const SETTLE: Duration = Duration::from_secs(5);
@@ -57,10 +57,10 @@ impl ProfileSettle {
 /// Whether two reads name the same profiles with the same specs (their
 /// metadata otherwise, and any status, change nothing on a node).
 fn same(a: &[KataRuntimeProfile], b: &[KataRuntimeProfile]) -> bool {
-    let key = |p: &KataRuntimeProfile| -> (String, KataRuntimeProfileSpec) {
-        (p.profile_name().to_owned(), p.spec.clone())
-    };
-    a.len() == b.len() && a.iter().map(key).eq(b.iter().map(key))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| a.profile_name() == b.profile_name() && a.spec == b.spec)
 }
 
 #[cfg(test)]

@@ -338,6 +338,11 @@ pub struct Plan {
     /// Nodes whose phase changed since the status last written, to be
     /// announced as Events once the new status is written.
     pub transitions: Vec<NodeTransition>,
+    /// The plan renders the observed runtime profiles into the host
+    /// configuration (the active KataConfig installing, its spec and every
+    /// profile valid): only then are they the profiles in force that the
+    /// agents check and the labeller labels.
+    pub renders_profiles: bool,
 }
 
 impl Plan {
@@ -349,6 +354,7 @@ impl Plan {
             conditions,
             requeue,
             transitions: Vec::new(),
+            renders_profiles: false,
         }
     }
 }
@@ -384,19 +390,6 @@ pub fn plan(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)) ->
     let previous = events::Previous::new(&observed.recorded_nodes, observed.last_write.as_ref());
     plan.transitions = events::node_transitions(previous, &plan.nodes);
     plan
-}
-
-/// Whether a plan of `observed` renders its runtime profiles into the host
-/// configuration: the active KataConfig, not being deleted, its spec and
-/// every profile valid. Only then are they the profiles in force that the
-/// agents check and the labeller labels.
-pub fn renders_profiles(observed: &Observed) -> bool {
-    active_config(&observed.configs) == Some(observed.name.as_str())
-        && !observed.deleting
-        && validate(&observed.spec).is_ok()
-        && crate::profiles::check_all(&observed.profiles).is_ok()
-        && runtime_class::profile_collisions(&observed.profiles, &observed.other_runtime_classes)
-            .is_ok()
 }
 
 /// Drops every apply to an object in which another field manager holds
@@ -549,6 +542,7 @@ fn plan_install(observed: &Observed, rollout: &(impl HostConfigRollout + ?Sized)
             Requeue::Resync
         },
         transitions: Vec::new(),
+        renders_profiles: true,
     }
 }
 
@@ -577,6 +571,7 @@ pub(crate) fn plan_uninstall(
             conditions: vec![in_progress, ready, degraded],
             requeue: Requeue::After(POLL_WHILE_BLOCKED),
             transitions: Vec::new(),
+            renders_profiles: false,
         };
     }
 
@@ -618,6 +613,7 @@ pub(crate) fn plan_uninstall(
         conditions: vec![in_progress, ready, degraded],
         requeue,
         transitions: Vec::new(),
+        renders_profiles: false,
     }
 }
 

@@ -12,11 +12,9 @@
 
 pub mod render;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use k8s_openapi::api::node::v1::{Overhead, RuntimeClass, Scheduling};
-use kube::api::ObjectMeta;
+use k8s_openapi::api::node::v1::RuntimeClass;
 
 use kata_proto::health::v1::RuntimeProfile as WireProfile;
 use kube::{CustomResource, KubeSchema};
@@ -186,25 +184,13 @@ impl KataRuntimeProfile {
     /// nodes that serve it. Like `kata`'s, its nodeSelector is never empty.
     pub fn runtime_class(&self) -> RuntimeClass {
         let name = self.profile_name();
-        let (cpu, memory) = render::overhead(&self.spec);
-        RuntimeClass {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(crate::objects::managed_labels(&[])),
-                ..Default::default()
-            },
-            handler: name.into(),
-            overhead: Some(Overhead {
-                pod_fixed: Some(BTreeMap::from([
-                    ("cpu".into(), cpu),
-                    ("memory".into(), memory),
-                ])),
-            }),
-            scheduling: Some(Scheduling {
-                node_selector: Some(BTreeMap::from([(runtime_label(name), "true".into())])),
-                tolerations: None,
-            }),
-        }
+        crate::objects::kata_runtime_class(
+            name,
+            name,
+            render::overhead(&self.spec),
+            runtime_label(name),
+            None,
+        )
     }
 
     /// The profile's name: its RuntimeClass's and its CRI-O handler's.
